@@ -1,0 +1,34 @@
+# make demo: venv + everything installed + a small real-audio demo set + every stage on CPU.
+# make test: the test suite.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_DIR ?= demo_data
+DEMO_WORKDIR ?= runs/demo
+
+.PHONY: venv test test-all demo lint clean-demo
+
+$(BIN)/audiotokens: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# CPU torch first, so the torch requirement below is already met (no multi-GB CUDA download)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/audiotokens
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+test-all: venv
+	$(BIN)/python -m pytest -q -m ''
+
+lint: venv
+	$(BIN)/ruff check audiotokens tests scripts
+
+demo: venv
+	PATH=$(abspath $(BIN)):$$PATH bash scripts/demo.sh $(DEMO_DIR) $(DEMO_WORKDIR)
+
+clean-demo:
+	rm -rf $(DEMO_WORKDIR)

@@ -1,0 +1,286 @@
+"""The one place that knows artifact file names and layouts, and how to write them safely.
+
+Layout under a workdir:
+  processed/split.json                  clips of each split (ids, audio locations, label ids) + classes, task
+  processed/split_report.json           clips whose audio was not found
+  processed/<split>/frames.npy          all frames of the split, (total_frames, n_mels), memory-mappable
+  processed/<split>/index.json          per clip: id, offset, length, labels (+ classes, task)
+  processed/<split>/report.json         clips skipped by the spectrogram stage, with reasons
+  output/centroids.npy                  k-means vocabulary, float32 (k, dim)
+  output/cluster_report.json
+  tokenized/<split>/tokens.npy          token ids (total_frames, n_codebooks), int16 while k < 32768
+  tokenized/<split>/index.json          same clips, order, offsets and labels as the frames index
+  tokenized/<split>/stats.json, histogram.png
+  output/model/                         portable bundle (save_pretrained + audiotokens.json + centroids.npy)
+  output/checkpoints/{last,best}.pt     training state for --resume
+  output/metrics.jsonl, output/curves.png
+  output/eval/<name>/                   evaluation reports
+Each stage also writes a provenance record (see provenance.py) at `Layout.record(stage)`.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from .errors import UserError
+
+SPLITS = ("train", "validation")
+
+
+class Layout:
+    """Paths of every artifact under one workdir."""
+
+    def __init__(self, workdir: str | Path = "."):
+        self.workdir = Path(workdir)
+        self.processed = self.workdir / "processed"
+        self.output = self.workdir / "output"
+        self.tokenized = self.workdir / "tokenized"
+
+    # split
+    @property
+    def split_json(self) -> Path:
+        return self.processed / "split.json"
+
+    @property
+    def split_report(self) -> Path:
+        return self.processed / "split_report.json"
+
+    # spectrogram
+    def frames_dir(self, split: str) -> Path:
+        return self.processed / split
+
+    def frames(self, split: str) -> Path:
+        return self.frames_dir(split) / "frames.npy"
+
+    def frames_index(self, split: str) -> Path:
+        return self.frames_dir(split) / "index.json"
+
+    def frames_report(self, split: str) -> Path:
+        return self.frames_dir(split) / "report.json"
+
+    # cluster
+    @property
+    def centroids(self) -> Path:
+        return self.output / "centroids.npy"
+
+    @property
+    def cluster_report(self) -> Path:
+        return self.output / "cluster_report.json"
+
+    # tokenize
+    def tokens_dir(self, split: str) -> Path:
+        return self.tokenized / split
+
+    def tokens(self, split: str) -> Path:
+        return self.tokens_dir(split) / "tokens.npy"
+
+    def tokens_index(self, split: str) -> Path:
+        return self.tokens_dir(split) / "index.json"
+
+    def token_stats(self, split: str) -> Path:
+        return self.tokens_dir(split) / "stats.json"
+
+    # train
+    @property
+    def model_dir(self) -> Path:
+        return self.output / "model"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.output / "checkpoints"
+
+    @property
+    def metrics(self) -> Path:
+        return self.output / "metrics.jsonl"
+
+    # evaluate
+    def eval_dir(self, name: str) -> Path:
+        return self.output / "eval" / name
+
+    # provenance
+    def record(self, stage: str) -> Path:
+        return {
+            "split": self.processed / "split.meta.json",
+            "spectrogram": self.processed / "spectrogram.meta.json",
+            "cluster": self.output / "centroids.meta.json",
+            "tokenize": self.tokenized / "tokenize.meta.json",
+            "train": self.output / "model.meta.json",
+            "evaluate": self.output / "eval" / "validation.meta.json",
+        }[stage]
+
+    def failure(self, stage: str) -> Path:
+        return self.record(stage).with_name(f"{stage}.failed.json")
+
+
+# ---------------------------------------------------------------- atomic writes
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed.
+
+    A reader never sees a half-written file under the final name, and an interrupted writer leaves
+    the previous version intact.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror}; check that the workdir is writable") from None
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1, default=_json_default) + "\n")
+
+
+def read_json(path: str | Path, what: str = "") -> Any:
+    path = Path(path)
+    if not path.is_file():
+        hint = f" ({what})" if what else ""
+        raise UserError(f"{path} not found{hint}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}); re-run the stage that writes it") from None
+
+
+def save_npy(path: str | Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array)
+
+
+def create_npy(path: Path, shape: tuple[int, ...], dtype) -> np.memmap:
+    """A writable memory-mapped .npy (at a temporary path given by atomic_path)."""
+    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+
+
+def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
+    """Swap a fully written directory into place (used for the model bundle and reports)."""
+    old = final_dir.with_name(f".{final_dir.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final_dir.exists():
+        os.replace(final_dir, old)
+    os.replace(tmp_dir, final_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+# ---------------------------------------------------------------- per-split stores
+
+
+@dataclass
+class ClipIndex:
+    """Where each clip's rows sit in a split's frames.npy / tokens.npy, and its labels.
+
+    Clip i owns rows offsets[i] : offsets[i] + lengths[i]. Labels are class ids into `classes`.
+    """
+
+    ids: list[str]
+    offsets: np.ndarray
+    lengths: np.ndarray
+    labels: list[list[int]]
+    classes: list[str]
+    task: str  # "multilabel" | "singlelabel"
+    split: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def total_frames(self) -> int:
+        return int(self.lengths.sum()) if len(self.lengths) else 0
+
+    @classmethod
+    def from_lengths(cls, ids, lengths, labels, classes, task, split="") -> "ClipIndex":
+        lengths = np.asarray(lengths, dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if len(lengths) else lengths
+        return cls(list(ids), offsets, lengths, [list(map(int, x)) for x in labels], list(classes), task, split)
+
+    def label_matrix(self) -> np.ndarray:
+        """(clips, classes) 0/1 matrix."""
+        matrix = np.zeros((len(self), len(self.classes)), dtype=np.float32)
+        for row, labels in enumerate(self.labels):
+            matrix[row, labels] = 1.0
+        return matrix
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "split": self.split,
+            "task": self.task,
+            "classes": self.classes,
+            "total_frames": self.total_frames,
+            "ids": self.ids,
+            "offsets": self.offsets.tolist(),
+            "lengths": self.lengths.tolist(),
+            "labels": self.labels,
+            **self.extra,
+        }
+
+    def save(self, path: str | Path) -> None:
+        write_json(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ClipIndex":
+        raw = read_json(path, "run the stage that writes it first")
+        known = {"split", "task", "classes", "total_frames", "ids", "offsets", "lengths", "labels"}
+        return cls(
+            ids=raw["ids"],
+            offsets=np.asarray(raw["offsets"], dtype=np.int64),
+            lengths=np.asarray(raw["lengths"], dtype=np.int64),
+            labels=raw["labels"],
+            classes=raw["classes"],
+            task=raw["task"],
+            split=raw.get("split", ""),
+            extra={k: v for k, v in raw.items() if k not in known},
+        )
+
+
+def open_store(array_path: Path, index_path: Path) -> tuple[np.ndarray, ClipIndex]:
+    """Memory-map a split's array and load its index, checking they belong together."""
+    index = ClipIndex.load(index_path)
+    if not array_path.is_file():
+        raise UserError(f"{array_path} not found; re-run the stage that writes it")
+    array = np.load(array_path, mmap_mode="r")
+    if array.shape[0] != index.total_frames:
+        raise UserError(
+            f"{array_path} has {array.shape[0]} rows but {index_path} lists {index.total_frames}; "
+            "the artifact is incomplete, re-run the stage that writes it"
+        )
+    return array, index

@@ -1,0 +1,209 @@
+"""Thin click layer: options -> Config -> stage. Heavy modules are imported only by the command that runs."""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+
+import click
+
+from .config import load_config, valid_keys
+from .errors import UserError
+
+STAGE_NAMES = ("split", "spectrogram", "cluster", "tokenize", "train", "evaluate")
+
+# Named flags: option name -> config key. Each also works as --set section.key=value.
+STAGE_FLAGS = {
+    "split": {"--source": "data.source", "--manifest": "data.manifest", "--folder": "data.folder",
+              "--audio-root": "data.audio_root", "--segments": "data.segments",
+              "--strategy": "split.strategy", "--validation-ratio": "split.validation_ratio",
+              "--seed": "split.seed"},
+    "spectrogram": {"--sample-rate": "spectrogram.sample_rate", "--n-fft": "spectrogram.n_fft",
+                    "--hop-length": "spectrogram.hop_length", "--n-mels": "spectrogram.n_mels",
+                    "--dtype": "spectrogram.dtype", "--max-duration": "spectrogram.max_duration",
+                    "--workers": "spectrogram.workers"},
+    "cluster": {"--n-clusters": "cluster.n_clusters", "--niter": "cluster.niter", "--seed": "cluster.seed",
+                "--max-frames": "cluster.max_frames", "--spherical/--no-spherical": "cluster.spherical",
+                "--gpu/--no-gpu": "cluster.gpu"},
+    "tokenize": {"--batch-frames": "tokenize.batch_frames"},
+    "train": {"--epochs": "train.epochs", "--batch-size": "train.batch_size",
+              "--learning-rate": "train.learning_rate", "--num-layers": "train.num_layers",
+              "--hidden-size": "train.hidden_size", "--num-heads": "train.num_heads",
+              "--max-length": "train.max_length", "--device": "train.device",
+              "--amp/--no-amp": "train.amp", "--patience": "train.patience", "--seed": "train.seed"},
+    "evaluate": {"--threshold": "evaluate.threshold"},
+}
+
+
+def _flag_options(stage: str):
+    """Decorator adding the stage's named flags; their values become overrides."""
+
+    def decorate(func):
+        for flag, key in reversed(list(STAGE_FLAGS.get(stage, {}).items())):
+            dest = "flag__" + key.replace(".", "__")
+            func = click.option(flag, dest, default=None, help=f"= --set {key}=…")(func)
+        return func
+
+    return decorate
+
+
+def common_options(stage: str | None = None):
+    def decorate(func):
+        @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                      help="TOML config file (defaults: configs/default.toml values).")
+        @click.option("--workdir", default=".", show_default=True, type=click.Path(file_okay=False),
+                      help="Where processed/, output/ and tokenized/ live.")
+        @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+                      help="Override one config value (repeatable).")
+        @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+        @_flag_options(stage or "")
+        @functools.wraps(func)
+        def wrapper(config_path, workdir, overrides, verbose, **kwargs):
+            _setup_logging(verbose)
+            flags = [f"{name[6:].replace('__', '.')}={value}" for name, value in list(kwargs.items())
+                     if name.startswith("flag__") and value is not None]
+            kwargs = {k: v for k, v in kwargs.items() if not k.startswith("flag__")}
+            config = load_config(config_path, [*overrides, *flags], workdir)
+            return func(config, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", force=True)
+    for noisy in ("numba", "matplotlib", "PIL", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class Group(click.Group):
+    """Turns UserError into one line on stderr and exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="audiotokens")
+def main():
+    """Classify audio as token sequences: split → spectrogram → cluster → tokenize → train → evaluate."""
+
+
+def _stage_command(stage: str, help_text: str):
+    def command(config, strict):
+        from .pipeline import execute
+
+        execute(stage, config, strict=strict)
+
+    command.__doc__ = help_text
+    command = common_options(stage)(command)
+    command = click.option("--strict", is_flag=True, help="Refuse to run on stale inputs.")(command)
+    return main.command(stage)(command)
+
+
+_stage_command("split", "Assign clips to train and validation; writes processed/split.json.")
+_stage_command("spectrogram", "Mel-spectrogram frames of every split; writes processed/<split>/.")
+_stage_command("cluster", "k-means vocabulary on training frames; writes output/centroids.npy.")
+_stage_command("tokenize", "Nearest-centroid token ids for every split; writes tokenized/<split>/.")
+
+
+@main.command()
+@common_options("train")
+@click.option("--resume", is_flag=True, help="Continue from output/checkpoints/last.pt.")
+@click.option("--strict", is_flag=True, help="Refuse to run on stale inputs.")
+def train(config, resume, strict):
+    """Train the BERT token classifier; writes output/model/ and output/metrics.jsonl."""
+    from .pipeline import execute
+
+    execute("train", config, strict=strict, resume=resume)
+
+
+@main.command()
+@common_options("evaluate")
+@click.option("--split", "split_name", default="validation", show_default=True)
+@click.option("--manifest", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Evaluate on audio listed in a CSV manifest (path,label[,group]) instead of a split.")
+@click.option("--class", "class_name", default=None, help="Threshold sweep for this class too.")
+@click.option("--strict", is_flag=True, help="Refuse to run on stale inputs.")
+def evaluate(config, split_name, manifest, class_name, strict):
+    """Per-class report, threshold sweep and plots in output/eval/<name>/."""
+    from .pipeline import execute
+
+    if split_name == "validation" and manifest is None:
+        execute("evaluate", config, strict=strict, class_name=class_name)
+    else:
+        from .evaluate import Evaluator
+
+        Evaluator(config, split=split_name, manifest=manifest, class_name=class_name).run()
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--model", "model_dir", default=None, help="Model bundle (default: <workdir>/output/model).")
+@click.option("--workdir", default=".", type=click.Path(file_okay=False))
+@click.option("--top-k", default=5, show_default=True)
+@click.option("--threshold", default=None, type=float, help="Report every class scoring at least this.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table")
+def predict(paths, model_dir, workdir, top_k, threshold, fmt):
+    """Class scores for audio files, directories or list files."""
+    from .predict import predict_cli
+
+    _setup_logging(False)
+    sys.exit(predict_cli(paths, model_dir, workdir, top_k, threshold, fmt))
+
+
+@main.command()
+@click.argument("audio", type=click.Path())
+@click.option("--model", "model_dir", default=None, help="Model bundle (default: <workdir>/output/model).")
+@click.option("--workdir", default=".", type=click.Path(file_okay=False))
+@click.option("--out", "out_path", default=None, help="PNG to write (default: <audio name>.tokens.png).")
+def show(audio, model_dir, workdir, out_path):
+    """Picture of a clip: mel spectrogram, its token strip and the top predictions."""
+    from .predict import show_cli
+
+    _setup_logging(False)
+    show_cli(audio, model_dir, workdir, out_path)
+
+
+@main.command()
+@common_options()
+def status(config):
+    """One line per stage: fresh, stale (and why), missing or failed."""
+    from .artifacts import Layout
+    from .provenance import stage_states
+
+    for state in stage_states(Layout(config.workdir), config).values():
+        click.echo(state.line())
+
+
+@main.command("run")
+@common_options()
+@click.option("--from", "start", type=click.Choice(STAGE_NAMES), default=None, help="First stage to consider.")
+@click.option("--to", "stop", type=click.Choice(STAGE_NAMES), default=None, help="Last stage to consider.")
+@click.option("--force", is_flag=True, help="Re-run every stage in the range, fresh or not.")
+@click.option("--strict", is_flag=True, help="Refuse to run on stale inputs.")
+def run_command(config, start, stop, force, strict):
+    """Run the stages in order, skipping those that are fresh."""
+    from .pipeline import plan, run
+
+    todo = plan(config, start, stop, force)
+    click.echo(f"stages to run: {', '.join(todo) if todo else 'none (everything is fresh)'}")
+    run(config, start, stop, force, strict)
+
+
+@main.command("config")
+@common_options()
+def show_config(config):
+    """Print the resolved configuration as TOML-like text, then the valid keys."""
+    for section, values in config.to_dict().items():
+        click.echo(f"[{section}]")
+        for key, value in values.items():
+            click.echo(f"{key} = {json.dumps(value)}")
+        click.echo("")
+    click.echo(f"# {len(valid_keys())} keys")

@@ -1,0 +1,197 @@
+"""Provenance records and the stage graph that decides what is stale.
+
+A stage's fingerprint hashes its own parameters and its inputs' fingerprints, so changing
+`cluster.n_clusters` changes the fingerprints of cluster, tokenize, train and evaluate while split and
+spectrogram keep theirs. Each stage writes a record (Layout.record(stage)) with its parameters, the
+fingerprints of the inputs it actually read, counts, wall time and package versions.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .artifacts import Layout, read_json, write_json
+from .config import Config
+
+STAGES = ("split", "spectrogram", "cluster", "tokenize", "train", "evaluate")
+STAGE_SECTIONS = {
+    "split": ("data", "split"),
+    "spectrogram": ("spectrogram",),
+    "cluster": ("cluster",),
+    "tokenize": ("tokenize",),
+    "train": ("train",),
+    "evaluate": ("evaluate",),
+}
+STAGE_INPUTS = {
+    "split": (),
+    "spectrogram": ("split",),
+    "cluster": ("spectrogram",),
+    "tokenize": ("spectrogram", "cluster"),
+    "train": ("tokenize",),
+    "evaluate": ("train",),
+}
+# Keys that change how fast a stage runs, not what it produces.
+RUNTIME_KEYS = {
+    "spectrogram.workers",
+    "cluster.gpu",
+    "tokenize.batch_frames",
+    "train.device",
+    "train.num_workers",
+}
+# Data keys naming files whose content is part of the split's identity.
+DATA_FILE_KEYS = ("data.manifest", "data.segments", "data.eval_segments", "data.class_labels", "data.ontology",
+                  "split.validation_list")
+PACKAGES = ("numpy", "librosa", "soxr", "soundfile", "faiss-cpu", "torch", "transformers", "scikit-learn")
+
+
+def stage_params(config: Config, stage: str) -> dict[str, Any]:
+    """The flattened `section.key -> value` parameters that define a stage's output."""
+    params = {}
+    for section in STAGE_SECTIONS[stage]:
+        for key, value in config.section(section).items():
+            name = f"{section}.{key}"
+            if name not in RUNTIME_KEYS:
+                params[name] = value
+    if stage == "split":
+        for name in DATA_FILE_KEYS:
+            if params.get(name):
+                params[f"{name}#content"] = file_digest(Path(params[name]))
+    return params
+
+
+def file_digest(path: Path) -> str:
+    """Content hash of a metadata file (size and mtime for very large ones); '' when absent."""
+    if not path.is_file():
+        return ""
+    stat = path.stat()
+    if stat.st_size > 256 * 2**20:
+        return f"size={stat.st_size},mtime={int(stat.st_mtime)}"
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def fingerprint(params: dict[str, Any], input_fingerprints: dict[str, str]) -> str:
+    blob = json.dumps({"params": params, "inputs": input_fingerprints}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def read_record(layout: Layout, stage: str) -> dict[str, Any] | None:
+    path = layout.record(stage)
+    if not path.is_file():
+        return None
+    try:
+        return read_json(path)
+    except Exception:
+        return None
+
+
+def recorded_fingerprint(layout: Layout, stage: str) -> str:
+    record = read_record(layout, stage)
+    return record["fingerprint"] if record else ""
+
+
+def write_record(
+    layout: Layout,
+    stage: str,
+    config: Config,
+    counts: dict[str, Any] | None = None,
+    wall_time_s: float | None = None,
+) -> dict[str, Any]:
+    """Record that `stage` just produced its artifacts from `config` and its inputs as they are on disk."""
+    params = stage_params(config, stage)
+    inputs = {name: recorded_fingerprint(layout, name) for name in STAGE_INPUTS[stage]}
+    record = {
+        "stage": stage,
+        "fingerprint": fingerprint(params, inputs),
+        "params": params,
+        "inputs": inputs,
+        "runtime": {k: v for s in STAGE_SECTIONS[stage] for k, v in _runtime(config, s).items()},
+        "counts": counts or {},
+        "wall_time_s": round(wall_time_s, 3) if wall_time_s is not None else None,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": package_versions(),
+    }
+    write_json(layout.record(stage), record)
+    layout.failure(stage).unlink(missing_ok=True)
+    return record
+
+
+def _runtime(config: Config, section: str) -> dict[str, Any]:
+    return {f"{section}.{k}": v for k, v in config.section(section).items() if f"{section}.{k}" in RUNTIME_KEYS}
+
+
+def write_failure(layout: Layout, stage: str, message: str) -> None:
+    try:
+        write_json(layout.failure(stage), {"stage": stage, "error": message,
+                                           "failed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    except Exception:
+        pass  # a read-only or full workdir must not hide the original error
+
+
+@dataclass
+class StageState:
+    stage: str
+    state: str  # fresh | stale | missing | failed
+    reasons: list[str]
+    expected: str  # fingerprint the current config would produce
+
+    def line(self) -> str:
+        why = f" — {'; '.join(self.reasons)}" if self.reasons else ""
+        return f"{self.stage}: {self.state}{why}"
+
+
+def stage_states(layout: Layout, config: Config, stages=STAGES) -> dict[str, StageState]:
+    """Compare each stage's record with what the current config would produce, in graph order."""
+    states: dict[str, StageState] = {}
+    for stage in STAGES:
+        params = stage_params(config, stage)
+        expected_inputs = {name: states[name].expected for name in STAGE_INPUTS[stage]}
+        expected = fingerprint(params, expected_inputs)
+        states[stage] = _judge(layout, stage, params, expected_inputs, expected, states)
+    return {s: states[s] for s in stages}
+
+
+def _judge(layout, stage, params, expected_inputs, expected, states) -> StageState:
+    record = read_record(layout, stage)
+    if layout.failure(stage).is_file():
+        error = read_json(layout.failure(stage)).get("error", "")
+        return StageState(stage, "failed", [error.splitlines()[0] if error else "see the log"], expected)
+    if record is None:
+        return StageState(stage, "missing", [], expected)
+    if record["fingerprint"] == expected:
+        return StageState(stage, "fresh", [], expected)
+    reasons = _param_changes(record.get("params", {}), params)
+    for name, fp in expected_inputs.items():
+        if record.get("inputs", {}).get(name) != fp:
+            if states[name].state == "fresh":
+                reasons.append(f"{name} was re-run since")
+            else:
+                reasons.append(f"{name} is {states[name].state}")
+    return StageState(stage, "stale", reasons or ["fingerprint changed"], expected)
+
+
+def _param_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            label = key.replace("#content", " (file content)")
+            if key.endswith("#content"):
+                changes.append(f"{label} changed")
+            else:
+                changes.append(f"{key} {old.get(key, '—')!r} → {new.get(key, '—')!r}")
+    return changes
