@@ -1,0 +1,120 @@
+"""Stale detection and `run` planning, with stand-in stages so only the provenance logic is exercised."""
+import pytest
+
+from audiotokens import pipeline
+from audiotokens.artifacts import Layout
+from audiotokens.config import load_config
+from audiotokens.errors import UserError
+from audiotokens.provenance import STAGES, stage_states
+
+
+@pytest.fixture
+def ran(monkeypatch):
+    """Replace every stage class by one that records that it ran."""
+    calls = []
+
+    def fake_class(stage):
+        class Fake:
+            def __init__(self, config, **options):
+                self.config = config
+
+            def run(self):
+                calls.append(stage)
+                if stage == "cluster" and self.config.cluster.niter == 13:
+                    raise RuntimeError("k-means exploded")
+                return {"stage": stage}
+
+        return Fake
+
+    monkeypatch.setattr(pipeline, "stage_class", fake_class)
+    return calls
+
+
+def config(tmp_path, *overrides):
+    return load_config(None, list(overrides), tmp_path)
+
+
+def states(tmp_path, *overrides):
+    return {s: st.state for s, st in stage_states(Layout(tmp_path), config(tmp_path, *overrides)).items()}
+
+
+def test_everything_missing_then_fresh(tmp_path, ran):
+    assert set(states(tmp_path).values()) == {"missing"}
+    assert pipeline.run(config(tmp_path)) == list(STAGES)
+    assert ran == list(STAGES)
+    assert set(states(tmp_path).values()) == {"fresh"}
+    assert pipeline.run(config(tmp_path)) == []
+
+
+@pytest.mark.parametrize("override, first_stale", [
+    ("split.seed=3", "split"),
+    ("data.label_delimiter=|", "split"),
+    ("spectrogram.n_mels=32", "spectrogram"),
+    ("cluster.n_clusters=100", "cluster"),
+    ("tokenize.batch_frames=5", None),  # runtime-only key: nothing goes stale
+    ("train.learning_rate=0.001", "train"),
+    ("evaluate.threshold=0.3", "evaluate"),
+])
+def test_one_parameter_makes_its_stage_and_everything_after_stale(tmp_path, ran, override, first_stale):
+    pipeline.run(config(tmp_path))
+    ran.clear()
+    now = states(tmp_path, override)
+    expected_stale = STAGES[STAGES.index(first_stale):] if first_stale else ()
+    assert [s for s, st in now.items() if st == "stale"] == list(expected_stale)
+    assert all(now[s] == "fresh" for s in STAGES if s not in expected_stale)
+    assert pipeline.run(config(tmp_path, override)) == list(expected_stale)
+    assert ran == list(expected_stale)
+
+
+def test_n_clusters_reason_names_old_and_new(tmp_path, ran):
+    pipeline.run(config(tmp_path))
+    reported = stage_states(Layout(tmp_path), config(tmp_path, "cluster.n_clusters=100"))
+    assert "cluster.n_clusters 50 → 100" in reported["cluster"].line()
+    assert "cluster is stale" in reported["tokenize"].line()
+
+
+def test_rerunning_an_upstream_stage_alone_makes_downstream_stale(tmp_path, ran):
+    pipeline.run(config(tmp_path))
+    pipeline.execute("cluster", config(tmp_path, "cluster.n_clusters=7"))
+    now = states(tmp_path, "cluster.n_clusters=7")
+    assert now["cluster"] == "fresh"
+    assert now["tokenize"] == "stale" and now["train"] == "stale"
+    assert now["spectrogram"] == "fresh"
+
+
+def test_metadata_file_content_is_part_of_the_split(tmp_path, ran):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label\na.wav,x\n")
+    pipeline.run(config(tmp_path, f"data.manifest={manifest}"))
+    manifest.write_text("path,label\na.wav,y\n")
+    assert states(tmp_path, f"data.manifest={manifest}")["split"] == "stale"
+
+
+def test_failure_is_recorded_and_cleared(tmp_path, ran):
+    with pytest.raises(RuntimeError):
+        pipeline.run(config(tmp_path, "cluster.niter=13"))
+    reported = stage_states(Layout(tmp_path), config(tmp_path, "cluster.niter=13"))
+    assert reported["cluster"].state == "failed" and "k-means exploded" in reported["cluster"].line()
+    assert pipeline.run(config(tmp_path)) == ["cluster", "tokenize", "train", "evaluate"]
+    assert states(tmp_path)["cluster"] == "fresh"
+
+
+def test_stale_input_warns_or_refuses(tmp_path, ran):
+    pipeline.run(config(tmp_path))
+    stale = config(tmp_path, "spectrogram.n_mels=32")
+    with pytest.raises(UserError, match="spectrogram"):
+        pipeline.execute("cluster", stale, strict=True)
+    pipeline.execute("cluster", stale)  # without --strict it warns and runs
+
+
+def test_missing_input_is_refused(tmp_path, ran):
+    with pytest.raises(UserError, match="audiotokens split"):
+        pipeline.execute("spectrogram", config(tmp_path))
+
+
+def test_range_and_force(tmp_path, ran):
+    pipeline.run(config(tmp_path))
+    assert pipeline.plan(config(tmp_path), "cluster", "train", force=True) == ["cluster", "tokenize", "train"]
+    assert pipeline.plan(config(tmp_path, "spectrogram.n_mels=8"), None, "cluster") == ["spectrogram", "cluster"]
+    with pytest.raises(UserError):
+        pipeline.plan(config(tmp_path), "train", "split")
