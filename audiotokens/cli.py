@@ -207,3 +207,7 @@ def show_config(config):
             click.echo(f"{key} = {json.dumps(value)}")
         click.echo("")
     click.echo(f"# {len(valid_keys())} keys")
+
+
+if __name__ == "__main__":
+    main()
