@@ -1,0 +1,63 @@
+"""The records every data source produces: clips, a catalog of them, and entries that could not be used."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+MULTILABEL = "multilabel"
+SINGLELABEL = "singlelabel"
+
+
+@dataclass
+class Clip:
+    """One labelled clip.
+
+    `audio` is an absolute file path, or "<absolute parquet path>::<row number>" for a clip stored in a
+    parquet shard. `labels` are class ids (positions in the catalog's class list).
+    """
+
+    id: str
+    audio: str
+    labels: list[int]
+    group: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "audio": self.audio, "labels": list(self.labels), "group": self.group}
+
+
+@dataclass
+class Missing:
+    """A listed entry that is not in the catalog (audio not found, duplicate id, no labels), and why."""
+
+    id: str
+    reason: str
+    source: str = ""  # the metadata file that listed it
+
+    def to_json(self) -> dict[str, str]:
+        return {"id": self.id, "reason": self.reason, "source": self.source}
+
+
+@dataclass
+class Dataset:
+    """What a source found: usable clips, the class list, the task, and what it had to leave out.
+
+    `eval_clips` is the validation side given by the metadata itself (AudioSet eval_segments or
+    eval parquet shards); it shares the class list with `clips`. None when not requested.
+    """
+
+    source: str
+    clips: list[Clip]
+    classes: list[str]
+    task: str
+    class_ids: list[str] | None = None
+    missing: list[Missing] = field(default_factory=list)
+    eval_clips: list[Clip] | None = None
+
+    def all_clips(self) -> list[Clip]:
+        return self.clips + (self.eval_clips or [])
+
+
+def detect_task(label_lists: Iterable[list[int]]) -> str:
+    """Multi-label as soon as one clip carries more than one label."""
+    return MULTILABEL if any(len(labels) > 1 for labels in label_lists) else SINGLELABEL
