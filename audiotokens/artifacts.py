@@ -88,6 +88,9 @@ class Layout:
     def token_stats(self, split: str) -> Path:
         return self.tokens_dir(split) / "stats.json"
 
+    def token_histogram(self, split: str) -> Path:
+        return self.tokens_dir(split) / "histogram.png"
+
     # train
     @property
     def model_dir(self) -> Path:
