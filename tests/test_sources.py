@@ -370,6 +370,18 @@ def test_folder_per_class(tmp_path):
         sources.load(DataConfig(source="folder", folder=str(root / "empty")))
 
 
+@pytest.mark.parametrize("settings, fragment", [
+    ({"source": "manifest"}, "data.manifest is empty"),
+    ({"source": "folder"}, "data.folder is empty"),
+    ({"source": "audioset"}, "data.segments is empty"),
+    ({"source": "audioset", "segments": "/nonexistent.csv"}, "data.segments /nonexistent.csv not found"),
+    ({"source": "hf_parquet"}, "data.parquet is empty"),
+])
+def test_unset_source_keys_are_named(settings, fragment):
+    with pytest.raises(UserError, match=fragment):
+        sources.load(DataConfig(**settings))
+
+
 def test_audio_extensions_follow_libsndfile():
     assert {"wav", "flac", "ogg", "aiff", "au"} <= sources.AUDIO_EXTENSIONS
     assert ("mp3" in sources.AUDIO_EXTENSIONS) == ("MP3" in sf.available_formats())

@@ -31,11 +31,13 @@ class Segment:
     line: int
 
 
-def read_segments(path: str | Path) -> list[Segment]:
+def read_segments(path: str | Path, key: str = "data.segments") -> list[Segment]:
     """All rows of a segments CSV, in file order (duplicates included)."""
+    if not str(path):
+        raise UserError(f"{key} is empty; set it to an AudioSet segments CSV (e.g. balanced_train_segments.csv)")
     path = Path(path)
-    if not str(path) or not path.is_file():
-        raise UserError(f"segments file {path} not found; set data.segments (e.g. balanced_train_segments.csv)")
+    if not path.is_file():
+        raise UserError(f"{key} {path} not found; set it to an AudioSet segments CSV")
     segments: list[Segment] = []
     try:
         with open(path, newline="", encoding="utf-8") as handle:
@@ -111,7 +113,7 @@ def load_audioset(
     The class list covers the labels of both files, and one walk of `audio_root` serves both.
     """
     train_rows = read_segments(segments)
-    eval_rows = read_segments(eval_segments) if eval_segments else None
+    eval_rows = read_segments(eval_segments, "data.eval_segments") if eval_segments else None
     mids = {mid for row in train_rows + (eval_rows or []) for mid in row.mids}
     classes = build_class_list(mids, class_labels, ontology)
     class_source = class_labels or ontology or "the labels present"

@@ -36,8 +36,10 @@ class ManifestRow:
 
 
 def read_manifest(path: str | Path, delimiter: str = ";") -> list[ManifestRow]:
+    if not str(path):
+        raise UserError("data.manifest is empty; set it to a CSV with columns path,label[,group]")
     path = Path(path)
-    if not str(path) or not path.is_file():
+    if not path.is_file():
         raise UserError(f"manifest {path} not found; set data.manifest to a CSV with columns path,label[,group]")
     if not delimiter:
         raise UserError("data.label_delimiter is empty; set it to the character separating labels, e.g. ';'")
@@ -120,8 +122,10 @@ def load_manifest(path: str | Path, delimiter: str = ";") -> Dataset:
 
 def load_folder(folder: str | Path) -> Dataset:
     """<folder>/<class>/<audio files, in any subfolder>; one label per clip, id = path relative to folder."""
+    if not str(folder):
+        raise UserError("data.folder is empty; set it to a folder holding one subfolder per class")
     folder = Path(folder)
-    if not str(folder) or not folder.is_dir():
+    if not folder.is_dir():
         raise UserError(f"data.folder {folder} is not a directory; it should hold one subfolder per class")
     class_files: dict[str, list[Path]] = {}
     for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
