@@ -13,7 +13,7 @@ Layout under a workdir:
   tokenized/<split>/stats.json, histogram.png
   output/model/                         portable bundle (save_pretrained + audiotokens.json + centroids.npy)
   output/checkpoints/{last,best}.pt     training state for --resume
-  output/metrics.jsonl, output/curves.png
+  output/metrics.jsonl, output/curves.png, output/tensorboard/ (when tensorboard is installed)
   output/eval/<name>/                   evaluation reports
 Each stage also writes a provenance record (see provenance.py) at `Layout.record(stage)`.
 """
@@ -104,6 +104,14 @@ class Layout:
     def metrics(self) -> Path:
         return self.output / "metrics.jsonl"
 
+    @property
+    def curves(self) -> Path:
+        return self.output / "curves.png"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.output / "tensorboard"
+
     # evaluate
     def eval_dir(self, name: str) -> Path:
         return self.output / "eval" / name
@@ -144,10 +152,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         _fsync(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts get the usual permissions
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
 
 
 def _fsync(path: Path) -> None:
