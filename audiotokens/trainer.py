@@ -1,0 +1,185 @@
+"""One device's training mechanics: AdamW + warm-up/decay schedule, AMP, accumulation, clipping, inference.
+
+Scores and losses stay on the device during an epoch and are copied to the host every
+`FLUSH_EVERY` batches, so the host does not wait for the GPU after every step.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import get_linear_schedule_with_warmup
+
+from .classifier import loss_function, probabilities
+from .errors import UserError
+
+FLUSH_EVERY = 64
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' takes CUDA, then Apple MPS, then the CPU; an explicit device must exist."""
+    available = {
+        "cuda": torch.cuda.is_available(),
+        "mps": hasattr(torch.backends, "mps") and torch.backends.mps.is_available(),
+        "cpu": True,
+    }
+    if name == "auto":
+        return torch.device(next(kind for kind, ok in available.items() if ok))
+    if name not in available:
+        raise UserError(f"'train.device' must be auto, cuda, mps or cpu, got '{name}'")
+    if not available[name]:
+        raise UserError(f"'train.device' is {name} but no {name} device is available; use train.device=auto")
+    return torch.device(name)
+
+
+def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """bf16 where the GPU supports it (no scaler needed), else fp16; no autocast off CUDA."""
+    if not amp or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only: biases and LayerNorm weights (1-D) are not decayed."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@dataclass
+class PassResult:
+    """One pass over a split: mean loss and the scores of every clip, in index order."""
+
+    loss: float
+    targets: np.ndarray
+    scores: np.ndarray
+    samples: int
+    seconds: float
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: nn.Module,
+        task: str,
+        device: torch.device,
+        learning_rate: float,
+        weight_decay: float,
+        warmup_ratio: float,
+        total_steps: int,
+        grad_clip: float = 0.0,
+        grad_accum: int = 1,
+        amp: bool = True,
+    ):
+        self.model = model.to(device)
+        self.task = task
+        self.device = device
+        self.grad_clip = grad_clip
+        self.grad_accum = grad_accum
+        self.loss_fn = loss_function(task)
+        self.amp_dtype = autocast_dtype(device, amp)
+        self.optimizer = torch.optim.AdamW(parameter_groups(model, weight_decay), lr=learning_rate,
+                                           fused=device.type == "cuda")
+        warmup = math.ceil(warmup_ratio * total_steps)
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, warmup, total_steps)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.step = 0
+
+    @property
+    def precision(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = state["step"]
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, logits, targets) of one batch, under autocast when AMP is on."""
+        input_ids = batch["input_ids"].to(self.device, non_blocking=True)
+        attention_mask = batch["attention_mask"].to(self.device, non_blocking=True)
+        targets = batch["targets"].to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            logits = self.model(input_ids, attention_mask)
+        logits = logits.float()  # the loss and the scores in fp32 whatever the autocast dtype
+        return self.loss_fn(logits, targets), logits, targets
+
+    def train_epoch(self, batches: Iterable[dict[str, torch.Tensor]], n_batches: int) -> PassResult:
+        """One epoch of optimizer steps; the scores are those of the training forward passes (dropout on)."""
+        self.model.train()
+        collector = ScoreCollector(self.task, self.device)
+        started = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        for position, batch in enumerate(batches):
+            group_start = position - position % self.grad_accum
+            group_size = min(self.grad_accum, n_batches - group_start)
+            loss, logits, targets = self.forward(batch)
+            self.scaler.scale(loss / group_size).backward()
+            if position - group_start + 1 == group_size:
+                self.optimizer_step()
+            collector.add(loss.detach(), logits.detach(), targets, batch["indices"])
+        return collector.result(started)
+
+    def optimizer_step(self) -> None:
+        if self.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+
+    @torch.no_grad()
+    def evaluate(self, batches: Iterable[dict[str, torch.Tensor]]) -> PassResult:
+        self.model.eval()
+        collector = ScoreCollector(self.task, self.device)
+        started = time.perf_counter()
+        for batch in batches:
+            loss, logits, targets = self.forward(batch)
+            collector.add(loss, logits, targets, batch["indices"])
+        return collector.result(started)
+
+
+class ScoreCollector:
+    """Gathers per-clip scores and targets by clip index, flushing device tensors to the host in chunks."""
+
+    def __init__(self, task: str, device: torch.device):
+        self.task, self.device = task, device
+        self.pending: list[tuple[torch.Tensor, ...]] = []
+        self.chunks: list[tuple[np.ndarray, ...]] = []
+        self.loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        self.samples = 0
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor):
+        self.loss_sum += loss.double() * len(indices)
+        self.samples += len(indices)
+        self.pending.append((probabilities(logits, self.task), targets, indices))
+        if len(self.pending) >= FLUSH_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            scores, targets, indices = (torch.cat(parts).cpu().numpy() for parts in zip(*self.pending))
+            self.chunks.append((scores, targets, indices))
+            self.pending = []
+
+    def result(self, started: float) -> PassResult:
+        """Everything in clip-index order; the time includes waiting for the device to finish."""
+        self.flush()
+        loss = float(self.loss_sum.item()) / max(self.samples, 1)
+        seconds = time.perf_counter() - started
+        scores, targets, indices = (np.concatenate(parts) for parts in zip(*self.chunks))
+        order = np.argsort(indices, kind="stable")
+        return PassResult(loss, targets[order], scores[order], self.samples, seconds)
