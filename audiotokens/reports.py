@@ -127,28 +127,31 @@ def nearest_names(name: str, choices: Sequence[str], limit: int = 5) -> list[str
 # ---------------------------------------------------------------- text files
 
 
-def _cell(value: Any, digits: int = 4) -> str:
+def _cell(value: Any, digits: int | None = None) -> str:
+    """Text of one cell: None/NaN empty; floats rounded to 6 decimals (CSV) or fixed `digits` (Markdown)."""
     if value is None:
         return ""
-    if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.{digits}f}"
+    if isinstance(value, (float, np.floating)):
+        if math.isnan(value):
+            return ""
+        return f"{value:.{digits}f}" if digits is not None else str(round(float(value), 6))
     return str(value)
 
 
 def write_csv(path: str | Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
-    """Rows as CSV; None becomes an empty cell, floats keep 6 decimals."""
+    """Rows as CSV; None becomes an empty cell, floats are rounded to 6 decimals."""
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(columns)
         for row in rows:
-            writer.writerow([_cell(row.get(c), 6) for c in columns])
+            writer.writerow([_cell(row.get(c)) for c in columns])
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     """A GitHub Markdown table; an undefined value shows as an em dash."""
 
     def text(value: Any) -> str:
-        return (_cell(value) or "—").replace("|", "\\|")
+        return (_cell(value, 4) or "—").replace("|", "\\|")
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     lines += ["| " + " | ".join(text(row.get(c)) for c in columns) + " |" for row in rows]
@@ -167,7 +170,8 @@ def write_confusion_csv(path: str | Path, matrix: np.ndarray, classes: Sequence[
 # ---------------------------------------------------------------- plots
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend: plots are files, no display is needed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -181,7 +185,7 @@ MAX_BARS = 60  # beyond this the AP chart shows the best and worst halves
 
 def plot_ap_bars(path: str | Path, rows: Sequence[dict[str, Any]], title: str = "") -> None:
     """Horizontal AP bars, best class at the top (rows as from per_class_table)."""
-    plt = _pyplot()
+    plt = pyplot()
     rated = [r for r in rows if r["ap"] is not None]
     if len(rated) > MAX_BARS:
         shown = rated[:MAX_BARS // 2] + rated[-MAX_BARS // 2:]
@@ -203,12 +207,14 @@ def plot_ap_bars(path: str | Path, rows: Sequence[dict[str, Any]], title: str = 
 
 def plot_pr_curves(path: str | Path, y_true: np.ndarray, scores: np.ndarray, classes: Sequence[str],
                    rows: Sequence[dict[str, Any]], n: int = 3) -> None:
-    """Precision–recall curves of the n best and n worst classes by AP, side by side."""
-    plt = _pyplot()
+    """Precision–recall curves of the n best and n worst classes by AP, side by side (no class in both)."""
+    plt = pyplot()
     index = {name: i for i, name in enumerate(classes)}
     rated = [r for r in rows if r["ap"] is not None]
+    n_best = min(n, math.ceil(len(rated) / 2))
+    best, worst = rated[:n_best], rated[n_best:][::-1][:n]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
-    for ax, chosen, label in ((axes[0], rated[:n], "best"), (axes[1], rated[::-1][:n], "worst")):
+    for ax, chosen, label in ((axes[0], best, "best"), (axes[1], worst, "worst")):
         for row in chosen:
             column = index[row["class"]]
             precision, recall, _ = precision_recall_curve(np.asarray(y_true)[:, column] > 0,
@@ -228,7 +234,7 @@ def plot_pr_curves(path: str | Path, y_true: np.ndarray, scores: np.ndarray, cla
 
 def plot_confusion(path: str | Path, matrix: np.ndarray, classes: Sequence[str]) -> None:
     """Confusion matrix coloured by row share (recall), annotated with counts when small enough to read."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(classes)
     totals = matrix.sum(axis=1, keepdims=True)
     share = np.divide(matrix, totals, out=np.zeros(matrix.shape, dtype=float), where=totals > 0)

@@ -2,13 +2,116 @@
 from __future__ import annotations
 
 import csv
+import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score
+import soundfile as sf
+from click.testing import CliRunner
+from sklearn.metrics import accuracy_score, average_precision_score, f1_score, precision_score, recall_score
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 from audiotokens import reports
+from audiotokens.artifacts import Layout, open_store
+from audiotokens.cli import main
+from audiotokens.config import load_config
+from audiotokens.errors import UserError
+from audiotokens.evaluate import Evaluator
+from audiotokens.pipeline import execute
+
+# ---------------------------------------------------------------- a trained project, built once per session
+
+TONES = {"low": 220.0, "mid": 660.0, "high": 1760.0}
+SAMPLE_RATE = 16000
+RUN_SETTINGS = """
+[split]
+strategy = "stratified"
+validation_ratio = 0.25
+[spectrogram]
+workers = 1
+[cluster]
+n_clusters = 8
+niter = 5
+[train]
+num_layers = 1
+hidden_size = 32
+num_heads = 2
+intermediate_size = 64
+epochs = 2
+batch_size = 8
+learning_rate = 1e-3
+device = "cpu"
+num_workers = 0
+"""
+_PROJECTS: dict[str, Path] = {}
+
+
+def clip_labels(i: int, task: str) -> list[str]:
+    names = list(TONES)
+    if task == "multilabel" and i % 3 == 0:
+        return [names[i % 3], names[(i + 1) % 3]]
+    return [names[i % 3]]
+
+
+def write_tone(path: Path, labels: list[str], variant: int, seconds: float = 0.5) -> None:
+    t = np.arange(int(SAMPLE_RATE * seconds)) / SAMPLE_RATE
+    rng = np.random.default_rng(variant)
+    x = sum(0.4 * np.sin(2 * np.pi * TONES[name] * (1 + 0.01 * variant) * t) for name in labels)
+    x = x + 0.01 * rng.standard_normal(len(t))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, x.astype(np.float32), SAMPLE_RATE)
+
+
+def build_project(root: Path, task: str, clips: int = 24) -> Path:
+    """Every real stage, split to evaluate, on a tiny tone corpus; returns the project folder.
+
+    The folder holds audio/, manifest.csv, run.toml and the workdir work/.
+    """
+    rows = ["path,label"]
+    for i in range(clips):
+        labels = clip_labels(i, task)
+        write_tone(root / "audio" / f"clip{i:02d}.wav", labels, i)
+        rows.append(f"audio/clip{i:02d}.wav,{';'.join(labels)}")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    (root / "run.toml").write_text(f'[data]\nmanifest = "{root / "manifest.csv"}"\n' + RUN_SETTINGS)
+    config = project_config(root)
+    for stage in ("split", "spectrogram", "cluster", "tokenize", "train", "evaluate"):
+        execute(stage, config)
+    return root
+
+
+def project_config(root: Path, *overrides: str):
+    return load_config(root / "run.toml", list(overrides), root / "work")
+
+
+def trained_project(tmp_path_factory, task: str) -> Path:
+    """The project of `task`, built on first use and shared by every test module of the session."""
+    if task not in _PROJECTS:
+        _PROJECTS[task] = build_project(tmp_path_factory.mktemp(f"project_{task}"), task)
+    return _PROJECTS[task]
+
+
+def copy_project(root: Path, destination: Path) -> Path:
+    """A private copy for tests that change artifacts (paths in run.toml still name the original audio)."""
+    shutil.copytree(root, destination)
+    return destination
+
+
+@pytest.fixture(scope="module")
+def multilabel(tmp_path_factory) -> Path:
+    return trained_project(tmp_path_factory, "multilabel")
+
+
+@pytest.fixture(scope="module")
+def singlelabel(tmp_path_factory) -> Path:
+    return trained_project(tmp_path_factory, "singlelabel")
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
 
 
 def random_multilabel(seed=0, clips=60, classes=5):
@@ -146,3 +249,150 @@ def test_plots_write_readable_pngs(tmp_path):
     for name in ("ap.png", "pr.png", "cm.png"):
         image = matplotlib.image.imread(tmp_path / name)
         assert image.ndim == 3 and image.shape[0] > 100
+
+
+# ---------------------------------------------------------------- the evaluate stage on real artifacts
+
+
+def evaluated(root: Path, **options) -> tuple[dict, Path]:
+    counts = Evaluator(project_config(root), **options).run()
+    name = Path(options["manifest"]).stem if options.get("manifest") else options.get("split", "validation")
+    return counts, Layout(root / "work").eval_dir(name)
+
+
+def test_split_reports_match_sklearn_on_the_scores_they_hold(multilabel):
+    counts, out = evaluated(multilabel, class_name="MID")
+    metrics = json.loads((out / "metrics.json").read_text())
+    _, index = open_store(Layout(multilabel / "work").tokens("validation"),
+                          Layout(multilabel / "work").tokens_index("validation"))
+    clips = json.loads((out / "clips.json").read_text())
+    assert clips["ids"] == index.ids and clips["classes"] == index.classes
+    scores, targets = np.load(out / "scores.npy"), index.label_matrix()
+    assert scores.shape == targets.shape and np.isfinite(scores).all()
+
+    evaluated_classes = [c for c in range(targets.shape[1]) if targets[:, c].any()]
+    expected_map = np.mean([average_precision_score(targets[:, c], scores[:, c]) for c in evaluated_classes])
+    assert metrics["mAP"] == pytest.approx(expected_map)
+    assert metrics["micro_f1"] == pytest.approx(f1_score(targets, scores >= 0.5, average="micro"))
+    assert metrics["clips"] == counts["clips"] == len(index.ids)
+    assert counts["mAP"] == metrics["mAP"]
+
+    for row in read_csv(out / "per_class.csv"):
+        c = index.classes.index(row["class"])
+        assert int(row["positives"]) == int(targets[:, c].sum())
+        assert float(row["ap"]) == pytest.approx(average_precision_score(targets[:, c], scores[:, c]), abs=1e-6)
+        assert float(row["f1"]) == pytest.approx(f1_score(targets[:, c], scores[:, c] >= 0.5, zero_division=0),
+                                                 abs=1e-6)
+    for row in read_csv(out / "sweep.csv"):
+        predicted = scores >= float(row["threshold"])
+        assert float(row["precision"]) == pytest.approx(
+            precision_score(targets, predicted, average="micro", zero_division=0), abs=1e-6)
+        assert float(row["recall"]) == pytest.approx(recall_score(targets, predicted, average="micro"), abs=1e-6)
+        assert int(row["false_positives"]) == int(((targets == 0) & predicted).sum())
+    mid = index.classes.index("mid")
+    class_rows = read_csv(out / "sweep_mid.csv")  # --class matched case-insensitively
+    assert len(class_rows) == 19
+    for row in class_rows:
+        predicted = scores[:, mid] >= float(row["threshold"])
+        assert int(row["false_negatives"]) == int(((targets[:, mid] == 1) & ~predicted).sum())
+        assert float(row["recall"]) == pytest.approx(recall_score(targets[:, mid], predicted), abs=1e-6)
+    assert (out / "per_class.md").read_text().count("\n| ") == 1 + len(index.classes)
+    for png in ("per_class_ap.png", "pr_curves.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "confusion.csv").exists()  # multi-label: no confusion matrix
+
+
+def test_singlelabel_confusion_matrix_and_accuracy(singlelabel):
+    _, out = evaluated(singlelabel)
+    metrics = json.loads((out / "metrics.json").read_text())
+    _, index = open_store(Layout(singlelabel / "work").tokens("validation"),
+                          Layout(singlelabel / "work").tokens_index("validation"))
+    scores = np.load(out / "scores.npy")
+    true_ids = np.array([labels[0] for labels in index.labels])
+    predicted = scores.argmax(axis=1)
+    assert metrics["task"] == "singlelabel"
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(true_ids, predicted))
+    with open(out / "confusion.csv", newline="") as handle:
+        table = list(csv.reader(handle))
+    assert table[0][1:] == index.classes and [r[0] for r in table[1:]] == index.classes
+    matrix = np.array([[int(v) for v in r[1:]] for r in table[1:]])
+    assert matrix.sum() == len(index.ids)
+    np.testing.assert_array_equal(matrix, sk_confusion_matrix(true_ids, predicted, labels=range(len(index.classes))))
+    per_class = {r["class"]: r for r in read_csv(out / "per_class.csv")}
+    recalls = recall_score(true_ids, predicted, labels=range(len(index.classes)), average=None, zero_division=0)
+    for c, name in enumerate(index.classes):
+        assert float(per_class[name]["recall"]) == pytest.approx(recalls[c], abs=1e-6)
+    assert (out / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_unknown_class_names_close_matches(multilabel):
+    with pytest.raises(UserError, match=r"'hihg'.*'high'"):
+        Evaluator(project_config(multilabel), class_name="hihg").run()
+
+
+def test_manifest_evaluation_scores_audio_like_the_split_and_reports_bad_files(multilabel, tmp_path):
+    _, split_out = evaluated(multilabel)
+    split_ids = json.loads((split_out / "clips.json").read_text())["ids"]
+    split_scores = np.load(split_out / "scores.npy")
+    labels = dict(line.split(",", 1) for line in (multilabel / "manifest.csv").read_text().splitlines()[1:])
+    (tmp_path / "broken.wav").write_bytes(b"RIFF not really a wave file")
+    rows = ["path,label"] + [f"{multilabel / clip},{labels[clip]}" for clip in split_ids]
+    rows += [f"{tmp_path / 'broken.wav'},low", f"{tmp_path / 'absent.wav'},high"]
+    manifest = tmp_path / "heldout.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+
+    counts, out = evaluated(multilabel, manifest=manifest)
+    assert out.name == "heldout" and counts["clips"] == len(split_ids) and counts["skipped"] == 2
+    metrics = json.loads((out / "metrics.json").read_text())
+    reasons = {Path(s["id"]).name: s["reason"] for s in metrics["skipped_clips"]}
+    assert reasons.keys() == {"broken.wav", "absent.wav"}
+    assert reasons["broken.wav"].startswith("undecodable") and reasons["absent.wav"].startswith("missing")
+    ids = json.loads((out / "clips.json").read_text())["ids"]
+    assert ids == [str(multilabel / clip) for clip in split_ids]
+    np.testing.assert_allclose(np.load(out / "scores.npy"), split_scores, atol=1e-5)
+    assert metrics["mAP"] == pytest.approx(json.loads((split_out / "metrics.json").read_text())["mAP"], abs=1e-6)
+
+    manifest.write_text(f"path,label\n{multilabel / split_ids[0]},hgh\n")
+    with pytest.raises(UserError, match=r"'hgh'.*not classes of the model.*'high'"):
+        evaluated(multilabel, manifest=manifest)
+
+
+def test_refuses_a_split_tokenized_with_other_settings(multilabel, tmp_path):
+    root = copy_project(multilabel, tmp_path / "copy")
+    config = project_config(root, "cluster.n_clusters=6")
+    execute("cluster", config)
+    execute("tokenize", config)
+    with pytest.raises(UserError, match=r"cluster\.n_clusters = 6 .* vs 8 \(bundle\)"):
+        Evaluator(config).run()
+
+    execute("cluster", project_config(root))  # back to 8 clusters, but the frames claim other mel settings
+    execute("tokenize", project_config(root))
+    index_path = Layout(root / "work").tokens_index("validation")
+    index = json.loads(index_path.read_text())
+    index["spectrogram"]["n_mels"] = 32
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(UserError, match=r"spectrogram\.n_mels = 32 .* vs 64 \(bundle\)"):
+        Evaluator(project_config(root)).run()
+
+
+def test_reports_are_replaced_whole(multilabel, tmp_path):
+    root = copy_project(multilabel, tmp_path / "copy")
+    _, out = evaluated(root, class_name="low")
+    assert (out / "sweep_low.csv").is_file()
+    _, out = evaluated(root)
+    assert not (out / "sweep_low.csv").exists()
+    assert not list(out.parent.glob(".*"))  # no temporary folder left behind
+
+
+def test_cli_prints_headline_and_paths(multilabel, tmp_path):
+    root = copy_project(multilabel, tmp_path / "copy")
+    result = CliRunner().invoke(main, ["evaluate", "--config", str(root / "run.toml"), "--workdir",
+                                       str(root / "work"), "--class", "high"])
+    assert result.exit_code == 0, result.output
+    assert "validation: " in result.output and " mAP " in result.output
+    assert str(root / "work/output/eval/validation") in result.output
+    record = json.loads((root / "work/output/eval/validation.meta.json").read_text())
+    metrics = json.loads((root / "work/output/eval/validation/metrics.json").read_text())
+    assert record["counts"]["mAP"] == metrics["mAP"]
+    result = CliRunner().invoke(main, ["evaluate", "--workdir", str(root / "work"), "--split", "nope"])
+    assert result.exit_code == 2 and "tokenized/nope/index.json not found" in result.output

@@ -1,0 +1,363 @@
+"""`audiotokens evaluate`: the model bundle scored on a tokenized split or a manifest of audio files.
+
+Writes output/eval/<name>/ (name = the split or the manifest's stem), swapped in whole:
+  metrics.json               the training metrics (same code), counts, skipped clips
+  per_class.csv, .md         class, positives, AP, precision/recall/F1 at the threshold, best-F1 threshold
+  sweep.csv                  micro precision/recall/F1/FP/FN at thresholds 0.05 … 0.95
+  sweep_<class>.csv          the same for the class given with --class
+  confusion.csv, .png        single-label only: true × predicted clip counts
+  per_class_ap.png, pr_curves.png
+  scores.npy + clips.json    the score matrix and the clip ids / classes of its rows and columns
+"""
+from __future__ import annotations
+
+import logging
+import math
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from . import reports
+from .artifacts import ClipIndex, Layout, open_store, read_json, replace_dir, save_npy, write_json
+from .config import Config
+from .errors import UserError
+from .metrics import classification_metrics
+from .predict import bundle_spectrogram, load_model, score_files
+from .provenance import read_record
+
+log = logging.getLogger("audiotokens")
+
+CLIPS_PER_CALL = 1024  # clips handed to the model at a time (progress and bounded memory)
+
+
+@dataclass
+class Scored:
+    """Rows = clips (ids), columns = the bundle's classes."""
+
+    ids: list[str]
+    targets: np.ndarray  # (clips, classes) 0/1
+    scores: np.ndarray  # (clips, classes) probabilities
+    skipped: list[dict[str, str]] = field(default_factory=list)  # {"id", "reason"}
+
+
+class Evaluator:
+    def __init__(self, config: Config, split: str = "validation", manifest: str | Path | None = None,
+                 class_name: str | None = None, model_dir: str | Path | None = None):
+        self.config = config
+        self.layout = Layout(config.workdir)
+        self.split = split
+        self.manifest = Path(manifest) if manifest else None
+        self.class_name = class_name
+        self.model_dir = Path(model_dir) if model_dir else self.layout.model_dir
+        self.threshold = config.evaluate.threshold
+        if not 0.0 <= self.threshold <= 1.0:
+            raise UserError(f"'evaluate.threshold' must be between 0 and 1, got {self.threshold}")
+
+    @property
+    def name(self) -> str:
+        return self.manifest.stem if self.manifest else self.split
+
+    def run(self) -> dict[str, Any]:
+        bundle = load_model(self.model_dir)
+        sweep_class = resolve_class(self.class_name, bundle.classes) if self.class_name else None
+        scored = self._score_manifest(bundle) if self.manifest else self._score_split(bundle)
+        out_dir = self.layout.eval_dir(self.name)
+        source = str(self.manifest) if self.manifest else f"tokenized/{self.split}"
+        metrics = write_reports(out_dir, scored, bundle.classes, bundle.task, self.threshold, sweep_class,
+                                {"name": self.name, "source": source, "model": str(self.model_dir)})
+        log_headline(self.name, metrics, out_dir)
+        return {key: metrics[key] for key in ("clips", "skipped", "task", *headline_keys(bundle.task))}
+
+    # ------------------------------------------------------------ a tokenized split
+
+    def _score_split(self, bundle) -> Scored:
+        tokens_path, index_path = self.layout.tokens(self.split), self.layout.tokens_index(self.split)
+        if not index_path.is_file():
+            raise UserError(f"{index_path} not found; run `audiotokens tokenize` first, or evaluate audio with "
+                            "--manifest FILE")
+        tokens, index = open_store(tokens_path, index_path)
+        check_split_matches_bundle(self.layout, self.split, index, bundle, self.model_dir)
+        scores = np.zeros((len(index), len(bundle.classes)), dtype=np.float32)
+        with tqdm(total=len(index), unit="clip", desc=f"evaluate {self.split}", disable=None, leave=False) as bar:
+            for start in range(0, len(index), CLIPS_PER_CALL):
+                rows = range(start, min(start + CLIPS_PER_CALL, len(index)))
+                # copies: torch refuses to wrap read-only memmap slices without a warning
+                sequences = [np.array(tokens[index.offsets[i]:index.offsets[i] + index.lengths[i]]) for i in rows]
+                scores[start:start + len(sequences)] = bundle.scores(sequences)
+                bar.update(len(sequences))
+        return Scored(list(index.ids), index.label_matrix(), scores, self._split_skips())
+
+    def _split_skips(self) -> list[dict[str, str]]:
+        """Clips of this split the spectrogram stage could not use (they have no tokens to score)."""
+        path = self.layout.frames_report(self.split)
+        if not path.is_file():
+            return []
+        return [{"id": s.get("id", ""), "reason": " ".join(filter(None, (s.get("reason"), s.get("detail"))))}
+                for s in read_json(path).get("skipped", [])]
+
+    # ------------------------------------------------------------ a manifest of audio files
+
+    def _score_manifest(self, bundle) -> Scored:
+        from .sources.manifest import read_manifest
+
+        rows = read_manifest(self.manifest, self.config.data.label_delimiter)
+        class_of = {name: i for i, name in enumerate(bundle.classes)}
+        check_manifest_labels(self.manifest, rows, bundle)
+        params = bundle_spectrogram(bundle)
+        ids, targets, scores, skipped = [], [], [], []
+        with tqdm(total=len(rows), unit="clip", desc=f"evaluate {self.name}", disable=None, leave=False) as bar:
+            for start in range(0, len(rows), CLIPS_PER_CALL):
+                batch = rows[start:start + CLIPS_PER_CALL]
+                for row, (item, clip_scores) in zip(batch, score_files([r.audio for r in batch], bundle, params)):
+                    if clip_scores is None:
+                        skipped.append({"id": row.id, "reason": item.error})
+                        continue
+                    ids.append(row.id)
+                    target = np.zeros(len(bundle.classes), dtype=np.float32)
+                    target[[class_of[label] for label in row.labels]] = 1.0
+                    targets.append(target)
+                    scores.append(clip_scores)
+                bar.update(len(batch))
+        if skipped:
+            log.warning("%d of %d clips of %s could not be scored (listed in metrics.json), e.g. %s: %s",
+                        len(skipped), len(rows), self.manifest, skipped[0]["id"], skipped[0]["reason"])
+        if not ids:
+            raise UserError(f"no clip of {self.manifest} could be scored (first: {skipped[0]['id']}: "
+                            f"{skipped[0]['reason']})")
+        return Scored(ids, np.stack(targets), np.stack(scores).astype(np.float32), skipped)
+
+
+# ---------------------------------------------------------------- checks
+
+
+def resolve_class(name: str, classes: list[str]) -> int:
+    """Column of a class given by name (exact, else case-insensitive); UserError with close names."""
+    if name in classes:
+        return classes.index(name)
+    folded = [c for c in classes if c.casefold() == name.casefold()]
+    if len(folded) == 1:
+        return classes.index(folded[0])
+    close = reports.nearest_names(name, classes)
+    hint = f"; close names: {', '.join(repr(c) for c in close)}" if close else ""
+    raise UserError(f"--class '{name}' is not a class of the model ({len(classes)} classes){hint}")
+
+
+def check_manifest_labels(manifest: Path, rows, bundle) -> None:
+    known = set(bundle.classes)
+    unknown = sorted({label for row in rows for label in row.labels if label not in known})
+    if unknown:
+        close = reports.nearest_names(unknown[0], bundle.classes)
+        hint = f" (close: {', '.join(repr(c) for c in close)})" if close else ""
+        raise UserError(f"{manifest}: label(s) {', '.join(repr(u) for u in unknown[:5])}"
+                        f"{' …' if len(unknown) > 5 else ''} are not classes of the model{hint}; "
+                        "labels must be the model's class names")
+    if bundle.task == "singlelabel":
+        multi = next((row for row in rows if len(row.labels) > 1), None)
+        if multi is not None:
+            raise UserError(f"{manifest} line {multi.line}: {multi.id} has {len(multi.labels)} labels but the "
+                            "model is single-label; give one label per clip")
+
+
+def check_split_matches_bundle(layout: Layout, split: str, index: ClipIndex, bundle, model_dir: Path) -> None:
+    """Refuse a split tokenized with other spectrogram or vocabulary settings than the bundle's.
+
+    The split's settings come from its own index (copied from the frames index when it was made) and,
+    where that lacks them, from the provenance records processed/spectrogram.meta.json and
+    output/centroids.meta.json; the bundle's from its metadata.
+    """
+    from .spectrogram import FRAME_KEYS
+
+    differences = []
+    spectrogram, source = _split_spectrogram(layout, split, index)
+    for key in FRAME_KEYS:
+        if key in spectrogram and spectrogram[key] != bundle.spectrogram.get(key):
+            differences.append(f"spectrogram.{key} = {spectrogram[key]!r} ({source}) vs "
+                               f"{bundle.spectrogram.get(key)!r} (bundle)")
+    bundled = {"n_clusters": int(bundle.metadata.get("n_clusters", len(bundle.centroids))),
+               "spherical": bool(bundle.spherical)}
+    for key, (value, source) in _split_vocabulary(layout, split, index).items():
+        if value is not None and value != bundled[key]:
+            differences.append(f"cluster.{key} = {value!r} ({source}) vs {bundled[key]!r} (bundle)")
+    if differences:
+        raise UserError(f"tokenized/{split} was made with other settings than the model bundle {model_dir}: "
+                        f"{'; '.join(differences)}; re-run the stages from the first differing one "
+                        "(`audiotokens run`), or evaluate audio with --manifest, which uses the bundle's settings")
+    _check_same_vocabulary(layout, split, bundle, model_dir)
+    _check_same_classes(layout, split, index, bundle, model_dir)
+    stored = index.extra.get("dtype")
+    if stored and stored != bundle.spectrogram.get("dtype", stored):
+        log.warning("%s frames were stored as %s, the model's as %s; tokens may differ slightly",
+                    split, stored, bundle.spectrogram.get("dtype"))
+
+
+def _relative(layout: Layout, path: Path) -> str:
+    try:
+        return str(path.relative_to(layout.workdir))
+    except ValueError:
+        return str(path)
+
+
+def _split_spectrogram(layout: Layout, split: str, index: ClipIndex) -> tuple[dict[str, Any], str]:
+    if index.extra.get("spectrogram"):
+        return dict(index.extra["spectrogram"]), _relative(layout, layout.tokens_index(split))
+    record = read_record(layout, "spectrogram") or {}
+    return _unprefixed(record.get("params", {}), "spectrogram."), _relative(layout, layout.record("spectrogram"))
+
+
+def _split_vocabulary(layout: Layout, split: str, index: ClipIndex) -> dict[str, tuple[Any, str]]:
+    """n_clusters and spherical of the split's tokens, each with the file that says so."""
+    record = _unprefixed((read_record(layout, "cluster") or {}).get("params", {}), "cluster.")
+    record_source = _relative(layout, layout.record("cluster"))
+    found = {"n_clusters": (record.get("n_clusters"), record_source),
+             "spherical": (record.get("spherical"), record_source)}
+    if index.extra.get("vocab_size") is not None:
+        found["n_clusters"] = (int(index.extra["vocab_size"]), _relative(layout, layout.tokens_index(split)))
+    stats_path = layout.token_stats(split)
+    if stats_path.is_file():
+        stats = read_json(stats_path)
+        if "spherical" in stats:
+            found["spherical"] = (bool(stats["spherical"]), _relative(layout, stats_path))
+    return found
+
+
+def _check_same_vocabulary(layout: Layout, split: str, bundle, model_dir: Path) -> None:
+    """Same settings can still mean other centroids (re-clustered since training): compare the content,
+    when the tokenize record says the split was made from the centroids now on disk."""
+    tokenize, cluster = read_record(layout, "tokenize"), read_record(layout, "cluster")
+    if not (tokenize and cluster and layout.centroids.is_file()):
+        return
+    if tokenize.get("inputs", {}).get("cluster") != cluster.get("fingerprint"):
+        return
+    current = np.load(layout.centroids)
+    if current.shape != bundle.centroids.shape or not np.array_equal(current, bundle.centroids):
+        raise UserError(f"tokenized/{split} was made with {layout.centroids}, which differs from the centroids "
+                        f"in the model bundle {model_dir} (clustered again after training); re-run "
+                        "`audiotokens train`, or evaluate audio with --manifest")
+
+
+def _check_same_classes(layout: Layout, split: str, index: ClipIndex, bundle, model_dir: Path) -> None:
+    if list(index.classes) != list(bundle.classes) or index.task != bundle.task:
+        raise UserError(f"{layout.tokens_index(split)} has {len(index.classes)} {index.task} classes, the model "
+                        f"bundle {model_dir} {len(bundle.classes)} {bundle.task} ones (the split was made again "
+                        "after training); re-run `audiotokens train`")
+
+
+def _unprefixed(params: dict[str, Any], prefix: str) -> dict[str, Any]:
+    return {key[len(prefix):]: value for key, value in params.items() if key.startswith(prefix)}
+
+
+# ---------------------------------------------------------------- reports
+
+
+def headline_keys(task: str) -> tuple[str, ...]:
+    return ("mAP", "micro_f1", "macro_f1") if task == "multilabel" else ("accuracy", "macro_f1")
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: an undefined metric is written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def safe_name(name: str) -> str:
+    """A class name usable in a file name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "class"
+
+
+def write_reports(out_dir: Path, scored: Scored, classes: list[str], task: str, threshold: float,
+                  sweep_class: int | None, about: dict[str, Any]) -> dict[str, Any]:
+    """Every report file into a temporary directory that then replaces out_dir; returns metrics.json."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        metrics = _write_all(tmp, scored, classes, task, threshold, sweep_class, about)
+        replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    metrics["files"] = {name: str(out_dir / name) for name in metrics["files"]}
+    return metrics
+
+
+def _write_all(folder: Path, scored: Scored, classes: list[str], task: str, threshold: float,
+               sweep_class: int | None, about: dict[str, Any]) -> dict[str, Any]:
+    targets, scores = scored.targets, scored.scores
+    if task == "singlelabel":
+        single = targets.sum(axis=1) == 1
+        if not single.all():
+            raise UserError(f"{about['source']}: clip {scored.ids[int(np.flatnonzero(~single)[0])]} does not have "
+                            "exactly one label, but the model is single-label")
+        true_ids = targets.argmax(axis=1)
+        metrics = classification_metrics(task, true_ids, scores, threshold)
+    else:
+        metrics = classification_metrics(task, targets, scores, threshold)
+    at_threshold = reports.counts_at(targets, reports.class_predictions(scores, task, threshold))
+    rows = reports.per_class_table(targets, scores, classes, task, threshold)
+    files = ["metrics.json", "per_class.csv", "per_class.md", "sweep.csv", "per_class_ap.png", "pr_curves.png",
+             "scores.npy", "clips.json"]
+
+    reports.write_csv(folder / "per_class.csv", rows, reports.PER_CLASS_COLUMNS)
+    decision = f"at threshold {threshold}" if task == "multilabel" else "of the arg-max class"
+    (folder / "per_class.md").write_text(
+        f"# {about['name']}: per-class results ({len(scored.ids)} clips, sorted by AP)\n\n"
+        f"precision, recall and F1 {decision}; best_f1 at best_threshold is each class's optimum.\n\n"
+        + reports.markdown_table(rows, reports.PER_CLASS_COLUMNS))
+    reports.write_csv(folder / "sweep.csv", reports.threshold_sweep(targets, scores), reports.SWEEP_COLUMNS)
+    if sweep_class is not None:
+        name = f"sweep_{safe_name(classes[sweep_class])}.csv"
+        reports.write_csv(folder / name, reports.threshold_sweep(targets[:, sweep_class], scores[:, sweep_class]),
+                          reports.SWEEP_COLUMNS)
+        files.append(name)
+    if task == "singlelabel":
+        matrix = reports.confusion_matrix(true_ids, scores.argmax(axis=1), len(classes))
+        reports.write_confusion_csv(folder / "confusion.csv", matrix, classes)
+        reports.plot_confusion(folder / "confusion.png", matrix, classes)
+        files += ["confusion.csv", "confusion.png"]
+    reports.plot_ap_bars(folder / "per_class_ap.png", rows, f"{about['name']}: per-class AP")
+    reports.plot_pr_curves(folder / "pr_curves.png", targets, scores, classes, rows)
+    save_npy(folder / "scores.npy", scores.astype(np.float32))
+    write_json(folder / "clips.json", {"ids": scored.ids, "classes": classes})
+
+    result = {
+        **about,
+        "task": task,
+        "threshold": threshold,
+        "clips": len(scored.ids),
+        "skipped": len(scored.skipped),
+        "classes": len(classes),
+        "classes_with_positives": int((targets.sum(axis=0) > 0).sum()),
+        **{key: _finite(value) for key, value in metrics.items()},
+        "micro_precision": at_threshold["precision"],
+        "micro_recall": at_threshold["recall"],
+        "false_positives": at_threshold["false_positives"],
+        "false_negatives": at_threshold["false_negatives"],
+        "sweep_class": classes[sweep_class] if sweep_class is not None else None,
+        "skipped_clips": scored.skipped,
+        "files": files,
+    }
+    write_json(folder / "metrics.json", result)
+    return result
+
+
+def log_headline(name: str, metrics: dict[str, Any], out_dir: Path) -> None:
+    def number(key: str) -> str:
+        value = metrics.get(key)
+        return "n/a" if value is None else f"{value:.4f}"
+
+    skipped = f", {metrics['skipped']} skipped" if metrics["skipped"] else ""
+    if metrics["task"] == "multilabel":
+        excluded = metrics.get("classes_excluded", 0)
+        note = f" ({excluded} classes without positives excluded)" if excluded else ""
+        log.info("%s: %d clips%s — mAP %s%s, micro F1 %s, macro F1 %s at threshold %g", name, metrics["clips"],
+                 skipped, number("mAP"), note, number("micro_f1"), number("macro_f1"), metrics["threshold"])
+    else:
+        log.info("%s: %d clips%s — accuracy %s, macro F1 %s", name, metrics["clips"], skipped,
+                 number("accuracy"), number("macro_f1"))
+    log.info("reports in %s/: %s", out_dir, ", ".join(Path(p).name for p in metrics["files"].values()))

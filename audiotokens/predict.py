@@ -1,0 +1,287 @@
+"""`audiotokens predict` and `audiotokens show`: a model bundle applied to audio files.
+
+Everything that turns audio into model input comes from the bundle (spectrogram parameters, storage
+dtype, centroids, spherical flag), never from the current config, so a bundle copied to another machine
+scores a file exactly as the training pipeline would have.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from .artifacts import Layout
+from .audio import AudioError
+from .errors import UserError
+
+log = logging.getLogger("audiotokens")
+
+LIST_SUFFIXES = (".txt", ".lst")
+FILES_PER_BATCH = 64  # files decoded before one batched model call; bounds memory and output latency
+
+
+# ---------------------------------------------------------------- audio -> tokens -> scores
+
+
+def load_model(model_dir: str | Path | None, workdir: str | Path = "."):
+    """The bundle at model_dir (default <workdir>/output/model), on CPU."""
+    from .bundle import load_bundle
+
+    return load_bundle(Path(model_dir) if model_dir else Layout(workdir).model_dir)
+
+
+def bundle_spectrogram(bundle):
+    """The bundle's spectrogram parameters as a SpectrogramConfig (what compute_frames takes)."""
+    from .spectrogram import params_from_dict
+
+    try:
+        return params_from_dict(dict(bundle.spectrogram))
+    except (TypeError, UserError) as exc:
+        raise UserError(f"the model bundle's spectrogram parameters are unusable ({exc}); "
+                        "re-run `audiotokens train`") from None
+
+
+def audio_frames(location: str, params) -> np.ndarray:
+    """Frames of one clip exactly as the spectrogram stage stores them (its dtype included)."""
+    from .spectrogram import clip_frames
+
+    frames = clip_frames(location, params).astype(params.dtype, copy=False)
+    if not np.isfinite(frames).all():
+        raise AudioError("non-finite frames", f"values overflow {params.dtype}")
+    return frames
+
+
+def frame_tokens(frames: np.ndarray, bundle) -> np.ndarray:
+    """Nearest-centroid ids of frames with the bundle's vocabulary."""
+    from .tokenizer import assign_tokens
+
+    if frames.shape[1] != bundle.centroids.shape[1]:
+        raise UserError(f"the bundle's centroids have dimension {bundle.centroids.shape[1]} but its "
+                        f"spectrogram gives {frames.shape[1]} mel bands; the bundle is inconsistent")
+    return assign_tokens(frames, bundle.centroids, bundle.spherical)
+
+
+@dataclass
+class Tokenized:
+    """One file's token ids, or why it has none."""
+
+    path: str
+    tokens: np.ndarray | None
+    error: str = ""
+
+
+def tokenize_file(location: str, bundle, params) -> Tokenized:
+    """Never raises for a bad file: the reason goes in `error` so the other files still get scored."""
+    try:
+        return Tokenized(location, frame_tokens(audio_frames(location, params), bundle))
+    except AudioError as exc:
+        return Tokenized(location, None, str(exc))
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - an odd file must cost one row, not the whole run
+        return Tokenized(location, None, f"unexpected error: {type(exc).__name__}: {exc}")
+
+
+def score_files(locations: Sequence[str], bundle, params) -> list[tuple[Tokenized, np.ndarray | None]]:
+    """Tokenize each file, then score all that worked in one batched model call."""
+    tokenized = [tokenize_file(location, bundle, params) for location in locations]
+    good = [t for t in tokenized if t.tokens is not None]
+    scores = iter(bundle.scores([t.tokens for t in good]) if good else [])
+    return [(t, next(scores) if t.tokens is not None else None) for t in tokenized]
+
+
+# ---------------------------------------------------------------- which files
+
+
+def expand_paths(paths: Iterable[str]) -> list[str]:
+    """Audio files, directories (recursive, audio extensions only) and list files, in the order given.
+
+    A list file (.txt/.lst) names one path per line, relative to the list's folder; blank lines and
+    lines starting with # are skipped. A path that does not exist is kept, so it gets an error row.
+    """
+    files: list[str] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files += _audio_under(path)
+        elif path.suffix.lower() in LIST_SUFFIXES and path.is_file():
+            files += _list_entries(path)
+        else:
+            files.append(str(raw))
+    if not files:
+        raise UserError(f"no audio files found in {', '.join(map(str, paths))}; give audio files, folders "
+                        "holding audio files, or .txt/.lst lists of paths")
+    return list(dict.fromkeys(files))
+
+
+def _audio_under(folder: Path) -> list[str]:
+    from .sources.audio_files import is_audio_file
+
+    return [str(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and is_audio_file(p)
+            and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+
+
+def _list_entries(list_file: Path) -> list[str]:
+    try:
+        lines = list_file.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read list file {list_file} ({exc}); it should hold one path per line") from None
+    entries: list[str] = []
+    for line in lines:
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        path = Path(text) if Path(text).is_absolute() else list_file.parent / text
+        entries += _audio_under(path) if path.is_dir() else [str(path)]
+    return entries
+
+
+# ---------------------------------------------------------------- output
+
+
+def chosen_classes(scores: np.ndarray, classes: Sequence[str], top_k: int,
+                   threshold: float | None) -> list[dict[str, Any]]:
+    """Every class scoring >= threshold when one is given, else the top_k; best first."""
+    order = np.argsort(-scores, kind="stable")
+    if threshold is not None:
+        order = [i for i in order if scores[i] >= threshold]
+    else:
+        order = order[:top_k]
+    return [{"class": classes[i], "score": float(scores[i])} for i in order]
+
+
+class Writer:
+    """Prints prediction rows as they come (table, csv) or all at the end (json)."""
+
+    def __init__(self, fmt: str, out: TextIO):
+        self.fmt, self.out = fmt, out
+        self.rows: list[dict[str, Any]] = []
+        if fmt == "csv":
+            self.csv = csv.writer(out)
+            self.csv.writerow(["path", "rank", "class", "score", "error"])
+
+    def write(self, path: str, top: list[dict[str, Any]], error: str) -> None:
+        if self.fmt == "json":
+            self.rows.append({"path": path, "top": top, "error": error or None})
+        elif self.fmt == "csv":
+            if error:
+                self.csv.writerow([path, "", "", "", error])
+            for rank, item in enumerate(top, 1):
+                self.csv.writerow([path, rank, item["class"], f"{item['score']:.6f}", ""])
+        else:
+            self.out.write(f"{path}\n")
+            if error:
+                self.out.write(f"  ERROR   {error}\n")
+            elif not top:
+                self.out.write("  (no class reaches the threshold)\n")
+            for item in top:
+                self.out.write(f"  {item['score']:.4f}  {item['class']}\n")
+        self.out.flush()
+
+    def close(self) -> None:
+        if self.fmt == "json":
+            json.dump(self.rows, self.out, indent=1)
+            self.out.write("\n")
+        self.out.flush()
+
+
+def _batches(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def predict_cli(paths: Sequence[str], model_dir: str | None, workdir: str, top_k: int, threshold: float | None,
+                fmt: str, out: TextIO | None = None) -> int:
+    """Print predictions for every file; 0 if all were scored, 1 if any failed (UserError = usage)."""
+    if top_k < 1:
+        raise UserError(f"--top-k must be at least 1, got {top_k}")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise UserError(f"--threshold must be between 0 and 1, got {threshold}")
+    files = expand_paths(paths)
+    bundle = load_model(model_dir, workdir)
+    params = bundle_spectrogram(bundle)
+    writer = Writer(fmt, out or sys.stdout)
+    failed = 0
+    for batch in _batches(files, FILES_PER_BATCH):
+        for item, scores in score_files(batch, bundle, params):
+            top = chosen_classes(scores, bundle.classes, top_k, threshold) if scores is not None else []
+            writer.write(item.path, top, item.error)
+            failed += bool(item.error)
+    writer.close()
+    if failed:
+        log.warning("%d of %d files could not be scored (error rows above)", failed, len(files))
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------- show
+
+
+def show_cli(audio: str, model_dir: str | None, workdir: str, out_path: str | None, top_k: int = 5) -> Path:
+    """One PNG: mel spectrogram, the token strip on the same time axis, and the top predictions."""
+    bundle = load_model(model_dir, workdir)
+    params = bundle_spectrogram(bundle)
+    try:
+        frames = audio_frames(audio, params)
+    except AudioError as exc:
+        raise UserError(f"cannot read {audio}: {exc}") from None
+    tokens = frame_tokens(frames, bundle)
+    scores = bundle.scores([tokens])[0]
+    top = chosen_classes(scores, bundle.classes, top_k, None)
+    path = Path(out_path) if out_path else Path.cwd() / f"{Path(audio).stem}.tokens.png"
+    draw_tokens_picture(path, frames.astype(np.float32), tokens, top, params, title=Path(audio).name,
+                        n_clusters=len(bundle.centroids))
+    print(f"wrote {path}")
+    return path
+
+
+def draw_tokens_picture(path: Path, frames: np.ndarray, tokens: np.ndarray, top: list[dict[str, Any]], params,
+                        title: str, n_clusters: int) -> None:
+    from .reports import pyplot
+
+    plt = pyplot()
+    seconds = len(frames) * params.hop_length / params.sample_rate
+    extent = (0.0, seconds, 0, params.n_mels)
+    fig = plt.figure(figsize=(11, 5.5))
+    grid = fig.add_gridspec(3, 2, height_ratios=(4, 0.6, 0.25), width_ratios=(4, 1.3), hspace=0.08, wspace=0.35)
+    mel = fig.add_subplot(grid[0, 0])
+    image = mel.imshow(frames.T, origin="lower", aspect="auto", extent=extent, cmap="magma",
+                       interpolation="nearest")
+    mel.set_ylabel("mel band")
+    mel.set_title(title, fontsize=10)
+    mel.tick_params(labelbottom=False)
+    fig.colorbar(image, ax=mel, fraction=0.03, pad=0.01)
+    strip = fig.add_subplot(grid[1, 0], sharex=mel)
+    # one column per frame, coloured by token id; the same extent keeps frame t under frame t
+    strip.imshow(np.asarray(tokens).reshape(1, -1), aspect="auto", extent=(0.0, seconds, 0, 1),
+                 cmap="tab20" if n_clusters <= 20 else "nipy_spectral", vmin=0, vmax=max(n_clusters - 1, 1),
+                 interpolation="nearest")
+    strip.set_yticks([])
+    strip.set_ylabel("token", rotation=0, ha="right", va="center")
+    strip.set_xlabel("time (s)")
+    if len(tokens) <= 60:
+        step = seconds / len(tokens)
+        for t, token in enumerate(tokens):
+            strip.text((t + 0.5) * step, 0.5, str(int(token)), ha="center", va="center", fontsize=6)
+    bars = fig.add_subplot(grid[0:2, 1])
+    names = [item["class"] for item in top][::-1]
+    bars.barh(range(len(top)), [item["score"] for item in top][::-1], color="tab:green")
+    bars.set_yticks(range(len(top)), names, fontsize=8)
+    bars.set_xlim(0, 1)
+    bars.set_xlabel("score")
+    bars.set_title("top predictions", fontsize=10)
+    for i, item in enumerate(top[::-1]):
+        bars.text(min(item["score"], 0.98), i, f" {item['score']:.3f}", va="center", fontsize=7,
+                  ha="right" if item["score"] > 0.7 else "left")
+    fig.text(0.01, 0.01, f"{len(tokens)} frames, {n_clusters} tokens, sr {params.sample_rate}, hop "
+             f"{params.hop_length}, {params.n_mels} mels", fontsize=7, color="gray")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
