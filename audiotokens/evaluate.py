@@ -28,7 +28,7 @@ from .artifacts import ClipIndex, Layout, open_store, read_json, replace_dir, sa
 from .config import Config
 from .errors import UserError
 from .metrics import classification_metrics
-from .predict import bundle_spectrogram, load_model, score_files
+from .predict import AudioTokenizer, load_model, score_files
 from .provenance import read_record
 
 log = logging.getLogger("audiotokens")
@@ -47,6 +47,11 @@ class Scored:
 
 
 class Evaluator:
+    """Scores a split's tokens (or a manifest's audio, with the bundle's settings) and writes the reports.
+
+    The model runs on `train.device`; the threshold is `evaluate.threshold`.
+    """
+
     def __init__(self, config: Config, split: str = "validation", manifest: str | Path | None = None,
                  class_name: str | None = None, model_dir: str | Path | None = None):
         self.config = config
@@ -64,7 +69,7 @@ class Evaluator:
         return self.manifest.stem if self.manifest else self.split
 
     def run(self) -> dict[str, Any]:
-        bundle = load_model(self.model_dir)
+        bundle = load_model(self.model_dir, device=self.config.train.device)
         sweep_class = resolve_class(self.class_name, bundle.classes) if self.class_name else None
         scored = self._score_manifest(bundle) if self.manifest else self._score_split(bundle)
         out_dir = self.layout.eval_dir(self.name)
@@ -109,12 +114,12 @@ class Evaluator:
         rows = read_manifest(self.manifest, self.config.data.label_delimiter)
         class_of = {name: i for i, name in enumerate(bundle.classes)}
         check_manifest_labels(self.manifest, rows, bundle)
-        params = bundle_spectrogram(bundle)
+        tokenizer = AudioTokenizer(bundle)
         ids, targets, scores, skipped = [], [], [], []
         with tqdm(total=len(rows), unit="clip", desc=f"evaluate {self.name}", disable=None, leave=False) as bar:
             for start in range(0, len(rows), CLIPS_PER_CALL):
                 batch = rows[start:start + CLIPS_PER_CALL]
-                for row, (item, clip_scores) in zip(batch, score_files([r.audio for r in batch], bundle, params)):
+                for row, (item, clip_scores) in zip(batch, score_files([r.audio for r in batch], bundle, tokenizer)):
                     if clip_scores is None:
                         skipped.append({"id": row.id, "reason": item.error})
                         continue

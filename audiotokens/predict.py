@@ -30,11 +30,12 @@ FILES_PER_BATCH = 64  # files decoded before one batched model call; bounds memo
 # ---------------------------------------------------------------- audio -> tokens -> scores
 
 
-def load_model(model_dir: str | Path | None, workdir: str | Path = "."):
-    """The bundle at model_dir (default <workdir>/output/model), on CPU."""
+def load_model(model_dir: str | Path | None, workdir: str | Path = ".", device: str = "auto"):
+    """The bundle at model_dir (default <workdir>/output/model) on `device` (auto: CUDA, MPS, else CPU)."""
     from .bundle import load_bundle
+    from .trainer import pick_device
 
-    return load_bundle(Path(model_dir) if model_dir else Layout(workdir).model_dir)
+    return load_bundle(Path(model_dir) if model_dir else Layout(workdir).model_dir, pick_device(device))
 
 
 def bundle_spectrogram(bundle):
@@ -48,26 +49,6 @@ def bundle_spectrogram(bundle):
                         "re-run `audiotokens train`") from None
 
 
-def audio_frames(location: str, params) -> np.ndarray:
-    """Frames of one clip exactly as the spectrogram stage stores them (its dtype included)."""
-    from .spectrogram import clip_frames
-
-    frames = clip_frames(location, params).astype(params.dtype, copy=False)
-    if not np.isfinite(frames).all():
-        raise AudioError("non-finite frames", f"values overflow {params.dtype}")
-    return frames
-
-
-def frame_tokens(frames: np.ndarray, bundle) -> np.ndarray:
-    """Nearest-centroid ids of frames with the bundle's vocabulary."""
-    from .tokenizer import assign_tokens
-
-    if frames.shape[1] != bundle.centroids.shape[1]:
-        raise UserError(f"the bundle's centroids have dimension {bundle.centroids.shape[1]} but its "
-                        f"spectrogram gives {frames.shape[1]} mel bands; the bundle is inconsistent")
-    return assign_tokens(frames, bundle.centroids, bundle.spherical)
-
-
 @dataclass
 class Tokenized:
     """One file's token ids, or why it has none."""
@@ -77,21 +58,45 @@ class Tokenized:
     error: str = ""
 
 
-def tokenize_file(location: str, bundle, params) -> Tokenized:
-    """Never raises for a bad file: the reason goes in `error` so the other files still get scored."""
-    try:
-        return Tokenized(location, frame_tokens(audio_frames(location, params), bundle))
-    except AudioError as exc:
-        return Tokenized(location, None, str(exc))
-    except UserError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - an odd file must cost one row, not the whole run
-        return Tokenized(location, None, f"unexpected error: {type(exc).__name__}: {exc}")
+class AudioTokenizer:
+    """Audio file -> frames -> token ids with a bundle's settings; the nearest-centroid index is built once."""
+
+    def __init__(self, bundle):
+        from .tokenizer import NearestCentroid
+
+        self.params = bundle_spectrogram(bundle)
+        if self.params.n_mels != bundle.centroids.shape[1]:
+            raise UserError(f"the bundle's centroids have dimension {bundle.centroids.shape[1]} but its "
+                            f"spectrogram gives {self.params.n_mels} mel bands; the bundle is inconsistent")
+        self.search = NearestCentroid(bundle.centroids, bundle.spherical)
+
+    def frames(self, location: str) -> np.ndarray:
+        """Frames of one clip exactly as the spectrogram stage stores them (its dtype included)."""
+        from .spectrogram import clip_frames
+
+        frames = clip_frames(location, self.params).astype(self.params.dtype, copy=False)
+        if not np.isfinite(frames).all():
+            raise AudioError("non-finite frames", f"values overflow {self.params.dtype}")
+        return frames
+
+    def tokens(self, frames: np.ndarray) -> np.ndarray:
+        """Nearest-centroid ids, as the tokenize stage assigns them."""
+        return self.search(frames)
+
+    def __call__(self, location: str) -> Tokenized:
+        """Never raises for a bad file: the reason goes in `error` so the other files still get scored."""
+        try:
+            return Tokenized(location, self.tokens(self.frames(location)))
+        except AudioError as exc:
+            return Tokenized(location, None, str(exc))
+        except Exception as exc:  # noqa: BLE001 - an odd file must cost one row, not the whole run
+            return Tokenized(location, None, f"unexpected error: {type(exc).__name__}: {exc}")
 
 
-def score_files(locations: Sequence[str], bundle, params) -> list[tuple[Tokenized, np.ndarray | None]]:
-    """Tokenize each file, then score all that worked in one batched model call."""
-    tokenized = [tokenize_file(location, bundle, params) for location in locations]
+def score_files(locations: Sequence[str], bundle, tokenizer: AudioTokenizer
+                ) -> list[tuple[Tokenized, np.ndarray | None]]:
+    """Tokenize each file, then score all that worked in batched model calls."""
+    tokenized = [tokenizer(location) for location in locations]
     good = [t for t in tokenized if t.tokens is not None]
     scores = iter(bundle.scores([t.tokens for t in good]) if good else [])
     return [(t, next(scores) if t.tokens is not None else None) for t in tokenized]
@@ -207,11 +212,11 @@ def predict_cli(paths: Sequence[str], model_dir: str | None, workdir: str, top_k
         raise UserError(f"--threshold must be between 0 and 1, got {threshold}")
     files = expand_paths(paths)
     bundle = load_model(model_dir, workdir)
-    params = bundle_spectrogram(bundle)
+    tokenizer = AudioTokenizer(bundle)
     writer = Writer(fmt, out or sys.stdout)
     failed = 0
     for batch in _batches(files, FILES_PER_BATCH):
-        for item, scores in score_files(batch, bundle, params):
+        for item, scores in score_files(batch, bundle, tokenizer):
             top = chosen_classes(scores, bundle.classes, top_k, threshold) if scores is not None else []
             writer.write(item.path, top, item.error)
             failed += bool(item.error)
@@ -227,16 +232,16 @@ def predict_cli(paths: Sequence[str], model_dir: str | None, workdir: str, top_k
 def show_cli(audio: str, model_dir: str | None, workdir: str, out_path: str | None, top_k: int = 5) -> Path:
     """One PNG: mel spectrogram, the token strip on the same time axis, and the top predictions."""
     bundle = load_model(model_dir, workdir)
-    params = bundle_spectrogram(bundle)
+    tokenizer = AudioTokenizer(bundle)
     try:
-        frames = audio_frames(audio, params)
+        frames = tokenizer.frames(audio)
     except AudioError as exc:
         raise UserError(f"cannot read {audio}: {exc}") from None
-    tokens = frame_tokens(frames, bundle)
+    tokens = tokenizer.tokens(frames)
     scores = bundle.scores([tokens])[0]
     top = chosen_classes(scores, bundle.classes, top_k, None)
     path = Path(out_path) if out_path else Path.cwd() / f"{Path(audio).stem}.tokens.png"
-    draw_tokens_picture(path, frames.astype(np.float32), tokens, top, params, title=Path(audio).name,
+    draw_tokens_picture(path, frames.astype(np.float32), tokens, top, tokenizer.params, title=Path(audio).name,
                         n_clusters=len(bundle.centroids))
     print(f"wrote {path}")
     return path
@@ -250,14 +255,17 @@ def draw_tokens_picture(path: Path, frames: np.ndarray, tokens: np.ndarray, top:
     seconds = len(frames) * params.hop_length / params.sample_rate
     extent = (0.0, seconds, 0, params.n_mels)
     fig = plt.figure(figsize=(11, 5.5))
-    grid = fig.add_gridspec(3, 2, height_ratios=(4, 0.6, 0.25), width_ratios=(4, 1.3), hspace=0.08, wspace=0.35)
+    # the colour bar gets its own column so the spectrogram and the strip keep the same width
+    # (an empty column before the bars leaves room for their class names)
+    grid = fig.add_gridspec(2, 4, height_ratios=(4, 0.6), width_ratios=(4, 0.08, 0.9, 1.3), hspace=0.08,
+                            wspace=0.1)
     mel = fig.add_subplot(grid[0, 0])
     image = mel.imshow(frames.T, origin="lower", aspect="auto", extent=extent, cmap="magma",
                        interpolation="nearest")
     mel.set_ylabel("mel band")
     mel.set_title(title, fontsize=10)
     mel.tick_params(labelbottom=False)
-    fig.colorbar(image, ax=mel, fraction=0.03, pad=0.01)
+    fig.colorbar(image, cax=fig.add_subplot(grid[0, 1]))
     strip = fig.add_subplot(grid[1, 0], sharex=mel)
     # one column per frame, coloured by token id; the same extent keeps frame t under frame t
     strip.imshow(np.asarray(tokens).reshape(1, -1), aspect="auto", extent=(0.0, seconds, 0, 1),
@@ -270,7 +278,7 @@ def draw_tokens_picture(path: Path, frames: np.ndarray, tokens: np.ndarray, top:
         step = seconds / len(tokens)
         for t, token in enumerate(tokens):
             strip.text((t + 0.5) * step, 0.5, str(int(token)), ha="center", va="center", fontsize=6)
-    bars = fig.add_subplot(grid[0:2, 1])
+    bars = fig.add_subplot(grid[:, 3])
     names = [item["class"] for item in top][::-1]
     bars.barh(range(len(top)), [item["score"] for item in top][::-1], color="tab:green")
     bars.set_yticks(range(len(top)), names, fontsize=8)
