@@ -52,7 +52,7 @@ class SpectrogramConfig:
     fmin: float = 0.0
     fmax: float = 0.0  # 0 = sample_rate / 2
     db: bool = True
-    top_db: float = 80.0
+    top_db: float = 80.0  # floor this many dB below the clip's peak; 0 = no floor
     normalize: bool = True  # each spectrogram linearly scaled to [0, 1]
     dtype: str = "float32"  # float32 | float16
     max_duration: float = 0.0  # seconds kept per clip; 0 = whole clip

@@ -1,0 +1,434 @@
+"""Mel-spectrogram frames of every split: processed/<split>/frames.npy + index.json + report.json.
+
+`compute_frames` is the one definition of a frame (also used by predict): librosa's melspectrogram
+(Hann window, center=True with zero padding, power 2, Slaney mel filterbank) -> power_to_db (ref 1.0,
+amin 1e-10, top_db) -> min-max scaling of the whole clip to [0, 1]. The STFT runs in torch in float64
+and is rounded to complex64 as librosa does: a float32 FFT shifts quiet bins by up to ~1e-4 after dB
+scaling and normalisation.
+
+The stage works through each split in parts of `part_clips` consecutive clips; a finished part is kept
+on disk, so an interrupted run resumes where it stopped. Parts carry a key of the frame parameters and
+the split's clip list and are discarded when either changes.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import librosa
+import numpy as np
+import scipy.signal
+import torch
+from tqdm import tqdm
+
+from .artifacts import SPLITS, ClipIndex, Layout, atomic_path, create_npy, read_json, save_npy, write_json
+from .audio import AudioError, load_mono
+from .config import Config, SpectrogramConfig
+from .errors import UserError
+
+log = logging.getLogger("audiotokens")
+
+AMIN = 1e-10  # power floor before log10, as librosa.power_to_db
+# SpectrogramConfig keys that define what a frame is (dtype and workers only change storage and speed).
+FRAME_KEYS = ("sample_rate", "n_fft", "hop_length", "n_mels", "fmin", "fmax", "db", "top_db", "normalize",
+              "max_duration")
+PART_FORMAT = 1  # bump when the part files' layout changes, so old parts are discarded
+
+
+# ---------------------------------------------------------------- parameters
+
+
+def params_to_dict(params: SpectrogramConfig) -> dict[str, Any]:
+    """Exactly the parameters that define a frame, for a model bundle or a provenance record."""
+    values = asdict(params)
+    return {key: values[key] for key in FRAME_KEYS}
+
+
+def params_from_dict(values: dict[str, Any]) -> SpectrogramConfig:
+    """Inverse of params_to_dict (other keys keep their defaults); rejects unknown keys."""
+    known = {f.name for f in fields(SpectrogramConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserError(f"unknown spectrogram parameters {unknown}; valid: {', '.join(sorted(known))}")
+    params = SpectrogramConfig(**values)
+    check_params(params)
+    return params
+
+
+def check_params(params: SpectrogramConfig) -> None:
+    """Reject values that would otherwise fail deep inside librosa or torch."""
+    nyquist = params.sample_rate / 2
+    fmax = params.fmax or nyquist
+    if params.fmin < 0 or fmax > nyquist or params.fmin >= fmax:
+        raise UserError(f"'spectrogram.fmin' ({params.fmin}) and 'spectrogram.fmax' ({params.fmax}) must satisfy "
+                        f"0 <= fmin < fmax <= sample_rate / 2 ({nyquist:g}); fmax = 0 means sample_rate / 2")
+    for key in ("top_db", "max_duration", "workers"):
+        if getattr(params, key) < 0:
+            raise UserError(f"'spectrogram.{key}' must be >= 0, got {getattr(params, key)}")
+    if params.dtype not in ("float32", "float16"):
+        raise UserError(f"'spectrogram.dtype' must be float32 or float16, got '{params.dtype}'")
+
+
+# ---------------------------------------------------------------- frames
+
+
+@functools.lru_cache(maxsize=8)
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> torch.Tensor:
+    """librosa's Slaney mel filterbank, transposed to (1 + n_fft // 2, n_mels) float32."""
+    mel = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax or sample_rate / 2)
+    return torch.from_numpy(np.ascontiguousarray(mel.T))
+
+
+@functools.lru_cache(maxsize=8)
+def _hann(n_fft: int) -> torch.Tensor:
+    return torch.from_numpy(scipy.signal.get_window("hann", n_fft, fftbins=True))  # librosa's periodic Hann
+
+
+def power_spectrogram(mono: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
+    """|STFT|^2 as (frames, 1 + n_fft // 2) float32, equal to librosa.stft's up to float32 rounding."""
+    signal = torch.from_numpy(np.asarray(mono, dtype=np.float64))
+    spectrum = torch.stft(signal, n_fft, hop_length, window=_hann(n_fft), center=True, pad_mode="constant",
+                          return_complex=True)
+    # librosa stores its float64 FFT as complex64 and squares the float32 magnitude; do the same.
+    rounded = spectrum.T.numpy().astype(np.complex64)
+    return np.square(np.abs(rounded))
+
+
+def power_to_db(power: np.ndarray, top_db: float) -> np.ndarray:
+    """10 log10(max(power, amin)) (ref 1.0), floored at top_db below the peak when top_db > 0."""
+    db = 10.0 * np.log10(np.maximum(power, np.float32(AMIN)))
+    if top_db > 0:
+        np.maximum(db, db.max() - np.float32(top_db), out=db)
+    return db
+
+
+def scale_to_unit(values: np.ndarray) -> np.ndarray:
+    """Min-max scaling of the whole array to [0, 1]; a constant array becomes zeros, never NaN."""
+    low, high = values.min(), values.max()
+    span = high - low
+    if not span > 0:
+        return np.zeros_like(values)
+    return (values - low) / span
+
+
+def compute_frames(mono: np.ndarray, params: SpectrogramConfig) -> np.ndarray:
+    """Frames of one mono clip at params.sample_rate: (frames, n_mels) float32.
+
+    Raises AudioError when the clip is shorter than n_fft or the result is not finite.
+    """
+    if mono.shape[-1] < params.n_fft:
+        raise AudioError("too short", f"{mono.shape[-1]} samples at {params.sample_rate} Hz < n_fft {params.n_fft}")
+    power = torch.from_numpy(power_spectrogram(mono, params.n_fft, params.hop_length))
+    # torch, not numpy, multiplies: its thread count is set per worker, numpy's BLAS would spawn threads
+    mel = mel_filterbank(params.sample_rate, params.n_fft, params.n_mels, params.fmin, params.fmax)
+    frames = (power @ mel).numpy()
+    if params.db:
+        frames = power_to_db(frames, params.top_db)
+    if params.normalize:
+        frames = scale_to_unit(frames)
+    if not np.isfinite(frames).all():
+        raise AudioError("non-finite frames", "the spectrogram holds NaN or infinite values")
+    return np.ascontiguousarray(frames, dtype=np.float32)
+
+
+def clip_frames(location: str, params: SpectrogramConfig) -> np.ndarray:
+    """Decode, mix down, resample and compute the frames of one clip."""
+    return compute_frames(load_mono(location, params.sample_rate, params.max_duration), params)
+
+
+# ---------------------------------------------------------------- per-clip work (runs in worker processes)
+
+
+@dataclass
+class ClipResult:
+    position: int  # index of the clip in the split's list
+    clip_id: str
+    frames: np.ndarray | None
+    reason: str = ""  # AudioError.kind when skipped
+    detail: str = ""
+
+
+def process_clip(params: SpectrogramConfig, task: tuple[int, str, str]) -> ClipResult:
+    """Frames of one clip in the storage dtype, or the reason it is skipped. No state outlives a call."""
+    position, clip_id, location = task
+    try:
+        frames = clip_frames(location, params).astype(params.dtype, copy=False)
+        if not np.isfinite(frames).all():
+            raise AudioError("non-finite frames", f"values overflow {params.dtype}; use dtype float32")
+        return ClipResult(position, clip_id, frames)
+    except AudioError as exc:
+        return ClipResult(position, clip_id, None, exc.kind, exc.detail)
+    except Exception as exc:  # noqa: BLE001 - an odd file must cost one clip, not the whole run
+        return ClipResult(position, clip_id, None, "unexpected error", f"{type(exc).__name__}: {exc}")
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)  # one process per core already
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
+
+
+# ---------------------------------------------------------------- resumable parts
+
+
+@dataclass
+class Part:
+    number: int
+    start: int  # first clip position
+    stop: int  # one past the last
+
+
+class PartStore:
+    """Finished parts of one split: part-NNNNN.npy (frames of its kept clips) + part-NNNNN.json."""
+
+    def __init__(self, folder: Path, key: str, n_clips: int, part_clips: int):
+        self.folder = folder
+        self.key = key
+        self.parts = [Part(n, start, min(start + part_clips, n_clips))
+                      for n, start in enumerate(range(0, n_clips, part_clips))]
+
+    def open(self) -> None:
+        """Keep parts written under the same key; discard everything else."""
+        key_file = self.folder / "key.json"
+        if self.folder.is_dir():
+            stored = _read_json_or_none(key_file)
+            if not stored or stored.get("key") != self.key:
+                log.info("discarding %s: frame parameters or the split changed since it was written", self.folder)
+                shutil.rmtree(self.folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for stale in self.folder.glob(".*.tmp"):  # left by a killed writer
+            stale.unlink(missing_ok=True)
+        if not key_file.is_file():
+            write_json(key_file, {"key": self.key})
+
+    def array_path(self, part: Part) -> Path:
+        return self.folder / f"part-{part.number:05d}.npy"
+
+    def meta_path(self, part: Part) -> Path:
+        return self.folder / f"part-{part.number:05d}.json"
+
+    def meta(self, part: Part) -> dict[str, Any] | None:
+        meta = _read_json_or_none(self.meta_path(part))
+        if not meta or (meta.get("start"), meta.get("stop")) != (part.start, part.stop):
+            return None
+        return meta
+
+    def is_done(self, part: Part) -> bool:
+        meta = self.meta(part)
+        if meta is None or not self.array_path(part).is_file():
+            return False
+        try:
+            rows = np.load(self.array_path(part), mmap_mode="r").shape[0]
+        except (ValueError, OSError):
+            return False
+        return rows == sum(meta["lengths"])
+
+    def write(self, part: Part, results: list[ClipResult], n_mels: int, dtype: str) -> None:
+        """Frames first, then the json that marks the part finished (each replaced atomically)."""
+        kept = [r for r in results if r.frames is not None]
+        frames = np.concatenate([r.frames for r in kept]) if kept else np.zeros((0, n_mels), dtype=dtype)
+        _check_finite(frames, self.array_path(part))
+        save_npy(self.array_path(part), frames)
+        write_json(self.meta_path(part), {
+            "start": part.start, "stop": part.stop,
+            "positions": [r.position for r in kept],
+            "ids": [r.clip_id for r in kept],
+            "lengths": [int(r.frames.shape[0]) for r in kept],
+            "skipped": [{"position": r.position, "id": r.clip_id, "reason": r.reason, "detail": r.detail}
+                        for r in results if r.frames is None],
+        })
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _read_json_or_none(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _check_finite(frames: np.ndarray, where: Path) -> None:
+    if not np.isfinite(frames).all():  # process_clip drops such clips; this guards the file itself
+        raise RuntimeError(f"refusing to write non-finite frames to {where}")
+
+
+# ---------------------------------------------------------------- the stage
+
+
+class SpectrogramProcessor:
+    """`audiotokens spectrogram`: frames of every clip of every split in processed/split.json."""
+
+    def __init__(self, config: Config, part_clips: int = 256):
+        self.config = config
+        self.params = config.spectrogram
+        check_params(self.params)
+        self.layout = Layout(config.workdir)
+        self.part_clips = part_clips
+
+    def run(self) -> dict[str, Any]:
+        split = self._read_split()
+        names = [n for n in SPLITS if n in split["splits"]] + [n for n in split["splits"] if n not in SPLITS]
+        todo = sum(len(split["splits"][n]) for n in names)
+        # built once here so forked workers inherit it instead of each paying librosa's first-call cost
+        mel_filterbank(self.params.sample_rate, self.params.n_fft, self.params.n_mels, self.params.fmin,
+                       self.params.fmax)
+        counts: dict[str, Any] = {"clips": 0, "frames": 0, "skipped": 0, "splits": {}}
+        with self._mapper(todo) as mapper:
+            for name in names:
+                result = self._run_split(name, split["splits"][name], split, mapper)
+                counts["splits"][name] = result
+                for key in ("clips", "frames", "skipped"):
+                    counts[key] += result[key]
+        return counts
+
+    # -- input
+
+    def _read_split(self) -> dict[str, Any]:
+        path = self.layout.split_json
+        if not path.is_file():
+            raise UserError(f"{path} not found; run `audiotokens split` first")
+        split = read_json(path)
+        malformed = UserError(f"{path} is malformed (needs 'classes' and 'splits' of clips with id, audio and "
+                              "labels); re-run `audiotokens split`")
+        if not isinstance(split, dict) or not isinstance(split.get("splits"), dict) \
+                or not isinstance(split.get("classes"), list):
+            raise malformed
+        for name, clips in split["splits"].items():
+            if not isinstance(clips, list) or not all(
+                    isinstance(c, dict) and {"id", "audio", "labels"} <= c.keys() for c in clips):
+                raise malformed
+            counts = Counter(str(clip["id"]) for clip in clips)
+            duplicate = next((clip_id for clip_id, n in counts.items() if n > 1), None)
+            if duplicate is not None:
+                raise UserError(f"{path} lists clip id '{duplicate}' more than once in '{name}'; "
+                                "re-run `audiotokens split`")
+        return split
+
+    # -- one split
+
+    def _run_split(self, name: str, clips: list[dict], split: dict, mapper) -> dict[str, int]:
+        folder = self.layout.frames_dir(name)
+        store = PartStore(folder / "parts", self._parts_key(clips), len(clips), self.part_clips)
+        store.open()
+        todo = [part for part in store.parts if not store.is_done(part)]
+        done_clips = len(clips) - sum(part.stop - part.start for part in todo)
+        if done_clips:
+            log.info("%s: resuming, %d of %d clips already done", name, done_clips, len(clips))
+        tasks = ((i, str(clips[i]["id"]), str(clips[i]["audio"])) for part in todo
+                 for i in range(part.start, part.stop))
+        results = mapper(tasks)
+        with tqdm(total=len(clips), initial=done_clips, unit="clip", desc=f"spectrogram {name}") as bar:
+            for part in todo:
+                batch = []
+                for position in range(part.start, part.stop):
+                    result = next(results)
+                    # imap keeps order; a mismatch would store frames under the wrong clip, so stop instead.
+                    if result.position != position or result.clip_id != str(clips[position]["id"]):
+                        raise RuntimeError(f"clip order broken at {position} of {name}")
+                    batch.append(result)
+                    bar.update(1)
+                store.write(part, batch, self.params.n_mels, self.params.dtype)
+        counts = self._assemble(name, clips, split, store)
+        store.remove()
+        return counts
+
+    def _parts_key(self, clips: list[dict]) -> str:
+        blob = json.dumps({"format": PART_FORMAT, "params": params_to_dict(self.params), "dtype": self.params.dtype,
+                           "part_clips": self.part_clips,
+                           "clips": [[str(c["id"]), str(c["audio"])] for c in clips]}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def _assemble(self, name: str, clips: list[dict], split: dict, store: PartStore) -> dict[str, int]:
+        metas = [store.meta(part) for part in store.parts]
+        positions = [p for meta in metas for p in meta["positions"]]
+        lengths = [n for meta in metas for n in meta["lengths"]]
+        skipped = [{**s, "audio": clips[s["position"]]["audio"]} for meta in metas for s in meta["skipped"]]
+        total = int(sum(lengths))
+        self._write_frames(name, store, total)
+        index = ClipIndex.from_lengths([str(clips[p]["id"]) for p in positions], lengths,
+                                       [clips[p]["labels"] for p in positions], split["classes"],
+                                       split.get("task", "multilabel"), split=name)
+        index.extra = {"spectrogram": params_to_dict(self.params), "dtype": self.params.dtype}
+        index.save(self.layout.frames_index(name))
+        reasons = Counter(s["reason"] for s in skipped)
+        write_json(self.layout.frames_report(name), {
+            "split": name, "listed": len(clips), "kept": len(positions), "frames": total,
+            "skipped_count": len(skipped), "reasons": dict(reasons.most_common()), "skipped": skipped,
+        })
+        self._log_summary(name, len(clips), len(positions), total, reasons)
+        if clips and not positions:
+            raise UserError(f"no usable clip in split '{name}' ({_describe(reasons)}); "
+                            f"see {self.layout.frames_report(name)}")
+        return {"clips": len(positions), "frames": total, "skipped": len(skipped)}
+
+    def _write_frames(self, name: str, store: PartStore, total: int) -> None:
+        path = self.layout.frames(name)
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed assembly
+            stale.unlink(missing_ok=True)
+        if total == 0:
+            save_npy(path, np.zeros((0, self.params.n_mels), dtype=self.params.dtype))
+            return
+        with atomic_path(path) as tmp:
+            out = create_npy(tmp, (total, self.params.n_mels), self.params.dtype)
+            row = 0
+            for part in store.parts:
+                frames = np.load(store.array_path(part), mmap_mode="r")
+                _check_finite(frames, path)
+                out[row:row + frames.shape[0]] = frames
+                row += frames.shape[0]
+            if row != total:
+                raise RuntimeError(f"{path}: parts hold {row} frames, their index {total}")
+            out.flush()
+            del out
+
+    def _log_summary(self, name: str, listed: int, kept: int, frames: int, reasons: Counter) -> None:
+        log.info("%s: %d of %d clips, %d frames -> %s", name, kept, listed, frames, self.layout.frames(name))
+        if reasons:
+            log.warning("%s: skipped %d clips (%s); see %s", name, sum(reasons.values()), _describe(reasons),
+                        self.layout.frames_report(name))
+
+    # -- parallelism
+
+    @contextmanager
+    def _mapper(self, n_tasks: int) -> Iterator[Callable[[Iterable], Iterator[ClipResult]]]:
+        """An ordered map of process_clip over tasks: a process pool, or in-process for one worker."""
+        work = functools.partial(process_clip, self.params)
+        workers = min(self.params.workers or _cpu_count(), max(n_tasks, 1))
+        if workers <= 1:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # per-clip tensors are too small to gain from threads
+            try:
+                yield lambda tasks: map(work, tasks)
+            finally:
+                torch.set_num_threads(threads)
+            return
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else None)
+        chunksize = max(1, min(8, n_tasks // (workers * 8)))
+        # created before any progress bar: forking after tqdm starts its monitor thread is unsafe
+        with context.Pool(workers, initializer=_init_worker) as pool:
+            yield lambda tasks: pool.imap(work, tasks, chunksize=chunksize)
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _describe(reasons: Counter) -> str:
+    return ", ".join(f"{kind} {count}" for kind, count in reasons.most_common()) or "none listed"
