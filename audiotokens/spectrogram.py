@@ -6,8 +6,8 @@ amin 1e-10, top_db) -> min-max scaling of the whole clip to [0, 1]. The STFT run
 and is rounded to complex64 as librosa does: a float32 FFT shifts quiet bins by up to ~1e-4 after dB
 scaling and normalisation.
 
-The stage works through each split in parts of `part_clips` consecutive clips; a finished part is kept
-on disk, so an interrupted run resumes where it stopped. Parts carry a key of the frame parameters and
+The stage works through each split in parts of consecutive clips; a finished part is kept on disk, so
+an interrupted run resumes after the last finished part. Parts carry a key of the frame parameters and
 the split's clip list and are discarded when either changes.
 """
 from __future__ import annotations
@@ -164,7 +164,9 @@ def process_clip(params: SpectrogramConfig, task: tuple[int, str, str]) -> ClipR
     """Frames of one clip in the storage dtype, or the reason it is skipped. No state outlives a call."""
     position, clip_id, location = task
     try:
-        frames = clip_frames(location, params).astype(params.dtype, copy=False)
+        frames = clip_frames(location, params)
+        with np.errstate(over="ignore"):  # an overflow to inf is caught just below
+            frames = frames.astype(params.dtype, copy=False)
         if not np.isfinite(frames).all():
             raise AudioError("non-finite frames", f"values overflow {params.dtype}; use dtype float32")
         return ClipResult(position, clip_id, frames)
@@ -182,21 +184,16 @@ def _init_worker() -> None:
 # ---------------------------------------------------------------- resumable parts
 
 
-@dataclass
-class Part:
-    number: int
-    start: int  # first clip position
-    stop: int  # one past the last
-
-
 class PartStore:
-    """Finished parts of one split: part-NNNNN.npy (frames of its kept clips) + part-NNNNN.json."""
+    """Finished parts of one split: part-NNNNN.npy (frames of its kept clips) + part-NNNNN.json.
 
-    def __init__(self, folder: Path, key: str, n_clips: int, part_clips: int):
+    Parts cover consecutive clips and are written in order, so the finished ones always form a prefix
+    of the split: a re-run continues after the last one.
+    """
+
+    def __init__(self, folder: Path, key: str):
         self.folder = folder
         self.key = key
-        self.parts = [Part(n, start, min(start + part_clips, n_clips))
-                      for n, start in enumerate(range(0, n_clips, part_clips))]
 
     def open(self) -> None:
         """Keep parts written under the same key; discard everything else."""
@@ -212,38 +209,39 @@ class PartStore:
         if not key_file.is_file():
             write_json(key_file, {"key": self.key})
 
-    def array_path(self, part: Part) -> Path:
-        return self.folder / f"part-{part.number:05d}.npy"
+    def array_path(self, number: int) -> Path:
+        return self.folder / f"part-{number:05d}.npy"
 
-    def meta_path(self, part: Part) -> Path:
-        return self.folder / f"part-{part.number:05d}.json"
+    def meta_path(self, number: int) -> Path:
+        return self.folder / f"part-{number:05d}.json"
 
-    def meta(self, part: Part) -> dict[str, Any] | None:
-        meta = _read_json_or_none(self.meta_path(part))
-        if not meta or (meta.get("start"), meta.get("stop")) != (part.start, part.stop):
-            return None
-        return meta
+    def finished(self) -> list[dict[str, Any]]:
+        """Metadata of the finished parts, in order: each starts where the previous one stopped."""
+        metas: list[dict[str, Any]] = []
+        while True:
+            number = len(metas)
+            meta = _read_json_or_none(self.meta_path(number))
+            start = metas[-1]["stop"] if metas else 0
+            if not meta or meta.get("start") != start or not self._rows_match(number, meta):
+                return metas
+            metas.append(meta)
 
-    def is_done(self, part: Part) -> bool:
-        meta = self.meta(part)
-        if meta is None or not self.array_path(part).is_file():
-            return False
+    def _rows_match(self, number: int, meta: dict[str, Any]) -> bool:
         try:
-            rows = np.load(self.array_path(part), mmap_mode="r").shape[0]
+            rows = np.load(self.array_path(number), mmap_mode="r").shape[0]
         except (ValueError, OSError):
             return False
         return rows == sum(meta["lengths"])
 
-    def write(self, part: Part, results: list[ClipResult], n_mels: int, dtype: str) -> None:
+    def write(self, number: int, results: list[ClipResult], n_mels: int, dtype: str) -> None:
         """Frames first, then the json that marks the part finished (each replaced atomically)."""
         kept = [r for r in results if r.frames is not None]
         frames = np.concatenate([r.frames for r in kept]) if kept else np.zeros((0, n_mels), dtype=dtype)
-        _check_finite(frames, self.array_path(part))
-        save_npy(self.array_path(part), frames)
-        write_json(self.meta_path(part), {
-            "start": part.start, "stop": part.stop,
+        _check_finite(frames, self.array_path(number))
+        save_npy(self.array_path(number), frames)
+        write_json(self.meta_path(number), {
+            "start": results[0].position, "stop": results[-1].position + 1,
             "positions": [r.position for r in kept],
-            "ids": [r.clip_id for r in kept],
             "lengths": [int(r.frames.shape[0]) for r in kept],
             "skipped": [{"position": r.position, "id": r.clip_id, "reason": r.reason, "detail": r.detail}
                         for r in results if r.frames is None],
@@ -271,12 +269,13 @@ def _check_finite(frames: np.ndarray, where: Path) -> None:
 class SpectrogramProcessor:
     """`audiotokens spectrogram`: frames of every clip of every split in processed/split.json."""
 
-    def __init__(self, config: Config, part_clips: int = 256):
+    def __init__(self, config: Config, part_clips: int = 256, part_frames: int = 2**18):
         self.config = config
         self.params = config.spectrogram
         check_params(self.params)
         self.layout = Layout(config.workdir)
-        self.part_clips = part_clips
+        self.part_clips = part_clips  # a part ends after this many clips or part_frames frames
+        self.part_frames = part_frames
 
     def run(self) -> dict[str, Any]:
         split = self._read_split()
@@ -320,44 +319,43 @@ class SpectrogramProcessor:
     # -- one split
 
     def _run_split(self, name: str, clips: list[dict], split: dict, mapper) -> dict[str, int]:
-        folder = self.layout.frames_dir(name)
-        store = PartStore(folder / "parts", self._parts_key(clips), len(clips), self.part_clips)
+        store = PartStore(self.layout.frames_dir(name) / "parts", self._parts_key(clips))
         store.open()
-        todo = [part for part in store.parts if not store.is_done(part)]
-        done_clips = len(clips) - sum(part.stop - part.start for part in todo)
-        if done_clips:
-            log.info("%s: resuming, %d of %d clips already done", name, done_clips, len(clips))
-        tasks = ((i, str(clips[i]["id"]), str(clips[i]["audio"])) for part in todo
-                 for i in range(part.start, part.stop))
-        results = mapper(tasks)
-        with tqdm(total=len(clips), initial=done_clips, unit="clip", desc=f"spectrogram {name}") as bar:
-            for part in todo:
-                batch = []
-                for position in range(part.start, part.stop):
-                    result = next(results)
-                    # imap keeps order; a mismatch would store frames under the wrong clip, so stop instead.
-                    if result.position != position or result.clip_id != str(clips[position]["id"]):
-                        raise RuntimeError(f"clip order broken at {position} of {name}")
-                    batch.append(result)
-                    bar.update(1)
-                store.write(part, batch, self.params.n_mels, self.params.dtype)
+        finished = store.finished()
+        start = finished[-1]["stop"] if finished else 0
+        if start:
+            log.info("%s: resuming, %d of %d clips already done", name, start, len(clips))
+        tasks = ((i, str(clips[i]["id"]), str(clips[i]["audio"])) for i in range(start, len(clips)))
+        number, batch, batch_frames = len(finished), [], 0
+        with tqdm(total=len(clips), initial=start, unit="clip", desc=f"spectrogram {name}") as bar:
+            for expected, result in enumerate(mapper(tasks), start):
+                # imap keeps order; a mismatch would store frames under the wrong clip, so stop instead.
+                if result.position != expected or result.clip_id != str(clips[expected]["id"]):
+                    raise RuntimeError(f"clip order broken at {expected} of {name}")
+                batch.append(result)
+                batch_frames += 0 if result.frames is None else result.frames.shape[0]
+                bar.update(1)
+                if len(batch) == self.part_clips or batch_frames >= self.part_frames or expected == len(clips) - 1:
+                    store.write(number, batch, self.params.n_mels, self.params.dtype)
+                    number, batch, batch_frames = number + 1, [], 0
         counts = self._assemble(name, clips, split, store)
         store.remove()
         return counts
 
     def _parts_key(self, clips: list[dict]) -> str:
         blob = json.dumps({"format": PART_FORMAT, "params": params_to_dict(self.params), "dtype": self.params.dtype,
-                           "part_clips": self.part_clips,
                            "clips": [[str(c["id"]), str(c["audio"])] for c in clips]}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def _assemble(self, name: str, clips: list[dict], split: dict, store: PartStore) -> dict[str, int]:
-        metas = [store.meta(part) for part in store.parts]
+        metas = store.finished()
+        if (metas[-1]["stop"] if metas else 0) != len(clips):
+            raise RuntimeError(f"parts of {name} do not cover its {len(clips)} clips")
         positions = [p for meta in metas for p in meta["positions"]]
         lengths = [n for meta in metas for n in meta["lengths"]]
         skipped = [{**s, "audio": clips[s["position"]]["audio"]} for meta in metas for s in meta["skipped"]]
         total = int(sum(lengths))
-        self._write_frames(name, store, total)
+        self._write_frames(name, store, len(metas), total)
         index = ClipIndex.from_lengths([str(clips[p]["id"]) for p in positions], lengths,
                                        [clips[p]["labels"] for p in positions], split["classes"],
                                        split.get("task", "multilabel"), split=name)
@@ -374,7 +372,7 @@ class SpectrogramProcessor:
                             f"see {self.layout.frames_report(name)}")
         return {"clips": len(positions), "frames": total, "skipped": len(skipped)}
 
-    def _write_frames(self, name: str, store: PartStore, total: int) -> None:
+    def _write_frames(self, name: str, store: PartStore, n_parts: int, total: int) -> None:
         path = self.layout.frames(name)
         for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed assembly
             stale.unlink(missing_ok=True)
@@ -384,8 +382,8 @@ class SpectrogramProcessor:
         with atomic_path(path) as tmp:
             out = create_npy(tmp, (total, self.params.n_mels), self.params.dtype)
             row = 0
-            for part in store.parts:
-                frames = np.load(store.array_path(part), mmap_mode="r")
+            for number in range(n_parts):
+                frames = np.load(store.array_path(number), mmap_mode="r")
                 _check_finite(frames, path)
                 out[row:row + frames.shape[0]] = frames
                 row += frames.shape[0]

@@ -387,6 +387,18 @@ def test_float16_storage(tmp_path):
         assert np.abs(frames_of(array, index, c["id"]).astype(np.float32) - want).max() <= 2**-11
 
 
+def test_float16_overflow_is_skipped_not_stored_as_inf(tmp_path):
+    clips = distinct_clips(tmp_path / "audio", 2)
+    sf.write(tmp_path / "loud.wav", 200 * tone(16000, 1.0, 400.0), 16000, subtype="FLOAT")  # float WAV > 1.0
+    clips.insert(1, clip("loud", tmp_path / "loud.wav"))
+    write_split(tmp_path, {"train": clips})
+    run_stage(tmp_path, "spectrogram.dtype=float16", "spectrogram.db=false", "spectrogram.normalize=false",
+              "spectrogram.workers=1")
+    array, index = stored(tmp_path)
+    assert index.ids == ["clip000", "clip001"] and np.isfinite(array).all()
+    assert report(tmp_path)["skipped"][0]["reason"] == "non-finite frames"
+
+
 def test_max_duration_crops_and_reads_only_that_much(tmp_path, monkeypatch):
     sf.write(tmp_path / "long.flac", tone(48000, 3.0, 300.0, 2), 48000)
     write_split(tmp_path, {"train": [clip("long", tmp_path / "long.flac")]})
@@ -426,9 +438,9 @@ def interrupt_after(monkeypatch, parts: int) -> None:
     original = spectrogram_module.PartStore.write
     written = []
 
-    def write(self, part, *args, **kwargs):
-        original(self, part, *args, **kwargs)
-        written.append(part.number)
+    def write(self, number, *args, **kwargs):
+        original(self, number, *args, **kwargs)
+        written.append(number)
         if len(written) == parts:
             raise Interrupt
 
@@ -459,18 +471,22 @@ def resume_corpus(tmp_path_factory):
     return clips, reference
 
 
-def test_resume_after_interruption_gives_identical_artifacts(tmp_path, monkeypatch, resume_corpus):
+@pytest.mark.parametrize("part_clips, part_frames, resumes_at", [(3, 2**18, 6), (100, 1, 2)])
+def test_resume_after_interruption_gives_identical_artifacts(tmp_path, monkeypatch, resume_corpus, part_clips,
+                                                             part_frames, resumes_at):
+    """Parts end after part_clips clips or part_frames frames; either way the result is the same."""
     clips, reference = resume_corpus
     write_split(tmp_path, {"train": clips, "validation": clips[:3]})
     interrupt_after(monkeypatch, parts=2)
     with pytest.raises(Interrupt):
-        run_stage(tmp_path, "spectrogram.workers=2", part_clips=3)
+        config = load_config(None, ["spectrogram.workers=2"], tmp_path)
+        SpectrogramProcessor(config, part_clips=part_clips, part_frames=part_frames).run()
     monkeypatch.undo()
     assert not Layout(tmp_path).frames("train").exists()
 
     processed = count_processed(monkeypatch)
     run_stage(tmp_path, "spectrogram.workers=1", part_clips=3)
-    assert sorted(processed) == [0, 1, 2, *range(6, len(clips))]  # train from part 2 on, all of validation
+    assert sorted(processed) == [0, 1, 2, *range(resumes_at, len(clips))]  # the rest of train, all validation
     for split in ("train", "validation"):
         layout_a, layout_b = Layout(tmp_path), Layout(reference)
         assert layout_a.frames(split).read_bytes() == layout_b.frames(split).read_bytes()
