@@ -159,7 +159,8 @@ class ScoreCollector:
         self.task, self.device = task, device
         self.pending: list[tuple[torch.Tensor, ...]] = []
         self.chunks: list[tuple[np.ndarray, ...]] = []
-        self.loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        # float64 keeps a long epoch's sum exact enough; MPS has no float64
+        self.loss_sum = torch.zeros((), device=device, dtype=torch.float32 if device.type == "mps" else torch.float64)
         self.samples = 0
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor):
