@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .artifacts import SPLITS, ClipIndex, Layout, open_store
@@ -130,12 +131,37 @@ def report_truncation(splits: dict[str, SplitTokens], max_frames: int) -> dict[s
 
 
 def make_split_loader(split: SplitTokens, max_frames: int, batch_size: int, shuffle_seed: int | None,
-                      num_workers: int, pin_memory: bool, seed: int = 0):
+                      num_workers: int, pin_memory: bool, seed: int = 0) -> DataLoader:
     """Training loaders shuffle by (seed, epoch); evaluation loaders go longest first."""
     dataset = TokenClipDataset(split.path, split.index, max_frames)
     sampler = (EpochShuffleSampler(len(dataset), shuffle_seed) if shuffle_seed is not None
                else longest_first(dataset.lengths))
     return make_loader(dataset, batch_size, sampler, num_workers, pin_memory, seed)
+
+
+def _in_unit_interval(value: float) -> bool:
+    return 0 <= value <= 1
+
+
+def _non_negative(value: float) -> bool:
+    return value >= 0
+
+
+# Ranges the config loader does not know; a wrong value would otherwise fail deep inside torch.
+SETTING_RANGES = {
+    "dropout": (lambda value: 0 <= value < 1, "in [0, 1)"),
+    "warmup_ratio": (_in_unit_interval, "in [0, 1]"),
+    "threshold": (_in_unit_interval, "in [0, 1]"),
+    **{key: (_non_negative, ">= 0") for key in ("learning_rate", "weight_decay", "grad_clip", "max_length",
+                                                "patience", "num_workers")},
+}
+
+
+def check_settings(settings) -> None:
+    for key, (valid, requirement) in SETTING_RANGES.items():
+        value = getattr(settings, key)
+        if not valid(value):
+            raise UserError(f"'train.{key}' must be {requirement}, got {value}")
 
 
 # ---------------------------------------------------------------- stage
@@ -153,6 +179,22 @@ class Progress:
     finished: bool = False
 
 
+@dataclass
+class TrainingRun:
+    """Everything one training run works with, built once by ModelBuilder._prepare."""
+
+    splits: dict[str, SplitTokens]
+    task: str
+    classes: list[str]
+    max_frames: int
+    truncation: dict[str, int]
+    model: AudioTokenClassifier
+    trainer: Trainer
+    train_loader: DataLoader
+    validation_loader: DataLoader
+    identity: dict[str, Any]
+
+
 class ModelBuilder:
     def __init__(self, config: Config, resume: bool = False):
         self.config = config
@@ -162,7 +204,30 @@ class ModelBuilder:
 
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
+        run = self._prepare()
+        progress = self._restore(run.trainer, run.identity) if self.resume else Progress()
+        epochs_at_start = progress.epoch
+        samples, seconds = self._fit(run, progress)
+        self._write_bundle(run.model, run.classes, run.task, run.max_frames)
+        return {
+            "epochs_run": progress.epoch - epochs_at_start,
+            "epochs_completed": progress.epoch,
+            "best_epoch": progress.best_epoch,
+            f"best_validation_{primary_metric(run.task)}": progress.best_score,
+            "train_clips": len(run.splits["train"].index),
+            "validation_clips": len(run.splits["validation"].index),
+            "max_frames": run.max_frames,
+            **run.truncation,
+            "wall_time_s": round(time.perf_counter() - started, 3),
+            "device": str(run.trainer.device),
+            "precision": run.trainer.precision,
+            "samples_per_s": round(samples / seconds, 2) if seconds else None,
+        }
+
+    def _prepare(self) -> TrainingRun:
+        """Check the inputs, then build the model, the loaders and the trainer (seeded)."""
         settings = self.settings
+        check_settings(settings)
         if self.resume and not self._checkpoint_paths()[0].is_file():
             raise UserError(f"no checkpoint at {self._checkpoint_paths()[0]}; train without --resume to start")
         n_clusters = read_centroid_count(self.layout)
@@ -188,42 +253,30 @@ class ModelBuilder:
                           settings.warmup_ratio, settings.epochs * steps_per_epoch, settings.grad_clip,
                           settings.grad_accum, settings.amp)
         self._log_setup(model, trainer, splits, n_clusters, max_frames)
+        return TrainingRun(splits, task, classes, max_frames, truncation, model, trainer, train_loader,
+                           validation_loader, self._identity(n_clusters, max_frames, splits))
 
-        identity = self._identity(n_clusters, max_frames, splits)
-        progress = self._restore(trainer, identity) if self.resume else Progress()
+    def _fit(self, run: TrainingRun, progress: Progress) -> tuple[int, float]:
+        """Epochs until done, early-stopped or interrupted; returns (training samples, training seconds)."""
+        epochs, task = self.settings.epochs, run.task
         training_log = TrainingLog(self.layout, task, progress.history)
         samples, seconds = 0, 0.0
-        epochs_at_start = progress.epoch
+        log.info("per epoch, each figure as train | validation (train figures from the epoch's forward passes)")
         try:
-            while not progress.finished and progress.epoch < settings.epochs:
-                train_loader.sampler.set_epoch(progress.epoch)
-                fit = trainer.train_epoch(tqdm(train_loader, desc=f"epoch {progress.epoch + 1}", leave=False,
-                                               disable=None), len(train_loader))
-                checked = trainer.evaluate(validation_loader)
+            while not progress.finished and progress.epoch < epochs:
+                run.train_loader.sampler.set_epoch(progress.epoch)
+                batches = tqdm(run.train_loader, desc=f"epoch {progress.epoch + 1}", leave=False, disable=None)
+                fit = run.trainer.train_epoch(batches, len(run.train_loader))
+                checked = run.trainer.evaluate(run.validation_loader)
                 samples, seconds = samples + fit.samples, seconds + fit.seconds
-                row = self._epoch_row(progress, trainer, task, fit, checked)
+                row = self._epoch_row(progress, run.trainer, task, fit, checked)
                 self._advance(progress, row, task)
-                self._checkpoint(model, trainer, progress, identity, improved=row["best"])
+                self._checkpoint(run.model, run.trainer, progress, run.identity, improved=row["best"])
                 training_log.record(row)
-                log.info(epoch_line(row, settings.epochs, task))
+                log.info(epoch_line(row, epochs, task))
         finally:
             training_log.close()
-        self._write_bundle(model, classes, task, max_frames)
-        score_name = primary_metric(task)
-        return {
-            "epochs_run": progress.epoch - epochs_at_start,
-            "epochs_completed": progress.epoch,
-            "best_epoch": progress.best_epoch,
-            f"best_validation_{score_name}": progress.best_score,
-            "train_clips": len(train.index),
-            "validation_clips": len(validation.index),
-            "max_frames": max_frames,
-            **truncation,
-            "wall_time_s": round(time.perf_counter() - started, 3),
-            "device": str(device),
-            "precision": trainer.precision,
-            "samples_per_s": round(samples / seconds, 2) if seconds else None,
-        }
+        return samples, seconds
 
     # ------------------------------------------------------------ epochs
 

@@ -303,3 +303,22 @@ def test_bad_tokens_name_the_file(tmp_path):
     layout.centroids.unlink()
     with pytest.raises(UserError, match="audiotokens cluster"):
         ModelBuilder(load_config(overrides=SMALL, workdir=tmp_path)).run()
+
+
+def test_early_stopping_and_resuming_a_finished_run(tmp_path):
+    make_workdir(tmp_path, n_train=32, n_validation=8)
+    # without learning the validation score never improves after epoch 1
+    config = load_config(overrides=[*SMALL, "train.epochs=5", "train.patience=2", "train.learning_rate=0"],
+                         workdir=tmp_path)
+    counts = ModelBuilder(config).run()
+    assert (counts["epochs_run"], counts["best_epoch"]) == (3, 1)
+    assert load_checkpoint(Layout(tmp_path).checkpoints / "last.pt")["finished"]
+    again = ModelBuilder(config, resume=True).run()
+    assert again["epochs_run"] == 0 and again["epochs_completed"] == 3
+
+
+@pytest.mark.parametrize("override, key", [("train.dropout=1.0", "dropout"), ("train.warmup_ratio=2", "warmup_ratio"),
+                                           ("train.num_workers=-1", "num_workers")])
+def test_out_of_range_settings_name_the_key(tmp_path, override, key):
+    with pytest.raises(UserError, match=f"train.{key}"):
+        ModelBuilder(load_config(overrides=[*SMALL, override], workdir=tmp_path)).run()
