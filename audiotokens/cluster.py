@@ -148,15 +148,7 @@ class ClusterCreator:
         log.info("k-means: %d clusters on %d of %d training frames (%s), dim %d, %d iterations%s", k, used,
                  available, reason, dim, self.cluster.niter, ", spherical" if self.cluster.spherical else "")
         x = load_rows(frames, rows, str(path))
-        if self.cluster.spherical:
-            faiss.normalize_L2(x)
-        gpu = use_gpu(self.cluster.gpu)
-        fit_started = time.perf_counter()
-        kmeans = train_kmeans(x, k, self.cluster.niter, self.cluster.seed, self.cluster.spherical, gpu)
-        fit_time = time.perf_counter() - fit_started
-        centroids = np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
-        if self.cluster.spherical:
-            faiss.normalize_L2(centroids)
+        kmeans, centroids, gpu, fit_time = self._fit(x)
         search = NearestCentroid(centroids, self.cluster.spherical)
         # sizes over ALL training frames: reuse the in-memory matrix when it already holds them all
         sizes = cluster_sizes(search, x if rows is None else frames, self.config.tokenize.batch_frames,
@@ -171,6 +163,20 @@ class ClusterCreator:
                  len(report["dead_clusters"]), len(report["tiny_clusters"]), self.layout.centroids)
         return {"n_clusters": k, "dim": dim, "frames_used": used, "frames_available": available,
                 "dead_clusters": len(report["dead_clusters"]), "tiny_clusters": len(report["tiny_clusters"])}
+
+    def _fit(self, x: np.ndarray) -> tuple[faiss.Kmeans, np.ndarray, bool, float]:
+        """k-means on x (normalised in place in spherical mode): kmeans, centroids, GPU used, seconds."""
+        if self.cluster.spherical:
+            faiss.normalize_L2(x)
+        gpu = use_gpu(self.cluster.gpu)
+        started = time.perf_counter()
+        kmeans = train_kmeans(x, self.cluster.n_clusters, self.cluster.niter, self.cluster.seed,
+                              self.cluster.spherical, gpu)
+        seconds = time.perf_counter() - started
+        centroids = np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
+        if self.cluster.spherical:
+            faiss.normalize_L2(centroids)
+        return kmeans, centroids, gpu, seconds
 
     def _check_counts(self, used: int, available: int, k: int) -> list[str]:
         if used < k:

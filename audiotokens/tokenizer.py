@@ -8,11 +8,13 @@ in both stores.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 import math
 import mmap
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,7 +106,10 @@ def release_pages(array: np.ndarray, start_row: int, stop_row: int) -> None:
     process look (and be accounted) as large as the whole file.
     """
     mapping = getattr(array, "_mmap", None)
-    if mapping is None or not hasattr(mapping, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+    # only a whole read-only map (as np.load(mmap_mode="r") returns): offsets are known, nothing unsaved
+    if not isinstance(array.base, mmap.mmap) or array.base is not mapping or array.flags.writeable:
+        return
+    if not hasattr(mapping, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
         return
     row_bytes = array.strides[0] if array.ndim else 0
     base = array.offset % mmap.ALLOCATIONGRANULARITY  # np.memmap maps from an aligned start
@@ -227,25 +232,36 @@ def token_statistics(counts: np.ndarray) -> dict[str, Any]:
     }
 
 
+def _load_matplotlib() -> None:
+    """Import the plotting modules ahead of the first plot (the import alone takes about a second)."""
+    for module in ("matplotlib.figure", "matplotlib.backends.backend_agg"):
+        importlib.import_module(module)
+
+
 def plot_histogram(stats: dict[str, Any], title: str, path: Path) -> None:
+    """Frames per token id, and the share of frames covered by the r most used tokens."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     counts = np.asarray(stats["counts"])
+    total = max(int(counts.sum()), 1)
+    # fixed margins and linear axes: tight_layout and log ticks cost seconds per figure
     figure = Figure(figsize=(10, 4), dpi=100)
     FigureCanvasAgg(figure)
+    figure.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.9, wspace=0.25)
     left, right = figure.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
-    ids = np.arange(len(counts))
-    if len(counts) <= 1024:
-        left.bar(ids, counts, width=1.0, color="tab:blue")
-    else:  # one line instead of one rectangle per token keeps large vocabularies fast
-        left.plot(ids, counts, drawstyle="steps-mid", linewidth=0.5, color="tab:blue")
-    left.set(xlabel="token id", ylabel="frames", title=title)
-    ranked = np.sort(counts)[::-1]
-    right.plot(np.arange(1, len(ranked) + 1), np.maximum(ranked, 1), color="tab:orange")
-    right.set(xscale="log", yscale="log", xlabel="rank", ylabel="frames",
-              title=f"perplexity {stats['perplexity']:.1f} / {len(counts)}, unused {stats['unused_tokens']}")
-    figure.tight_layout()
+    # one filled step outline, at most 1000 steps (ids summed per bin): fast for any vocabulary size
+    width = max(1, math.ceil(len(counts) / 1000))
+    binned = np.add.reduceat(counts, np.arange(0, len(counts), width))
+    edges = np.arange(len(binned) + 1) * width - 0.5
+    left.fill_between(edges, np.append(binned, binned[-1:]), step="post", color="tab:blue", linewidth=0)
+    left.set(xlabel="token id" if width == 1 else f"token id (bins of {width})", ylabel="frames", title=title,
+             xlim=(-0.5, len(counts) - 0.5), ylim=(0, None))
+    covered = np.concatenate([[0.0], np.cumsum(np.sort(counts)[::-1]) / total])
+    right.plot(np.arange(len(covered)), covered, color="tab:orange")
+    right.set(xlabel="most used tokens", ylabel="share of frames", ylim=(0, 1.01), xlim=(0, len(counts)),
+              title=f"perplexity {stats['perplexity']:.1f} of {len(counts)}, unused {stats['unused_tokens']}")
+    right.grid(alpha=0.3)
     figure.savefig(path)
 
 
@@ -280,19 +296,29 @@ class SpecTokenizer:
         self.layout.tokenized.mkdir(parents=True, exist_ok=True)
         staging: dict[str, Path] = {}
         counts: dict[str, Any] = {"n_clusters": vocab.k, "spherical": vocab.spherical}
+        # plots are drawn on a side thread while faiss (which releases the GIL) searches the next split
+        plotter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="token-histogram")
+        plots = [plotter.submit(_load_matplotlib)]
         try:
             for split, (frames, index) in stores.items():
                 staging[split] = self._staging_dir(split)
                 stats = self._tokenize_split(split, frames, index, search, staging[split])
+                title = f"{split}: token usage ({stats['frames']} frames)"
+                png = staging[split] / self.layout.token_histogram(split).name
+                plots.append(plotter.submit(plot_histogram, stats, title, png))
                 counts[f"{split}_clips"] = len(index)
                 counts[f"{split}_frames"] = stats["frames"]
                 counts[f"{split}_perplexity"] = round(stats["perplexity"], 3)
+            for plot in plots:
+                plot.result()
             for split, tmp_dir in staging.items():
                 replace_dir(tmp_dir, self.layout.tokens_dir(split))
         except BaseException:
+            plotter.shutdown(wait=True, cancel_futures=True)
             for tmp_dir in staging.values():
                 shutil.rmtree(tmp_dir, ignore_errors=True)
             raise
+        plotter.shutdown()
         return counts
 
     def _staging_dir(self, split: str) -> Path:
@@ -327,8 +353,6 @@ class SpecTokenizer:
         token_index.save(out_dir / self.layout.tokens_index(split).name)
         stats = {"split": split, "spherical": search.spherical, **token_statistics(usage)}
         write_json(out_dir / self.layout.token_stats(split).name, stats)
-        plot_histogram(stats, f"{split}: token usage ({stats['frames']} frames)",
-                       out_dir / self.layout.token_histogram(split).name)
         log.info("%s: %d clips, %d frames, entropy %.2f bits, perplexity %.1f of %d, top-10 share %.1f%%, "
                  "%d unused tokens", split, len(index), stats["frames"], stats["entropy_bits"],
                  stats["perplexity"], search.k, 100 * stats["top10_share"], stats["unused_tokens"])
