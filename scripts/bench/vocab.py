@@ -267,7 +267,8 @@ def main() -> None:
         data = prepare(workdir, args.source, args.frames, args.dim, args.seed)
         print(f"frames: {args.frames} train + {args.frames // 10} validation, dim {data['dim']}, "
               f"{data['frames']}; prepared in {time.perf_counter() - started:.0f} s in {workdir}")
-        print(f"faiss {faiss.__version__}, {os.cpu_count()} CPUs, niter {args.niter}, repeats {args.repeats}")
+        print(f"faiss {faiss.__version__}, {os.cpu_count()} CPUs, niter {args.niter}, repeats {args.repeats}, "
+              f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
         results = {k: bench_k(workdir, k, args.niter, args.seed, args.repeats) for k in ks}
         summarise(results)
     finally:
