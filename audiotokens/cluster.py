@@ -116,6 +116,16 @@ def cluster_sizes(search: NearestCentroid, frames: np.ndarray, batch: int, where
     return sizes
 
 
+def size_summary(sizes: np.ndarray) -> dict[str, Any]:
+    """Dead clusters (no frame) and tiny ones (below TINY_SHARE of the mean cluster size)."""
+    threshold = TINY_SHARE * sizes.sum() / max(len(sizes), 1)
+    return {
+        "dead_clusters": np.flatnonzero(sizes == 0).tolist(),
+        "tiny_clusters": np.flatnonzero((sizes > 0) & (sizes < threshold)).tolist(),
+        "tiny_threshold": float(threshold),
+    }
+
+
 def spectrogram_params(layout: Layout) -> dict[str, Any]:
     """The spectrogram settings of the frames, from the spectrogram stage's provenance record."""
     record = read_record(layout, "spectrogram")
@@ -194,8 +204,6 @@ class ClusterCreator:
                 kmeans: faiss.Kmeans, centroids: np.ndarray, sizes: np.ndarray, warnings: list[str],
                 gpu: bool, fit_time: float) -> dict[str, Any]:
         k = len(centroids)
-        mean_size = sizes.sum() / k
-        tiny_limit = TINY_SHARE * mean_size
         clip_of_row = None if rows is None else np.searchsorted(index.offsets, rows, side="right")
         clips_sampled = len(index) if clip_of_row is None else len(np.unique(clip_of_row))
         return {
@@ -222,9 +230,7 @@ class ClusterCreator:
             "fit_time_s": round(fit_time, 3),
             "cluster_sizes": sizes.tolist(),
             "sizes_over": f"all {int(sizes.sum())} training frames",
-            "dead_clusters": np.flatnonzero(sizes == 0).tolist(),
-            "tiny_clusters": np.flatnonzero((sizes > 0) & (sizes < tiny_limit)).tolist(),
-            "tiny_threshold": float(tiny_limit),
+            **size_summary(sizes),
             "warnings": warnings,
             "spectrogram": spectrogram_params(self.layout),
             "centroids_digest": centroids_digest(centroids),

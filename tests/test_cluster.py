@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from audiotokens.artifacts import ClipIndex, Layout, save_npy
-from audiotokens.cluster import ClusterCreator
+from audiotokens.cluster import ClusterCreator, size_summary
 from audiotokens.config import load_config
 from audiotokens.errors import UserError
 from audiotokens.pipeline import execute
@@ -237,3 +237,11 @@ def test_report_and_record_through_the_pipeline(corpus):
     assert report["wall_time_s"] > 0
     record = json.loads(Layout(workdir).record("cluster").read_text())
     assert record["params"]["cluster.n_clusters"] == 4 and record["counts"]["frames_used"] == 4000
+
+
+def test_dead_and_tiny_clusters_are_named():
+    sizes = np.array([0, 5, 1000, 2000, 9, 10, 0, 1976])  # mean 625: tiny below 6.25
+    summary = size_summary(sizes)
+    assert summary["dead_clusters"] == [0, 6]
+    assert summary["tiny_clusters"] == [1]
+    assert summary["tiny_threshold"] == pytest.approx(6.25)
