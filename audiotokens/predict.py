@@ -6,6 +6,7 @@ scores a file exactly as the training pipeline would have.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -49,6 +50,27 @@ def bundle_spectrogram(bundle):
                         "re-run `audiotokens train`") from None
 
 
+@contextlib.contextmanager
+def single_threaded() -> Iterator[None]:
+    """torch and faiss on one thread for one clip's work, restored afterwards.
+
+    One clip's STFT or nearest-centroid search is too small for thread pools to pay off, and on a busy
+    machine their spinning costs far more than the work (2 cores under load: mel frames of a 10 s clip
+    105 ms with 2 threads vs 10 ms with 1; token search 29 ms vs 0.12 ms). The model keeps all threads.
+    """
+    import faiss
+    import torch
+
+    torch_threads, faiss_threads = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(torch_threads)
+        faiss.omp_set_num_threads(faiss_threads)
+
+
 @dataclass
 class Tokenized:
     """One file's token ids, or why it has none."""
@@ -81,12 +103,14 @@ class AudioTokenizer:
 
     def tokens(self, frames: np.ndarray) -> np.ndarray:
         """Nearest-centroid ids, as the tokenize stage assigns them."""
-        return self.search(frames)
+        with single_threaded():
+            return self.search(frames)
 
     def __call__(self, location: str) -> Tokenized:
         """Never raises for a bad file: the reason goes in `error` so the other files still get scored."""
         try:
-            return Tokenized(location, self.tokens(self.frames(location)))
+            with single_threaded():
+                return Tokenized(location, self.tokens(self.frames(location)))
         except AudioError as exc:
             return Tokenized(location, None, str(exc))
         except Exception as exc:  # noqa: BLE001 - an odd file must cost one row, not the whole run

@@ -5,8 +5,8 @@
 
 Writes FILES synthetic 10 s 48 kHz mono FLAC clips and a bundle with random weights of the given shape
 (the seed's by default) to a temporary folder, warms every step up once, then prints per-clip medians of:
-decode + resample, mel frames, token assignment, the model (in batches of 32), and the whole
-predict_cli run (files/s, output discarded).
+decode + resample, mel frames (with torch's default threads and with one, as predict runs it), token
+assignment, the model (in batches of 32), and the whole predict_cli run (files/s, output discarded).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from audiotokens.audio import load_mono
 from audiotokens.bundle import save_bundle
 from audiotokens.classifier import AudioTokenClassifier, classifier_config
 from audiotokens.config import SpectrogramConfig
-from audiotokens.predict import AudioTokenizer, load_model, predict_cli
+from audiotokens.predict import AudioTokenizer, load_model, predict_cli, single_threaded
 from audiotokens.spectrogram import compute_frames, params_to_dict
 
 
@@ -92,8 +92,11 @@ def main() -> None:
         rows = {
             "decode + resample (48 kHz FLAC -> 22.05 kHz)": per_clip_ms(lambda p: load_mono(p, params.sample_rate),
                                                                        paths),
-            "mel frames (compute_frames)": per_clip_ms(lambda m: compute_frames(m, params), monos),
-            "token assignment (nearest centroid)": per_clip_ms(tokenizer.tokens, frames),
+            f"mel frames (compute_frames, {torch.get_num_threads()} torch threads)":
+                per_clip_ms(lambda m: compute_frames(m, params), monos),
+            "mel frames (compute_frames, 1 thread, as predict runs it)":
+                per_clip_ms(lambda m: _single(compute_frames, m, params), monos),
+            "token assignment (nearest centroid, 1 thread)": per_clip_ms(tokenizer.tokens, frames),
             f"model ({args.layers} layers x {args.hidden}, batch 32, {bundle.device})": model_ms,
         }
         runs = [_timed(predict_cli, paths, str(model_dir), ".", 5, None, "csv", io.StringIO())
@@ -104,6 +107,11 @@ def main() -> None:
         whole = statistics.median(runs)
         print(f"  {'predict_cli end to end (includes loading the bundle)':<58} {1000 * whole / args.files:9.2f} "
               f"ms/clip = {args.files / whole:.1f} files/s")
+
+
+def _single(function, *args):
+    with single_threaded():
+        return function(*args)
 
 
 def _timed(function, *args) -> float:
