@@ -130,17 +130,19 @@ def train(config, resume, strict):
 @click.option("--manifest", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Evaluate on audio listed in a CSV manifest (path,label[,group]) instead of a split.")
 @click.option("--class", "class_name", default=None, help="Threshold sweep for this class too.")
+@click.option("--model", "model_dir", default=None,
+              help="Another model bundle (default: <workdir>/output/model; then no provenance record).")
 @click.option("--strict", is_flag=True, help="Refuse to run on stale inputs.")
-def evaluate(config, split_name, manifest, class_name, strict):
+def evaluate(config, split_name, manifest, class_name, model_dir, strict):
     """Per-class report, threshold sweep and plots in output/eval/<name>/."""
     from .pipeline import execute
 
-    if split_name == "validation" and manifest is None:
+    if split_name == "validation" and manifest is None and model_dir is None:
         execute("evaluate", config, strict=strict, class_name=class_name)
     else:
         from .evaluate import Evaluator
 
-        Evaluator(config, split=split_name, manifest=manifest, class_name=class_name).run()
+        Evaluator(config, split=split_name, manifest=manifest, class_name=class_name, model_dir=model_dir).run()
 
 
 @main.command()
