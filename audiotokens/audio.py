@@ -4,6 +4,8 @@ A location is a file path or "<parquet path>::<row>" (column `audio`, a struct {
 memory). Every problem with one clip raises AudioError, whose `kind` names the problem for skip reports.
 Decoding, mixing and resampling follow librosa.load (soundfile float32, channel mean, soxr 'soxr_hq',
 length fixed to ceil(n * ratio)) so frames match librosa's to float32 rounding.
+`AudioStream` decodes block by block, so a long recording never has to fit in memory at once; a file
+that yields fewer samples than it declares is "truncated", never a shorter clip.
 """
 from __future__ import annotations
 
@@ -11,11 +13,15 @@ import io
 import math
 import os
 import re
+from collections.abc import Iterator
+from contextlib import closing
 from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
 import soxr
+
+from .ogg_pages import OggDamage, OggLength, is_ogg, ogg_length
 
 PARQUET_ROW_SEPARATOR = "::"
 RESAMPLE_QUALITY = "soxr_hq"  # librosa.load's default res_type
@@ -24,6 +30,11 @@ RESAMPLE_QUALITY = "soxr_hq"  # librosa.load's default res_type
 _WAV_SHORT_DATA = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 # Sizes that streaming writers leave in the header when they cannot seek back: not truncation.
 _WAV_SIZE_PLACEHOLDERS = {0, 0xFFFFFFFF, 0x7FFFFFFF, 0xFFFFFFFF - 8}
+BLOCK_FRAMES = 2**20  # samples per channel decoded at a time: 22 s at 48 kHz, 8 MiB of float32 stereo
+# libsndfile's MP3 reader garbles samples after a read that ends inside an MPEG frame (576 or 1152
+# samples), so MP3 blocks are whole multiples of 1152.
+MP3_BLOCK_MULTIPLE = 1152
+_DECODER_ERRORS = (sf.LibsndfileError, RuntimeError, ValueError, TypeError, EOFError)
 
 
 class AudioError(Exception):
@@ -48,22 +59,72 @@ def load_audio(location: str, max_duration: float = 0.0) -> tuple[np.ndarray, in
 
     max_duration > 0 keeps only the first max_duration seconds and reads no more than that.
     """
-    path, row = parse_location(location)
-    if row is not None:
-        data = _parquet_audio_bytes(path, row)
-        return _decode(io.BytesIO(data), max_duration)
-    _check_file(path)
-    try:
-        with open(path, "rb") as handle:
-            return _decode(handle, max_duration)
-    except PermissionError:
-        raise AudioError("unreadable", "permission denied") from None
-    except IsADirectoryError:
-        raise AudioError("unreadable", "is a directory") from None
-    except FileNotFoundError:
-        raise AudioError("missing", path) from None
-    except OSError as exc:
-        raise AudioError("unreadable", exc.strerror or str(exc)) from None
+    with closing(AudioStream(location, max_duration)) as stream:
+        blocks = list(stream.blocks(max(stream.frames, 1)))  # one read of the whole clip
+    return (blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)), stream.rate
+
+
+class AudioStream:
+    """One clip opened for decoding block by block; every problem with it raises AudioError. Close it.
+
+    `frames` is what `blocks` reads: the length the file declares, or its first max_duration seconds.
+    """
+
+    def __init__(self, location: str, max_duration: float = 0.0):
+        path, row = parse_location(location)
+        self._handle = io.BytesIO(_parquet_audio_bytes(path, row)) if row is not None else _open_file(path)
+        try:
+            ogg = _ogg_pages(self._handle)
+            self._file = _open_decoder(self._handle)
+        except BaseException:
+            self._handle.close()
+            raise
+        self.rate: int = self._file.samplerate
+        self.channels: int = self._file.channels
+        self.declared: int = self._file.frames
+        self.frames = min(self.declared, int(max_duration * self.rate)) if max_duration > 0 else self.declared
+        self.read = 0  # samples per channel decoded so far
+        try:
+            self._check_complete(ogg)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self._file.close()
+        self._handle.close()
+
+    def blocks(self, block_frames: int = BLOCK_FRAMES) -> Iterator[np.ndarray]:
+        """float32 (channels, n) blocks of at most block_frames samples until `frames` are read."""
+        if self.frames <= 0:
+            raise AudioError("no samples")
+        if self._file.format == "MP3":
+            block_frames = -(-block_frames // MP3_BLOCK_MULTIPLE) * MP3_BLOCK_MULTIPLE
+        while self.read < self.frames:
+            try:
+                data = self._file.read(frames=min(block_frames, self.frames - self.read), dtype="float32",
+                                       always_2d=True)
+            except _DECODER_ERRORS as exc:
+                raise AudioError("truncated", f"decoding failed after {self.read} of the {self.declared} samples "
+                                 f"the file declares ({_decoder_message(exc)})") from None
+            if data.shape[0] == 0:
+                break
+            if not np.isfinite(data).all():
+                raise AudioError("non-finite samples", "the file contains NaN or infinite values")
+            self.read += data.shape[0]
+            yield data.T
+        if self.read < self.frames:
+            raise AudioError("truncated", f"the audio ends after {self.read} of the {self.declared} samples the "
+                             "file declares")
+
+    def _check_complete(self, ogg: OggLength | None) -> None:
+        """Evidence in the container that data is missing, before anything is decoded."""
+        if self._file.format in ("WAV", "WAVEX", "RF64", "W64"):
+            _check_wav_complete(self._file.extra_info)
+        expected = ogg.at_rate(self.rate) if ogg is not None else None
+        if expected is not None and self.declared + 1 < expected:  # Opus: rescaled from 48 kHz, allow 1
+            raise AudioError("truncated", f"only {self.declared} of the {expected} samples its last Ogg page "
+                             "declares can be decoded (damaged data)")
 
 
 def to_mono(samples: np.ndarray) -> np.ndarray:
@@ -116,23 +177,41 @@ def _check_file(path: str) -> None:
         raise AudioError("empty file")
 
 
-def _decode(source: BinaryIO, max_duration: float) -> tuple[np.ndarray, int]:
+def _open_file(path: str) -> BinaryIO:
+    _check_file(path)
     try:
-        with sf.SoundFile(source) as audio:
-            rate = audio.samplerate
-            frames = int(max_duration * rate) if max_duration > 0 else -1
-            data = audio.read(frames=frames, dtype="float32", always_2d=True)
-            if audio.format in ("WAV", "WAVEX", "RF64", "W64"):
-                _check_wav_complete(audio.extra_info)
-    except sf.LibsndfileError as exc:
-        raise AudioError("undecodable", exc.error_string.strip().rstrip(".")) from None
-    except (RuntimeError, ValueError, TypeError, EOFError) as exc:
-        raise AudioError("undecodable", str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
-    if data.shape[0] == 0:
-        raise AudioError("no samples")
-    if not np.isfinite(data).all():
-        raise AudioError("non-finite samples", "the file contains NaN or infinite values")
-    return data.T, rate
+        return open(path, "rb")
+    except PermissionError:
+        raise AudioError("unreadable", "permission denied") from None
+    except IsADirectoryError:
+        raise AudioError("unreadable", "is a directory") from None
+    except FileNotFoundError:
+        raise AudioError("missing", path) from None
+    except OSError as exc:
+        raise AudioError("unreadable", exc.strerror or str(exc)) from None
+
+
+def _open_decoder(handle: BinaryIO) -> sf.SoundFile:
+    try:
+        return sf.SoundFile(handle)
+    except _DECODER_ERRORS as exc:
+        raise AudioError("undecodable", _decoder_message(exc)) from None
+
+
+def _decoder_message(exc: Exception) -> str:
+    if isinstance(exc, sf.LibsndfileError):
+        return exc.error_string.strip().rstrip(".")
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _ogg_pages(handle: BinaryIO) -> OggLength | None:
+    """The page walk of an Ogg stream (by content, whatever the extension); None for other formats."""
+    try:
+        return ogg_length(handle) if is_ogg(handle) else None
+    except OggDamage as exc:
+        raise AudioError("truncated", str(exc)) from None
+    except OSError as exc:
+        raise AudioError("unreadable", exc.strerror or str(exc)) from None
 
 
 def _check_wav_complete(log: str) -> None:

@@ -4,7 +4,9 @@
 (Hann window, center=True with zero padding, power 2, Slaney mel filterbank) -> power_to_db (ref 1.0,
 amin 1e-10, top_db) -> min-max scaling of the whole clip to [0, 1]. The STFT runs in torch in float64
 and is rounded to complex64 as librosa does: a float32 FFT shifts quiet bins by up to ~1e-4 after dB
-scaling and normalisation.
+scaling and normalisation. `clip_frames` decodes, resamples and transforms a file block by block, so
+memory does not grow with a recording's length beyond its mel frames; its frames equal those of
+`compute_frames` on the whole decoded clip.
 
 The stage works through each split in parts of consecutive clips; a finished part is kept on disk, so
 an interrupted run resumes after the last finished part. Parts carry a key of the frame parameters and
@@ -16,6 +18,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import multiprocessing
 import os
 import shutil
@@ -30,11 +33,12 @@ from typing import Any
 import librosa
 import numpy as np
 import scipy.signal
+import soxr
 import torch
 from tqdm import tqdm
 
 from .artifacts import SPLITS, ClipIndex, Layout, atomic_path, create_npy, read_json, save_npy, write_json
-from .audio import AudioError, load_mono
+from .audio import BLOCK_FRAMES, RESAMPLE_QUALITY, AudioError, AudioStream, to_mono
 from .config import Config, SpectrogramConfig
 from .errors import UserError
 
@@ -130,10 +134,18 @@ def compute_frames(mono: np.ndarray, params: SpectrogramConfig) -> np.ndarray:
     """
     if mono.shape[-1] < params.n_fft:
         raise AudioError("too short", f"{mono.shape[-1]} samples at {params.sample_rate} Hz < n_fft {params.n_fft}")
-    power = torch.from_numpy(power_spectrogram(mono, params.n_fft, params.hop_length))
+    return finish_frames(mel_power(power_spectrogram(mono, params.n_fft, params.hop_length), params), params)
+
+
+def mel_power(power: np.ndarray, params: SpectrogramConfig) -> np.ndarray:
+    """(frames, 1 + n_fft // 2) power -> (frames, n_mels) mel power, float32."""
     # torch, not numpy, multiplies: its thread count is set per worker, numpy's BLAS would spawn threads
     mel = mel_filterbank(params.sample_rate, params.n_fft, params.n_mels, params.fmin, params.fmax)
-    frames = (power @ mel).numpy()
+    return (torch.from_numpy(power) @ mel).numpy()
+
+
+def finish_frames(frames: np.ndarray, params: SpectrogramConfig) -> np.ndarray:
+    """Mel power of a whole clip -> stored frames: dB with the top_db floor, then [0, 1] scaling."""
     if params.db:
         frames = power_to_db(frames, params.top_db)
     if params.normalize:
@@ -143,9 +155,61 @@ def compute_frames(mono: np.ndarray, params: SpectrogramConfig) -> np.ndarray:
     return np.ascontiguousarray(frames, dtype=np.float32)
 
 
-def clip_frames(location: str, params: SpectrogramConfig) -> np.ndarray:
-    """Decode, mix down, resample and compute the frames of one clip."""
-    return compute_frames(load_mono(location, params.sample_rate, params.max_duration), params)
+def clip_frames(location: str, params: SpectrogramConfig, block_frames: int = BLOCK_FRAMES) -> np.ndarray:
+    """Decode, mix down, resample and compute the frames of one clip, block_frames samples at a time.
+
+    Equal to compute_frames(load_mono(location, ...)): mixing is per sample, soxr's stream gives its
+    one-shot output, and each STFT frame depends only on the samples under its window.
+    """
+    stream = AudioStream(location, params.max_duration)
+    try:
+        return finish_frames(_streamed_mel_power(stream, params, block_frames), params)
+    finally:
+        stream.close()
+
+
+def _streamed_mel_power(stream: AudioStream, params: SpectrogramConfig, block_frames: int) -> np.ndarray:
+    n_fft, hop, rate = params.n_fft, params.hop_length, params.sample_rate
+    # librosa.resample's length, ceil(n * ratio); a short stream is padded with zeros, a long one cut
+    length = stream.frames if stream.rate == rate else math.ceil(stream.frames * float(rate) / stream.rate)
+    resampler = None
+    signal = np.zeros(n_fft // 2, dtype=np.float32)  # center=True's zero padding in front of the clip
+    start = done = received = 0  # padded position of signal[0], frames computed, samples received
+    # one allocation for the result: small pieces kept between the blocks' large temporaries would
+    # fragment the heap and grow the process by several times the frames' size
+    frames = np.empty((1 + length // hop, params.n_mels), dtype=np.float32)
+    for block in stream.blocks(block_frames):
+        mono, last = to_mono(block), stream.read == stream.frames
+        if stream.rate != rate and last and resampler is None:  # the whole clip in one block
+            mono = soxr.resample(mono, stream.rate, rate, quality=RESAMPLE_QUALITY)
+        elif stream.rate != rate:
+            resampler = resampler or soxr.ResampleStream(stream.rate, rate, 1, dtype="float32",
+                                                         quality=RESAMPLE_QUALITY)
+            mono = resampler.resample_chunk(mono, last=last)
+        mono = mono[:length - received]
+        received += len(mono)
+        signal = np.concatenate([signal, mono])
+        # frames whose window holds only received samples; two are kept for the end so that no
+        # batch is a single row (a one-row matmul rounds differently from the whole-clip one)
+        ready = (start + len(signal) - n_fft) // hop + 1 - 2
+        if not last and ready - done >= 2:
+            frames[done:ready] = _mel_rows(signal, start, done, ready, params)
+            cut = min(ready * hop - start, len(signal))
+            signal, start, done = signal[cut:], start + cut, ready
+    if length < n_fft:
+        raise AudioError("too short", f"{length} samples at {rate} Hz < n_fft {n_fft}")
+    signal = np.concatenate([signal, np.zeros(length - received + n_fft // 2, dtype=np.float32)])
+    frames[done:] = _mel_rows(signal, start, done, len(frames), params)
+    return frames
+
+
+def _mel_rows(signal: np.ndarray, start: int, first: int, stop: int, params: SpectrogramConfig) -> np.ndarray:
+    """Mel power of frames [first, stop) from `signal`, which begins at padded position `start`."""
+    n_fft, hop = params.n_fft, params.hop_length
+    piece = torch.from_numpy(signal[first * hop - start:(stop - 1) * hop + n_fft - start].astype(np.float64))
+    spectrum = torch.stft(piece, n_fft, hop, window=_hann(n_fft), center=False, return_complex=True)
+    power = np.square(np.abs(spectrum.T.numpy().astype(np.complex64)))  # as power_spectrogram rounds
+    return mel_power(power, params)
 
 
 # ---------------------------------------------------------------- per-clip work (runs in worker processes)

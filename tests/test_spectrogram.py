@@ -293,7 +293,7 @@ def _write_bad(kind: str, folder: Path) -> Path:
     ("empty file", "empty file"),
     ("text", "undecodable"),
     ("truncated wav", "truncated"),
-    ("truncated flac", "undecodable"),
+    ("truncated flac", "truncated"),
     ("no samples", "no samples"),
     ("nan", "non-finite samples"),
     ("inf", "non-finite samples"),
