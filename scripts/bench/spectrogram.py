@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import pickle
+import resource
 import statistics
 import sys
 import tempfile
@@ -31,7 +33,13 @@ import torch
 from audiotokens.artifacts import Layout, open_store
 from audiotokens.audio import load_audio, resample, to_mono
 from audiotokens.config import load_config
-from audiotokens.spectrogram import SpectrogramProcessor, compute_frames, mel_filterbank, power_spectrogram
+from audiotokens.spectrogram import (
+    SpectrogramProcessor,
+    clip_frames,
+    compute_frames,
+    mel_filterbank,
+    power_spectrogram,
+)
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".w64", ".caf"}
 
@@ -50,15 +58,16 @@ def audio_files(source: Path, count: int) -> list[Path]:
     return files[:count]
 
 
+def seed_one(path: Path) -> np.ndarray:
+    y, sr = librosa.load(path, sr=22050)
+    spec = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=1024, hop_length=512, n_mels=64)
+    spec = librosa.power_to_db(spec, ref=1.0, amin=1e-10, top_db=80.0)
+    return (spec - spec.min()) / (spec.max() - spec.min())
+
+
 def seed_loop(files: list[Path], out: Path) -> list[dict]:
     """The seed's approach, as it ran: one process, librosa end to end, one pickle."""
-    results = []
-    for path in files:
-        y, sr = librosa.load(path, sr=22050)
-        spec = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=1024, hop_length=512, n_mels=64)
-        spec = librosa.power_to_db(spec, ref=1.0, amin=1e-10, top_db=80.0)
-        spec = (spec - spec.min()) / (spec.max() - spec.min())
-        results.append({"filename": str(path), "spectrogram": spec})
+    results = [{"filename": str(path), "spectrogram": seed_one(path)} for path in files]
     with open(out, "wb") as handle:
         pickle.dump(results, handle)
     return results
@@ -74,6 +83,13 @@ def stage_run(files: list[Path], workdir: Path, workers: int) -> None:
     SpectrogramProcessor(config).run()
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished child processes (the stage's workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def warm_up(files: list[Path]) -> None:
     y, sr = librosa.load(files[0], sr=22050)
     librosa.power_to_db(librosa.feature.melspectrogram(y=y, sr=sr, n_fft=1024, hop_length=512, n_mels=64))
@@ -84,14 +100,14 @@ def warm_up(files: list[Path]) -> None:
 
 
 def profile(files: list[Path]) -> None:
-    """ms per clip of each step, one process."""
+    """CPU ms per clip of each step, one process (all its threads: librosa's BLAS may use several)."""
     params = load_config().spectrogram
     steps: dict[str, list[float]] = {}
 
     def timed(name, func, *args, **kwargs):
-        start = time.perf_counter()
+        start = time.process_time()  # CPU time: steadier than wall time on a shared machine
         value = func(*args, **kwargs)
-        steps.setdefault(name, []).append((time.perf_counter() - start) * 1e3)
+        steps.setdefault(name, []).append((time.process_time() - start) * 1e3)
         return value
 
     mel = mel_filterbank(22050, 1024, 64, 0.0, 0.0)
@@ -106,8 +122,10 @@ def profile(files: list[Path]) -> None:
         power = timed("power spectrum (torch.stft f64)", power_spectrogram, y, 1024, 512)
         timed("mel product (torch)", lambda p: (torch.from_numpy(p) @ mel).numpy(), power)
         frames = timed("compute_frames (all)", compute_frames, y, params)
+        timed("clip_frames (a worker's whole job)", clip_frames, str(path), params)
+        timed("seed: whole job", seed_one, path)
         timed("pickle frames (IPC cost)", pickle.dumps, frames, protocol=pickle.HIGHEST_PROTOCOL)
-    print(f"\nprofile, ms per clip, one process, {len(files)} clips:")
+    print(f"\nprofile, CPU ms per clip (median), one process, {len(files)} clips:")
     for name, values in steps.items():
         print(f"  {name:44s} {statistics.median(values):7.2f}")
 
@@ -131,17 +149,19 @@ def main() -> None:
     if args.profile:
         profile(files[:min(len(files), 40)])
 
-    seed_times, stage_times = [], []
+    seed_times, stage_times, seed_cpu, stage_cpu = [], [], [], []
     with tempfile.TemporaryDirectory(prefix="bench-spectrogram-") as tmp:
         tmp = Path(tmp)
         for rep in range(args.repeats):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), cpu_seconds()
             seed = seed_loop(files, tmp / "specs.pkl")
             seed_times.append(time.perf_counter() - start)
+            seed_cpu.append(cpu_seconds() - cpu)
             workdir = tmp / f"stage{rep}"
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), cpu_seconds()
             stage_run(files, workdir, args.workers)
             stage_times.append(time.perf_counter() - start)
+            stage_cpu.append(cpu_seconds() - cpu)
             print(f"  repetition {rep + 1}: seed {seed_times[-1]:.2f} s, stage {stage_times[-1]:.2f} s", flush=True)
         frames, index = open_store(Layout(workdir).frames("train"), Layout(workdir).frames_index("train"))
         assert len(index) == len(files), "the stage skipped clips; see its report.json"
@@ -154,6 +174,11 @@ def main() -> None:
     print(f"spectrogram stage ({args.workers or 'all'} workers): {stage_rate:8.1f} clips/s")
     print(f"ratio stage / seed:           {stage_rate / seed_rate:8.2f}x")
     print(f"largest |stage - seed|:       {worst:.3g}")
+    # CPU time (this process + its workers) does not depend on what else runs on the machine
+    seed_ms = statistics.median(seed_cpu) / len(files) * 1e3
+    stage_ms = statistics.median(stage_cpu) / len(files) * 1e3
+    print(f"CPU per clip: seed {seed_ms:.2f} ms, stage {stage_ms:.2f} ms (all processes); load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":
