@@ -20,6 +20,8 @@ Each stage also writes a provenance record (see provenance.py) at `Layout.record
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import json
 import os
 import shutil
@@ -134,28 +136,88 @@ class Layout:
 # ---------------------------------------------------------------- atomic writes
 
 
+# Errors that mean the disk refused a write (as opposed to a bug): reported as UserError naming the file.
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def write_error(path: str | Path, exc: OSError) -> UserError:
+    """One line for a write the disk refused, saying what to do about it."""
+    if exc.errno in DISK_FULL:
+        hint = "free some space or point --workdir at a disk with room"
+    else:
+        hint = "check that the workdir is writable or point --workdir elsewhere"
+    return UserError(f"cannot write {path}: {exc.strerror or exc}; {hint}")
+
+
+def temp_prefix(path: Path) -> str:
+    """Temporary names beside `path` carry the writer's process id, so leftovers of a killed run are known."""
+    return f".{path.name}.{os.getpid()}."
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Delete temporary files or folders of `path` whose writer process no longer runs (a killed stage)."""
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        pid = leftover.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def staging_dir(final_dir: Path) -> Path:
+    """A fresh hidden folder beside final_dir for a directory artifact (then swapped in with replace_dir)."""
+    try:
+        final_dir.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(final_dir)
+        return Path(tempfile.mkdtemp(prefix=temp_prefix(final_dir), suffix=".tmp", dir=final_dir.parent))
+    except OSError as exc:
+        raise write_error(final_dir, exc) from None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed.
 
     A reader never sees a half-written file under the final name, and an interrupted writer leaves
-    the previous version intact.
+    the previous version intact (its temporary file is removed by the next write of `path`). A full or
+    read-only disk raises UserError naming `path`.
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        remove_stale_temps(path)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
         os.close(fd)
     except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror}; check that the workdir is writable") from None
+        raise write_error(path, exc) from None
     tmp = Path(tmp)
     try:
         yield tmp
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL | {errno.EROFS}:
+            raise write_error(path, exc) from None
+        raise
+    try:
         _fsync(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts get the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL | NOT_WRITABLE:
+            raise write_error(path, exc) from None
         raise
 
 
@@ -196,17 +258,46 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
 
 
 def create_npy(path: Path, shape: tuple[int, ...], dtype) -> np.memmap:
-    """A writable memory-mapped .npy (at a temporary path given by atomic_path)."""
-    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    """A writable memory-mapped .npy (at a temporary path given by atomic_path).
+
+    Its disk space is reserved up front: writing through a map into a sparse file on a full disk kills
+    the process with SIGBUS instead of raising an error.
+    """
+    try:
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        _reserve_space(path)
+    except OSError as exc:
+        if exc.errno in DISK_FULL | NOT_WRITABLE:
+            raise write_error(path, exc) from None
+        raise
+    return array
+
+
+def _reserve_space(path: Path) -> None:
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "r+b") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        try:
+            if size:
+                os.posix_fallocate(handle.fileno(), 0, size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # EINVAL/EOPNOTSUPP: cannot reserve here
+                raise
 
 
 def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
     """Swap a fully written directory into place (used for the model bundle and reports)."""
     old = final_dir.with_name(f".{final_dir.name}.old")
     shutil.rmtree(old, ignore_errors=True)
-    if final_dir.exists():
-        os.replace(final_dir, old)
-    os.replace(tmp_dir, final_dir)
+    try:
+        if final_dir.exists():
+            os.replace(final_dir, old)
+        os.replace(tmp_dir, final_dir)
+    except OSError as exc:
+        if exc.errno in DISK_FULL | NOT_WRITABLE:
+            raise write_error(final_dir, exc) from None
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 from transformers.utils import logging as hf_logging
 
-from .artifacts import replace_dir, write_json
+from .artifacts import replace_dir, staging_dir, write_json
 from .classifier import EXTRA_POSITIONS, SPECIAL_TOKENS, TOKEN_OFFSET, AudioTokenClassifier, probabilities
 from .errors import UserError
 from .token_dataset import as_frames_by_codebooks, pack_sequences
@@ -50,8 +49,7 @@ def save_bundle(
 ) -> None:
     """Write the bundle beside `bundle_dir`, then swap it in, so a reader never sees half a bundle."""
     bundle_dir = Path(bundle_dir)
-    bundle_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{bundle_dir.name}.", dir=bundle_dir.parent))
+    tmp = staging_dir(bundle_dir)
     try:
         hf_logging.disable_progress_bar()
         model.save_pretrained(tmp, safe_serialization=True)

@@ -1,6 +1,7 @@
 """Thin click layer: options -> Config -> stage. Heavy modules are imported only by the command that runs."""
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
@@ -78,14 +79,25 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+# A full, read-only or forbidden disk is the user's to fix: one line, not a traceback.
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 class Group(click.Group):
-    """Turns UserError into one line on stderr and exit code 2."""
+    """Turns UserError (and disk errors) into one line on stderr and exit code 2."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except UserError as exc:
             click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except OSError as exc:
+            if exc.errno not in DISK_ERRNOS:
+                raise
+            where = exc.filename or "a file in the workdir"
+            click.echo(f"error: {where}: {exc.strerror}; check the free space and permissions there, or point "
+                       "--workdir elsewhere", err=True)
             sys.exit(2)
 
 

@@ -15,7 +15,6 @@ import logging
 import math
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,16 @@ import numpy as np
 from tqdm import tqdm
 
 from . import reports
-from .artifacts import ClipIndex, Layout, open_store, read_json, replace_dir, save_npy, write_json
+from .artifacts import (
+    ClipIndex,
+    Layout,
+    open_store,
+    read_json,
+    replace_dir,
+    save_npy,
+    staging_dir,
+    write_json,
+)
 from .config import Config
 from .errors import UserError
 from .metrics import classification_metrics
@@ -279,8 +287,7 @@ def safe_name(name: str) -> str:
 def write_reports(out_dir: Path, scored: Scored, classes: list[str], task: str, threshold: float,
                   sweep_class: int | None, about: dict[str, Any]) -> dict[str, Any]:
     """Every report file into a temporary directory that then replaces out_dir; returns metrics.json."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = staging_dir(out_dir)
     try:
         metrics = _write_all(tmp, scored, classes, task, threshold, sweep_class, about)
         replace_dir(tmp, out_dir)
