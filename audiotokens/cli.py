@@ -96,8 +96,8 @@ class Group(click.Group):
             if exc.errno not in DISK_ERRNOS:
                 raise
             where = exc.filename or "a file in the workdir"
-            click.echo(f"error: {where}: {exc.strerror}; check the free space and permissions there, or point "
-                       "--workdir elsewhere", err=True)
+            click.echo(f"error: {where}: {exc.strerror}; check the free space and permissions there, or "
+                       "point --workdir elsewhere", err=True)
             sys.exit(2)
 
 
