@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import time
 from typing import Any
 
@@ -48,6 +49,11 @@ def execute(stage: str, config: Config, strict: bool = False, **options: Any) ->
     """Run one stage, then write its provenance record (or a failure marker)."""
     layout = Layout(config.workdir)
     check_inputs(layout, config, stage, strict)
+    # Marked failed until its record is written: a run killed outright (SIGKILL, power loss) may have
+    # replaced some of its artifacts but not all, and later stages must not read such a mix.
+    write_failure(layout, stage, f"unfinished: the run started {time.strftime('%Y-%m-%d %H:%M:%S')} (pid "
+                  f"{os.getpid()}) has not finished (still running, or killed); if it was stopped, run "
+                  f"`audiotokens {stage}` again")
     started = time.perf_counter()
     try:
         counts = stage_class(stage)(config, **options).run() or {}
