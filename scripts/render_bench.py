@@ -172,6 +172,9 @@ def place(rng: np.random.Generator, signal: np.ndarray, n: int) -> np.ndarray:
 
 # ---------- scores ----------
 
+FORMATS = {".mxl": 0, ".xml": 1, ".krn": 2}  # preference when one score exists in several formats
+
+
 def corpus_tiers() -> list[list[str]]:
     """music21 corpus files in priority tiers: Bach (chorales), then Monteverdi and Palestrina.
 
@@ -186,9 +189,6 @@ def corpus_tiers() -> list[list[str]]:
         return sorted(by_id.values())
 
     return [scores("bach"), scores("monteverdi") + scores("palestrina")]
-
-
-FORMATS = {".mxl": 0, ".xml": 1, ".krn": 2}  # preference when one score exists in several formats
 
 
 def score_id(path: str) -> str:
@@ -235,6 +235,8 @@ def _load_parts(candidates: list[str]) -> tuple[str, list[np.ndarray]]:
             errors.append(f"{score_id(path)}: {exc}")
             continue
         if parts:
+            if errors:
+                print(f"WARNING using stand-in {score_id(path)}: {'; '.join(errors)}", file=sys.stderr, flush=True)
             return score_group(score_id(path)), parts
         errors.append(f"{score_id(path)}: no notes")
     raise RuntimeError("no usable score among candidates: " + "; ".join(errors))

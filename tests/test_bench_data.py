@@ -416,3 +416,12 @@ def test_fluidsynth_render_is_deterministic_and_labelled(tmp_path):
         assert sr == 44100 and audio.shape == (3 * 44100,) and np.abs(audio).max() > 0.01
         assert (tmp_path / "a" / row["path"]).read_bytes() == (tmp_path / "b" / row["path"]).read_bytes()
         assert set(row["label"].split(";")) <= set(ba.PRESETS["bench"])
+
+
+def test_demo_config_loads_and_reads_the_demo_manifest():
+    from audiotokens.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    config = load_config(root / "configs" / "demo.toml")  # unknown keys would raise
+    assert config.data.source == "manifest" and config.data.manifest == "demo_data/manifest.csv"
+    assert config.split.strategy == "group" and config.train.device == "cpu"
