@@ -101,12 +101,12 @@ class AudioStream:
         if self._file.format == "MP3":
             block_frames = -(-block_frames // MP3_BLOCK_MULTIPLE) * MP3_BLOCK_MULTIPLE
         while self.read < self.frames:
+            want = min(block_frames, self.frames - self.read)
             try:
-                data = self._file.read(frames=min(block_frames, self.frames - self.read), dtype="float32",
-                                       always_2d=True)
+                data = self._file.read(frames=want, dtype="float32", always_2d=True)
             except _DECODER_ERRORS as exc:
-                raise AudioError("truncated", f"decoding failed after {self.read} of the {self.declared} samples "
-                                 f"the file declares ({_decoder_message(exc)})") from None
+                raise AudioError("truncated", f"decoding failed between samples {self.read} and {self.read + want} "
+                                 f"of the {self.declared} the file declares ({_decoder_message(exc)})") from None
             if data.shape[0] == 0:
                 break
             if not np.isfinite(data).all():
