@@ -86,7 +86,7 @@ def _parse_rows(path: Path, reader, delimiter: str) -> list[ManifestRow]:
         audio = os.path.abspath(base / clip_path)
         rows.append(ManifestRow(clip_path, audio, labels, group or None, line))
     if not rows:
-        raise UserError(f"manifest {path} lists no clips")
+        raise UserError(f"manifest {path} lists no clips; add one row per audio file below the header (path,label)")
     return rows
 
 
