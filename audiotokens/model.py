@@ -324,9 +324,13 @@ class ModelBuilder:
         state = {"model": model.state_dict(), "trainer": trainer.state_dict(), "rng": rng_state(),
                  "identity": identity, **progress.__dict__}
         last, best = self._checkpoint_paths()
-        save_checkpoint(last, state)
         if improved:
-            copy_checkpoint(last, best)
+            # best first: killed between the two writes, last.pt is an epoch behind and --resume
+            # recomputes that epoch; the other order would leave a last.pt naming a best.pt never written
+            save_checkpoint(best, state)
+            copy_checkpoint(best, last)
+        else:
+            save_checkpoint(last, state)
 
     def _checkpoint_paths(self) -> tuple[Path, Path]:
         return self.layout.checkpoints / "last.pt", self.layout.checkpoints / "best.pt"
