@@ -150,6 +150,35 @@ def write_error(path: str | Path, exc: OSError) -> UserError:
     return UserError(f"cannot write {path}: {exc.strerror or exc}; {hint}")
 
 
+LOW_SPACE = 1 << 20  # a write that fails with less free space than this left ran out of it
+
+
+def disk_failure(path: str | Path, exc: BaseException) -> UserError | None:
+    """The UserError for a write that failed because the disk is full or refuses writes; else None.
+
+    Libraries report a full disk in their own ways (numpy a short write without errno, torch and
+    safetensors their own exception types), so any failure while the filesystem has almost no free
+    space left counts as a full disk. Call it before removing the partial output, which frees space.
+    """
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL | NOT_WRITABLE:
+        return write_error(path, exc)
+    if isinstance(exc, Exception) and _free_bytes(Path(path)) < LOW_SPACE:
+        return write_error(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    return None
+
+
+def _free_bytes(path: Path) -> int:
+    for folder in (path, *path.parents):
+        try:
+            stats = os.statvfs(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError:
+            break
+        return stats.f_bavail * stats.f_frsize
+    return LOW_SPACE
+
+
 def temp_prefix(path: Path) -> str:
     """Temporary names beside `path` carry the writer's process id, so leftovers of a killed run are known."""
     return f".{path.name}.{os.getpid()}."
@@ -205,19 +234,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno in DISK_FULL | {errno.EROFS}:
-            raise write_error(path, exc) from None
-        raise
-    try:
         _fsync(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts get the usual permissions
         os.replace(tmp, path)
     except BaseException as exc:
+        failure = disk_failure(path, exc)
         tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno in DISK_FULL | NOT_WRITABLE:
-            raise write_error(path, exc) from None
+        if failure is not None:
+            raise failure from None
         raise
 
 
@@ -267,8 +291,8 @@ def create_npy(path: Path, shape: tuple[int, ...], dtype) -> np.memmap:
         array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
         _reserve_space(path)
     except OSError as exc:
-        if exc.errno in DISK_FULL | NOT_WRITABLE:
-            raise write_error(path, exc) from None
+        if exc.filename is None:  # so that the message names the file (atomic_path names the final one)
+            exc.filename = str(path)
         raise
     return array
 

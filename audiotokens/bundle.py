@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from transformers.utils import logging as hf_logging
 
-from .artifacts import replace_dir, staging_dir, write_json
+from .artifacts import disk_failure, replace_dir, staging_dir, write_json
 from .classifier import EXTRA_POSITIONS, SPECIAL_TOKENS, TOKEN_OFFSET, AudioTokenClassifier, probabilities
 from .errors import UserError
 from .token_dataset import as_frames_by_codebooks, pack_sequences
@@ -74,8 +74,11 @@ def save_bundle(
             **(extra or {}),
         })
         replace_dir(tmp, bundle_dir)
-    except BaseException:
+    except BaseException as exc:
+        failure = disk_failure(bundle_dir, exc)  # checked before the removal frees the space
         shutil.rmtree(tmp, ignore_errors=True)
+        if failure is not None:
+            raise failure from None
         raise
 
 

@@ -26,6 +26,7 @@ from . import reports
 from .artifacts import (
     ClipIndex,
     Layout,
+    disk_failure,
     open_store,
     read_json,
     replace_dir,
@@ -291,8 +292,11 @@ def write_reports(out_dir: Path, scored: Scored, classes: list[str], task: str, 
     try:
         metrics = _write_all(tmp, scored, classes, task, threshold, sweep_class, about)
         replace_dir(tmp, out_dir)
-    except BaseException:
+    except BaseException as exc:
+        failure = disk_failure(out_dir, exc)  # checked before the removal frees the space
         shutil.rmtree(tmp, ignore_errors=True)
+        if failure is not None:
+            raise failure from None
         raise
     metrics["files"] = {name: str(out_dir / name) for name in metrics["files"]}
     return metrics

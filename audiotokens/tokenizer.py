@@ -23,7 +23,17 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from .artifacts import SPLITS, ClipIndex, Layout, create_npy, open_store, read_json, replace_dir, write_json
+from .artifacts import (
+    SPLITS,
+    ClipIndex,
+    Layout,
+    create_npy,
+    disk_failure,
+    open_store,
+    read_json,
+    replace_dir,
+    write_json,
+)
 from .config import Config
 from .errors import UserError
 from .provenance import read_record
@@ -313,10 +323,13 @@ class SpecTokenizer:
                 plot.result()
             for split, tmp_dir in staging.items():
                 replace_dir(tmp_dir, self.layout.tokens_dir(split))
-        except BaseException:
+        except BaseException as exc:
             plotter.shutdown(wait=True, cancel_futures=True)
+            failure = disk_failure(self.layout.tokenized, exc)  # checked before the removal frees the space
             for tmp_dir in staging.values():
                 shutil.rmtree(tmp_dir, ignore_errors=True)
+            if failure is not None:
+                raise failure from None
             raise
         plotter.shutdown()
         return counts
