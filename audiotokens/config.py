@@ -147,11 +147,14 @@ def _check_key(section: str, key: str) -> None:
         )
 
 
-def _coerce(section: str, key: str, value: Any) -> Any:
-    """Convert a TOML value or a `--set` string to the field's type, or explain what is wrong."""
+def _coerce(section: str, key: str, value: Any, from_text: bool) -> Any:
+    """Convert a TOML value or a `--set` string to the field's type, or explain what is wrong.
+
+    Only `--set` text is parsed; a TOML file already has types, and a quoted number there is an error.
+    """
     want = _field_type(section, key)
     where = f"'{section}.{key}'"
-    if isinstance(value, str) and want is not str:
+    if from_text and isinstance(value, str) and want is not str:
         text = value.strip()
         if want is bool:
             lowered = text.lower()
@@ -177,9 +180,9 @@ def _coerce(section: str, key: str, value: Any) -> Any:
     return value
 
 
-def _apply(config: Config, section: str, key: str, value: Any) -> None:
+def _apply(config: Config, section: str, key: str, value: Any, from_text: bool = False) -> None:
     _check_key(section, key)
-    setattr(getattr(config, section), key, _coerce(section, key, value))
+    setattr(getattr(config, section), key, _coerce(section, key, value, from_text))
 
 
 def parse_override(text: str) -> tuple[str, str, str]:
@@ -211,7 +214,7 @@ def load_config(
             for key, value in values.items():
                 _apply(config, section, key, value)
     for text in overrides:
-        _apply(config, *parse_override(text))
+        _apply(config, *parse_override(text), from_text=True)
     _validate(config)
     return config
 

@@ -109,10 +109,24 @@ def check_splits_agree(train: SplitTokens, validation: SplitTokens) -> None:
                         "re-run `audiotokens tokenize`")
 
 
+# Full attention over more positions than this is out of reach of one GPU; past it the user must choose
+# between cutting clips (train.max_length) and cropping audio (spectrogram.max_duration).
+MAX_AUTO_POSITIONS = 8192
+
+
 def model_length(splits: dict[str, SplitTokens], max_length: int) -> int:
     """Frames fed per clip: train.max_length, or (0) the longest clip of any split, so nothing is cut."""
-    longest = max(int(s.index.lengths.max()) for s in splits.values())
-    return max_length if max_length > 0 else max(longest, 1)
+    if max_length > 0:
+        return max_length
+    name, split = max(splits.items(), key=lambda item: int(item[1].index.lengths.max()))
+    row = int(split.index.lengths.argmax())
+    longest = int(split.index.lengths[row])
+    if longest > MAX_AUTO_POSITIONS:
+        raise UserError(
+            f"clip '{split.index.ids[row]}' ({name}) has {longest} frames; sizing the model to it would need "
+            f"{longest} positions. Set train.max_length (e.g. 1024) to cut long clips (the cut is reported), "
+            "or spectrogram.max_duration to crop the audio")
+    return max(longest, 1)
 
 
 def report_truncation(splits: dict[str, SplitTokens], max_frames: int) -> dict[str, int]:

@@ -55,9 +55,10 @@ def test_bad_overrides_name_the_key(override, fragment):
 
 def test_wrong_type_in_file(tmp_path):
     path = tmp_path / "c.toml"
-    path.write_text('[train]\nepochs = "many"\n')
-    with pytest.raises(UserError, match="train.epochs"):
-        load_config(path)
+    for text in ('[train]\nepochs = "many"\n', '[train]\nepochs = "8"\n', '[cluster]\nspherical = "yes"\n'):
+        path.write_text(text)
+        with pytest.raises(UserError, match="must be"):
+            load_config(path)
 
 
 def test_every_key_is_listed():

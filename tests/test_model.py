@@ -322,3 +322,13 @@ def test_early_stopping_and_resuming_a_finished_run(tmp_path):
 def test_out_of_range_settings_name_the_key(tmp_path, override, key):
     with pytest.raises(UserError, match=f"train.{key}"):
         ModelBuilder(load_config(overrides=[*SMALL, override], workdir=tmp_path)).run()
+
+
+def test_a_clip_too_long_for_full_attention_asks_for_a_limit(tmp_path, monkeypatch):
+    make_workdir(tmp_path, n_train=8, n_validation=4)
+    monkeypatch.setattr("audiotokens.model.MAX_AUTO_POSITIONS", 20)
+    with pytest.raises(UserError, match="train.max_length"):
+        ModelBuilder(load_config(overrides=[*SMALL, "train.epochs=1"], workdir=tmp_path)).run()
+    counts = ModelBuilder(load_config(overrides=[*SMALL, "train.epochs=1", "train.max_length=20"],
+                                      workdir=tmp_path)).run()
+    assert counts["truncated_clips"] > 0
