@@ -26,9 +26,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -276,9 +277,8 @@ def read_json(path: str | Path, what: str = "") -> Any:
 
 
 def save_npy(path: str | Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.save(handle, array)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, array)
 
 
 def create_npy(path: Path, shape: tuple[int, ...], dtype) -> np.memmap:
@@ -364,7 +364,7 @@ class ClipIndex:
         return int(self.lengths.sum()) if len(self.lengths) else 0
 
     @classmethod
-    def from_lengths(cls, ids, lengths, labels, classes, task, split="") -> "ClipIndex":
+    def from_lengths(cls, ids, lengths, labels, classes, task, split="") -> ClipIndex:
         lengths = np.asarray(lengths, dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if len(lengths) else lengths
         return cls(list(ids), offsets, lengths, [list(map(int, x)) for x in labels], list(classes), task, split)
@@ -393,7 +393,7 @@ class ClipIndex:
         write_json(path, self.to_json())
 
     @classmethod
-    def load(cls, path: str | Path) -> "ClipIndex":
+    def load(cls, path: str | Path) -> ClipIndex:
         raw = read_json(path, "run the stage that writes it first")
         known = {"split", "task", "classes", "total_frames", "ids", "offsets", "lengths", "labels"}
         return cls(

@@ -7,9 +7,10 @@ Unknown sections or keys and values of the wrong type are rejected with the list
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 try:
     import tomllib

@@ -18,6 +18,7 @@ from typing import Any
 
 from .artifacts import Layout, read_json, write_json
 from .config import Config
+from .errors import UserError
 
 STAGES = ("split", "spectrogram", "cluster", "tokenize", "train", "evaluate")
 STAGE_SECTIONS = {
@@ -96,7 +97,7 @@ def read_record(layout: Layout, stage: str) -> dict[str, Any] | None:
         return None
     try:
         return read_json(path)
-    except Exception:
+    except UserError:  # unreadable record: the stage counts as missing and will be re-run
         return None
 
 
@@ -139,7 +140,7 @@ def write_failure(layout: Layout, stage: str, message: str) -> None:
     try:
         write_json(layout.failure(stage), {"stage": stage, "error": message,
                                            "failed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    except Exception:
+    except (OSError, UserError):
         pass  # a read-only or full workdir must not hide the original error
 
 
