@@ -75,7 +75,7 @@ def common_options(stage: str | None = None):
 
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", force=True)
-    for noisy in ("numba", "matplotlib", "PIL", "urllib3", "filelock"):
+    for noisy in ("numba", "matplotlib", "PIL", "urllib3", "filelock", "faiss", "faiss.loader"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
