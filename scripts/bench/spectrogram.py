@@ -1,6 +1,6 @@
 """Time the spectrogram stage against the seed's loop on the same clips, in one run.
 
-    python scripts/bench/spectrogram.py AUDIO N [--repeats 3] [--workers 0] [--profile]
+    python scripts/bench/spectrogram.py AUDIO N [--repeats 3] [--workers 0] [--profile] [--seed-blas-threads 1]
 
 AUDIO is a folder (searched recursively for audio files, sorted) or a CSV manifest whose first column is
 a path relative to the manifest. The first N files are used.
@@ -29,6 +29,7 @@ import librosa
 import numpy as np
 import soundfile as sf
 import torch
+from threadpoolctl import threadpool_limits
 
 from audiotokens.artifacts import Layout, open_store
 from audiotokens.audio import load_audio, resample, to_mono
@@ -100,34 +101,40 @@ def warm_up(files: list[Path]) -> None:
 
 
 def profile(files: list[Path]) -> None:
-    """CPU ms per clip of each step, one process (all its threads: librosa's BLAS may use several)."""
+    """CPU ms per clip of each step on one thread (numpy's BLAS limited to this thread meanwhile)."""
     params = load_config().spectrogram
     steps: dict[str, list[float]] = {}
 
     def timed(name, func, *args, **kwargs):
-        start = time.process_time()  # CPU time: steadier than wall time on a shared machine
+        start = time.thread_time()  # CPU time of this thread: steadier than wall time on a shared machine
         value = func(*args, **kwargs)
-        steps.setdefault(name, []).append((time.process_time() - start) * 1e3)
+        steps.setdefault(name, []).append((time.thread_time() - start) * 1e3)
         return value
 
     mel = mel_filterbank(22050, 1024, 64, 0.0, 0.0)
-    for path in files:
-        samples, rate = timed("decode (soundfile)", load_audio, str(path))
-        timed("seed: librosa.load (decode+mono+resample)", librosa.load, path, sr=22050)
-        timed("seed: np.mean mono", np.mean, samples, axis=0)
-        mono = timed("mono (row sum)", to_mono, samples)
-        y = timed("resample (soxr_hq)", resample, mono, rate, 22050)
-        timed("seed: librosa melspectrogram", librosa.feature.melspectrogram, y=y, sr=22050, n_fft=1024,
-              hop_length=512, n_mels=64)
-        power = timed("power spectrum (torch.stft f64)", power_spectrogram, y, 1024, 512)
-        timed("mel product (torch)", lambda p: (torch.from_numpy(p) @ mel).numpy(), power)
-        frames = timed("compute_frames (all)", compute_frames, y, params)
-        timed("clip_frames (a worker's whole job)", clip_frames, str(path), params)
-        timed("seed: whole job", seed_one, path)
-        timed("pickle frames (IPC cost)", pickle.dumps, frames, protocol=pickle.HIGHEST_PROTOCOL)
-    print(f"\nprofile, CPU ms per clip (median), one process, {len(files)} clips:")
+    with threadpool_limits(1):
+        for path in files:
+            _profile_clip(path, params, mel, timed)
+    print(f"\nprofile, CPU ms per clip (median), one thread, {len(files)} clips:")
     for name, values in steps.items():
         print(f"  {name:44s} {statistics.median(values):7.2f}")
+
+
+def _profile_clip(path: Path, params, mel, timed) -> None:
+    """One clip through each step of both paths."""
+    samples, rate = timed("decode (soundfile)", load_audio, str(path))
+    timed("seed: librosa.load (decode+mono+resample)", librosa.load, path, sr=22050)
+    timed("seed: np.mean mono", np.mean, samples, axis=0)
+    mono = timed("mono (row sum)", to_mono, samples)
+    y = timed("resample (soxr_hq)", resample, mono, rate, 22050)
+    timed("seed: librosa melspectrogram", librosa.feature.melspectrogram, y=y, sr=22050, n_fft=1024,
+          hop_length=512, n_mels=64)
+    power = timed("power spectrum (torch.stft f64)", power_spectrogram, y, 1024, 512)
+    timed("mel product (torch)", lambda p: (torch.from_numpy(p) @ mel).numpy(), power)
+    frames = timed("compute_frames (all)", compute_frames, y, params)
+    timed("clip_frames (a worker's whole job)", clip_frames, str(path), params)
+    timed("seed: whole job", seed_one, path)
+    timed("pickle frames (IPC cost)", pickle.dumps, frames, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def main() -> None:
@@ -137,6 +144,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=0, help="stage workers (0 = number of cores)")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--seed-blas-threads", type=int, default=0,
+                        help="limit numpy's BLAS threads in the seed loop (0 = library default, as the seed ran; "
+                             "1 is faster for it on a busy machine)")
     args = parser.parse_args()
 
     torch.set_num_threads(1)  # the benchmark's own process never needs torch threads (workers set theirs)
@@ -154,7 +164,8 @@ def main() -> None:
         tmp = Path(tmp)
         for rep in range(args.repeats):
             start, cpu = time.perf_counter(), cpu_seconds()
-            seed = seed_loop(files, tmp / "specs.pkl")
+            with threadpool_limits(args.seed_blas_threads or None):
+                seed = seed_loop(files, tmp / "specs.pkl")
             seed_times.append(time.perf_counter() - start)
             seed_cpu.append(cpu_seconds() - cpu)
             workdir = tmp / f"stage{rep}"
@@ -170,7 +181,8 @@ def main() -> None:
 
     seed_rate = len(files) / statistics.median(seed_times)
     stage_rate = len(files) / statistics.median(stage_times)
-    print(f"\nseed loop (1 process):        {seed_rate:8.1f} clips/s  (median of {args.repeats})")
+    blas = f", BLAS threads {args.seed_blas_threads}" if args.seed_blas_threads else ""
+    print(f"\nseed loop (1 process{blas}):        {seed_rate:8.1f} clips/s  (median of {args.repeats})")
     print(f"spectrogram stage ({args.workers or 'all'} workers): {stage_rate:8.1f} clips/s")
     print(f"ratio stage / seed:           {stage_rate / seed_rate:8.2f}x")
     print(f"largest |stage - seed|:       {worst:.3g}")
