@@ -479,7 +479,9 @@ class SpectrogramProcessor:
             return
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("fork" if "fork" in methods else None)
-        chunksize = 2  # a clip takes milliseconds: small chunks keep both workers busy to the end
+        # each message costs the parent ~1 ms of CPU, so clips go in chunks; not so large that one worker
+        # is left alone with a long last chunk
+        chunksize = max(1, min(12, n_tasks // (workers * 8)))
         # created before any progress bar: forking after tqdm starts its monitor thread is unsafe
         with context.Pool(workers, initializer=_init_worker) as pool:
             yield lambda tasks: pool.imap(work, tasks, chunksize=chunksize)
