@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
+from audioset_metadata import AUDIOSET
 
 from audiotokens import sources
 from audiotokens.config import DataConfig
@@ -17,7 +18,6 @@ from audiotokens.errors import UserError
 from audiotokens.sources.audio_index import ytids_of_stem
 from audiotokens.sources.audioset import read_segments
 
-AUDIOSET = Path("/work/shared/audioset")
 BALANCED = AUDIOSET / "balanced_train_segments.csv"
 EVAL = AUDIOSET / "eval_segments.csv"
 CLASS_LABELS = AUDIOSET / "class_labels_indices.csv"

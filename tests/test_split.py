@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from audioset_metadata import AUDIOSET
 from click.testing import CliRunner
 
 from audiotokens.cli import main
@@ -13,7 +14,6 @@ from audiotokens.config import load_config
 from audiotokens.errors import UserError
 from audiotokens.split import DatasetSplitter, group_sides, stratified_sides
 
-AUDIOSET = Path("/work/shared/audioset")
 BALANCED = AUDIOSET / "balanced_train_segments.csv"
 EVAL = AUDIOSET / "eval_segments.csv"
 CLASS_LABELS = AUDIOSET / "class_labels_indices.csv"
