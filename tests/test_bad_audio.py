@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 from badaudio import HOUR_RATE, HOUR_SECONDS, RATE, build_corpus, deny_reading, tone, write_good, write_hour
 from click.testing import CliRunner
-from test_evaluate import trained_project
+from projects import trained_project
 
 from audiotokens.artifacts import Layout, open_store
 from audiotokens.audio import AudioError, load_audio, load_mono

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from test_evaluate import copy_project, trained_project
+from projects import copy_project, trained_project
 
 from audiotokens.artifacts import Layout
 from audiotokens.cli import main

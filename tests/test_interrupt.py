@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from killing import assert_complete, digests, finish, kill_when, run_cli, start, temporaries
+from projects import TONES, write_tone
 from safetensors.numpy import load_file
-from test_evaluate import TONES, write_tone
 
 from audiotokens.artifacts import Layout
 

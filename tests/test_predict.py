@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from test_evaluate import project_config, trained_project, write_tone
+from projects import project_config, trained_project, write_tone
 
 from audiotokens.artifacts import Layout
 from audiotokens.cli import main

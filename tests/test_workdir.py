@@ -24,7 +24,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from killing import assert_complete, digests, temporaries
-from test_evaluate import copy_project, trained_project
+from projects import copy_project, trained_project
 
 from audiotokens.artifacts import Layout
 from audiotokens.classifier import AudioTokenClassifier

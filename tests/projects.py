@@ -1,0 +1,86 @@
+"""A tiny tone corpus run through every real stage, built once per session and shared by test modules."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from audiotokens.config import load_config
+from audiotokens.pipeline import execute
+
+TONES = {"low": 220.0, "mid": 660.0, "high": 1760.0}
+SAMPLE_RATE = 16000
+RUN_SETTINGS = """
+[split]
+strategy = "stratified"
+validation_ratio = 0.25
+[spectrogram]
+workers = 1
+[cluster]
+n_clusters = 8
+niter = 5
+[train]
+num_layers = 1
+hidden_size = 32
+num_heads = 2
+intermediate_size = 64
+epochs = 2
+batch_size = 8
+learning_rate = 1e-3
+device = "cpu"
+num_workers = 0
+"""
+_PROJECTS: dict[str, Path] = {}
+
+
+def clip_labels(i: int, task: str) -> list[str]:
+    names = list(TONES)
+    if task == "multilabel" and i % 3 == 0:
+        return [names[i % 3], names[(i + 1) % 3]]
+    return [names[i % 3]]
+
+
+def write_tone(path: Path, labels: list[str], variant: int, seconds: float = 0.5) -> None:
+    t = np.arange(int(SAMPLE_RATE * seconds)) / SAMPLE_RATE
+    rng = np.random.default_rng(variant)
+    x = sum(0.4 * np.sin(2 * np.pi * TONES[name] * (1 + 0.01 * variant) * t) for name in labels)
+    x = x + 0.01 * rng.standard_normal(len(t))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, x.astype(np.float32), SAMPLE_RATE)
+
+
+def build_project(root: Path, task: str, clips: int = 24) -> Path:
+    """Every real stage, split to evaluate, on a tiny tone corpus; returns the project folder.
+
+    The folder holds audio/, manifest.csv, run.toml and the workdir work/.
+    """
+    rows = ["path,label"]
+    for i in range(clips):
+        labels = clip_labels(i, task)
+        write_tone(root / "audio" / f"clip{i:02d}.wav", labels, i)
+        rows.append(f"audio/clip{i:02d}.wav,{';'.join(labels)}")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    (root / "run.toml").write_text(f'[data]\nmanifest = "{root / "manifest.csv"}"\n' + RUN_SETTINGS)
+    config = project_config(root)
+    for stage in ("split", "spectrogram", "cluster", "tokenize", "train", "evaluate"):
+        execute(stage, config)
+    return root
+
+
+def project_config(root: Path, *overrides: str):
+    return load_config(root / "run.toml", list(overrides), root / "work")
+
+
+def trained_project(tmp_path_factory, task: str) -> Path:
+    """The project of `task`, built on first use and shared by every test module of the session."""
+    if task not in _PROJECTS:
+        _PROJECTS[task] = build_project(tmp_path_factory.mktemp(f"project_{task}"), task)
+    return _PROJECTS[task]
+
+
+def copy_project(root: Path, destination: Path) -> Path:
+    """A private copy for tests that change artifacts (paths in run.toml still name the original audio)."""
+    shutil.copytree(root, destination)
+    return destination
