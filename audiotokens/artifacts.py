@@ -217,6 +217,26 @@ def staging_dir(final_dir: Path) -> Path:
 
 
 @contextlib.contextmanager
+def atomic_dir(final_dir: str | Path) -> Iterator[Path]:
+    """Yield a staging folder beside `final_dir`; on success it replaces `final_dir`, on error it is removed.
+
+    The directory counterpart of atomic_path (model bundle, evaluation reports); a full or read-only
+    disk raises UserError naming `final_dir`.
+    """
+    final_dir = Path(final_dir)
+    tmp = staging_dir(final_dir)
+    try:
+        yield tmp
+        replace_dir(tmp, final_dir)
+    except BaseException as exc:
+        failure = disk_failure(final_dir, exc)  # checked before the removal frees the space
+        shutil.rmtree(tmp, ignore_errors=True)
+        if failure is not None:
+            raise failure from None
+        raise
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed.
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from transformers.utils import logging as hf_logging
 
-from .artifacts import disk_failure, replace_dir, staging_dir, write_json
+from .artifacts import atomic_dir, write_json
 from .classifier import EXTRA_POSITIONS, SPECIAL_TOKENS, TOKEN_OFFSET, AudioTokenClassifier, probabilities
 from .errors import UserError
 from .token_dataset import as_frames_by_codebooks, pack_sequences
@@ -49,8 +49,7 @@ def save_bundle(
 ) -> None:
     """Write the bundle beside `bundle_dir`, then swap it in, so a reader never sees half a bundle."""
     bundle_dir = Path(bundle_dir)
-    tmp = staging_dir(bundle_dir)
-    try:
+    with atomic_dir(bundle_dir) as tmp:
         hf_logging.disable_progress_bar()
         model.save_pretrained(tmp, safe_serialization=True)
         shutil.copyfile(centroids_path, tmp / CENTROIDS)
@@ -73,13 +72,6 @@ def save_bundle(
             "versions": versions,
             **(extra or {}),
         })
-        replace_dir(tmp, bundle_dir)
-    except BaseException as exc:
-        failure = disk_failure(bundle_dir, exc)  # checked before the removal frees the space
-        shutil.rmtree(tmp, ignore_errors=True)
-        if failure is not None:
-            raise failure from None
-        raise
 
 
 @dataclass

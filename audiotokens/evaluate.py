@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,12 +25,10 @@ from . import reports
 from .artifacts import (
     ClipIndex,
     Layout,
-    disk_failure,
+    atomic_dir,
     open_store,
     read_json,
-    replace_dir,
     save_npy,
-    staging_dir,
     write_json,
 )
 from .config import Config
@@ -288,16 +285,8 @@ def safe_name(name: str) -> str:
 def write_reports(out_dir: Path, scored: Scored, classes: list[str], task: str, threshold: float,
                   sweep_class: int | None, about: dict[str, Any]) -> dict[str, Any]:
     """Every report file into a temporary directory that then replaces out_dir; returns metrics.json."""
-    tmp = staging_dir(out_dir)
-    try:
+    with atomic_dir(out_dir) as tmp:
         metrics = _write_all(tmp, scored, classes, task, threshold, sweep_class, about)
-        replace_dir(tmp, out_dir)
-    except BaseException as exc:
-        failure = disk_failure(out_dir, exc)  # checked before the removal frees the space
-        shutil.rmtree(tmp, ignore_errors=True)
-        if failure is not None:
-            raise failure from None
-        raise
     metrics["files"] = {name: str(out_dir / name) for name in metrics["files"]}
     return metrics
 
