@@ -8,12 +8,12 @@ DEMO_WORKDIR ?= runs/demo
 
 .PHONY: venv test test-all demo lint clean-demo
 
-$(BIN)/audiotokens: pyproject.toml
+$(BIN)/audiotokens: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# CPU torch first, so the torch requirement below is already met (no multi-GB CUDA download)
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
 venv: $(BIN)/audiotokens
