@@ -11,7 +11,8 @@ Kinds (`cluster.tokenizer`), for frames of `n_mels` bins:
   `n_clusters` codes, log2(n_clusters) bits per token.
 - `stacked`: one k-means over `stack` consecutive frames concatenated, windows starting every
   `stride` frames (default `stride = stack`): 1 id per window, a sequence `stride` times shorter;
-  log2(n_clusters) bits per token, log2(n_clusters) / stride bits per frame.
+  log2(n_clusters) bits per token, log2(n_clusters) / stride bits per frame. No frame is dropped: a
+  clip's partial last window (or a clip shorter than `stack`) is padded by repeating its last frame.
 - `subband`: product quantisation. The mel bins are split into `bands` contiguous bands (sizes differ
   by at most one bin) with one k-means of `n_clusters` per band: `bands` ids per frame,
   bands * log2(n_clusters) bits per token. `bands = 1` is `frame`.
@@ -20,7 +21,8 @@ Kinds (`cluster.tokenizer`), for frames of `n_mels` bins:
   stages * log2(n_clusters) bits per token. A frame decodes to the sum of its stage centroids.
 - `scalar` (dMel-style, no k-means): every bin quantised on its own to `levels` evenly spaced values
   between the training sample's global minimum and maximum: `n_mels` ids per frame,
-  n_mels * log2(levels) bits per token; the near-lossless ceiling.
+  n_mels * log2(levels) bits per token; the near-lossless ceiling. A value within the training range
+  decodes within half a level; one outside it goes to the end level.
 
 Bits per token = the sum over codebooks of log2(codebook size): what one token can tell apart.
 
@@ -41,9 +43,10 @@ from typing import Any
 import faiss
 import numpy as np
 
-# Modules, not names: cluster and tokenizer may import this module in turn (the stages that use it).
-from . import cluster, tokenizer
 from .errors import UserError
+
+# cluster.py and tokenizer.py (k-means, nearest-centroid search) are imported inside the functions that
+# use them: those stages import this module, and a module-level import both ways would be circular.
 
 KINDS = ("frame", "stacked", "subband", "residual", "scalar")
 COMBINE = {"frame": "concat", "stacked": "concat", "subband": "concat", "residual": "sum", "scalar": "concat"}
@@ -80,9 +83,11 @@ class Quantizer:
             slices = [slice(0, books[0].shape[1])] * len(books)
         object.__setattr__(self, "_slices", slices)
         self._check()
+        from .tokenizer import NearestCentroid
+
         # scalar codebooks are searched by bisection; the others by exact faiss search
         searchers = [] if self.kind == "scalar" else [
-            tokenizer.NearestCentroid(book, self.spherical) for book in books]
+            NearestCentroid(book, self.spherical) for book in books]
         object.__setattr__(self, "_searchers", searchers)
 
     def _check(self) -> None:
@@ -307,8 +312,10 @@ def fit_quantizer(kind: str, sample: np.ndarray, *, n_clusters: int, niter: int,
     """
     _check_parameters(kind, sample, n_clusters=n_clusters, spherical=spherical, bands=bands, stages=stages,
                       levels=levels, stack=stack, stride=stride)
+    from .cluster import use_gpu
+
     started = time.perf_counter()
-    gpu = cluster.use_gpu(gpu) if kind != "scalar" else False
+    gpu = use_gpu(gpu) if kind != "scalar" else False
     fit = {"n_clusters": n_clusters, "niter": niter, "seed": seed, "spherical": spherical, "gpu": gpu}
     if kind in ("frame", "stacked"):
         books, fits = _fit_concat(sample, [sample.shape[1]], **fit)
@@ -373,11 +380,13 @@ def _fit_concat(sample: np.ndarray, widths: list[int], **fit: Any) -> tuple[list
 
 def _fit_residual(sample: np.ndarray, stages: int, **fit: Any) -> tuple[list[np.ndarray], list[dict]]:
     """Stage s is fitted on the sample minus the entries stages 0..s-1 chose (nearest, as encode does)."""
+    from .tokenizer import NearestCentroid
+
     residual = np.array(sample, dtype=np.float32, order="C", copy=True)
     books, fits = [], []
     for c in range(stages):
         book, report = _kmeans(residual, c, **fit)
-        residual -= book[tokenizer.NearestCentroid(book, False)(residual)]
+        residual -= book[NearestCentroid(book, False)(residual)]
         books.append(book)
         fits.append(report)
     return books, fits
@@ -389,11 +398,13 @@ def _kmeans(x: np.ndarray, c: int, *, n_clusters: int, niter: int, seed: int, sp
 
     Codebook c uses seed + c, so codebook 0 of any kind has the `frame` kind's centroids for the same data.
     """
+    from .cluster import train_kmeans
+
     x = np.array(x, dtype=np.float32, order="C", copy=True)
     if spherical:
         faiss.normalize_L2(x)
     started = time.perf_counter()
-    kmeans = cluster.train_kmeans(x, n_clusters, niter, seed + c, spherical, gpu)
+    kmeans = train_kmeans(x, n_clusters, niter, seed + c, spherical, gpu)
     seconds = time.perf_counter() - started
     centroids = np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
     if spherical:
@@ -457,10 +468,12 @@ def reconstruction_mse(quantizer: Quantizer, vectors: np.ndarray, batch_rows: in
     Vectors are compared as the codebooks see them (`Quantizer.prepare`: per-codebook unit vectors
     when spherical). ValueError for a row that is not finite.
     """
+    from .tokenizer import iter_batches
+
     if len(vectors) == 0:
         raise ValueError("reconstruction error of no vectors")
     total = 0.0
-    for start, batch in tokenizer.iter_batches(vectors, batch_rows):
+    for start, batch in iter_batches(vectors, batch_rows):
         ids = quantizer.encode(batch)
         if len(ids) and ids.min() < 0:
             row = start + int(np.flatnonzero(ids.min(axis=1) < 0)[0])
@@ -482,9 +495,11 @@ def code_counts(ids: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
 
 def usage_from_counts(counts: list[np.ndarray]) -> list[dict[str, Any]]:
     """Per codebook: codes used, dead codes, entropy of the id distribution (bits) and perplexity."""
+    from .tokenizer import token_statistics
+
     usage = []
     for c, count in enumerate(counts):
-        stats = tokenizer.token_statistics(count)
+        stats = token_statistics(count)
         used = int(np.count_nonzero(count))
         usage.append({"codebook": c, "size": len(count), "used": used, "dead": len(count) - used,
                       "entropy_bits": stats["entropy_bits"], "perplexity": stats["perplexity"]})
