@@ -72,6 +72,8 @@ class Quantizer:
     _slices: list[slice] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        from .tokenizer import NearestCentroid
+
         books = [_frozen_codebook(book, c) for c, book in enumerate(self.codebooks)]
         object.__setattr__(self, "codebooks", books)
         if not books:
@@ -83,8 +85,6 @@ class Quantizer:
             slices = [slice(0, books[0].shape[1])] * len(books)
         object.__setattr__(self, "_slices", slices)
         self._check()
-        from .tokenizer import NearestCentroid
-
         # scalar codebooks are searched by bisection; the others by exact faiss search
         searchers = [] if self.kind == "scalar" else [
             NearestCentroid(book, self.spherical) for book in books]
@@ -95,6 +95,8 @@ class Quantizer:
             raise ValueError(f"unknown quantizer kind {self.kind!r}; known: {', '.join(KINDS)}")
         if self.combine != COMBINE[self.kind]:
             raise ValueError(f"a {self.kind} quantizer combines by {COMBINE[self.kind]!r}, not {self.combine!r}")
+        if self.kind in ("frame", "stacked") and len(self.codebooks) != 1:
+            raise ValueError(f"a {self.kind} quantizer has one codebook, not {len(self.codebooks)}")
         if self.spherical and self.kind not in SPHERICAL_KINDS:
             raise ValueError(f"a {self.kind} quantizer cannot be spherical")
         if self.stack < 1 or not 1 <= self.stride <= self.stack:

@@ -345,3 +345,15 @@ def test_bad_parameters_name_their_config_key(kind, options, key):
     with pytest.raises(UserError) as error:
         fit_quantizer(kind, sample, **arguments)
     assert key in str(error.value) and "\n" not in str(error.value)
+
+
+def test_inconsistent_states_are_refused():
+    meta, arrays = fit("frame")[0].state()
+    two = {"codebook_0": arrays["codebook_0"], "codebook_1": arrays["codebook_0"]}
+    with pytest.raises(ValueError, match="one codebook"):
+        Quantizer.from_state({**meta, "n_codebooks": 2, "codebook_sizes": [K, K],
+                              "codebook_dims": [N_MELS, N_MELS]}, two)
+    with pytest.raises(ValueError, match="cannot be spherical"):
+        Quantizer(kind="residual", codebooks=[arrays["codebook_0"]], combine="sum", spherical=True)
+    with pytest.raises(ValueError, match="increasing"):
+        Quantizer(kind="scalar", codebooks=[np.array([[1.0], [0.0]])], combine="concat")
