@@ -1,21 +1,25 @@
 """The one place that knows artifact file names and layouts, and how to write them safely.
 
 Layout under a workdir:
-  processed/split.json                  clips of each split (ids, audio locations, label ids) + classes, task
-  processed/split_report.json           clips whose audio was not found
-  processed/<split>/frames.npy          all frames of the split, (total_frames, n_mels), memory-mappable
-  processed/<split>/index.json          per clip: id, offset, length, labels (+ classes, task)
-  processed/<split>/report.json         clips skipped by the spectrogram stage, with reasons
-  output/centroids.npy                  k-means vocabulary, float32 (k, dim)
+  processed/split.json              the clip catalogue (id, audio, labels, group) + classes, task, and the
+                                    ids of each split (train, validation, test)
+  processed/split_report.json       clips whose audio was not found, per-class counts per split
+  processed/frames/frames.npy       frames of every clip, once per clip whatever the split,
+                                    (total_frames, dim), memory-mappable
+  processed/frames/index.json       per clip: id, offset, length; the frame spec's digest
+  processed/frames/spec.json        the frame spec: every setting that defines a frame
+  processed/frames/report.json      clips skipped by the spectrogram stage, with reasons
+  output/vocabulary/                the fitted tokenizer (vocabulary.json + codebooks.npz)
   output/cluster_report.json
-  tokenized/<split>/tokens.npy          token ids (total_frames, n_codebooks), int16 while k < 32768
-  tokenized/<split>/index.json          same clips, order, offsets and labels as the frames index
-  tokenized/<split>/stats.json, histogram.png
-  output/model/                         portable bundle (save_pretrained + audiotokens.json + centroids.npy)
-  output/checkpoints/{last,best}.pt     training state for --resume
+  tokenized/tokens.npy              token ids of every clip, (total_tokens, codebooks), int16 while k < 32768
+  tokenized/index.json              per clip: id, offset, length; vocabulary and frame spec digests
+  tokenized/stats.json, tokenized/histogram_<split>.png
+  output/model/                     portable bundle (save_pretrained + audiotokens.json + vocabulary)
+  output/checkpoints/{last,best}.pt training state for --resume
   output/metrics.jsonl, output/curves.png, output/tensorboard/ (when tensorboard is installed)
-  output/eval/<name>/                   evaluation reports
-Each stage also writes a provenance record (see provenance.py) at `Layout.record(stage)`.
+  output/eval/<name>/               evaluation reports
+A split is a view: the ids listed for it in split.json over a store (open_split). Each stage also writes
+a provenance record at `Layout.record(stage)` (the stage table names it).
 """
 from __future__ import annotations
 
@@ -33,9 +37,10 @@ from typing import Any
 
 import numpy as np
 
+from . import stages as stage_table
 from .errors import UserError
 
-SPLITS = ("train", "validation")
+SPLITS = ("train", "validation", "test")  # test is optional: a split with no clips is absent
 
 
 class Layout:
@@ -57,42 +62,54 @@ class Layout:
         return self.processed / "split_report.json"
 
     # spectrogram
-    def frames_dir(self, split: str) -> Path:
-        return self.processed / split
+    @property
+    def frames_dir(self) -> Path:
+        return self.processed / "frames"
 
-    def frames(self, split: str) -> Path:
-        return self.frames_dir(split) / "frames.npy"
+    @property
+    def frames(self) -> Path:
+        return self.frames_dir / "frames.npy"
 
-    def frames_index(self, split: str) -> Path:
-        return self.frames_dir(split) / "index.json"
+    @property
+    def frames_index(self) -> Path:
+        return self.frames_dir / "index.json"
 
-    def frames_report(self, split: str) -> Path:
-        return self.frames_dir(split) / "report.json"
+    @property
+    def frame_spec(self) -> Path:
+        return self.frames_dir / "spec.json"
+
+    @property
+    def frames_report(self) -> Path:
+        return self.frames_dir / "report.json"
 
     # cluster
     @property
-    def centroids(self) -> Path:
-        return self.output / "centroids.npy"
+    def vocabulary(self) -> Path:
+        return self.output / "vocabulary"
 
     @property
     def cluster_report(self) -> Path:
         return self.output / "cluster_report.json"
 
     # tokenize
-    def tokens_dir(self, split: str) -> Path:
-        return self.tokenized / split
+    @property
+    def tokens(self) -> Path:
+        return self.tokenized / "tokens.npy"
 
-    def tokens(self, split: str) -> Path:
-        return self.tokens_dir(split) / "tokens.npy"
+    @property
+    def tokens_index(self) -> Path:
+        return self.tokenized / "index.json"
 
-    def tokens_index(self, split: str) -> Path:
-        return self.tokens_dir(split) / "index.json"
-
-    def token_stats(self, split: str) -> Path:
-        return self.tokens_dir(split) / "stats.json"
+    @property
+    def token_stats(self) -> Path:
+        return self.tokenized / "stats.json"
 
     def token_histogram(self, split: str) -> Path:
-        return self.tokens_dir(split) / "histogram.png"
+        return self.tokenized / f"histogram_{split}.png"
+
+    def store(self, kind: str) -> tuple[Path, Path]:
+        """(array, index) of the frames or tokens store."""
+        return {"frames": (self.frames, self.frames_index), "tokens": (self.tokens, self.tokens_index)}[kind]
 
     # train
     @property
@@ -121,14 +138,7 @@ class Layout:
 
     # provenance
     def record(self, stage: str) -> Path:
-        return {
-            "split": self.processed / "split.meta.json",
-            "spectrogram": self.processed / "spectrogram.meta.json",
-            "cluster": self.output / "centroids.meta.json",
-            "tokenize": self.tokenized / "tokenize.meta.json",
-            "train": self.output / "model.meta.json",
-            "evaluate": self.output / "eval" / "validation.meta.json",
-        }[stage]
+        return self.workdir / stage_table.stage(stage).record
 
     def failure(self, stage: str) -> Path:
         return self.record(stage).with_name(f"{stage}.failed.json")
@@ -362,9 +372,11 @@ def _json_default(obj: Any) -> Any:
 
 @dataclass
 class ClipIndex:
-    """Where each clip's rows sit in a split's frames.npy / tokens.npy, and its labels.
+    """Where each clip's rows sit in a store (frames.npy / tokens.npy), and its labels.
 
-    Clip i owns rows offsets[i] : offsets[i] + lengths[i]. Labels are class ids into `classes`.
+    Clip i owns rows offsets[i] : offsets[i] + lengths[i]. Labels are class ids into `classes`. A store's
+    own index holds every clip in row order without labels; a split's view (open_split) holds the split's
+    clips, their rows in the store (not necessarily contiguous) and their labels from split.json.
     """
 
     ids: list[str]
@@ -388,6 +400,10 @@ class ClipIndex:
         lengths = np.asarray(lengths, dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if len(lengths) else lengths
         return cls(list(ids), offsets, lengths, [list(map(int, x)) for x in labels], list(classes), task, split)
+
+    def row_of(self) -> dict[str, int]:
+        """Clip id -> its position in this index."""
+        return {clip_id: i for i, clip_id in enumerate(self.ids)}
 
     def label_matrix(self) -> np.ndarray:
         """(clips, classes) 0/1 matrix."""
@@ -429,7 +445,7 @@ class ClipIndex:
 
 
 def open_store(array_path: Path, index_path: Path) -> tuple[np.ndarray, ClipIndex]:
-    """Memory-map a split's array and load its index, checking they belong together."""
+    """Memory-map a store's array and load its index, checking they belong together."""
     index = ClipIndex.load(index_path)
     if not array_path.is_file():
         raise UserError(f"{array_path} not found; re-run the stage that writes it")
@@ -440,3 +456,85 @@ def open_store(array_path: Path, index_path: Path) -> tuple[np.ndarray, ClipInde
             "the artifact is incomplete, re-run the stage that writes it"
         )
     return array, index
+
+
+# ---------------------------------------------------------------- the frame spec
+
+
+def spec_digest(spec: dict[str, Any]) -> str:
+    """Digest of a frame spec (or any JSON-able settings); later artifacts carry it to refuse mixes."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=_json_default).encode()).hexdigest()[:16]
+
+
+def read_frame_spec(layout: Layout) -> dict[str, Any]:
+    """The frame spec the spectrogram stage wrote beside the frames."""
+    return read_json(layout.frame_spec, "run `audiotokens spectrogram` first")
+
+
+# ---------------------------------------------------------------- splits as views over the stores
+
+
+@dataclass
+class SplitPlan:
+    """processed/split.json: the clip catalogue, the classes and task, and the ids of each split."""
+
+    classes: list[str]
+    task: str
+    clips: list[dict[str, Any]]  # id, audio, labels, group; the spectrogram stage's work list
+    splits: dict[str, list[str]]  # split name -> clip ids (absent or empty: no such split)
+    raw: dict[str, Any]
+
+    @classmethod
+    def load(cls, layout: Layout) -> SplitPlan:
+        path = layout.split_json
+        if not path.is_file():
+            raise UserError(f"{path} not found; run `audiotokens split` first")
+        raw = read_json(path)
+        malformed = UserError(f"{path} is malformed (needs 'classes', 'task', 'clips' with id, audio and labels, "
+                              "and 'splits' of ids); re-run `audiotokens split`")
+        if not isinstance(raw, dict) or not isinstance(raw.get("clips"), list) \
+                or not isinstance(raw.get("splits"), dict) or not isinstance(raw.get("classes"), list):
+            raise malformed
+        if not all(isinstance(c, dict) and {"id", "audio", "labels"} <= c.keys() for c in raw["clips"]):
+            raise malformed
+        return cls(raw["classes"], raw.get("task", "multilabel"), raw["clips"],
+                   {name: list(ids) for name, ids in raw["splits"].items()}, raw)
+
+    def names(self) -> list[str]:
+        """The splits that have clips, in SPLITS order."""
+        return [name for name in SPLITS if self.splits.get(name)]
+
+    def ids(self, split: str) -> list[str]:
+        ids = self.splits.get(split) or []
+        if not ids:
+            raise UserError(f"split '{split}' has no clips in processed/split.json; splits with clips: "
+                            f"{', '.join(self.names())}")
+        return ids
+
+
+def split_view(store: ClipIndex, plan: SplitPlan, split: str) -> ClipIndex:
+    """The clips of `split` that the store holds, with their rows in the store and their labels."""
+    row = store.row_of()
+    labels = {clip["id"]: clip["labels"] for clip in plan.clips}
+    ids = [clip_id for clip_id in plan.ids(split) if clip_id in row]
+    rows = np.asarray([row[clip_id] for clip_id in ids], dtype=np.int64)
+    return ClipIndex(ids, store.offsets[rows] if len(rows) else np.zeros(0, np.int64),
+                     store.lengths[rows] if len(rows) else np.zeros(0, np.int64),
+                     [list(labels[clip_id]) for clip_id in ids], list(plan.classes), plan.task, split,
+                     dict(store.extra))
+
+
+def open_split(layout: Layout, kind: str, split: str) -> tuple[np.ndarray, ClipIndex]:
+    """The whole store ("frames" or "tokens") memory-mapped, and the index of one split's view of it.
+
+    Clips of the split that the store lacks (skipped by the spectrogram stage, reported there) are left out.
+    """
+    array_path, index_path = layout.store(kind)
+    array, store = open_store(array_path, index_path)
+    view = split_view(store, SplitPlan.load(layout), split)
+    if len(view) == 0:
+        raise UserError(f"no clip of split '{split}' has {kind} in {array_path}; every one was skipped "
+                        f"(see {layout.frames_report}) — check the audio, then re-run `audiotokens spectrogram`")
+    return array, view

@@ -1,9 +1,10 @@
 """The portable model bundle: everything inference needs, in one directory.
 
   model.safetensors + config.json   the classifier (Hugging Face save_pretrained)
-  audiotokens.json                  classes, task, threshold, token layout, lengths, spectrogram
-                                    parameters, clustering flags, package versions
-  centroids.npy                     the k-means vocabulary that turns mel frames into token ids
+  audiotokens.json                  classes, task, threshold, token layout, lengths, the frame spec,
+                                    package versions
+  vocabulary/                       the tokenizer that turns frames into token ids (vocabulary.py), with
+                                    the frame spec it was fitted on
 """
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ log = logging.getLogger("audiotokens")
 BUNDLE_FORMAT = "audiotokens-bundle"
 BUNDLE_VERSION = 1
 METADATA = "audiotokens.json"
-CENTROIDS = "centroids.npy"
-REQUIRED_FILES = (METADATA, CENTROIDS, "config.json", "model.safetensors")
+VOCABULARY = "vocabulary"
+REQUIRED_FILES = (METADATA, "config.json", "model.safetensors")
 
 
 def save_bundle(
@@ -41,9 +42,7 @@ def save_bundle(
     task: str,
     threshold: float,
     max_frames: int,
-    centroids_path: Path,
-    spectrogram: dict[str, Any],
-    spherical: bool,
+    vocabulary,
     versions: dict[str, str],
     extra: dict[str, Any] | None = None,
 ) -> None:
@@ -52,7 +51,7 @@ def save_bundle(
     with atomic_dir(bundle_dir) as tmp:
         hf_logging.disable_progress_bar()
         model.save_pretrained(tmp, safe_serialization=True)
-        shutil.copyfile(centroids_path, tmp / CENTROIDS)
+        shutil.copytree(vocabulary.path, tmp / VOCABULARY)
         config = model.config
         write_json(tmp / METADATA, {
             "format": BUNDLE_FORMAT,
@@ -67,8 +66,8 @@ def save_bundle(
             "n_codebooks": config.n_codebooks,
             "max_frames": max_frames,
             "max_position_embeddings": config.max_position_embeddings,
-            "spectrogram": spectrogram,
-            "spherical": spherical,
+            "spectrogram": vocabulary.frame_spec,
+            "vocabulary_digest": vocabulary.digest,
             "versions": versions,
             **(extra or {}),
         })
@@ -77,13 +76,12 @@ def save_bundle(
 @dataclass
 class Bundle:
     model: AudioTokenClassifier
-    centroids: np.ndarray
+    vocabulary: Any  # vocabulary.Vocabulary
     spectrogram: dict[str, Any]
     classes: list[str]
     task: str
     threshold: float
     max_frames: int
-    spherical: bool
     metadata: dict[str, Any]
 
     @property
@@ -109,14 +107,14 @@ class Bundle:
         return result
 
     def _check(self, sequences: list[np.ndarray]) -> None:
-        n_clusters, n_codebooks = self.model.config.n_clusters, self.model.config.n_codebooks
+        n_clusters, n_codebooks = self.model.config.n_clusters, self.model.config.n_codebooks  # sizes are equal
         for i, sequence in enumerate(sequences):
             if sequence.shape[1] != n_codebooks:
                 raise UserError(f"token sequence {i} has {sequence.shape[1]} codebooks; the model expects "
                                 f"{n_codebooks}")
             if len(sequence) and (sequence.min() < 0 or sequence.max() >= n_clusters):
                 raise UserError(f"token sequence {i} holds ids outside 0..{n_clusters - 1}; tokenize with "
-                                "the bundle's centroids")
+                                "the bundle's vocabulary")
         cut = [len(s) - self.max_frames for s in sequences if len(s) > self.max_frames]
         if cut:
             log.warning("%d of %d clips are longer than the model's %d frames; %d frames were cut",
@@ -136,6 +134,12 @@ def load_bundle(bundle_dir: str | Path, device: str | torch.device = "cpu") -> B
         raise UserError(f"{bundle_dir / METADATA} is not valid JSON ({exc}); re-run `audiotokens train`") from None
     if metadata.get("format") != BUNDLE_FORMAT or metadata.get("version") != BUNDLE_VERSION:
         raise UserError(f"{bundle_dir / METADATA} is not an audiotokens bundle of version {BUNDLE_VERSION}")
+    from .vocabulary import load_vocabulary
+
+    hint = "re-run `audiotokens train`, or copy the whole bundle directory"
+    vocabulary = load_vocabulary(bundle_dir / VOCABULARY, hint)
+    if vocabulary.digest != metadata.get("vocabulary_digest"):
+        raise UserError(f"{bundle_dir / VOCABULARY} is not the vocabulary the model was trained with; {hint}")
     hf_logging.disable_progress_bar()
     model = AudioTokenClassifier.from_pretrained(bundle_dir).to(device).eval()
     if model.config.max_position_embeddings != metadata["max_frames"] + EXTRA_POSITIONS:
@@ -143,12 +147,11 @@ def load_bundle(bundle_dir: str | Path, device: str | torch.device = "cpu") -> B
                         "re-run `audiotokens train`")
     return Bundle(
         model=model,
-        centroids=np.load(bundle_dir / CENTROIDS),
-        spectrogram=metadata["spectrogram"],
+        vocabulary=vocabulary,
+        spectrogram=vocabulary.frame_spec,
         classes=metadata["classes"],
         task=metadata["task"],
         threshold=metadata["threshold"],
         max_frames=metadata["max_frames"],
-        spherical=metadata["spherical"],
         metadata=metadata,
     )

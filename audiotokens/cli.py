@@ -11,37 +11,14 @@ import click
 
 from .config import load_config, valid_keys
 from .errors import UserError
-
-STAGE_NAMES = ("split", "spectrogram", "cluster", "tokenize", "train", "evaluate")
-
-# Named flags: option name -> config key. Each also works as --set section.key=value.
-STAGE_FLAGS = {
-    "split": {"--source": "data.source", "--manifest": "data.manifest", "--folder": "data.folder",
-              "--audio-root": "data.audio_root", "--segments": "data.segments",
-              "--strategy": "split.strategy", "--validation-ratio": "split.validation_ratio",
-              "--seed": "split.seed"},
-    "spectrogram": {"--sample-rate": "spectrogram.sample_rate", "--n-fft": "spectrogram.n_fft",
-                    "--hop-length": "spectrogram.hop_length", "--n-mels": "spectrogram.n_mels",
-                    "--dtype": "spectrogram.dtype", "--max-duration": "spectrogram.max_duration",
-                    "--workers": "spectrogram.workers"},
-    "cluster": {"--n-clusters": "cluster.n_clusters", "--niter": "cluster.niter", "--seed": "cluster.seed",
-                "--max-frames": "cluster.max_frames", "--spherical/--no-spherical": "cluster.spherical",
-                "--gpu/--no-gpu": "cluster.gpu"},
-    "tokenize": {"--batch-frames": "tokenize.batch_frames"},
-    "train": {"--epochs": "train.epochs", "--batch-size": "train.batch_size",
-              "--learning-rate": "train.learning_rate", "--num-layers": "train.num_layers",
-              "--hidden-size": "train.hidden_size", "--num-heads": "train.num_heads",
-              "--max-length": "train.max_length", "--device": "train.device",
-              "--amp/--no-amp": "train.amp", "--patience": "train.patience", "--seed": "train.seed"},
-    "evaluate": {"--threshold": "evaluate.threshold"},
-}
+from .stages import BY_NAME, NAMES
 
 
 def _flag_options(stage: str):
     """Decorator adding the stage's named flags; their values become overrides."""
 
     def decorate(func):
-        for flag, key in reversed(list(STAGE_FLAGS.get(stage, {}).items())):
+        for flag, key in reversed(list(BY_NAME[stage].flags.items() if stage in BY_NAME else ())):
             dest = "flag__" + key.replace(".", "__")
             func = click.option(flag, dest, default=None, help=f"= --set {key}=…")(func)
         return func
@@ -104,39 +81,41 @@ class Group(click.Group):
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="audiotokens")
 def main():
-    """Classify audio as token sequences: split → spectrogram → cluster → tokenize → train → evaluate."""
+    pass
 
 
-def _stage_command(stage: str, help_text: str):
+main.help = f"Classify audio as token sequences: {' → '.join(NAMES)}."
+
+
+def _stage_command(name: str):
     def command(config, strict):
         from .pipeline import execute
 
-        execute(stage, config, strict=strict)
+        execute(name, config, strict=strict)
 
-    command.__doc__ = help_text
-    command = common_options(stage)(command)
+    command.__doc__ = BY_NAME[name].help
+    command = common_options(name)(command)
     command = click.option("--strict", is_flag=True, help="Refuse to run on stale inputs.")(command)
-    return main.command(stage)(command)
+    return main.command(name)(command)
 
 
-_stage_command("split", "Assign clips to train and validation; writes processed/split.json.")
-_stage_command("spectrogram", "Mel-spectrogram frames of every split; writes processed/<split>/.")
-_stage_command("cluster", "k-means vocabulary on training frames; writes output/centroids.npy.")
-_stage_command("tokenize", "Nearest-centroid token ids for every split; writes tokenized/<split>/.")
+# stages whose command takes options beyond the common ones are defined below
+for _name in NAMES:
+    if _name not in ("train", "evaluate"):
+        _stage_command(_name)
 
 
-@main.command()
+@main.command(help=BY_NAME["train"].help)
 @common_options("train")
 @click.option("--resume", is_flag=True, help="Continue from output/checkpoints/last.pt.")
 @click.option("--strict", is_flag=True, help="Refuse to run on stale inputs.")
 def train(config, resume, strict):
-    """Train the BERT token classifier; writes output/model/ and output/metrics.jsonl."""
     from .pipeline import execute
 
     execute("train", config, strict=strict, resume=resume)
 
 
-@main.command()
+@main.command(help=BY_NAME["evaluate"].help)
 @common_options("evaluate")
 @click.option("--split", "split_name", default="validation", show_default=True)
 @click.option("--manifest", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -146,7 +125,6 @@ def train(config, resume, strict):
               help="Another model bundle (default: <workdir>/output/model; then no provenance record).")
 @click.option("--strict", is_flag=True, help="Refuse to run on stale inputs.")
 def evaluate(config, split_name, manifest, class_name, model_dir, strict):
-    """Per-class report, threshold sweep and plots in output/eval/<name>/."""
     from .pipeline import execute
 
     if split_name == "validation" and manifest is None and model_dir is None:
@@ -198,8 +176,8 @@ def status(config):
 
 @main.command("run")
 @common_options()
-@click.option("--from", "start", type=click.Choice(STAGE_NAMES), default=None, help="First stage to consider.")
-@click.option("--to", "stop", type=click.Choice(STAGE_NAMES), default=None, help="Last stage to consider.")
+@click.option("--from", "start", type=click.Choice(NAMES), default=None, help="First stage to consider.")
+@click.option("--to", "stop", type=click.Choice(NAMES), default=None, help="Last stage to consider.")
 @click.option("--force", is_flag=True, help="Re-run every stage in the range, fresh or not.")
 @click.option("--strict", is_flag=True, help="Refuse to run on stale inputs.")
 def run_command(config, start, stop, force, strict):

@@ -1,9 +1,11 @@
-"""`audiotokens cluster`: the k-means vocabulary, fitted on training-split frames only.
+"""`audiotokens cluster`: fit the tokenizer (cluster.tokenizer) on training-split frames only.
 
-Which frames train the centroids is explicit: all training frames when they fit
-`cluster.memory_budget_gb` as float32 (or `cluster.max_frames` of them), else a uniform random sample
-of rows across all clips, read from the memmap in sorted order. faiss is told to use every frame it
-is given (`max_points_per_centroid`), so the count in the log and the report is what it trained on.
+Which vectors train it is explicit: all training vectors (frames, or windows of `stack` frames) when they
+fit `cluster.memory_budget_gb` as float32 (or `cluster.max_frames` of them), else a uniform random sample
+across all training clips, read from the memmap in sorted order. faiss is told to use every vector it is
+given (`max_points_per_centroid`), so the count in the log and the report is what it trained on. The
+result is the vocabulary artifact (vocabulary.py) plus output/cluster_report.json, which also holds the
+reconstruction error on the validation split.
 """
 from __future__ import annotations
 
@@ -15,18 +17,14 @@ from typing import Any
 import faiss
 import numpy as np
 
-from .artifacts import ClipIndex, Layout, open_store, save_npy, write_json
+from .artifacts import ClipIndex, Layout, SplitPlan, open_split, read_frame_spec, write_json
 from .config import ClusterConfig, Config
 from .errors import UserError
-from .provenance import read_record
-from .tokenizer import NearestCentroid, centroids_digest, iter_batches, release_pages
+from .tokenizer import release_pages
 
 log = logging.getLogger("audiotokens")
 
-TRAIN_SPLIT = "train"
 FAISS_MIN_POINTS = 39  # faiss's own threshold (min_points_per_centroid) for a reliable fit
-TINY_SHARE = 0.01  # a cluster below 1 % of the mean cluster size is reported as tiny
-READ_CHUNK = 262144
 
 
 # ---------------------------------------------------------------- which frames train the centroids
@@ -52,31 +50,53 @@ def sample_size(available: int, dim: int, config: ClusterConfig) -> tuple[int, s
 
 
 def sample_rows(available: int, count: int, seed: int) -> np.ndarray | None:
-    """Sorted row numbers of a uniform sample without replacement; None means every row."""
+    """Sorted positions of a uniform sample without replacement; None means every position."""
     if count >= available:
         return None
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(available, size=count, replace=False))
 
 
-def load_rows(frames: np.ndarray, rows: np.ndarray | None, where: str) -> np.ndarray:
-    """The chosen rows as one float32 matrix, read chunk by chunk (float16 converted per chunk)."""
-    count = len(frames) if rows is None else len(rows)
-    out = np.empty((count, frames.shape[1]), dtype=np.float32)
-    for start in range(0, count, READ_CHUNK):
-        stop = min(start + READ_CHUNK, count)
-        if rows is None:
-            out[start:stop] = frames[start:stop]
-            first, last = start, stop
+def vector_count(index: ClipIndex, stack: int, stride: int) -> int:
+    """Training vectors of a view: frames, or windows of `stack` frames every `stride` (quantizers.windows)."""
+    if stack == 1:
+        return index.total_frames
+    return int(sum(_windows_of(int(n), stack, stride) for n in index.lengths))
+
+
+def _windows_of(n_frames: int, stack: int, stride: int) -> int:
+    return 0 if n_frames == 0 else max(1, -(-max(n_frames - stack, 0) // stride) + 1)
+
+
+def load_vectors(frames: np.ndarray, index: ClipIndex, positions: np.ndarray | None, stack: int, stride: int,
+                 where: str) -> np.ndarray:
+    """The chosen training vectors (positions in the view's vector order; None = all) as float32.
+
+    A vector is a frame, or `stack` frames from a window start, padded at the clip's end with its last
+    frame (as Quantizer.windows does). Reads go clip by clip in row order, releasing pages behind them.
+    """
+    per_clip = np.array([_windows_of(int(n), stack, stride) for n in index.lengths], dtype=np.int64) \
+        if stack > 1 else index.lengths
+    starts = np.concatenate([[0], np.cumsum(per_clip)])
+    wanted = np.arange(starts[-1]) if positions is None else positions
+    out = np.empty((len(wanted), frames.shape[1] * stack), dtype=np.float32)
+    clip_of = np.searchsorted(starts, wanted, side="right") - 1
+    done = 0
+    for clip in np.unique(clip_of):
+        chosen = wanted[clip_of == clip] - starts[clip]
+        first, length = int(index.offsets[clip]), int(index.lengths[clip])
+        rows = np.asarray(frames[first:first + length], dtype=np.float32)
+        if stack > 1:
+            take = np.minimum(chosen[:, None] * stride + np.arange(stack)[None, :], length - 1)
+            block = rows[take].reshape(len(chosen), -1)
         else:
-            chunk_rows = rows[start:stop]
-            out[start:stop] = frames[chunk_rows]
-            first, last = int(chunk_rows[0]), int(chunk_rows[-1]) + 1
-        release_pages(frames, first, last)
-        if not np.isfinite(out[start:stop]).all():
-            bad = start + int(np.flatnonzero(~np.isfinite(out[start:stop]).all(axis=1))[0])
-            row = bad if rows is None else int(rows[bad])
-            raise UserError(f"{where} row {row} contains NaN or inf; re-run `audiotokens spectrogram`")
+            block = rows[chosen]
+        out[done:done + len(chosen)] = block
+        done += len(chosen)
+        release_pages(frames, first, first + length)
+    if not np.isfinite(out).all():
+        bad = int(np.flatnonzero(~np.isfinite(out).all(axis=1))[0])
+        raise UserError(f"{where}: training vector {bad} contains NaN or inf; re-run `audiotokens spectrogram`")
     return out
 
 
@@ -105,39 +125,14 @@ def train_kmeans(x: np.ndarray, k: int, niter: int, seed: int, spherical: bool, 
     return kmeans
 
 
-def cluster_sizes(search: NearestCentroid, frames: np.ndarray, batch: int, where: str) -> np.ndarray:
-    sizes = np.zeros(search.k, dtype=np.int64)
-    for start, rows in iter_batches(frames, batch):
-        ids = search(rows)
-        if ids.min() < 0:
-            row = start + int(np.flatnonzero(ids < 0)[0])
-            raise UserError(f"{where} row {row} contains NaN or inf; re-run `audiotokens spectrogram`")
-        sizes += np.bincount(ids, minlength=search.k)
-    return sizes
-
-
-def size_summary(sizes: np.ndarray) -> dict[str, Any]:
-    """Dead clusters (no frame) and tiny ones (below TINY_SHARE of the mean cluster size)."""
-    threshold = TINY_SHARE * sizes.sum() / max(len(sizes), 1)
-    return {
-        "dead_clusters": np.flatnonzero(sizes == 0).tolist(),
-        "tiny_clusters": np.flatnonzero((sizes > 0) & (sizes < threshold)).tolist(),
-        "tiny_threshold": float(threshold),
-    }
-
-
-def spectrogram_params(layout: Layout) -> dict[str, Any]:
-    """The spectrogram settings of the frames, from the spectrogram stage's provenance record."""
-    record = read_record(layout, "spectrogram")
-    params = (record or {}).get("params", {})
-    return {key: value for key, value in params.items() if key.startswith("spectrogram.")}
-
-
 # ---------------------------------------------------------------- the stage
 
 
+VALIDATION_MSE_VECTORS = 200_000  # reconstruction error is measured on at most this many validation vectors
+
+
 class ClusterCreator:
-    """k-means on training frames -> output/centroids.npy (float32, k x dim) + output/cluster_report.json."""
+    """The tokenizer fitted on training frames -> output/vocabulary/ + output/cluster_report.json."""
 
     def __init__(self, config: Config, **options: Any):
         self.config = config
@@ -145,93 +140,87 @@ class ClusterCreator:
         self.layout = Layout(config.workdir)
 
     def run(self) -> dict[str, Any]:
+        from .quantizers import fit_quantizer, reconstruction_mse
+        from .vocabulary import save_vocabulary
+
         started = time.perf_counter()
-        path = self.layout.frames(TRAIN_SPLIT)
-        frames, index = open_store(path, self.layout.frames_index(TRAIN_SPLIT))
+        spec = read_frame_spec(self.layout)
+        frames, index = open_split(self.layout, "frames", "train")
         if frames.ndim != 2:
-            raise UserError(f"{path} must be a (frames, n_mels) matrix, found shape {frames.shape}; "
+            raise UserError(f"{self.layout.frames} must be a (frames, dim) matrix, found shape {frames.shape}; "
                             "re-run `audiotokens spectrogram`")
-        k, (available, dim) = self.cluster.n_clusters, frames.shape
+        stack, stride = self._geometry()
+        available, dim = vector_count(index, stack, stride), frames.shape[1] * stack
         used, reason = sample_size(available, dim, self.cluster)
-        warnings = self._check_counts(used, available, k)
-        rows = sample_rows(available, used, self.cluster.seed)
-        log.info("k-means: %d clusters on %d of %d training frames (%s), dim %d, %d iterations%s", k, used,
-                 available, reason, dim, self.cluster.niter, ", spherical" if self.cluster.spherical else "")
-        x = load_rows(frames, rows, str(path))
-        kmeans, centroids, gpu, fit_time = self._fit(x)
-        search = NearestCentroid(centroids, self.cluster.spherical)
-        # sizes over ALL training frames: reuse the in-memory matrix when it already holds them all
-        sizes = cluster_sizes(search, x if rows is None else frames, self.config.tokenize.batch_frames,
-                              str(path))
+        warnings = self._check_counts(used, available)
+        positions = sample_rows(available, used, self.cluster.seed)
+        log.info("%s tokenizer: %d clusters per codebook on %d of %d training vectors (%s), dim %d, "
+                 "%d iterations%s", self.cluster.tokenizer, self.cluster.n_clusters, used, available, reason, dim,
+                 self.cluster.niter, ", spherical" if self.cluster.spherical else "")
+        x = load_vectors(frames, index, positions, stack, stride, str(self.layout.frames))
+        quantizer, report = fit_quantizer(
+            self.cluster.tokenizer, x, n_clusters=self.cluster.n_clusters, niter=self.cluster.niter,
+            seed=self.cluster.seed, spherical=self.cluster.spherical, bands=self.cluster.bands,
+            stages=self.cluster.stages, levels=self.cluster.levels, stack=stack, stride=stride,
+            gpu=self.cluster.gpu)
         del x
-        report = self._report(index, frames, rows, reason, kmeans, centroids, sizes, warnings, gpu, fit_time)
-        save_npy(self.layout.centroids, centroids)
+        report.update(self._sampling(index, positions, available, used, reason, warnings, frames.dtype))
+        report["validation_reconstruction_mse"] = self._validation_mse(quantizer, reconstruction_mse)
+        save_vocabulary(self.layout.vocabulary, quantizer, spec)
+        report["frame_spec"] = spec
         report["wall_time_s"] = round(time.perf_counter() - started, 3)
         write_json(self.layout.cluster_report, report)
-        log.info("k-means done in %.1f s: objective %.5g, %d dead and %d tiny clusters; wrote %s",
-                 report["wall_time_s"], report["objective"][-1] if report["objective"] else float("nan"),
-                 len(report["dead_clusters"]), len(report["tiny_clusters"]), self.layout.centroids)
-        return {"n_clusters": k, "dim": dim, "frames_used": used, "frames_available": available,
-                "dead_clusters": len(report["dead_clusters"]), "tiny_clusters": len(report["tiny_clusters"])}
+        dead = sum(len(book["dead_codes"]) for book in report["codebooks"])
+        log.info("%s tokenizer done in %.1f s: %d codebook(s) of %s codes, %.1f bits per frame, reconstruction "
+                 "MSE %.4g train / %s validation, %d dead codes; wrote %s", quantizer.kind, report["wall_time_s"],
+                 quantizer.n_codebooks, "/".join(map(str, sorted(set(quantizer.codebook_sizes)))),
+                 quantizer.bits_per_frame, report["train_reconstruction_mse"],
+                 _figure(report["validation_reconstruction_mse"]), dead, self.layout.vocabulary)
+        return {"tokenizer": quantizer.kind, "codebooks": quantizer.n_codebooks,
+                "codebook_sizes": quantizer.codebook_sizes, "bits_per_frame": quantizer.bits_per_frame,
+                "dim": dim, "frames_used": used, "frames_available": available, "dead_codes": dead,
+                "validation_reconstruction_mse": report["validation_reconstruction_mse"]}
 
-    def _fit(self, x: np.ndarray) -> tuple[faiss.Kmeans, np.ndarray, bool, float]:
-        """k-means on x (normalised in place in spherical mode): kmeans, centroids, GPU used, seconds."""
-        if self.cluster.spherical:
-            faiss.normalize_L2(x)
-        gpu = use_gpu(self.cluster.gpu)
-        started = time.perf_counter()
-        kmeans = train_kmeans(x, self.cluster.n_clusters, self.cluster.niter, self.cluster.seed,
-                              self.cluster.spherical, gpu)
-        seconds = time.perf_counter() - started
-        centroids = np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
-        if self.cluster.spherical:
-            faiss.normalize_L2(centroids)
-        return kmeans, centroids, gpu, seconds
+    def _geometry(self) -> tuple[int, int]:
+        """(frames per vector, hop between vectors) of the chosen tokenizer."""
+        if self.cluster.tokenizer != "stacked":
+            return 1, 1
+        if self.cluster.stack_stride > self.cluster.stack:
+            raise UserError(f"'cluster.stack_stride' ({self.cluster.stack_stride}) is larger than 'cluster.stack' "
+                            f"({self.cluster.stack}): frames between windows would be skipped")
+        return self.cluster.stack, self.cluster.stack_stride or self.cluster.stack
 
-    def _check_counts(self, used: int, available: int, k: int) -> list[str]:
+    def _check_counts(self, used: int, available: int) -> list[str]:
+        k = self.cluster.n_clusters
+        if self.cluster.tokenizer == "scalar":
+            return []
         if used < k:
-            raise UserError(f"cluster.n_clusters = {k} needs at least {k} training frames, but only {used} "
-                            f"are used ({available} available in {self.layout.frames(TRAIN_SPLIT)}); lower "
+            raise UserError(f"cluster.n_clusters = {k} needs at least {k} training vectors, but only {used} "
+                            f"are used ({available} available in the train split of {self.layout.frames}); lower "
                             "cluster.n_clusters or raise cluster.max_frames / add training audio")
         if used < FAISS_MIN_POINTS * k:
-            message = (f"only {used} training frames for {k} clusters (< {FAISS_MIN_POINTS} per cluster); "
+            message = (f"only {used} training vectors for {k} clusters (< {FAISS_MIN_POINTS} per cluster); "
                        "centroids may be unreliable")
             log.warning(message)
             return [message]
         return []
 
-    def _report(self, index: ClipIndex, frames: np.ndarray, rows: np.ndarray | None, reason: str,
-                kmeans: faiss.Kmeans, centroids: np.ndarray, sizes: np.ndarray, warnings: list[str],
-                gpu: bool, fit_time: float) -> dict[str, Any]:
-        k = len(centroids)
-        clip_of_row = None if rows is None else np.searchsorted(index.offsets, rows, side="right")
-        clips_sampled = len(index) if clip_of_row is None else len(np.unique(clip_of_row))
-        return {
-            "n_clusters": k,
-            "dim": int(centroids.shape[1]),
-            "niter": self.cluster.niter,
-            "seed": self.cluster.seed,
-            "spherical": self.cluster.spherical,
-            "gpu": gpu,
-            "split": TRAIN_SPLIT,
-            "frames_available": len(frames),
-            "frames_used": int(len(frames) if rows is None else len(rows)),
-            "sampling": reason,
-            "clips_available": len(index),
-            "clips_sampled": clips_sampled,
-            "frames_dtype": str(frames.dtype),
-            "iterations_run": len(kmeans.obj),  # faiss stops early once the objective stops changing
-            "objective": [float(v) for v in kmeans.obj],
-            "objective_meaning": (
-                "sum of inner products of unit frames with their centroid (higher is better)"
-                if self.cluster.spherical else "sum of squared L2 distances to centroids"),
-            "imbalance_factor": float(kmeans.iteration_stats[-1]["imbalance_factor"])
-            if kmeans.iteration_stats else None,
-            "fit_time_s": round(fit_time, 3),
-            "cluster_sizes": sizes.tolist(),
-            "sizes_over": f"all {int(sizes.sum())} training frames",
-            **size_summary(sizes),
-            "warnings": warnings,
-            "spectrogram": spectrogram_params(self.layout),
-            "centroids_digest": centroids_digest(centroids),
-        }
+    def _sampling(self, index: ClipIndex, positions: np.ndarray | None, available: int, used: int, reason: str,
+                  warnings: list[str], dtype) -> dict[str, Any]:
+        return {"split": "train", "niter": self.cluster.niter, "seed": self.cluster.seed,
+                "vectors_available": available, "vectors_used": used, "sampling": reason,
+                "clips_available": len(index), "frames_dtype": str(dtype), "warnings": warnings}
+
+    def _validation_mse(self, quantizer, reconstruction_mse) -> float | None:
+        """Reconstruction error on (a uniform sample of) the validation split: what the tokens lose."""
+        if "validation" not in SplitPlan.load(self.layout).names():
+            return None
+        frames, index = open_split(self.layout, "frames", "validation")
+        available = vector_count(index, quantizer.stack, quantizer.stride)
+        positions = sample_rows(available, min(available, VALIDATION_MSE_VECTORS), self.cluster.seed)
+        vectors = load_vectors(frames, index, positions, quantizer.stack, quantizer.stride, str(self.layout.frames))
+        return float(reconstruction_mse(quantizer, vectors))
+
+
+def _figure(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"

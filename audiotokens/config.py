@@ -1,8 +1,16 @@
-"""Configuration: the one place that knows defaults.
+"""Configuration: the one place that knows defaults, the role of each key and its valid values.
 
 Defaults live in the dataclasses below (configs/default.toml mirrors them, a test keeps the two equal).
 A TOML file overrides them section by section, then `--set section.key=value` overrides the file.
 Unknown sections or keys and values of the wrong type are rejected with the list of valid keys.
+
+Each key may carry, beside its default:
+  role     RUNTIME   changes how fast a stage runs, never what it writes (left out of fingerprints)
+           STORAGE   changes how an artifact is stored, not what it means (part of the fingerprint, not of
+                     the frame spec)
+           FILE      names a file whose content is part of the stage's identity (hashed into the fingerprint)
+           RESUMABLE may change between a training run and its --resume
+  check    a range ("positive", "non_negative", "unit", "fraction") or a tuple of allowed choices
 """
 from __future__ import annotations
 
@@ -19,89 +27,124 @@ except ModuleNotFoundError:  # Python 3.10
 
 from .errors import UserError
 
+RUNTIME, STORAGE, FILE, RESUMABLE = "runtime", "storage", "file", "resumable"
+
+# check name -> (predicate, wording for the error message)
+RANGES = {
+    "positive": (lambda v: v > 0, "positive"),
+    "non_negative": (lambda v: v >= 0, ">= 0"),
+    "unit": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "at_least_2": (lambda v: v >= 2, ">= 2"),
+}
+
+
+def setting(default: Any, *, role: str = "", check: str | tuple = ()) -> Any:
+    """A config key: its default, its role and its valid values (see the module docstring)."""
+    return field(default=default, metadata={"role": role, "check": check})
+
 
 @dataclass
 class DataConfig:
-    source: str = "manifest"  # manifest | folder | audioset | hf_parquet
-    manifest: str = ""  # CSV with columns path,label[,group]; labels separated by label_delimiter
+    source: str = setting("manifest", check=("manifest", "folder", "audioset", "hf_parquet"))
+    manifest: str = setting("", role=FILE)  # CSV with columns path,label[,group]; labels split by label_delimiter
     folder: str = ""  # folder-per-class tree: <folder>/<class>/<audio files>
     label_delimiter: str = ";"
     audio_root: str = ""  # AudioSet audio root (any layout under it)
-    segments: str = ""  # AudioSet segments CSV (e.g. balanced_train_segments.csv)
-    eval_segments: str = ""  # AudioSet eval segments CSV, the validation side of split.strategy=official
-    class_labels: str = ""  # AudioSet class_labels_indices.csv
-    ontology: str = ""  # AudioSet ontology.json (names when class_labels is absent)
+    segments: str = setting("", role=FILE)  # AudioSet segments CSV (e.g. balanced_train_segments.csv)
+    eval_segments: str = setting("", role=FILE)  # AudioSet eval segments CSV (the official side)
+    class_labels: str = setting("", role=FILE)  # AudioSet class_labels_indices.csv
+    ontology: str = setting("", role=FILE)  # AudioSet ontology.json (names when class_labels is absent)
     parquet: str = ""  # glob of Hugging Face AudioSet parquet shards
-    eval_parquet: str = ""  # glob of parquet shards for the validation side of strategy=official
+    eval_parquet: str = ""  # glob of parquet shards for the official side
+    keep_unused_classes: bool = False  # keep classes without a training clip as model outputs
+
+
+SPLIT_STRATEGIES = ("auto", "prefix", "random", "group", "stratified", "official", "kfold")
 
 
 @dataclass
 class SplitConfig:
-    strategy: str = "prefix"  # prefix | random | group | stratified | official
+    strategy: str = setting("auto", check=SPLIT_STRATEGIES)  # see split.py
     validation_prefixes: str = "ABCDEF"  # prefix: ids whose FIRST character is one of these
-    validation_ratio: float = 0.1  # random | group | stratified
-    validation_list: str = ""  # official: file of validation ids (one per line) or a segments CSV
+    validation_ratio: float = setting(0.1, check="fraction")  # random | group | stratified
+    validation_list: str = setting("", role=FILE)  # official: file of ids (one per line) or a segments CSV
+    official_side: str = setting("validation", check=("validation", "test"))  # official: what the list is
+    test_ratio: float = setting(0.1, check="fraction")  # share of the clips held out as the test split
+    test_list: str = setting("", role=FILE)  # file of test ids (one per line) or a segments CSV
+    folds: int = setting(5, check="at_least_2")  # kfold: number of folds
+    fold: int = setting(0, check="non_negative")  # kfold: the fold used as validation
     seed: int = 0
 
 
 @dataclass
 class SpectrogramConfig:
-    sample_rate: int = 22050
-    n_fft: int = 1024
-    hop_length: int = 512
-    n_mels: int = 64
-    fmin: float = 0.0
-    fmax: float = 0.0  # 0 = sample_rate / 2
+    sample_rate: int = setting(22050, check="positive")
+    n_fft: int = setting(1024, check="positive")
+    hop_length: int = setting(512, check="positive")
+    n_mels: int = setting(64, check="positive")
+    fmin: float = setting(0.0, check="non_negative")
+    fmax: float = setting(0.0, check="non_negative")  # 0 = sample_rate / 2
     db: bool = True
-    top_db: float = 80.0  # floor this many dB below the clip's peak; 0 = no floor
+    top_db: float = setting(80.0, check="non_negative")  # floor this many dB below the peak; 0 = no floor
     normalize: bool = True  # each spectrogram linearly scaled to [0, 1]
-    dtype: str = "float32"  # float32 | float16
-    max_duration: float = 0.0  # seconds kept per clip; 0 = whole clip
-    workers: int = 0  # 0 = number of cores
+    dtype: str = setting("float32", role=STORAGE, check=("float32", "float16"))
+    max_duration: float = setting(0.0, check="non_negative")  # seconds kept per clip; 0 = whole clip
+    workers: int = setting(0, role=RUNTIME, check="non_negative")  # 0 = number of cores
+
+
+TOKENIZERS = ("frame", "stacked", "subband", "residual", "scalar")
 
 
 @dataclass
 class ClusterConfig:
-    n_clusters: int = 50
-    niter: int = 20
+    tokenizer: str = setting("frame", check=TOKENIZERS)
+    n_clusters: int = setting(50, check="at_least_2")  # per codebook
+    niter: int = setting(20, check="positive")
     seed: int = 0
-    max_frames: int = 0  # 0 = all training frames that fit memory_budget_gb, else a uniform sample
-    memory_budget_gb: float = 4.0
+    max_frames: int = setting(0, check="non_negative")  # 0 = all training frames within memory_budget_gb
+    memory_budget_gb: float = setting(4.0, check="positive")
     spherical: bool = False
-    gpu: bool = False
+    stack: int = setting(4, check="positive")  # stacked: frames per token
+    stack_stride: int = setting(0, check="non_negative")  # stacked: hop in frames; 0 = stack
+    bands: int = setting(8, check="positive")  # subband: contiguous mel bands, one codebook each
+    stages: int = setting(4, check="positive")  # residual: rounds of k-means on the residual
+    levels: int = setting(16, check="at_least_2")  # scalar: uniform levels per mel bin
+    gpu: bool = setting(False, role=RUNTIME)
 
 
 @dataclass
 class TokenizeConfig:
-    batch_frames: int = 262144
+    batch_frames: int = setting(262144, role=RUNTIME, check="positive")
 
 
 @dataclass
 class TrainConfig:
-    num_layers: int = 12
-    hidden_size: int = 768
-    num_heads: int = 12
-    intermediate_size: int = 3072
-    dropout: float = 0.1
-    epochs: int = 20
-    batch_size: int = 16
-    learning_rate: float = 5e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    grad_clip: float = 0.0  # 0 = off
-    grad_accum: int = 1
-    max_length: int = 0  # frames per clip fed to the model; 0 = longest clip
+    input: str = setting("tokens", check=("tokens", "frames"))  # what the model reads
+    num_layers: int = setting(12, check="positive")
+    hidden_size: int = setting(768, check="positive")
+    num_heads: int = setting(12, check="positive")
+    intermediate_size: int = setting(3072, check="positive")
+    dropout: float = setting(0.1, check="fraction")
+    epochs: int = setting(20, role=RESUMABLE, check="positive")
+    batch_size: int = setting(16, check="positive")
+    learning_rate: float = setting(5e-5, check="positive")
+    weight_decay: float = setting(0.01, check="non_negative")
+    warmup_ratio: float = setting(0.1, check="unit")
+    grad_clip: float = setting(0.0, check="non_negative")  # 0 = off
+    grad_accum: int = setting(1, check="positive")
+    max_length: int = setting(0, check="non_negative")  # frames per clip fed to the model; 0 = longest clip
     amp: bool = True  # bf16 where supported, else fp16 with a grad scaler (CUDA only)
-    patience: int = 0  # early stopping on the validation score; 0 = off
-    threshold: float = 0.5
+    patience: int = setting(0, role=RESUMABLE, check="non_negative")  # early stopping; 0 = off
+    threshold: float = setting(0.5, check="unit")
     seed: int = 0
-    device: str = "auto"  # auto | cuda | mps | cpu
-    num_workers: int = 2
+    device: str = setting("auto", role=RUNTIME, check=("auto", "cuda", "mps", "cpu"))
+    num_workers: int = setting(2, role=RUNTIME, check="non_negative")
 
 
 @dataclass
 class EvaluateConfig:
-    threshold: float = 0.5
+    threshold: float = setting(0.5, check="unit")
 
 
 @dataclass
@@ -125,12 +168,26 @@ class Config:
 SECTIONS = [f.name for f in dataclasses.fields(Config) if f.name != "workdir"]
 
 
-def valid_keys() -> list[str]:
-    return [f"{s}.{f.name}" for s in SECTIONS for f in dataclasses.fields(_section_type(s))]
-
-
 def _section_type(name: str):
     return {f.name: f.default_factory for f in dataclasses.fields(Config) if f.name != "workdir"}[name]
+
+
+def _fields(section: str) -> tuple[dataclasses.Field, ...]:
+    return dataclasses.fields(_section_type(section))
+
+
+def valid_keys() -> list[str]:
+    return [f"{s}.{f.name}" for s in SECTIONS for f in _fields(s)]
+
+
+def keys_with_role(role: str, sections: Iterable[str] = SECTIONS) -> set[str]:
+    """`section.key` names of every key declared with `role`."""
+    return {f"{s}.{f.name}" for s in sections for f in _fields(s) if f.metadata.get("role") == role}
+
+
+def frame_keys() -> tuple[str, ...]:
+    """The spectrogram keys that define what a frame is (neither storage nor speed)."""
+    return tuple(f.name for f in _fields("spectrogram") if not f.metadata.get("role"))
 
 
 def _field_type(section: str, key: str) -> type:
@@ -141,7 +198,7 @@ def _field_type(section: str, key: str) -> type:
 def _check_key(section: str, key: str) -> None:
     if section not in SECTIONS:
         raise UserError(f"unknown config section '{section}'; valid sections: {', '.join(SECTIONS)}")
-    names = [f.name for f in dataclasses.fields(_section_type(section))]
+    names = [f.name for f in _fields(section)]
     if key not in names:
         raise UserError(
             f"unknown config key '{section}.{key}'; valid keys in [{section}]: {', '.join(names)}"
@@ -216,38 +273,43 @@ def load_config(
                 _apply(config, section, key, value)
     for text in overrides:
         _apply(config, *parse_override(text), from_text=True)
-    _validate(config)
+    validate(config)
     return config
 
 
-def _validate(config: Config) -> None:
-    """Cross-field checks that a wrong value would otherwise turn into a deep traceback."""
-    spec = config.spectrogram
-    positive = {
-        "spectrogram.sample_rate": spec.sample_rate,
-        "spectrogram.n_fft": spec.n_fft,
-        "spectrogram.hop_length": spec.hop_length,
-        "spectrogram.n_mels": spec.n_mels,
-        "cluster.n_clusters": config.cluster.n_clusters,
-        "cluster.niter": config.cluster.niter,
-        "train.epochs": config.train.epochs,
-        "train.batch_size": config.train.batch_size,
-        "train.num_layers": config.train.num_layers,
-        "train.grad_accum": config.train.grad_accum,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise UserError(f"'{key}' must be positive, got {value}")
-    if spec.dtype not in ("float32", "float16"):
-        raise UserError(f"'spectrogram.dtype' must be float32 or float16, got '{spec.dtype}'")
-    if config.train.hidden_size % config.train.num_heads:
-        raise UserError(
-            f"'train.hidden_size' ({config.train.hidden_size}) must be a multiple of "
-            f"'train.num_heads' ({config.train.num_heads})"
-        )
-    strategies = ("prefix", "random", "group", "stratified", "official")
-    if config.split.strategy not in strategies:
-        raise UserError(f"'split.strategy' must be one of {', '.join(strategies)}, got '{config.split.strategy}'")
-    sources = ("manifest", "folder", "audioset", "hf_parquet")
-    if config.data.source not in sources:
-        raise UserError(f"'data.source' must be one of {', '.join(sources)}, got '{config.data.source}'")
+def check_value(name: str, value: Any, check: str | tuple) -> None:
+    """Raise a one-line UserError when `value` of key `name` breaks its declared check."""
+    if isinstance(check, tuple):
+        if check and value not in check:
+            raise UserError(f"'{name}' must be one of {', '.join(map(str, check))}, got {value!r}")
+        return
+    valid, wording = RANGES[check]
+    if not valid(value):
+        raise UserError(f"'{name}' must be {wording}, got {value}")
+
+
+def validate(config: Config) -> None:
+    """Every declared check, then the cross-field ones a wrong value would turn into a deep traceback."""
+    for section in SECTIONS:
+        for f in _fields(section):
+            check_value(f"{section}.{f.name}", getattr(getattr(config, section), f.name), f.metadata.get("check", ()))
+    train = config.train
+    if train.hidden_size % train.num_heads:
+        raise UserError(f"'train.hidden_size' ({train.hidden_size}) must be a multiple of "
+                        f"'train.num_heads' ({train.num_heads})")
+    check_spectrogram(config.spectrogram)
+
+
+def check_spectrogram(spec: SpectrogramConfig) -> None:
+    """Frame settings that only make sense together (also checked for a bundle's recorded settings)."""
+    nyquist = spec.sample_rate / 2
+    fmax = spec.fmax or nyquist
+    if spec.fmax > nyquist or spec.fmin >= fmax:
+        raise UserError(f"'spectrogram.fmin' ({spec.fmin}) and 'spectrogram.fmax' ({spec.fmax}) must satisfy "
+                        f"0 <= fmin < fmax <= sample_rate / 2 ({nyquist:g}); fmax = 0 means sample_rate / 2")
+    if spec.hop_length > spec.n_fft:
+        raise UserError(f"'spectrogram.hop_length' ({spec.hop_length}) is larger than 'spectrogram.n_fft' "
+                        f"({spec.n_fft}): samples between windows would be skipped; use hop_length <= n_fft")
+    if spec.n_mels > spec.n_fft // 2 + 1:
+        raise UserError(f"'spectrogram.n_mels' ({spec.n_mels}) is more than the {spec.n_fft // 2 + 1} frequency "
+                        f"bins of n_fft = {spec.n_fft}: some mel bands would be empty; lower n_mels or raise n_fft")

@@ -25,8 +25,9 @@ from . import reports
 from .artifacts import (
     ClipIndex,
     Layout,
+    SplitPlan,
     atomic_dir,
-    open_store,
+    open_split,
     read_json,
     save_npy,
     write_json,
@@ -35,7 +36,6 @@ from .config import Config
 from .errors import UserError
 from .metrics import classification_metrics
 from .predict import AudioTokenizer, load_model, score_files
-from .provenance import read_record
 
 log = logging.getLogger("audiotokens")
 
@@ -79,7 +79,7 @@ class Evaluator:
         sweep_class = resolve_class(self.class_name, bundle.classes) if self.class_name else None
         scored = self._score_manifest(bundle) if self.manifest else self._score_split(bundle)
         out_dir = self.layout.eval_dir(self.name)
-        source = str(self.manifest) if self.manifest else f"tokenized/{self.split}"
+        source = str(self.manifest) if self.manifest else f"the {self.split} split of tokenized/"
         metrics = write_reports(out_dir, scored, bundle.classes, bundle.task, self.threshold, sweep_class,
                                 {"name": self.name, "source": source, "model": str(self.model_dir)})
         log_headline(self.name, metrics, out_dir)
@@ -88,11 +88,10 @@ class Evaluator:
     # ------------------------------------------------------------ a tokenized split
 
     def _score_split(self, bundle) -> Scored:
-        tokens_path, index_path = self.layout.tokens(self.split), self.layout.tokens_index(self.split)
-        if not index_path.is_file():
-            raise UserError(f"{index_path} not found; run `audiotokens tokenize` first, or evaluate audio with "
-                            "--manifest FILE")
-        tokens, index = open_store(tokens_path, index_path)
+        if not self.layout.tokens_index.is_file():
+            raise UserError(f"{self.layout.tokens_index} not found; run `audiotokens tokenize` first, or evaluate "
+                            "audio with --manifest FILE")
+        tokens, index = open_split(self.layout, "tokens", self.split)
         check_split_matches_bundle(self.layout, self.split, index, bundle, self.model_dir)
         scores = np.zeros((len(index), len(bundle.classes)), dtype=np.float32)
         with tqdm(total=len(index), unit="clip", desc=f"evaluate {self.split}", disable=None, leave=False) as bar:
@@ -106,11 +105,12 @@ class Evaluator:
 
     def _split_skips(self) -> list[dict[str, str]]:
         """Clips of this split the spectrogram stage could not use (they have no tokens to score)."""
-        path = self.layout.frames_report(self.split)
+        path = self.layout.frames_report
         if not path.is_file():
             return []
+        members = set(SplitPlan.load(self.layout).ids(self.split))
         return [{"id": s.get("id", ""), "reason": " ".join(filter(None, (s.get("reason"), s.get("detail"))))}
-                for s in read_json(path).get("skipped", [])]
+                for s in read_json(path).get("skipped", []) if s.get("id") in members]
 
     # ------------------------------------------------------------ a manifest of audio files
 
@@ -176,91 +176,23 @@ def check_manifest_labels(manifest: Path, rows, bundle) -> None:
 
 
 def check_split_matches_bundle(layout: Layout, split: str, index: ClipIndex, bundle, model_dir: Path) -> None:
-    """Refuse a split tokenized with other spectrogram or vocabulary settings than the bundle's.
+    """Refuse tokens made with another vocabulary (or frame spec) than the bundle's, or other classes.
 
-    The split's settings come from its own index (copied from the frames index when it was made) and,
-    where that lacks them, from the provenance records processed/spectrogram.meta.json and
-    output/centroids.meta.json; the bundle's from its metadata.
+    The digests say it all: the token index records the vocabulary it was made with, and the bundle
+    carries that vocabulary with the frame spec it was fitted on.
     """
-    from .spectrogram import FRAME_KEYS
-
-    differences = []
-    spectrogram, source = _split_spectrogram(layout, split, index)
-    for key in FRAME_KEYS:
-        if key in spectrogram and spectrogram[key] != bundle.spectrogram.get(key):
-            differences.append(f"spectrogram.{key} = {spectrogram[key]!r} ({source}) vs "
-                               f"{bundle.spectrogram.get(key)!r} (bundle)")
-    bundled = {"n_clusters": int(bundle.metadata.get("n_clusters", len(bundle.centroids))),
-               "spherical": bool(bundle.spherical)}
-    for key, (value, source) in _split_vocabulary(layout, split, index).items():
-        if value is not None and value != bundled[key]:
-            differences.append(f"cluster.{key} = {value!r} ({source}) vs {bundled[key]!r} (bundle)")
-    if differences:
-        raise UserError(f"tokenized/{split} was made with other settings than the model bundle {model_dir}: "
-                        f"{'; '.join(differences)}; re-run the stages from the first differing one "
-                        "(`audiotokens run`), or evaluate audio with --manifest, which uses the bundle's settings")
-    _check_same_vocabulary(layout, split, bundle, model_dir)
+    if index.extra.get("vocabulary_digest") != bundle.vocabulary.digest:
+        raise UserError(f"{layout.tokens} was made with another vocabulary than the model bundle {model_dir} "
+                        "(cluster or spectrogram ran again after training); re-run `audiotokens train` (or "
+                        "`audiotokens run`), or evaluate audio with --manifest, which uses the bundle's vocabulary")
     _check_same_classes(layout, split, index, bundle, model_dir)
-    stored = index.extra.get("dtype")
-    if stored and stored != bundle.spectrogram.get("dtype", stored):
-        log.warning("%s frames were stored as %s, the model's as %s; tokens may differ slightly",
-                    split, stored, bundle.spectrogram.get("dtype"))
-
-
-def _relative(layout: Layout, path: Path) -> str:
-    try:
-        return str(path.relative_to(layout.workdir))
-    except ValueError:
-        return str(path)
-
-
-def _split_spectrogram(layout: Layout, split: str, index: ClipIndex) -> tuple[dict[str, Any], str]:
-    if index.extra.get("spectrogram"):
-        return dict(index.extra["spectrogram"]), _relative(layout, layout.tokens_index(split))
-    record = read_record(layout, "spectrogram") or {}
-    return _unprefixed(record.get("params", {}), "spectrogram."), _relative(layout, layout.record("spectrogram"))
-
-
-def _split_vocabulary(layout: Layout, split: str, index: ClipIndex) -> dict[str, tuple[Any, str]]:
-    """n_clusters and spherical of the split's tokens, each with the file that says so."""
-    record = _unprefixed((read_record(layout, "cluster") or {}).get("params", {}), "cluster.")
-    record_source = _relative(layout, layout.record("cluster"))
-    found = {"n_clusters": (record.get("n_clusters"), record_source),
-             "spherical": (record.get("spherical"), record_source)}
-    if index.extra.get("vocab_size") is not None:
-        found["n_clusters"] = (int(index.extra["vocab_size"]), _relative(layout, layout.tokens_index(split)))
-    stats_path = layout.token_stats(split)
-    if stats_path.is_file():
-        stats = read_json(stats_path)
-        if "spherical" in stats:
-            found["spherical"] = (bool(stats["spherical"]), _relative(layout, stats_path))
-    return found
-
-
-def _check_same_vocabulary(layout: Layout, split: str, bundle, model_dir: Path) -> None:
-    """Same settings can still mean other centroids (re-clustered since training): compare the content,
-    when the tokenize record says the split was made from the centroids now on disk."""
-    tokenize, cluster = read_record(layout, "tokenize"), read_record(layout, "cluster")
-    if not (tokenize and cluster and layout.centroids.is_file()):
-        return
-    if tokenize.get("inputs", {}).get("cluster") != cluster.get("fingerprint"):
-        return
-    current = np.load(layout.centroids)
-    if current.shape != bundle.centroids.shape or not np.array_equal(current, bundle.centroids):
-        raise UserError(f"tokenized/{split} was made with {layout.centroids}, which differs from the centroids "
-                        f"in the model bundle {model_dir} (clustered again after training); re-run "
-                        "`audiotokens train`, or evaluate audio with --manifest")
 
 
 def _check_same_classes(layout: Layout, split: str, index: ClipIndex, bundle, model_dir: Path) -> None:
     if list(index.classes) != list(bundle.classes) or index.task != bundle.task:
-        raise UserError(f"{layout.tokens_index(split)} has {len(index.classes)} {index.task} classes, the model "
+        raise UserError(f"the {split} split of {layout.split_json} has {len(index.classes)} {index.task} classes, the model "
                         f"bundle {model_dir} {len(bundle.classes)} {bundle.task} ones (the split was made again "
                         "after training); re-run `audiotokens train`")
-
-
-def _unprefixed(params: dict[str, Any], prefix: str) -> dict[str, Any]:
-    return {key[len(prefix):]: value for key, value in params.items() if key.startswith(prefix)}
 
 
 # ---------------------------------------------------------------- reports

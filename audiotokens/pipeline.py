@@ -1,38 +1,24 @@
 """Run stages with provenance: execute one, report status, re-run only what is stale."""
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import time
 from typing import Any
 
+from . import stages as stage_table
 from .artifacts import Layout
 from .config import Config
 from .errors import UserError
-from .provenance import STAGE_INPUTS, STAGES, stage_states, write_failure, write_record
+from .provenance import stage_states, write_failure, write_record
+from .stages import NAMES, input_names
 
 log = logging.getLogger("audiotokens")
-
-STAGE_CLASSES = {
-    "split": "audiotokens.split:DatasetSplitter",
-    "spectrogram": "audiotokens.spectrogram:SpectrogramProcessor",
-    "cluster": "audiotokens.cluster:ClusterCreator",
-    "tokenize": "audiotokens.tokenizer:SpecTokenizer",
-    "train": "audiotokens.model:ModelBuilder",
-    "evaluate": "audiotokens.evaluate:Evaluator",
-}
-
-
-def stage_class(stage: str):
-    module, name = STAGE_CLASSES[stage].split(":")
-    return getattr(importlib.import_module(module), name)
-
 
 def check_inputs(layout: Layout, config: Config, stage: str, strict: bool) -> None:
     """Warn (or, strict, refuse) when a stage would read missing or stale inputs."""
     states = stage_states(layout, config)
-    for name in STAGE_INPUTS[stage]:
+    for name in input_names(stage, config):
         state = states[name]
         if state.state == "fresh":
             continue
@@ -56,7 +42,7 @@ def execute(stage: str, config: Config, strict: bool = False, **options: Any) ->
                   f"`audiotokens {stage}` again")
     started = time.perf_counter()
     try:
-        counts = stage_class(stage)(config, **options).run() or {}
+        counts = stage_table.stage(stage).runner_class()(config, **options).run() or {}
     except (Exception, KeyboardInterrupt) as exc:
         write_failure(layout, stage, f"{type(exc).__name__}: {exc}" if not isinstance(exc, UserError) else str(exc))
         raise
@@ -66,18 +52,18 @@ def execute(stage: str, config: Config, strict: bool = False, **options: Any) ->
 
 def plan(config: Config, start: str | None = None, stop: str | None = None, force: bool = False) -> list[str]:
     """Stages in [start, stop] that are not fresh (all of them with force)."""
-    first = STAGES.index(start) if start else 0
-    last = STAGES.index(stop) if stop else len(STAGES) - 1
+    first = NAMES.index(start) if start else 0
+    last = NAMES.index(stop) if stop else len(NAMES) - 1
     if first > last:
-        raise UserError(f"--from {start} comes after --to {stop}; stages run in the order {' → '.join(STAGES)}")
-    wanted = STAGES[first:last + 1]
+        raise UserError(f"--from {start} comes after --to {stop}; stages run in the order {' → '.join(NAMES)}")
+    wanted = NAMES[first:last + 1]
     if force:
         return list(wanted)
     states = stage_states(Layout(config.workdir), config)
     todo: list[str] = []
     for stage in wanted:
         # a stage goes stale the moment an input of it is re-run
-        upstream_rerun = any(name in todo for name in STAGE_INPUTS[stage])
+        upstream_rerun = any(name in todo for name in input_names(stage, config))
         if upstream_rerun or states[stage].state != "fresh":
             todo.append(stage)
     return todo

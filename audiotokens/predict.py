@@ -1,7 +1,7 @@
 """`audiotokens predict` and `audiotokens show`: a model bundle applied to audio files.
 
 Everything that turns audio into model input comes from the bundle (spectrogram parameters, storage
-dtype, centroids, spherical flag), never from the current config, so a bundle copied to another machine
+dtype, vocabulary), never from the current config, so a bundle copied to another machine
 scores a file exactly as the training pipeline would have.
 """
 from __future__ import annotations
@@ -25,6 +25,7 @@ from .errors import UserError
 log = logging.getLogger("audiotokens")
 
 LIST_SUFFIXES = (".txt", ".lst")
+STRIP_CODEBOOKS = 8  # token strips drawn by `show`; more would be unreadable
 FILES_PER_BATCH = 64  # files decoded before one batched model call; bounds memory and output latency
 
 
@@ -81,16 +82,14 @@ class Tokenized:
 
 
 class AudioTokenizer:
-    """Audio file -> frames -> token ids with a bundle's settings; the nearest-centroid index is built once."""
+    """Audio file -> frames -> token ids with a bundle's frame spec and vocabulary."""
 
     def __init__(self, bundle):
-        from .tokenizer import NearestCentroid
-
         self.params = bundle_spectrogram(bundle)
-        if self.params.n_mels != bundle.centroids.shape[1]:
-            raise UserError(f"the bundle's centroids have dimension {bundle.centroids.shape[1]} but its "
-                            f"spectrogram gives {self.params.n_mels} mel bands; the bundle is inconsistent")
-        self.search = NearestCentroid(bundle.centroids, bundle.spherical)
+        self.quantizer = bundle.vocabulary.quantizer
+        if self.params.n_mels != self.quantizer.n_mels:
+            raise UserError(f"the bundle's vocabulary takes frames of {self.quantizer.n_mels} mel bands but its "
+                            f"frame spec gives {self.params.n_mels}; the bundle is inconsistent")
 
     def frames(self, location: str) -> np.ndarray:
         """Frames of one clip exactly as the spectrogram stage stores them (its dtype included)."""
@@ -102,9 +101,9 @@ class AudioTokenizer:
         return frames
 
     def tokens(self, frames: np.ndarray) -> np.ndarray:
-        """Nearest-centroid ids, as the tokenize stage assigns them."""
+        """Token ids (tokens, codebooks), as the tokenize stage assigns them."""
         with single_threaded():
-            return self.search(frames)
+            return self.quantizer.encode(self.quantizer.windows(np.asarray(frames, dtype=np.float32)))
 
     def __call__(self, location: str) -> Tokenized:
         """Never raises for a bad file: the reason goes in `error` so the other files still get scored."""
@@ -266,7 +265,7 @@ def show_cli(audio: str, model_dir: str | None, workdir: str, out_path: str | No
     top = chosen_classes(scores, bundle.classes, top_k, None)
     path = Path(out_path) if out_path else Path.cwd() / f"{Path(audio).stem}.tokens.png"
     draw_tokens_picture(path, frames.astype(np.float32), tokens, top, tokenizer.params, title=Path(audio).name,
-                        n_clusters=len(bundle.centroids))
+                        n_clusters=max(bundle.vocabulary.codebook_sizes))
     print(f"wrote {path}")
     return path
 
@@ -291,16 +290,18 @@ def draw_tokens_picture(path: Path, frames: np.ndarray, tokens: np.ndarray, top:
     mel.tick_params(labelbottom=False)
     fig.colorbar(image, cax=fig.add_subplot(grid[0, 1]))
     strip = fig.add_subplot(grid[1, 0], sharex=mel)
-    # one column per frame, coloured by token id; the same extent keeps frame t under frame t
-    strip.imshow(np.asarray(tokens).reshape(1, -1), aspect="auto", extent=(0.0, seconds, 0, 1),
+    # one column per token, one row per codebook (up to STRIP_CODEBOOKS), coloured by id; the same extent
+    # keeps token t under the frames it stands for
+    rows = np.asarray(tokens).reshape(len(tokens), -1)[:, :STRIP_CODEBOOKS].T[::-1]
+    strip.imshow(rows, aspect="auto", extent=(0.0, seconds, 0, len(rows)),
                  cmap="tab20" if n_clusters <= 20 else "nipy_spectral", vmin=0, vmax=max(n_clusters - 1, 1),
                  interpolation="nearest")
     strip.set_yticks([])
     strip.set_ylabel("token", rotation=0, ha="right", va="center")
     strip.set_xlabel("time (s)")
-    if len(tokens) <= 60:
+    if len(tokens) <= 60 and len(rows) == 1:
         step = seconds / len(tokens)
-        for t, token in enumerate(tokens):
+        for t, token in enumerate(rows[0]):
             strip.text((t + 0.5) * step, 0.5, str(int(token)), ha="center", va="center", fontsize=6)
     bars = fig.add_subplot(grid[:, 3])
     names = [item["class"] for item in top][::-1]
@@ -312,7 +313,8 @@ def draw_tokens_picture(path: Path, frames: np.ndarray, tokens: np.ndarray, top:
     for i, item in enumerate(top[::-1]):
         bars.text(min(item["score"], 0.98), i, f" {item['score']:.3f}", va="center", fontsize=7,
                   ha="right" if item["score"] > 0.7 else "left")
-    fig.text(0.01, 0.01, f"{len(tokens)} frames, {n_clusters} tokens, sr {params.sample_rate}, hop "
+    fig.text(0.01, 0.01, f"{len(frames)} frames, {len(tokens)} tokens x {np.asarray(tokens).reshape(len(tokens), -1).shape[1]} "
+             f"codebooks of {n_clusters}, sr {params.sample_rate}, hop "
              f"{params.hop_length}, {params.n_mels} mels", fontsize=7, color="gray")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")

@@ -16,54 +16,35 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from . import stages as stage_table
 from .artifacts import Layout, read_json, write_json
-from .config import Config
+from .config import FILE, RUNTIME, Config, keys_with_role
 from .errors import UserError
 
-STAGES = ("split", "spectrogram", "cluster", "tokenize", "train", "evaluate")
-STAGE_SECTIONS = {
-    "split": ("data", "split"),
-    "spectrogram": ("spectrogram",),
-    "cluster": ("cluster",),
-    "tokenize": ("tokenize",),
-    "train": ("train",),
-    "evaluate": ("evaluate",),
-}
-STAGE_INPUTS = {
-    "split": (),
-    "spectrogram": ("split",),
-    "cluster": ("spectrogram",),
-    "tokenize": ("spectrogram", "cluster"),
-    "train": ("tokenize",),
-    "evaluate": ("train",),
-}
-# Keys that change how fast a stage runs, not what it produces.
-RUNTIME_KEYS = {
-    "spectrogram.workers",
-    "cluster.gpu",
-    "tokenize.batch_frames",
-    "train.device",
-    "train.num_workers",
-}
-# Data keys naming files whose content is part of the split's identity.
-DATA_FILE_KEYS = ("data.manifest", "data.segments", "data.eval_segments", "data.class_labels", "data.ontology",
-                  "split.validation_list")
 PACKAGES = ("numpy", "librosa", "soxr", "soundfile", "faiss-cpu", "torch", "transformers", "scikit-learn")
 
 
 def stage_params(config: Config, stage: str) -> dict[str, Any]:
     """The flattened `section.key -> value` parameters that define a stage's output."""
+    sections = stage_table.stage(stage).sections
+    runtime, files = keys_with_role(RUNTIME, sections), keys_with_role(FILE, sections)
     params = {}
-    for section in STAGE_SECTIONS[stage]:
+    for section in sections:
         for key, value in config.section(section).items():
             name = f"{section}.{key}"
-            if name not in RUNTIME_KEYS:
+            if name not in runtime:
                 params[name] = value
-    if stage == "split":
-        for name in DATA_FILE_KEYS:
-            if params.get(name):
-                params[f"{name}#content"] = file_digest(Path(params[name]))
+    for name in sorted(files):
+        if params.get(name):
+            params[f"{name}#content"] = file_digest(Path(params[name]))
     return params
+
+
+def input_fingerprint(params: dict[str, Any], inputs: dict[str, str], sections: tuple[str, ...]) -> str:
+    """A stage's fingerprint as one of its readers sees it: whole, or through some sections only."""
+    if sections:
+        params = {k: v for k, v in params.items() if k.split(".", 1)[0] in sections}
+    return fingerprint(params, inputs)
 
 
 def file_digest(path: Path) -> str:
@@ -115,13 +96,18 @@ def write_record(
 ) -> dict[str, Any]:
     """Record that `stage` just produced its artifacts from `config` and its inputs as they are on disk."""
     params = stage_params(config, stage)
-    inputs = {name: recorded_fingerprint(layout, name) for name in STAGE_INPUTS[stage]}
+    inputs = {}
+    for source in stage_table.stage(stage).inputs(config):
+        upstream = read_record(layout, source.stage)
+        inputs[source.stage] = input_fingerprint(upstream["params"], upstream["inputs"], source.sections) \
+            if upstream else ""
+    runtime = keys_with_role(RUNTIME, stage_table.stage(stage).sections)
     record = {
         "stage": stage,
         "fingerprint": fingerprint(params, inputs),
         "params": params,
         "inputs": inputs,
-        "runtime": {k: v for s in STAGE_SECTIONS[stage] for k, v in _runtime(config, s).items()},
+        "runtime": {name: value for name, value in _flat(config).items() if name in runtime},
         "counts": counts or {},
         "wall_time_s": round(wall_time_s, 3) if wall_time_s is not None else None,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -132,8 +118,8 @@ def write_record(
     return record
 
 
-def _runtime(config: Config, section: str) -> dict[str, Any]:
-    return {f"{section}.{k}": v for k, v in config.section(section).items() if f"{section}.{k}" in RUNTIME_KEYS}
+def _flat(config: Config) -> dict[str, Any]:
+    return {f"{section}.{key}": value for section, values in config.to_dict().items() for key, value in values.items()}
 
 
 def write_failure(layout: Layout, stage: str, message: str) -> None:
@@ -150,32 +136,41 @@ class StageState:
     state: str  # fresh | stale | missing | failed
     reasons: list[str]
     expected: str  # fingerprint the current config would produce
+    params: dict[str, Any]  # the parameters the current config gives the stage
+    inputs: dict[str, str]  # the input fingerprints the current config gives the stage
 
     def line(self) -> str:
         why = f" — {'; '.join(self.reasons)}" if self.reasons else ""
         return f"{self.stage}: {self.state}{why}"
 
 
-def stage_states(layout: Layout, config: Config, stages=STAGES) -> dict[str, StageState]:
+def stage_states(layout: Layout, config: Config, stages=None) -> dict[str, StageState]:
     """Compare each stage's record with what the current config would produce, in graph order."""
     states: dict[str, StageState] = {}
-    for stage in STAGES:
-        params = stage_params(config, stage)
-        expected_inputs = {name: states[name].expected for name in STAGE_INPUTS[stage]}
-        expected = fingerprint(params, expected_inputs)
-        states[stage] = _judge(layout, stage, params, expected_inputs, expected, states)
-    return {s: states[s] for s in stages}
+    for entry in stage_table.STAGES:
+        params = stage_params(config, entry.name)
+        expected_inputs = {}
+        for source in entry.inputs(config):
+            upstream = states[source.stage]
+            expected_inputs[source.stage] = input_fingerprint(upstream.params, upstream.inputs, source.sections)
+        states[entry.name] = _judge(layout, entry.name, params, expected_inputs, states)
+    return {s: states[s] for s in (stages or stage_table.NAMES)}
 
 
-def _judge(layout, stage, params, expected_inputs, expected, states) -> StageState:
+def _judge(layout, stage, params, expected_inputs, states) -> StageState:
+    expected = fingerprint(params, expected_inputs)
+
+    def state(name: str, reasons: list[str]) -> StageState:
+        return StageState(stage, name, reasons, expected, params, expected_inputs)
+
     record = read_record(layout, stage)
     if layout.failure(stage).is_file():
         error = read_json(layout.failure(stage)).get("error", "")
-        return StageState(stage, "failed", [error.splitlines()[0] if error else "see the log"], expected)
+        return state("failed", [error.splitlines()[0] if error else "see the log"])
     if record is None:
-        return StageState(stage, "missing", [], expected)
+        return state("missing", [])
     if record["fingerprint"] == expected:
-        return StageState(stage, "fresh", [], expected)
+        return state("fresh", [])
     reasons = _param_changes(record.get("params", {}), params)
     for name, fp in expected_inputs.items():
         if record.get("inputs", {}).get(name) != fp:
@@ -183,7 +178,7 @@ def _judge(layout, stage, params, expected_inputs, expected, states) -> StageSta
                 reasons.append(f"{name} was re-run since")
             else:
                 reasons.append(f"{name} is {states[name].state}")
-    return StageState(stage, "stale", reasons or ["fingerprint changed"], expected)
+    return state("stale", reasons or ["fingerprint changed"])
 
 
 def _param_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -1,4 +1,4 @@
-"""Mel-spectrogram frames of every split: processed/<split>/frames.npy + index.json + report.json.
+"""Mel-spectrogram frames of every clip, once per clip: processed/frames/ (frames.npy, index.json, spec.json).
 
 `compute_frames` is the one definition of a frame (also used by predict): librosa's melspectrogram
 (Hann window, center=True with zero padding, power 2, Slaney mel filterbank) -> power_to_db (ref 1.0,
@@ -8,9 +8,10 @@ scaling and normalisation. `clip_frames` decodes, resamples and transforms a fil
 memory does not grow with a recording's length beyond its mel frames; its frames equal those of
 `compute_frames` on the whole decoded clip.
 
-The stage works through each split in parts of consecutive clips; a finished part is kept on disk, so
-an interrupted run resumes after the last finished part. Parts carry a key of the frame parameters and
-the split's clip list and are discarded when either changes.
+The stage works through the clip catalogue of processed/split.json, whatever the split, in parts of
+consecutive clips; a finished part is kept on disk, so an interrupted run resumes after the last finished
+part. Parts carry a key of the frame parameters and the clip list and are discarded when either changes.
+Splits are views over the one store (artifacts.open_split), so a new split never recomputes frames.
 """
 from __future__ import annotations
 
@@ -37,31 +38,44 @@ import soxr
 import torch
 from tqdm import tqdm
 
-from .artifacts import SPLITS, ClipIndex, Layout, atomic_path, create_npy, read_json, save_npy, write_json
+from .artifacts import (
+    ClipIndex,
+    Layout,
+    SplitPlan,
+    atomic_path,
+    create_npy,
+    save_npy,
+    spec_digest,
+    write_json,
+)
 from .audio import BLOCK_FRAMES, RESAMPLE_QUALITY, AudioError, AudioStream, to_mono
-from .config import Config, SpectrogramConfig
+from .config import Config, SpectrogramConfig, check_spectrogram, frame_keys
 from .errors import UserError
 
 log = logging.getLogger("audiotokens")
 
 AMIN = 1e-10  # power floor before log10, as librosa.power_to_db
-# SpectrogramConfig keys that define what a frame is (dtype and workers only change storage and speed).
-FRAME_KEYS = ("sample_rate", "n_fft", "hop_length", "n_mels", "fmin", "fmax", "db", "top_db", "normalize",
-              "max_duration")
-PART_FORMAT = 1  # bump when the part files' layout changes, so old parts are discarded
+PART_FORMAT = 2  # bump when the part files' layout changes, so old parts are discarded
 
 
 # ---------------------------------------------------------------- parameters
 
 
+FEATURES = "mel"  # what a frame is made of; written into the frame spec
+
+
 def params_to_dict(params: SpectrogramConfig) -> dict[str, Any]:
-    """Exactly the parameters that define a frame, for a model bundle or a provenance record."""
+    """The frame spec: what a frame is made of and exactly the parameters that define it (config.frame_keys)."""
     values = asdict(params)
-    return {key: values[key] for key in FRAME_KEYS}
+    return {"features": FEATURES, **{key: values[key] for key in frame_keys()}}
 
 
 def params_from_dict(values: dict[str, Any]) -> SpectrogramConfig:
     """Inverse of params_to_dict (other keys keep their defaults); rejects unknown keys."""
+    values = dict(values)
+    features = values.pop("features", FEATURES)
+    if features != FEATURES:
+        raise UserError(f"frames of kind '{features}' cannot be computed here (only '{FEATURES}')")
     known = {f.name for f in fields(SpectrogramConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -72,17 +86,13 @@ def params_from_dict(values: dict[str, Any]) -> SpectrogramConfig:
 
 
 def check_params(params: SpectrogramConfig) -> None:
-    """Reject values that would otherwise fail deep inside librosa or torch."""
-    nyquist = params.sample_rate / 2
-    fmax = params.fmax or nyquist
-    if params.fmin < 0 or fmax > nyquist or params.fmin >= fmax:
-        raise UserError(f"'spectrogram.fmin' ({params.fmin}) and 'spectrogram.fmax' ({params.fmax}) must satisfy "
-                        f"0 <= fmin < fmax <= sample_rate / 2 ({nyquist:g}); fmax = 0 means sample_rate / 2")
+    """Reject values that would otherwise fail deep inside librosa or torch (a bundle's settings too)."""
     for key in ("top_db", "max_duration", "workers"):
         if getattr(params, key) < 0:
             raise UserError(f"'spectrogram.{key}' must be >= 0, got {getattr(params, key)}")
     if params.dtype not in ("float32", "float16"):
         raise UserError(f"'spectrogram.dtype' must be float32 or float16, got '{params.dtype}'")
+    check_spectrogram(params)
 
 
 # ---------------------------------------------------------------- frames
@@ -331,7 +341,7 @@ def _check_finite(frames: np.ndarray, where: Path) -> None:
 
 
 class SpectrogramProcessor:
-    """`audiotokens spectrogram`: frames of every clip of every split in processed/split.json."""
+    """`audiotokens spectrogram`: frames of every clip of the catalogue in processed/split.json."""
 
     def __init__(self, config: Config, part_clips: int = 256, part_frames: int = 2**18):
         self.config = config
@@ -342,67 +352,47 @@ class SpectrogramProcessor:
         self.part_frames = part_frames
 
     def run(self) -> dict[str, Any]:
-        split = self._read_split()
-        names = [n for n in SPLITS if n in split["splits"]] + [n for n in split["splits"] if n not in SPLITS]
-        todo = sum(len(split["splits"][n]) for n in names)
+        clips = self._read_clips()
         # built once here so forked workers inherit it instead of each paying librosa's first-call cost
         mel_filterbank(self.params.sample_rate, self.params.n_fft, self.params.n_mels, self.params.fmin,
                        self.params.fmax)
-        counts: dict[str, Any] = {"clips": 0, "frames": 0, "skipped": 0, "splits": {}}
-        with self._mapper(todo) as mapper:
-            for name in names:
-                result = self._run_split(name, split["splits"][name], split, mapper)
-                counts["splits"][name] = result
-                for key in ("clips", "frames", "skipped"):
-                    counts[key] += result[key]
-        return counts
+        with self._mapper(len(clips)) as mapper:
+            return self._run_store(clips, mapper)
 
     # -- input
 
-    def _read_split(self) -> dict[str, Any]:
-        path = self.layout.split_json
-        if not path.is_file():
-            raise UserError(f"{path} not found; run `audiotokens split` first")
-        split = read_json(path)
-        malformed = UserError(f"{path} is malformed (needs 'classes' and 'splits' of clips with id, audio and "
-                              "labels); re-run `audiotokens split`")
-        if not isinstance(split, dict) or not isinstance(split.get("splits"), dict) \
-                or not isinstance(split.get("classes"), list):
-            raise malformed
-        for name, clips in split["splits"].items():
-            if not isinstance(clips, list) or not all(
-                    isinstance(c, dict) and {"id", "audio", "labels"} <= c.keys() for c in clips):
-                raise malformed
-            counts = Counter(str(clip["id"]) for clip in clips)
-            duplicate = next((clip_id for clip_id, n in counts.items() if n > 1), None)
-            if duplicate is not None:
-                raise UserError(f"{path} lists clip id '{duplicate}' more than once in '{name}'; "
-                                "re-run `audiotokens split`")
-        return split
+    def _read_clips(self) -> list[dict]:
+        clips = SplitPlan.load(self.layout).clips
+        counts = Counter(str(clip["id"]) for clip in clips)
+        duplicate = next((clip_id for clip_id, n in counts.items() if n > 1), None)
+        if duplicate is not None:
+            raise UserError(f"{self.layout.split_json} lists clip id '{duplicate}' more than once; "
+                            "re-run `audiotokens split`")
+        return clips
 
-    # -- one split
+    # -- the store
 
-    def _run_split(self, name: str, clips: list[dict], split: dict, mapper) -> dict[str, int]:
-        store = PartStore(self.layout.frames_dir(name) / "parts", self._parts_key(clips))
+    def _run_store(self, clips: list[dict], mapper) -> dict[str, int]:
+        store = PartStore(self.layout.frames_dir / "parts", self._parts_key(clips))
         store.open()
         finished = store.finished()
         start = finished[-1]["stop"] if finished else 0
         if start:
-            log.info("%s: resuming, %d of %d clips already done", name, start, len(clips))
+            log.info("resuming, %d of %d clips already done", start, len(clips))
         tasks = ((i, str(clips[i]["id"]), str(clips[i]["audio"])) for i in range(start, len(clips)))
         number, batch, batch_frames = len(finished), [], 0
-        with tqdm(total=len(clips), initial=start, unit="clip", desc=f"spectrogram {name}") as bar:
+        with tqdm(total=len(clips), initial=start, unit="clip", desc="spectrogram") as bar:
             for expected, result in enumerate(mapper(tasks), start):
                 # imap keeps order; a mismatch would store frames under the wrong clip, so stop instead.
                 if result.position != expected or result.clip_id != str(clips[expected]["id"]):
-                    raise RuntimeError(f"clip order broken at {expected} of {name}")
+                    raise RuntimeError(f"clip order broken at {expected}")
                 batch.append(result)
                 batch_frames += 0 if result.frames is None else result.frames.shape[0]
                 bar.update(1)
                 if len(batch) == self.part_clips or batch_frames >= self.part_frames or expected == len(clips) - 1:
                     store.write(number, batch, self.params.n_mels, self.params.dtype)
                     number, batch, batch_frames = number + 1, [], 0
-        counts = self._assemble(name, clips, split, store)
+        counts = self._assemble(clips, store)
         store.remove()
         return counts
 
@@ -411,33 +401,33 @@ class SpectrogramProcessor:
                            "clips": [[str(c["id"]), str(c["audio"])] for c in clips]}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
-    def _assemble(self, name: str, clips: list[dict], split: dict, store: PartStore) -> dict[str, int]:
+    def _assemble(self, clips: list[dict], store: PartStore) -> dict[str, int]:
         metas = store.finished()
         if (metas[-1]["stop"] if metas else 0) != len(clips):
-            raise RuntimeError(f"parts of {name} do not cover its {len(clips)} clips")
+            raise RuntimeError(f"parts do not cover the {len(clips)} clips")
         positions = [p for meta in metas for p in meta["positions"]]
         lengths = [n for meta in metas for n in meta["lengths"]]
         skipped = [{**s, "audio": clips[s["position"]]["audio"]} for meta in metas for s in meta["skipped"]]
         total = int(sum(lengths))
-        self._write_frames(name, store, len(metas), total)
+        spec = params_to_dict(self.params)
+        write_json(self.layout.frame_spec, spec)
+        self._write_frames(store, len(metas), total)
         index = ClipIndex.from_lengths([str(clips[p]["id"]) for p in positions], lengths,
-                                       [clips[p]["labels"] for p in positions], split["classes"],
-                                       split.get("task", "multilabel"), split=name)
-        index.extra = {"spectrogram": params_to_dict(self.params), "dtype": self.params.dtype}
-        index.save(self.layout.frames_index(name))
+                                       [[] for _ in positions], [], "")
+        index.extra = {"frame_spec_digest": spec_digest(spec), "dtype": self.params.dtype}
+        index.save(self.layout.frames_index)
         reasons = Counter(s["reason"] for s in skipped)
-        write_json(self.layout.frames_report(name), {
-            "split": name, "listed": len(clips), "kept": len(positions), "frames": total,
+        write_json(self.layout.frames_report, {
+            "listed": len(clips), "kept": len(positions), "frames": total,
             "skipped_count": len(skipped), "reasons": dict(reasons.most_common()), "skipped": skipped,
         })
-        self._log_summary(name, len(clips), len(positions), total, reasons)
+        self._log_summary(len(clips), len(positions), total, reasons)
         if clips and not positions:
-            raise UserError(f"no usable clip in split '{name}' ({_describe(reasons)}); "
-                            f"see {self.layout.frames_report(name)}")
+            raise UserError(f"no usable clip ({_describe(reasons)}); see {self.layout.frames_report}")
         return {"clips": len(positions), "frames": total, "skipped": len(skipped)}
 
-    def _write_frames(self, name: str, store: PartStore, n_parts: int, total: int) -> None:
-        path = self.layout.frames(name)
+    def _write_frames(self, store: PartStore, n_parts: int, total: int) -> None:
+        path = self.layout.frames
         for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed assembly
             stale.unlink(missing_ok=True)
         if total == 0:
@@ -456,11 +446,11 @@ class SpectrogramProcessor:
             out.flush()
             del out
 
-    def _log_summary(self, name: str, listed: int, kept: int, frames: int, reasons: Counter) -> None:
-        log.info("%s: %d of %d clips, %d frames -> %s", name, kept, listed, frames, self.layout.frames(name))
+    def _log_summary(self, listed: int, kept: int, frames: int, reasons: Counter) -> None:
+        log.info("%d of %d clips, %d frames -> %s", kept, listed, frames, self.layout.frames)
         if reasons:
-            log.warning("%s: skipped %d clips (%s); see %s", name, sum(reasons.values()), _describe(reasons),
-                        self.layout.frames_report(name))
+            log.warning("skipped %d clips (%s); see %s", sum(reasons.values()), _describe(reasons),
+                        self.layout.frames_report)
 
     # -- parallelism
 

@@ -1,15 +1,24 @@
-"""`audiotokens split`: assign the clips of a source to train and validation.
+"""`audiotokens split`: assign the clips of a source to train, validation and test.
 
-Strategies (split.strategy):
+Strategies (split.strategy) choose the validation side:
+  auto        prefix for AudioSet sources (YouTube ids), else group when the clips have groups, else
+              stratified
   prefix      validation = clips whose id's FIRST character is in split.validation_prefixes (case as written)
   random      validation_ratio of the clips, drawn with split.seed
   group       whole groups on one side (clips without a group are their own group), ratio approximately met
   stratified  iterative multi-label stratification (Sechidis et al. 2011); every class with >= 2 clips
               lands on both sides
-  official    the eval side given by data.eval_segments / data.eval_parquet, or the ids in
-              split.validation_list
-Writes processed/split.json (the contract read by the spectrogram stage) and processed/split_report.json
-(clips left out with reasons, per-class counts per side, classes missing from a side).
+  official    the side given by data.eval_segments / data.eval_parquet, or the ids in split.validation_list;
+              split.official_side says whether it is the validation or the test split
+  kfold       split.folds folds (group-aware, stratified where labels allow); fold split.fold is validation
+The test split is split.test_list, or the official side when split.official_side = "test", or else
+split.test_ratio of the clips drawn before validation (whole groups when the clips have groups, else
+stratified, or random with the random strategy); 0 means no test split.
+
+Classes without a training clip are dropped from the model's class list (listed in the report) unless
+data.keep_unused_classes; a single-label clip of a dropped class leaves its split.
+Writes processed/split.json (the catalogue, read by the spectrogram stage, and the ids of each split) and
+processed/split_report.json (clips left out with reasons, per-class counts per split).
 """
 from __future__ import annotations
 
@@ -21,16 +30,17 @@ from typing import Any
 import numpy as np
 
 from . import sources
-from .artifacts import Layout, write_json
+from .artifacts import SPLITS, Layout, write_json
 from .config import Config
 from .errors import UserError
 from .sources import Clip, Dataset
 
 log = logging.getLogger("audiotokens")
 
-TRAIN, VALIDATION = 0, 1
+TRAIN, VALIDATION, TEST = 0, 1, 2
 TABLE_MAX_CLASSES = 30
 LIST_MAX = 20
+AUDIOSET_SOURCES = ("audioset", "hf_parquet")
 
 
 class DatasetSplitter:
@@ -39,102 +49,193 @@ class DatasetSplitter:
         self.layout = Layout(config.workdir)
 
     def run(self) -> dict[str, Any]:
-        split, data = self.config.split, self.config.data
-        with_eval = split.strategy == "official" and _uses_eval_files(self.config)
-        if split.strategy != "official" and (data.eval_segments or data.eval_parquet):
-            log.info("data.eval_segments / data.eval_parquet are only used by split.strategy=official; ignored")
-        dataset = sources.load(data, with_eval=with_eval)
-        train, validation, notes = assign(dataset, self.config)
-        self._write(dataset, train, validation, notes)
-        counts = {"clips": len(train) + len(validation), "train": len(train), "validation": len(validation),
-                  "missing": len(dataset.missing), "classes": len(dataset.classes)}
-        absent = _absent_classes(dataset.classes, validation)
-        counts["classes_missing_from_validation"] = len(absent)
-        print_summary(dataset, self.config.split.strategy, train, validation, self.layout.split_report)
+        data = self.config.data
+        # the catalogue depends on [data] alone, so that a new split never recomputes spectrograms
+        dataset = sources.load(data, with_eval=bool(_eval_file(self.config)))
+        strategy = resolved_strategy(self.config, dataset)
+        if strategy == "official":
+            _check_official_side(self.config)
+        if strategy != "official" and dataset.eval_clips:
+            log.info("data.eval_segments / data.eval_parquet name the official side, used only by "
+                     "split.strategy=official; their clips are left out of this split")
+        _check_classes(dataset)
+        sides, notes = assign(dataset, self.config, strategy)
+        splits = {name: [clip for clip, side in zip(dataset.clips + (dataset.eval_clips or []), sides)
+                         if side == number] for number, name in enumerate(SPLITS)}
+        kept, dropped = model_classes(dataset, splits["train"], data.keep_unused_classes)
+        splits = _leave_out_unpredictable(dataset, splits, kept, notes)
+        self._write(dataset, strategy, splits, kept, dropped, notes)
+        print_summary(dataset, strategy, splits, kept, dropped, self.layout.split_report)
+        counts = {"clips": sum(len(c) for c in splits.values()), **{n: len(c) for n, c in splits.items()},
+                  "missing": len(dataset.missing), "classes": len(kept), "classes_dropped": len(dropped)}
+        counts["classes_missing_from_validation"] = len(_absent_classes(dataset, kept, splits["validation"]))
         return counts
 
-    def _write(self, dataset: Dataset, train: list[Clip], validation: list[Clip], notes: dict[str, Any]) -> None:
-        split = {"source": dataset.source, "strategy": self.config.split.strategy, "task": dataset.task,
-                 "classes": dataset.classes}
+    def _write(self, dataset: Dataset, strategy: str, splits: dict[str, list[Clip]], kept: list[int],
+               dropped: list[int], notes: dict[str, Any]) -> None:
+        plan = {"source": dataset.source, "strategy": strategy, "task": dataset.task,
+                "classes": [dataset.classes[c] for c in kept],
+                "dropped_classes": [dataset.classes[c] for c in dropped]}
         if dataset.class_ids is not None:
-            split["class_ids"] = dataset.class_ids
-        split["splits"] = {"train": [c.to_json() for c in train], "validation": [c.to_json() for c in validation]}
-        write_json(self.layout.split_report, split_report(dataset, self.config.split.strategy, train, validation,
-                                                          notes))
-        write_json(self.layout.split_json, split)
+            plan["class_ids"] = [dataset.class_ids[c] for c in kept]
+        model_id = {source: model for model, source in enumerate(kept)}
+        plan["clips"] = [{**clip.to_json(), "labels": [model_id[c] for c in clip.labels if c in model_id]}
+                         for clip in dataset.all_clips()]
+        plan["splits"] = {name: [clip.id for clip in clips] for name, clips in splits.items() if clips}
+        write_json(self.layout.split_report, split_report(dataset, strategy, splits, kept, dropped, notes))
+        write_json(self.layout.split_json, plan)
 
 
-def _uses_eval_files(config: Config) -> bool:
-    data, split = config.data, config.split
-    eval_file = {"audioset": data.eval_segments, "hf_parquet": data.eval_parquet}.get(data.source, "")
-    if eval_file and split.validation_list:
+def resolved_strategy(config: Config, dataset: Dataset) -> str:
+    """split.strategy, with `auto` replaced by what suits the source."""
+    strategy = config.split.strategy
+    if strategy != "auto":
+        if strategy == "prefix" and config.data.source == "folder":
+            raise UserError("split.strategy=prefix splits by the first character of clip ids, but folder ids "
+                            "start with their class folder, so whole classes would land on one side; use "
+                            "split.strategy=stratified (or auto)")
+        return strategy
+    if config.data.source in AUDIOSET_SOURCES:
+        return "prefix"
+    return "group" if _grouped(dataset) else "stratified"
+
+
+def _grouped(dataset: Dataset) -> bool:
+    return any(clip.group is not None for clip in dataset.clips)
+
+
+def _eval_file(config: Config) -> str:
+    data = config.data
+    return {"audioset": data.eval_segments, "hf_parquet": data.eval_parquet}.get(data.source, "")
+
+
+def _check_official_side(config: Config) -> None:
+    if _eval_file(config) and config.split.validation_list:
         raise UserError("split.strategy=official: set either the eval files (data.eval_segments / "
                         "data.eval_parquet) or split.validation_list, not both")
-    if not eval_file and not split.validation_list:
-        raise UserError("split.strategy=official needs the validation side: set data.eval_segments (audioset), "
+    if not _eval_file(config) and not config.split.validation_list:
+        raise UserError("split.strategy=official needs the official side: set data.eval_segments (audioset), "
                         "data.eval_parquet (hf_parquet) or split.validation_list (a file of clip ids)")
-    return bool(eval_file)
+
+
+def _check_classes(dataset: Dataset) -> None:
+    """A classifier needs two classes; with one, every clip would be a positive of it."""
+    if len(dataset.classes) < 2:
+        name = dataset.classes[0] if dataset.classes else ""
+        raise UserError(f"the {dataset.source} source has only one class ('{name}'); a classifier needs at "
+                        "least two: add clips of another class (or a 'background' class of negatives)")
+
+
+def model_classes(dataset: Dataset, train: list[Clip], keep_unused: bool) -> tuple[list[int], list[int]]:
+    """(classes the model predicts, classes dropped because no training clip carries them)."""
+    counts = class_counts(len(dataset.classes), train)
+    if keep_unused:
+        return list(range(len(dataset.classes))), []
+    kept = [c for c in range(len(dataset.classes)) if counts[c] > 0]
+    dropped = [c for c in range(len(dataset.classes)) if counts[c] == 0]
+    if len(kept) < 2:
+        raise UserError(f"only {len(kept)} class has training clips; a classifier needs at least two — "
+                        "check the split (split.strategy, ratios) and the labels")
+    return kept, dropped
+
+
+def _leave_out_unpredictable(dataset: Dataset, splits: dict[str, list[Clip]], kept: list[int],
+                             notes: dict[str, Any]) -> dict[str, list[Clip]]:
+    """A single-label clip of a class the model cannot predict has no right answer: it leaves its split."""
+    if dataset.task != sources.SINGLELABEL or len(kept) == len(dataset.classes):
+        return splits
+    keep = set(kept)
+    left_out = {name: [c.id for c in clips if c.labels[0] not in keep] for name, clips in splits.items()}
+    notes["clips_of_dropped_classes"] = {name: ids for name, ids in left_out.items() if ids}
+    return {name: [c for c in clips if c.labels[0] in keep] for name, clips in splits.items()}
 
 
 # ---------------------------------------------------------------- strategies
 
 
-def assign(dataset: Dataset, config: Config) -> tuple[list[Clip], list[Clip], dict[str, Any]]:
-    """(train clips, validation clips, notes for the report) by config.split.strategy."""
+def assign(dataset: Dataset, config: Config, strategy: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """The side (TRAIN, VALIDATION, TEST, or -1: unused) of every clip of dataset.all_clips()."""
     split = config.split
     clips = dataset.clips
+    grouped = _grouped(dataset)
     notes: dict[str, Any] = {}
-    if split.strategy == "official":
-        return _official(dataset, split.validation_list, notes)
-    if split.strategy == "prefix":
+    sides = np.full(len(dataset.all_clips()), -1, dtype=np.int8)
+    sides[:len(clips)] = TRAIN
+    pool = np.arange(len(clips))
+    official_test = strategy == "official" and split.official_side == "test"
+    if strategy == "official":
+        official = _official(dataset, split.validation_list, notes)
+        sides[official] = TEST if official_test else VALIDATION
+        pool = np.flatnonzero(sides == TRAIN)
+    if split.test_list:
+        wanted = read_id_list(split.test_list, "split.test_list")
+        sides[[i for i, clip in enumerate(dataset.all_clips()) if clip.id in wanted and sides[i] >= 0]] = TEST
+    elif not official_test and split.test_ratio > 0:
+        method = "random" if strategy == "random" else "group" if grouped else "stratified"
+        sides[pool[carve(dataset, pool, split.test_ratio, split.seed + 1, method)]] = TEST
+    pool = np.flatnonzero(sides == TRAIN)
+    if strategy == "prefix":
         if not split.validation_prefixes:
             raise UserError("split.validation_prefixes is empty; give the first characters of validation ids")
-        side = np.array([clip.id[:1] in split.validation_prefixes for clip in clips], dtype=np.int8)
-    else:
-        _check_ratio(split.validation_ratio)
-        if split.strategy == "random":
-            side = random_sides(len(clips), split.validation_ratio, split.seed)
-        elif split.strategy == "group":
-            side = group_sides([clip.group for clip in clips], [clip.id for clip in clips],
-                               split.validation_ratio, split.seed)
-        elif split.strategy == "stratified":
-            side, unmet = stratified_sides([clip.labels for clip in clips], len(dataset.classes),
-                                           split.validation_ratio, split.seed)
-            if unmet:
-                notes["classes_not_on_both_sides"] = [dataset.classes[c] for c in unmet]
-        else:
-            raise UserError(f"unknown split.strategy '{split.strategy}'")
-    train = [clip for clip, s in zip(clips, side) if s == TRAIN]
-    validation = [clip for clip, s in zip(clips, side) if s == VALIDATION]
-    _check_not_empty(train, validation, config)
-    return train, validation, notes
+        sides[[i for i in pool if clips[i].id[:1] in split.validation_prefixes]] = VALIDATION
+    elif strategy in ("random", "group", "stratified") or official_test:
+        if not 0.0 < split.validation_ratio < 1.0:
+            raise UserError(f"'split.validation_ratio' must be between 0 and 1 (exclusive), got "
+                            f"{split.validation_ratio}")
+        method = "stratified" if official_test and not grouped else "group" if official_test else strategy
+        share = min(split.validation_ratio / max(len(pool) / max(len(clips), 1), 1e-9), 0.9)
+        chosen = carve(dataset, pool, share, split.seed, method, notes)
+        sides[pool[chosen]] = VALIDATION
+    elif strategy == "kfold":
+        from .folds import fold_split, kfold_sides
+
+        fold_of = kfold_sides([clips[i].labels for i in pool], len(dataset.classes),
+                              [clips[i].group for i in pool] if grouped else None,
+                              [clips[i].id for i in pool], split.folds, split.seed)
+        if split.fold >= split.folds:
+            raise UserError(f"'split.fold' ({split.fold}) must be below 'split.folds' ({split.folds})")
+        sides[pool[fold_split(fold_of, split.fold)[1]]] = VALIDATION
+    elif strategy != "official":
+        raise UserError(f"unknown split.strategy '{strategy}'")
+    _check_not_empty(sides, dataset, config, strategy)
+    return sides, notes
 
 
-def _check_ratio(ratio: float) -> None:
-    if not 0.0 < ratio < 1.0:
-        raise UserError(f"'split.validation_ratio' must be between 0 and 1 (exclusive), got {ratio}")
+def carve(dataset: Dataset, pool: np.ndarray, ratio: float, seed: int, method: str,
+          notes: dict[str, Any] | None = None) -> np.ndarray:
+    """A boolean mask over `pool` (clip positions): the `ratio` share drawn by `method`."""
+    clips = dataset.clips
+    if method == "random":
+        return random_sides(len(pool), ratio, seed).astype(bool)
+    if method == "group":
+        return group_sides([clips[i].group for i in pool], [clips[i].id for i in pool], ratio, seed).astype(bool)
+    side, unmet = stratified_sides([clips[i].labels for i in pool], len(dataset.classes), ratio, seed)
+    if unmet and notes is not None:
+        notes["classes_not_on_both_sides"] = [dataset.classes[c] for c in unmet]
+    return side.astype(bool)
 
 
-def _check_not_empty(train: list[Clip], validation: list[Clip], config: Config) -> None:
+def _check_not_empty(sides: np.ndarray, dataset: Dataset, config: Config, strategy: str) -> None:
+    train, validation = int((sides == TRAIN).sum()), int((sides == VALIDATION).sum())
     if train and validation:
         return
     empty, full = ("validation", "train") if not validation else ("train", "validation")
-    n = len(train) + len(validation)
+    n = int((sides >= 0).sum())
     split = config.split
-    if split.strategy == "prefix":
+    if strategy == "prefix":
         rule = "no clip id starts" if not validation else "every clip id starts"
         hint = (f"{rule} with one of '{split.validation_prefixes}' (split.validation_prefixes, case-sensitive), "
                 "so the " + empty + " side is empty; change split.validation_prefixes or use "
                 "split.strategy=random or stratified")
-    elif split.strategy == "group":
+    elif strategy == "group":
         hint = (f"split.validation_ratio={split.validation_ratio} puts every group on the {full} side; "
                 "change split.validation_ratio or give more groups")
-    elif split.strategy == "official":
-        hint = ("the validation list matches every clip" if not train else "the validation list matches no clip id")
+    elif strategy == "official":
+        hint = ("the official list matches every clip" if not train else "the official list matches no clip id")
         hint += "; check split.validation_list against the clip ids in the source"
     else:
-        hint = (f"split.validation_ratio={split.validation_ratio} of {n} clips leaves the {empty} side empty; "
-                "change split.validation_ratio or add clips")
+        hint = (f"split.validation_ratio={split.validation_ratio} and split.test_ratio={split.test_ratio} of "
+                f"{n} clips leave the {empty} side empty; change the ratios or add clips")
     raise UserError(f"empty {empty} split: {hint}")
 
 
@@ -248,43 +349,43 @@ def _cover_both_sides(side: np.ndarray, labels: list[list[int]], by_class: list[
     return unmet
 
 
-def _official(dataset: Dataset, validation_list: str,
-              notes: dict[str, Any]) -> tuple[list[Clip], list[Clip], dict[str, Any]]:
+def _official(dataset: Dataset, validation_list: str, notes: dict[str, Any]) -> np.ndarray:
+    """Positions (in dataset.all_clips()) of the official side."""
     if dataset.eval_clips is not None:
-        return dataset.clips, dataset.eval_clips, notes
-    wanted = read_id_list(validation_list)
-    train = [clip for clip in dataset.clips if clip.id not in wanted]
-    validation = [clip for clip in dataset.clips if clip.id in wanted]
+        return np.arange(len(dataset.clips), len(dataset.clips) + len(dataset.eval_clips))
+    wanted = read_id_list(validation_list, "split.validation_list")
+    chosen = np.asarray([i for i, clip in enumerate(dataset.clips) if clip.id in wanted], dtype=np.int64)
     known = {clip.id for clip in dataset.clips} | {m.id for m in dataset.missing}
     unknown = sorted(wanted - known)
     if unknown:
         log.warning("%d of %d ids in %s are not in the source (first: %s)", len(unknown), len(wanted),
                     validation_list, unknown[0])
         notes["validation_list_ids_not_in_source"] = unknown
-    if not validation:
-        raise UserError(f"empty validation split: no clip id of the source is listed in {validation_list} "
-                        f"(split.validation_list); ids look like '{dataset.clips[0].id}'")
-    if not train:
-        raise UserError(f"empty train split: every clip is listed in {validation_list} (split.validation_list)")
-    return train, validation, notes
+    if not len(chosen):
+        raise UserError(f"no clip id of the source is listed in {validation_list} (split.validation_list); "
+                        f"ids look like '{dataset.clips[0].id}'")
+    if len(chosen) == len(dataset.clips):
+        raise UserError(f"every clip is listed in {validation_list} (split.validation_list); nothing is left "
+                        "for training")
+    return chosen
 
 
-def read_id_list(path: str) -> set[str]:
+def read_id_list(path: str, key: str) -> set[str]:
     """Ids from a text file (one per line) or, for a .csv, the first field of each row (segments CSVs)."""
     file = Path(path)
     if not file.is_file():
-        raise UserError(f"split.validation_list {path} not found")
+        raise UserError(f"{key} {path} not found")
     try:
         text = file.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
-        raise UserError(f"split.validation_list {path} is not UTF-8 text") from None
+        raise UserError(f"{key} {path} is not UTF-8 text") from None
     lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     if file.suffix.lower() == ".csv":
         ids = {row[0].strip() for row in csv.reader(lines, skipinitialspace=True) if row and row[0].strip()}
     else:
         ids = {line.strip() for line in lines}
     if not ids:
-        raise UserError(f"split.validation_list {path} lists no ids")
+        raise UserError(f"{key} {path} lists no ids")
     return ids
 
 
@@ -298,58 +399,65 @@ def class_counts(n_classes: int, clips: list[Clip]) -> np.ndarray:
     return counts
 
 
-def _absent_classes(classes: list[str], clips: list[Clip]) -> list[str]:
-    counts = class_counts(len(classes), clips)
-    return [name for name, n in zip(classes, counts) if n == 0]
+def _absent_classes(dataset: Dataset, kept: list[int], clips: list[Clip]) -> list[str]:
+    counts = class_counts(len(dataset.classes), clips)
+    return [dataset.classes[c] for c in kept if counts[c] == 0]
 
 
-def split_report(dataset: Dataset, strategy: str, train: list[Clip], validation: list[Clip],
-                 notes: dict[str, Any]) -> dict[str, Any]:
-    train_counts = class_counts(len(dataset.classes), train)
-    validation_counts = class_counts(len(dataset.classes), validation)
+def split_report(dataset: Dataset, strategy: str, splits: dict[str, list[Clip]], kept: list[int],
+                 dropped: list[int], notes: dict[str, Any]) -> dict[str, Any]:
+    counts = {name: class_counts(len(dataset.classes), clips) for name, clips in splits.items()}
     per_class = []
     for c, name in enumerate(dataset.classes):
         entry: dict[str, Any] = {"class": name}
         if dataset.class_ids is not None:
             entry["class_id"] = dataset.class_ids[c]
-        entry.update(train=int(train_counts[c]), validation=int(validation_counts[c]))
+        entry.update({split: int(counts[split][c]) for split in splits}, predicted=c in kept)
         per_class.append(entry)
     return {
         "source": dataset.source,
         "strategy": strategy,
         "task": dataset.task,
-        "counts": {"train": len(train), "validation": len(validation), "missing": len(dataset.missing)},
-        "classes_missing_from_validation": [e["class"] for e in per_class if e["validation"] == 0],
-        "classes_missing_from_train": [e["class"] for e in per_class if e["train"] == 0],
+        "counts": {**{name: len(clips) for name, clips in splits.items()}, "missing": len(dataset.missing)},
+        "classes_dropped_no_training_clip": [dataset.classes[c] for c in dropped],
+        **{f"classes_missing_from_{name}": _absent_classes(dataset, kept, clips)
+           for name, clips in splits.items() if clips},
         **notes,
         "per_class": per_class,
         "missing": [m.to_json() for m in dataset.missing],
     }
 
 
-def print_summary(dataset: Dataset, strategy: str, train: list[Clip], validation: list[Clip],
-                  report_path: Path) -> None:
-    n = len(train) + len(validation)
-    log.info("split (%s source, %s, strategy %s): %d train / %d validation clips (%.1f %% validation), "
-             "%d classes", dataset.source, dataset.task, strategy, len(train), len(validation),
-             100.0 * len(validation) / n, len(dataset.classes))
+def print_summary(dataset: Dataset, strategy: str, splits: dict[str, list[Clip]], kept: list[int],
+                  dropped: list[int], report_path: Path) -> None:
+    n = sum(len(clips) for clips in splits.values())
+    sizes = " / ".join(f"{len(clips)} {name}" for name, clips in splits.items() if clips)
+    log.info("split (%s source, %s, strategy %s): %s clips (%.1f %% validation), %d classes", dataset.source,
+             dataset.task, strategy, sizes, 100.0 * len(splits["validation"]) / max(n, 1), len(kept))
     if dataset.missing:
         log.warning("%d listed clips left out (audio not found, duplicates, ...); reasons in %s",
                     len(dataset.missing), report_path)
-    train_counts = class_counts(len(dataset.classes), train)
-    validation_counts = class_counts(len(dataset.classes), validation)
-    if len(dataset.classes) <= TABLE_MAX_CLASSES:
-        width = max(len("class"), *(len(name) for name in dataset.classes))
-        log.info("%s  %7s  %10s", "class".ljust(width), "train", "validation")
-        for name, a, b in zip(dataset.classes, train_counts, validation_counts):
-            log.info("%s  %7d  %10d", name.ljust(width), a, b)
+    if dropped:
+        names = [dataset.classes[c] for c in dropped]
+        log.warning("%d classes have no training clip and are not model outputs: %s%s (set "
+                    "data.keep_unused_classes = true to keep them; all in %s)", len(dropped),
+                    ", ".join(names[:LIST_MAX]), ", ..." if len(names) > LIST_MAX else "", report_path)
+    present = {name: class_counts(len(dataset.classes), clips) for name, clips in splits.items() if clips}
+    if len(kept) <= TABLE_MAX_CLASSES:
+        width = max(len("class"), *(len(dataset.classes[c]) for c in kept))
+        log.info("%s  %s", "class".ljust(width), "  ".join(f"{name:>10}" for name in present))
+        for c in kept:
+            log.info("%s  %s", dataset.classes[c].ljust(width), "  ".join(f"{counts[c]:>10d}"
+                                                                          for counts in present.values()))
     else:
-        for side, counts in (("train", train_counts), ("validation", validation_counts)):
-            log.info("clips per class, %s: min %d, median %d, max %d", side, counts.min(),
-                     int(np.median(counts)), counts.max())
-    for side, counts in (("validation", validation_counts), ("train", train_counts)):
-        absent = [name for name, k in zip(dataset.classes, counts) if k == 0]
+        for name, counts in present.items():
+            log.info("clips per class, %s: min %d, median %d, max %d", name, counts[kept].min(),
+                     int(np.median(counts[kept])), counts[kept].max())
+    for name, counts in present.items():
+        if name == "train":
+            continue
+        absent = [dataset.classes[c] for c in kept if counts[c] == 0]
         if absent:
             shown = ", ".join(absent[:LIST_MAX]) + (f", ... ({len(absent) - LIST_MAX} more)"
                                                     if len(absent) > LIST_MAX else "")
-            log.warning("%d classes have no %s clip: %s (all in %s)", len(absent), side, shown, report_path)
+            log.warning("%d classes have no %s clip: %s (all in %s)", len(absent), name, shown, report_path)

@@ -1,21 +1,21 @@
-"""`audiotokens tokenize`: nearest-centroid token ids for every split's frames.
+"""`audiotokens tokenize`: token ids of every clip with the fitted vocabulary (vocabulary.py).
 
-Frames are streamed from each split's memmap in batches; ids go straight into a memory-mapped
-tokens.npy of shape (frames, codebooks) in a staging directory that replaces tokenized/<split>/ only
-once every split is complete. The index is a copy of the frames index, so clip i owns the same rows
-in both stores.
+Frames are streamed from the store's memmap clip by clip in batches of about `tokenize.batch_frames`
+rows; ids go straight into a memory-mapped tokenized/tokens.npy of shape (tokens, codebooks) in a staging
+directory that replaces tokenized/ only once complete. With one token per frame the token index has the
+frames index's offsets; a stacked tokenizer gives one token per window, so its clips are shorter. The
+index records the digests of the vocabulary and frame spec the tokens were made with. Token usage is
+reported per split view (tokenized/stats.json, one histogram per split and codebook 0).
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 import math
 import mmap
+import os
 import shutil
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,25 +24,22 @@ import numpy as np
 from tqdm import tqdm
 
 from .artifacts import (
-    SPLITS,
     ClipIndex,
     Layout,
+    SplitPlan,
     create_npy,
     disk_failure,
     open_store,
-    read_json,
-    replace_dir,
+    split_view,
+    staging_dir,
     write_json,
 )
 from .config import Config
 from .errors import UserError
-from .provenance import read_record
 
 log = logging.getLogger("audiotokens")
 
 DEFAULT_BATCH = 262144
-# Spectrogram keys that change the storage or the amount of audio, not what a frame means.
-FEATURE_NEUTRAL_KEYS = {"spectrogram.dtype", "spectrogram.max_duration", "spectrogram.workers"}
 
 
 # ---------------------------------------------------------------- nearest-centroid search
@@ -132,92 +129,6 @@ def release_pages(array: np.ndarray, start_row: int, stop_row: int) -> None:
             pass
 
 
-# ---------------------------------------------------------------- the vocabulary and its provenance
-
-
-@dataclass
-class Vocabulary:
-    centroids: np.ndarray  # float32 (k, dim)
-    spherical: bool
-    spectrogram: dict[str, Any] = field(default_factory=dict)  # spectrogram params the centroids saw
-    path: Path = Path()
-
-    @property
-    def k(self) -> int:
-        return int(self.centroids.shape[0])
-
-    @property
-    def dim(self) -> int:
-        return int(self.centroids.shape[1])
-
-
-def centroids_digest(centroids: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(centroids, dtype=np.float32).tobytes()).hexdigest()[:16]
-
-
-def load_vocabulary(layout: Layout, config: Config | None = None) -> Vocabulary:
-    """Centroids plus what the cluster stage recorded about them (spherical flag, spectrogram params)."""
-    path = layout.centroids
-    if not path.is_file():
-        raise UserError(f"{path} not found; run `audiotokens cluster` first")
-    try:
-        centroids = np.load(path)
-    except (ValueError, OSError) as exc:
-        raise UserError(f"{path} is not a readable .npy file ({exc}); re-run `audiotokens cluster`") from None
-    if centroids.ndim != 2 or centroids.shape[0] == 0 or not np.issubdtype(centroids.dtype, np.floating):
-        raise UserError(f"{path} must hold a float (k, dim) matrix, found {centroids.dtype} "
-                        f"{centroids.shape}; re-run `audiotokens cluster`")
-    if not np.isfinite(centroids).all():
-        raise UserError(f"{path} contains NaN or inf; re-run `audiotokens cluster`")
-    centroids = centroids.astype(np.float32, copy=False)
-    report = read_json(layout.cluster_report) if layout.cluster_report.is_file() else None
-    if report is not None and report.get("centroids_digest") not in (None, centroids_digest(centroids)):
-        raise UserError(f"{layout.cluster_report} does not describe {path} (an interrupted cluster run?); "
-                        "re-run `audiotokens cluster`")
-    return Vocabulary(centroids, _recorded_spherical(layout, report, config),
-                      dict((report or {}).get("spectrogram") or {}), path)
-
-
-def _recorded_spherical(layout: Layout, report: dict | None, config: Config | None) -> bool:
-    """The spherical flag the centroids were trained with; the current config is only a fallback."""
-    recorded = None
-    if report is not None and "spherical" in report:
-        recorded = bool(report["spherical"])
-    else:
-        record = read_record(layout, "cluster")
-        if record and "cluster.spherical" in record.get("params", {}):
-            recorded = bool(record["params"]["cluster.spherical"])
-    configured = config.cluster.spherical if config is not None else None
-    if recorded is None:
-        log.warning("no cluster report or record beside %s; assuming cluster.spherical = %s from the config",
-                    layout.centroids, bool(configured))
-        return bool(configured)
-    if configured is not None and configured != recorded:
-        log.info("using cluster.spherical = %s as recorded with the centroids (the config says %s)",
-                 recorded, configured)
-    return recorded
-
-
-def check_compatible(vocab: Vocabulary, frames: np.ndarray, frames_path: Path,
-                     spectrogram: dict[str, Any] | None) -> None:
-    """Refuse centroids that were trained on frames of another dimension or spectrogram setting."""
-    if frames.ndim != 2 or frames.shape[1] != vocab.dim:
-        width = frames.shape[1] if frames.ndim == 2 else frames.shape
-        raise UserError(f"{vocab.path} has dimension {vocab.dim} but {frames_path} has frames of dimension "
-                        f"{width}; re-run `audiotokens cluster` on these frames")
-    if not vocab.spectrogram or not spectrogram:
-        log.debug("no spectrogram parameters recorded on one side; dimension check only")
-        return
-    differing = [key for key in sorted(set(vocab.spectrogram) & set(spectrogram))
-                 if key not in FEATURE_NEUTRAL_KEYS and vocab.spectrogram[key] != spectrogram[key]]
-    if differing:
-        pairs = ", ".join(f"{key}={vocab.spectrogram[key]!r} for the centroids vs {spectrogram[key]!r} for "
-                          "the frames" for key in differing)
-        raise UserError(f"{vocab.path} was trained on other spectrogram settings than {frames_path}: "
-                        f"{pairs}; re-run `audiotokens cluster` (or the spectrogram stage with the old "
-                        "settings)")
-
-
 # ---------------------------------------------------------------- statistics
 
 
@@ -282,8 +193,31 @@ def token_dtype(k: int) -> np.dtype:
     return np.dtype(np.int16) if k < 2**15 else np.dtype(np.int32)
 
 
+def check_vocabulary_fits(vocab, store: ClipIndex, frames: np.ndarray, frames_path: Path) -> None:
+    """Refuse a vocabulary fitted on frames of another frame spec or dimension."""
+    recorded = store.extra.get("frame_spec_digest")
+    if recorded != vocab.frame_spec_digest:
+        raise UserError(f"{vocab.path} was fitted on frames of another frame spec than {frames_path} (the "
+                        "spectrogram settings changed since `audiotokens cluster`); re-run `audiotokens cluster`")
+    if frames.ndim != 2 or frames.shape[1] * vocab.quantizer.stack != vocab.quantizer.input_dim:
+        raise UserError(f"{vocab.path} takes vectors of dimension {vocab.quantizer.input_dim} but {frames_path} "
+                        f"holds frames of shape {frames.shape[1:]}; re-run `audiotokens cluster`")
+
+
+def clip_batches(index: ClipIndex, batch_rows: int) -> Iterator[range]:
+    """Runs of consecutive clips holding about `batch_rows` frames (at least one clip each)."""
+    start, rows = 0, 0
+    for i, length in enumerate(index.lengths):
+        rows += int(length)
+        if rows >= batch_rows:
+            yield range(start, i + 1)
+            start, rows = i + 1, 0
+    if start < len(index):
+        yield range(start, len(index))
+
+
 class SpecTokenizer:
-    """Every split's frames -> nearest-centroid ids in tokenized/<split>/ (tokens.npy + index + stats)."""
+    """The frames store -> tokenized/ (tokens.npy + index.json + stats.json + histograms)."""
 
     def __init__(self, config: Config, **options: Any):
         self.config = config
@@ -293,80 +227,86 @@ class SpecTokenizer:
             raise UserError(f"'tokenize.batch_frames' must be positive, got {self.batch_frames}")
 
     def run(self) -> dict[str, Any]:
-        vocab = load_vocabulary(self.layout, self.config)
-        record = read_record(self.layout, "spectrogram")
-        spectrogram = (record or {}).get("params", {})
-        stores = {split: open_store(self.layout.frames(split), self.layout.frames_index(split))
-                  for split in SPLITS}
-        for split, (frames, _) in stores.items():
-            check_compatible(vocab, frames, self.layout.frames(split), spectrogram)
-        log.info("tokenizing with %d centroids of dimension %d (%s)", vocab.k, vocab.dim,
-                 "inner product, spherical" if vocab.spherical else "L2")
-        search = NearestCentroid(vocab.centroids, vocab.spherical)
+        from .vocabulary import load_vocabulary
+
+        vocab = load_vocabulary(self.layout.vocabulary)
+        frames, store = open_store(self.layout.frames, self.layout.frames_index)
+        check_vocabulary_fits(vocab, store, frames, self.layout.frames)
+        quantizer = vocab.quantizer
+        log.info("tokenizing %d clips with the %s", len(store), vocab.describe())
         self.layout.tokenized.mkdir(parents=True, exist_ok=True)
-        staging: dict[str, Path] = {}
-        counts: dict[str, Any] = {"n_clusters": vocab.k, "spherical": vocab.spherical}
-        # plots are drawn on a side thread while faiss (which releases the GIL) searches the next split
-        plotter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="token-histogram")
-        plots = [plotter.submit(_load_matplotlib)]
+        tmp = staging_dir(self.layout.tokenized / "store")
         try:
-            for split, (frames, index) in stores.items():
-                staging[split] = self._staging_dir(split)
-                stats = self._tokenize_split(split, frames, index, search, staging[split])
-                title = f"{split}: token usage ({stats['frames']} frames)"
-                png = staging[split] / self.layout.token_histogram(split).name
-                plots.append(plotter.submit(plot_histogram, stats, title, png))
-                counts[f"{split}_clips"] = len(index)
-                counts[f"{split}_frames"] = stats["frames"]
-                counts[f"{split}_perplexity"] = round(stats["perplexity"], 3)
-            for plot in plots:
-                plot.result()
-            for split, tmp_dir in staging.items():
-                replace_dir(tmp_dir, self.layout.tokens_dir(split))
+            tokens_index = self._tokenize(frames, store, quantizer, tmp)
+            tokens_index.extra = {"vocabulary_digest": vocab.digest, "frame_spec_digest": vocab.frame_spec_digest,
+                                  "codebook_sizes": quantizer.codebook_sizes, "stack": quantizer.stack,
+                                  "stride": quantizer.stride}
+            tokens_index.save(tmp / self.layout.tokens_index.name)
+            stats = self._statistics(tmp, tokens_index, quantizer.codebook_sizes)
+            write_json(tmp / self.layout.token_stats.name, stats)
+            for name in stats["splits"]:
+                plot_histogram(stats["splits"][name]["codebooks"][0], f"{name}: codebook 0 usage",
+                               tmp / self.layout.token_histogram(name).name)
+            # the index last: until it is replaced, readers see the old store whole (row counts are checked)
+            for item in sorted(tmp.iterdir(), key=lambda item: item.name == self.layout.tokens_index.name):
+                os.replace(item, self.layout.tokenized / item.name)
         except BaseException as exc:
-            plotter.shutdown(wait=True, cancel_futures=True)
             failure = disk_failure(self.layout.tokenized, exc)  # checked before the removal frees the space
-            for tmp_dir in staging.values():
-                shutil.rmtree(tmp_dir, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)
             if failure is not None:
                 raise failure from None
             raise
-        plotter.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+        counts: dict[str, Any] = {"clips": len(tokens_index), "tokens": tokens_index.total_frames,
+                                  "codebooks": quantizer.n_codebooks}
+        for name, split in stats["splits"].items():
+            counts[f"{name}_clips"] = split["clips"]
+            counts[f"{name}_perplexity"] = round(split["codebooks"][0]["perplexity"], 3)
         return counts
 
-    def _staging_dir(self, split: str) -> Path:
-        """A fresh hidden directory beside tokenized/<split>/ (created with the user's umask)."""
-        final = self.layout.tokens_dir(split)
-        staging = final.with_name(f".{final.name}.tmp")
-        shutil.rmtree(staging, ignore_errors=True)  # left over from an interrupted run
-        staging.mkdir(parents=True)
-        return staging
-
-    def _tokenize_split(self, split: str, frames: np.ndarray, index: ClipIndex, search: NearestCentroid,
-                        out_dir: Path) -> dict[str, Any]:
-        frames_path = self.layout.frames(split)
-        # the token store is (frames, codebooks): one codebook for k-means ids
-        tokens = create_npy(out_dir / self.layout.tokens(split).name, (len(frames), 1), token_dtype(search.k))
-        usage = np.zeros(search.k, dtype=np.int64)
-        with tqdm(total=len(frames), unit="frame", unit_scale=True, desc=f"tokenize {split}", disable=None,
-                  leave=False) as progress:
-            for start, batch in iter_batches(frames, self.batch_frames):
-                ids = search(batch)
-                if ids.min() < 0:
-                    row = start + int(np.flatnonzero(ids < 0)[0])
-                    raise UserError(f"{frames_path} row {row} contains NaN or inf; "
-                                    "re-run `audiotokens spectrogram`")
-                tokens[start:start + len(ids), 0] = ids
-                usage += np.bincount(ids, minlength=search.k)
-                progress.update(len(ids))
+    def _tokenize(self, frames: np.ndarray, store: ClipIndex, quantizer, out_dir: Path) -> ClipIndex:
+        lengths = np.array([quantizer.n_tokens(int(n)) for n in store.lengths], dtype=np.int64)
+        index = ClipIndex.from_lengths(store.ids, lengths, [[] for _ in store.ids], [], "")
+        dtype = token_dtype(max(quantizer.codebook_sizes))
+        tokens = create_npy(out_dir / self.layout.tokens.name, (index.total_frames, quantizer.n_codebooks), dtype)
+        with tqdm(total=len(store), unit="clip", desc="tokenize", disable=None, leave=False) as progress:
+            for clips in clip_batches(store, self.batch_frames):
+                first, last = int(store.offsets[clips[0]]), int(store.offsets[clips[-1]] + store.lengths[clips[-1]])
+                block = np.asarray(frames[first:last], dtype=np.float32)
+                if quantizer.stack > 1:
+                    block = np.concatenate([quantizer.windows(block[store.offsets[c] - first:
+                                                                    store.offsets[c] - first + store.lengths[c]])
+                                            for c in clips])
+                ids = quantizer.encode(block)
+                if len(ids) and ids.min() < 0:
+                    row = int(np.flatnonzero(ids.min(axis=1) < 0)[0])
+                    raise UserError(f"{self.layout.frames}: a frame of clip '{store.ids[clips[0]]}' or the clips "
+                                    f"after it (batch row {row}) contains NaN or inf; re-run "
+                                    "`audiotokens spectrogram`")
+                out = int(index.offsets[clips[0]])
+                tokens[out:out + len(ids)] = ids
+                release_pages(frames, first, last)
+                progress.update(len(clips))
         tokens.flush()
         del tokens
-        token_index = ClipIndex(index.ids, index.offsets, index.lengths, index.labels, index.classes,
-                                index.task, split, {**index.extra, "codebooks": 1, "vocab_size": search.k})
-        token_index.save(out_dir / self.layout.tokens_index(split).name)
-        stats = {"split": split, "spherical": search.spherical, **token_statistics(usage)}
-        write_json(out_dir / self.layout.token_stats(split).name, stats)
-        log.info("%s: %d clips, %d frames, entropy %.2f bits, perplexity %.1f of %d, top-10 share %.1f%%, "
-                 "%d unused tokens", split, len(index), stats["frames"], stats["entropy_bits"],
-                 stats["perplexity"], search.k, 100 * stats["top10_share"], stats["unused_tokens"])
+        return index
+
+    def _statistics(self, out_dir: Path, index: ClipIndex, sizes: list[int]) -> dict[str, Any]:
+        """Per split view and codebook: usage, entropy, perplexity, unused ids."""
+        tokens = np.load(out_dir / self.layout.tokens.name, mmap_mode="r")
+        plan = SplitPlan.load(self.layout)
+        stats: dict[str, Any] = {"codebook_sizes": sizes, "splits": {}}
+        for name in plan.names():
+            view = split_view(index, plan, name)
+            counts = [np.zeros(size, dtype=np.int64) for size in sizes]
+            for offset, length in zip(view.offsets, view.lengths):
+                rows = np.asarray(tokens[offset:offset + length], dtype=np.int64)
+                for c, size in enumerate(sizes):
+                    counts[c] += np.bincount(rows[:, c], minlength=size)
+            codebooks = [token_statistics(count) for count in counts]
+            stats["splits"][name] = {"clips": len(view), "tokens": view.total_frames, "codebooks": codebooks}
+            first = codebooks[0]
+            log.info("%s: %d clips, %d tokens, codebook 0: entropy %.2f bits, perplexity %.1f of %d, %d unused",
+                     name, len(view), view.total_frames, first["entropy_bits"], first["perplexity"], sizes[0],
+                     first["unused_tokens"])
         return stats

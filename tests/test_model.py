@@ -20,7 +20,7 @@ from audiotokens.classifier import (
 from audiotokens.config import load_config
 from audiotokens.errors import UserError
 from audiotokens.metrics import multilabel_metrics
-from audiotokens.model import ModelBuilder, make_split_loader, read_split_tokens
+from audiotokens.train import ModelBuilder, make_split_loader, read_split_tokens
 from audiotokens.provenance import write_record
 from audiotokens.token_dataset import EpochShuffleSampler, pack_sequences
 from audiotokens.trainer import Trainer
@@ -326,7 +326,7 @@ def test_out_of_range_settings_name_the_key(tmp_path, override, key):
 
 def test_a_clip_too_long_for_full_attention_asks_for_a_limit(tmp_path, monkeypatch):
     make_workdir(tmp_path, n_train=8, n_validation=4)
-    monkeypatch.setattr("audiotokens.model.MAX_AUTO_POSITIONS", 20)
+    monkeypatch.setattr("audiotokens.train.MAX_AUTO_POSITIONS", 20)
     with pytest.raises(UserError, match="train.max_length"):
         ModelBuilder(load_config(overrides=[*SMALL, "train.epochs=1"], workdir=tmp_path)).run()
     counts = ModelBuilder(load_config(overrides=[*SMALL, "train.epochs=1", "train.max_length=20"],

@@ -30,7 +30,7 @@ import torch
 
 from audiotokens.artifacts import ClipIndex, Layout, save_npy
 from audiotokens.classifier import AudioTokenClassifier, classifier_config
-from audiotokens.model import make_split_loader, read_split_tokens
+from audiotokens.train import make_split_loader, read_split_tokens
 from audiotokens.token_dataset import pack_sequences
 from audiotokens.trainer import Trainer, pick_device
 

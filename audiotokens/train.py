@@ -1,6 +1,6 @@
 """The train stage: a BERT classifier over token sequences, trained from scratch (ModelBuilder).
 
-Reads tokenized/<split>/tokens.npy + index.json and output/centroids.npy; writes
+Reads each split's view of tokenized/tokens.npy (artifacts.open_split) and output/vocabulary/; writes
 output/checkpoints/{last,best}.pt every epoch, output/metrics.jsonl, output/curves.png and, from the
 best checkpoint, the portable bundle output/model/.
 
@@ -21,7 +21,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .artifacts import SPLITS, ClipIndex, Layout, open_store
+from .artifacts import ClipIndex, Layout, SplitPlan, open_split
 from .bundle import save_bundle
 from .checkpoint import (
     copy_checkpoint,
@@ -32,18 +32,16 @@ from .checkpoint import (
     set_rng_state,
 )
 from .classifier import AudioTokenClassifier, classifier_config
-from .config import Config
+from .config import RESUMABLE, Config, keys_with_role
 from .errors import UserError
 from .metrics import classification_metrics, primary_metric
-from .provenance import package_versions, read_record, recorded_fingerprint, stage_params
+from .provenance import package_versions, recorded_fingerprint, stage_params
 from .token_dataset import EpochShuffleSampler, TokenClipDataset, longest_first, make_loader
 from .trainer import PassResult, Trainer, pick_device
 from .training_log import TrainingLog, epoch_line, finite_or_none
 
 log = logging.getLogger("audiotokens")
 
-# Train keys that may change between a run and its --resume (they do not change what was computed so far).
-RESUMABLE_CHANGES = {"train.epochs", "train.patience"}
 
 
 # ---------------------------------------------------------------- inputs
@@ -57,35 +55,25 @@ class SplitTokens:
     n_codebooks: int
 
 
-def read_centroid_count(layout: Layout) -> int:
-    """The vocabulary size is the number of centroids: one source of truth, never a second setting."""
-    if not layout.centroids.is_file():
-        raise UserError(f"{layout.centroids} not found; run `audiotokens cluster` first")
-    try:
-        shape = np.load(layout.centroids, mmap_mode="r").shape
-    except ValueError as exc:
-        raise UserError(f"{layout.centroids} is not a readable .npy ({exc}); re-run `audiotokens cluster`") from None
-    if len(shape) != 2 or shape[0] < 1:
-        raise UserError(f"{layout.centroids} has shape {shape}, expected (n_clusters, dim); re-run `audiotokens cluster`")
-    return int(shape[0])
+def read_vocabulary(layout: Layout):
+    """The vocabulary the tokens were made with; its codebook sizes size the embeddings (never a setting)."""
+    from .vocabulary import load_vocabulary
+
+    return load_vocabulary(layout.vocabulary)
 
 
-def read_split_tokens(layout: Layout, split: str, n_clusters: int) -> SplitTokens:
-    """Open one split's token store and check it can be fed to a model with `n_clusters` clusters."""
-    path, index_path = layout.tokens(split), layout.tokens_index(split)
-    if not index_path.is_file():
-        raise UserError(f"{index_path} not found; run `audiotokens tokenize` first")
-    tokens, index = open_store(path, index_path)
-    if len(index) == 0:
-        raise UserError(f"{index_path} lists no clips; the {split} split is empty, check `audiotokens split`")
-    if not np.issubdtype(tokens.dtype, np.integer) or tokens.ndim not in (1, 2):
+def read_split_tokens(layout: Layout, split: str, vocab) -> SplitTokens:
+    """One split's view of the token store, checked against the vocabulary that will ship with the model."""
+    tokens, index = open_split(layout, "tokens", split)
+    path = layout.tokens
+    if index.extra.get("vocabulary_digest") != vocab.digest:
+        raise UserError(f"{path} was made with another vocabulary than {vocab.path} (cluster ran again since "
+                        "tokenize); re-run `audiotokens tokenize`")
+    if not np.issubdtype(tokens.dtype, np.integer) or tokens.ndim != 2 or tokens.shape[1] != len(vocab.codebook_sizes):
         raise UserError(f"{path} holds {tokens.dtype} of shape {tokens.shape}, expected integer ids "
-                        "(frames, codebooks); re-run `audiotokens tokenize`")
-    if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) >= n_clusters):
-        raise UserError(f"{path} holds ids outside 0..{n_clusters - 1} but {layout.centroids} has {n_clusters} "
-                        "centroids; re-run `audiotokens tokenize` with the current centroids")
-    _check_labels(index, index_path)
-    return SplitTokens(split, path, index, 1 if tokens.ndim == 1 else int(tokens.shape[1]))
+                        f"(tokens, {len(vocab.codebook_sizes)} codebooks); re-run `audiotokens tokenize`")
+    _check_labels(index, layout.split_json)
+    return SplitTokens(split, path, index, int(tokens.shape[1]))
 
 
 def _check_labels(index: ClipIndex, index_path: Path) -> None:
@@ -153,31 +141,6 @@ def make_split_loader(split: SplitTokens, max_frames: int, batch_size: int, shuf
     return make_loader(dataset, batch_size, sampler, num_workers, pin_memory, seed)
 
 
-def _in_unit_interval(value: float) -> bool:
-    return 0 <= value <= 1
-
-
-def _non_negative(value: float) -> bool:
-    return value >= 0
-
-
-# Ranges the config loader does not know; a wrong value would otherwise fail deep inside torch.
-SETTING_RANGES = {
-    "dropout": (lambda value: 0 <= value < 1, "in [0, 1)"),
-    "warmup_ratio": (_in_unit_interval, "in [0, 1]"),
-    "threshold": (_in_unit_interval, "in [0, 1]"),
-    **{key: (_non_negative, ">= 0") for key in ("learning_rate", "weight_decay", "grad_clip", "max_length",
-                                                "patience", "num_workers")},
-}
-
-
-def check_settings(settings) -> None:
-    for key, (valid, requirement) in SETTING_RANGES.items():
-        value = getattr(settings, key)
-        if not valid(value):
-            raise UserError(f"'train.{key}' must be {requirement}, got {value}")
-
-
 # ---------------------------------------------------------------- stage
 
 
@@ -241,11 +204,11 @@ class ModelBuilder:
     def _prepare(self) -> TrainingRun:
         """Check the inputs, then build the model, the loaders and the trainer (seeded)."""
         settings = self.settings
-        check_settings(settings)
         if self.resume and not self._checkpoint_paths()[0].is_file():
             raise UserError(f"no checkpoint at {self._checkpoint_paths()[0]}; train without --resume to start")
-        n_clusters = read_centroid_count(self.layout)
-        splits = {name: read_split_tokens(self.layout, name, n_clusters) for name in SPLITS}
+        vocab = read_vocabulary(self.layout)
+        n_clusters = max(vocab.codebook_sizes)
+        splits = {name: read_split_tokens(self.layout, name, vocab) for name in SplitPlan.load(self.layout).names()}
         train, validation = splits["train"], splits["validation"]
         check_splits_agree(train, validation)
         task, classes = train.index.task, train.index.classes
@@ -328,8 +291,9 @@ class ModelBuilder:
 
     def _identity(self, n_clusters: int, max_frames: int, splits: dict[str, SplitTokens]) -> dict[str, Any]:
         """What a checkpoint must share with the current run to be resumed."""
-        params = {k: v for k, v in stage_params(self.config, "train").items() if k not in RESUMABLE_CHANGES}
+        params = {k: v for k, v in stage_params(self.config, "train").items() if k not in keys_with_role(RESUMABLE)}
         return {"params": params, "tokenize": recorded_fingerprint(self.layout, "tokenize"),
+                "split": recorded_fingerprint(self.layout, "split"),
                 "n_clusters": n_clusters, "max_frames": max_frames,
                 "clips": {name: len(s.index) for name, s in splits.items()}}
 
@@ -370,31 +334,13 @@ class ModelBuilder:
     # ------------------------------------------------------------ results
 
     def _write_bundle(self, model: AudioTokenClassifier, classes: list[str], task: str, max_frames: int) -> None:
+        """The best epoch's model with the vocabulary (and through it the frame spec) its tokens were made with."""
         _, best = self._checkpoint_paths()
         model.load_state_dict(load_checkpoint(best)["model"])
         save_bundle(model.cpu(), self.layout.model_dir, classes=classes, task=task,
                     threshold=self.settings.threshold, max_frames=max_frames,
-                    centroids_path=self.layout.centroids, spectrogram=self._spectrogram_params(),
-                    spherical=self._spherical(), versions=package_versions())
+                    vocabulary=read_vocabulary(self.layout), versions=package_versions())
         log.info("model bundle (best epoch) written to %s", self.layout.model_dir)
-
-    def _spectrogram_params(self) -> dict[str, Any]:
-        """The parameters the frames were actually made with, from the spectrogram stage's record."""
-        record = read_record(self.layout, "spectrogram")
-        if record is None:
-            log.warning("%s not found; the bundle records the current config's spectrogram settings",
-                        self.layout.record("spectrogram"))
-        params = record["params"] if record else stage_params(self.config, "spectrogram")
-        prefix = "spectrogram."
-        return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
-
-    def _spherical(self) -> bool:
-        record = read_record(self.layout, "cluster")
-        if record is None or "cluster.spherical" not in record.get("params", {}):
-            log.warning("%s not found; the bundle records the current config's cluster.spherical",
-                        self.layout.record("cluster"))
-            return self.config.cluster.spherical
-        return bool(record["params"]["cluster.spherical"])
 
     def _log_setup(self, model, trainer: Trainer, splits: dict[str, SplitTokens], n_clusters: int,
                    max_frames: int) -> None:

@@ -1,0 +1,93 @@
+"""The one table of stages: name, runner class, config sections, inputs, provenance record, CLI flags.
+
+cli, pipeline, provenance and Layout iterate over STAGES; a new stage is one entry here plus its class.
+An input is another stage's output, optionally seen through some of its sections only: spectrogram
+reads the clip catalogue of `split` (its [data] settings), not the assignment of clips to splits, so
+changing the split re-runs cluster, tokenize and train but keeps the frames.
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .config import Config
+
+
+@dataclass(frozen=True)
+class Input:
+    stage: str
+    sections: tuple[str, ...] = ()  # () = the whole stage; else only these sections of its parameters
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    runner: str  # "module:Class"; Class(config, **options).run() -> counts
+    sections: tuple[str, ...]  # config sections whose values define the stage's output
+    inputs: Callable[[Config], tuple[Input, ...]]  # may depend on the config (tokens or frames in)
+    record: str  # provenance record, relative to the workdir
+    help: str
+    flags: dict[str, str] = field(default_factory=dict)  # CLI option -> config key
+
+    def runner_class(self):
+        module, name = self.runner.split(":")
+        return getattr(importlib.import_module(f"audiotokens.{module}"), name)
+
+
+def _fixed(*inputs: Input) -> Callable[[Config], tuple[Input, ...]]:
+    return lambda config: inputs
+
+
+def _train_inputs(config: Config) -> tuple[Input, ...]:
+    features = "tokenize" if config.train.input == "tokens" else "spectrogram"
+    return Input("split"), Input(features)
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("split", "split:DatasetSplitter", ("data", "split"), _fixed(), "processed/split.meta.json",
+          "Assign clips to train, validation and test; writes processed/split.json.",
+          {"--source": "data.source", "--manifest": "data.manifest", "--folder": "data.folder",
+           "--audio-root": "data.audio_root", "--segments": "data.segments", "--strategy": "split.strategy",
+           "--validation-ratio": "split.validation_ratio", "--test-ratio": "split.test_ratio",
+           "--seed": "split.seed"}),
+    Stage("spectrogram", "spectrogram:SpectrogramProcessor", ("spectrogram",), _fixed(Input("split", ("data",))),
+          "processed/spectrogram.meta.json",
+          "Mel-spectrogram frames of every clip, once per clip; writes processed/frames/.",
+          {"--sample-rate": "spectrogram.sample_rate", "--n-fft": "spectrogram.n_fft",
+           "--hop-length": "spectrogram.hop_length", "--n-mels": "spectrogram.n_mels",
+           "--dtype": "spectrogram.dtype", "--max-duration": "spectrogram.max_duration",
+           "--workers": "spectrogram.workers"}),
+    Stage("cluster", "cluster:ClusterCreator", ("cluster",), _fixed(Input("split"), Input("spectrogram")),
+          "output/vocabulary.meta.json",
+          "Fit the tokenizer (k-means vocabulary) on training frames; writes output/vocabulary/.",
+          {"--tokenizer": "cluster.tokenizer", "--n-clusters": "cluster.n_clusters", "--niter": "cluster.niter",
+           "--seed": "cluster.seed", "--max-frames": "cluster.max_frames",
+           "--spherical/--no-spherical": "cluster.spherical", "--gpu/--no-gpu": "cluster.gpu"}),
+    Stage("tokenize", "tokenizer:SpecTokenizer", ("tokenize",), _fixed(Input("spectrogram"), Input("cluster")),
+          "tokenized/tokenize.meta.json",
+          "Token ids of every clip with the fitted vocabulary; writes tokenized/.",
+          {"--batch-frames": "tokenize.batch_frames"}),
+    Stage("train", "train:ModelBuilder", ("train",), _train_inputs, "output/model.meta.json",
+          "Train the classifier; writes output/model/ and output/metrics.jsonl.",
+          {"--input": "train.input", "--epochs": "train.epochs", "--batch-size": "train.batch_size",
+           "--learning-rate": "train.learning_rate", "--num-layers": "train.num_layers",
+           "--hidden-size": "train.hidden_size", "--num-heads": "train.num_heads",
+           "--max-length": "train.max_length", "--device": "train.device", "--amp/--no-amp": "train.amp",
+           "--patience": "train.patience", "--seed": "train.seed"}),
+    Stage("evaluate", "evaluate:Evaluator", ("evaluate",), _fixed(Input("train")),
+          "output/eval/validation.meta.json",
+          "Per-class report, threshold sweep and plots in output/eval/<name>/.",
+          {"--threshold": "evaluate.threshold"}),
+)
+
+BY_NAME = {stage.name: stage for stage in STAGES}
+NAMES = tuple(stage.name for stage in STAGES)
+
+
+def stage(name: str) -> Stage:
+    return BY_NAME[name]
+
+
+def input_names(name: str, config: Config) -> tuple[str, ...]:
+    return tuple(i.stage for i in BY_NAME[name].inputs(config))
