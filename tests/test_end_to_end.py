@@ -73,7 +73,9 @@ def test_chain_status_predict_and_rerun_of_changed_stages(project):
     work = project / "work"
     split = json.loads((work / "processed/split.json").read_text())
     assert split["task"] == "singlelabel" and sorted(split["classes"]) == sorted(CLASSES)
-    assert len(split["splits"]["train"]) + len(split["splits"]["validation"]) == 3 * 8
+    sides = [set(split["splits"][name]) for name in ("train", "validation", "test")]
+    assert sum(map(len, sides)) == 3 * 8 and set.union(*sides) == {clip["id"] for clip in split["clips"]}
+    assert all(a.isdisjoint(b) for i, a in enumerate(sides) for b in sides[i + 1:])
     assert (work / "output/model").is_dir()
     metrics = json.loads((work / "output/eval/validation/metrics.json").read_text())
     assert 0.0 <= metrics["accuracy"] <= 1.0
@@ -85,14 +87,23 @@ def test_chain_status_predict_and_rerun_of_changed_stages(project):
     rows = json.loads(predicted)
     assert len(rows) == 1 and {r["class"] for r in rows[0]["top"]} <= set(CLASSES)
 
-    frames = work / "processed/train/frames.npy"
+    frames = work / "processed/frames/frames.npy"
     before = frames.stat().st_mtime_ns, frames.stat().st_ino
     status = cli("status", *common, "--set", "cluster.n_clusters=12", cwd=project).stdout
     assert "cluster: stale — cluster.n_clusters 8 → 12" in status
     ran = cli("run", *common, "--set", "cluster.n_clusters=12", cwd=project).stdout
     assert "stages to run: cluster, tokenize, train, evaluate" in ran
     assert (frames.stat().st_mtime_ns, frames.stat().st_ino) == before
-    assert np.load(work / "output/centroids.npy").shape[0] == 12
+    vocabulary = json.loads((work / "output/vocabulary/vocabulary.json").read_text())
+    assert vocabulary["quantizer"]["codebook_sizes"] == [12]
+
+    # frames are stored once per clip: a new split re-runs everything after spectrogram, never spectrogram
+    status = cli("status", *common, "--set", "cluster.n_clusters=12", "--set", "split.seed=3", cwd=project).stdout
+    assert "spectrogram: fresh" in status and "cluster: stale" in status, status
+    ran = cli("run", *common, "--set", "cluster.n_clusters=12", "--set", "split.seed=3", cwd=project).stdout
+    assert "stages to run: split, cluster, tokenize, train, evaluate" in ran
+    assert (frames.stat().st_mtime_ns, frames.stat().st_ino) == before
+    assert json.loads((work / "processed/split.json").read_text())["splits"] != split["splits"]
 
 
 def test_user_error_is_one_line_without_traceback(project):
