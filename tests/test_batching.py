@@ -2,9 +2,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from torch.utils.data import DataLoader
 
 from audiotokens.batching import FrameBudgetSampler, padded_fraction, worst_batch
 from audiotokens.errors import UserError
+from audiotokens.token_dataset import collate_clips
 
 
 def skewed_lengths(n: int = 600, seed: int = 0) -> np.ndarray:
@@ -95,3 +98,15 @@ def test_worst_batch_is_the_longest_clip_with_what_fits_beside_it():
 def test_bad_budget_is_a_user_error():
     with pytest.raises(UserError, match="train.batch_frames"):
         FrameBudgetSampler(lengths=[3, 4], batch_frames=0, max_clips=2)
+
+
+def test_works_as_a_dataloader_batch_sampler_with_the_padding_collate():
+    lengths = np.array([3, 50, 7, 48, 5, 9])
+    clips = [(np.zeros((n, 1), dtype=np.int64), torch.tensor(0), i) for i, n in enumerate(lengths)]
+    sampler = FrameBudgetSampler(lengths=lengths + 2, batch_frames=110, max_clips=4, seed=0)
+    loader = DataLoader(clips, batch_sampler=sampler, collate_fn=collate_clips)
+    seen = []
+    for batch in loader:
+        assert batch["input_ids"].shape[0] * batch["input_ids"].shape[1] <= 110
+        seen += batch["indices"].tolist()
+    assert sorted(seen) == list(range(6))
