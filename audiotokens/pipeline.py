@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from typing import Any
 
 from . import stages as stage_table
-from .artifacts import Layout
+from .artifacts import Layout, write_error
+from .lock import workdir_lock
 from .config import Config
 from .errors import UserError
 from .provenance import stage_states, write_failure, write_record
@@ -32,9 +34,15 @@ def check_inputs(layout: Layout, config: Config, stage: str, strict: bool) -> No
 
 
 def execute(stage: str, config: Config, strict: bool = False, **options: Any) -> dict[str, Any]:
-    """Run one stage, then write its provenance record (or a failure marker)."""
+    """Run one stage under the workdir lock, then write its provenance record (or a failure marker)."""
+    with workdir_lock(config.workdir, stage):
+        return _execute(stage, config, strict, **options)
+
+
+def _execute(stage: str, config: Config, strict: bool, **options: Any) -> dict[str, Any]:
     layout = Layout(config.workdir)
     check_inputs(layout, config, stage, strict)
+    check_writable(layout, stage)
     # Marked failed until its record is written: a run killed outright (SIGKILL, power loss) may have
     # replaced some of its artifacts but not all, and later stages must not read such a mix.
     write_failure(layout, stage, f"unfinished: the run started {time.strftime('%Y-%m-%d %H:%M:%S')} (pid "
@@ -73,8 +81,20 @@ def plan(config: Config, start: str | None = None, stop: str | None = None, forc
 
 def run(config: Config, start: str | None = None, stop: str | None = None, force: bool = False,
         strict: bool = False) -> list[str]:
-    todo = plan(config, start, stop, force)
-    for stage in todo:
-        log.info("── %s", stage)
-        execute(stage, config, strict=strict)
+    with workdir_lock(config.workdir, "run"):
+        todo = plan(config, start, stop, force)
+        for stage in todo:
+            log.info("── %s", stage)
+            execute(stage, config, strict=strict)
     return todo
+
+
+def check_writable(layout: Layout, stage: str) -> None:
+    """Fail before minutes of work when the stage's output folders cannot be written."""
+    for artifact in stage_table.stage(stage).artifacts(layout):
+        folder = artifact.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as exc:
+            raise write_error(folder, exc) from None

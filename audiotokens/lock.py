@@ -1,0 +1,57 @@
+"""One writer per workdir: an advisory lock that names its holder and dies with it.
+
+Every stage that writes artifacts runs under `workdir_lock`. The lock is `flock` on
+<workdir>/.audiotokens.lock, so the kernel releases it when the holder exits in any way (kill -9 and
+the out-of-memory killer included): nothing is left behind to clean up. The file records the holder's
+pid and what it is doing, so a second run can say who holds the workdir. Re-entrant within a process
+(`run` holds it across its stages, each of which takes it again).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import UserError
+
+LOCK_NAME = ".audiotokens.lock"
+_held: dict[Path, int] = {}  # workdir -> nesting depth in this process
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str | Path, what: str) -> Iterator[None]:
+    workdir = Path(workdir).resolve()
+    if _held.get(workdir):
+        _held[workdir] += 1
+        try:
+            yield
+        finally:
+            _held[workdir] -= 1
+        return
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / LOCK_NAME
+    handle = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise UserError(f"workdir {workdir} is in use by {holder}; wait for it to finish, or give this "
+                            "run its own --workdir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"audiotokens {what} (pid {os.getpid()}, since {time.strftime('%H:%M:%S')})")
+        handle.flush()
+        _held[workdir] = 1
+        try:
+            yield
+        finally:
+            _held.pop(workdir, None)
+            handle.seek(0)
+            handle.truncate()
+    finally:
+        handle.close()  # closing releases the flock
