@@ -51,6 +51,7 @@ from tqdm import tqdm
 from .artifacts import write_json
 from .audio import AudioError, load_mono
 from .config import SpectrogramConfig
+from .corrupt import Corruption, clip_seed
 from .errors import UserError
 from .evaluate import Scored, headline_keys, write_reports
 from .metrics import classification_metrics, primary_metric
@@ -86,17 +87,21 @@ def mfcc_features(mono: np.ndarray, sample_rate: int, *, n_mfcc: int = N_MFCC, n
     return np.concatenate([coefficients.mean(axis=1), coefficients.std(axis=1)]).astype(np.float32)
 
 
-def clip_features(locations: list[str], params: SpectrogramConfig, workers: int = 0,
-                  n_mfcc: int = N_MFCC) -> tuple[np.ndarray, list[tuple[int, str]]]:
+def clip_features(locations: list[str], params: SpectrogramConfig, workers: int = 0, n_mfcc: int = N_MFCC, *,
+                  corruption: Corruption | None = None,
+                  seeds: list[int] | None = None) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """Features of every clip that decodes, in order: ((kept clips, 2 * n_mfcc), [(index, reason)] of the rest).
 
     Decoding follows the spectrogram stage (same locations, parquet rows included). workers = 0 uses
-    every core; a clip that fails costs only itself.
+    every core; a clip that fails costs only itself. With a corruption, clip i is corrupted with
+    seeds[i] (corrupt.clip_seed) after resampling, as the robustness evaluation does before its frames.
     """
     if n_mfcc > params.n_mels:
         raise UserError(f"the baseline's {n_mfcc} MFCCs need 'spectrogram.n_mels' >= {n_mfcc}, got {params.n_mels}")
-    work = functools.partial(_clip_task, params, n_mfcc)
-    tasks = list(enumerate(map(str, locations)))
+    if corruption is not None and (seeds is None or len(seeds) != len(locations)):
+        raise ValueError("a corruption needs one seed per location")
+    work = functools.partial(_clip_task, params, n_mfcc, corruption)
+    tasks = [(i, str(location), seeds[i] if seeds is not None else 0) for i, location in enumerate(locations)]
     workers = min(workers or _cpu_count(), max(len(tasks), 1))
     rows: list[np.ndarray] = []
     failed: list[tuple[int, str]] = []
@@ -112,10 +117,13 @@ def clip_features(locations: list[str], params: SpectrogramConfig, workers: int 
     return matrix, failed
 
 
-def _clip_task(params: SpectrogramConfig, n_mfcc: int, task: tuple[int, str]) -> tuple[int, np.ndarray | None, str]:
-    index, location = task
+def _clip_task(params: SpectrogramConfig, n_mfcc: int, corruption: Corruption | None,
+               task: tuple[int, str, int]) -> tuple[int, np.ndarray | None, str]:
+    index, location, seed = task
     try:
         mono = load_mono(location, params.sample_rate, params.max_duration)
+        if corruption is not None:
+            mono = corruption.apply(mono, params.sample_rate, seed)
         return index, mfcc_features(mono, params.sample_rate, n_mfcc=n_mfcc, n_fft=params.n_fft,
                                     hop_length=params.hop_length, n_mels=params.n_mels, fmin=params.fmin,
                                     fmax=params.fmax), ""
@@ -157,9 +165,14 @@ class SplitFeatures:
 
 
 def split_features(clips: list[dict[str, Any]], n_classes: int, params: SpectrogramConfig, workers: int = 0,
-                   n_mfcc: int = N_MFCC) -> SplitFeatures:
-    """SplitFeatures of split.json clip entries ({"id", "audio", "labels", "group"?}); failed clips are skipped."""
-    features, failed = clip_features([clip["audio"] for clip in clips], params, workers, n_mfcc)
+                   n_mfcc: int = N_MFCC, *, corruption: Corruption | None = None, seed: int = 0) -> SplitFeatures:
+    """SplitFeatures of split.json clip entries ({"id", "audio", "labels", "group"?}); failed clips are skipped.
+
+    With a corruption, each clip is corrupted with clip_seed(seed, its id).
+    """
+    seeds = [clip_seed(seed, str(clip["id"])) for clip in clips] if corruption is not None else None
+    features, failed = clip_features([clip["audio"] for clip in clips], params, workers, n_mfcc,
+                                     corruption=corruption, seeds=seeds)
     lost = dict(failed)
     kept = [clip for i, clip in enumerate(clips) if i not in lost]
     targets = np.zeros((len(kept), n_classes), dtype=np.float32)

@@ -9,12 +9,14 @@ A spec names one corruption:
 SNR is exact over the whole clip: 10 log10(mean(signal^2) / mean(noise^2)). Reverb is a causal
 convolution (scipy.signal.fftconvolve) cropped to the input's length; every impulse response is
 scaled to unit energy, so the level of broadband input is kept. Everything random comes from the
-`seed` given to `apply`: the same clip and seed give the same signal (give each clip its own seed,
-e.g. its position, so that clips do not share one noise draw). A silent clip is returned unchanged.
+`seed` given to `apply`: the same clip and seed give the same signal. Give each clip its own seed with
+clip_seed(seed, clip_id), so that clips do not share one noise draw and the token model and the
+baselines hear the very same corrupted clip. A silent clip is returned unchanged.
 """
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,6 +91,11 @@ class Corruption:
             samples = samples[int(np.argmax(np.abs(samples))):]
             samples = samples / np.sqrt(np.sum(samples ** 2))
         return samples
+
+
+def clip_seed(seed: int, clip_id: str) -> int:
+    """The seed of one clip's corruption: fixed by the run's seed and the clip id, whatever the clip order."""
+    return zlib.crc32(f"{seed}:{clip_id}".encode())
 
 
 # ---------------------------------------------------------------- signal work

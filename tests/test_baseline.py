@@ -208,3 +208,19 @@ def test_split_features_keeps_labels_aligned_with_decoded_clips(tmp_path):
     assert result.targets.tolist() == [[1, 0, 0], [0, 0, 1]]
     assert result.groups == ["g1", None]
     assert result.skipped[0]["id"] == "b" and result.skipped[0]["reason"].startswith("missing")
+
+
+def test_corrupted_features_are_those_of_the_corrupted_clip(tmp_path):
+    from audiotokens.audio import load_mono
+    from audiotokens.corrupt import clip_seed, parse_corruption
+
+    params = SpectrogramConfig(sample_rate=16000, n_fft=512, hop_length=256)
+    sf.write(tmp_path / "a.wav", _fixture_signal(16000, 0.5, 0), 16000)
+    clips = [{"id": "a", "audio": str(tmp_path / "a.wav"), "labels": [0]}]
+    corruption = parse_corruption("noise:snr=0")
+    noisy = split_features(clips, 1, params, workers=1, corruption=corruption, seed=7)
+    clean = split_features(clips, 1, params, workers=1)
+    expected = mfcc_features(corruption.apply(load_mono(str(tmp_path / "a.wav"), 16000), 16000, clip_seed(7, "a")),
+                             16000, n_fft=512, hop_length=256, n_mels=64, fmin=0.0, fmax=0.0)
+    np.testing.assert_array_equal(noisy.features[0], expected)
+    assert not np.allclose(noisy.features, clean.features, atol=1.0)

@@ -140,3 +140,10 @@ def test_folder_without_audio_is_refused(tmp_path):
     (tmp_path / "readme.txt").write_text("no audio here")
     with pytest.raises(UserError, match="no audio files"):
         parse_corruption(f"noise:dir={tmp_path},snr=5")
+
+
+def test_clip_seed_depends_on_run_seed_and_clip_id_only():
+    from audiotokens.corrupt import clip_seed
+
+    assert clip_seed(0, "clip1") == clip_seed(0, "clip1")
+    assert len({clip_seed(0, "clip1"), clip_seed(1, "clip1"), clip_seed(0, "clip2")}) == 3
