@@ -211,8 +211,12 @@ class FittedBaseline:
 
 
 def fit_baseline(model: str, X_train: np.ndarray, Y_train: np.ndarray, task: str, groups: list | None,
-                 seed: int, *, grid: tuple[float, ...] = C_GRID, cv_folds: int = CV_FOLDS) -> FittedBaseline:
-    """Scaler + model with C chosen by cross-validation on these (training) rows, refitted on all of them."""
+                 seed: int, *, grid: tuple[float, ...] = C_GRID, cv_folds: int = CV_FOLDS,
+                 n_jobs: int | None = None) -> FittedBaseline:
+    """Scaler + model with C chosen by cross-validation on these (training) rows, refitted on all of them.
+
+    n_jobs runs the grid's fits in parallel (joblib); the SVM's cost grows about quadratically with clips.
+    """
     if model not in MODELS:
         raise UserError(f"unknown baseline model '{model}'; use one of {', '.join(MODELS)}")
     Y_train = np.asarray(Y_train)
@@ -223,7 +227,7 @@ def fit_baseline(model: str, X_train: np.ndarray, Y_train: np.ndarray, task: str
         return fitted
     pipeline = _pipeline(model, task, multilabel_columns=len(columns))
     splits, fitted.cv = _cv_splits(X_train, y, task, groups, seed, cv_folds)
-    fitted.C, fitted.cv_scores = _choose_c(pipeline, X_train, y, splits, task, model, grid, len(columns))
+    fitted.C, fitted.cv_scores = _choose_c(pipeline, X_train, y, splits, task, model, grid, len(columns), n_jobs)
     fitted.estimator = _quiet_fit(clone(pipeline).set_params(**{_c_param(pipeline): fitted.C}), X_train, y)
     return fitted
 
@@ -314,13 +318,13 @@ def _cv_splits(X: np.ndarray, y: np.ndarray, task: str, groups: list | None, see
 
 
 def _choose_c(pipeline: Pipeline, X: np.ndarray, y: np.ndarray, splits: list, task: str, model: str,
-              grid: tuple[float, ...], n_columns: int) -> tuple[float, dict[str, float | None]]:
+              grid: tuple[float, ...], n_columns: int, n_jobs: int | None) -> tuple[float, dict[str, float | None]]:
     """The grid value with the best mean fold score (ties: the smaller C); C = 1 when nothing can be scored."""
     if not splits:
         log.warning("%s: too few training clips or groups to cross-validate C; using C = 1", model)
         return 1.0, {}
     search = GridSearchCV(pipeline, {_c_param(pipeline): list(grid)}, cv=splits, refit=False,
-                          scoring=_fold_scorer(task, model, n_columns), error_score=np.nan)
+                          scoring=_fold_scorer(task, model, n_columns), error_score=np.nan, n_jobs=n_jobs)
     with warnings.catch_warnings():
         # folds where a class is constant or a single-label fold lacks classes: scored as NaN and skipped
         warnings.simplefilter("ignore", FitFailedWarning)
@@ -374,7 +378,7 @@ class BaselineRunner:
 
     def __init__(self, *, train: SplitFeatures, validation: SplitFeatures, test: SplitFeatures | None = None,
                  task: str, classes: list[str], out_dir: str | Path, models: tuple[str, ...] = MODELS,
-                 seed: int = 0, threshold: float = 0.5):
+                 seed: int = 0, threshold: float = 0.5, n_jobs: int | None = None):
         unknown = [m for m in models if m not in MODELS]
         if unknown:
             raise UserError(f"unknown baseline model '{unknown[0]}'; use one of {', '.join(MODELS)} or all")
@@ -382,7 +386,7 @@ class BaselineRunner:
             raise UserError("the baseline has no usable training clip (every clip failed to decode)")
         self.splits = {"train": train, "validation": validation, **({"test": test} if test is not None else {})}
         self.task, self.classes, self.out_dir = task, list(classes), Path(out_dir)
-        self.models, self.seed, self.threshold = tuple(models), seed, threshold
+        self.models, self.seed, self.threshold, self.n_jobs = tuple(models), seed, threshold, n_jobs
 
     def run(self) -> dict[str, Any]:
         """Per model: C, cross-validation, fit time and the headline metrics of each split."""
@@ -391,7 +395,8 @@ class BaselineRunner:
     def _run_model(self, model: str) -> dict[str, Any]:
         train = self.splits["train"]
         started = time.perf_counter()
-        fitted = fit_baseline(model, train.features, train.targets, self.task, train.groups, self.seed)
+        fitted = fit_baseline(model, train.features, train.targets, self.task, train.groups, self.seed,
+                              n_jobs=self.n_jobs)
         summary = {**fitted.describe(), "fit_time_s": round(time.perf_counter() - started, 3),
                    "features": f"{train.features.shape[1]} MFCC statistics (mean, std)"}
         write_json(self.out_dir / model / "fit.json", summary)
