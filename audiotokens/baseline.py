@@ -153,7 +153,7 @@ class _OrderedMap:
             self.pool.join()
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SplitFeatures:
     """Feature rows of one split's usable clips, their 0/1 targets (clips, classes) and groups."""
 
@@ -190,7 +190,7 @@ def split_features(clips: list[dict[str, Any]], n_classes: int, params: Spectrog
 # ---------------------------------------------------------------- models
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FittedBaseline:
     """A fitted baseline: the estimator over the modelled columns and the constant scores of the others."""
 

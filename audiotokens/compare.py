@@ -36,7 +36,7 @@ TOTAL_TIME = "total time (s)"
 FILES = {"markdown": "compare.md", "csv": "compare.csv", "plot": "compare.png"}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Comparison:
     """One row per run: its label, the settings that differ, metrics and times."""
 

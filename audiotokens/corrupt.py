@@ -32,7 +32,7 @@ SPEC_KEYS = {"noise": ("snr", "kind", "dir"), "reverb": ("rt60", "dir")}
 DECAY_DB = 60.0  # RT60: the time the response takes to fall by 60 dB
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Corruption:
     """One parsed spec. Use parse_corruption to build it; `apply` corrupts one mono clip."""
 
