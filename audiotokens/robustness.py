@@ -1,0 +1,78 @@
+"""Robustness reports: the same clips scored clean and under each corruption, side by side.
+
+write_robustness(out_dir, ...) writes, for a model's scores per condition ("clean" first, then each
+corruption by Corruption.name):
+  robustness.csv, .md   one row per condition: clips, the headline metrics (evaluate.headline_keys) and
+                        the change of the primary metric against clean
+  per_class.csv         one row per class: its positives and AP under every condition
+  robustness.png        the primary metric per condition
+Each condition is scored on the clips that could be decoded under it (normally all of them).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import reports
+from .artifacts import atomic_dir, write_json
+from .evaluate import Scored, headline_keys
+from .metrics import classification_metrics, per_class_average_precision, primary_metric
+from .training_log import finite_or_none
+
+CLEAN = "clean"
+
+
+def write_robustness(out_dir: str | Path, *, conditions: dict[str, Scored], classes: list[str], task: str,
+                     threshold: float) -> list[dict[str, Any]]:
+    """The tables and the plot into out_dir (replaced whole); returns the per-condition rows."""
+    if CLEAN not in conditions:
+        raise ValueError("the robustness table needs the clean condition to compare against")
+    names = [CLEAN, *[name for name in conditions if name != CLEAN]]
+    rows = [condition_row(name, conditions[name], task, threshold) for name in names]
+    primary = primary_metric(task)
+    for row in rows:
+        clean, value = rows[0][primary], row[primary]
+        row[f"{primary} change"] = value - clean if value is not None and clean is not None else None
+    columns = ["condition", "clips", *headline_keys(task), f"{primary} change"]
+    per_class = per_class_rows(conditions, names, classes)
+    with atomic_dir(out_dir) as folder:
+        reports.write_csv(folder / "robustness.csv", rows, columns)
+        (folder / "robustness.md").write_text(
+            f"# Robustness: {primary} clean and under each corruption\n\n" + reports.markdown_table(rows, columns))
+        reports.write_csv(folder / "per_class.csv", per_class, ["class", "positives", *[f"ap {n}" for n in names]])
+        _plot(folder / "robustness.png", rows, primary)
+        write_json(folder / "robustness.json", {"task": task, "threshold": threshold, "conditions": rows})
+    return rows
+
+
+def condition_row(name: str, scored: Scored, task: str, threshold: float) -> dict[str, Any]:
+    """Headline metrics of one condition's scores (None where undefined, never NaN)."""
+    targets = scored.targets.argmax(axis=1) if task == "singlelabel" else scored.targets
+    metrics = classification_metrics(task, targets, scored.scores, threshold)
+    return finite_or_none({"condition": name, "clips": len(scored.ids),
+                           **{key: metrics[key] for key in headline_keys(task)}})
+
+
+def per_class_rows(conditions: dict[str, Scored], names: list[str], classes: list[str]) -> list[dict[str, Any]]:
+    """Per class: positives under clean and AP under every condition (None without positives)."""
+    ap = {name: per_class_average_precision(conditions[name].targets, conditions[name].scores) for name in names}
+    positives = conditions[CLEAN].targets.sum(axis=0)
+    return [finite_or_none({"class": c, "positives": int(positives[i]),
+                            **{f"ap {name}": float(ap[name][i]) for name in names}})
+            for i, c in enumerate(classes)]
+
+
+def _plot(path: Path, rows: list[dict[str, Any]], primary: str) -> None:
+    plt = reports.pyplot()
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(rows) + 2), 4))
+    values = [row[primary] if row[primary] is not None else 0.0 for row in rows]
+    ax.bar(np.arange(len(rows)), values, color=["tab:green"] + ["tab:red"] * (len(rows) - 1))
+    ax.set_xticks(range(len(rows)), [row["condition"] for row in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(primary)
+    ax.set_title(f"{primary}: clean vs corrupted", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
