@@ -18,6 +18,7 @@ Layout under a workdir:
   output/checkpoints/{last,best}.pt training state for --resume
   output/metrics.jsonl, output/curves.png, output/tensorboard/ (when tensorboard is installed)
   output/eval/<name>/               evaluation reports
+  output/baselines/<model>/<split>/ the MFCC baselines' reports (and <model>/fit.json)
 A split is a view: the ids listed for it in split.json over a store (open_split). Each stage also writes
 a provenance record at `Layout.record(stage)` (the stage table names it).
 """
@@ -132,6 +133,10 @@ class Layout:
     def tensorboard(self) -> Path:
         return self.output / "tensorboard"
 
+    @property
+    def baselines(self) -> Path:
+        return self.output / "baselines"
+
     # evaluate
     def eval_dir(self, name: str) -> Path:
         return self.output / "eval" / name
@@ -237,6 +242,7 @@ def atomic_dir(final_dir: str | Path) -> Iterator[Path]:
     tmp = staging_dir(final_dir)
     try:
         yield tmp
+        usual_permissions(tmp)
         replace_dir(tmp, final_dir)
     except BaseException as exc:
         failure = disk_failure(final_dir, exc)  # checked before the removal frees the space
@@ -274,6 +280,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         if failure is not None:
             raise failure from None
         raise
+
+
+def usual_permissions(folder: Path) -> None:
+    """mkdtemp and some writers (safetensors) make private files; artifacts get what the umask allows."""
+    for path in (folder, *folder.rglob("*")):
+        if not path.is_symlink():
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_UMASK)
 
 
 def _current_umask() -> int:

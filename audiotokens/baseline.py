@@ -48,7 +48,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from tqdm import tqdm
 
-from .artifacts import write_json
+from .artifacts import Layout, SplitPlan, atomic_path, write_json
 from .audio import AudioError, load_mono
 from .config import SpectrogramConfig
 from .corrupt import Corruption, clip_seed
@@ -400,6 +400,7 @@ class BaselineRunner:
         summary = {**fitted.describe(), "fit_time_s": round(time.perf_counter() - started, 3),
                    "features": f"{train.features.shape[1]} MFCC statistics (mean, std)"}
         write_json(self.out_dir / model / "fit.json", summary)
+        save_estimator(self.out_dir / model / "model.joblib", fitted)
         for name, split in self.splits.items():
             if not len(split.ids):
                 log.warning("%s: no usable clip in %s; no report written", model, name)
@@ -410,3 +411,47 @@ class BaselineRunner:
                                            "model": model, "C": fitted.C})
             summary[name] = {key: metrics.get(key) for key in ("clips", *headline_keys(self.task))}
         return summary
+
+
+def save_estimator(path: Path, fitted: FittedBaseline) -> None:
+    """The fitted baseline, for robustness evaluation (`evaluate --corrupt`) without refitting."""
+    import joblib
+
+    with atomic_path(path) as tmp:
+        joblib.dump(fitted, tmp)
+
+
+# ---------------------------------------------------------------- the stage
+
+
+class BaselineStage:
+    """`audiotokens baseline`: MFCC statistics -> SVM / logistic regression on the same split and reports.
+
+    The features are computed from the audio at the spectrogram stage's sample rate and STFT settings (not
+    from the stored frames, which are min-max scaled per clip); the same split views, the same metric code
+    and the same report files as `evaluate`, under output/baselines/<model>/<split>/.
+    """
+
+    def __init__(self, config, **options: Any):
+        self.config = config
+        self.layout = Layout(config.workdir)
+
+    def run(self) -> dict[str, Any]:
+        settings = self.config.baseline
+        models = MODELS if settings.models == "all" else tuple(m.strip() for m in settings.models.split(",") if m)
+        plan = SplitPlan.load(self.layout)
+        by_id = {clip["id"]: clip for clip in plan.clips}
+        features = {name: split_features([by_id[i] for i in plan.ids(name)], len(plan.classes),
+                                         self.config.spectrogram, settings.workers, settings.n_mfcc)
+                    for name in plan.names()}
+        runner = BaselineRunner(train=features["train"], validation=features["validation"],
+                                test=features.get("test"), task=plan.task, classes=plan.classes,
+                                out_dir=self.layout.baselines, models=models, seed=settings.seed,
+                                threshold=self.config.train.threshold)
+        results = runner.run()
+        for model, summary in results.items():
+            figures = ", ".join(f"{split} {key} {value:.4f}" for split in ("validation", "test")
+                                for key, value in (summary.get(split) or {}).items()
+                                if key == primary_metric(plan.task) and value is not None)
+            log.info("baseline %s (C = %s): %s", model, summary.get("C"), figures)
+        return {model: {split: summary.get(split) for split in plan.names()} for model, summary in results.items()}

@@ -141,7 +141,11 @@ def load_bundle(bundle_dir: str | Path, device: str | torch.device = "cpu") -> B
     if vocabulary.digest != metadata.get("vocabulary_digest"):
         raise UserError(f"{bundle_dir / VOCABULARY} is not the vocabulary the model was trained with; {hint}")
     hf_logging.disable_progress_bar()
-    model = AudioTokenClassifier.from_pretrained(bundle_dir).to(device).eval()
+    try:
+        model = AudioTokenClassifier.from_pretrained(bundle_dir).to(device).eval()
+    except Exception as exc:  # noqa: BLE001 - safetensors and transformers raise their own types for bad files
+        raise UserError(f"{bundle_dir / 'model.safetensors'} cannot be read ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else 'damaged'}); {hint}") from None
     if model.config.max_position_embeddings != metadata["max_frames"] + EXTRA_POSITIONS:
         raise UserError(f"{bundle_dir}: config.json and {METADATA} disagree on the sequence length; "
                         "re-run `audiotokens train`")

@@ -123,8 +123,11 @@ def train(config, resume, strict):
 @click.option("--class", "class_name", default=None, help="Threshold sweep for this class too.")
 @click.option("--model", "model_dir", default=None,
               help="Another model bundle (default: <workdir>/output/model; then no provenance record).")
+@click.option("--corrupt", "corruptions", multiple=True, metavar="SPEC",
+              help="Also score the split's audio under this corruption (repeatable), e.g. noise:snr=10, "
+                   "noise:snr=5,kind=pink, noise:dir=PATH,snr=10, reverb:rt60=0.6, reverb:dir=PATH.")
 @click.option("--strict", is_flag=True, help="Refuse to run on stale inputs.")
-def evaluate(config, split_name, manifest, class_name, model_dir, strict):
+def evaluate(config, split_name, manifest, class_name, model_dir, strict, corruptions):
     from .pipeline import execute
 
     if split_name == "validation" and manifest is None and model_dir is None:
@@ -133,6 +136,10 @@ def evaluate(config, split_name, manifest, class_name, model_dir, strict):
         from .evaluate import Evaluator
 
         Evaluator(config, split=split_name, manifest=manifest, class_name=class_name, model_dir=model_dir).run()
+    if corruptions:
+        from .robustness import evaluate_robustness
+
+        evaluate_robustness(config, split_name, list(corruptions), model_dir)
 
 
 @main.command()
@@ -187,6 +194,23 @@ def run_command(config, start, stop, force, strict):
     todo = plan(config, start, stop, force)
     click.echo(f"stages to run: {', '.join(todo) if todo else 'none (everything is fresh)'}")
     run(config, start, stop, force, strict)
+
+
+@main.command("compare")
+@click.argument("workdirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_dir", default="compare", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for compare.md, compare.csv and compare.png.")
+def compare_command(workdirs, out_dir):
+    """One table of runs: the settings that differ, validation/test metrics, baselines, k-fold, train time."""
+    from pathlib import Path
+
+    from .compare import compare_workdirs, comparison_markdown, write_comparison
+
+    _setup_logging(False)
+    comparison = compare_workdirs([Path(w) for w in workdirs])
+    written = write_comparison(comparison, out_dir)
+    click.echo(comparison_markdown(comparison))
+    click.echo(f"wrote {', '.join(str(path) for path in written.values())}")
 
 
 @main.command("config")

@@ -29,7 +29,6 @@ from .evaluate import headline_keys
 from .metrics import primary_metric
 
 KFOLD_SUMMARY = "kfold_summary.json"
-BASELINES = "baselines"  # under Layout.output: output/baselines/<model>/<split>/
 RECORD_SUFFIX = ".meta.json"
 TRAIN_TIME = "train time (s)"
 TOTAL_TIME = "total time (s)"
@@ -81,7 +80,7 @@ def run_metrics(workdir: Path) -> dict[str, float | int | None]:
         found["train log best epoch"] = best.get("epoch")
     for path in sorted((layout.output / "eval").glob("*/metrics.json")):
         found.update(_headline(f"eval/{path.parent.name}", read_json(path)))
-    for path in sorted((layout.output / BASELINES).glob("*/*/metrics.json")):
+    for path in sorted(layout.baselines.glob("*/*/metrics.json")):
         found.update(_headline(f"{path.parent.parent.name}/{path.parent.name}", read_json(path)))
     return found
 

@@ -143,6 +143,14 @@ class TrainConfig:
 
 
 @dataclass
+class BaselineConfig:
+    models: str = "svm,logreg"  # comma-separated: svm, logreg; or all
+    n_mfcc: int = setting(40, check="positive")
+    seed: int = 0
+    workers: int = setting(0, role=RUNTIME, check="non_negative")  # 0 = number of cores
+
+
+@dataclass
 class EvaluateConfig:
     threshold: float = setting(0.5, check="unit")
 
@@ -156,6 +164,7 @@ class Config:
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
     workdir: Path = Path(".")
 
     def section(self, name: str) -> dict[str, Any]:

@@ -32,9 +32,7 @@ def workdir_lock(workdir: str | Path, what: str) -> Iterator[None]:
             _held[workdir] -= 1
         return
     workdir.mkdir(parents=True, exist_ok=True)
-    path = workdir / LOCK_NAME
-    handle = open(path, "a+")
-    try:
+    with open(workdir / LOCK_NAME, "a+") as handle:  # closing releases the flock
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -53,5 +51,3 @@ def workdir_lock(workdir: str | Path, what: str) -> Iterator[None]:
             _held.pop(workdir, None)
             handle.seek(0)
             handle.truncate()
-    finally:
-        handle.close()  # closing releases the flock

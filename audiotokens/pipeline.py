@@ -9,9 +9,9 @@ from typing import Any
 
 from . import stages as stage_table
 from .artifacts import Layout, write_error
-from .lock import workdir_lock
 from .config import Config
 from .errors import UserError
+from .lock import workdir_lock
 from .provenance import stage_states, write_failure, write_record
 from .stages import NAMES, input_names
 

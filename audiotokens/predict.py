@@ -150,11 +150,12 @@ def expand_paths(paths: Iterable[str]) -> list[str]:
 
 
 def _audio_under(folder: Path) -> list[str]:
-    from .sources.audio_files import is_audio_file
+    from .sources.audio_files import describe_passed, scan_audio
 
-    return [str(p) for p in sorted(folder.rglob("*"))
-            if p.is_file() and is_audio_file(p)
-            and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    files, passed = scan_audio(folder)
+    if passed:
+        log.warning(describe_passed(folder, passed))
+    return [str(p) for p in files]
 
 
 def _list_entries(list_file: Path) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from . import stages as stage_table
 from .artifacts import Layout, read_json, write_json
 from .config import FILE, RUNTIME, Config, keys_with_role
 from .errors import UserError
+from .sources.hf_parquet import ROW_SEPARATOR as PARQUET_ROW
 
 PACKAGES = ("numpy", "librosa", "soxr", "soundfile", "faiss-cpu", "torch", "transformers", "scikit-learn")
 
@@ -37,7 +39,57 @@ def stage_params(config: Config, stage: str) -> dict[str, Any]:
     for name in sorted(files):
         if params.get(name):
             params[f"{name}#content"] = file_digest(Path(params[name]))
+    if stage == "split":
+        params[AUDIO_IDENTITY] = audio_identity(Layout(config.workdir))
     return params
+
+
+AUDIO_IDENTITY = "data.audio#identity"  # size and mtime of every clip's audio file, as a digest
+LARGE_FILE = 64 * 2**20  # output files above this are identified by size and mtime, below by content
+
+
+def file_stat(path: str) -> str:
+    """size:mtime_ns of an audio location (the shard of a parquet row); '' when it is gone."""
+    try:
+        stat = os.stat(path.split(PARQUET_ROW)[0])
+    except OSError:
+        return ""
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def audio_identity(layout: Layout) -> str:
+    """Digest of the current identity of every clip's audio listed in split.json ('' before the split)."""
+    clips = _catalogue(layout)
+    if clips is None:
+        return ""
+    return hashlib.sha256("\n".join(file_stat(clip["audio"]) for clip in clips).encode()).hexdigest()[:16]
+
+
+def audio_changes(layout: Layout) -> list[str]:
+    """Audio locations whose size or mtime differ from what the split recorded (or that are gone)."""
+    return [clip["audio"] for clip in _catalogue(layout) or () if file_stat(clip["audio"]) != clip.get("stat")]
+
+
+def _catalogue(layout: Layout) -> list[dict[str, Any]] | None:
+    try:
+        return read_json(layout.split_json)["clips"] if layout.split_json.is_file() else None
+    except (UserError, KeyError, TypeError):
+        return None
+
+
+def output_identity(path: Path) -> str:
+    """What `status` compares to see a damaged or replaced artifact: content hash, or size+mtime if large."""
+    if not path.is_file():
+        return ""
+    stat = path.stat()
+    if stat.st_size > LARGE_FILE:
+        return f"size={stat.st_size},mtime={stat.st_mtime_ns}"
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _outputs(layout: Layout, stage: str) -> dict[str, str]:
+    return {str(path.relative_to(layout.workdir)): output_identity(path)
+            for path in stage_table.stage(stage).artifacts(layout)}
 
 
 def input_fingerprint(params: dict[str, Any], inputs: dict[str, str], sections: tuple[str, ...]) -> str:
@@ -109,6 +161,7 @@ def write_record(
         "inputs": inputs,
         "runtime": {name: value for name, value in _flat(config).items() if name in runtime},
         "counts": counts or {},
+        "outputs": _outputs(layout, stage),
         "wall_time_s": round(wall_time_s, 3) if wall_time_s is not None else None,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": package_versions(),
@@ -170,8 +223,14 @@ def _judge(layout, stage, params, expected_inputs, states) -> StageState:
     if record is None:
         return state("missing", [])
     if record["fingerprint"] == expected:
-        return state("fresh", [])
+        damaged = _damaged_outputs(layout, record)
+        return state("stale", damaged) if damaged else state("fresh", [])
     reasons = _param_changes(record.get("params", {}), params)
+    if stage == "split" and record.get("params", {}).get(AUDIO_IDENTITY) != params.get(AUDIO_IDENTITY):
+        changed = audio_changes(layout)
+        reasons = [r for r in reasons if not r.startswith(AUDIO_IDENTITY)]
+        reasons.append(f"{len(changed)} clips' audio changed or is gone since the split"
+                       + (f" (first: {changed[0]})" if changed else ""))
     for name, fp in expected_inputs.items():
         if record.get("inputs", {}).get(name) != fp:
             if states[name].state == "fresh":
@@ -179,6 +238,17 @@ def _judge(layout, stage, params, expected_inputs, states) -> StageState:
             else:
                 reasons.append(f"{name} is {states[name].state}")
     return state("stale", reasons or ["fingerprint changed"])
+
+
+def _damaged_outputs(layout: Layout, record: dict[str, Any]) -> list[str]:
+    """Artifacts of a stage that are gone or differ from what the stage wrote."""
+    reasons = []
+    for name, identity in record.get("outputs", {}).items():
+        now = output_identity(layout.workdir / name)
+        if now != identity:
+            reasons.append(f"{name} is missing" if not now else f"{name} changed since the stage wrote it "
+                           "(damaged or replaced)")
+    return reasons
 
 
 def _param_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

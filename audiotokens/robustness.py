@@ -10,6 +10,7 @@ Each condition is scored on the clips that could be decoded under it (normally a
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from .artifacts import atomic_dir, write_json
 from .evaluate import Scored, headline_keys
 from .metrics import classification_metrics, per_class_average_precision, primary_metric
 from .training_log import finite_or_none
+
+log = logging.getLogger("audiotokens")
 
 CLEAN = "clean"
 
@@ -76,3 +79,80 @@ def _plot(path: Path, rows: list[dict[str, Any]], primary: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------- scoring a split under corruptions
+
+
+def evaluate_robustness(config, split: str, specs: list[str], model_dir: Path | None = None) -> dict[str, Any]:
+    """`audiotokens evaluate --corrupt SPEC ...`: the model (and every saved baseline) on a split's audio,
+    clean and under each corruption (fixed seed per clip), into output/eval/<split>/robustness/."""
+    from .artifacts import Layout, SplitPlan
+    from .corrupt import parse_corruption
+    from .predict import load_model
+
+    layout = Layout(config.workdir)
+    corruptions = [parse_corruption(spec) for spec in specs]
+    plan = SplitPlan.load(layout)
+    by_id = {clip["id"]: clip for clip in plan.clips}
+    clips = [by_id[clip_id] for clip_id in plan.ids(split)]
+    bundle = load_model(model_dir or layout.model_dir, device=config.train.device)
+    out = layout.eval_dir(split) / "robustness"
+    conditions = {CLEAN: _model_scores(bundle, clips, None, plan.classes, config.split.seed)}
+    for corruption in corruptions:
+        conditions[corruption.name] = _model_scores(bundle, clips, corruption, plan.classes, config.split.seed)
+    results = {"model": write_robustness(out / "model", conditions=conditions, classes=bundle.classes,
+                                         task=bundle.task, threshold=bundle.threshold)}
+    for saved in sorted(layout.baselines.glob("*/model.joblib")):
+        results[saved.parent.name] = _baseline_robustness(config, saved, clips, corruptions, plan,
+                                                          out / f"baseline_{saved.parent.name}")
+    primary = primary_metric(plan.task)
+    for name, rows in results.items():
+        log.info("robustness of %s on the %s split (%s): %s", name, split, primary,
+                 ", ".join(f"{row['condition']} {row[primary]:.4f}" for row in rows if row[primary] is not None))
+    log.info("robustness tables in %s", out)
+    return results
+
+
+def _model_scores(bundle, clips: list[dict], corruption, classes: list[str], seed: int) -> Scored:
+    """Decode, corrupt, frame and tokenize each clip with the bundle's settings, then score them all."""
+    from .audio import AudioError, load_mono
+    from .corrupt import clip_seed
+    from .predict import AudioTokenizer
+    from .spectrogram import compute_frames
+
+    tokenizer = AudioTokenizer(bundle)
+    params = tokenizer.params
+    ids, sequences, targets, skipped = [], [], [], []
+    for clip in clips:
+        try:
+            mono = load_mono(clip["audio"], params.sample_rate, params.max_duration)
+            if corruption is not None:
+                mono = corruption.apply(mono, params.sample_rate, clip_seed(seed, str(clip["id"])))
+            frames = compute_frames(mono, params).astype(params.dtype, copy=False)
+        except AudioError as exc:
+            skipped.append({"id": clip["id"], "reason": str(exc)})
+            continue
+        ids.append(clip["id"])
+        sequences.append(tokenizer.tokens(frames))
+        target = np.zeros(len(classes), dtype=np.float32)
+        target[clip["labels"]] = 1.0
+        targets.append(target)
+    scores = bundle.scores(sequences) if sequences else np.zeros((0, len(classes)), np.float32)
+    return Scored(ids, np.stack(targets) if targets else np.zeros((0, len(classes)), np.float32), scores, skipped)
+
+
+def _baseline_robustness(config, saved: Path, clips: list[dict], corruptions, plan, out: Path):
+    import joblib
+
+    from .baseline import score_baseline, split_features
+
+    fitted = joblib.load(saved)
+    conditions = {}
+    for corruption in (None, *corruptions):
+        features = split_features(clips, len(plan.classes), config.spectrogram, config.baseline.workers,
+                                  config.baseline.n_mfcc, corruption=corruption, seed=config.split.seed)
+        conditions[CLEAN if corruption is None else corruption.name] = Scored(
+            features.ids, features.targets, score_baseline(fitted, features.features), features.skipped)
+    return write_robustness(out, conditions=conditions, classes=plan.classes, task=plan.task,
+                            threshold=config.train.threshold)

@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -100,8 +101,20 @@ def check_params(params: SpectrogramConfig) -> None:
 
 @functools.lru_cache(maxsize=8)
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> torch.Tensor:
-    """librosa's Slaney mel filterbank, transposed to (1 + n_fft // 2, n_mels) float32."""
-    mel = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax or sample_rate / 2)
+    """librosa's Slaney mel filterbank, transposed to (1 + n_fft // 2, n_mels) float32.
+
+    Mel bands narrower than one FFT bin are empty (always zero); librosa warns with its own source path,
+    so the warning is said here once, in the tool's words.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mel = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin,
+                                  fmax=fmax or sample_rate / 2)
+    empty = int((mel.max(axis=1) == 0).sum())
+    if empty or caught:
+        log.warning("spectrogram.n_mels = %d with n_fft = %d gives %d empty mel bands (narrower than one FFT "
+                    "bin: their frames are always 0); lower spectrogram.n_mels or raise spectrogram.n_fft",
+                    n_mels, n_fft, empty)
     return torch.from_numpy(np.ascontiguousarray(mel.T))
 
 
@@ -398,7 +411,8 @@ class SpectrogramProcessor:
 
     def _parts_key(self, clips: list[dict]) -> str:
         blob = json.dumps({"format": PART_FORMAT, "params": params_to_dict(self.params), "dtype": self.params.dtype,
-                           "clips": [[str(c["id"]), str(c["audio"])] for c in clips]}, sort_keys=True)
+                           "clips": [[str(c["id"]), str(c["audio"]), c.get("stat")] for c in clips]},
+                          sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def _assemble(self, clips: list[dict], store: PartStore) -> dict[str, int]:

@@ -33,6 +33,7 @@ from . import sources
 from .artifacts import SPLITS, Layout, write_json
 from .config import Config
 from .errors import UserError
+from .provenance import file_stat
 from .sources import Clip, Dataset
 
 log = logging.getLogger("audiotokens")
@@ -79,8 +80,8 @@ class DatasetSplitter:
         if dataset.class_ids is not None:
             plan["class_ids"] = [dataset.class_ids[c] for c in kept]
         model_id = {source: model for model, source in enumerate(kept)}
-        plan["clips"] = [{**clip.to_json(), "labels": [model_id[c] for c in clip.labels if c in model_id]}
-                         for clip in dataset.all_clips()]
+        plan["clips"] = [{**clip.to_json(), "labels": [model_id[c] for c in clip.labels if c in model_id],
+                          "stat": file_stat(clip.audio)} for clip in dataset.all_clips()]
         plan["splits"] = {name: [clip.id for clip in clips] for name, clips in splits.items() if clips}
         write_json(self.layout.split_report, split_report(dataset, strategy, splits, kept, dropped, notes))
         write_json(self.layout.split_json, plan)
@@ -192,8 +193,6 @@ def assign(dataset: Dataset, config: Config, strategy: str) -> tuple[np.ndarray,
         fold_of = kfold_sides([clips[i].labels for i in pool], len(dataset.classes),
                               [clips[i].group for i in pool] if grouped else None,
                               [clips[i].id for i in pool], split.folds, split.seed)
-        if split.fold >= split.folds:
-            raise UserError(f"'split.fold' ({split.fold}) must be below 'split.folds' ({split.folds})")
         sides[pool[fold_split(fold_of, split.fold)[1]]] = VALIDATION
     elif strategy != "official":
         raise UserError(f"unknown split.strategy '{strategy}'")

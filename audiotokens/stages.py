@@ -10,8 +10,13 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import Config
+
+if TYPE_CHECKING:
+    from .artifacts import Layout
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,8 @@ class Stage:
     record: str  # provenance record, relative to the workdir
     help: str
     flags: dict[str, str] = field(default_factory=dict)  # CLI option -> config key
+    # the files whose digests the record keeps, so that `status` sees a damaged or replaced artifact
+    artifacts: Callable[[Layout], tuple[Path, ...]] = lambda layout: ()
 
     def runner_class(self):
         module, name = self.runner.split(":")
@@ -50,35 +57,50 @@ STAGES: tuple[Stage, ...] = (
           {"--source": "data.source", "--manifest": "data.manifest", "--folder": "data.folder",
            "--audio-root": "data.audio_root", "--segments": "data.segments", "--strategy": "split.strategy",
            "--validation-ratio": "split.validation_ratio", "--test-ratio": "split.test_ratio",
-           "--seed": "split.seed"}),
+           "--seed": "split.seed"},
+          lambda layout: (layout.split_json,)),
     Stage("spectrogram", "spectrogram:SpectrogramProcessor", ("spectrogram",), _fixed(Input("split", ("data",))),
           "processed/spectrogram.meta.json",
           "Mel-spectrogram frames of every clip, once per clip; writes processed/frames/.",
           {"--sample-rate": "spectrogram.sample_rate", "--n-fft": "spectrogram.n_fft",
            "--hop-length": "spectrogram.hop_length", "--n-mels": "spectrogram.n_mels",
            "--dtype": "spectrogram.dtype", "--max-duration": "spectrogram.max_duration",
-           "--workers": "spectrogram.workers"}),
+           "--workers": "spectrogram.workers"},
+          lambda layout: (layout.frames, layout.frames_index, layout.frame_spec)),
     Stage("cluster", "cluster:ClusterCreator", ("cluster",), _fixed(Input("split"), Input("spectrogram")),
           "output/vocabulary.meta.json",
           "Fit the tokenizer (k-means vocabulary) on training frames; writes output/vocabulary/.",
           {"--tokenizer": "cluster.tokenizer", "--n-clusters": "cluster.n_clusters", "--niter": "cluster.niter",
            "--seed": "cluster.seed", "--max-frames": "cluster.max_frames",
-           "--spherical/--no-spherical": "cluster.spherical", "--gpu/--no-gpu": "cluster.gpu"}),
+           "--spherical/--no-spherical": "cluster.spherical", "--gpu/--no-gpu": "cluster.gpu"},
+          lambda layout: tuple(layout.vocabulary / name for name in ("vocabulary.json", "codebooks.npz"))),
     Stage("tokenize", "tokenizer:SpecTokenizer", ("tokenize",), _fixed(Input("spectrogram"), Input("cluster")),
           "tokenized/tokenize.meta.json",
           "Token ids of every clip with the fitted vocabulary; writes tokenized/.",
-          {"--batch-frames": "tokenize.batch_frames"}),
+          {"--batch-frames": "tokenize.batch_frames"},
+          lambda layout: (layout.tokens, layout.tokens_index)),
     Stage("train", "train:ModelBuilder", ("train",), _train_inputs, "output/model.meta.json",
           "Train the classifier; writes output/model/ and output/metrics.jsonl.",
           {"--input": "train.input", "--epochs": "train.epochs", "--batch-size": "train.batch_size",
            "--learning-rate": "train.learning_rate", "--num-layers": "train.num_layers",
            "--hidden-size": "train.hidden_size", "--num-heads": "train.num_heads",
            "--max-length": "train.max_length", "--device": "train.device", "--amp/--no-amp": "train.amp",
-           "--patience": "train.patience", "--seed": "train.seed"}),
+           "--patience": "train.patience", "--seed": "train.seed"},
+          lambda layout: tuple(layout.model_dir / name for name in ("model.safetensors", "config.json",
+                                                                    "audiotokens.json"))),
     Stage("evaluate", "evaluate:Evaluator", ("evaluate",), _fixed(Input("train")),
           "output/eval/validation.meta.json",
           "Per-class report, threshold sweep and plots in output/eval/<name>/.",
-          {"--threshold": "evaluate.threshold"}),
+          {"--threshold": "evaluate.threshold"},
+          lambda layout: (layout.eval_dir("validation") / "metrics.json",)),
+)
+
+STAGES += (
+    Stage("baseline", "baseline:BaselineStage", ("baseline", "spectrogram"), _fixed(Input("split")),
+          "output/baselines.meta.json",
+          "MFCC + SVM / logistic regression on the same split; reports in output/baselines/<model>/<split>/.",
+          {"--models": "baseline.models"},
+          lambda layout: (layout.baselines,)),
 )
 
 BY_NAME = {stage.name: stage for stage in STAGES}

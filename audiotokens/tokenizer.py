@@ -32,6 +32,7 @@ from .artifacts import (
     open_store,
     split_view,
     staging_dir,
+    usual_permissions,
     write_json,
 )
 from .config import Config
@@ -247,6 +248,7 @@ class SpecTokenizer:
             for name in stats["splits"]:
                 plot_histogram(stats["splits"][name]["codebooks"][0], f"{name}: codebook 0 usage",
                                tmp / self.layout.token_histogram(name).name)
+            usual_permissions(tmp)
             # the index last: until it is replaced, readers see the old store whole (row counts are checked)
             for item in sorted(tmp.iterdir(), key=lambda item: item.name == self.layout.tokens_index.name):
                 os.replace(item, self.layout.tokenized / item.name)

@@ -1,6 +1,7 @@
 """Which files count as audio: the extensions of the formats libsndfile (soundfile) can read here."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import soundfile
@@ -40,3 +41,33 @@ def is_audio_file(path: str | Path) -> bool:
     """True for a non-hidden file whose extension names a format libsndfile reads."""
     name = Path(path).name
     return not name.startswith(".") and name.rpartition(".")[2].lower() in AUDIO_EXTENSIONS and "." in name
+
+
+def missing_reason(path: str | Path) -> str:
+    """Why `path` is not a readable file, in words a user can act on."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        return f"dangling symbolic link: {path} points to {os.readlink(path)}, which does not exist"
+    if path.is_dir():
+        return f"is a directory, not an audio file: {path}"
+    return f"file not found: {path}"
+
+
+def scan_audio(folder: Path) -> tuple[list[Path], dict[str, int]]:
+    """Audio files under `folder` (recursive, hidden entries skipped) and counts of what was passed over."""
+    files, passed = [], {"dangling symbolic links": 0, "files with no audio extension": 0}
+    for path in sorted(folder.rglob("*")):
+        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        if path.is_symlink() and not path.exists():
+            passed["dangling symbolic links"] += 1
+        elif path.is_file():
+            if is_audio_file(path):
+                files.append(path)
+            else:
+                passed["files with no audio extension"] += 1
+    return files, {what: n for what, n in passed.items() if n}
+
+
+def describe_passed(folder: Path, passed: dict[str, int]) -> str:
+    return f"{folder}: skipped " + ", ".join(f"{n} {what}" for what, n in passed.items())

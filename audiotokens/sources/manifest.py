@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from .audio_files import is_audio_file
+from .audio_files import describe_passed, is_audio_file, missing_reason, scan_audio
 from .records import SINGLELABEL, Clip, Dataset, Missing, detect_task
 
 log = logging.getLogger("audiotokens")
@@ -107,7 +107,7 @@ def load_manifest(path: str | Path, delimiter: str = ";") -> Dataset:
     missing: list[Missing] = []
     for row in rows:
         if not os.path.isfile(row.audio):
-            missing.append(Missing(row.id, f"file not found: {row.audio}", str(path)))
+            missing.append(Missing(row.id, missing_reason(row.audio), str(path)))
             continue
         clips.append(Clip(row.id, row.audio, [class_id[label] for label in row.labels], row.group))
     if not clips:
@@ -129,8 +129,9 @@ def load_folder(folder: str | Path) -> Dataset:
         raise UserError(f"data.folder {folder} is not a directory; it should hold one subfolder per class")
     class_files: dict[str, list[Path]] = {}
     for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and is_audio_file(p)
-                       and not any(part.startswith(".") for part in p.relative_to(class_dir).parts))
+        files, passed = scan_audio(class_dir)
+        if passed:
+            log.warning(describe_passed(class_dir, passed))
         if files:
             class_files[class_dir.name] = files
         else:
