@@ -18,6 +18,7 @@ Layout under a workdir:
   output/checkpoints/{last,best}.pt training state for --resume
   output/metrics.jsonl, output/curves.png, output/tensorboard/ (when tensorboard is installed)
   output/eval/<name>/               evaluation reports
+  logs/<stage>.log                  the log of each stage's latest run
   output/baselines/<model>/<split>/ the MFCC baselines' reports (and <model>/fit.json)
 A split is a view: the ids listed for it in split.json over a store (open_split). Each stage also writes
 a provenance record at `Layout.record(stage)` (the stage table names it).
@@ -145,6 +146,10 @@ class Layout:
     def record(self, stage: str) -> Path:
         return self.workdir / stage_table.stage(stage).record
 
+    def stage_log(self, stage: str) -> Path:
+        """The log of a stage's latest run (what `status` quotes when a run was killed)."""
+        return self.workdir / "logs" / f"{stage}.log"
+
     def failure(self, stage: str) -> Path:
         return self.record(stage).with_name(f"{stage}.failed.json")
 
@@ -204,14 +209,14 @@ def remove_stale_temps(path: Path) -> None:
     """Delete temporary files or folders of `path` whose writer process no longer runs (a killed stage)."""
     for leftover in path.parent.glob(f".{glob.escape(path.name)}.*"):
         pid = leftover.name[len(path.name) + 2:].split(".", 1)[0]
-        if pid.isdigit() and not _process_alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             if leftover.is_dir() and not leftover.is_symlink():
                 shutil.rmtree(leftover, ignore_errors=True)
             else:
                 leftover.unlink(missing_ok=True)
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -1,10 +1,13 @@
 """Run stages with provenance: execute one, report status, re-run only what is stale."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from . import stages as stage_table
@@ -26,7 +29,7 @@ def check_inputs(layout: Layout, config: Config, stage: str, strict: bool) -> No
             continue
         message = f"{stage} reads {name}, which is {state.state}" + (
             f" ({'; '.join(state.reasons)})" if state.reasons else "")
-        if state.state in ("missing", "failed"):
+        if state.state in ("missing", "failed", "killed", "running"):
             raise UserError(f"{message}; run `audiotokens {name}` first")
         if strict:
             raise UserError(f"{message}; re-run `audiotokens {name}` or drop --strict")
@@ -47,15 +50,30 @@ def _execute(stage: str, config: Config, strict: bool, **options: Any) -> dict[s
     # replaced some of its artifacts but not all, and later stages must not read such a mix.
     write_failure(layout, stage, f"unfinished: the run started {time.strftime('%Y-%m-%d %H:%M:%S')} (pid "
                   f"{os.getpid()}) has not finished (still running, or killed); if it was stopped, run "
-                  f"`audiotokens {stage}` again")
+                  f"`audiotokens {stage}` again", running=True)
     started = time.perf_counter()
     try:
-        counts = stage_table.stage(stage).runner_class()(config, **options).run() or {}
+        with stage_log(layout.stage_log(stage)):
+            counts = stage_table.stage(stage).runner_class()(config, **options).run() or {}
     except (Exception, KeyboardInterrupt) as exc:
         write_failure(layout, stage, f"{type(exc).__name__}: {exc}" if not isinstance(exc, UserError) else str(exc))
         raise
     write_record(layout, stage, config, counts, time.perf_counter() - started)
     return counts
+
+
+@contextlib.contextmanager
+def stage_log(path: Path) -> Iterator[None]:
+    """Also write the stage's log lines to `path` (line-buffered, so a killed run leaves its last line)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        handler.close()
 
 
 def plan(config: Config, start: str | None = None, stop: str | None = None, force: bool = False) -> list[str]:

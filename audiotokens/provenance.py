@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import stages as stage_table
-from .artifacts import Layout, read_json, write_json
+from .artifacts import Layout, process_alive, read_json, write_json
 from .config import FILE, RUNTIME, Config, keys_with_role
 from .errors import UserError
 from .sources.hf_parquet import ROW_SEPARATOR as PARQUET_ROW
@@ -175,9 +175,14 @@ def _flat(config: Config) -> dict[str, Any]:
     return {f"{section}.{key}": value for section, values in config.to_dict().items() for key, value in values.items()}
 
 
-def write_failure(layout: Layout, stage: str, message: str) -> None:
+UNFINISHED = "unfinished"
+
+
+def write_failure(layout: Layout, stage: str, message: str, running: bool = False) -> None:
+    """Mark a stage failed (or, `running`, started and not finished: killed if its pid is gone later)."""
     try:
-        write_json(layout.failure(stage), {"stage": stage, "error": message,
+        write_json(layout.failure(stage), {"stage": stage, "error": message, "pid": os.getpid(),
+                                           "state": UNFINISHED if running else "failed",
                                            "failed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     except (OSError, UserError):
         pass  # a read-only or full workdir must not hide the original error
@@ -186,7 +191,7 @@ def write_failure(layout: Layout, stage: str, message: str) -> None:
 @dataclass
 class StageState:
     stage: str
-    state: str  # fresh | stale | missing | failed
+    state: str  # fresh | stale | missing | failed | running | killed
     reasons: list[str]
     expected: str  # fingerprint the current config would produce
     params: dict[str, Any]  # the parameters the current config gives the stage
@@ -218,7 +223,10 @@ def _judge(layout, stage, params, expected_inputs, states) -> StageState:
 
     record = read_record(layout, stage)
     if layout.failure(stage).is_file():
-        error = read_json(layout.failure(stage)).get("error", "")
+        failure = read_json(layout.failure(stage))
+        if failure.get("state") == UNFINISHED:
+            return _unfinished(layout, stage, failure, state)
+        error = failure.get("error", "")
         return state("failed", [error.splitlines()[0] if error else "see the log"])
     if record is None:
         return state("missing", [])
@@ -238,6 +246,28 @@ def _judge(layout, stage, params, expected_inputs, states) -> StageState:
             else:
                 reasons.append(f"{name} is {states[name].state}")
     return state("stale", reasons or ["fingerprint changed"])
+
+
+def _unfinished(layout: Layout, stage: str, failure: dict[str, Any], state) -> StageState:
+    """Still running, or killed (any signal, the out-of-memory killer included): then say what it last logged."""
+    pid = int(failure.get("pid", 0))
+    if pid and process_alive(pid):
+        return state("running", [f"pid {pid}, started {failure.get('failed_at', '?')}"])
+    last = last_line(layout.stage_log(stage))
+    why = (f"the run started {failure.get('failed_at', '?')} (pid {pid}) ended without finishing or reporting an "
+           "error (killed: a signal, or the out-of-memory killer — see dmesg); "
+           f"last log line: {last or 'none'}; run `audiotokens {stage}` again")
+    return state("killed", [why])
+
+
+def last_line(path: Path) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - 4096))
+            lines = [line for line in handle.read().decode(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1].strip() if lines else ""
 
 
 def _damaged_outputs(layout: Layout, record: dict[str, Any]) -> list[str]:
