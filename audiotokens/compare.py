@@ -68,6 +68,9 @@ def run_settings(workdir: Path) -> dict[str, Any]:
     return {key: values[key] if len(seen) == 1 else " / ".join(sorted(seen)) for key, seen in settings.items()}
 
 
+TOKEN_FIGURES = ("bits_per_frame", "validation_reconstruction_mse")
+
+
 def run_metrics(workdir: Path) -> dict[str, float | int | None]:
     """Headline figures of every metrics file of the workdir, as "<source> <metric>" columns."""
     layout = Layout(workdir)
@@ -78,6 +81,10 @@ def run_metrics(workdir: Path) -> dict[str, float | int | None]:
         for side in ("train", "validation"):
             found[f"train log {side} {metric}"] = best.get(side, {}).get(metric)
         found["train log best epoch"] = best.get("epoch")
+    tokens = (read_json(layout.record("cluster")) if layout.record("cluster").is_file() else {}).get("counts", {})
+    for key in TOKEN_FIGURES:  # what the tokens keep: bits per frame and reconstruction error
+        if tokens.get(key) is not None:
+            found[key.replace("_", " ")] = tokens[key]
     for path in sorted((layout.output / "eval").glob("*/metrics.json")):
         found.update(_headline(f"eval/{path.parent.name}", read_json(path)))
     for path in sorted(layout.baselines.glob("*/*/metrics.json")):
@@ -200,7 +207,37 @@ def write_comparison(comparison: Comparison, out_dir: str | Path) -> dict[str, P
         tmp.write_text(comparison_markdown(comparison))
     with atomic_path(paths["plot"]) as tmp:
         plot_comparison(comparison, tmp)
+    if any(isinstance(row.get(BITS), (int, float)) for row in comparison.rows):
+        paths["bits"] = out_dir / "compare_bits.png"
+        with atomic_path(paths["bits"]) as tmp:
+            plot_against_bits(comparison, tmp)
     return paths
+
+
+BITS = "bits per frame"
+
+
+def plot_against_bits(comparison: Comparison, path: str | Path) -> None:
+    """Each token run's primary metrics against its bits per frame: what each bit budget keeps."""
+    plt = reports.pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for column in primary_columns(comparison):
+        points = [(row[BITS], row[column], row["run"]) for row in comparison.rows
+                  if isinstance(row.get(BITS), (int, float)) and isinstance(row.get(column), (int, float))]
+        if not points:
+            continue
+        bits, values, _ = zip(*sorted(points))
+        ax.plot(bits, values, "o", label=column)
+        for x, y, name in points:
+            ax.annotate(name, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("bits per frame (log scale)")
+    ax.set_ylabel("score")
+    ax.set_title("metric against the tokens' bit budget", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)
 
 
 def comparison_markdown(comparison: Comparison) -> str:

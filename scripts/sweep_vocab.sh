@@ -27,7 +27,7 @@ import json, sys
 from pathlib import Path
 workdir, k = Path(sys.argv[1]), sys.argv[2]
 metrics = json.loads((workdir / "output/eval/validation/metrics.json").read_text())
-stats = json.loads((workdir / "tokenized/validation/stats.json").read_text())
+stats = json.loads((workdir / "tokenized/stats.json").read_text())["splits"]["validation"]["codebooks"][0]
 fmt = lambda v: f"{v:.4f}" if isinstance(v, (int, float)) else "-"
 print(f"{k:<8} {fmt(metrics.get('mAP')):<14} {fmt(metrics.get('accuracy')):<10} {fmt(stats.get('perplexity')):<10}")
 PY
