@@ -97,11 +97,19 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cuda | mps | cpu
     num_workers: int = 2
+    input: str = "tokens"  # tokens | frames (the stored mel frames, through a linear projection)
+    token_embedding: str = "learned"  # learned | decoded | decoded+learned (tokens input)
+    codebook_fusion: str = "sum"  # sum | attention: how learned embeddings of several codebooks combine
+    encoder: str = "bert"  # bert | conformer | cnn (cnn: frames input)
+    pooling: str = "cls"  # cls | mean | attention
+    head: str = "linear"  # linear | am_softmax (single-label)
+    margin: float = 0.2  # am_softmax additive margin
+    scale: float = 30.0  # am_softmax logit scale
 
 
 @dataclass
 class EvaluateConfig:
-    threshold: float = 0.5
+    threshold: float = -1.0  # < 0: the bundle's decision threshold (train.threshold); set to override
 
 
 @dataclass
@@ -233,6 +241,9 @@ def _validate(config: Config) -> None:
         "train.epochs": config.train.epochs,
         "train.batch_size": config.train.batch_size,
         "train.num_layers": config.train.num_layers,
+        "train.hidden_size": config.train.hidden_size,
+        "train.num_heads": config.train.num_heads,
+        "train.intermediate_size": config.train.intermediate_size,
         "train.grad_accum": config.train.grad_accum,
     }
     for key, value in positive.items():

@@ -1,4 +1,6 @@
-"""`audiotokens evaluate`: the model bundle scored on a tokenized split or a manifest of audio files.
+"""`audiotokens evaluate`: the model bundle scored on a split (its tokens, or its frames for a frames model)
+or on a manifest of audio files. The decision threshold is the bundle's (train.threshold) unless
+evaluate.threshold / --threshold sets one.
 
 Writes output/eval/<name>/ (name = the split or the manifest's stem), swapped in whole:
   metrics.json               the training metrics (same code), counts, skipped clips
@@ -33,7 +35,7 @@ from .artifacts import (
 )
 from .config import Config
 from .errors import UserError
-from .metrics import classification_metrics
+from .objectives import Objective
 from .predict import AudioTokenizer, load_model, score_files
 from .provenance import read_record
 
@@ -53,9 +55,9 @@ class Scored:
 
 
 class Evaluator:
-    """Scores a split's tokens (or a manifest's audio, with the bundle's settings) and writes the reports.
+    """Scores a split (or a manifest's audio, with the bundle's settings) and writes the reports.
 
-    The model runs on `train.device`; the threshold is `evaluate.threshold`.
+    The model runs on `train.device`; the threshold is `evaluate.threshold` when set (>= 0), else the bundle's.
     """
 
     def __init__(self, config: Config, split: str = "validation", manifest: str | Path | None = None,
@@ -66,9 +68,10 @@ class Evaluator:
         self.manifest = Path(manifest) if manifest else None
         self.class_name = class_name
         self.model_dir = Path(model_dir) if model_dir else self.layout.model_dir
-        self.threshold = config.evaluate.threshold
-        if not 0.0 <= self.threshold <= 1.0:
-            raise UserError(f"'evaluate.threshold' must be between 0 and 1, got {self.threshold}")
+        self.threshold = config.evaluate.threshold  # < 0: the bundle's
+        if self.threshold > 1.0:
+            raise UserError(f"'evaluate.threshold' must be between 0 and 1 (or < 0 for the model's), "
+                            f"got {self.threshold}")
 
     @property
     def name(self) -> str:
@@ -79,20 +82,26 @@ class Evaluator:
         sweep_class = resolve_class(self.class_name, bundle.classes) if self.class_name else None
         scored = self._score_manifest(bundle) if self.manifest else self._score_split(bundle)
         out_dir = self.layout.eval_dir(self.name)
-        source = str(self.manifest) if self.manifest else f"tokenized/{self.split}"
-        metrics = write_reports(out_dir, scored, bundle.classes, bundle.task, self.threshold, sweep_class,
+        store = "processed" if bundle.input == "frames" else "tokenized"
+        source = str(self.manifest) if self.manifest else f"{store}/{self.split}"
+        threshold = self.threshold if self.threshold >= 0 else bundle.threshold
+        metrics = write_reports(out_dir, scored, bundle.classes, bundle.objective, threshold, sweep_class,
                                 {"name": self.name, "source": source, "model": str(self.model_dir)})
-        log_headline(self.name, metrics, out_dir)
-        return {key: metrics[key] for key in ("clips", "skipped", "task", *headline_keys(bundle.task))}
+        log_headline(self.name, metrics, out_dir, bundle.objective)
+        return {key: metrics[key] for key in ("clips", "skipped", "task", "threshold", *bundle.objective.headline)}
 
     # ------------------------------------------------------------ a tokenized split
 
     def _score_split(self, bundle) -> Scored:
-        tokens_path, index_path = self.layout.tokens(self.split), self.layout.tokens_index(self.split)
+        frames = bundle.input == "frames"
+        layout, split = self.layout, self.split
+        rows_path, index_path = ((layout.frames(split), layout.frames_index(split)) if frames
+                                 else (layout.tokens(split), layout.tokens_index(split)))
         if not index_path.is_file():
-            raise UserError(f"{index_path} not found; run `audiotokens tokenize` first, or evaluate audio with "
+            stage = "spectrogram" if frames else "tokenize"
+            raise UserError(f"{index_path} not found; run `audiotokens {stage}` first, or evaluate audio with "
                             "--manifest FILE")
-        tokens, index = open_store(tokens_path, index_path)
+        tokens, index = open_store(rows_path, index_path)
         check_split_matches_bundle(self.layout, self.split, index, bundle, self.model_dir)
         scores = np.zeros((len(index), len(bundle.classes)), dtype=np.float32)
         with tqdm(total=len(index), unit="clip", desc=f"evaluate {self.split}", disable=None, leave=False) as bar:
@@ -168,11 +177,10 @@ def check_manifest_labels(manifest: Path, rows, bundle) -> None:
         raise UserError(f"{manifest}: label(s) {', '.join(repr(u) for u in unknown[:5])}"
                         f"{' …' if len(unknown) > 5 else ''} are not classes of the model{hint}; "
                         "labels must be the model's class names")
-    if bundle.task == "singlelabel":
-        multi = next((row for row in rows if len(row.labels) > 1), None)
-        if multi is not None:
-            raise UserError(f"{manifest} line {multi.line}: {multi.id} has {len(multi.labels)} labels but the "
-                            "model is single-label; give one label per clip")
+    wrong = next((row for row in rows if bundle.objective.label_problem(row.labels)), None)
+    if wrong is not None:
+        raise UserError(f"{manifest} line {wrong.line}: {wrong.id} {bundle.objective.label_problem(wrong.labels)}; "
+                        "give labels that fit the model's task")
 
 
 def check_split_matches_bundle(layout: Layout, split: str, index: ClipIndex, bundle, model_dir: Path) -> None:
@@ -190,16 +198,18 @@ def check_split_matches_bundle(layout: Layout, split: str, index: ClipIndex, bun
         if key in spectrogram and spectrogram[key] != bundle.spectrogram.get(key):
             differences.append(f"spectrogram.{key} = {spectrogram[key]!r} ({source}) vs "
                                f"{bundle.spectrogram.get(key)!r} (bundle)")
-    bundled = {"n_clusters": int(bundle.metadata.get("n_clusters", len(bundle.centroids))),
-               "spherical": bool(bundle.spherical)}
-    for key, (value, source) in _split_vocabulary(layout, split, index).items():
-        if value is not None and value != bundled[key]:
-            differences.append(f"cluster.{key} = {value!r} ({source}) vs {bundled[key]!r} (bundle)")
+    if bundle.centroids is not None:
+        bundled = {"n_clusters": int(bundle.metadata.get("n_clusters") or len(bundle.centroids)),
+                   "spherical": bool(bundle.spherical)}
+        for key, (value, source) in _split_vocabulary(layout, split, index).items():
+            if value is not None and value != bundled[key]:
+                differences.append(f"cluster.{key} = {value!r} ({source}) vs {bundled[key]!r} (bundle)")
     if differences:
         raise UserError(f"tokenized/{split} was made with other settings than the model bundle {model_dir}: "
                         f"{'; '.join(differences)}; re-run the stages from the first differing one "
                         "(`audiotokens run`), or evaluate audio with --manifest, which uses the bundle's settings")
-    _check_same_vocabulary(layout, split, bundle, model_dir)
+    if bundle.centroids is not None:
+        _check_same_vocabulary(layout, split, bundle, model_dir)
     _check_same_classes(layout, split, index, bundle, model_dir)
     stored = index.extra.get("dtype")
     if stored and stored != bundle.spectrogram.get("dtype", stored):
@@ -266,10 +276,6 @@ def _unprefixed(params: dict[str, Any], prefix: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- reports
 
 
-def headline_keys(task: str) -> tuple[str, ...]:
-    return ("mAP", "micro_f1", "macro_f1") if task == "multilabel" else ("accuracy", "macro_f1")
-
-
 def _finite(value: Any) -> Any:
     """JSON has no NaN: an undefined metric is written as null."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -282,34 +288,31 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "class"
 
 
-def write_reports(out_dir: Path, scored: Scored, classes: list[str], task: str, threshold: float,
+def write_reports(out_dir: Path, scored: Scored, classes: list[str], objective: Objective, threshold: float,
                   sweep_class: int | None, about: dict[str, Any]) -> dict[str, Any]:
     """Every report file into a temporary directory that then replaces out_dir; returns metrics.json."""
     with atomic_dir(out_dir) as tmp:
-        metrics = _write_all(tmp, scored, classes, task, threshold, sweep_class, about)
+        metrics = _write_all(tmp, scored, classes, objective, threshold, sweep_class, about)
     metrics["files"] = {name: str(out_dir / name) for name in metrics["files"]}
     return metrics
 
 
-def _write_all(folder: Path, scored: Scored, classes: list[str], task: str, threshold: float,
+def _write_all(folder: Path, scored: Scored, classes: list[str], objective: Objective, threshold: float,
                sweep_class: int | None, about: dict[str, Any]) -> dict[str, Any]:
     targets, scores = scored.targets, scored.scores
-    if task == "singlelabel":
-        single = targets.sum(axis=1) == 1
-        if not single.all():
-            raise UserError(f"{about['source']}: clip {scored.ids[int(np.flatnonzero(~single)[0])]} does not have "
-                            "exactly one label, but the model is single-label")
-        true_ids = targets.argmax(axis=1)
-        metrics = classification_metrics(task, true_ids, scores, threshold)
-    else:
-        metrics = classification_metrics(task, targets, scores, threshold)
-    at_threshold = reports.counts_at(targets, reports.class_predictions(scores, task, threshold))
-    rows = reports.per_class_table(targets, scores, classes, task, threshold)
+    for row, labels in enumerate(targets):
+        problem = objective.label_problem(np.flatnonzero(labels).tolist())
+        if problem:
+            raise UserError(f"{about['source']}: clip {scored.ids[row]} {problem}")
+    metric_targets = objective.metric_targets(targets)
+    metrics = objective.metrics(metric_targets, scores, threshold)
+    at_threshold = reports.counts_at(targets, objective.decisions(scores, threshold))
+    rows = reports.per_class_table(targets, scores, classes, objective, threshold)
     files = ["metrics.json", "per_class.csv", "per_class.md", "sweep.csv", "per_class_ap.png", "pr_curves.png",
              "scores.npy", "clips.json"]
 
     reports.write_csv(folder / "per_class.csv", rows, reports.PER_CLASS_COLUMNS)
-    decision = f"at threshold {threshold}" if task == "multilabel" else "of the arg-max class"
+    decision = f"at threshold {threshold}" if objective.uses_threshold else "of the arg-max class"
     (folder / "per_class.md").write_text(
         f"# {about['name']}: per-class results ({len(scored.ids)} clips, sorted by AP)\n\n"
         f"precision, recall and F1 {decision}; best_f1 at best_threshold is each class's optimum.\n\n"
@@ -320,8 +323,8 @@ def _write_all(folder: Path, scored: Scored, classes: list[str], task: str, thre
         reports.write_csv(folder / name, reports.threshold_sweep(targets[:, sweep_class], scores[:, sweep_class]),
                           reports.SWEEP_COLUMNS)
         files.append(name)
-    if task == "singlelabel":
-        matrix = reports.confusion_matrix(true_ids, scores.argmax(axis=1), len(classes))
+    if not objective.uses_threshold:  # one class per clip: a confusion matrix is defined
+        matrix = reports.confusion_matrix(metric_targets, scores.argmax(axis=1), len(classes))
         reports.write_confusion_csv(folder / "confusion.csv", matrix, classes)
         reports.plot_confusion(folder / "confusion.png", matrix, classes)
         files += ["confusion.csv", "confusion.png"]
@@ -332,7 +335,7 @@ def _write_all(folder: Path, scored: Scored, classes: list[str], task: str, thre
 
     result = {
         **about,
-        "task": task,
+        "task": objective.task,
         "threshold": threshold,
         "clips": len(scored.ids),
         "skipped": len(scored.skipped),
@@ -351,13 +354,13 @@ def _write_all(folder: Path, scored: Scored, classes: list[str], task: str, thre
     return result
 
 
-def log_headline(name: str, metrics: dict[str, Any], out_dir: Path) -> None:
+def log_headline(name: str, metrics: dict[str, Any], out_dir: Path, objective: Objective) -> None:
     def number(key: str) -> str:
         value = metrics.get(key)
         return "n/a" if value is None else f"{value:.4f}"
 
     skipped = f", {metrics['skipped']} skipped" if metrics["skipped"] else ""
-    if metrics["task"] == "multilabel":
+    if objective.uses_threshold:
         excluded = metrics.get("classes_excluded", 0)
         note = f" ({excluded} classes without positives excluded)" if excluded else ""
         log.info("%s: %d clips%s — mAP %s%s, micro F1 %s, macro F1 %s at threshold %g", name, metrics["clips"],

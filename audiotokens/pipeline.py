@@ -19,7 +19,7 @@ STAGE_CLASSES = {
     "spectrogram": "audiotokens.spectrogram:SpectrogramProcessor",
     "cluster": "audiotokens.cluster:ClusterCreator",
     "tokenize": "audiotokens.tokenizer:SpecTokenizer",
-    "train": "audiotokens.model:ModelBuilder",
+    "train": "audiotokens.train:ModelBuilder",
     "evaluate": "audiotokens.evaluate:Evaluator",
 }
 

@@ -25,7 +25,7 @@ import numpy as np
 
 _CONTEXT = multiprocessing.get_context("forkserver")
 _CONTEXT.set_forkserver_preload(["audiotokens.cli", "audiotokens.pipeline", "audiotokens.spectrogram",
-                                 "audiotokens.cluster", "audiotokens.tokenizer", "audiotokens.model"])
+                                 "audiotokens.cluster", "audiotokens.tokenizer", "audiotokens.train"])
 
 
 def _slowed(function, seconds: float):

@@ -23,8 +23,8 @@ import torch
 
 from audiotokens.audio import load_mono
 from audiotokens.bundle import save_bundle
-from audiotokens.classifier import AudioTokenClassifier, classifier_config
 from audiotokens.config import SpectrogramConfig
+from audiotokens.modelparts import EXTRA_POSITIONS, AudioClassifier, ModelSpec
 from audiotokens.predict import AudioTokenizer, load_model, predict_cli, single_threaded
 from audiotokens.spectrogram import compute_frames, params_to_dict
 
@@ -47,8 +47,10 @@ def write_bundle(folder: Path, args: argparse.Namespace) -> Path:
     np.save(centroids, np.random.default_rng(0).random((args.clusters, spectrogram["n_mels"]), dtype=np.float32))
     classes = [f"class {i}" for i in range(args.classes)]
     torch.manual_seed(0)
-    model = AudioTokenClassifier(classifier_config(args.clusters, 1, classes, "multilabel", 431, args.layers,
-                                                   args.hidden, max(1, args.hidden // 64), 4 * args.hidden, 0.1))
+    model = AudioClassifier(spec=ModelSpec(
+        classes=classes, codebook_sizes=[args.clusters], hidden_size=args.hidden, max_positions=431 + EXTRA_POSITIONS,
+        encoder_params={"num_layers": args.layers, "num_heads": max(1, args.hidden // 64),
+                        "intermediate_size": 4 * args.hidden}))
     save_bundle(model, folder / "model", classes=classes, task="multilabel", threshold=0.5, max_frames=431,
                 centroids_path=centroids, spectrogram=spectrogram, spherical=False, versions={})
     return folder / "model"

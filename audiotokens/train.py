@@ -1,0 +1,559 @@
+"""The train stage (ModelBuilder): a classifier made of parts, trained from scratch on tokens or frames.
+
+Reads tokenized/<split>/tokens.npy + index.json and output/centroids.npy (train.input = "tokens"), or
+processed/<split>/frames.npy + index.json (train.input = "frames"); writes output/checkpoints/{last,best}.pt
+every epoch, output/metrics.jsonl, output/curves.png and, from the best checkpoint, the portable bundle
+output/model/. The best epoch is chosen on validation; when a test split exists, the best checkpoint is
+scored on it once at the end, and those figures are reported as test.
+
+Train-side metrics come from the epoch's own forward passes (dropout on, weights moving during the
+epoch); they cost nothing extra and are the usual way to watch over-fitting, but are not a clean
+evaluation of the final weights. Validation metrics come from an eval-mode pass after each epoch.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .artifacts import SPLITS, ClipIndex, Layout, open_store
+from .bundle import save_bundle
+from .checkpoint import (
+    copy_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
+from .config import Config
+from .errors import UserError
+from .modelparts import CHOICES, EXTRA_POSITIONS, HEADS, AudioClassifier, ModelSpec, check_spec
+from .objectives import Objective, objective_for
+from .provenance import package_versions, read_record, recorded_fingerprint, stage_params
+from .token_dataset import DATASETS, EpochShuffleSampler, longest_first, make_loader
+from .trainer import PassResult, Trainer, pick_device
+from .training_log import TrainingLog, epoch_line, finite_or_none
+
+log = logging.getLogger("audiotokens")
+
+# Train keys that may change between a run and its --resume (they do not change what was computed so far).
+RESUMABLE_CHANGES = {"train.epochs", "train.patience"}
+FIT_SPLITS = ("train", "validation")  # training and model selection; any other split is only reported
+TEST_SPLIT = "test"
+
+
+# ---------------------------------------------------------------- inputs (tokens, frames, vocabulary)
+
+
+@dataclass
+class SplitStore:
+    """One split's rows (token ids or frames) and its index; `columns` = codebooks or mel bands."""
+
+    name: str
+    path: Path
+    index: ClipIndex
+    columns: int
+
+
+def read_centroid_count(layout: Layout) -> int:
+    """The vocabulary size is the number of centroids: one source of truth, never a second setting."""
+    if not layout.centroids.is_file():
+        raise UserError(f"{layout.centroids} not found; run `audiotokens cluster` first")
+    try:
+        shape = np.load(layout.centroids, mmap_mode="r").shape
+    except ValueError as exc:
+        raise UserError(f"{layout.centroids} is not a readable .npy ({exc}); re-run `audiotokens cluster`") from None
+    if len(shape) != 2 or shape[0] < 1:
+        raise UserError(f"{layout.centroids} has shape {shape}, expected (n_clusters, dim); re-run `audiotokens cluster`")
+    return int(shape[0])
+
+
+def read_split_tokens(layout: Layout, split: str, n_clusters: int) -> SplitStore:
+    """Open one split's token store and check it can be fed to a model with `n_clusters` clusters."""
+    path, index_path = layout.tokens(split), layout.tokens_index(split)
+    if not index_path.is_file():
+        raise UserError(f"{index_path} not found; run `audiotokens tokenize` first")
+    tokens, index = open_store(path, index_path)
+    if len(index) == 0:
+        raise UserError(f"{index_path} lists no clips; the {split} split is empty, check `audiotokens split`")
+    if not np.issubdtype(tokens.dtype, np.integer) or tokens.ndim not in (1, 2):
+        raise UserError(f"{path} holds {tokens.dtype} of shape {tokens.shape}, expected integer ids "
+                        "(frames, codebooks); re-run `audiotokens tokenize`")
+    if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) >= n_clusters):
+        raise UserError(f"{path} holds ids outside 0..{n_clusters - 1} but {layout.centroids} has {n_clusters} "
+                        "centroids; re-run `audiotokens tokenize` with the current centroids")
+    _check_labels(index, index_path)
+    return SplitStore(split, path, index, 1 if tokens.ndim == 1 else int(tokens.shape[1]))
+
+
+def read_split_frames(layout: Layout, split: str) -> SplitStore:
+    """Open one split's frame store (the spectrogram stage's output) for a frames-input model."""
+    path, index_path = layout.frames(split), layout.frames_index(split)
+    if not index_path.is_file():
+        raise UserError(f"{index_path} not found; run `audiotokens spectrogram` first")
+    frames, index = open_store(path, index_path)
+    if len(index) == 0:
+        raise UserError(f"{index_path} lists no clips; the {split} split is empty, check `audiotokens split`")
+    if not np.issubdtype(frames.dtype, np.floating) or frames.ndim != 2:
+        raise UserError(f"{path} holds {frames.dtype} of shape {frames.shape}, expected float frames "
+                        "(frames, n_mels); re-run `audiotokens spectrogram`")
+    _check_labels(index, index_path)
+    return SplitStore(split, path, index, int(frames.shape[1]))
+
+
+def _check_labels(index: ClipIndex, index_path: Path) -> None:
+    try:
+        objective = objective_for(index.task)
+    except UserError as exc:
+        raise UserError(f"{index_path}: {exc}") from None
+    n_classes = len(index.classes)
+    for clip, labels in zip(index.ids, index.labels):
+        if any(not 0 <= label < n_classes for label in labels):
+            raise UserError(f"{index_path}: clip {clip} has a label outside 0..{n_classes - 1}")
+        problem = objective.label_problem(labels)
+        if problem:
+            raise UserError(f"{index_path}: clip {clip} {problem}; re-run `audiotokens split`")
+
+
+def check_splits_agree(train: SplitStore, other: SplitStore) -> None:
+    if (train.index.classes, train.index.task) != (other.index.classes, other.index.task):
+        raise UserError(f"{train.path.parent} and {other.path.parent} disagree on classes or task; "
+                        "re-run `audiotokens tokenize`")
+    if train.columns != other.columns:
+        raise UserError(f"{train.name} rows have {train.columns} columns (codebooks or mel bands), {other.name} "
+                        f"{other.columns}; re-run the stage that wrote {other.path.name}")
+
+
+def read_splits(layout: Layout, input_kind: str) -> tuple[dict[str, SplitStore], int | None]:
+    """Train and validation (required) and test (when it exists), with the vocabulary size for tokens."""
+    if input_kind == "frames":
+        present = [s for s in (*SPLITS, TEST_SPLIT) if s in FIT_SPLITS or layout.frames_index(s).is_file()]
+        return {name: read_split_frames(layout, name) for name in dict.fromkeys(present)}, None
+    n_clusters = read_centroid_count(layout)
+    present = [s for s in (*SPLITS, TEST_SPLIT) if s in FIT_SPLITS or layout.tokens_index(s).is_file()]
+    return {name: read_split_tokens(layout, name, n_clusters) for name in dict.fromkeys(present)}, n_clusters
+
+
+def decode_tables(layout: Layout, n_codebooks: int) -> list[np.ndarray]:
+    """The vectors each codebook's ids decode to: today one codebook, whose table is the centroids."""
+    if n_codebooks != 1:
+        raise UserError(f"train.token_embedding=decoded needs one decoding table per codebook, but the tokens have "
+                        f"{n_codebooks} codebooks and {layout.centroids} is one table; use train.token_embedding=learned")
+    return [np.load(layout.centroids).astype(np.float32)]
+
+
+def spectrogram_params(layout: Layout, config: Config) -> dict[str, Any]:
+    """The parameters the frames were actually made with, from the spectrogram stage's record."""
+    record = read_record(layout, "spectrogram")
+    if record is None:
+        log.warning("%s not found; the bundle records the current config's spectrogram settings",
+                    layout.record("spectrogram"))
+    params = record["params"] if record else stage_params(config, "spectrogram")
+    prefix = "spectrogram."
+    return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+
+
+def spherical(layout: Layout, config: Config) -> bool:
+    record = read_record(layout, "cluster")
+    if record is None or "cluster.spherical" not in record.get("params", {}):
+        log.warning("%s not found; the bundle records the current config's cluster.spherical",
+                    layout.record("cluster"))
+        return config.cluster.spherical
+    return bool(record["params"]["cluster.spherical"])
+
+
+def run_identity(layout: Layout, config: Config, n_clusters: int | None, max_frames: int,
+                 splits: dict[str, SplitStore]) -> dict[str, Any]:
+    """What a checkpoint must share with the current run to be resumed."""
+    params = {k: v for k, v in stage_params(config, "train").items() if k not in RESUMABLE_CHANGES}
+    source = "spectrogram" if config.train.input == "frames" else "tokenize"
+    return {"params": params, source: recorded_fingerprint(layout, source),
+            "n_clusters": n_clusters, "max_frames": max_frames,
+            "clips": {name: len(s.index) for name, s in splits.items()}}
+
+
+# ---------------------------------------------------------------- sizes and settings
+
+
+# Full attention over more positions than this is out of reach of one GPU; past it the user must choose
+# between cutting clips (train.max_length) and cropping audio (spectrogram.max_duration).
+MAX_AUTO_POSITIONS = 8192
+
+
+def model_length(splits: dict[str, SplitStore], max_length: int) -> int:
+    """Frames fed per clip: train.max_length, or (0) the longest clip of any split, so nothing is cut."""
+    if max_length > 0:
+        return max_length
+    name, split = max(splits.items(), key=lambda item: int(item[1].index.lengths.max()))
+    row = int(split.index.lengths.argmax())
+    longest = int(split.index.lengths[row])
+    if longest > MAX_AUTO_POSITIONS:
+        raise UserError(
+            f"clip '{split.index.ids[row]}' ({name}) has {longest} frames; sizing the model to it would need "
+            f"{longest} positions. Set train.max_length (e.g. 1024) to cut long clips (the cut is reported), "
+            "or spectrogram.max_duration to crop the audio")
+    return max(longest, 1)
+
+
+def report_truncation(splits: dict[str, SplitStore], max_frames: int) -> dict[str, int]:
+    """Count and loudly log what max_frames cuts; nothing is truncated silently."""
+    counts = {"truncated_clips": 0, "truncated_frames": 0}
+    for split in splits.values():
+        excess = split.index.lengths - max_frames
+        clips, frames = int((excess > 0).sum()), int(excess[excess > 0].sum())
+        if clips:
+            log.warning("train.max_length=%d cuts %d of %d %s clips (%d frames, %.1f%% of the split's frames); "
+                        "set train.max_length=0 to keep whole clips", max_frames, clips, len(split.index),
+                        split.name, frames, 100 * frames / max(split.index.total_frames, 1))
+        counts["truncated_clips"] += clips
+        counts["truncated_frames"] += frames
+    return counts
+
+
+def make_split_loader(split: SplitStore, input_kind: str, objective: Objective, max_frames: int, batch_size: int,
+                      shuffle_seed: int | None, num_workers: int, pin_memory: bool, seed: int = 0) -> DataLoader:
+    """Training loaders shuffle by (seed, epoch); evaluation loaders go longest first."""
+    dataset = DATASETS[input_kind](split.path, split.index, max_frames, objective)
+    sampler = (EpochShuffleSampler(len(dataset), shuffle_seed) if shuffle_seed is not None
+               else longest_first(dataset.lengths))
+    return make_loader(dataset, batch_size, sampler, num_workers, pin_memory, seed)
+
+
+def _in_unit_interval(value: float) -> bool:
+    return 0 <= value <= 1
+
+
+def _non_negative(value: float) -> bool:
+    return value >= 0
+
+
+def _positive(value: float) -> bool:
+    return value > 0
+
+
+# Ranges the config loader does not know; a wrong value would otherwise fail deep inside torch.
+SETTING_RANGES = {
+    "dropout": (lambda value: 0 <= value < 1, "in [0, 1)"),
+    "warmup_ratio": (_in_unit_interval, "in [0, 1]"),
+    "threshold": (_in_unit_interval, "in [0, 1]"),
+    "margin": (lambda value: 0 <= value < 2, "in [0, 2) (a cosine margin)"),
+    **{key: (_non_negative, ">= 0") for key in ("learning_rate", "weight_decay", "grad_clip", "max_length",
+                                                "patience", "num_workers")},
+    "scale": (_positive, "> 0"),
+}  # sizes, epochs and batch sizes are checked positive when the config is loaded
+
+
+def check_settings(settings) -> None:
+    for key, names in CHOICES.items():
+        if getattr(settings, key) not in names:
+            raise UserError(f"'train.{key}' must be one of {', '.join(names)}, got '{getattr(settings, key)}'")
+    for key, (valid, requirement) in SETTING_RANGES.items():
+        value = getattr(settings, key)
+        if not valid(value):
+            raise UserError(f"'train.{key}' must be {requirement}, got {value}")
+
+
+def model_spec(settings, classes: list[str], max_frames: int, splits: dict[str, SplitStore],
+               n_clusters: int | None, tables: list[np.ndarray]) -> ModelSpec:
+    """The network the train.* settings describe, sized by the data (vocabulary, frame size, lengths)."""
+    columns = splits["train"].columns
+    tokens = settings.input == "tokens"
+    spec = ModelSpec(
+        classes=list(classes), input=settings.input, token_embedding=settings.token_embedding,
+        codebook_sizes=[n_clusters] * columns if tokens else [], codebook_fusion=settings.codebook_fusion,
+        decode_dims=[int(t.shape[1]) for t in tables], decode_combine="concat",
+        input_dim=sum(int(t.shape[1]) for t in tables) if tokens else columns,
+        encoder=settings.encoder, hidden_size=settings.hidden_size, dropout=settings.dropout,
+        encoder_params={"num_layers": settings.num_layers, "num_heads": settings.num_heads,
+                        "intermediate_size": settings.intermediate_size},
+        pooling=settings.pooling, head=settings.head, margin=settings.margin, scale=settings.scale,
+        max_positions=max_frames + EXTRA_POSITIONS)
+    check_spec(spec)
+    return spec
+
+
+# ---------------------------------------------------------------- stage
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint."""
+
+    epoch: int = 0  # epochs completed
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    stale_epochs: int = 0
+    finished: bool = False
+
+
+@dataclass
+class TrainingRun:
+    """Everything one training run works with, built once by ModelBuilder._prepare."""
+
+    splits: dict[str, SplitStore]
+    objective: Objective
+    classes: list[str]
+    max_frames: int
+    truncation: dict[str, int]
+    model: AudioClassifier
+    trainer: Trainer
+    loaders: dict[str, DataLoader]
+    steps_per_epoch: int
+    identity: dict[str, Any]
+
+
+class ModelBuilder:
+    def __init__(self, config: Config, resume: bool = False):
+        self.config = config
+        self.settings = config.train
+        self.resume = resume
+        self.layout = Layout(config.workdir)
+
+    def run(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        run = self._prepare()
+        progress = self._restore(run) if self.resume else Progress()
+        epochs_at_start = progress.epoch
+        samples, seconds = self._fit(run, progress)
+        self._load_best(run.model)
+        test = self._score_test(run, progress)
+        self._write_bundle(run)
+        primary = run.objective.primary_metric
+        return {
+            "epochs_run": progress.epoch - epochs_at_start,
+            "epochs_completed": progress.epoch,
+            "best_epoch": progress.best_epoch,
+            f"best_validation_{primary}": progress.best_score,
+            **{f"{split}_clips": len(s.index) for split, s in run.splits.items()},
+            **test,
+            "max_frames": run.max_frames,
+            **run.truncation,
+            "wall_time_s": round(time.perf_counter() - started, 3),
+            "device": str(run.trainer.device),
+            "precision": run.trainer.precision,
+            "samples_per_s": round(samples / seconds, 2) if seconds else None,
+        }
+
+    def _prepare(self) -> TrainingRun:
+        """Check the inputs, then build the model, the loaders and the trainer (seeded)."""
+        settings = self.settings
+        check_settings(settings)
+        if self.resume and not self._checkpoint_paths()[0].is_file():
+            raise UserError(f"no checkpoint at {self._checkpoint_paths()[0]}; train without --resume to start")
+        splits, n_clusters = read_splits(self.layout, settings.input)
+        for split in splits.values():
+            if split.name != "train":
+                check_splits_agree(splits["train"], split)
+        train = splits["train"]
+        objective, classes = objective_for(train.index.task), train.index.classes
+        if HEADS[settings.head].single_label_only and objective.uses_threshold:
+            raise UserError(f"train.head={settings.head} needs single-label data but the task is "
+                            f"{objective.task}; use train.head=linear")
+        max_frames = model_length(splits, settings.max_length)
+        truncation = report_truncation(splits, max_frames)
+        decodes = settings.input == "tokens" and settings.token_embedding.startswith("decoded")
+        tables = decode_tables(self.layout, train.columns) if decodes else []
+        spec = model_spec(settings, classes, max_frames, splits, n_clusters, tables)
+
+        seed_everything(settings.seed)
+        model = AudioClassifier(spec=spec, decode_tables=[torch.from_numpy(t) for t in tables])
+        device = pick_device(settings.device)
+        loaders = {name: make_split_loader(split, settings.input, objective, max_frames, settings.batch_size,
+                                           settings.seed if name == "train" else None, settings.num_workers,
+                                           device.type == "cuda", settings.seed)
+                   for name, split in splits.items()}
+        steps_per_epoch = math.ceil(len(loaders["train"]) / settings.grad_accum)
+        trainer = Trainer(model=model, objective=objective, device=device, learning_rate=settings.learning_rate,
+                          weight_decay=settings.weight_decay, warmup_ratio=settings.warmup_ratio,
+                          total_steps=settings.epochs * steps_per_epoch, grad_clip=settings.grad_clip,
+                          grad_accum=settings.grad_accum, amp=settings.amp)
+        self._log_setup(model, trainer, splits, objective, n_clusters, max_frames)
+        return TrainingRun(splits, objective, classes, max_frames, truncation, model, trainer, loaders,
+                           steps_per_epoch, run_identity(self.layout, self.config, n_clusters, max_frames, splits))
+
+    def _fit(self, run: TrainingRun, progress: Progress) -> tuple[int, float]:
+        """Epochs until done, early-stopped or interrupted; returns (training samples, training seconds)."""
+        epochs, objective = self.settings.epochs, run.objective
+        training_log = TrainingLog(self.layout, objective, progress.history)
+        samples, seconds = 0, 0.0
+        train_loader = run.loaders["train"]
+        log.info("per epoch, each figure as train | validation (train figures from the epoch's forward passes)")
+        try:
+            while not progress.finished and progress.epoch < epochs:
+                train_loader.sampler.set_epoch(progress.epoch)
+                batches = tqdm(train_loader, desc=f"epoch {progress.epoch + 1}", leave=False, disable=None)
+                fit = run.trainer.train_epoch(batches, len(train_loader))
+                checked = run.trainer.evaluate(run.loaders["validation"])
+                samples, seconds = samples + fit.samples, seconds + fit.seconds
+                row = self._epoch_row(progress, run.trainer, objective, fit, checked)
+                self._advance(progress, row, objective)
+                self._checkpoint(run.model, run.trainer, progress, run.identity, improved=row["best"])
+                training_log.record(row)
+                log.info(epoch_line(row, epochs, objective))
+        finally:
+            training_log.close()
+        return samples, seconds
+
+    # ------------------------------------------------------------ epochs
+
+    def _epoch_row(self, progress: Progress, trainer: Trainer, objective: Objective, fit: PassResult,
+                   checked: PassResult) -> dict[str, Any]:
+        threshold = self.settings.threshold
+        return finite_or_none({
+            "epoch": progress.epoch + 1,
+            "step": trainer.step,
+            "lr": trainer.scheduler.get_last_lr()[0],
+            "train": {"loss": fit.loss, **objective.metrics(fit.targets, fit.scores, threshold)},
+            "validation": {"loss": checked.loss, **objective.metrics(checked.targets, checked.scores, threshold)},
+            "train_samples_per_s": fit.samples / fit.seconds if fit.seconds else 0.0,
+            "epoch_time_s": fit.seconds + checked.seconds,
+        })
+
+    def _advance(self, progress: Progress, row: dict[str, Any], objective: Objective) -> None:
+        score = row["validation"][objective.primary_metric]
+        score = -math.inf if score is None or math.isnan(score) else score
+        row["best"] = progress.best_epoch == 0 or score > progress.best_score
+        progress.epoch += 1
+        progress.history.append(row)
+        if row["best"]:
+            progress.best_score, progress.best_epoch, progress.stale_epochs = score, progress.epoch, 0
+        else:
+            progress.stale_epochs += 1
+        patience = self.settings.patience
+        if patience > 0 and progress.stale_epochs >= patience and progress.epoch < self.settings.epochs:
+            log.info("early stop: validation %s has not improved for %d epochs (best %.4f at epoch %d)",
+                     objective.primary_metric, patience, progress.best_score, progress.best_epoch)
+            progress.finished = True
+
+    # ------------------------------------------------------------ checkpoints
+
+    def _checkpoint(self, model: AudioClassifier, trainer: Trainer, progress: Progress,
+                    identity: dict[str, Any], improved: bool) -> None:
+        state = {"model": model.state_dict(), "trainer": trainer.state_dict(), "rng": rng_state(),
+                 "identity": identity, **progress.__dict__}
+        last, best = self._checkpoint_paths()
+        if improved:
+            # best first: killed between the two writes, last.pt is an epoch behind and --resume
+            # recomputes that epoch; the other order would leave a last.pt naming a best.pt never written
+            save_checkpoint(best, state)
+            copy_checkpoint(best, last)
+        else:
+            save_checkpoint(last, state)
+
+    def _checkpoint_paths(self) -> tuple[Path, Path]:
+        return self.layout.checkpoints / "last.pt", self.layout.checkpoints / "best.pt"
+
+    def _restore(self, run: TrainingRun) -> Progress:
+        last, _ = self._checkpoint_paths()
+        state = load_checkpoint(last)
+        differences = _differences(state.get("identity", {}), run.identity)
+        if differences:
+            raise UserError(f"{last} was written by a different run ({'; '.join(differences)}); "
+                            "train without --resume to start over")
+        trainer = run.trainer
+        trainer.model.load_state_dict(state["model"])
+        trainer.load_state_dict(state["trainer"])
+        set_rng_state(state["rng"])
+        progress = Progress(**{k: state[k] for k in Progress.__dataclass_fields__})
+        self._reconsider_early_stop(progress)
+        if progress.finished or progress.epoch >= self.settings.epochs:
+            log.info("resume: training had already finished after epoch %d; rewriting the bundle", progress.epoch)
+            return progress
+        self._extend_schedule(trainer, progress, self.settings.epochs * run.steps_per_epoch, last)
+        log.info("resume: continuing after epoch %d (best %.4f at epoch %d)", progress.epoch,
+                 progress.best_score, progress.best_epoch)
+        return progress
+
+    def _reconsider_early_stop(self, progress: Progress) -> None:
+        """An early stop holds only under the patience that made it: a larger patience (or 0) continues."""
+        if not progress.finished or progress.epoch >= self.settings.epochs:
+            return
+        patience = self.settings.patience
+        progress.finished = patience > 0 and progress.stale_epochs >= patience
+        if not progress.finished:
+            log.info("resume: the run stopped early after %d epochs without improvement; train.patience=%d "
+                     "lets it continue", progress.stale_epochs, patience)
+
+    @staticmethod
+    def _extend_schedule(trainer: Trainer, progress: Progress, total_steps: int, last: Path) -> None:
+        """More (or fewer) epochs than the checkpoint planned: the lr goes on from its current value to 0
+        at the new horizon. A schedule that already reached lr 0 would make further epochs change nothing."""
+        if total_steps == trainer.schedule.end:
+            return
+        if trainer.lr_factor == 0.0:
+            raise UserError(f"{last} finished its learning-rate schedule (lr 0 after epoch {progress.epoch}); "
+                            "more epochs would not change the weights; train without --resume to start over")
+        trainer.extend_schedule(total_steps)
+        log.info("resume: the learning-rate schedule now ends at step %d, continuing from lr factor %.3g",
+                 total_steps, trainer.lr_factor)
+
+    # ------------------------------------------------------------ results
+
+    def _load_best(self, model: AudioClassifier) -> None:
+        _, best = self._checkpoint_paths()
+        model.load_state_dict(load_checkpoint(best)["model"])
+
+    def _score_test(self, run: TrainingRun, progress: Progress) -> dict[str, Any]:
+        """The best checkpoint scored once on the test split (never used to choose anything)."""
+        if TEST_SPLIT not in run.splits:
+            return {}
+        result = run.trainer.evaluate(run.loaders[TEST_SPLIT])
+        metrics = finite_or_none({"loss": result.loss, **run.objective.metrics(result.targets, result.scores,
+                                                                              self.settings.threshold)})
+        TrainingLog.append_result(self.layout, {"split": TEST_SPLIT, "epoch": progress.best_epoch,
+                                                TEST_SPLIT: metrics})
+        figures = "  ".join(f"{name} {metrics.get(name)}" for name in run.objective.headline)
+        log.info("test (%d clips, best epoch %d by validation): %s", len(run.splits[TEST_SPLIT].index),
+                 progress.best_epoch, figures)
+        return {f"test_{name}": metrics.get(name) for name in ("loss", *run.objective.headline)}
+
+    def _write_bundle(self, run: TrainingRun) -> None:
+        tokens = self.settings.input == "tokens"
+        save_bundle(run.model.cpu(), self.layout.model_dir, classes=run.classes, task=run.objective.task,
+                    threshold=self.settings.threshold, max_frames=run.max_frames,
+                    centroids_path=self.layout.centroids if tokens else None,
+                    spectrogram=spectrogram_params(self.layout, self.config),
+                    spherical=spherical(self.layout, self.config) if tokens else False,
+                    versions=package_versions())
+        log.info("model bundle (best epoch) written to %s", self.layout.model_dir)
+
+    def _log_setup(self, model: AudioClassifier, trainer: Trainer, splits: dict[str, SplitStore],
+                   objective: Objective, n_clusters: int | None, max_frames: int) -> None:
+        parameters = sum(p.numel() for p in model.parameters())
+        train, validation = splits["train"], splits["validation"]
+        sizes = ", ".join(f"{name}: {len(s.index)} clips" for name, s in splits.items())
+        log.info("%s, %d classes (%s)", sizes, len(train.index.classes), objective.task)
+        spec = model.spec
+        source = (f"vocabulary {n_clusters} clusters + 4 special tokens, {train.columns} codebook(s), "
+                  f"{spec.token_embedding} embeddings" if spec.input == "tokens" else f"frames of {train.columns}")
+        log.info("model: %s encoder, %d layers x %d hidden, %s pooling, %s head, %.1fM parameters; %s; "
+                 "%d positions ([CLS] + %d frames + [SEP])", spec.encoder, self.settings.num_layers,
+                 spec.hidden_size, spec.pooling, spec.head, parameters / 1e6, source, max_frames + 2, max_frames)
+        log.info("device %s, %s, batch %d x %d accumulation", trainer.device, trainer.precision,
+                 self.settings.batch_size, self.settings.grad_accum)
+        absent = len(train.index.classes) - int((validation.index.label_matrix().sum(axis=0) > 0).sum())
+        if absent:
+            log.warning("%d classes have no positive validation clip; per-class averages (mAP, macro F1) "
+                        "cover the other %d", absent, len(train.index.classes) - absent)
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        if key == "params":
+            params_old, params_new = old.get(key, {}), new.get(key, {})
+            changes += [f"{k} {params_old.get(k)!r} → {params_new.get(k)!r}"
+                        for k in sorted(set(params_old) | set(params_new)) if params_old.get(k) != params_new.get(k)]
+        elif old.get(key) != new.get(key):
+            changes.append(f"{key} changed")
+    return changes
