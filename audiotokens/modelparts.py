@@ -36,7 +36,7 @@ DECODE_COMBINES = ("concat", "sum")
 INIT_STD = 0.02  # BERT's initialiser range, used for every part this module initialises itself
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ModelSpec:
     """Everything that defines the network's shape; JSON round-trips exactly."""
 
@@ -220,6 +220,14 @@ class Encoder(nn.Module):
 
     output_size: int
 
+    @classmethod
+    def check(cls, spec: ModelSpec) -> None:
+        """Settings this encoder cannot work with, as one-line UserErrors naming the train keys."""
+        heads = spec.encoder_params.get("num_heads", 1)
+        if spec.hidden_size % heads:
+            raise UserError(f"'train.hidden_size' ({spec.hidden_size}) must be a multiple of "
+                            f"'train.num_heads' ({heads})")
+
 
 class BertEncoder(Encoder):
     """Hugging Face BertModel fed through inputs_embeds (its own position embeddings and LayerNorm), SDPA."""
@@ -252,14 +260,21 @@ class ConformerEncoder(Encoder):
     padding-invariant.
     """
 
+    @classmethod
+    def check(cls, spec: ModelSpec) -> None:
+        super().check(spec)
+        head_size = spec.hidden_size // spec.encoder_params.get("num_heads", 4)
+        if head_size % 2:  # rotary positions rotate pairs of features
+            raise UserError(f"train.encoder=conformer needs an even train.hidden_size / train.num_heads, "
+                            f"got {head_size}")
+        if spec.encoder_params.get("kernel_size", 31) % 2 == 0:
+            raise UserError("the conformer's convolution kernel_size must be odd")
+
     def __init__(self, *, spec: ModelSpec, num_layers: int = 4, num_heads: int = 4,
                  intermediate_size: int = 1024, kernel_size: int = 31, attention: str = "sdpa"):
         super().__init__()
         from transformers import Wav2Vec2ConformerConfig
         from transformers.models.wav2vec2_conformer import modeling_wav2vec2_conformer as conformer
-
-        if kernel_size % 2 == 0:
-            raise UserError(f"conformer kernel_size must be odd, got {kernel_size}")
         self.config = Wav2Vec2ConformerConfig(
             hidden_size=spec.hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads,
             intermediate_size=intermediate_size, hidden_dropout=spec.dropout, activation_dropout=spec.dropout,
@@ -337,6 +352,16 @@ class CnnEncoder(Encoder):
 
     reads_raw_frames = True
     has_cls = False
+    MAX_BLOCKS = 6  # each block halves time and frequency
+
+    @classmethod
+    def check(cls, spec: ModelSpec) -> None:
+        if spec.input != "frames":
+            raise UserError(f"train.encoder={spec.encoder} reads mel frames; set train.input=frames")
+        blocks = spec.encoder_params.get("num_layers", 4)
+        if blocks > cls.MAX_BLOCKS:
+            raise UserError(f"train.encoder=cnn uses train.num_layers conv blocks, each halving time and "
+                            f"frequency; use 1 to {cls.MAX_BLOCKS}, got {blocks}")
 
     def __init__(self, *, spec: ModelSpec, num_layers: int = 4, **_unused: Any):
         super().__init__()
@@ -458,13 +483,9 @@ def check_spec(spec: ModelSpec) -> None:
         if getattr(spec, key) not in names:
             raise UserError(f"'train.{key}' must be one of {', '.join(names)}, got '{getattr(spec, key)}'")
     encoder = ENCODERS[spec.encoder]
-    if encoder.reads_raw_frames and spec.input != "frames":
-        raise UserError(f"train.encoder={spec.encoder} reads mel frames; set train.input=frames")
+    encoder.check(spec)
     if not encoder.has_cls and POOLINGS[spec.pooling].needs_cls:
         raise UserError(f"train.encoder={spec.encoder} has no [CLS] position; set train.pooling to mean or attention")
-    heads = spec.encoder_params.get("num_heads")
-    if heads and not encoder.reads_raw_frames and spec.hidden_size % heads:
-        raise UserError(f"'train.hidden_size' ({spec.hidden_size}) must be a multiple of 'train.num_heads' ({heads})")
     if spec.input == "tokens" and not spec.codebook_sizes:
         raise UserError("a tokens model needs the codebook sizes of its vocabulary")
     if spec.decodes and spec.decode_combine not in DECODE_COMBINES:

@@ -53,12 +53,6 @@ class Objective(ABC):
         """Why one clip's labels do not fit the task, or None."""
         return None
 
-    def __eq__(self, other: object) -> bool:
-        return type(self) is type(other)
-
-    def __hash__(self) -> int:
-        return hash(self.task)
-
 
 class MultiLabel(Objective):
     """Independent classes: binary cross-entropy on logits, sigmoid scores, decisions at a threshold."""

@@ -73,7 +73,7 @@ class ClipDataset(Dataset):
     input_kind = ""
     row_dtype: type = np.float32
 
-    def __init__(self, store_path: Path, index: ClipIndex, max_frames: int, objective: Objective):
+    def __init__(self, *, store_path: Path, index: ClipIndex, max_frames: int, objective: Objective):
         self.store_path = Path(store_path)
         self.offsets = index.offsets
         self.lengths = np.minimum(index.lengths, max_frames)

@@ -54,7 +54,7 @@ TEST_SPLIT = "test"
 # ---------------------------------------------------------------- inputs (tokens, frames, vocabulary)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SplitStore:
     """One split's rows (token ids or frames) and its index; `columns` = codebooks or mel bands."""
 
@@ -92,7 +92,7 @@ def read_split_tokens(layout: Layout, split: str, n_clusters: int) -> SplitStore
         raise UserError(f"{path} holds ids outside 0..{n_clusters - 1} but {layout.centroids} has {n_clusters} "
                         "centroids; re-run `audiotokens tokenize` with the current centroids")
     _check_labels(index, index_path)
-    return SplitStore(split, path, index, 1 if tokens.ndim == 1 else int(tokens.shape[1]))
+    return SplitStore(name=split, path=path, index=index, columns=1 if tokens.ndim == 1 else int(tokens.shape[1]))
 
 
 def read_split_frames(layout: Layout, split: str) -> SplitStore:
@@ -107,7 +107,7 @@ def read_split_frames(layout: Layout, split: str) -> SplitStore:
         raise UserError(f"{path} holds {frames.dtype} of shape {frames.shape}, expected float frames "
                         "(frames, n_mels); re-run `audiotokens spectrogram`")
     _check_labels(index, index_path)
-    return SplitStore(split, path, index, int(frames.shape[1]))
+    return SplitStore(name=split, path=path, index=index, columns=int(frames.shape[1]))
 
 
 def _check_labels(index: ClipIndex, index_path: Path) -> None:
@@ -222,7 +222,8 @@ def report_truncation(splits: dict[str, SplitStore], max_frames: int) -> dict[st
 def make_split_loader(split: SplitStore, input_kind: str, objective: Objective, max_frames: int, batch_size: int,
                       shuffle_seed: int | None, num_workers: int, pin_memory: bool, seed: int = 0) -> DataLoader:
     """Training loaders shuffle by (seed, epoch); evaluation loaders go longest first."""
-    dataset = DATASETS[input_kind](split.path, split.index, max_frames, objective)
+    dataset = DATASETS[input_kind](store_path=split.path, index=split.index, max_frames=max_frames,
+                                   objective=objective)
     sampler = (EpochShuffleSampler(len(dataset), shuffle_seed) if shuffle_seed is not None
                else longest_first(dataset.lengths))
     return make_loader(dataset, batch_size, sampler, num_workers, pin_memory, seed)

@@ -197,6 +197,10 @@ def test_impossible_combinations_are_one_line_errors(tmp_path):
         AudioClassifier(spec=tiny_spec("cnn", "mean", input_kind="tokens"))
     with pytest.raises(UserError, match="no \\[CLS\\] position"):
         AudioClassifier(spec=tiny_spec("cnn", "cls"))
+    with pytest.raises(UserError, match="use 1 to 6, got 12"):
+        AudioClassifier(spec=tiny_spec("cnn", "mean", encoder_params={"num_layers": 12}))
+    with pytest.raises(UserError, match="even train.hidden_size / train.num_heads, got 9"):
+        AudioClassifier(spec=tiny_spec("conformer", "mean", hidden_size=18))
     make_workdir(tmp_path, n_train=8, n_validation=4)
     with pytest.raises(UserError, match="train.head=am_softmax needs single-label"):
         ModelBuilder(load_config(overrides=[*TINY, "train.head=am_softmax"], workdir=tmp_path)).run()
