@@ -245,14 +245,14 @@ def test_conformer_and_cnn_learn_a_separable_task(tmp_path, encoder):
 
 @pytest.mark.parametrize("encoder", list(ENCODERS))
 def test_resume_is_exact_for_every_encoder(tmp_path, monkeypatch, encoder):
-    overrides = [*TINY, f"train.encoder={encoder}", "train.pooling=mean", "train.epochs=3", "train.dropout=0.1",
-                 "train.warmup_ratio=0.3"]
+    overrides = [*TINY, f"train.encoder={encoder}", "train.pooling=mean", "train.epochs=2", "train.dropout=0.1",
+                 "train.warmup_ratio=0.3", "train.batch_size=8"]
     runs = {}
     for name in ("straight", "resumed"):
         if encoder == "cnn":
-            make_frames_workdir(tmp_path / name, n_train=32, n_validation=8)
+            make_frames_workdir(tmp_path / name, n_train=16, n_validation=4)
         else:
-            make_workdir(tmp_path / name, n_train=32, n_validation=8)
+            make_workdir(tmp_path / name, n_train=16, n_validation=4)
         runs[name] = load_config(overrides=[*overrides, *(["train.input=frames"] if encoder == "cnn" else [])],
                                  workdir=tmp_path / name)
     ModelBuilder(runs["straight"]).run()
