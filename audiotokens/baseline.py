@@ -53,8 +53,8 @@ from .audio import AudioError, load_mono
 from .config import SpectrogramConfig
 from .corrupt import Corruption, clip_seed
 from .errors import UserError
-from .evaluate import Scored, headline_keys, write_reports
-from .metrics import classification_metrics, primary_metric
+from .evaluate import Scored, write_reports
+from .objectives import objective_for
 from .spectrogram import _cpu_count, _init_worker, mel_power, power_spectrogram
 
 log = logging.getLogger("audiotokens")
@@ -190,6 +190,11 @@ def split_features(clips: list[dict[str, Any]], n_classes: int, params: Spectrog
 # ---------------------------------------------------------------- models
 
 
+def _independent(task: str) -> bool:
+    """One binary problem per class (multi-label: one-vs-rest) rather than one choice among them."""
+    return objective_for(task).independent_classes
+
+
 @dataclass(kw_only=True)
 class FittedBaseline:
     """A fitted baseline: the estimator over the modelled columns and the constant scores of the others."""
@@ -206,7 +211,7 @@ class FittedBaseline:
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.model, "task": self.task, "C": self.C, "cv": self.cv,
-                "cv_metric": primary_metric(self.task), "cv_scores": self.cv_scores,
+                "cv_metric": objective_for(self.task).primary_metric, "cv_scores": self.cv_scores,
                 "modelled_classes": len(self.columns), "classes": self.n_classes}
 
 
@@ -242,7 +247,7 @@ def score_baseline(fitted: FittedBaseline, X: np.ndarray) -> np.ndarray:
 
 def _modelled_targets(Y: np.ndarray, task: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """(columns to model, the y the estimator fits, constant scores) of a 0/1 target matrix."""
-    if task == "multilabel":
+    if _independent(task):
         rate = Y.mean(axis=0) if len(Y) else np.zeros(Y.shape[1])
         columns = np.flatnonzero((rate > 0) & (rate < 1))
         constant = np.where(rate >= 1, 1.0, 0.0)
@@ -264,7 +269,7 @@ def _pipeline(model: str, task: str, multilabel_columns: int) -> Pipeline:
         classifier = SVC(kernel="rbf", gamma="scale", decision_function_shape="ovr")
     else:
         classifier = LogisticRegression(max_iter=LOGREG_MAX_ITER)
-    if task == "multilabel" and multilabel_columns > 1:
+    if _independent(task) and multilabel_columns > 1:
         classifier = OneVsRestClassifier(classifier)
     return Pipeline([("scale", StandardScaler()), ("classify", classifier)])
 
@@ -276,7 +281,7 @@ def _c_param(pipeline: Pipeline) -> str:
 
 def _model_scores(estimator: Pipeline, X: np.ndarray, task: str, model: str, columns: np.ndarray) -> np.ndarray:
     """(clips, len(columns)) scores in [0, 1] from a fitted pipeline, its output mapped onto `columns`."""
-    if task == "multilabel":
+    if _independent(task):
         if model == "logreg":
             raw = estimator.predict_proba(X)
             raw = raw[:, 1:] if raw.shape[1] == 2 and len(columns) == 1 else raw  # a single binary model
@@ -307,7 +312,7 @@ def _cv_splits(X: np.ndarray, y: np.ndarray, task: str, groups: list | None, see
     folds = min(cv_folds, len(X))
     if folds < 2:
         return [], f"none ({len(X)} clip)"
-    if task == "singlelabel":
+    if not _independent(task):
         # StratifiedKFold needs some class with >= folds clips; rarer classes miss some folds (scored as is)
         folds = max(2, min(folds, int(np.bincount(y).max())))
         splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
@@ -340,21 +345,22 @@ def _choose_c(pipeline: Pipeline, X: np.ndarray, y: np.ndarray, splits: list, ta
         log.warning("%s: no cross-validation fold could be scored; using C = 1", model)
         return 1.0, scores
     best = -max(scored)[1]
-    log.info("%s: C = %g (cross-validated %s %.4f)", model, grid[best], primary_metric(task), means[best])
+    log.info("%s: C = %g (cross-validated %s %.4f)", model, grid[best], objective_for(task).primary_metric, means[best])
     return float(grid[best]), scores
 
 
 def _fold_scorer(task: str, model: str, n_columns: int):
     """GridSearchCV scoring: the tool's primary metric of the fold's held-out rows (NaN when undefined)."""
-    metric = primary_metric(task)
+    objective = objective_for(task)
+    metric = objective.primary_metric
 
     def score(estimator, X, y) -> float:
-        columns = np.arange(n_columns) if task == "multilabel" else np.unique(np.concatenate([estimator.classes_, y]))
+        columns = np.arange(n_columns) if _independent(task) else np.unique(np.concatenate([estimator.classes_, y]))
         scores = _model_scores(estimator, X, task, model, columns)
-        if task == "singlelabel":
+        if not _independent(task):
             y = np.searchsorted(columns, y)
-        targets = y.reshape(len(X), -1) if task == "multilabel" else y
-        return float(classification_metrics(task, targets, scores, 0.5)[metric])
+        targets = y.reshape(len(X), -1) if _independent(task) else y
+        return float(objective.metrics(targets, scores, 0.5)[metric])
 
     return score
 
@@ -406,10 +412,11 @@ class BaselineRunner:
                 log.warning("%s: no usable clip in %s; no report written", model, name)
                 continue
             scored = Scored(split.ids, split.targets, score_baseline(fitted, split.features), split.skipped)
-            metrics = write_reports(self.out_dir / model / name, scored, self.classes, self.task, self.threshold,
+            metrics = write_reports(self.out_dir / model / name, scored, self.classes, objective_for(self.task),
+                                    self.threshold,
                                     None, {"name": f"{model} {name}", "source": f"{name} (MFCC features)",
                                            "model": model, "C": fitted.C})
-            summary[name] = {key: metrics.get(key) for key in ("clips", *headline_keys(self.task))}
+            summary[name] = {key: metrics.get(key) for key in ("clips", *objective_for(self.task).headline)}
         return summary
 
 
@@ -452,6 +459,6 @@ class BaselineStage:
         for model, summary in results.items():
             figures = ", ".join(f"{split} {key} {value:.4f}" for split in ("validation", "test")
                                 for key, value in (summary.get(split) or {}).items()
-                                if key == primary_metric(plan.task) and value is not None)
+                                if key == objective_for(plan.task).primary_metric and value is not None)
             log.info("baseline %s (C = %s): %s", model, summary.get("C"), figures)
         return {model: {split: summary.get(split) for split in plan.names()} for model, summary in results.items()}

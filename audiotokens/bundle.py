@@ -1,10 +1,12 @@
 """The portable model bundle: everything inference needs, in one directory.
 
-  model.safetensors + config.json   the classifier (Hugging Face save_pretrained)
-  audiotokens.json                  classes, task, threshold, token layout, lengths, the frame spec,
-                                    package versions
-  vocabulary/                       the tokenizer that turns frames into token ids (vocabulary.py), with
-                                    the frame spec it was fitted on
+  model_spec.json                   the ModelSpec: which parts, their sizes, the classes
+  model.safetensors                 the weights (and the decoding tables of decoded token embeddings)
+  audiotokens.json                  task, classes, decision threshold, token layout, lengths, the frame
+                                    spec, the vocabulary's digest, package versions
+  vocabulary/                       the tokenizer that turns frames into token ids, with the frame spec
+                                    it was fitted on (vocabulary.py; tokens input only: a frames model
+                                    reads frames directly)
 """
 from __future__ import annotations
 
@@ -18,24 +20,31 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers.utils import logging as hf_logging
+from safetensors.torch import load_file, save_file
 
 from .artifacts import atomic_dir, write_json
-from .classifier import EXTRA_POSITIONS, SPECIAL_TOKENS, TOKEN_OFFSET, AudioTokenClassifier, probabilities
 from .errors import UserError
-from .token_dataset import as_frames_by_codebooks, pack_sequences
+from .modelparts import SPECIAL_TOKENS, TOKEN_OFFSET, AudioClassifier, ModelSpec
+from .objectives import Objective, objective_for
+from .token_dataset import PACKERS, as_frames_by_codebooks
 
 log = logging.getLogger("audiotokens")
 
 BUNDLE_FORMAT = "audiotokens-bundle"
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2
 METADATA = "audiotokens.json"
+SPEC = "model_spec.json"
+WEIGHTS = "model.safetensors"
 VOCABULARY = "vocabulary"
-REQUIRED_FILES = (METADATA, "config.json", "model.safetensors")
+REBUILD = "re-run `audiotokens train`, or copy the whole bundle directory"
+
+
+def save_weights(model: AudioClassifier, path: Path) -> None:
+    save_file({name: value.detach().contiguous() for name, value in model.state_dict().items()}, str(path))
 
 
 def save_bundle(
-    model: AudioTokenClassifier,
+    model: AudioClassifier,
     bundle_dir: Path,
     *,
     classes: list[str],
@@ -43,31 +52,38 @@ def save_bundle(
     threshold: float,
     max_frames: int,
     vocabulary,
+    spectrogram: dict[str, Any],
     versions: dict[str, str],
     extra: dict[str, Any] | None = None,
 ) -> None:
-    """Write the bundle beside `bundle_dir`, then swap it in, so a reader never sees half a bundle."""
+    """Write the bundle beside `bundle_dir`, then swap it in, so a reader never sees half a bundle.
+
+    `vocabulary` (vocabulary.Vocabulary) is None for a frames-input model, which needs none; `spectrogram`
+    is the frame spec of the frames the model (or its vocabulary) was made from.
+    """
     bundle_dir = Path(bundle_dir)
+    spec = model.spec
     with atomic_dir(bundle_dir) as tmp:
-        hf_logging.disable_progress_bar()
-        model.save_pretrained(tmp, safe_serialization=True)
-        shutil.copytree(vocabulary.path, tmp / VOCABULARY)
-        config = model.config
+        save_weights(model, tmp / WEIGHTS)
+        write_json(tmp / SPEC, spec.to_json())
+        if vocabulary is not None:
+            shutil.copytree(vocabulary.path, tmp / VOCABULARY)
         write_json(tmp / METADATA, {
             "format": BUNDLE_FORMAT,
             "version": BUNDLE_VERSION,
             "classes": list(classes),
             "task": task,
             "threshold": threshold,
+            "input": spec.input,
             "special_tokens": SPECIAL_TOKENS,
             "token_offset": TOKEN_OFFSET,
-            "sequence": "[CLS] tokens [SEP] [PAD]...",
-            "n_clusters": config.n_clusters,
-            "n_codebooks": config.n_codebooks,
+            "sequence": "[CLS] tokens-or-frames [SEP] [PAD]...",
+            "n_clusters": spec.codebook_sizes[0] if spec.codebook_sizes else None,
+            "n_codebooks": len(spec.codebook_sizes),
             "max_frames": max_frames,
-            "max_position_embeddings": config.max_position_embeddings,
-            "spectrogram": vocabulary.frame_spec,
-            "vocabulary_digest": vocabulary.digest,
+            "max_position_embeddings": spec.max_positions,
+            "spectrogram": spectrogram,
+            "vocabulary_digest": vocabulary.digest if vocabulary is not None else None,
             "versions": versions,
             **(extra or {}),
         })
@@ -75,9 +91,9 @@ def save_bundle(
 
 @dataclass
 class Bundle:
-    model: AudioTokenClassifier
-    vocabulary: Any  # vocabulary.Vocabulary
-    spectrogram: dict[str, Any]
+    model: AudioClassifier
+    vocabulary: Any  # vocabulary.Vocabulary; None for a frames-input model
+    spectrogram: dict[str, Any]  # the frame spec
     classes: list[str]
     task: str
     threshold: float
@@ -88,71 +104,113 @@ class Bundle:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    @torch.no_grad()
-    def scores(self, token_sequences: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
-        """(clips, classes) sigmoid (multi-label) or softmax (single-label) probabilities.
+    @property
+    def spec(self) -> ModelSpec:
+        return self.model.spec
 
-        Each sequence holds raw cluster ids, (frames,) or (frames, codebooks). Sequences longer than
-        the model's `max_frames` are cut to their first `max_frames` frames, with a warning.
+    @property
+    def input(self) -> str:
+        return self.spec.input
+
+    @property
+    def objective(self) -> Objective:
+        return objective_for(self.task)
+
+    @torch.no_grad()
+    def scores(self, clips: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
+        """(clips, classes) probabilities: sigmoid (multi-label) or softmax (single-label).
+
+        Each clip is what the model reads: raw cluster ids, (frames,) or (frames, codebooks), for a tokens
+        model; mel frames (frames, n_mels) for a frames model. Clips longer than the model's `max_frames`
+        are cut to their first `max_frames` frames, with a warning.
         """
-        sequences = [as_frames_by_codebooks(np.asarray(s)) for s in token_sequences]
+        sequences = [self._as_rows(np.asarray(s)) for s in clips]
         self._check(sequences)
         result = np.zeros((len(sequences), len(self.classes)), dtype=np.float32)
         order = np.argsort([-len(s) for s in sequences], kind="stable")  # similar lengths batch together
+        objective, pack = self.objective, PACKERS[self.input]
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            input_ids, attention_mask = pack_sequences([sequences[i][:self.max_frames] for i in rows])
-            logits = self.model(input_ids.to(self.device), attention_mask.to(self.device))
-            result[rows] = probabilities(logits, self.task).cpu().numpy()
+            inputs, mask = pack([sequences[i][:self.max_frames] for i in rows])
+            logits = self.model(inputs.to(self.device), mask.to(self.device))
+            result[rows] = objective.scores(logits).cpu().numpy()
         return result
 
+    def _as_rows(self, clip: np.ndarray) -> np.ndarray:
+        return as_frames_by_codebooks(clip) if self.input == "tokens" else clip
+
     def _check(self, sequences: list[np.ndarray]) -> None:
-        n_clusters, n_codebooks = self.model.config.n_clusters, self.model.config.n_codebooks  # sizes are equal
+        spec = self.spec
         for i, sequence in enumerate(sequences):
-            if sequence.shape[1] != n_codebooks:
+            if self.input == "frames":
+                if sequence.ndim != 2 or sequence.shape[1] != spec.input_dim:
+                    raise UserError(f"clip {i} has frames of shape {sequence.shape}; the model reads "
+                                    f"(frames, {spec.input_dim})")
+                continue
+            sizes = np.asarray(spec.codebook_sizes)
+            if sequence.shape[1] != len(sizes):
                 raise UserError(f"token sequence {i} has {sequence.shape[1]} codebooks; the model expects "
-                                f"{n_codebooks}")
-            if len(sequence) and (sequence.min() < 0 or sequence.max() >= n_clusters):
-                raise UserError(f"token sequence {i} holds ids outside 0..{n_clusters - 1}; tokenize with "
-                                "the bundle's vocabulary")
+                                f"{len(sizes)}")
+            if len(sequence) and (sequence.min() < 0 or (sequence.max(axis=0) >= sizes).any()):
+                raise UserError(f"token sequence {i} holds ids outside the codebook sizes {sizes.tolist()}; "
+                                "tokenize with the bundle's vocabulary")
         cut = [len(s) - self.max_frames for s in sequences if len(s) > self.max_frames]
         if cut:
             log.warning("%d of %d clips are longer than the model's %d frames; %d frames were cut",
                         len(cut), len(sequences), self.max_frames, sum(cut))
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}); {REBUILD}") from None
+
+
+def load_model_weights(bundle_dir: Path, spec: ModelSpec) -> AudioClassifier:
+    """The network of `spec` with the bundle's weights (decoding tables included), in eval mode."""
+    model = AudioClassifier(spec=spec)
+    try:
+        weights = load_file(str(bundle_dir / WEIGHTS))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own type for a damaged file
+        first = (str(exc).strip().splitlines() or ["damaged"])[0]
+        raise UserError(f"{bundle_dir / WEIGHTS} cannot be read ({type(exc).__name__}: {first}); {REBUILD}") from None
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UserError(f"{bundle_dir / WEIGHTS} does not fit {bundle_dir / SPEC} ({first}); {REBUILD}") from None
+    return model.eval()
+
+
 def load_bundle(bundle_dir: str | Path, device: str | torch.device = "cpu") -> Bundle:
     """Load a bundle written by save_bundle; the model comes back in eval mode."""
     bundle_dir = Path(bundle_dir)
-    missing = [name for name in REQUIRED_FILES if not (bundle_dir / name).is_file()]
+    required = (METADATA, SPEC, WEIGHTS)
+    missing = [name for name in required if not (bundle_dir / name).is_file()]
     if missing:
         raise UserError(f"{bundle_dir} is not a complete model bundle (missing {', '.join(missing)}); "
                         "run `audiotokens train` or point --model at a bundle directory")
-    try:
-        metadata = json.loads((bundle_dir / METADATA).read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{bundle_dir / METADATA} is not valid JSON ({exc}); re-run `audiotokens train`") from None
-    if metadata.get("format") != BUNDLE_FORMAT or metadata.get("version") != BUNDLE_VERSION:
-        raise UserError(f"{bundle_dir / METADATA} is not an audiotokens bundle of version {BUNDLE_VERSION}")
-    from .vocabulary import load_vocabulary
-
-    hint = "re-run `audiotokens train`, or copy the whole bundle directory"
-    vocabulary = load_vocabulary(bundle_dir / VOCABULARY, hint)
-    if vocabulary.digest != metadata.get("vocabulary_digest"):
-        raise UserError(f"{bundle_dir / VOCABULARY} is not the vocabulary the model was trained with; {hint}")
-    hf_logging.disable_progress_bar()
-    try:
-        model = AudioTokenClassifier.from_pretrained(bundle_dir).to(device).eval()
-    except Exception as exc:  # noqa: BLE001 - safetensors and transformers raise their own types for bad files
-        raise UserError(f"{bundle_dir / 'model.safetensors'} cannot be read ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else 'damaged'}); {hint}") from None
-    if model.config.max_position_embeddings != metadata["max_frames"] + EXTRA_POSITIONS:
-        raise UserError(f"{bundle_dir}: config.json and {METADATA} disagree on the sequence length; "
+    metadata = _read_json(bundle_dir / METADATA)
+    if not isinstance(metadata, dict) or metadata.get("format") != BUNDLE_FORMAT \
+            or metadata.get("version") != BUNDLE_VERSION:
+        raise UserError(f"{bundle_dir / METADATA} is not an audiotokens bundle of version {BUNDLE_VERSION}; "
                         "re-run `audiotokens train`")
+    spec = ModelSpec.from_json(_read_json(bundle_dir / SPEC))
+    if spec.max_frames != metadata["max_frames"] or spec.classes != metadata["classes"]:
+        raise UserError(f"{bundle_dir}: {SPEC} and {METADATA} disagree on the sequence length or the classes; "
+                        "re-run `audiotokens train`")
+    vocabulary = None
+    if spec.input == "tokens":
+        from .vocabulary import load_vocabulary
+
+        vocabulary = load_vocabulary(bundle_dir / VOCABULARY, REBUILD)
+        if vocabulary.digest != metadata.get("vocabulary_digest"):
+            raise UserError(f"{bundle_dir / VOCABULARY} is not the vocabulary the model was trained with; {REBUILD}")
     return Bundle(
-        model=model,
+        model=load_model_weights(bundle_dir, spec).to(device),
         vocabulary=vocabulary,
-        spectrogram=vocabulary.frame_spec,
+        spectrogram=metadata["spectrogram"],
         classes=metadata["classes"],
         task=metadata["task"],
         threshold=metadata["threshold"],

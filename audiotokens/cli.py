@@ -117,7 +117,8 @@ def train(config, resume, strict):
 
 @main.command(help=BY_NAME["evaluate"].help)
 @common_options("evaluate")
-@click.option("--split", "split_name", default="validation", show_default=True)
+@click.option("--split", "split_name", default=None,
+              help="One split to score (default: the stage, which scores validation and then test).")
 @click.option("--manifest", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Evaluate on audio listed in a CSV manifest (path,label[,group]) instead of a split.")
 @click.option("--class", "class_name", default=None, help="Threshold sweep for this class too.")
@@ -130,7 +131,7 @@ def train(config, resume, strict):
 def evaluate(config, split_name, manifest, class_name, model_dir, strict, corruptions):
     from .pipeline import execute
 
-    if split_name == "validation" and manifest is None and model_dir is None:
+    if split_name is None and manifest is None and model_dir is None:
         execute("evaluate", config, strict=strict, class_name=class_name)
     else:
         from .evaluate import Evaluator
@@ -139,7 +140,7 @@ def evaluate(config, split_name, manifest, class_name, model_dir, strict, corrup
     if corruptions:
         from .robustness import evaluate_robustness
 
-        evaluate_robustness(config, split_name, list(corruptions), model_dir)
+        evaluate_robustness(config, split_name or "validation", list(corruptions), model_dir)
 
 
 @main.command()

@@ -7,7 +7,7 @@ summary (kfold_summary.json, written by scripts/kfold.sh) where present. It runs
 
 The table's setting columns are the parameters whose values are not the same in every run; a
 parameter a run lacks counts as a different value. Metric columns are each metrics file's headline
-figures (evaluate.headline_keys), named "<source> <metric>", e.g. "eval/validation mAP",
+figures (each objective's headline), named "<source> <metric>", e.g. "eval/validation mAP",
 "svm/test accuracy", "train log validation mAP" (the kept epoch). A k-fold directory is one run whose
 metrics are the means over its folds, with "<metric> std" beside them. The CSV has one row per run;
 the Markdown one column per run (settings, then metrics, then times), which stays readable.
@@ -25,8 +25,7 @@ import numpy as np
 from . import reports
 from .artifacts import Layout, atomic_path, read_json, write_json
 from .errors import UserError
-from .evaluate import headline_keys
-from .metrics import primary_metric
+from .objectives import OBJECTIVES, objective_for
 
 KFOLD_SUMMARY = "kfold_summary.json"
 RECORD_SUFFIX = ".meta.json"
@@ -77,7 +76,8 @@ def run_metrics(workdir: Path) -> dict[str, float | int | None]:
     found: dict[str, float | int | None] = {}
     best = _best_epoch(layout.metrics)
     if best is not None:  # train and validation side by side: how far the kept model overfits
-        metric = primary_metric("multilabel" if "mAP" in best.get("validation", {}) else "singlelabel")
+        metric = next((kind.primary_metric for kind in OBJECTIVES.values()
+                       if kind.primary_metric in best.get("validation", {})), "mAP")
         for side in ("train", "validation"):
             found[f"train log {side} {metric}"] = best.get(side, {}).get(metric)
         found["train log best epoch"] = best.get("epoch")
@@ -136,7 +136,7 @@ def _best_epoch(path: Path) -> dict[str, Any] | None:
 
 
 def _headline(source: str, metrics: dict[str, Any]) -> dict[str, Any]:
-    return {f"{source} {key}": metrics.get(key) for key in headline_keys(metrics.get("task", "multilabel"))}
+    return {f"{source} {key}": metrics.get(key) for key in objective_for(metrics.get("task", "multilabel")).headline}
 
 
 # ---------------------------------------------------------------- the comparison

@@ -140,6 +140,14 @@ class TrainConfig:
     seed: int = 0
     device: str = setting("auto", role=RUNTIME, check=("auto", "cuda", "mps", "cpu"))
     num_workers: int = setting(2, role=RUNTIME, check="non_negative")
+    # the model's parts (modelparts.py checks the names against its registries)
+    token_embedding: str = "learned"  # learned | decoded | decoded+learned (tokens input)
+    codebook_fusion: str = "sum"  # sum | attention: how learned embeddings of several codebooks combine
+    encoder: str = "bert"  # bert | conformer | cnn (cnn: frames input)
+    pooling: str = "cls"  # cls | mean | attention
+    head: str = "linear"  # linear | am_softmax (single-label)
+    margin: float = setting(0.2, check="non_negative")  # am_softmax additive margin
+    scale: float = setting(30.0, check="positive")  # am_softmax logit scale
 
 
 @dataclass
@@ -152,7 +160,7 @@ class BaselineConfig:
 
 @dataclass
 class EvaluateConfig:
-    threshold: float = setting(0.5, check="unit")
+    threshold: float = -1.0  # < 0: the bundle's decision threshold (train.threshold); set to override
 
 
 @dataclass

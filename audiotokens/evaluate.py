@@ -1,4 +1,6 @@
-"""`audiotokens evaluate`: the model bundle scored on a tokenized split or a manifest of audio files.
+"""`audiotokens evaluate`: the model bundle scored on a split (its tokens, or its frames for a frames model)
+or on a manifest of audio files. The decision threshold is the bundle's (train.threshold) unless
+evaluate.threshold / --threshold sets one.
 
 Writes output/eval/<name>/ (name = the split or the manifest's stem), swapped in whole:
   metrics.json               the training metrics (same code), counts, skipped clips
@@ -30,11 +32,12 @@ from .artifacts import (
     open_split,
     read_json,
     save_npy,
+    spec_digest,
     write_json,
 )
 from .config import Config
 from .errors import UserError
-from .metrics import classification_metrics
+from .objectives import Objective
 from .predict import AudioTokenizer, load_model, score_files
 
 log = logging.getLogger("audiotokens")
@@ -53,12 +56,14 @@ class Scored:
 
 
 class Evaluator:
-    """Scores a split's tokens (or a manifest's audio, with the bundle's settings) and writes the reports.
+    """Scores splits (or a manifest's audio, with the bundle's settings) and writes the reports.
 
-    The model runs on `train.device`; the threshold is `evaluate.threshold`.
+    As a stage (no split named) it scores validation, then test when the split has one: the model was picked
+    on validation, so test is the figure to report. The model runs on `train.device`; the threshold is
+    `evaluate.threshold` when set (>= 0), else the bundle's.
     """
 
-    def __init__(self, config: Config, split: str = "validation", manifest: str | Path | None = None,
+    def __init__(self, config: Config, split: str | None = None, manifest: str | Path | None = None,
                  class_name: str | None = None, model_dir: str | Path | None = None):
         self.config = config
         self.layout = Layout(config.workdir)
@@ -66,49 +71,57 @@ class Evaluator:
         self.manifest = Path(manifest) if manifest else None
         self.class_name = class_name
         self.model_dir = Path(model_dir) if model_dir else self.layout.model_dir
-        self.threshold = config.evaluate.threshold
-        if not 0.0 <= self.threshold <= 1.0:
-            raise UserError(f"'evaluate.threshold' must be between 0 and 1, got {self.threshold}")
-
-    @property
-    def name(self) -> str:
-        return self.manifest.stem if self.manifest else self.split
+        self.threshold = config.evaluate.threshold  # < 0: the bundle's
+        if self.threshold > 1.0:
+            raise UserError(f"'evaluate.threshold' must be between 0 and 1 (or < 0 for the model's), "
+                            f"got {self.threshold}")
 
     def run(self) -> dict[str, Any]:
         bundle = load_model(self.model_dir, device=self.config.train.device)
+        if self.manifest:
+            return self._report(bundle, self.manifest.stem, self._score_manifest(bundle), str(self.manifest))
+        names = [self.split] if self.split else [n for n in SplitPlan.load(self.layout).names() if n != "train"]
+        store = "processed/frames" if bundle.input == "frames" else "tokenized"
+        results = {name: self._report(bundle, name, self._score_split(bundle, name), f"the {name} split of {store}/")
+                   for name in names}
+        return results[names[0]] if len(names) == 1 else results
+
+    def _report(self, bundle, name: str, scored: Scored, source: str) -> dict[str, Any]:
         sweep_class = resolve_class(self.class_name, bundle.classes) if self.class_name else None
-        scored = self._score_manifest(bundle) if self.manifest else self._score_split(bundle)
-        out_dir = self.layout.eval_dir(self.name)
-        source = str(self.manifest) if self.manifest else f"the {self.split} split of tokenized/"
-        metrics = write_reports(out_dir, scored, bundle.classes, bundle.task, self.threshold, sweep_class,
-                                {"name": self.name, "source": source, "model": str(self.model_dir)})
-        log_headline(self.name, metrics, out_dir)
-        return {key: metrics[key] for key in ("clips", "skipped", "task", *headline_keys(bundle.task))}
+        out_dir = self.layout.eval_dir(name)
+        threshold = self.threshold if self.threshold >= 0 else bundle.threshold
+        metrics = write_reports(out_dir, scored, bundle.classes, bundle.objective, threshold, sweep_class,
+                                {"name": name, "source": source, "model": str(self.model_dir)})
+        log_headline(name, metrics, out_dir, bundle.objective)
+        return {key: metrics[key] for key in ("clips", "skipped", "task", "threshold", *bundle.objective.headline)}
 
-    # ------------------------------------------------------------ a tokenized split
+    # ------------------------------------------------------------ a split of the stores
 
-    def _score_split(self, bundle) -> Scored:
-        if not self.layout.tokens_index.is_file():
-            raise UserError(f"{self.layout.tokens_index} not found; run `audiotokens tokenize` first, or evaluate "
-                            "audio with --manifest FILE")
-        tokens, index = open_split(self.layout, "tokens", self.split)
-        check_split_matches_bundle(self.layout, self.split, index, bundle, self.model_dir)
+    def _score_split(self, bundle, split: str) -> Scored:
+        frames = bundle.input == "frames"
+        index_path = self.layout.frames_index if frames else self.layout.tokens_index
+        if not index_path.is_file():
+            stage = "spectrogram" if frames else "tokenize"
+            raise UserError(f"{index_path} not found; run `audiotokens {stage}` first, or evaluate audio with "
+                            "--manifest FILE")
+        rows, index = open_split(self.layout, "frames" if frames else "tokens", split)
+        check_split_matches_bundle(self.layout, split, index, bundle, self.model_dir)
         scores = np.zeros((len(index), len(bundle.classes)), dtype=np.float32)
-        with tqdm(total=len(index), unit="clip", desc=f"evaluate {self.split}", disable=None, leave=False) as bar:
+        with tqdm(total=len(index), unit="clip", desc=f"evaluate {split}", disable=None, leave=False) as bar:
             for start in range(0, len(index), CLIPS_PER_CALL):
-                rows = range(start, min(start + CLIPS_PER_CALL, len(index)))
+                clips = range(start, min(start + CLIPS_PER_CALL, len(index)))
                 # copies: torch refuses to wrap read-only memmap slices without a warning
-                sequences = [np.array(tokens[index.offsets[i]:index.offsets[i] + index.lengths[i]]) for i in rows]
+                sequences = [np.array(rows[index.offsets[i]:index.offsets[i] + index.lengths[i]]) for i in clips]
                 scores[start:start + len(sequences)] = bundle.scores(sequences)
                 bar.update(len(sequences))
-        return Scored(list(index.ids), index.label_matrix(), scores, self._split_skips())
+        return Scored(list(index.ids), index.label_matrix(), scores, self._split_skips(split))
 
-    def _split_skips(self) -> list[dict[str, str]]:
+    def _split_skips(self, split: str) -> list[dict[str, str]]:
         """Clips of this split the spectrogram stage could not use (they have no tokens to score)."""
         path = self.layout.frames_report
         if not path.is_file():
             return []
-        members = set(SplitPlan.load(self.layout).ids(self.split))
+        members = set(SplitPlan.load(self.layout).ids(split))
         return [{"id": s.get("id", ""), "reason": " ".join(filter(None, (s.get("reason"), s.get("detail"))))}
                 for s in read_json(path).get("skipped", []) if s.get("id") in members]
 
@@ -122,7 +135,8 @@ class Evaluator:
         check_manifest_labels(self.manifest, rows, bundle)
         tokenizer = AudioTokenizer(bundle)
         ids, targets, scores, skipped = [], [], [], []
-        with tqdm(total=len(rows), unit="clip", desc=f"evaluate {self.name}", disable=None, leave=False) as bar:
+        with tqdm(total=len(rows), unit="clip", desc=f"evaluate {self.manifest.stem}", disable=None,
+                  leave=False) as bar:
             for start in range(0, len(rows), CLIPS_PER_CALL):
                 batch = rows[start:start + CLIPS_PER_CALL]
                 for row, (item, clip_scores) in zip(batch, score_files([r.audio for r in batch], bundle, tokenizer)):
@@ -168,23 +182,27 @@ def check_manifest_labels(manifest: Path, rows, bundle) -> None:
         raise UserError(f"{manifest}: label(s) {', '.join(repr(u) for u in unknown[:5])}"
                         f"{' …' if len(unknown) > 5 else ''} are not classes of the model{hint}; "
                         "labels must be the model's class names")
-    if bundle.task == "singlelabel":
-        multi = next((row for row in rows if len(row.labels) > 1), None)
-        if multi is not None:
-            raise UserError(f"{manifest} line {multi.line}: {multi.id} has {len(multi.labels)} labels but the "
-                            "model is single-label; give one label per clip")
+    wrong = next((row for row in rows if bundle.objective.label_problem(row.labels)), None)
+    if wrong is not None:
+        raise UserError(f"{manifest} line {wrong.line}: {wrong.id} {bundle.objective.label_problem(wrong.labels)}; "
+                        "give labels that fit the model's task")
 
 
 def check_split_matches_bundle(layout: Layout, split: str, index: ClipIndex, bundle, model_dir: Path) -> None:
-    """Refuse tokens made with another vocabulary (or frame spec) than the bundle's, or other classes.
+    """Refuse a store made with another vocabulary or frame spec than the bundle's, or other classes.
 
-    The digests say it all: the token index records the vocabulary it was made with, and the bundle
-    carries that vocabulary with the frame spec it was fitted on.
+    The digests say it all: the token index records the vocabulary it was made with (the bundle carries
+    that vocabulary and the frame spec it was fitted on); the frames index records its frame spec.
     """
-    if index.extra.get("vocabulary_digest") != bundle.vocabulary.digest:
-        raise UserError(f"{layout.tokens} was made with another vocabulary than the model bundle {model_dir} "
-                        "(cluster or spectrogram ran again after training); re-run `audiotokens train` (or "
-                        "`audiotokens run`), or evaluate audio with --manifest, which uses the bundle's vocabulary")
+    if bundle.vocabulary is not None:
+        if index.extra.get("vocabulary_digest") != bundle.vocabulary.digest:
+            raise UserError(f"{layout.tokens} was made with another vocabulary than the model bundle {model_dir} "
+                            "(cluster or spectrogram ran again after training); re-run `audiotokens train` (or "
+                            "`audiotokens run`), or evaluate audio with --manifest, which uses the bundle's vocabulary")
+    elif index.extra.get("frame_spec_digest") != spec_digest(bundle.spectrogram):
+        raise UserError(f"{layout.frames} was made with other spectrogram settings than the model bundle "
+                        f"{model_dir}; re-run `audiotokens train` (or `audiotokens run`), or evaluate audio with "
+                        "--manifest, which uses the bundle's settings")
     _check_same_classes(layout, split, index, bundle, model_dir)
 
 
@@ -196,10 +214,6 @@ def _check_same_classes(layout: Layout, split: str, index: ClipIndex, bundle, mo
 
 
 # ---------------------------------------------------------------- reports
-
-
-def headline_keys(task: str) -> tuple[str, ...]:
-    return ("mAP", "micro_f1", "macro_f1") if task == "multilabel" else ("accuracy", "macro_f1")
 
 
 def _finite(value: Any) -> Any:
@@ -214,34 +228,31 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "class"
 
 
-def write_reports(out_dir: Path, scored: Scored, classes: list[str], task: str, threshold: float,
+def write_reports(out_dir: Path, scored: Scored, classes: list[str], objective: Objective, threshold: float,
                   sweep_class: int | None, about: dict[str, Any]) -> dict[str, Any]:
     """Every report file into a temporary directory that then replaces out_dir; returns metrics.json."""
     with atomic_dir(out_dir) as tmp:
-        metrics = _write_all(tmp, scored, classes, task, threshold, sweep_class, about)
+        metrics = _write_all(tmp, scored, classes, objective, threshold, sweep_class, about)
     metrics["files"] = {name: str(out_dir / name) for name in metrics["files"]}
     return metrics
 
 
-def _write_all(folder: Path, scored: Scored, classes: list[str], task: str, threshold: float,
+def _write_all(folder: Path, scored: Scored, classes: list[str], objective: Objective, threshold: float,
                sweep_class: int | None, about: dict[str, Any]) -> dict[str, Any]:
     targets, scores = scored.targets, scored.scores
-    if task == "singlelabel":
-        single = targets.sum(axis=1) == 1
-        if not single.all():
-            raise UserError(f"{about['source']}: clip {scored.ids[int(np.flatnonzero(~single)[0])]} does not have "
-                            "exactly one label, but the model is single-label")
-        true_ids = targets.argmax(axis=1)
-        metrics = classification_metrics(task, true_ids, scores, threshold)
-    else:
-        metrics = classification_metrics(task, targets, scores, threshold)
-    at_threshold = reports.counts_at(targets, reports.class_predictions(scores, task, threshold))
-    rows = reports.per_class_table(targets, scores, classes, task, threshold)
+    for row, labels in enumerate(targets):
+        problem = objective.label_problem(np.flatnonzero(labels).tolist())
+        if problem:
+            raise UserError(f"{about['source']}: clip {scored.ids[row]} {problem}")
+    metric_targets = objective.metric_targets(targets)
+    metrics = objective.metrics(metric_targets, scores, threshold)
+    at_threshold = reports.counts_at(targets, objective.decisions(scores, threshold))
+    rows = reports.per_class_table(targets, scores, classes, objective, threshold)
     files = ["metrics.json", "per_class.csv", "per_class.md", "sweep.csv", "per_class_ap.png", "pr_curves.png",
              "scores.npy", "clips.json"]
 
     reports.write_csv(folder / "per_class.csv", rows, reports.PER_CLASS_COLUMNS)
-    decision = f"at threshold {threshold}" if task == "multilabel" else "of the arg-max class"
+    decision = f"at threshold {threshold}" if objective.uses_threshold else "of the arg-max class"
     (folder / "per_class.md").write_text(
         f"# {about['name']}: per-class results ({len(scored.ids)} clips, sorted by AP)\n\n"
         f"precision, recall and F1 {decision}; best_f1 at best_threshold is each class's optimum.\n\n"
@@ -252,8 +263,8 @@ def _write_all(folder: Path, scored: Scored, classes: list[str], task: str, thre
         reports.write_csv(folder / name, reports.threshold_sweep(targets[:, sweep_class], scores[:, sweep_class]),
                           reports.SWEEP_COLUMNS)
         files.append(name)
-    if task == "singlelabel":
-        matrix = reports.confusion_matrix(true_ids, scores.argmax(axis=1), len(classes))
+    if not objective.uses_threshold:  # one class per clip: a confusion matrix is defined
+        matrix = reports.confusion_matrix(metric_targets, scores.argmax(axis=1), len(classes))
         reports.write_confusion_csv(folder / "confusion.csv", matrix, classes)
         reports.plot_confusion(folder / "confusion.png", matrix, classes)
         files += ["confusion.csv", "confusion.png"]
@@ -264,7 +275,7 @@ def _write_all(folder: Path, scored: Scored, classes: list[str], task: str, thre
 
     result = {
         **about,
-        "task": task,
+        "task": objective.task,
         "threshold": threshold,
         "clips": len(scored.ids),
         "skipped": len(scored.skipped),
@@ -283,13 +294,13 @@ def _write_all(folder: Path, scored: Scored, classes: list[str], task: str, thre
     return result
 
 
-def log_headline(name: str, metrics: dict[str, Any], out_dir: Path) -> None:
+def log_headline(name: str, metrics: dict[str, Any], out_dir: Path, objective: Objective) -> None:
     def number(key: str) -> str:
         value = metrics.get(key)
         return "n/a" if value is None else f"{value:.4f}"
 
     skipped = f", {metrics['skipped']} skipped" if metrics["skipped"] else ""
-    if metrics["task"] == "multilabel":
+    if objective.uses_threshold:
         excluded = metrics.get("classes_excluded", 0)
         note = f" ({excluded} classes without positives excluded)" if excluded else ""
         log.info("%s: %d clips%s — mAP %s%s, micro F1 %s, macro F1 %s at threshold %g", name, metrics["clips"],

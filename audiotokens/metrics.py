@@ -61,17 +61,6 @@ def singlelabel_metrics(targets: np.ndarray, probabilities: np.ndarray) -> dict[
     }
 
 
-def classification_metrics(task: str, targets: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
-    if task == "multilabel":
-        return multilabel_metrics(targets, scores, threshold)
-    return singlelabel_metrics(targets, scores)
-
-
-def primary_metric(task: str) -> str:
-    """The validation score that picks the best checkpoint."""
-    return "mAP" if task == "multilabel" else "accuracy"
-
-
 def _macro_f1(targets: np.ndarray, predicted: np.ndarray) -> float:
     if targets.shape[1] == 0:
         return float("nan")

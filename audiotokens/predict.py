@@ -2,7 +2,9 @@
 
 Everything that turns audio into model input comes from the bundle (spectrogram parameters, storage
 dtype, vocabulary), never from the current config, so a bundle copied to another machine
-scores a file exactly as the training pipeline would have.
+scores a file exactly as the training pipeline would have. A frames-input bundle reads the mel frames
+themselves (no vocabulary). Each listed class says whether the model predicts it: score >= the bundle's
+threshold (train.threshold, or --threshold) for multi-label models, the arg-max class for single-label ones.
 """
 from __future__ import annotations
 
@@ -74,7 +76,7 @@ def single_threaded() -> Iterator[None]:
 
 @dataclass
 class Tokenized:
-    """One file's token ids, or why it has none."""
+    """One file's model input (token ids, or frames for a frames model), or why it has none."""
 
     path: str
     tokens: np.ndarray | None
@@ -82,14 +84,18 @@ class Tokenized:
 
 
 class AudioTokenizer:
-    """Audio file -> frames -> token ids with a bundle's frame spec and vocabulary."""
+    """Audio file -> frames -> model input with a bundle's frame spec and vocabulary.
+
+    For a frames-input bundle the model input is the frames themselves and `quantizer` is None.
+    """
 
     def __init__(self, bundle):
         self.params = bundle_spectrogram(bundle)
-        self.quantizer = bundle.vocabulary.quantizer
-        if self.params.n_mels != self.quantizer.n_mels:
-            raise UserError(f"the bundle's vocabulary takes frames of {self.quantizer.n_mels} mel bands but its "
-                            f"frame spec gives {self.params.n_mels}; the bundle is inconsistent")
+        self.quantizer = bundle.vocabulary.quantizer if bundle.vocabulary is not None else None
+        width = bundle.spec.input_dim if self.quantizer is None else self.quantizer.n_mels
+        if self.params.n_mels != width:
+            raise UserError(f"the bundle's model (or vocabulary) reads frames of {width} values but its frame "
+                            f"spec gives {self.params.n_mels} mel bands; the bundle is inconsistent")
 
     def frames(self, location: str) -> np.ndarray:
         """Frames of one clip exactly as the spectrogram stage stores them (its dtype included)."""
@@ -100,16 +106,21 @@ class AudioTokenizer:
             raise AudioError("non-finite frames", f"values overflow {self.params.dtype}")
         return frames
 
-    def tokens(self, frames: np.ndarray) -> np.ndarray:
-        """Token ids (tokens, codebooks), as the tokenize stage assigns them."""
+    def tokens(self, frames: np.ndarray) -> np.ndarray | None:
+        """Token ids (tokens, codebooks), as the tokenize stage assigns them (None for a frames model)."""
+        if self.quantizer is None:
+            return None
         with single_threaded():
             return self.quantizer.encode(self.quantizer.windows(np.asarray(frames, dtype=np.float32)))
+
+    def model_input(self, frames: np.ndarray) -> np.ndarray:
+        return frames if self.quantizer is None else self.tokens(frames)
 
     def __call__(self, location: str) -> Tokenized:
         """Never raises for a bad file: the reason goes in `error` so the other files still get scored."""
         try:
             with single_threaded():
-                return Tokenized(location, self.tokens(self.frames(location)))
+                return Tokenized(location, self.model_input(self.frames(location)))
         except AudioError as exc:
             return Tokenized(location, None, str(exc))
         except Exception as exc:  # noqa: BLE001 - an odd file must cost one row, not the whole run
@@ -176,15 +187,24 @@ def _list_entries(list_file: Path) -> list[str]:
 # ---------------------------------------------------------------- output
 
 
-def chosen_classes(scores: np.ndarray, classes: Sequence[str], top_k: int,
-                   threshold: float | None) -> list[dict[str, Any]]:
-    """Every class scoring >= threshold when one is given, else the top_k; best first."""
+def chosen_classes(scores: np.ndarray, classes: Sequence[str], top_k: int, threshold: float | None,
+                   predicted: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """Every class scoring >= threshold when one is given, else the top_k; best first.
+
+    `predicted` (one boolean per class, the model's decisions) marks each listed class.
+    """
     order = np.argsort(-scores, kind="stable")
     if threshold is not None:
         order = [i for i in order if scores[i] >= threshold]
     else:
         order = order[:top_k]
-    return [{"class": classes[i], "score": float(scores[i])} for i in order]
+    return [{"class": classes[i], "score": float(scores[i]),
+             **({"predicted": bool(predicted[i])} if predicted is not None else {})} for i in order]
+
+
+def decisions(bundle, scores: np.ndarray, threshold: float | None) -> np.ndarray:
+    """The model's predicted classes for one clip: at `threshold` if given, else at the bundle's."""
+    return bundle.objective.decisions(scores[None, :], bundle.threshold if threshold is None else threshold)[0]
 
 
 class Writer:
@@ -195,16 +215,17 @@ class Writer:
         self.rows: list[dict[str, Any]] = []
         if fmt == "csv":
             self.csv = csv.writer(out)
-            self.csv.writerow(["path", "rank", "class", "score", "error"])
+            self.csv.writerow(["path", "rank", "class", "score", "predicted", "error"])
 
     def write(self, path: str, top: list[dict[str, Any]], error: str) -> None:
         if self.fmt == "json":
             self.rows.append({"path": path, "top": top, "error": error or None})
         elif self.fmt == "csv":
             if error:
-                self.csv.writerow([path, "", "", "", error])
+                self.csv.writerow([path, "", "", "", "", error])
             for rank, item in enumerate(top, 1):
-                self.csv.writerow([path, rank, item["class"], f"{item['score']:.6f}", ""])
+                self.csv.writerow([path, rank, item["class"], f"{item['score']:.6f}",
+                                   str(item.get("predicted", "")).lower(), ""])
         else:
             self.out.write(f"{path}\n")
             if error:
@@ -212,7 +233,8 @@ class Writer:
             elif not top:
                 self.out.write("  (no class reaches the threshold)\n")
             for item in top:
-                self.out.write(f"  {item['score']:.4f}  {item['class']}\n")
+                mark = "*" if item.get("predicted") else " "
+                self.out.write(f"  {item['score']:.4f} {mark} {item['class']}\n")
         self.out.flush()
 
     def close(self) -> None:
@@ -241,7 +263,8 @@ def predict_cli(paths: Sequence[str], model_dir: str | None, workdir: str, top_k
     failed = 0
     for batch in _batches(files, FILES_PER_BATCH):
         for item, scores in score_files(batch, bundle, tokenizer):
-            top = chosen_classes(scores, bundle.classes, top_k, threshold) if scores is not None else []
+            top = (chosen_classes(scores, bundle.classes, top_k, threshold, decisions(bundle, scores, threshold))
+                   if scores is not None else [])
             writer.write(item.path, top, item.error)
             failed += bool(item.error)
     writer.close()
@@ -262,16 +285,32 @@ def show_cli(audio: str, model_dir: str | None, workdir: str, out_path: str | No
     except AudioError as exc:
         raise UserError(f"cannot read {audio}: {exc}") from None
     tokens = tokenizer.tokens(frames)
-    scores = bundle.scores([tokens])[0]
+    scores = bundle.scores([tokenizer.model_input(frames)])[0]
     top = chosen_classes(scores, bundle.classes, top_k, None)
     path = Path(out_path) if out_path else Path.cwd() / f"{Path(audio).stem}.tokens.png"
     draw_tokens_picture(path, frames.astype(np.float32), tokens, top, tokenizer.params, title=Path(audio).name,
-                        n_clusters=max(bundle.vocabulary.codebook_sizes))
+                        n_clusters=max(bundle.vocabulary.codebook_sizes) if bundle.vocabulary is not None else 0)
     print(f"wrote {path}")
     return path
 
 
-def draw_tokens_picture(path: Path, frames: np.ndarray, tokens: np.ndarray, top: list[dict[str, Any]], params,
+def _draw_token_strip(strip, tokens: np.ndarray, seconds: float, n_clusters: int) -> None:
+    # one column per token, one row per codebook (up to STRIP_CODEBOOKS), coloured by id; the same extent
+    # keeps token t under the frames it stands for
+    rows = np.asarray(tokens).reshape(len(tokens), -1)[:, :STRIP_CODEBOOKS].T[::-1]
+    strip.imshow(rows, aspect="auto", extent=(0.0, seconds, 0, len(rows)),
+                 cmap="tab20" if n_clusters <= 20 else "nipy_spectral", vmin=0, vmax=max(n_clusters - 1, 1),
+                 interpolation="nearest")
+    strip.set_yticks([])
+    strip.set_ylabel("tokens" if len(rows) > 1 else "token", rotation=0, ha="right", va="center")
+    strip.set_xlabel("time (s)")
+    if len(tokens) <= 60 and len(rows) == 1:
+        step = seconds / len(tokens)
+        for t, token in enumerate(rows[0]):
+            strip.text((t + 0.5) * step, 0.5, str(int(token)), ha="center", va="center", fontsize=6)
+
+
+def draw_tokens_picture(path: Path, frames: np.ndarray, tokens: np.ndarray | None, top: list[dict[str, Any]], params,
                         title: str, n_clusters: int) -> None:
     from .reports import pyplot
 
@@ -291,19 +330,12 @@ def draw_tokens_picture(path: Path, frames: np.ndarray, tokens: np.ndarray, top:
     mel.tick_params(labelbottom=False)
     fig.colorbar(image, cax=fig.add_subplot(grid[0, 1]))
     strip = fig.add_subplot(grid[1, 0], sharex=mel)
-    # one column per token, one row per codebook (up to STRIP_CODEBOOKS), coloured by id; the same extent
-    # keeps token t under the frames it stands for
-    rows = np.asarray(tokens).reshape(len(tokens), -1)[:, :STRIP_CODEBOOKS].T[::-1]
-    strip.imshow(rows, aspect="auto", extent=(0.0, seconds, 0, len(rows)),
-                 cmap="tab20" if n_clusters <= 20 else "nipy_spectral", vmin=0, vmax=max(n_clusters - 1, 1),
-                 interpolation="nearest")
-    strip.set_yticks([])
-    strip.set_ylabel("token", rotation=0, ha="right", va="center")
-    strip.set_xlabel("time (s)")
-    if len(tokens) <= 60 and len(rows) == 1:
-        step = seconds / len(tokens)
-        for t, token in enumerate(rows[0]):
-            strip.text((t + 0.5) * step, 0.5, str(int(token)), ha="center", va="center", fontsize=6)
+    if tokens is not None:
+        _draw_token_strip(strip, tokens, seconds, n_clusters)
+    else:  # a frames-input model reads the mel itself
+        strip.axis("off")
+        mel.tick_params(labelbottom=True)
+        mel.set_xlabel("time (s)")
     bars = fig.add_subplot(grid[:, 3])
     names = [item["class"] for item in top][::-1]
     bars.barh(range(len(top)), [item["score"] for item in top][::-1], color="tab:green")
@@ -314,8 +346,9 @@ def draw_tokens_picture(path: Path, frames: np.ndarray, tokens: np.ndarray, top:
     for i, item in enumerate(top[::-1]):
         bars.text(min(item["score"], 0.98), i, f" {item['score']:.3f}", va="center", fontsize=7,
                   ha="right" if item["score"] > 0.7 else "left")
-    fig.text(0.01, 0.01, f"{len(frames)} frames, {len(tokens)} tokens x {np.asarray(tokens).reshape(len(tokens), -1).shape[1]} "
-             f"codebooks of {n_clusters}, sr {params.sample_rate}, hop "
+    vocabulary = (f"{len(tokens)} tokens x {np.asarray(tokens).reshape(len(tokens), -1).shape[1]} codebooks of "
+                  f"{n_clusters}" if tokens is not None else "frames input")
+    fig.text(0.01, 0.01, f"{len(frames)} frames, {vocabulary}, sr {params.sample_rate}, hop "
              f"{params.hop_length}, {params.n_mels} mels", fontsize=7, color="gray")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")

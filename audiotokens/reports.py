@@ -9,10 +9,13 @@ import csv
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve
+
+if TYPE_CHECKING:
+    from .objectives import Objective
 
 SWEEP_THRESHOLDS = tuple(round(0.05 * step, 2) for step in range(1, 20))  # 0.05 … 0.95
 SWEEP_COLUMNS = ("threshold", "precision", "recall", "f1", "true_positives", "false_positives",
@@ -68,18 +71,7 @@ def best_f1_threshold(y_true: np.ndarray, scores: np.ndarray) -> tuple[float, fl
     return float(f1[best]), float(thresholds[best])
 
 
-def class_predictions(scores: np.ndarray, task: str, threshold: float) -> np.ndarray:
-    """0/1 (clips, classes): score >= threshold for multi-label, the arg-max class for single-label."""
-    scores = np.asarray(scores)
-    if task == "singlelabel":
-        predicted = np.zeros(scores.shape, dtype=bool)
-        if scores.size:
-            predicted[np.arange(len(scores)), scores.argmax(axis=1)] = True
-        return predicted
-    return scores >= threshold
-
-
-def per_class_table(y_true: np.ndarray, scores: np.ndarray, classes: Sequence[str], task: str,
+def per_class_table(y_true: np.ndarray, scores: np.ndarray, classes: Sequence[str], objective: Objective,
                     threshold: float) -> list[dict[str, Any]]:
     """One row per class, best AP first; classes without positives (AP undefined) last with ap None.
 
@@ -87,7 +79,7 @@ def per_class_table(y_true: np.ndarray, scores: np.ndarray, classes: Sequence[st
     best_f1/best_threshold are the one-vs-rest optimum of that class's scores.
     """
     y_true, scores = np.asarray(y_true), np.asarray(scores)
-    predicted = class_predictions(scores, task, threshold)
+    predicted = objective.decisions(scores, threshold)
     rows = []
     for column, name in enumerate(classes):
         truth = y_true[:, column] > 0

@@ -2,7 +2,7 @@
 
 write_robustness(out_dir, ...) writes, for a model's scores per condition ("clean" first, then each
 corruption by Corruption.name):
-  robustness.csv, .md   one row per condition: clips, the headline metrics (evaluate.headline_keys) and
+  robustness.csv, .md   one row per condition: clips, the headline metrics (the objective's headline) and
                         the change of the primary metric against clean
   per_class.csv         one row per class: its positives and AP under every condition
   robustness.png        the primary metric per condition
@@ -18,8 +18,9 @@ import numpy as np
 
 from . import reports
 from .artifacts import atomic_dir, write_json
-from .evaluate import Scored, headline_keys
-from .metrics import classification_metrics, per_class_average_precision, primary_metric
+from .evaluate import Scored
+from .metrics import per_class_average_precision
+from .objectives import objective_for
 from .training_log import finite_or_none
 
 log = logging.getLogger("audiotokens")
@@ -34,11 +35,11 @@ def write_robustness(out_dir: str | Path, *, conditions: dict[str, Scored], clas
         raise ValueError("the robustness table needs the clean condition to compare against")
     names = [CLEAN, *[name for name in conditions if name != CLEAN]]
     rows = [condition_row(name, conditions[name], task, threshold) for name in names]
-    primary = primary_metric(task)
+    primary = objective_for(task).primary_metric
     for row in rows:
         clean, value = rows[0][primary], row[primary]
         row[f"{primary} change"] = value - clean if value is not None and clean is not None else None
-    columns = ["condition", "clips", *headline_keys(task), f"{primary} change"]
+    columns = ["condition", "clips", *objective_for(task).headline, f"{primary} change"]
     per_class = per_class_rows(conditions, names, classes)
     with atomic_dir(out_dir) as folder:
         reports.write_csv(folder / "robustness.csv", rows, columns)
@@ -52,10 +53,10 @@ def write_robustness(out_dir: str | Path, *, conditions: dict[str, Scored], clas
 
 def condition_row(name: str, scored: Scored, task: str, threshold: float) -> dict[str, Any]:
     """Headline metrics of one condition's scores (None where undefined, never NaN)."""
-    targets = scored.targets.argmax(axis=1) if task == "singlelabel" else scored.targets
-    metrics = classification_metrics(task, targets, scored.scores, threshold)
+    objective = objective_for(task)
+    metrics = objective.metrics(objective.metric_targets(scored.targets), scored.scores, threshold)
     return finite_or_none({"condition": name, "clips": len(scored.ids),
-                           **{key: metrics[key] for key in headline_keys(task)}})
+                           **{key: metrics[key] for key in objective.headline}})
 
 
 def per_class_rows(conditions: dict[str, Scored], names: list[str], classes: list[str]) -> list[dict[str, Any]]:
@@ -106,7 +107,7 @@ def evaluate_robustness(config, split: str, specs: list[str], model_dir: Path | 
     for saved in sorted(layout.baselines.glob("*/model.joblib")):
         results[saved.parent.name] = _baseline_robustness(config, saved, clips, corruptions, plan,
                                                           out / f"baseline_{saved.parent.name}")
-    primary = primary_metric(plan.task)
+    primary = objective_for(plan.task).primary_metric
     for name, rows in results.items():
         log.info("robustness of %s on the %s split (%s): %s", name, split, primary,
                  ", ".join(f"{row['condition']} {row[primary]:.4f}" for row in rows if row[primary] is not None))
@@ -134,7 +135,7 @@ def _model_scores(bundle, clips: list[dict], corruption, classes: list[str], see
             skipped.append({"id": clip["id"], "reason": str(exc)})
             continue
         ids.append(clip["id"])
-        sequences.append(tokenizer.tokens(frames))
+        sequences.append(tokenizer.model_input(frames))
         target = np.zeros(len(classes), dtype=np.float32)
         target[clip["labels"]] = 1.0
         targets.append(target)

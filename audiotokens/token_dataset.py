@@ -1,4 +1,8 @@
-"""Token clips as model batches: a memmap-backed Dataset, a reproducible shuffle and a padding collate."""
+"""Clips as model batches: memmap-backed datasets of token ids or frames, a reproducible shuffle, padding collates.
+
+Both stores have one format: a .npy of rows (frames x codebooks ids, or frames x mel floats) and a ClipIndex
+of offsets, lengths and labels. A batch is {"inputs", "mask", "targets", "indices"} whatever the input.
+"""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -9,7 +13,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .artifacts import ClipIndex
-from .classifier import CLS, EXTRA_POSITIONS, PAD, SEP, TOKEN_OFFSET
+from .modelparts import CLS, EXTRA_POSITIONS, PAD, SEP, TOKEN_OFFSET
+from .objectives import Objective
 
 
 def as_frames_by_codebooks(tokens: np.ndarray) -> np.ndarray:
@@ -37,55 +42,91 @@ def pack_sequences(sequences: Sequence[np.ndarray | torch.Tensor]) -> tuple[torc
     return input_ids, attention_mask
 
 
-class TokenClipDataset(Dataset):
-    """Clip i = its first `max_frames` token rows from tokens.npy, with its label target.
+def pack_frames(sequences: Sequence[np.ndarray | torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame sequences (frames, dim) -> (batch, positions, dim) floats laid out like pack_sequences.
+
+    Row 0 ([CLS]), row n + 1 ([SEP]) and the padding rows are zeros; the model puts its learned [CLS]
+    and [SEP] vectors there. The mask is the one pack_sequences gives for the same lengths.
+    """
+    sequences = [torch.as_tensor(np.asarray(s, dtype=np.float32)) for s in sequences]
+    dim = sequences[0].shape[1] if sequences else 0
+    width = max((len(s) for s in sequences), default=0) + EXTRA_POSITIONS
+    inputs = torch.zeros((len(sequences), width, dim), dtype=torch.float32)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        n = len(sequence)
+        inputs[row, 1:n + 1] = sequence
+        mask[row, :n + EXTRA_POSITIONS] = 1
+    return inputs, mask
+
+
+PACKERS = {"tokens": pack_sequences, "frames": pack_frames}  # model input kind -> batch layout
+
+
+class ClipDataset(Dataset):
+    """Clip i = its first `max_frames` rows of a clip store, with its label target.
 
     The memmap is opened lazily in whichever process reads it (each DataLoader worker opens its own)
     and is never pickled: pickling an np.memmap would copy the whole array into every worker.
     """
 
-    def __init__(self, tokens_path: Path, index: ClipIndex, max_frames: int):
-        self.tokens_path = Path(tokens_path)
+    input_kind = ""
+    row_dtype: type = np.float32
+
+    def __init__(self, *, store_path: Path, index: ClipIndex, max_frames: int, objective: Objective):
+        self.store_path = Path(store_path)
         self.offsets = index.offsets
         self.lengths = np.minimum(index.lengths, max_frames)
         self.labels = index.labels
         self.n_classes = len(index.classes)
-        self.multilabel = index.task == "multilabel"
-        self._tokens: np.ndarray | None = None
+        self.objective = objective
+        self._rows: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.offsets)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_tokens": None}
+        return {**self.__dict__, "_rows": None}
 
-    def tokens(self) -> np.ndarray:
-        if self._tokens is None:
-            self._tokens = as_frames_by_codebooks(np.load(self.tokens_path, mmap_mode="r"))
-        return self._tokens
+    def rows(self) -> np.ndarray:
+        if self._rows is None:
+            self._rows = self.open(self.store_path)
+        return self._rows
+
+    @staticmethod
+    def open(path: Path) -> np.ndarray:
+        return np.load(path, mmap_mode="r")
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, torch.Tensor, int]:
         start = int(self.offsets[i])
-        rows = np.array(self.tokens()[start:start + int(self.lengths[i])], dtype=np.int64)
-        return rows, self.target(i), i
+        rows = np.array(self.rows()[start:start + int(self.lengths[i])], dtype=self.row_dtype)
+        return rows, self.objective.target(self.labels[i], self.n_classes), i
 
-    def target(self, i: int) -> torch.Tensor:
-        if self.multilabel:
-            vector = torch.zeros(self.n_classes, dtype=torch.float32)
-            vector[self.labels[i]] = 1.0
-            return vector
-        return torch.tensor(self.labels[i][0], dtype=torch.long)
+    def collate(self, items: list[tuple[np.ndarray, torch.Tensor, int]]) -> dict[str, torch.Tensor]:
+        sequences, targets, indices = zip(*items)
+        inputs, mask = PACKERS[self.input_kind](sequences)
+        return {"inputs": inputs, "mask": mask, "targets": torch.stack(targets),
+                "indices": torch.tensor(indices, dtype=torch.long)}
 
 
-def collate_clips(items: list[tuple[np.ndarray, torch.Tensor, int]]) -> dict[str, torch.Tensor]:
-    sequences, targets, indices = zip(*items)
-    input_ids, attention_mask = pack_sequences(sequences)
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "targets": torch.stack(targets),
-        "indices": torch.tensor(indices, dtype=torch.long),
-    }
+class TokenClipDataset(ClipDataset):
+    """Token ids of tokenized/<split>/tokens.npy, (frames, codebooks)."""
+
+    input_kind = "tokens"
+    row_dtype = np.int64
+
+    @staticmethod
+    def open(path: Path) -> np.ndarray:
+        return as_frames_by_codebooks(np.load(path, mmap_mode="r"))
+
+
+class FrameClipDataset(ClipDataset):
+    """Mel frames of processed/<split>/frames.npy, (frames, n_mels), as float32."""
+
+    input_kind = "frames"
+
+
+DATASETS: dict[str, type[ClipDataset]] = {kind.input_kind: kind for kind in (TokenClipDataset, FrameClipDataset)}
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -110,7 +151,7 @@ def longest_first(lengths: np.ndarray) -> list[int]:
 
 
 def make_loader(
-    dataset: TokenClipDataset,
+    dataset: ClipDataset,
     batch_size: int,
     sampler: Sampler[int] | Sequence[int],
     num_workers: int,
@@ -123,7 +164,7 @@ def make_loader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
-        collate_fn=collate_clips,
+        collate_fn=dataset.collate,
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,

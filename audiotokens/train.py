@@ -1,8 +1,10 @@
-"""The train stage: a BERT classifier over token sequences, trained from scratch (ModelBuilder).
+"""The train stage (ModelBuilder): a classifier made of parts, trained from scratch on tokens or frames.
 
-Reads each split's view of tokenized/tokens.npy (artifacts.open_split) and output/vocabulary/; writes
-output/checkpoints/{last,best}.pt every epoch, output/metrics.jsonl, output/curves.png and, from the
-best checkpoint, the portable bundle output/model/.
+Reads each split's view of tokenized/tokens.npy and output/vocabulary/ (train.input = "tokens"), or of
+processed/frames/frames.npy (train.input = "frames"); writes output/checkpoints/{last,best}.pt
+every epoch, output/metrics.jsonl, output/curves.png and, from the best checkpoint, the portable bundle
+output/model/. The best epoch is chosen on validation; when a test split exists, the best checkpoint is
+scored on it once at the end, and those figures are reported as test.
 
 Train-side metrics come from the epoch's own forward passes (dropout on, weights moving during the
 epoch); they cost nothing extra and are the usual way to watch over-fitting, but are not a clean
@@ -18,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .artifacts import ClipIndex, Layout, SplitPlan, open_split
+from .artifacts import ClipIndex, Layout, SplitPlan, open_split, read_frame_spec
 from .bundle import save_bundle
 from .checkpoint import (
     copy_checkpoint,
@@ -31,28 +34,32 @@ from .checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from .classifier import AudioTokenClassifier, classifier_config
 from .config import RESUMABLE, Config, keys_with_role
 from .errors import UserError
-from .metrics import classification_metrics, primary_metric
+from .modelparts import CHOICES, EXTRA_POSITIONS, HEADS, AudioClassifier, ModelSpec, check_spec
+from .objectives import Objective, objective_for
 from .provenance import package_versions, recorded_fingerprint, stage_params
-from .token_dataset import EpochShuffleSampler, TokenClipDataset, longest_first, make_loader
+from .token_dataset import DATASETS, EpochShuffleSampler, longest_first, make_loader
 from .trainer import PassResult, Trainer, pick_device
 from .training_log import TrainingLog, epoch_line, finite_or_none
 
 log = logging.getLogger("audiotokens")
 
+FIT_SPLITS = ("train", "validation")  # training and model selection; any other split is only reported
+TEST_SPLIT = "test"
 
 
-# ---------------------------------------------------------------- inputs
+# ---------------------------------------------------------------- inputs (tokens, frames, vocabulary)
 
 
-@dataclass
-class SplitTokens:
+@dataclass(kw_only=True)
+class SplitStore:
+    """One split's rows (token ids or frames) and its index; `columns` = codebooks or mel bands."""
+
     name: str
     path: Path
     index: ClipIndex
-    n_codebooks: int
+    columns: int
 
 
 def read_vocabulary(layout: Layout):
@@ -62,39 +69,83 @@ def read_vocabulary(layout: Layout):
     return load_vocabulary(layout.vocabulary)
 
 
-def read_split_tokens(layout: Layout, split: str, vocab) -> SplitTokens:
+def read_split_tokens(layout: Layout, split: str, vocab) -> SplitStore:
     """One split's view of the token store, checked against the vocabulary that will ship with the model."""
     tokens, index = open_split(layout, "tokens", split)
     path = layout.tokens
     if index.extra.get("vocabulary_digest") != vocab.digest:
         raise UserError(f"{path} was made with another vocabulary than {vocab.path} (cluster ran again since "
                         "tokenize); re-run `audiotokens tokenize`")
-    if not np.issubdtype(tokens.dtype, np.integer) or tokens.ndim != 2 or tokens.shape[1] != len(vocab.codebook_sizes):
+    n_codebooks = len(vocab.codebook_sizes)
+    if not np.issubdtype(tokens.dtype, np.integer) or tokens.ndim != 2 or tokens.shape[1] != n_codebooks:
         raise UserError(f"{path} holds {tokens.dtype} of shape {tokens.shape}, expected integer ids "
-                        f"(tokens, {len(vocab.codebook_sizes)} codebooks); re-run `audiotokens tokenize`")
+                        f"(tokens, {n_codebooks} codebooks); re-run `audiotokens tokenize`")
     _check_labels(index, layout.split_json)
-    return SplitTokens(split, path, index, int(tokens.shape[1]))
+    return SplitStore(name=split, path=path, index=index, columns=n_codebooks)
+
+
+def read_split_frames(layout: Layout, split: str) -> SplitStore:
+    """One split's view of the frame store (the spectrogram stage's output) for a frames-input model."""
+    frames, index = open_split(layout, "frames", split)
+    if not np.issubdtype(frames.dtype, np.floating) or frames.ndim != 2:
+        raise UserError(f"{layout.frames} holds {frames.dtype} of shape {frames.shape}, expected float frames "
+                        "(frames, n_mels); re-run `audiotokens spectrogram`")
+    _check_labels(index, layout.split_json)
+    return SplitStore(name=split, path=layout.frames, index=index, columns=int(frames.shape[1]))
 
 
 def _check_labels(index: ClipIndex, index_path: Path) -> None:
-    if index.task not in ("multilabel", "singlelabel"):
-        raise UserError(f"{index_path}: task is '{index.task}', expected multilabel or singlelabel")
+    try:
+        objective = objective_for(index.task)
+    except UserError as exc:
+        raise UserError(f"{index_path}: {exc}") from None
     n_classes = len(index.classes)
     for clip, labels in zip(index.ids, index.labels):
         if any(not 0 <= label < n_classes for label in labels):
             raise UserError(f"{index_path}: clip {clip} has a label outside 0..{n_classes - 1}")
-        if index.task == "singlelabel" and len(labels) != 1:
-            raise UserError(f"{index_path}: clip {clip} has {len(labels)} labels but the task is singlelabel; "
-                            "re-run `audiotokens split`")
+        problem = objective.label_problem(labels)
+        if problem:
+            raise UserError(f"{index_path}: clip {clip} {problem}; re-run `audiotokens split`")
 
 
-def check_splits_agree(train: SplitTokens, validation: SplitTokens) -> None:
-    if (train.index.classes, train.index.task) != (validation.index.classes, validation.index.task):
-        raise UserError(f"{train.path.parent} and {validation.path.parent} disagree on classes or task; "
-                        "re-run `audiotokens tokenize`")
-    if train.n_codebooks != validation.n_codebooks:
-        raise UserError(f"train tokens have {train.n_codebooks} codebooks, validation {validation.n_codebooks}; "
-                        "re-run `audiotokens tokenize`")
+def check_splits_agree(train: SplitStore, other: SplitStore) -> None:
+    if (train.index.classes, train.index.task) != (other.index.classes, other.index.task):
+        raise UserError(f"the {train.name} and {other.name} splits disagree on classes or task; "
+                        "re-run `audiotokens split`")
+    if train.columns != other.columns:
+        raise UserError(f"{train.name} rows have {train.columns} columns (codebooks or mel bands), {other.name} "
+                        f"{other.columns}; re-run the stage that wrote {other.path.name}")
+
+
+def read_splits(layout: Layout, input_kind: str) -> tuple[dict[str, SplitStore], Any]:
+    """Train and validation (required) and test (when the split has one), with the vocabulary for tokens."""
+    names = SplitPlan.load(layout).names()
+    for required in FIT_SPLITS:
+        if required not in names:
+            raise UserError(f"the {required} split is empty; check `audiotokens split` (split.* settings)")
+    if input_kind == "frames":
+        return {name: read_split_frames(layout, name) for name in names}, None
+    vocab = read_vocabulary(layout)
+    return {name: read_split_tokens(layout, name, vocab) for name in names}, vocab
+
+
+def decode_tables(vocab) -> list[np.ndarray]:
+    """The vectors each codebook's ids decode to (combined by vocab.quantizer.combine into a frame)."""
+    return [np.asarray(book, dtype=np.float32) for book in vocab.quantizer.codebooks]
+
+
+def run_identity(layout: Layout, config: Config, vocab, max_frames: int,
+                 splits: dict[str, SplitStore]) -> dict[str, Any]:
+    """What a checkpoint must share with the current run to be resumed."""
+    params = {k: v for k, v in stage_params(config, "train").items() if k not in keys_with_role(RESUMABLE)}
+    source = "spectrogram" if config.train.input == "frames" else "tokenize"
+    return {"params": params, source: recorded_fingerprint(layout, source),
+            "split": recorded_fingerprint(layout, "split"),
+            "vocabulary": vocab.digest if vocab is not None else None, "max_frames": max_frames,
+            "clips": {name: len(s.index) for name, s in splits.items()}}
+
+
+# ---------------------------------------------------------------- sizes and settings
 
 
 # Full attention over more positions than this is out of reach of one GPU; past it the user must choose
@@ -102,7 +153,7 @@ def check_splits_agree(train: SplitTokens, validation: SplitTokens) -> None:
 MAX_AUTO_POSITIONS = 8192
 
 
-def model_length(splits: dict[str, SplitTokens], max_length: int) -> int:
+def model_length(splits: dict[str, SplitStore], max_length: int) -> int:
     """Frames fed per clip: train.max_length, or (0) the longest clip of any split, so nothing is cut."""
     if max_length > 0:
         return max_length
@@ -117,7 +168,7 @@ def model_length(splits: dict[str, SplitTokens], max_length: int) -> int:
     return max(longest, 1)
 
 
-def report_truncation(splits: dict[str, SplitTokens], max_frames: int) -> dict[str, int]:
+def report_truncation(splits: dict[str, SplitStore], max_frames: int) -> dict[str, int]:
     """Count and loudly log what max_frames cuts; nothing is truncated silently."""
     counts = {"truncated_clips": 0, "truncated_frames": 0}
     for split in splits.values():
@@ -132,13 +183,40 @@ def report_truncation(splits: dict[str, SplitTokens], max_frames: int) -> dict[s
     return counts
 
 
-def make_split_loader(split: SplitTokens, max_frames: int, batch_size: int, shuffle_seed: int | None,
-                      num_workers: int, pin_memory: bool, seed: int = 0) -> DataLoader:
+def make_split_loader(split: SplitStore, input_kind: str, objective: Objective, max_frames: int, batch_size: int,
+                      shuffle_seed: int | None, num_workers: int, pin_memory: bool, seed: int = 0) -> DataLoader:
     """Training loaders shuffle by (seed, epoch); evaluation loaders go longest first."""
-    dataset = TokenClipDataset(split.path, split.index, max_frames)
+    dataset = DATASETS[input_kind](store_path=split.path, index=split.index, max_frames=max_frames,
+                                   objective=objective)
     sampler = (EpochShuffleSampler(len(dataset), shuffle_seed) if shuffle_seed is not None
                else longest_first(dataset.lengths))
     return make_loader(dataset, batch_size, sampler, num_workers, pin_memory, seed)
+
+
+def check_settings(settings) -> None:
+    """The model parts named in train.* exist (ranges are checked when the config is loaded)."""
+    for key, names in CHOICES.items():
+        if getattr(settings, key) not in names:
+            raise UserError(f"'train.{key}' must be one of {', '.join(names)}, got '{getattr(settings, key)}'")
+
+
+def model_spec(settings, classes: list[str], max_frames: int, splits: dict[str, SplitStore],
+               vocab, tables: list[np.ndarray]) -> ModelSpec:
+    """The network the train.* settings describe, sized by the data (vocabulary, frame size, lengths)."""
+    columns = splits["train"].columns
+    tokens = settings.input == "tokens"
+    spec = ModelSpec(
+        classes=list(classes), input=settings.input, token_embedding=settings.token_embedding,
+        codebook_sizes=list(vocab.codebook_sizes) if tokens else [], codebook_fusion=settings.codebook_fusion,
+        decode_dims=[int(t.shape[1]) for t in tables], decode_combine=vocab.quantizer.combine if tokens else "concat",
+        input_dim=vocab.quantizer.input_dim if tokens else columns,
+        encoder=settings.encoder, hidden_size=settings.hidden_size, dropout=settings.dropout,
+        encoder_params={"num_layers": settings.num_layers, "num_heads": settings.num_heads,
+                        "intermediate_size": settings.intermediate_size},
+        pooling=settings.pooling, head=settings.head, margin=settings.margin, scale=settings.scale,
+        max_positions=max_frames + EXTRA_POSITIONS)
+    check_spec(spec)
+    return spec
 
 
 # ---------------------------------------------------------------- stage
@@ -160,15 +238,15 @@ class Progress:
 class TrainingRun:
     """Everything one training run works with, built once by ModelBuilder._prepare."""
 
-    splits: dict[str, SplitTokens]
-    task: str
+    splits: dict[str, SplitStore]
+    objective: Objective
     classes: list[str]
     max_frames: int
     truncation: dict[str, int]
-    model: AudioTokenClassifier
+    model: AudioClassifier
     trainer: Trainer
-    train_loader: DataLoader
-    validation_loader: DataLoader
+    loaders: dict[str, DataLoader]
+    steps_per_epoch: int
     identity: dict[str, Any]
 
 
@@ -182,17 +260,20 @@ class ModelBuilder:
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
         run = self._prepare()
-        progress = self._restore(run.trainer, run.identity) if self.resume else Progress()
+        progress = self._restore(run) if self.resume else Progress()
         epochs_at_start = progress.epoch
         samples, seconds = self._fit(run, progress)
-        self._write_bundle(run.model, run.classes, run.task, run.max_frames)
+        self._load_best(run.model)
+        test = self._score_test(run, progress)
+        self._write_bundle(run)
+        primary = run.objective.primary_metric
         return {
             "epochs_run": progress.epoch - epochs_at_start,
             "epochs_completed": progress.epoch,
             "best_epoch": progress.best_epoch,
-            f"best_validation_{primary_metric(run.task)}": progress.best_score,
-            "train_clips": len(run.splits["train"].index),
-            "validation_clips": len(run.splits["validation"].index),
+            f"best_validation_{primary}": progress.best_score,
+            **{f"{split}_clips": len(s.index) for split, s in run.splits.items()},
+            **test,
             "max_frames": run.max_frames,
             **run.truncation,
             "wall_time_s": round(time.perf_counter() - started, 3),
@@ -204,75 +285,80 @@ class ModelBuilder:
     def _prepare(self) -> TrainingRun:
         """Check the inputs, then build the model, the loaders and the trainer (seeded)."""
         settings = self.settings
+        check_settings(settings)
         if self.resume and not self._checkpoint_paths()[0].is_file():
             raise UserError(f"no checkpoint at {self._checkpoint_paths()[0]}; train without --resume to start")
-        vocab = read_vocabulary(self.layout)
-        n_clusters = max(vocab.codebook_sizes)
-        splits = {name: read_split_tokens(self.layout, name, vocab) for name in SplitPlan.load(self.layout).names()}
-        train, validation = splits["train"], splits["validation"]
-        check_splits_agree(train, validation)
-        task, classes = train.index.task, train.index.classes
+        splits, vocab = read_splits(self.layout, settings.input)
+        for split in splits.values():
+            if split.name != "train":
+                check_splits_agree(splits["train"], split)
+        train = splits["train"]
+        objective, classes = objective_for(train.index.task), train.index.classes
+        if HEADS[settings.head].single_label_only and objective.uses_threshold:
+            raise UserError(f"train.head={settings.head} needs single-label data but the task is "
+                            f"{objective.task}; use train.head=linear")
         max_frames = model_length(splits, settings.max_length)
         truncation = report_truncation(splits, max_frames)
+        decodes = settings.input == "tokens" and settings.token_embedding.startswith("decoded")
+        tables = decode_tables(vocab) if decodes else []
+        spec = model_spec(settings, classes, max_frames, splits, vocab, tables)
 
         seed_everything(settings.seed)
-        model = AudioTokenClassifier(classifier_config(
-            n_clusters, train.n_codebooks, classes, task, max_frames, settings.num_layers, settings.hidden_size,
-            settings.num_heads, settings.intermediate_size, settings.dropout))
+        model = AudioClassifier(spec=spec, decode_tables=[torch.from_numpy(t) for t in tables])
         device = pick_device(settings.device)
-        pin = device.type == "cuda"
-        train_loader = make_split_loader(train, max_frames, settings.batch_size, settings.seed,
-                                         settings.num_workers, pin, settings.seed)
-        validation_loader = make_split_loader(validation, max_frames, settings.batch_size, None,
-                                              settings.num_workers, pin, settings.seed)
-        steps_per_epoch = math.ceil(len(train_loader) / settings.grad_accum)
-        trainer = Trainer(model, task, device, settings.learning_rate, settings.weight_decay,
-                          settings.warmup_ratio, settings.epochs * steps_per_epoch, settings.grad_clip,
-                          settings.grad_accum, settings.amp)
-        self._log_setup(model, trainer, splits, n_clusters, max_frames)
-        return TrainingRun(splits, task, classes, max_frames, truncation, model, trainer, train_loader,
-                           validation_loader, self._identity(n_clusters, max_frames, splits))
+        loaders = {name: make_split_loader(split, settings.input, objective, max_frames, settings.batch_size,
+                                           settings.seed if name == "train" else None, settings.num_workers,
+                                           device.type == "cuda", settings.seed)
+                   for name, split in splits.items()}
+        steps_per_epoch = math.ceil(len(loaders["train"]) / settings.grad_accum)
+        trainer = Trainer(model=model, objective=objective, device=device, learning_rate=settings.learning_rate,
+                          weight_decay=settings.weight_decay, warmup_ratio=settings.warmup_ratio,
+                          total_steps=settings.epochs * steps_per_epoch, grad_clip=settings.grad_clip,
+                          grad_accum=settings.grad_accum, amp=settings.amp)
+        self._log_setup(model, trainer, splits, objective, vocab, max_frames)
+        return TrainingRun(splits, objective, classes, max_frames, truncation, model, trainer, loaders,
+                           steps_per_epoch, run_identity(self.layout, self.config, vocab, max_frames, splits))
 
     def _fit(self, run: TrainingRun, progress: Progress) -> tuple[int, float]:
         """Epochs until done, early-stopped or interrupted; returns (training samples, training seconds)."""
-        epochs, task = self.settings.epochs, run.task
-        training_log = TrainingLog(self.layout, task, progress.history)
+        epochs, objective = self.settings.epochs, run.objective
+        training_log = TrainingLog(self.layout, objective, progress.history)
         samples, seconds = 0, 0.0
+        train_loader = run.loaders["train"]
         log.info("per epoch, each figure as train | validation (train figures from the epoch's forward passes)")
         try:
             while not progress.finished and progress.epoch < epochs:
-                run.train_loader.sampler.set_epoch(progress.epoch)
-                batches = tqdm(run.train_loader, desc=f"epoch {progress.epoch + 1}", leave=False, disable=None)
-                fit = run.trainer.train_epoch(batches, len(run.train_loader))
-                checked = run.trainer.evaluate(run.validation_loader)
+                train_loader.sampler.set_epoch(progress.epoch)
+                batches = tqdm(train_loader, desc=f"epoch {progress.epoch + 1}", leave=False, disable=None)
+                fit = run.trainer.train_epoch(batches, len(train_loader))
+                checked = run.trainer.evaluate(run.loaders["validation"])
                 samples, seconds = samples + fit.samples, seconds + fit.seconds
-                row = self._epoch_row(progress, run.trainer, task, fit, checked)
-                self._advance(progress, row, task)
+                row = self._epoch_row(progress, run.trainer, objective, fit, checked)
+                self._advance(progress, row, objective)
                 self._checkpoint(run.model, run.trainer, progress, run.identity, improved=row["best"])
                 training_log.record(row)
-                log.info(epoch_line(row, epochs, task))
+                log.info(epoch_line(row, epochs, objective))
         finally:
             training_log.close()
         return samples, seconds
 
     # ------------------------------------------------------------ epochs
 
-    def _epoch_row(self, progress: Progress, trainer: Trainer, task: str, fit: PassResult,
+    def _epoch_row(self, progress: Progress, trainer: Trainer, objective: Objective, fit: PassResult,
                    checked: PassResult) -> dict[str, Any]:
         threshold = self.settings.threshold
         return finite_or_none({
             "epoch": progress.epoch + 1,
             "step": trainer.step,
             "lr": trainer.scheduler.get_last_lr()[0],
-            "train": {"loss": fit.loss, **classification_metrics(task, fit.targets, fit.scores, threshold)},
-            "validation": {"loss": checked.loss,
-                           **classification_metrics(task, checked.targets, checked.scores, threshold)},
+            "train": {"loss": fit.loss, **objective.metrics(fit.targets, fit.scores, threshold)},
+            "validation": {"loss": checked.loss, **objective.metrics(checked.targets, checked.scores, threshold)},
             "train_samples_per_s": fit.samples / fit.seconds if fit.seconds else 0.0,
             "epoch_time_s": fit.seconds + checked.seconds,
         })
 
-    def _advance(self, progress: Progress, row: dict[str, Any], task: str) -> None:
-        score = row["validation"][primary_metric(task)]
+    def _advance(self, progress: Progress, row: dict[str, Any], objective: Objective) -> None:
+        score = row["validation"][objective.primary_metric]
         score = -math.inf if score is None or math.isnan(score) else score
         row["best"] = progress.best_epoch == 0 or score > progress.best_score
         progress.epoch += 1
@@ -284,20 +370,12 @@ class ModelBuilder:
         patience = self.settings.patience
         if patience > 0 and progress.stale_epochs >= patience and progress.epoch < self.settings.epochs:
             log.info("early stop: validation %s has not improved for %d epochs (best %.4f at epoch %d)",
-                     primary_metric(task), patience, progress.best_score, progress.best_epoch)
+                     objective.primary_metric, patience, progress.best_score, progress.best_epoch)
             progress.finished = True
 
     # ------------------------------------------------------------ checkpoints
 
-    def _identity(self, n_clusters: int, max_frames: int, splits: dict[str, SplitTokens]) -> dict[str, Any]:
-        """What a checkpoint must share with the current run to be resumed."""
-        params = {k: v for k, v in stage_params(self.config, "train").items() if k not in keys_with_role(RESUMABLE)}
-        return {"params": params, "tokenize": recorded_fingerprint(self.layout, "tokenize"),
-                "split": recorded_fingerprint(self.layout, "split"),
-                "n_clusters": n_clusters, "max_frames": max_frames,
-                "clips": {name: len(s.index) for name, s in splits.items()}}
-
-    def _checkpoint(self, model: AudioTokenClassifier, trainer: Trainer, progress: Progress,
+    def _checkpoint(self, model: AudioClassifier, trainer: Trainer, progress: Progress,
                     identity: dict[str, Any], improved: bool) -> None:
         state = {"model": model.state_dict(), "trainer": trainer.state_dict(), "rng": rng_state(),
                  "identity": identity, **progress.__dict__}
@@ -313,52 +391,98 @@ class ModelBuilder:
     def _checkpoint_paths(self) -> tuple[Path, Path]:
         return self.layout.checkpoints / "last.pt", self.layout.checkpoints / "best.pt"
 
-    def _restore(self, trainer: Trainer, identity: dict[str, Any]) -> Progress:
+    def _restore(self, run: TrainingRun) -> Progress:
         last, _ = self._checkpoint_paths()
         state = load_checkpoint(last)
-        differences = _differences(state.get("identity", {}), identity)
+        differences = _differences(state.get("identity", {}), run.identity)
         if differences:
             raise UserError(f"{last} was written by a different run ({'; '.join(differences)}); "
                             "train without --resume to start over")
+        trainer = run.trainer
         trainer.model.load_state_dict(state["model"])
         trainer.load_state_dict(state["trainer"])
         set_rng_state(state["rng"])
         progress = Progress(**{k: state[k] for k in Progress.__dataclass_fields__})
+        self._reconsider_early_stop(progress)
         if progress.finished or progress.epoch >= self.settings.epochs:
             log.info("resume: training had already finished after epoch %d; rewriting the bundle", progress.epoch)
-        else:
-            log.info("resume: continuing after epoch %d (best %.4f at epoch %d)", progress.epoch,
-                     progress.best_score, progress.best_epoch)
+            return progress
+        self._extend_schedule(trainer, progress, self.settings.epochs * run.steps_per_epoch, last)
+        log.info("resume: continuing after epoch %d (best %.4f at epoch %d)", progress.epoch,
+                 progress.best_score, progress.best_epoch)
         return progress
+
+    def _reconsider_early_stop(self, progress: Progress) -> None:
+        """An early stop holds only under the patience that made it: a larger patience (or 0) continues."""
+        if not progress.finished or progress.epoch >= self.settings.epochs:
+            return
+        patience = self.settings.patience
+        progress.finished = patience > 0 and progress.stale_epochs >= patience
+        if not progress.finished:
+            log.info("resume: the run stopped early after %d epochs without improvement; train.patience=%d "
+                     "lets it continue", progress.stale_epochs, patience)
+
+    @staticmethod
+    def _extend_schedule(trainer: Trainer, progress: Progress, total_steps: int, last: Path) -> None:
+        """More (or fewer) epochs than the checkpoint planned: the lr goes on from its current value to 0
+        at the new horizon. A schedule that already reached lr 0 would make further epochs change nothing."""
+        if total_steps == trainer.schedule.end:
+            return
+        if trainer.lr_factor == 0.0:
+            raise UserError(f"{last} finished its learning-rate schedule (lr 0 after epoch {progress.epoch}); "
+                            "more epochs would not change the weights; train without --resume to start over")
+        trainer.extend_schedule(total_steps)
+        log.info("resume: the learning-rate schedule now ends at step %d, continuing from lr factor %.3g",
+                 total_steps, trainer.lr_factor)
 
     # ------------------------------------------------------------ results
 
-    def _write_bundle(self, model: AudioTokenClassifier, classes: list[str], task: str, max_frames: int) -> None:
-        """The best epoch's model with the vocabulary (and through it the frame spec) its tokens were made with."""
+    def _load_best(self, model: AudioClassifier) -> None:
         _, best = self._checkpoint_paths()
         model.load_state_dict(load_checkpoint(best)["model"])
-        save_bundle(model.cpu(), self.layout.model_dir, classes=classes, task=task,
-                    threshold=self.settings.threshold, max_frames=max_frames,
-                    vocabulary=read_vocabulary(self.layout), versions=package_versions())
+
+    def _score_test(self, run: TrainingRun, progress: Progress) -> dict[str, Any]:
+        """The best checkpoint scored once on the test split (never used to choose anything)."""
+        if TEST_SPLIT not in run.splits:
+            return {}
+        result = run.trainer.evaluate(run.loaders[TEST_SPLIT])
+        metrics = finite_or_none({"loss": result.loss, **run.objective.metrics(result.targets, result.scores,
+                                                                              self.settings.threshold)})
+        TrainingLog.append_result(self.layout, {"split": TEST_SPLIT, "epoch": progress.best_epoch,
+                                                TEST_SPLIT: metrics})
+        figures = "  ".join(f"{name} {metrics.get(name)}" for name in run.objective.headline)
+        log.info("test (%d clips, best epoch %d by validation): %s", len(run.splits[TEST_SPLIT].index),
+                 progress.best_epoch, figures)
+        return {f"test_{name}": metrics.get(name) for name in ("loss", *run.objective.headline)}
+
+    def _write_bundle(self, run: TrainingRun) -> None:
+        """The model with the vocabulary its tokens were made with (and through it the frame spec), or, for a
+        frames model, the frame spec of the frames it read."""
+        vocab = read_vocabulary(self.layout) if self.settings.input == "tokens" else None
+        save_bundle(run.model.cpu(), self.layout.model_dir, classes=run.classes, task=run.objective.task,
+                    threshold=self.settings.threshold, max_frames=run.max_frames, vocabulary=vocab,
+                    spectrogram=vocab.frame_spec if vocab else read_frame_spec(self.layout),
+                    versions=package_versions())
         log.info("model bundle (best epoch) written to %s", self.layout.model_dir)
 
-    def _log_setup(self, model, trainer: Trainer, splits: dict[str, SplitTokens], n_clusters: int,
-                   max_frames: int) -> None:
+    def _log_setup(self, model: AudioClassifier, trainer: Trainer, splits: dict[str, SplitStore],
+                   objective: Objective, vocab, max_frames: int) -> None:
         parameters = sum(p.numel() for p in model.parameters())
         train, validation = splits["train"], splits["validation"]
-        log.info("train: %d clips, validation: %d clips, %d classes (%s)", len(train.index), len(validation.index),
-                 len(train.index.classes), train.index.task)
-        log.info("model: %d layers x %d hidden, %.1fM parameters, vocabulary %d clusters + 4 special tokens, "
-                 "%d codebook(s), %d positions ([CLS] + %d frames + [SEP])", self.settings.num_layers,
-                 self.settings.hidden_size, parameters / 1e6, n_clusters, train.n_codebooks,
-                 max_frames + 2, max_frames)
+        sizes = ", ".join(f"{name}: {len(s.index)} clips" for name, s in splits.items())
+        log.info("%s, %d classes (%s)", sizes, len(train.index.classes), objective.task)
+        spec = model.spec
+        source = (f"{vocab.describe()} + 4 special tokens, {spec.token_embedding} embeddings"
+                  if spec.input == "tokens" else f"frames of {train.columns}")
+        log.info("model: %s encoder, %d layers x %d hidden, %s pooling, %s head, %.1fM parameters; %s; "
+                 "%d positions ([CLS] + %d frames + [SEP])", spec.encoder, self.settings.num_layers,
+                 spec.hidden_size, spec.pooling, spec.head, parameters / 1e6, source, max_frames + 2, max_frames)
         log.info("device %s, %s, batch %d x %d accumulation", trainer.device, trainer.precision,
                  self.settings.batch_size, self.settings.grad_accum)
-        if train.index.task == "multilabel":
-            absent = len(train.index.classes) - int((validation.index.label_matrix().sum(axis=0) > 0).sum())
-            if absent:
-                log.warning("%d classes have no positive validation clip; validation mAP averages the other %d",
-                            absent, len(train.index.classes) - absent)
+        absent = len(train.index.classes) - int((validation.index.label_matrix().sum(axis=0) > 0).sum())
+        if absent:
+            log.warning("%d classes have no positive validation clip; per-class averages (mAP, macro F1) "
+                        "cover the other %d", absent, len(train.index.classes) - absent)
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -1,7 +1,8 @@
 """One device's training mechanics: AdamW + warm-up/decay schedule, AMP, accumulation, clipping, inference.
 
-Scores and losses stay on the device during an epoch and are copied to the host every
-`FLUSH_EVERY` batches, so the host does not wait for the GPU after every step.
+The trainer is given a model, an Objective and batches {"inputs", "mask", "targets", "indices"}; it knows
+nothing about what the inputs are. Scores and losses stay on the device during an epoch and are copied to
+the host every `FLUSH_EVERY` batches, so the host does not wait for the GPU after every step.
 """
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from transformers import get_linear_schedule_with_warmup
+from torch.optim.lr_scheduler import LambdaLR
 
-from .classifier import loss_function, probabilities
 from .errors import UserError
+from .objectives import Objective
 
 FLUSH_EVERY = 64
 
@@ -51,6 +52,33 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+class WarmupLinearSchedule:
+    """LR factor: linear warm-up to 1 over `warmup` steps, then linear decay to 0 at step `total`.
+
+    `extend` moves the horizon without a jump: from the step it is called at, the factor decays
+    linearly from its value there to 0 at the new total. LambdaLR saves this object's attributes in
+    its state dict, so a resumed run continues on the schedule it was on.
+    """
+
+    def __init__(self, *, warmup: int, total: int):
+        self.warmup, self.total = warmup, total  # the first plan
+        self.end = total  # where the lr reaches 0 (moved by extend)
+        self.bend_step, self.bend_factor = -1, 1.0  # no bend until the horizon is moved
+
+    def base_factor(self, step: int) -> float:
+        if step < self.warmup:
+            return step / max(1, self.warmup)
+        return max(0.0, (self.total - step) / max(1, self.total - self.warmup))
+
+    def __call__(self, step: int) -> float:
+        if self.bend_step < 0 or step < self.bend_step:
+            return self.base_factor(step)
+        return self.bend_factor * max(0.0, (self.end - step) / max(1, self.end - self.bend_step))
+
+    def extend(self, step: int, end: int) -> None:
+        self.bend_factor, self.bend_step, self.end = self(step), step, end
+
+
 @dataclass
 class PassResult:
     """One pass over a split: mean loss and the scores of every clip, in index order."""
@@ -65,8 +93,9 @@ class PassResult:
 class Trainer:
     def __init__(
         self,
+        *,
         model: nn.Module,
-        task: str,
+        objective: Objective,
         device: torch.device,
         learning_rate: float,
         weight_decay: float,
@@ -77,16 +106,15 @@ class Trainer:
         amp: bool = True,
     ):
         self.model = model.to(device)
-        self.task = task
+        self.objective = objective
         self.device = device
         self.grad_clip = grad_clip
         self.grad_accum = grad_accum
-        self.loss_fn = loss_function(task)
         self.amp_dtype = autocast_dtype(device, amp)
         self.optimizer = torch.optim.AdamW(parameter_groups(model, weight_decay), lr=learning_rate,
                                            fused=device.type == "cuda")
-        warmup = math.ceil(warmup_ratio * total_steps)
-        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, warmup, total_steps)
+        self.schedule = WarmupLinearSchedule(warmup=math.ceil(warmup_ratio * total_steps), total=total_steps)
+        self.scheduler = LambdaLR(self.optimizer, self.schedule)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.step = 0
 
@@ -94,31 +122,42 @@ class Trainer:
     def precision(self) -> str:
         return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
 
+    @property
+    def lr_factor(self) -> float:
+        """Where the schedule stands: the factor the next optimizer step will use."""
+        return self.schedule(self.step)
+
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "step": self.step}
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.scheduler.load_state_dict(state["scheduler"])  # restores the schedule's horizon too
         self.scaler.load_state_dict(state["scaler"])
         self.step = state["step"]
 
+    def extend_schedule(self, total_steps: int) -> None:
+        """A resumed run with another number of epochs: the lr continues from where it is, no jump."""
+        if total_steps != self.schedule.end:
+            self.schedule.extend(self.step, total_steps)
+
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(loss, logits, targets) of one batch, under autocast when AMP is on."""
-        input_ids = batch["input_ids"].to(self.device, non_blocking=True)
-        attention_mask = batch["attention_mask"].to(self.device, non_blocking=True)
+        inputs = batch["inputs"].to(self.device, non_blocking=True)
+        mask = batch["mask"].to(self.device, non_blocking=True)
         targets = batch["targets"].to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
-            logits = self.model(input_ids, attention_mask)
+            # targets reach the model only in training: heads with a margin apply it there alone
+            logits = self.model(inputs, mask, targets if self.model.training else None)
         logits = logits.float()  # the loss and the scores in fp32 whatever the autocast dtype
-        return self.loss_fn(logits, targets), logits, targets
+        return self.objective.loss(logits, targets), logits, targets
 
     def train_epoch(self, batches: Iterable[dict[str, torch.Tensor]], n_batches: int) -> PassResult:
         """One epoch of optimizer steps; the scores are those of the training forward passes (dropout on)."""
         self.model.train()
-        collector = ScoreCollector(self.task, self.device)
+        collector = ScoreCollector(self.objective, self.device)
         started = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         for position, batch in enumerate(batches):
@@ -144,7 +183,7 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, batches: Iterable[dict[str, torch.Tensor]]) -> PassResult:
         self.model.eval()
-        collector = ScoreCollector(self.task, self.device)
+        collector = ScoreCollector(self.objective, self.device)
         started = time.perf_counter()
         for batch in batches:
             loss, logits, targets = self.forward(batch)
@@ -152,21 +191,25 @@ class Trainer:
         return collector.result(started)
 
 
+def accumulation_dtype(device: torch.device) -> torch.dtype:
+    """float64 keeps a long epoch's loss sum exact enough; Apple MPS has no float64, so float32 there."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 class ScoreCollector:
     """Gathers per-clip scores and targets by clip index, flushing device tensors to the host in chunks."""
 
-    def __init__(self, task: str, device: torch.device):
-        self.task, self.device = task, device
+    def __init__(self, objective: Objective, device: torch.device):
+        self.objective, self.device = objective, device
         self.pending: list[tuple[torch.Tensor, ...]] = []
         self.chunks: list[tuple[np.ndarray, ...]] = []
-        # float64 keeps a long epoch's sum exact enough; MPS has no float64
-        self.loss_sum = torch.zeros((), device=device, dtype=torch.float32 if device.type == "mps" else torch.float64)
+        self.loss_sum = torch.zeros((), device=device, dtype=accumulation_dtype(device))
         self.samples = 0
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor):
-        self.loss_sum += loss.double() * len(indices)
+        self.loss_sum += loss.to(self.loss_sum.dtype) * len(indices)
         self.samples += len(indices)
-        self.pending.append((probabilities(logits, self.task), targets, indices))
+        self.pending.append((self.objective.scores(logits), targets, indices))
         if len(self.pending) >= FLUSH_EVERY:
             self.flush()
 

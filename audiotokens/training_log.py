@@ -5,10 +5,12 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .artifacts import Layout, atomic_path
-from .metrics import primary_metric
+
+if TYPE_CHECKING:
+    from .objectives import Objective
 
 log = logging.getLogger("audiotokens")
 
@@ -29,8 +31,8 @@ class TrainingLog:
     that ran after the last checkpoint (and were lost with it) do not appear twice.
     """
 
-    def __init__(self, layout: Layout, task: str, history: list[dict[str, Any]]):
-        self.layout, self.task = layout, task
+    def __init__(self, layout: Layout, objective: Objective, history: list[dict[str, Any]]):
+        self.layout, self.objective = layout, objective
         self.history = list(history)
         with atomic_path(layout.metrics) as tmp:
             tmp.write_text("".join(json.dumps(row) + "\n" for row in self.history))
@@ -48,7 +50,13 @@ class TrainingLog:
                         self.writer.add_scalar(f"{name}/{side}", value, row["epoch"])
             self.writer.add_scalar("lr", row["lr"], row["epoch"])
             self.writer.flush()
-        draw_curves(self.history, self.task, self.layout.curves)
+        draw_curves(self.history, self.objective, self.layout.curves)
+
+    @staticmethod
+    def append_result(layout: Layout, row: dict[str, Any]) -> None:
+        """A line that is not an epoch (e.g. the test split's figures), after the epochs it summarises."""
+        with open(layout.metrics, "a") as handle:
+            handle.write(json.dumps(finite_or_none(row)) + "\n")
 
     def close(self) -> None:
         if self.writer is not None:
@@ -64,10 +72,10 @@ def _tensorboard_writer(path: Path):
     return SummaryWriter(str(path))
 
 
-def epoch_line(row: dict[str, Any], epochs: int, task: str) -> str:
+def epoch_line(row: dict[str, Any], epochs: int, objective: Objective) -> str:
     """A compact one-line summary: each figure as `train | validation`."""
     train, validation = row["train"], row["validation"]
-    names = ["loss", "mAP", "micro_f1", "macro_f1"] if task == "multilabel" else ["loss", "accuracy", "macro_f1"]
+    names = ["loss", *objective.headline]
     figures = "  ".join(f"{name} {_fmt(train.get(name))} | {_fmt(validation.get(name))}" for name in names)
     best = "  *best" if row.get("best") else ""
     return (f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}  {figures}  lr {row['lr']:.2e}  "
@@ -78,11 +86,11 @@ def _fmt(value: Any) -> str:
     return "  n/a" if value is None else f"{value:.4f}"
 
 
-def draw_curves(history: list[dict[str, Any]], task: str, path: Path) -> None:
+def draw_curves(history: list[dict[str, Any]], objective: Objective, path: Path) -> None:
     """Loss and the primary score per epoch, train against validation."""
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry touched
 
-    score = primary_metric(task)
+    score = objective.primary_metric
     epochs = [row["epoch"] for row in history]
     figure = Figure(figsize=(10, 4))
     axes = figure.subplots(1, 2)

@@ -17,6 +17,7 @@ from audiotokens.artifacts import Layout, open_store
 from audiotokens.cli import main
 from audiotokens.errors import UserError
 from audiotokens.evaluate import Evaluator
+from audiotokens.objectives import objective_for
 from audiotokens.pipeline import execute
 
 # ---------------------------------------------------------------- a trained project, built once per session
@@ -87,7 +88,7 @@ def test_one_class_sweep_matches_sklearn():
 def test_per_class_table_matches_sklearn():
     y, scores = random_multilabel(3)
     classes = [f"c{i}" for i in range(y.shape[1])]
-    rows = reports.per_class_table(y, scores, classes, "multilabel", 0.5)
+    rows = reports.per_class_table(y, scores, classes, objective_for("multilabel"), 0.5)
     assert sorted(r["class"] for r in rows) == classes
     for row in rows:
         column = classes.index(row["class"])
@@ -125,7 +126,8 @@ def test_singlelabel_table_uses_argmax_and_confusion_matches_sklearn():
     assert matrix.sum() == 50
     np.testing.assert_array_equal(matrix, sk_confusion_matrix(true_ids, predicted_ids, labels=range(4)))
     classes = ["a", "b", "c", "d"]
-    rows = {r["class"]: r for r in reports.per_class_table(y, scores, classes, "singlelabel", 0.99)}
+    rows = {r["class"]: r for r in reports.per_class_table(y, scores, classes, objective_for("singlelabel"),
+                                                           0.99)}
     expected_f1 = f1_score(true_ids, predicted_ids, average=None, labels=range(4), zero_division=0)
     expected_recall = recall_score(true_ids, predicted_ids, average=None, labels=range(4), zero_division=0)
     for i, name in enumerate(classes):
@@ -142,7 +144,7 @@ def test_nearest_names_suggests_close_spellings():
 
 def test_csv_and_markdown_round_trip(tmp_path):
     y, scores = random_multilabel(6)
-    rows = reports.per_class_table(y, scores, list("vwxyz"), "multilabel", 0.5)
+    rows = reports.per_class_table(y, scores, list("vwxyz"), objective_for("multilabel"), 0.5)
     path = tmp_path / "t.csv"
     reports.write_csv(path, rows, reports.PER_CLASS_COLUMNS)
     with open(path) as handle:
@@ -165,7 +167,7 @@ def test_plots_write_readable_pngs(tmp_path):
 
     y, scores = random_multilabel(7, classes=6)
     classes = [f"class {i}" for i in range(6)]
-    rows = reports.per_class_table(y, scores, classes, "multilabel", 0.5)
+    rows = reports.per_class_table(y, scores, classes, objective_for("multilabel"), 0.5)
     reports.plot_ap_bars(tmp_path / "ap.png", rows)
     reports.plot_pr_curves(tmp_path / "pr.png", y, scores, classes, rows)
     reports.plot_confusion(tmp_path / "cm.png", reports.confusion_matrix([0, 1, 1], [0, 1, 0], 6), classes)

@@ -3,13 +3,12 @@ import pytest
 from sklearn.metrics import accuracy_score, average_precision_score, f1_score, hamming_loss
 
 from audiotokens.metrics import (
-    classification_metrics,
     macro_average_precision,
     multilabel_metrics,
     per_class_average_precision,
-    primary_metric,
     singlelabel_metrics,
 )
+from audiotokens.objectives import objective_for
 
 
 @pytest.fixture
@@ -46,7 +45,7 @@ def test_multilabel_metrics_equal_sklearn(multilabel_data):
     assert result["macro_f1"] == pytest.approx(
         f1_score(targets[:, keep], predicted[:, keep], average="macro", zero_division=0))
     assert result["hamming"] == pytest.approx(hamming_loss(targets, predicted))
-    assert classification_metrics("multilabel", targets, scores, threshold) == result
+    assert objective_for("multilabel").metrics(targets, scores, threshold) == result
 
 
 def test_map_undefined_without_any_positive():
@@ -66,9 +65,9 @@ def test_singlelabel_metrics_equal_sklearn():
     assert result["macro_f1"] == pytest.approx(
         f1_score(targets, predicted, labels=[0, 1, 2, 4], average="macro", zero_division=0))
     assert result["classes_excluded"] == 1
-    assert classification_metrics("singlelabel", targets, probabilities, 0.5) == result
+    assert objective_for("singlelabel").metrics(targets, probabilities, 0.5) == result
 
 
 def test_primary_metric():
-    assert primary_metric("multilabel") == "mAP"
-    assert primary_metric("singlelabel") == "accuracy"
+    assert objective_for("multilabel").primary_metric == "mAP"
+    assert objective_for("singlelabel").primary_metric == "accuracy"

@@ -4,63 +4,38 @@ import logging
 import numpy as np
 import pytest
 import torch
+from stores import N_CLUSTERS, make_workdir
 
 from audiotokens.artifacts import ClipIndex, Layout, save_npy
 from audiotokens.bundle import load_bundle, save_bundle
 from audiotokens.checkpoint import load_checkpoint
-from audiotokens.classifier import (
-    CLS,
-    PAD,
-    SEP,
-    TOKEN_OFFSET,
-    AudioTokenClassifier,
-    classifier_config,
-    probabilities,
-)
 from audiotokens.config import load_config
 from audiotokens.errors import UserError
 from audiotokens.metrics import multilabel_metrics
-from audiotokens.train import ModelBuilder, make_split_loader, read_split_tokens
+from audiotokens.modelparts import CLS, PAD, SEP, TOKEN_OFFSET, AudioClassifier, ModelSpec
+from audiotokens.objectives import objective_for
 from audiotokens.provenance import write_record
 from audiotokens.token_dataset import EpochShuffleSampler, pack_sequences
+from audiotokens.train import ModelBuilder, make_split_loader, read_split_tokens
 from audiotokens.trainer import Trainer
 
 SMALL = ["train.num_layers=2", "train.hidden_size=64", "train.num_heads=2", "train.intermediate_size=128",
          "train.learning_rate=2e-3", "train.num_workers=0", "train.batch_size=16", "train.device=cpu"]
-N_CLUSTERS = 24
 
 
-def make_workdir(root, task="multilabel", n_train=160, n_validation=64, n_classes=4, lengths=(12, 30),
-                 n_codebooks=1, seed=0) -> Layout:
-    """Token stores where class c shows up as clusters 2c and 2c+1 among background clusters (separable)."""
-    rng = np.random.default_rng(seed)
-    layout = Layout(root)
-    save_npy(layout.centroids, rng.normal(size=(N_CLUSTERS, 8)).astype(np.float32))
-    background = np.arange(2 * n_classes, N_CLUSTERS)
-    classes = [f"class {c}" for c in range(n_classes)]
-    for split, n in (("train", n_train), ("validation", n_validation)):
-        labels, sequences = [], []
-        for _ in range(n):
-            if task == "multilabel":
-                clip_labels = [c for c in range(n_classes) if rng.random() < 0.4]
-            else:
-                clip_labels = [int(rng.integers(n_classes))]
-            sequence = rng.choice(background, size=int(rng.integers(*lengths)))
-            for c in clip_labels:
-                sequence[rng.choice(len(sequence), size=3, replace=False)] = rng.choice([2 * c, 2 * c + 1], size=3)
-            labels.append(clip_labels)
-            sequences.append(sequence)
-        tokens = np.repeat(np.concatenate(sequences).astype(np.int16)[:, None], n_codebooks, axis=1)
-        save_npy(layout.tokens(split), tokens)
-        ClipIndex.from_lengths([f"{split}-{i}" for i in range(n)], [len(s) for s in sequences], labels, classes,
-                               task, split).save(layout.tokens_index(split))
-    return layout
-
-
-def small_model(n_classes=4, task="multilabel", max_frames=40, n_codebooks=1, dropout=0.0):
+def small_model(n_classes=4, max_frames=40, n_codebooks=1, dropout=0.0):
     torch.manual_seed(0)
-    return AudioTokenClassifier(classifier_config(N_CLUSTERS, n_codebooks, [f"c{i}" for i in range(n_classes)],
-                                                  task, max_frames, 2, 64, 2, 128, dropout))
+    return AudioClassifier(spec=ModelSpec(
+        classes=[f"c{i}" for i in range(n_classes)], codebook_sizes=[N_CLUSTERS] * n_codebooks, hidden_size=64,
+        dropout=dropout, encoder_params={"num_layers": 2, "num_heads": 2, "intermediate_size": 128},
+        max_positions=max_frames + 2))
+
+
+MULTILABEL = objective_for("multilabel")
+
+
+def loader(split, **kwargs):
+    return make_split_loader(split, "tokens", MULTILABEL, **kwargs)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -119,14 +94,13 @@ def test_bundle_round_trip_gives_the_in_memory_scores(tmp_path):
     model = small_model(n_classes=3, max_frames=30).eval()
     centroids = tmp_path / "centroids.npy"
     np.save(centroids, np.zeros((N_CLUSTERS, 8), dtype=np.float32))
-    save_bundle(model, tmp_path / "model", classes=["a", "b", "c"], task="multilabel", threshold=0.3,
+    save_bundle(model, tmp_path / "model", classes=["c0", "c1", "c2"], task="multilabel", threshold=0.3,
                 max_frames=30, centroids_path=centroids, spectrogram={"n_mels": 64}, spherical=True, versions={})
     bundle = load_bundle(tmp_path / "model")
     rng = np.random.default_rng(1)
     sequences = [rng.integers(0, N_CLUSTERS, size=n) for n in (5, 30, 17, 1, 22)]
     with torch.no_grad():
-        expected = np.concatenate([probabilities(model(*pack_sequences([s])), "multilabel").numpy()
-                                   for s in sequences])
+        expected = np.concatenate([MULTILABEL.scores(model(*pack_sequences([s]))).numpy() for s in sequences])
     np.testing.assert_allclose(bundle.scores(sequences, batch_size=2), expected, atol=1e-6)
     assert bundle.threshold == 0.3 and bundle.spherical is True and bundle.max_frames == 30
     assert bundle.metadata["special_tokens"] == {"[PAD]": 0, "[CLS]": 1, "[SEP]": 2, "[MASK]": 3}
@@ -145,7 +119,7 @@ def test_cluster_zero_embedding_receives_gradient():
     model = small_model()
     input_ids, attention_mask = pack_sequences([np.array([0, 5, 0, 7]), np.array([0, 1])])
     model(input_ids, attention_mask).sum().backward()
-    gradient = model.bert.embeddings.word_embeddings.weight.grad
+    gradient = model.embedder.tables[0].weight.grad
     assert input_ids[0, 1, 0] == TOKEN_OFFSET  # cluster 0 is id 4, not the padding id
     assert gradient[TOKEN_OFFSET].abs().sum() > 0
     assert gradient[PAD].abs().sum() == 0
@@ -165,10 +139,9 @@ def test_batches_start_with_cls_and_mask_only_padding(tmp_path):
     layout = make_workdir(tmp_path, n_train=40, n_validation=10)
     split = read_split_tokens(layout, "train", N_CLUSTERS)
     tokens = np.load(split.path)
-    loader = make_split_loader(split, 30, 8, shuffle_seed=0, num_workers=0, pin_memory=False)
     seen = []
-    for batch in loader:
-        ids, mask = batch["input_ids"], batch["attention_mask"]
+    for batch in loader(split, max_frames=30, batch_size=8, shuffle_seed=0, num_workers=0, pin_memory=False):
+        ids, mask = batch["inputs"], batch["mask"]
         lengths = torch.as_tensor(split.index.lengths[batch["indices"].numpy()])
         assert (ids[:, 0] == CLS).all()
         expected_mask = torch.arange(ids.shape[1])[None, :] < (lengths[:, None] + 2)
@@ -186,7 +159,8 @@ def test_batches_start_with_cls_and_mask_only_padding(tmp_path):
 def test_worker_processes_read_the_same_batches(tmp_path):
     layout = make_workdir(tmp_path, n_train=30, n_validation=10)
     split = read_split_tokens(layout, "train", N_CLUSTERS)
-    batches = [list(make_split_loader(split, 30, 8, 0, workers, False)) for workers in (0, 2)]
+    batches = [list(loader(split, max_frames=30, batch_size=8, shuffle_seed=0, num_workers=workers,
+                           pin_memory=False)) for workers in (0, 2)]
     for single, multi in zip(*batches):
         for key in single:
             assert torch.equal(single[key], multi[key])
@@ -269,29 +243,30 @@ def test_truncation_is_reported(tmp_path, caplog):
     assert counts["truncated_clips"] == int((lengths > 15).sum()) > 0
     assert counts["truncated_frames"] == int(np.maximum(lengths - 15, 0).sum())
     assert "train.max_length=15 cuts" in caplog.text
-    assert load_bundle(layout.model_dir).model.config.max_position_embeddings == 17
+    assert load_bundle(layout.model_dir).spec.max_positions == 17
 
 
 def test_several_codebooks_are_summed_embeddings(tmp_path):
     make_workdir(tmp_path, n_train=32, n_validation=8, n_codebooks=2)
     counts = ModelBuilder(load_config(overrides=[*SMALL, "train.epochs=1"], workdir=tmp_path)).run()
     bundle = load_bundle(Layout(tmp_path).model_dir)
-    assert counts["epochs_run"] == 1 and bundle.model.config.n_codebooks == 2
-    assert len(bundle.model.codebook_embeddings) == 1
+    assert counts["epochs_run"] == 1 and bundle.spec.codebook_sizes == [N_CLUSTERS, N_CLUSTERS]
+    assert len(bundle.model.embedder.tables) == 2
     assert bundle.scores([np.ones((5, 2), dtype=np.int16)]).shape == (1, 4)
 
 
 def test_gradient_accumulation_matches_one_large_batch():
-    batches = [{"input_ids": ids, "attention_mask": mask, "targets": torch.rand(4, 4).round(),
+    batches = [{"inputs": ids, "mask": mask, "targets": torch.rand(4, 4).round(),
                 "indices": torch.arange(4) + 4 * b}
                for b, (ids, mask) in enumerate(pack_sequences([np.arange(10) % N_CLUSTERS] * 4) for _ in range(2))]
     merged = {key: torch.cat([b[key] for b in batches]) for key in batches[0]}
     weights = []
     for accumulate, data in ((1, [merged]), (2, batches)):
         model = small_model()
-        trainer = Trainer(model, "multilabel", torch.device("cpu"), 1e-3, 0.01, 0.0, 1, grad_accum=accumulate)
+        trainer = Trainer(model=model, objective=MULTILABEL, device=torch.device("cpu"), learning_rate=1e-3,
+                          weight_decay=0.01, warmup_ratio=0.0, total_steps=1, grad_accum=accumulate)
         trainer.train_epoch(data, len(data))
-        weights.append(model.head.weight.detach().clone())
+        weights.append(model.head.linear.weight.detach().clone())
     assert torch.allclose(weights[0], weights[1], atol=1e-6)
 
 

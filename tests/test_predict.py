@@ -16,7 +16,7 @@ from audiotokens.artifacts import Layout
 from audiotokens.cli import main
 from audiotokens.errors import UserError
 from audiotokens.evaluate import Evaluator
-from audiotokens.predict import chosen_classes, expand_paths, predict_cli, show_cli
+from audiotokens.predict import chosen_classes, expand_paths, load_model, predict_cli, show_cli
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +115,37 @@ def test_show_draws_one_picture(project, tmp_path, monkeypatch):
     assert image.shape[0] > 300 and image.shape[1] > 600
     with pytest.raises(UserError, match="cannot read"):
         show_cli(str(tmp_path / "absent.wav"), None, str(project / "work"), str(tmp_path / "x.png"))
+
+
+def test_a_frames_model_predicts_and_shows_from_audio_alone(project, tmp_path, monkeypatch):
+    """A frames-input model: no centroids in the bundle; predict gives the scores evaluate computed."""
+    from projects import copy_project
+
+    from audiotokens.bundle import load_bundle
+    from audiotokens.train import ModelBuilder
+
+    own = copy_project(project, tmp_path / "own")
+    config = project_config(own, "train.input=frames", "train.pooling=mean")
+    ModelBuilder(config).run()
+    bundle_dir = own / "work/output/model"
+    assert load_bundle(bundle_dir).centroids is None and not (bundle_dir / "centroids.npy").exists()
+    Evaluator(config).run()
+    out = Layout(own / "work").eval_dir("validation")
+    ids, classes = (json.loads((out / "clips.json").read_text())[key] for key in ("ids", "classes"))
+    split = json.loads((own / "work/processed/split.json").read_text())
+    audio = {clip["id"]: clip["audio"] for clip in split["splits"]["validation"]}
+    code, text = run_predict([audio[i] for i in ids], bundle_dir, tmp_path, threshold=0.0)
+    assert code == 0
+    predicted = np.array([[{t["class"]: t["score"] for t in r["top"]}[c] for c in classes] for r in json.loads(text)])
+    np.testing.assert_allclose(predicted, np.load(out / "scores.npy"), atol=1e-5, rtol=0)
+    monkeypatch.chdir(tmp_path)
+    assert show_cli(str(project / "audio/clip04.wav"), str(bundle_dir), str(tmp_path), None).stat().st_size > 0
+
+
+def test_listed_classes_say_whether_the_model_predicts_them(project):
+    bundle = load_model(project / "work/output/model")
+    code, text = run_predict([project / "audio/clip00.wav"], project / "work/output/model", top_k=3)
+    top = json.loads(text)[0]["top"]
+    assert code == 0 and [t["predicted"] for t in top] == [t["score"] >= bundle.threshold for t in top]
+    code, text = run_predict([project / "audio/clip00.wav"], project / "work/output/model", top_k=3, threshold=0.0)
+    assert all(t["predicted"] for t in json.loads(text)[0]["top"])

@@ -27,7 +27,6 @@ from killing import assert_complete, digests, temporaries
 from projects import copy_project, trained_project
 
 from audiotokens.artifacts import Layout
-from audiotokens.classifier import AudioTokenClassifier
 from audiotokens.cli import main
 
 TESTS = Path(__file__).parent
@@ -119,7 +118,7 @@ def test_full_disk_while_writing_a_checkpoint(own_project, monkeypatch):
 
 def test_full_disk_while_writing_the_bundle(own_project, monkeypatch):
     before = digests(own_project / "work", ".")
-    monkeypatch.setattr(AudioTokenClassifier, "save_pretrained", refuse(errno.ENOSPC))
+    monkeypatch.setattr("audiotokens.bundle.save_weights", refuse(errno.ENOSPC))
     # training has finished: --resume goes straight to rewriting the bundle
     message = one_error_line(CliRunner().invoke(main, ["train", *common(own_project), "--resume"]))
     model_dir = Layout(own_project / "work").model_dir

@@ -23,10 +23,12 @@ import torch
 
 from audiotokens.audio import load_mono
 from audiotokens.bundle import save_bundle
-from audiotokens.classifier import AudioTokenClassifier, classifier_config
 from audiotokens.config import SpectrogramConfig
+from audiotokens.modelparts import EXTRA_POSITIONS, AudioClassifier, ModelSpec
 from audiotokens.predict import AudioTokenizer, load_model, predict_cli, single_threaded
+from audiotokens.quantizers import Quantizer
 from audiotokens.spectrogram import compute_frames, params_to_dict
+from audiotokens.vocabulary import load_vocabulary, save_vocabulary
 
 
 def write_clips(folder: Path, count: int, rate: int = 48000) -> list[str]:
@@ -42,15 +44,18 @@ def write_clips(folder: Path, count: int, rate: int = 48000) -> list[str]:
 
 
 def write_bundle(folder: Path, args: argparse.Namespace) -> Path:
-    spectrogram = {**params_to_dict(SpectrogramConfig()), "dtype": "float32"}
-    centroids = folder / "centroids.npy"
-    np.save(centroids, np.random.default_rng(0).random((args.clusters, spectrogram["n_mels"]), dtype=np.float32))
+    spectrogram = params_to_dict(SpectrogramConfig())
+    centroids = np.random.default_rng(0).random((args.clusters, spectrogram["n_mels"]), dtype=np.float32)
+    save_vocabulary(folder / "vocabulary", Quantizer(kind="frame", codebooks=[centroids], combine="concat"), spectrogram)
+    vocabulary = load_vocabulary(folder / "vocabulary")
     classes = [f"class {i}" for i in range(args.classes)]
     torch.manual_seed(0)
-    model = AudioTokenClassifier(classifier_config(args.clusters, 1, classes, "multilabel", 431, args.layers,
-                                                   args.hidden, max(1, args.hidden // 64), 4 * args.hidden, 0.1))
+    model = AudioClassifier(spec=ModelSpec(
+        classes=classes, codebook_sizes=[args.clusters], hidden_size=args.hidden, max_positions=431 + EXTRA_POSITIONS,
+        encoder_params={"num_layers": args.layers, "num_heads": max(1, args.hidden // 64),
+                        "intermediate_size": 4 * args.hidden}))
     save_bundle(model, folder / "model", classes=classes, task="multilabel", threshold=0.5, max_frames=431,
-                centroids_path=centroids, spectrogram=spectrogram, spherical=False, versions={})
+                vocabulary=vocabulary, spectrogram=spectrogram, versions={})
     return folder / "model"
 
 

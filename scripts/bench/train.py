@@ -1,10 +1,13 @@
-"""Benchmark the train stage's step: the seed's fp32 setting against AMP, and the data path against none.
+"""Benchmark the train stage's step for every encoder: the seed's fp32 setting against AMP, and the data path.
 
     python scripts/bench/train.py              # CUDA, the seed's shape (12 x 768, 433 positions, 527 labels)
-    python scripts/bench/train.py --tiny       # a 2 x 64 model that runs on a laptop CPU in a minute
+    python scripts/bench/train.py --tiny       # small models that run on a laptop CPU in a few minutes
+    python scripts/bench/train.py --encoders conformer
 
-Part 1, throughput and peak memory of Trainer.train_epoch (the stage's own step code: forward, loss,
-backward, AdamW, schedule, score collection) over batches already on the device:
+Part 1, for each encoder (bert and conformer read token ids, cnn reads 64-band mel frames; the seed's shape
+is 12 layers x 768 for bert and conformer, 4 PANNs blocks up to 512 channels for cnn), throughput and peak
+memory of Trainer.train_epoch (the stage's own step code: forward, loss, backward, AdamW, schedule, score
+collection) over batches already on the device:
   seed   fp32, eager attention, batch 16 (as the seed ran it)
   amp    bf16 where the GPU supports it (else fp16 + grad scaler), SDPA, batch 16, 32, 64
 Off CUDA the stage does not autocast, so the "amp" rows run fp32 with SDPA (the precision column says so).
@@ -24,18 +27,23 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from audiotokens.artifacts import ClipIndex, Layout, save_npy
-from audiotokens.classifier import AudioTokenClassifier, classifier_config
-from audiotokens.train import make_split_loader, read_split_tokens
-from audiotokens.token_dataset import pack_sequences
+from audiotokens.artifacts import ClipIndex, save_npy
+from audiotokens.modelparts import ENCODERS, EXTRA_POSITIONS, AudioClassifier, ModelSpec
+from audiotokens.objectives import objective_for
+from audiotokens.sources.records import MULTILABEL
+from audiotokens.token_dataset import pack_frames, pack_sequences
+from audiotokens.train import SplitStore, make_split_loader
 from audiotokens.trainer import Trainer, pick_device
 
 SEED_SHAPE = {"layers": 12, "hidden": 768, "heads": 12, "intermediate": 3072}
 TINY_SHAPE = {"layers": 2, "hidden": 64, "heads": 2, "intermediate": 256}
+CNN_SHAPES = {False: {"layers": 4, "hidden": 512}, True: {"layers": 2, "hidden": 32}}  # keyed by --tiny
+MELS = 64
 FRAMES = 431  # a 10 s clip at 22050 Hz, hop 512: 433 positions with [CLS] and [SEP]
 CLASSES = 527
 CLUSTERS = 50
@@ -44,6 +52,7 @@ GIB = 2**30
 
 @dataclass
 class Row:
+    encoder: str
     name: str
     precision: str
     attention: str
@@ -60,25 +69,48 @@ def synthetic_clips(n: int, seed: int) -> tuple[list[np.ndarray], list[list[int]
     return sequences, labels
 
 
-def device_batches(sequences, labels, batch: int, device: torch.device) -> list[dict[str, torch.Tensor]]:
-    """What the DataLoader would yield, already moved to the device."""
+def reads_frames(encoder: str) -> bool:
+    return ENCODERS[encoder].reads_raw_frames
+
+
+def device_batches(sequences, labels, batch: int, device: torch.device,
+                   frames: bool = False) -> list[dict[str, torch.Tensor]]:
+    """What the DataLoader would yield, already moved to the device (frames: random mel of the same length)."""
     batches = []
+    rng = np.random.default_rng(0)
     for start in range(0, len(sequences) - batch + 1, batch):
-        input_ids, attention_mask = pack_sequences(sequences[start:start + batch])
+        clips = sequences[start:start + batch]
+        if frames:
+            inputs, mask = pack_frames([rng.random((len(c), MELS), dtype=np.float32) for c in clips])
+        else:
+            inputs, mask = pack_sequences(clips)
         targets = torch.zeros(batch, CLASSES)
         for row, clip_labels in enumerate(labels[start:start + batch]):
             targets[row, clip_labels] = 1.0
-        batches.append({"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device),
+        batches.append({"inputs": inputs.to(device), "mask": mask.to(device),
                         "targets": targets.to(device), "indices": torch.arange(start, start + batch).to(device)})
     return batches
 
 
-def make_trainer(shape: dict, device: torch.device, attention: str, amp: bool, total_steps: int) -> Trainer:
+def model_spec(shape: dict, encoder: str, tiny: bool) -> ModelSpec:
+    frames = reads_frames(encoder)
+    size = CNN_SHAPES[tiny] if frames else shape
+    params = {"num_layers": size["layers"]} if frames else {
+        "num_layers": shape["layers"], "num_heads": shape["heads"], "intermediate_size": shape["intermediate"]}
+    return ModelSpec(classes=[str(c) for c in range(CLASSES)], input="frames" if frames else "tokens",
+                     codebook_sizes=[] if frames else [CLUSTERS], input_dim=MELS, encoder=encoder,
+                     encoder_params=params, hidden_size=size["hidden"], dropout=0.1,
+                     pooling="mean" if frames else "cls", max_positions=FRAMES + EXTRA_POSITIONS)
+
+
+def make_trainer(shape: dict, device: torch.device, attention: str, amp: bool, total_steps: int,
+                 encoder: str = "bert", tiny: bool = False) -> Trainer:
     torch.manual_seed(0)
-    config = classifier_config(CLUSTERS, 1, [str(c) for c in range(CLASSES)], "multilabel", FRAMES,
-                               shape["layers"], shape["hidden"], shape["heads"], shape["intermediate"], 0.1,
-                               attention=attention)
-    return Trainer(AudioTokenClassifier(config), "multilabel", device, 5e-5, 0.01, 0.1, total_steps, amp=amp)
+    spec = model_spec(shape, encoder, tiny)
+    if not reads_frames(encoder):
+        spec.encoder_params["attention"] = attention
+    return Trainer(model=AudioClassifier(spec=spec), objective=objective_for(MULTILABEL), device=device,
+                   learning_rate=5e-5, weight_decay=0.01, warmup_ratio=0.1, total_steps=total_steps, amp=amp)
 
 
 def timed(trainer: Trainer, batches: list) -> float:
@@ -87,18 +119,22 @@ def timed(trainer: Trainer, batches: list) -> float:
     return result.samples / result.seconds
 
 
-def measure(shape, device, name, attention, amp, batch, steps, warmup, repeats) -> Row:
+def measure(shape, device, encoder, tiny, name, attention, amp, batch, steps, warmup, repeats) -> Row:
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     sequences, labels = synthetic_clips(batch * (steps + warmup), seed=batch)
-    batches = device_batches(sequences, labels, batch, device)
-    trainer = make_trainer(shape, device, attention, amp, (steps + warmup) * (repeats + 1))
-    timed(trainer, batches[:warmup])
-    rates = [timed(trainer, batches[warmup:]) for _ in range(repeats)]
+    batches = device_batches(sequences, labels, batch, device, frames=reads_frames(encoder))
+    trainer = make_trainer(shape, device, attention, amp, (steps + warmup) * (repeats + 1), encoder, tiny)
+    try:
+        timed(trainer, batches[:warmup])
+        rates = [timed(trainer, batches[warmup:]) for _ in range(repeats)]
+    except torch.OutOfMemoryError:
+        rates = [float("nan")]
     peak = (torch.cuda.max_memory_allocated() / GIB, torch.cuda.max_memory_reserved() / GIB) \
         if device.type == "cuda" else (None, None)
-    row = Row(name, trainer.precision, attention, batch, statistics.median(rates), *peak)
+    row = Row(encoder, name, trainer.precision, attention if not reads_frames(encoder) else "-", batch,
+              statistics.median(rates), *peak)
     del trainer, batches
     return row
 
@@ -107,13 +143,13 @@ def data_path(shape, device, batch, steps, warmup, repeats, workers) -> tuple[fl
     """(samples/s through the stage's DataLoader from token files, samples/s over on-device batches)."""
     sequences, labels = synthetic_clips(batch * steps, seed=7)
     with tempfile.TemporaryDirectory() as root:
-        layout = Layout(root)
-        save_npy(layout.tokens("train"), np.concatenate(sequences)[:, None])
-        ClipIndex.from_lengths([str(i) for i in range(len(sequences))], [FRAMES] * len(sequences), labels,
-                               [str(c) for c in range(CLASSES)], "multilabel", "train").save(layout.tokens_index("train"))
-        split = read_split_tokens(layout, "train", CLUSTERS)
-        loader = make_split_loader(split, FRAMES, batch, shuffle_seed=0, num_workers=workers,
-                                   pin_memory=device.type == "cuda")
+        path = Path(root) / "tokens.npy"
+        save_npy(path, np.concatenate(sequences)[:, None])
+        index = ClipIndex.from_lengths([str(i) for i in range(len(sequences))], [FRAMES] * len(sequences), labels,
+                                       [str(c) for c in range(CLASSES)], "multilabel", "train")
+        split = SplitStore(name="train", path=path, index=index, columns=1)
+        loader = make_split_loader(split, "tokens", objective_for(MULTILABEL), FRAMES, batch, shuffle_seed=0,
+                                   num_workers=workers, pin_memory=device.type == "cuda")
         on_device = device_batches(sequences, labels, batch, device)
         trainer = make_trainer(shape, device, "sdpa", True, (steps + warmup) * (2 * repeats + 2))
         timed(trainer, on_device[:warmup])
@@ -129,7 +165,8 @@ def data_path(shape, device, batch, steps, warmup, repeats, workers) -> tuple[fl
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="2 layers x 64 hidden (CPU check)")
+    parser.add_argument("--tiny", action="store_true", help="2 layers x 64 hidden, a 2-block CNN (CPU check)")
+    parser.add_argument("--encoders", default=",".join(ENCODERS), help="encoders to measure, comma-separated")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per run (default 30 CUDA, 3 CPU)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5 CUDA, 1 CPU)")
@@ -154,17 +191,34 @@ def main(argv: list[str] | None = None) -> int:
         print("NOTE: no CUDA device - CPU figures; AMP rows run fp32 (the stage autocasts on CUDA only)")
 
     started = time.perf_counter()
-    rows = [measure(shape, device, "seed", "eager", False, 16, steps, warmup, args.repeats)]
-    for batch in (int(b) for b in args.batches.split(",")):
-        rows.append(measure(shape, device, "amp", "sdpa", True, batch, steps, warmup, args.repeats))
-    base = rows[0].samples_per_s
-    print(f"\n{'setting':8} {'precision':9} {'attention':9} {'batch':>5} {'samples/s':>10} {'x seed':>7} "
-          f"{'peak alloc GiB':>14} {'peak reserved GiB':>17}")
+    rows = []
+    for encoder in args.encoders.split(","):
+        if encoder not in ENCODERS:
+            parser.error(f"--encoders: unknown encoder {encoder!r}; known: {', '.join(ENCODERS)}")
+        per_encoder = [measure(shape, device, encoder, args.tiny, "seed", "eager", False, 16, steps, warmup,
+                               args.repeats)]
+        for batch in (int(b) for b in args.batches.split(",")):
+            per_encoder.append(measure(shape, device, encoder, args.tiny, "amp", "sdpa", True, batch, steps,
+                                       warmup, args.repeats))
+        rows += per_encoder
+    print(f"\n{'encoder':9} {'setting':8} {'precision':9} {'attention':9} {'batch':>5} {'samples/s':>10} "
+          f"{'x seed':>7} {'peak alloc GiB':>14} {'peak reserved GiB':>17}")
     for row in rows:
+        base = next(r for r in rows if r.encoder == row.encoder and r.name == "seed").samples_per_s
         alloc = f"{row.peak_allocated_gib:.2f}" if row.peak_allocated_gib is not None else "n/a"
         reserved = f"{row.peak_reserved_gib:.2f}" if row.peak_reserved_gib is not None else "n/a"
-        print(f"{row.name:8} {row.precision:9} {row.attention:9} {row.batch:>5} {row.samples_per_s:>10.1f} "
-              f"{row.samples_per_s / base:>7.2f} {alloc:>14} {reserved:>17}")
+        print(f"{row.encoder:9} {row.name:8} {row.precision:9} {row.attention:9} {row.batch:>5} "
+              f"{row.samples_per_s:>10.1f} {row.samples_per_s / base:>7.2f} {alloc:>14} {reserved:>17}")
+    if cuda:
+        for row in rows:
+            if row.name == "amp" and row.batch == 32 and row.peak_allocated_gib is not None:
+                print(f"{row.encoder}: AMP batch 32 peak allocated {row.peak_allocated_gib:.2f} GiB, "
+                      f"{'fits' if row.peak_allocated_gib <= 8 else 'does NOT fit'} in 8 GiB")
+    if "bert" not in args.encoders.split(","):
+        print(f"\ntotal {time.perf_counter() - started:.0f} s")
+        return 0
+    rows = [row for row in rows if row.encoder == "bert"]  # the data-path check and targets: the seed's model
+    base = rows[0].samples_per_s
 
     best = max(rows[1:], key=lambda row: row.samples_per_s)
     loaded, resident = data_path(shape, device, best.batch, steps, warmup, args.repeats, args.workers)
