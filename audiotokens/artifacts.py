@@ -9,8 +9,7 @@ Layout under a workdir:
   processed/frames/index.json       per clip: id, offset, length; the frame spec's digest
   processed/frames/spec.json        the frame spec: every setting that defines a frame
   processed/frames/report.json      clips skipped by the spectrogram stage, with reasons
-  output/vocabulary/                the fitted tokenizer (vocabulary.json + codebooks.npz)
-  output/cluster_report.json
+  output/vocabulary/                the fitted tokenizer (vocabulary.json + codebooks.npz + report.json)
   tokenized/tokens.npy              token ids of every clip, (total_tokens, codebooks), int16 while k < 32768
   tokenized/index.json              per clip: id, offset, length; vocabulary and frame spec digests
   tokenized/stats.json, tokenized/histogram_<split>.png
@@ -91,7 +90,7 @@ class Layout:
 
     @property
     def cluster_report(self) -> Path:
-        return self.output / "cluster_report.json"
+        return self.vocabulary / "report.json"
 
     # tokenize
     @property

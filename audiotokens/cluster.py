@@ -4,8 +4,8 @@ Which vectors train it is explicit: all training vectors (frames, or windows of 
 fit `cluster.memory_budget_gb` as float32 (or `cluster.max_frames` of them), else a uniform random sample
 across all training clips, read from the memmap in sorted order. faiss is told to use every vector it is
 given (`max_points_per_centroid`), so the count in the log and the report is what it trained on. The
-result is the vocabulary artifact (vocabulary.py) plus output/cluster_report.json, which also holds the
-reconstruction error on the validation split.
+result is the vocabulary artifact (vocabulary.py), whose report.json also holds the reconstruction error
+on the validation split.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from .artifacts import ClipIndex, Layout, SplitPlan, open_split, read_frame_spec, write_json
+from .artifacts import ClipIndex, Layout, SplitPlan, open_split, read_frame_spec
 from .config import ClusterConfig, Config
 from .errors import UserError
 from .tokenizer import release_pages
@@ -132,7 +132,7 @@ VALIDATION_MSE_VECTORS = 200_000  # reconstruction error is measured on at most 
 
 
 class ClusterCreator:
-    """The tokenizer fitted on training frames -> output/vocabulary/ + output/cluster_report.json."""
+    """The tokenizer fitted on training frames -> output/vocabulary/ (with its report.json)."""
 
     def __init__(self, config: Config, **options: Any):
         self.config = config
@@ -166,10 +166,9 @@ class ClusterCreator:
         del x
         report.update(self._sampling(index, positions, available, used, reason, warnings, frames.dtype))
         report["validation_reconstruction_mse"] = self._validation_mse(quantizer, reconstruction_mse)
-        save_vocabulary(self.layout.vocabulary, quantizer, spec)
         report["frame_spec"] = spec
         report["wall_time_s"] = round(time.perf_counter() - started, 3)
-        write_json(self.layout.cluster_report, report)
+        save_vocabulary(self.layout.vocabulary, quantizer, spec, report)
         dead = sum(len(book["dead_codes"]) for book in report["codebooks"])
         log.info("%s tokenizer done in %.1f s: %d codebook(s) of %s codes, %.1f bits per frame, reconstruction "
                  "MSE %.4g train / %s validation, %d dead codes; wrote %s", quantizer.kind, report["wall_time_s"],

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from .artifacts import write_error
 from .errors import UserError
 
 LOCK_NAME = ".audiotokens.lock"
@@ -31,8 +32,12 @@ def workdir_lock(workdir: str | Path, what: str) -> Iterator[None]:
         finally:
             _held[workdir] -= 1
         return
-    workdir.mkdir(parents=True, exist_ok=True)
-    with open(workdir / LOCK_NAME, "a+") as handle:  # closing releases the flock
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        handle = open(workdir / LOCK_NAME, "a+")  # noqa: SIM115 - held open for the lock's lifetime below
+    except OSError as exc:
+        raise write_error(workdir, exc) from None
+    with handle:  # closing releases the flock
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

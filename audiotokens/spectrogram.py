@@ -424,8 +424,8 @@ class SpectrogramProcessor:
         skipped = [{**s, "audio": clips[s["position"]]["audio"]} for meta in metas for s in meta["skipped"]]
         total = int(sum(lengths))
         spec = params_to_dict(self.params)
-        write_json(self.layout.frame_spec, spec)
         self._write_frames(store, len(metas), total)
+        write_json(self.layout.frame_spec, spec)  # after the frames it describes, before the index
         index = ClipIndex.from_lengths([str(clips[p]["id"]) for p in positions], lengths,
                                        [[] for _ in positions], [], "")
         index.extra = {"frame_spec_digest": spec_digest(spec), "dtype": self.params.dtype}

@@ -1,12 +1,14 @@
 """The vocabulary artifact: the fitted tokenizer with the frame spec it was fitted on, read and written here only.
 
-output/vocabulary/ holds vocabulary.json (the quantizer's meta, its digest, the frame spec and its digest)
-and codebooks.npz (one float32 array per codebook). tokenize, train, evaluate, predict and the bundle all
+output/vocabulary/ holds vocabulary.json (the quantizer's meta, its digest, the frame spec and its digest),
+codebooks.npz (one float32 array per codebook) and report.json (how it was fitted: sampling, objective per
+iteration, code usage, reconstruction error), written and replaced as one. tokenize, train, evaluate, predict and the bundle all
 load it through `load_vocabulary`, and compare digests rather than settings: a model never ships with a
 vocabulary or frame spec other than the ones its tokens were made with.
 """
 from __future__ import annotations
 
+import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,12 +16,18 @@ from typing import Any
 
 import numpy as np
 
-from .artifacts import atomic_dir, read_json, spec_digest, write_json
+from .artifacts import atomic_dir, read_json, spec_digest
 from .errors import UserError
 from .quantizers import Quantizer
 
 METADATA = "vocabulary.json"
 ARRAYS = "codebooks.npz"
+REPORT = "report.json"
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays in a report, as JSON numbers and lists."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
 
 
 @dataclass(frozen=True)
@@ -47,13 +55,18 @@ class Vocabulary:
         return f"{q.kind} tokenizer, {sizes} codes, {q.bits_per_frame:.1f} bits per frame"
 
 
-def save_vocabulary(folder: Path, quantizer: Quantizer, frame_spec: dict[str, Any]) -> None:
+def save_vocabulary(folder: Path, quantizer: Quantizer, frame_spec: dict[str, Any],
+                    report: dict[str, Any] | None = None) -> None:
     meta, arrays = quantizer.state()
     with atomic_dir(folder) as tmp:
         with open(tmp / ARRAYS, "wb") as handle:
             np.savez(handle, **arrays)
-        write_json(tmp / METADATA, {"quantizer": meta, "digest": quantizer.digest(), "frame_spec": frame_spec,
-                                    "frame_spec_digest": spec_digest(frame_spec)})
+        # plain writes inside the staging folder: a refused write is then reported for the final folder
+        (tmp / METADATA).write_text(json.dumps({"quantizer": meta, "digest": quantizer.digest(),
+                                                "frame_spec": frame_spec, "frame_spec_digest": spec_digest(frame_spec)},
+                                               indent=1) + "\n")
+        if report is not None:
+            (tmp / REPORT).write_text(json.dumps(report, indent=1, default=_plain) + "\n")
 
 
 def load_vocabulary(folder: str | Path, hint: str = "re-run `audiotokens cluster`") -> Vocabulary:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from audiotokens.lock import LOCK_NAME
+
 _CONTEXT = multiprocessing.get_context("forkserver")
 _CONTEXT.set_forkserver_preload(["audiotokens.cli", "audiotokens.pipeline", "audiotokens.spectrogram",
                                  "audiotokens.cluster", "audiotokens.tokenizer", "audiotokens.train"])
@@ -110,8 +112,12 @@ def run_cli(args: list[str], cwd: Path, log: Path, **delays: float) -> str:
 
 
 def is_temporary(path: Path, root: Path) -> bool:
-    """Temporary names are hidden (`.name.<pid>.<random>.tmp`, `.split.tmp/`, `.model.old`)."""
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
+    """Temporary names are hidden (`.name.<pid>.<random>.tmp`, `.split.tmp/`, `.model.old`); the workdir's
+    lock file is hidden too but stays (the kernel releases the lock, the file is left empty)."""
+    relative = path.relative_to(root)
+    if relative.parts == (LOCK_NAME,):
+        return False
+    return any(part.startswith(".") for part in relative.parts)
 
 
 def temporaries(root: Path) -> list[Path]:

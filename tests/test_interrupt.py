@@ -18,6 +18,8 @@ from projects import TONES, write_tone
 from safetensors.numpy import load_file
 
 from audiotokens.artifacts import Layout
+from audiotokens.config import load_config
+from audiotokens.provenance import stage_states
 
 SETTINGS = """
 [split]
@@ -44,9 +46,9 @@ num_workers = 0
 STAGES = ("split", "spectrogram", "cluster", "tokenize", "train")
 # what each stage reads (must stay byte-identical when it is killed) and writes (compared with the reference)
 READS = {"spectrogram": ["processed/split.json", "processed/split.meta.json"],
-         "cluster": ["processed/train", "processed/validation", "processed/split.json"],
-         "tokenize": ["processed", "output/centroids.npy", "output/cluster_report.json"],
-         "train": ["processed", "output/centroids.npy", "tokenized"]}
+         "cluster": ["processed/frames", "processed/split.json"],
+         "tokenize": ["processed", "output/vocabulary"],
+         "train": ["processed", "output/vocabulary", "tokenized"]}
 
 
 def cli(root: Path, stage: str, *extra: str) -> list[str]:
@@ -89,6 +91,8 @@ def kill_and_check(root: Path, stage: str, condition, extra=(), **delays: float)
     assert_complete(work)
     failure = json.loads(Layout(work).failure(stage).read_text())
     assert failure["error"].startswith("unfinished"), failure
+    state = stage_states(Layout(work), load_config(root / "run.toml", [], work))[stage]
+    assert state.state == "killed" and f"run `audiotokens {stage}` again" in state.line(), state.line()
     return run.output()
 
 
@@ -111,40 +115,38 @@ def exists(pattern: str):
 
 
 SPECTROGRAM_POINTS = {
-    "between parts": {"condition": exists("processed/train/parts/part-00002.json"), "parts": 3, "clip": 0.03},
-    "a part complete, not yet renamed": {"condition": exists("processed/train/parts/.part-00001.npy.*.tmp"),
+    "between parts": {"condition": exists("processed/frames/parts/part-00002.json"), "parts": 3, "clip": 0.03},
+    "a part complete, not yet renamed": {"condition": exists("processed/frames/parts/.part-00001.npy.*.tmp"),
                                              "parts": 3, "replace": 0.5},
-    "assembling frames.npy": {"condition": exists("processed/train/.frames.npy.*.tmp"), "parts": 3, "replace": 0.5},
-    "train done, validation half way": {"condition": exists("processed/validation/parts/part-00000.json"),
-                                            "parts": 2, "clip": 0.05},
+    "assembling frames.npy": {"condition": exists("processed/frames/.frames.npy.*.tmp"), "parts": 3, "replace": 0.5},
+    "most of the catalogue done": {"condition": exists("processed/frames/parts/part-00005.json"),
+                                   "parts": 2, "clip": 0.05},
 }
 
 
 def check_spectrogram(root: Path, reference: Path) -> None:
-    for split in ("train", "validation"):
-        mine, theirs = Layout(root / "work"), Layout(reference / "work")
-        assert np.array_equal(np.load(mine.frames(split)), np.load(theirs.frames(split)))
-        assert np.load(mine.frames(split)).dtype == np.load(theirs.frames(split)).dtype
-        for path in (mine.frames_index(split), mine.frames_report(split)):
-            assert json.loads(path.read_text()) == json.loads((theirs.workdir / path.relative_to(root / "work"))
-                                                              .read_text())
+    mine, theirs = Layout(root / "work"), Layout(reference / "work")
+    assert np.array_equal(np.load(mine.frames), np.load(theirs.frames))
+    assert np.load(mine.frames).dtype == np.load(theirs.frames).dtype
+    for name in ("frames_index", "frame_spec", "frames_report"):
+        assert json.loads(getattr(mine, name).read_text()) == json.loads(getattr(theirs, name).read_text()), name
 
 
 @pytest.mark.parametrize("point", [
     "between parts",
     pytest.param("a part complete, not yet renamed", marks=pytest.mark.slow),
     "assembling frames.npy",
-    pytest.param("train done, validation half way", marks=pytest.mark.slow),
+    pytest.param("most of the catalogue done", marks=pytest.mark.slow),
 ])
 def test_spectrogram_killed(reference, tmp_path, point):
     root = project_before(reference, "spectrogram", tmp_path / "p")
     kill_and_check(root, "spectrogram", **SPECTROGRAM_POINTS[point])
     refused = start(cli(root, "cluster"), root, root / "refused.log")
     refused.process.join()
-    assert refused.process.exitcode == 2 and "reads spectrogram, which is failed" in refused.output()
+    assert refused.process.exitcode == 2 and "reads spectrogram, which is killed" in refused.output()
     output = rerun(root, "spectrogram")
     if point == "between parts":
-        assert re.search(r"train: resuming, [1-9]\d* of \d+ clips already done", output)  # parts kept
+        assert re.search(r"resuming, [1-9]\d* of \d+ clips already done", output)  # parts kept
     check_spectrogram(root, reference)
 
 
@@ -152,50 +154,56 @@ def test_spectrogram_killed(reference, tmp_path, point):
 
 
 CLUSTER_POINTS = {
-    "centroids renamed, report not yet": {
-        "condition": lambda work: (work / "output/centroids.npy").exists() and any(
-            (work / "output").glob(".cluster_report.json.*.tmp")), "replace": 0.5},
-    "k-means running": {"condition": lambda work: "k-means:" in read_if_there(work.parent / "killed.log"),
-                            "kmeans": 1.0},
+    "vocabulary and report staged, not swapped in yet": {
+        "condition": lambda work: any(p.name == "report.json" for p in (work / "output").glob(".vocabulary.*.tmp/*")),
+        "replace": 0.5},
+    "k-means running": {"condition": lambda work: "clusters per codebook on" in read_if_there(
+        work.parent / "killed.log"), "kmeans": 1.0},
 }
 
 
-@pytest.mark.parametrize("point", ["centroids renamed, report not yet",
+def without_timings(report: dict) -> dict:
+    report = {k: v for k, v in report.items() if k not in ("fit_time_s", "wall_time_s")}
+    report["codebooks"] = [{k: v for k, v in book.items() if k != "fit_time_s"} for book in report["codebooks"]]
+    return report
+
+
+@pytest.mark.parametrize("point", ["vocabulary and report staged, not swapped in yet",
                                    pytest.param("k-means running", marks=pytest.mark.slow)])
 def test_cluster_killed(reference, tmp_path, point):
     root = project_before(reference, "cluster", tmp_path / "p")
     kill_and_check(root, "cluster", **CLUSTER_POINTS[point])
     rerun(root, "cluster")
     mine, theirs = Layout(root / "work"), Layout(reference / "work")
-    assert np.array_equal(np.load(mine.centroids), np.load(theirs.centroids))
+    for name in ("vocabulary.json", "codebooks.npz"):
+        assert (mine.vocabulary / name).read_bytes() == (theirs.vocabulary / name).read_bytes(), name
     report, expected = (json.loads(p.read_text()) for p in (mine.cluster_report, theirs.cluster_report))
-    for timing in ("fit_time_s", "wall_time_s"):
-        report.pop(timing), expected.pop(timing)
-    assert report == expected
+    assert without_timings(report) == without_timings(expected)
 
 
 # ---------------------------------------------------------------- tokenize
 
 
 TOKENIZE_POINTS = {
-    "train split half written": {"condition": exists("tokenized/.train.tmp/tokens.npy"), "batch": 0.05},
-    "train swapped in, validation not yet": {
-        "condition": lambda work: (work / "tokenized/train/tokens.npy").exists(), "replace": 0.5},
+    "token store half written": {"condition": exists("tokenized/.store.*.tmp/tokens.npy"), "batch": 0.05},
+    "tokens swapped in, index not yet": {
+        "condition": lambda work: (work / "tokenized/tokens.npy").exists()
+        and any(work.glob("tokenized/.store.*.tmp/index.json")), "replace": 0.5},
 }
 
 
-@pytest.mark.parametrize("point", ["train split half written",
-                                   pytest.param("train swapped in, validation not yet", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("point", ["token store half written",
+                                   pytest.param("tokens swapped in, index not yet", marks=pytest.mark.slow)])
 def test_tokenize_killed(reference, tmp_path, point):
     root = project_before(reference, "tokenize", tmp_path / "p")
     kill_and_check(root, "tokenize", **TOKENIZE_POINTS[point])
     rerun(root, "tokenize")
-    for split in ("train", "validation"):
-        mine, theirs = Layout(root / "work"), Layout(reference / "work")
-        tokens = np.load(mine.tokens(split))
-        assert tokens.dtype == np.load(theirs.tokens(split)).dtype
-        assert np.array_equal(tokens, np.load(theirs.tokens(split)))
-        assert json.loads(mine.tokens_index(split).read_text()) == json.loads(theirs.tokens_index(split).read_text())
+    mine, theirs = Layout(root / "work"), Layout(reference / "work")
+    tokens = np.load(mine.tokens)
+    assert tokens.dtype == np.load(theirs.tokens).dtype
+    assert np.array_equal(tokens, np.load(theirs.tokens))
+    for name in ("tokens_index", "token_stats"):
+        assert json.loads(getattr(mine, name).read_text()) == json.loads(getattr(theirs, name).read_text()), name
 
 
 # ---------------------------------------------------------------- train

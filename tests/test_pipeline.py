@@ -1,11 +1,16 @@
 """Stale detection and `run` planning, with stand-in stages so only the provenance logic is exercised."""
 import pytest
+from click.testing import CliRunner
 
 from audiotokens import pipeline
 from audiotokens.artifacts import Layout
+from audiotokens.cli import main
 from audiotokens.config import load_config
 from audiotokens.errors import UserError
-from audiotokens.provenance import STAGES, stage_states
+from audiotokens.provenance import stage_states
+from audiotokens.stages import NAMES, Stage
+
+STAGES = list(NAMES)
 
 
 @pytest.fixture
@@ -26,7 +31,7 @@ def ran(monkeypatch):
 
         return Fake
 
-    monkeypatch.setattr(pipeline, "stage_class", fake_class)
+    monkeypatch.setattr(Stage, "runner_class", lambda stage: fake_class(stage.name))
     return calls
 
 
@@ -46,24 +51,42 @@ def test_everything_missing_then_fresh(tmp_path, ran):
     assert pipeline.run(config(tmp_path)) == []
 
 
-@pytest.mark.parametrize("override, first_stale", [
-    ("split.seed=3", "split"),
-    ("data.label_delimiter=|", "split"),
-    ("spectrogram.n_mels=32", "spectrogram"),
-    ("cluster.n_clusters=100", "cluster"),
-    ("tokenize.batch_frames=5", None),  # runtime-only key: nothing goes stale
-    ("train.learning_rate=0.001", "train"),
-    ("evaluate.threshold=0.3", "evaluate"),
+MODEL = ["train", "evaluate"]
+
+
+@pytest.mark.parametrize("override, expected_stale", [
+    # the assignment to splits: the frames stay (spectrogram reads only the [data] side of split)
+    ("split.seed=3", ["split", "cluster", "tokenize", *MODEL, "baseline"]),
+    ("split.test_ratio=0.2", ["split", "cluster", "tokenize", *MODEL, "baseline"]),
+    # the clip catalogue: everything
+    ("data.label_delimiter=|", ["split", "spectrogram", "cluster", "tokenize", *MODEL, "baseline"]),
+    ("spectrogram.n_mels=32", ["spectrogram", "cluster", "tokenize", *MODEL, "baseline"]),
+    ("spectrogram.dtype=float16", ["spectrogram", "cluster", "tokenize", *MODEL, "baseline"]),  # storage
+    ("cluster.n_clusters=100", ["cluster", "tokenize", *MODEL]),
+    ("tokenize.batch_frames=5", []),  # runtime keys: nothing goes stale
+    ("spectrogram.workers=3", []),
+    ("cluster.gpu=true", []),
+    ("train.learning_rate=0.001", MODEL),
+    ("evaluate.threshold=0.3", ["evaluate"]),
 ])
-def test_one_parameter_makes_its_stage_and_everything_after_stale(tmp_path, ran, override, first_stale):
+def test_one_parameter_makes_its_stage_and_what_reads_it_stale(tmp_path, ran, override, expected_stale):
     pipeline.run(config(tmp_path))
     ran.clear()
     now = states(tmp_path, override)
-    expected_stale = STAGES[STAGES.index(first_stale):] if first_stale else ()
-    assert [s for s, st in now.items() if st == "stale"] == list(expected_stale)
+    assert [s for s, st in now.items() if st == "stale"] == expected_stale
     assert all(now[s] == "fresh" for s in STAGES if s not in expected_stale)
-    assert pipeline.run(config(tmp_path, override)) == list(expected_stale)
-    assert ran == list(expected_stale)
+    assert pipeline.run(config(tmp_path, override)) == expected_stale
+    assert ran == expected_stale
+
+
+def test_status_says_the_frames_are_fresh_when_only_the_split_changes(tmp_path, ran):
+    pipeline.run(config(tmp_path))
+    result = CliRunner().invoke(main, ["status", "--workdir", str(tmp_path), "--set", "split.seed=3"])
+    assert result.exit_code == 0, result.output
+    lines = dict(line.split(": ", 1) for line in result.output.splitlines())
+    assert lines["split"] == "stale — split.seed 0 → 3"
+    assert lines["spectrogram"] == "fresh"
+    assert lines["cluster"].startswith("stale") and "split is stale" in lines["cluster"]
 
 
 def test_n_clusters_reason_names_old_and_new(tmp_path, ran):
@@ -95,7 +118,8 @@ def test_failure_is_recorded_and_cleared(tmp_path, ran):
         pipeline.run(config(tmp_path, "cluster.niter=13"))
     reported = stage_states(Layout(tmp_path), config(tmp_path, "cluster.niter=13"))
     assert reported["cluster"].state == "failed" and "k-means exploded" in reported["cluster"].line()
-    assert pipeline.run(config(tmp_path)) == ["cluster", "tokenize", "train", "evaluate"]
+    # cluster and the stages after it in the table, which never ran
+    assert pipeline.run(config(tmp_path)) == STAGES[STAGES.index("cluster"):]
     assert states(tmp_path)["cluster"] == "fresh"
 
 

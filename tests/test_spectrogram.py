@@ -13,7 +13,7 @@ import soundfile as sf
 
 import audiotokens.audio as audio_module
 import audiotokens.spectrogram as spectrogram_module
-from audiotokens.artifacts import ClipIndex, Layout, open_store
+from audiotokens.artifacts import ClipIndex, Layout, open_split, open_store, spec_digest
 from audiotokens.audio import AudioError, load_audio, load_mono
 from audiotokens.config import SpectrogramConfig, load_config
 from audiotokens.errors import UserError
@@ -58,10 +58,13 @@ def oracle(source, params: SpectrogramConfig, duration: float | None = None) -> 
 
 
 def write_split(workdir: Path, splits: dict[str, list[dict]], task: str = "singlelabel") -> None:
+    """split.json: the catalogue is every clip listed (once, in first-listed order), the splits their ids."""
     path = Layout(workdir).split_json
     path.parent.mkdir(parents=True, exist_ok=True)
+    catalogue = list({c["id"]: c for clips in splits.values() for c in clips}.values())
     path.write_text(json.dumps({"source": "test", "strategy": "test", "task": task, "classes": CLASSES,
-                                "splits": splits}))
+                                "clips": catalogue,
+                                "splits": {name: [c["id"] for c in clips] for name, clips in splits.items()}}))
 
 
 def clip(clip_id: str, audio, labels=(0,)) -> dict:
@@ -73,9 +76,12 @@ def run_stage(workdir: Path, *overrides: str, part_clips: int = 256) -> dict:
     return SpectrogramProcessor(config, part_clips=part_clips).run()
 
 
-def stored(workdir: Path, split: str = "train") -> tuple[np.ndarray, ClipIndex]:
+def stored(workdir: Path, split: str | None = None) -> tuple[np.ndarray, ClipIndex]:
+    """The whole frames store with its own index, or with one split's view."""
     layout = Layout(workdir)
-    return open_store(layout.frames(split), layout.frames_index(split))
+    if split is None:
+        return open_store(layout.frames, layout.frames_index)
+    return open_split(layout, "frames", split)
 
 
 def frames_of(array: np.ndarray, index: ClipIndex, clip_id: str) -> np.ndarray:
@@ -83,8 +89,8 @@ def frames_of(array: np.ndarray, index: ClipIndex, clip_id: str) -> np.ndarray:
     return np.asarray(array[index.offsets[row]:index.offsets[row] + index.lengths[row]])
 
 
-def report(workdir: Path, split: str = "train") -> dict:
-    return json.loads(Layout(workdir).frames_report(split).read_text())
+def report(workdir: Path) -> dict:
+    return json.loads(Layout(workdir).frames_report.read_text())
 
 
 def distinct_clips(folder: Path, count: int, sr: int = 16000, seconds: float = 1.0) -> list[dict]:
@@ -151,13 +157,33 @@ def test_stored_frames_equal_librosa_for_every_format_rate_and_layout(oracle_run
             assert np.abs(got - want).max() <= TOLERANCE, c["id"]
 
 
-def test_index_copies_labels_classes_and_task(oracle_run):
+def test_one_store_for_every_clip_and_the_frame_spec_beside_it(oracle_run):
+    """Frames are computed once per clip whatever the split; labels live in split.json, not in the store."""
     workdir, clips, _ = oracle_run
-    _, index = stored(workdir, "validation")
-    assert index.classes == CLASSES and index.task == "singlelabel" and index.split == "validation"
-    assert index.labels == [c["labels"] for c in clips[1::2]]
-    assert index.extra["spectrogram"] == params_to_dict(SpectrogramConfig())
-    assert not (Layout(workdir).frames_dir("train") / "parts").exists()  # parts removed once assembled
+    layout = Layout(workdir)
+    _, index = stored(workdir)
+    catalogue = json.loads(layout.split_json.read_text())["clips"]
+    assert sorted(c["id"] for c in catalogue) == sorted(c["id"] for c in clips)
+    assert index.ids == [c["id"] for c in catalogue] and index.labels == [[] for _ in clips]  # catalogue order
+    spec = json.loads(layout.frame_spec.read_text())
+    assert spec == params_to_dict(SpectrogramConfig())
+    assert index.extra["frame_spec_digest"] == spec_digest(spec) and index.extra["dtype"] == "float32"
+    _, view = stored(workdir, "validation")
+    assert view.classes == CLASSES and view.task == "singlelabel" and view.split == "validation"
+    assert view.labels == [c["labels"] for c in clips[1::2]]
+    assert not (layout.frames_dir / "parts").exists()  # parts removed once assembled
+
+
+def test_the_frame_spec_holds_what_defines_a_frame_and_nothing_else():
+    base = params_to_dict(SpectrogramConfig())
+    # storage precision and speed leave the spec (and so every later artifact) as it is
+    for key, value in (("dtype", "float16"), ("workers", 7)):
+        assert params_to_dict(dataclasses.replace(SpectrogramConfig(), **{key: value})) == base
+    # every setting that changes a frame changes the spec's digest
+    for key, value in (("n_mels", 32), ("hop_length", 256), ("fmin", 20.0), ("db", False), ("top_db", 60.0),
+                       ("normalize", False), ("max_duration", 2.0), ("sample_rate", 16000), ("n_fft", 2048)):
+        changed = params_to_dict(dataclasses.replace(SpectrogramConfig(), **{key: value}))
+        assert spec_digest(changed) != spec_digest(base), key
 
 
 @pytest.mark.parametrize("overrides", [
@@ -225,25 +251,35 @@ def test_bad_clip_in_the_middle_shifts_nothing(tmp_path):
     write_split(tmp_path, {"train": clips})
     counts = run_stage(tmp_path, "spectrogram.workers=2", part_clips=3)
 
-    array, index = stored(tmp_path)
+    array, index = stored(tmp_path, "train")
     usable = [c for i, c in enumerate(clips) if c["id"] not in ("clip001", "clip003", "missing", "clip005")]
-    assert index.ids == [c["id"] for c in usable]
+    assert index.ids == [c["id"] for c in usable] == stored(tmp_path)[1].ids
     assert index.labels == [c["labels"] for c in usable]
     for c in usable:
         assert np.abs(frames_of(array, index, c["id"]) - oracle(c["audio"], SpectrogramConfig())).max() <= TOLERANCE
     reasons = {entry["id"]: entry["reason"] for entry in report(tmp_path)["skipped"]}
     assert reasons == {"clip001": "undecodable", "clip003": "undecodable", "missing": "missing",
                        "clip005": "too short"}
-    assert counts == {"clips": 4, "frames": index.total_frames, "skipped": 4,
-                      "splits": {"train": {"clips": 4, "frames": index.total_frames, "skipped": 4}}}
+    assert counts == {"clips": 4, "frames": index.total_frames, "skipped": 4}
+    assert report(tmp_path)["listed"] == 8 and report(tmp_path)["kept"] == 4
 
 
-def test_split_with_no_usable_clip_is_a_user_error_with_a_report(tmp_path):
+def test_no_usable_clip_is_a_user_error_with_a_report(tmp_path):
     (tmp_path / "empty.wav").write_bytes(b"")
     write_split(tmp_path, {"train": [clip("x", tmp_path / "empty.wav"), clip("y", tmp_path / "gone.wav")]})
-    with pytest.raises(UserError, match="no usable clip in split 'train'"):
+    with pytest.raises(UserError, match=r"no usable clip \(.*see .*report\.json"):
         run_stage(tmp_path, "spectrogram.workers=1")
     assert {e["reason"] for e in report(tmp_path)["skipped"]} == {"empty file", "missing"}
+
+
+def test_a_split_whose_clips_were_all_skipped_is_refused_when_read(tmp_path):
+    clips = distinct_clips(tmp_path / "audio", 2)
+    (tmp_path / "empty.wav").write_bytes(b"")
+    write_split(tmp_path, {"train": clips, "validation": [clip("x", tmp_path / "empty.wav")]})
+    run_stage(tmp_path, "spectrogram.workers=1")
+    assert stored(tmp_path, "train")[1].ids == ["clip000", "clip001"]
+    with pytest.raises(UserError, match=r"no clip of split 'validation' has frames.*report\.json"):
+        stored(tmp_path, "validation")
 
 
 def test_missing_split_json_tells_to_run_split(tmp_path):
@@ -466,7 +502,7 @@ def resume_corpus(tmp_path_factory):
     (root / "audio" / "bad.wav").write_text("not audio")
     clips.insert(6, clip("bad", root / "audio" / "bad.wav"))
     reference = root / "reference"
-    write_split(reference, {"train": clips, "validation": clips[:3]})
+    write_split(reference, {"train": clips[3:], "validation": clips[:3]})
     run_stage(reference, "spectrogram.workers=1", part_clips=3)
     return clips, reference
 
@@ -476,26 +512,24 @@ def test_resume_after_interruption_gives_identical_artifacts(tmp_path, monkeypat
                                                              part_frames, resumes_at):
     """Parts end after part_clips clips or part_frames frames; either way the result is the same."""
     clips, reference = resume_corpus
-    write_split(tmp_path, {"train": clips, "validation": clips[:3]})
+    write_split(tmp_path, {"train": clips[3:], "validation": clips[:3]})
     interrupt_after(monkeypatch, parts=2)
     with pytest.raises(Interrupt):
         config = load_config(None, ["spectrogram.workers=2"], tmp_path)
         SpectrogramProcessor(config, part_clips=part_clips, part_frames=part_frames).run()
     monkeypatch.undo()
-    assert not Layout(tmp_path).frames("train").exists()
+    assert not Layout(tmp_path).frames.exists()
 
     processed = count_processed(monkeypatch)
     run_stage(tmp_path, "spectrogram.workers=1", part_clips=3)
-    assert sorted(processed) == [0, 1, 2, *range(resumes_at, len(clips))]  # the rest of train, all validation
-    for split in ("train", "validation"):
-        layout_a, layout_b = Layout(tmp_path), Layout(reference)
-        assert layout_a.frames(split).read_bytes() == layout_b.frames(split).read_bytes()
-        assert layout_a.frames_index(split).read_text() == layout_b.frames_index(split).read_text()
-        assert report(tmp_path, split)["skipped"] == report(reference, split)["skipped"]
+    assert sorted(processed) == list(range(resumes_at, len(clips)))  # only the clips not yet done
+    layout_a, layout_b = Layout(tmp_path), Layout(reference)
+    for name in ("frames", "frames_index", "frame_spec", "frames_report"):
+        assert getattr(layout_a, name).read_bytes() == getattr(layout_b, name).read_bytes(), name
 
 
-@pytest.mark.parametrize("change", ["parameters", "split"])
-def test_parts_are_discarded_when_parameters_or_split_change(tmp_path, monkeypatch, resume_corpus, change):
+@pytest.mark.parametrize("change", ["parameters", "catalogue"])
+def test_parts_are_discarded_when_parameters_or_catalogue_change(tmp_path, monkeypatch, resume_corpus, change):
     clips, _ = resume_corpus
     write_split(tmp_path, {"train": clips})
     interrupt_after(monkeypatch, parts=2)
@@ -512,8 +546,26 @@ def test_parts_are_discarded_when_parameters_or_split_change(tmp_path, monkeypat
     processed = count_processed(monkeypatch)
     run_stage(tmp_path, *overrides, part_clips=3)
     assert sorted(processed) == list(range(len(clips)))
-    array, index = stored(tmp_path)
+    array, index = stored(tmp_path, "train")
     params = dataclasses.replace(SpectrogramConfig(), n_mels=32 if change == "parameters" else 64)
     assert index.ids == [c["id"] for c in clips if c["id"] != "bad"]
     for c in clips[:4]:
         assert np.abs(frames_of(array, index, c["id"]) - oracle(c["audio"], params)).max() <= TOLERANCE
+
+
+def test_parts_are_kept_when_only_the_assignment_to_splits_changes(tmp_path, monkeypatch, resume_corpus):
+    """The store does not depend on the split: a new assignment of the same clips resumes the parts."""
+    clips, reference = resume_corpus
+    write_split(tmp_path, {"train": clips[3:], "validation": clips[:3]})
+    interrupt_after(monkeypatch, parts=2)
+    with pytest.raises(Interrupt):
+        run_stage(tmp_path, "spectrogram.workers=1", part_clips=3)
+    monkeypatch.undo()
+    catalogue = json.loads(Layout(tmp_path).split_json.read_text())
+    catalogue["splits"] = {"train": [c["id"] for c in clips[5:]], "validation": [c["id"] for c in clips[:5]]}
+    Layout(tmp_path).split_json.write_text(json.dumps(catalogue))
+    processed = count_processed(monkeypatch)
+    run_stage(tmp_path, "spectrogram.workers=1", part_clips=3)
+    assert sorted(processed) == list(range(6, len(clips)))
+    assert Layout(tmp_path).frames.read_bytes() == Layout(reference).frames.read_bytes()
+    assert stored(tmp_path, "validation")[1].ids == [c["id"] for c in clips[:5]]

@@ -1,41 +1,18 @@
 """Token stores: exact nearest-centroid ids, every clip keeps its own tokens, refusals, statistics."""
 import json
-import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.stats import entropy as scipy_entropy
+from stores import frame_spec, write_frames, write_store, write_vocabulary
 
 from audiotokens import tokenizer as tokenizer_module
-from audiotokens.artifacts import ClipIndex, Layout, open_store, save_npy
+from audiotokens.artifacts import Layout, open_split, open_store, save_npy
 from audiotokens.cluster import ClusterCreator
 from audiotokens.config import load_config
 from audiotokens.errors import UserError
-from audiotokens.provenance import write_record
-from audiotokens.tokenizer import SpecTokenizer, assign_tokens, centroids_digest, token_statistics
-
-
-def make_store(workdir: Path, split: str, frames: np.ndarray, lengths) -> ClipIndex:
-    """A frames store as the spectrogram stage writes it."""
-    layout = Layout(workdir)
-    lengths = np.asarray(lengths, dtype=np.int64)
-    assert lengths.sum() == len(frames)
-    save_npy(layout.frames(split), frames)
-    ids = [f"{split}-{i:03d}" for i in range(len(lengths))]
-    labels = [[i % 3] for i in range(len(lengths))]
-    index = ClipIndex.from_lengths(ids, lengths, labels, ["x", "y", "z"], "singlelabel", split)
-    index.save(layout.frames_index(split))
-    return index
-
-
-def write_centroids(workdir: Path, centroids: np.ndarray, spherical: bool = False, spectrogram=None) -> None:
-    """output/centroids.npy plus the report fields the cluster stage records."""
-    layout = Layout(workdir)
-    centroids = centroids.astype(np.float32)
-    save_npy(layout.centroids, centroids)
-    layout.cluster_report.write_text(json.dumps({"spherical": spherical, "spectrogram": spectrogram or {},
-                                                 "centroids_digest": centroids_digest(centroids)}))
+from audiotokens.tokenizer import SpecTokenizer, assign_tokens, token_statistics
+from audiotokens.vocabulary import load_vocabulary
 
 
 def config_for(workdir, *overrides):
@@ -43,8 +20,14 @@ def config_for(workdir, *overrides):
 
 
 def tokens_of(workdir, split):
-    layout = Layout(workdir)
-    return open_store(layout.tokens(split), layout.tokens_index(split))
+    """The whole token store and the split's view of it."""
+    return open_split(Layout(workdir), "tokens", split)
+
+
+def split_tokens(workdir, split) -> np.ndarray:
+    """The split's tokens, clip after clip in split order."""
+    tokens, view = tokens_of(workdir, split)
+    return np.concatenate([tokens[o:o + n] for o, n in zip(view.offsets, view.lengths)])
 
 
 def squared_distances(frames, centroids):
@@ -88,51 +71,56 @@ def clip_corpus(tmp_path):
     rng = np.random.default_rng(2)
     k, dim = 50, 10
     centroids = rng.random((k, dim)).astype(np.float32) * 10
-    corpus = {}
-    for split, n_clips in (("train", 60), ("validation", 25)):
+    corpus, stores = {}, {}
+    for split, n_clips in (("train", 60), ("validation", 25), ("test", 10)):
         lengths = rng.integers(1, 40, n_clips)
         owners = rng.integers(0, k, n_clips)
         frames = np.concatenate([centroids[o] + 0.01 * rng.standard_normal((n, dim))
                                  for o, n in zip(owners, lengths)]).astype(np.float32)
-        corpus[split] = (frames, make_store(tmp_path, split, frames, lengths), owners)
-    write_centroids(tmp_path, centroids)
+        stores[split] = (frames, lengths)
+        corpus[split] = (frames, owners)
+    views = write_store(tmp_path, stores, classes=("x", "y", "z"))
+    corpus = {split: (frames, views[split], owners) for split, (frames, owners) in corpus.items()}
+    write_vocabulary(tmp_path, centroids)
     return tmp_path, centroids, corpus
 
 
 def test_every_clip_keeps_its_own_tokens(clip_corpus, tmp_path_factory):
     workdir, centroids, corpus = clip_corpus
     SpecTokenizer(config_for(workdir, "tokenize.batch_frames=7")).run()  # batches cut across clips
+    frames_store = np.load(Layout(workdir).frames)
     rng = np.random.default_rng(3)
-    for split, (frames, frames_index, owners) in corpus.items():
-        tokens, index = tokens_of(workdir, split)
-        assert index.ids == frames_index.ids and index.labels == frames_index.labels
-        np.testing.assert_array_equal(index.offsets, frames_index.offsets)
-        np.testing.assert_array_equal(index.lengths, frames_index.lengths)
-        for clip in rng.permutation(len(index)):  # each clip on its own, in shuffled order
-            clip_id = frames_index.ids[clip]
-            at = index.ids.index(clip_id)
-            start, length = index.offsets[at], index.lengths[at]
-            own = frames[frames_index.offsets[clip]:frames_index.offsets[clip] + frames_index.lengths[clip]]
+    for split, (frames, frames_view, owners) in corpus.items():
+        tokens, view = tokens_of(workdir, split)
+        assert view.ids == frames_view.ids and view.labels == frames_view.labels
+        np.testing.assert_array_equal(view.offsets, frames_view.offsets)  # one token per frame: same rows
+        np.testing.assert_array_equal(view.lengths, frames_view.lengths)
+        for clip in rng.permutation(len(view)):  # each clip on its own, in shuffled order
+            clip_id = frames_view.ids[clip]
+            at = view.ids.index(clip_id)
+            start, length = view.offsets[at], view.lengths[at]
+            own = frames_store[frames_view.offsets[clip]:frames_view.offsets[clip] + frames_view.lengths[clip]]
             expected = assign_tokens(own, centroids, spherical=False)
             np.testing.assert_array_equal(tokens[start:start + length, 0], expected, err_msg=clip_id)
             assert (expected == owners[clip]).all()
-    # another batch size gives the very same stores
+    # another batch size gives the very same store
     other = tmp_path_factory.mktemp("other")
-    for split, (frames, frames_index, _) in corpus.items():
-        make_store(other, split, frames, frames_index.lengths)
-    write_centroids(other, centroids)
+    write_store(other, {split: (frames, view.lengths) for split, (frames, view, _) in corpus.items()},
+                classes=("x", "y", "z"))
+    write_vocabulary(other, centroids)
     SpecTokenizer(config_for(other, "tokenize.batch_frames=1000")).run()
-    for split in corpus:
-        np.testing.assert_array_equal(tokens_of(workdir, split)[0], tokens_of(other, split)[0])
+    assert Layout(workdir).tokens.read_bytes() == Layout(other).tokens.read_bytes()
 
 
 def test_tokens_round_trip_as_int16(clip_corpus):
     workdir, centroids, corpus = clip_corpus
     SpecTokenizer(config_for(workdir)).run()
+    stored = np.load(Layout(workdir).tokens)
+    every = np.concatenate([frames for frames, _, _ in corpus.values()])  # the store's row order
+    assert stored.dtype == np.int16 and stored.shape == (len(every), 1)
+    np.testing.assert_array_equal(stored[:, 0].astype(np.int64), assign_tokens(every, centroids, False))
     for split, (frames, _, _) in corpus.items():
-        stored = np.load(Layout(workdir).tokens(split))
-        assert stored.dtype == np.int16 and stored.shape == (len(frames), 1)
-        np.testing.assert_array_equal(stored[:, 0].astype(np.int64), assign_tokens(frames, centroids, False))
+        np.testing.assert_array_equal(split_tokens(workdir, split)[:, 0], assign_tokens(frames, centroids, False))
 
 
 def test_vocabularies_of_32768_or_more_use_int32(tmp_path):
@@ -141,79 +129,125 @@ def test_vocabularies_of_32768_or_more_use_int32(tmp_path):
     centroids = rng.random((k, 4)).astype(np.float32)
     order = np.concatenate([rng.permutation(k)[:4800], np.arange(k - 200, k)])
     frames = centroids[order]  # each frame sits exactly on a centroid, ids well above 32767 included
-    for split in ("train", "validation"):
-        make_store(tmp_path, split, frames, [2500, 2500])
-    write_centroids(tmp_path, centroids)
+    write_store(tmp_path, {split: (frames, [2500, 2500]) for split in ("train", "validation")})
+    write_vocabulary(tmp_path, centroids)
     SpecTokenizer(config_for(tmp_path)).run()
-    stored = np.load(Layout(tmp_path).tokens("train"))
+    stored = np.load(Layout(tmp_path).tokens)
     assert stored.dtype == np.int32 and stored.max() > 32767
-    np.testing.assert_array_equal(stored[:, 0], order)
+    np.testing.assert_array_equal(stored[:, 0], np.concatenate([order, order]))
 
 
-def test_spherical_flag_comes_from_the_cluster_stage(tmp_path, caplog):
+def test_spherical_flag_comes_from_the_vocabulary(tmp_path):
     rng = np.random.default_rng(5)
-    for split in ("train", "validation"):
-        frames = (rng.random((1500, 6)) * rng.uniform(0.1, 10, (1500, 1))).astype(np.float32)
-        make_store(tmp_path, split, frames, [500, 1000])
+    stores = {split: ((rng.random((1500, 6)) * rng.uniform(0.1, 10, (1500, 1))).astype(np.float32), [500, 1000])
+              for split in ("train", "validation")}
+    write_store(tmp_path, stores)
     ClusterCreator(config_for(tmp_path, "cluster.n_clusters=8", "cluster.spherical=true")).run()
-    with caplog.at_level(logging.INFO, logger="audiotokens"):
-        counts = SpecTokenizer(config_for(tmp_path, "cluster.spherical=false")).run()
-    assert counts["spherical"] is True and "as recorded with the centroids" in caplog.text
-    centroids = np.load(Layout(tmp_path).centroids)
-    frames = np.load(Layout(tmp_path).frames("validation"))
+    # the config now says otherwise: the vocabulary, not the config, decides how tokens are searched
+    SpecTokenizer(config_for(tmp_path, "cluster.spherical=false")).run()
+    vocabulary = load_vocabulary(Layout(tmp_path).vocabulary)
+    assert vocabulary.quantizer.spherical
+    centroids = vocabulary.quantizer.codebooks[0]
+    frames = stores["validation"][0]
     unit = frames / np.linalg.norm(frames, axis=1, keepdims=True)
-    np.testing.assert_array_equal(tokens_of(tmp_path, "validation")[0][:, 0], (unit @ centroids.T).argmax(1))
+    similarity = unit.astype(np.float64) @ centroids.T.astype(np.float64)
+    top2 = np.sort(similarity, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 1e-5
+    assert clear.mean() > 0.95
+    np.testing.assert_array_equal(split_tokens(tmp_path, "validation")[clear, 0], similarity.argmax(1)[clear])
 
 
 def test_dimension_mismatch_names_both_dimensions(clip_corpus):
     workdir = clip_corpus[0]
-    write_centroids(workdir, np.random.default_rng(6).random((50, 12)))
-    with pytest.raises(UserError, match=r"dimension 12 but .*frames\.npy has frames of dimension 10"):
+    # fitted on the same frame spec, but on vectors of 12 values: the frames have 10
+    write_vocabulary(workdir, np.random.default_rng(6).random((50, 12)), spec=frame_spec(10))
+    with pytest.raises(UserError, match=r"vectors of dimension 12 but .*frames\.npy holds frames of shape \(10,\)"):
         SpecTokenizer(config_for(workdir)).run()
 
 
-def test_centroids_from_other_spectrogram_settings_are_refused(clip_corpus):
-    workdir = clip_corpus[0]
+def test_a_vocabulary_fitted_on_frames_of_another_spec_is_refused(clip_corpus):
+    workdir, centroids, corpus = clip_corpus
     layout = Layout(workdir)
-    write_record(layout, "spectrogram", config_for(workdir, "spectrogram.n_mels=10"), {})
-    ClusterCreator(config_for(workdir, "cluster.n_clusters=5")).run()
-    # the frames are re-made with another hop length: the centroids no longer describe them
-    rerun = config_for(workdir, "spectrogram.n_mels=10", "spectrogram.hop_length=256")
-    write_record(layout, "spectrogram", rerun, {})
-    with pytest.raises(UserError, match=r"hop_length=512 for the centroids vs 256 for the frames"):
+    # the frames are re-made with another hop length: the vocabulary no longer describes them
+    write_vocabulary(workdir, centroids, spec=frame_spec(10, hop_length=256))
+    with pytest.raises(UserError, match="another frame spec.*re-run `audiotokens cluster`"):
         SpecTokenizer(config_for(workdir)).run()
-    # storage precision does not change what a frame means
-    half = config_for(workdir, "spectrogram.n_mels=10", "spectrogram.dtype=float16")
-    write_record(layout, "spectrogram", half, {})
+    assert not layout.tokens.exists()
+    # storage precision does not change what a frame means: float16 frames of the same spec are accepted
+    write_vocabulary(workdir, centroids, spec=frame_spec(10))
+    clips = [(clip_id, np.load(layout.frames)[o:o + n].astype(np.float16))
+             for clip_id, o, n in zip(*_store_rows(layout))]
+    write_frames(workdir, clips, frame_spec(10))
     SpecTokenizer(config_for(workdir)).run()
+    frames = corpus["validation"][0]
+    np.testing.assert_array_equal(split_tokens(workdir, "validation")[:, 0],
+                                  assign_tokens(frames.astype(np.float16).astype(np.float32), centroids, False))
 
 
-def test_missing_or_mismatched_centroids_are_user_errors(clip_corpus):
+def _store_rows(layout):
+    index = json.loads(layout.frames_index.read_text())
+    return index["ids"], index["offsets"], index["lengths"]
+
+
+def test_tokens_record_the_vocabulary_and_frame_spec_they_were_made_with(clip_corpus):
     workdir, centroids, _ = clip_corpus
     layout = Layout(workdir)
-    save_npy(layout.centroids, centroids[:10])  # a report written for other centroids
-    with pytest.raises(UserError, match="does not describe"):
+    SpecTokenizer(config_for(workdir)).run()
+    _, index = open_store(layout.tokens, layout.tokens_index)
+    vocabulary = load_vocabulary(layout.vocabulary)
+    assert index.extra["vocabulary_digest"] == vocabulary.digest
+    assert index.extra["frame_spec_digest"] == vocabulary.frame_spec_digest
+    assert index.extra["codebook_sizes"] == [len(centroids)] and (index.extra["stack"], index.extra["stride"]) == (1, 1)
+    assert index.ids == _store_rows(layout)[0]  # every clip of the store, whatever its split
+    # another vocabulary gives another digest, so a model trained on the old tokens can tell
+    write_vocabulary(workdir, centroids[::-1].copy())
+    assert load_vocabulary(layout.vocabulary).digest != index.extra["vocabulary_digest"]
+
+
+def test_missing_or_damaged_vocabulary_is_a_user_error(clip_corpus):
+    workdir, centroids, _ = clip_corpus
+    layout = Layout(workdir)
+    with np.load(layout.vocabulary / "codebooks.npz") as stored:
+        arrays = dict(stored)
+    arrays["codebook_0"] = centroids[:10]  # codebooks that vocabulary.json does not describe
+    np.savez(layout.vocabulary / "codebooks.npz", **arrays)
+    with pytest.raises(UserError, match="re-run `audiotokens cluster`"):
         SpecTokenizer(config_for(workdir)).run()
-    layout.centroids.unlink()
-    with pytest.raises(UserError, match="run `audiotokens cluster` first"):
+    write_vocabulary(workdir, centroids)
+    arrays = dict(np.load(layout.vocabulary / "codebooks.npz"))
+    arrays["codebook_0"] = arrays["codebook_0"] + 1.0  # same shape, other values: the digest tells
+    np.savez(layout.vocabulary / "codebooks.npz", **arrays)
+    with pytest.raises(UserError, match="does not match"):
+        SpecTokenizer(config_for(workdir)).run()
+    for path in layout.vocabulary.iterdir():
+        path.unlink()
+    layout.vocabulary.rmdir()
+    with pytest.raises(UserError, match="audiotokens cluster"):
         SpecTokenizer(config_for(workdir)).run()
 
 
 def test_non_finite_frames_are_refused(clip_corpus):
     workdir, _, corpus = clip_corpus
-    frames, index, _ = corpus["validation"]
-    frames = frames.copy()
-    frames[17, 3] = np.inf
-    make_store(workdir, "validation", frames, index.lengths)
-    with pytest.raises(UserError, match=r"validation/frames\.npy row 17 contains NaN or inf"):
-        SpecTokenizer(config_for(workdir, "tokenize.batch_frames=5")).run()
+    layout = Layout(workdir)
+    frames = np.load(layout.frames)
+    row = int(corpus["validation"][1].offsets[2]) + 1  # a frame of the third validation clip
+    frames[row, 3] = np.inf
+    save_npy(layout.frames, frames)
+    clip_id = corpus["validation"][1].ids[2]
+    with pytest.raises(UserError, match=rf"frames\.npy: a frame of clip '{clip_id}'.*NaN or inf"):
+        SpecTokenizer(config_for(workdir, "tokenize.batch_frames=1")).run()
+    assert not layout.tokens.exists()
 
 
 def test_statistics_and_histogram(clip_corpus):
     workdir, centroids, corpus = clip_corpus
     SpecTokenizer(config_for(workdir)).run()
-    for split, (frames, _, owners) in corpus.items():
-        stats = json.loads(Layout(workdir).token_stats(split).read_text())
+    everything = json.loads(Layout(workdir).token_stats.read_text())
+    assert everything["codebook_sizes"] == [len(centroids)] and list(everything["splits"]) == list(corpus)
+    for split, (frames, view, owners) in corpus.items():
+        entry = everything["splits"][split]
+        assert entry["clips"] == len(view) and entry["tokens"] == len(frames)
+        stats, = entry["codebooks"]
         counts = np.bincount(assign_tokens(frames, centroids, False), minlength=len(centroids))
         assert stats["counts"] == counts.tolist() and stats["frames"] == len(frames)
         assert stats["entropy_bits"] == pytest.approx(scipy_entropy(counts, base=2))
@@ -234,8 +268,9 @@ def test_an_interrupted_run_leaves_the_previous_tokens(clip_corpus, monkeypatch)
     workdir, centroids, _ = clip_corpus
     layout = Layout(workdir)
     SpecTokenizer(config_for(workdir)).run()
-    before = {split: layout.tokens(split).read_bytes() for split in ("train", "validation")}
-    write_centroids(workdir, centroids[::-1].copy())  # new vocabulary: every id changes
+    names = sorted(p.name for p in layout.tokenized.iterdir())
+    before = {name: (layout.tokenized / name).read_bytes() for name in names}
+    write_vocabulary(workdir, centroids[::-1].copy())  # new vocabulary: every id changes
     original = tokenizer_module.plot_histogram
 
     def fail_on_validation(stats, title, path):
@@ -246,8 +281,9 @@ def test_an_interrupted_run_leaves_the_previous_tokens(clip_corpus, monkeypatch)
     monkeypatch.setattr(tokenizer_module, "plot_histogram", fail_on_validation)
     with pytest.raises(KeyboardInterrupt):
         SpecTokenizer(config_for(workdir)).run()
-    assert {split: layout.tokens(split).read_bytes() for split in before} == before
-    assert sorted(p.name for p in layout.tokenized.iterdir()) == ["train", "validation"]
+    assert {name: (layout.tokenized / name).read_bytes() for name in names} == before  # every file untouched
+    assert sorted(p.name for p in layout.tokenized.iterdir()) == names  # and nothing left beside them
+    assert {"tokens.npy", "index.json", "stats.json", "histogram_train.png"} <= set(names)
     monkeypatch.setattr(tokenizer_module, "plot_histogram", original)
     SpecTokenizer(config_for(workdir)).run()
-    assert layout.tokens("train").read_bytes() != before["train"]
+    assert layout.tokens.read_bytes() != before["tokens.npy"]

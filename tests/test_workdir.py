@@ -61,11 +61,16 @@ def refuse(exc_errno: int):
     return raiser
 
 
+def run_records(names) -> set[str]:
+    """What any run writes whether it succeeds or not: its failure marker and its log."""
+    return {name for name in names if name.endswith(".failed.json") or name.startswith("logs/")}
+
+
 def unchanged_and_clean(root: Path, before: dict[str, str]) -> None:
     """Every file the failed run found is byte-identical, no new final-named file, no temporary left."""
     work = root / "work"
     after = digests(work, ".")
-    stage_markers = {name for name in after if name.endswith(".failed.json")}  # the failure is recorded
+    stage_markers = run_records(after) | run_records(before)  # the failure is recorded, the run logged
     assert {k: v for k, v in after.items() if k not in stage_markers} == {
         k: v for k, v in before.items() if k not in stage_markers}
     assert temporaries(work) == []
@@ -81,16 +86,16 @@ def test_workdir_under_a_regular_file(project, tmp_path):
     result = CliRunner().invoke(main, ["split", "--config", str(project / "run.toml"),
                                        "--workdir", str(blocker / "work")])
     message = one_error_line(result)
-    assert f"cannot write {blocker / 'work' / 'processed'}" in message and "Not a directory" in message
+    assert f"cannot write {blocker / 'work'}" in message and "Not a directory" in message
     assert "check that the workdir is writable or point --workdir elsewhere" in message
 
 
-def test_full_disk_while_writing_centroids(own_project, monkeypatch):
+def test_full_disk_while_writing_the_vocabulary(own_project, monkeypatch):
     before = digests(own_project / "work", ".")
-    monkeypatch.setattr(np, "save", refuse(errno.ENOSPC))
+    monkeypatch.setattr(np, "savez", refuse(errno.ENOSPC))
     message = one_error_line(CliRunner().invoke(main, ["cluster", *common(own_project)]))
-    centroids = Layout(own_project / "work").centroids
-    assert f"cannot write {centroids}: No space left on device; free some space" in message
+    vocabulary = Layout(own_project / "work").vocabulary
+    assert f"cannot write {vocabulary}: No space left on device; free some space" in message
     unchanged_and_clean(own_project, before)
 
 
@@ -99,8 +104,8 @@ def test_full_disk_while_reserving_the_frames_store(own_project, monkeypatch):
     monkeypatch.setattr(os, "posix_fallocate", refuse(errno.ENOSPC), raising=False)
     message = one_error_line(CliRunner().invoke(main, ["spectrogram", *common(own_project),
                                                        "--set", "spectrogram.n_mels=40"]))
-    assert f"cannot write {Layout(own_project / 'work').frames('train')}: No space left" in message
-    shutil.rmtree(own_project / "work/processed/train/parts")  # finished parts: complete, kept for a re-run
+    assert f"cannot write {Layout(own_project / 'work').frames}: No space left" in message
+    shutil.rmtree(own_project / "work/processed/frames/parts")  # finished parts: complete, kept for a re-run
     unchanged_and_clean(own_project, before)
 
 
@@ -109,8 +114,9 @@ def test_full_disk_while_writing_a_checkpoint(own_project, monkeypatch):
     monkeypatch.setattr(torch, "save", refuse(errno.ENOSPC))
     message = one_error_line(CliRunner().invoke(main, ["train", *common(own_project)]))
     assert "checkpoints/best.pt: No space left on device" in message
-    before = {k: v for k, v in before.items() if not k.startswith("output/metrics")}  # the log restarts
-    after = {k: v for k, v in digests(own_project / "work", ".").items() if not k.startswith("output/metrics")}
+    restarted = ("output/metrics", "logs/")  # the metrics log restarts; every run writes its own log
+    before = {k: v for k, v in before.items() if not k.startswith(restarted)}
+    after = {k: v for k, v in digests(own_project / "work", ".").items() if not k.startswith(restarted)}
     assert {k: after.get(k) for k in before if not k.endswith("failed.json")} == {
         k: v for k, v in before.items() if not k.endswith("failed.json")}
     assert temporaries(own_project / "work") == []
@@ -128,9 +134,10 @@ def test_full_disk_while_writing_the_bundle(own_project, monkeypatch):
 
 def test_read_only_workdir_refuses_the_temporary_file(own_project, monkeypatch):
     before = digests(own_project / "work", ".")
-    monkeypatch.setattr(tempfile, "mkstemp", refuse(errno.EROFS))
+    monkeypatch.setattr(tempfile, "mkstemp", refuse(errno.EROFS))  # temporary files and staging folders alike
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse(errno.EROFS))
     message = one_error_line(CliRunner().invoke(main, ["cluster", *common(own_project)]))
-    assert f"cannot write {Layout(own_project / 'work').centroids}: Read-only file system" in message
+    assert f"cannot write {Layout(own_project / 'work').vocabulary}: Read-only file system" in message
     unchanged_and_clean(own_project, before)
 
 
@@ -185,8 +192,9 @@ def test_real_read_only_workdir(own_project, tmp_path):
                  f"{cli_command('cluster', *common(own_project))} 2> {err}; echo $? > {rc}")
     assert rc.read_text().strip() == "2"
     lines = err.read_text().splitlines()
-    assert lines[-1] == (f"error: cannot write {Layout(work).centroids}: Read-only file system; check that the "
-                         "workdir is writable or point --workdir elsewhere")
+    # refused at the first write, the workdir lock, before any work
+    assert lines[-1] == (f"error: cannot write {work}: Read-only file system; check that the workdir is writable "
+                         "or point --workdir elsewhere")
     assert not any("Traceback" in line for line in lines)
     assert digests(work, ".") == before and sorted(str(p) for p in work.rglob("*")) == listing
 
@@ -218,16 +226,19 @@ def test_real_full_disk_memmap_store_raises_instead_of_sigbus(tmp_path):
 
 
 @real_mounts
-@pytest.mark.parametrize("stage, where", [("spectrogram", "first part"), ("spectrogram", "frames assembly"),
-                                          ("tokenize", "token store")])
+@pytest.mark.parametrize("stage, where", [
+    ("spectrogram", "first part"),
+    pytest.param("spectrogram", "frames assembly"),
+    ("tokenize", "token store"),
+])
 def test_real_full_disk(own_project, tmp_path, stage, where):
     """The workdir is a tmpfs holding the stage's inputs plus a little room: the stage runs out of space."""
     work = own_project / "work"
-    frames_bytes = Layout(work).frames("train").stat().st_size
+    frames_bytes = Layout(work).frames.stat().st_size
     room = {"first part": 8 * 1024, "frames assembly": frames_bytes + frames_bytes // 2 + 16 * 1024,
             "token store": 8 * 1024}[where]
     if stage == "spectrogram":
-        for name in ("processed/train", "processed/validation", "processed/spectrogram.meta.json"):
+        for name in ("processed/frames", "processed/spectrogram.meta.json"):
             target = work / name
             shutil.rmtree(target) if target.is_dir() else target.unlink()
     used = sum(-(-p.stat().st_size // 4096) * 4096 for p in work.rglob("*") if p.is_file())
@@ -242,7 +253,7 @@ def test_real_full_disk(own_project, tmp_path, stage, where):
     lines = err.read_text().splitlines()
     assert "No space left on device" in lines[-1] and lines[-1].startswith("error: cannot write ")
     if where == "frames assembly":
-        assert f"cannot write {Layout(work).frames('train')}:" in lines[-1]
+        assert f"cannot write {Layout(work).frames}:" in lines[-1]
     if os.environ.get("AUDIOTOKENS_SHOW_ERRORS"):
         print(f"\n{stage}, {where}: {lines[-1]}")
     assert not any("Traceback" in line for line in lines)

@@ -151,7 +151,7 @@ def phase_ours_cluster(workdir: Path, k: int, niter: int, seed: int) -> dict:
     started = time.perf_counter()
     counts = ClusterCreator(config).run()
     seconds = time.perf_counter() - started
-    report = json.loads((workdir / "output" / "cluster_report.json").read_text())
+    report = json.loads((workdir / "output" / "vocabulary" / "report.json").read_text())
     return {"seconds": seconds, "frames": counts["frames_used"], "iterations": report["iterations_run"],
             "objective": report["objective"][-1]}
 
