@@ -207,6 +207,9 @@ def load_bundle(bundle_dir: str | Path, device: str | torch.device = "cpu") -> B
         vocabulary = load_vocabulary(bundle_dir / VOCABULARY, REBUILD)
         if vocabulary.digest != metadata.get("vocabulary_digest"):
             raise UserError(f"{bundle_dir / VOCABULARY} is not the vocabulary the model was trained with; {REBUILD}")
+        if vocabulary.codebook_sizes != spec.codebook_sizes:
+            raise UserError(f"{bundle_dir / VOCABULARY} has codebooks of sizes {vocabulary.codebook_sizes}, the model's "
+                            f"embeddings {spec.codebook_sizes}; {REBUILD}")
     return Bundle(
         model=load_model_weights(bundle_dir, spec).to(device),
         vocabulary=vocabulary,

@@ -128,7 +128,7 @@ class TrainConfig:
     dropout: float = setting(0.1, check="fraction")
     epochs: int = setting(20, role=RESUMABLE, check="positive")
     batch_size: int = setting(16, check="positive")
-    learning_rate: float = setting(5e-5, check="positive")
+    learning_rate: float = setting(5e-5, check="non_negative")  # 0: weights never move (a control run)
     weight_decay: float = setting(0.01, check="non_negative")
     warmup_ratio: float = setting(0.1, check="unit")
     grad_clip: float = setting(0.0, check="non_negative")  # 0 = off

@@ -51,6 +51,14 @@ def _train_inputs(config: Config) -> tuple[Input, ...]:
     return Input("split"), Input(features)
 
 
+def _bundle_files(layout: Layout) -> tuple[Path, ...]:
+    from .bundle import METADATA, SPEC, VOCABULARY, WEIGHTS
+    from .vocabulary import METADATA as VOCABULARY_METADATA
+
+    bundle = layout.model_dir
+    return bundle / WEIGHTS, bundle / SPEC, bundle / METADATA, bundle / VOCABULARY / VOCABULARY_METADATA
+
+
 STAGES: tuple[Stage, ...] = (
     Stage("split", "split:DatasetSplitter", ("data", "split"), _fixed(), "processed/split.meta.json",
           "Assign clips to train, validation and test; writes processed/split.json.",
@@ -86,8 +94,7 @@ STAGES: tuple[Stage, ...] = (
            "--hidden-size": "train.hidden_size", "--num-heads": "train.num_heads",
            "--max-length": "train.max_length", "--device": "train.device", "--amp/--no-amp": "train.amp",
            "--patience": "train.patience", "--seed": "train.seed"},
-          lambda layout: tuple(layout.model_dir / name for name in ("model.safetensors", "config.json",
-                                                                    "audiotokens.json"))),
+          lambda layout: _bundle_files(layout)),
     Stage("evaluate", "evaluate:Evaluator", ("evaluate",), _fixed(Input("train")),
           "output/eval/validation.meta.json",
           "Per-class report, threshold sweep and plots in output/eval/<name>/.",

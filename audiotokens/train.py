@@ -41,7 +41,7 @@ from .objectives import Objective, objective_for
 from .provenance import package_versions, recorded_fingerprint, stage_params
 from .token_dataset import DATASETS, EpochShuffleSampler, longest_first, make_loader
 from .trainer import PassResult, Trainer, pick_device
-from .training_log import TrainingLog, epoch_line, finite_or_none
+from .training_log import TrainingLog, epoch_line, finite_or_none, format_figure
 
 log = logging.getLogger("audiotokens")
 
@@ -119,19 +119,32 @@ def check_splits_agree(train: SplitStore, other: SplitStore) -> None:
 
 def read_splits(layout: Layout, input_kind: str) -> tuple[dict[str, SplitStore], Any]:
     """Train and validation (required) and test (when the split has one), with the vocabulary for tokens."""
-    names = SplitPlan.load(layout).names()
+    plan = SplitPlan.load(layout)
     for required in FIT_SPLITS:
-        if required not in names:
-            raise UserError(f"the {required} split is empty; check `audiotokens split` (split.* settings)")
+        plan.ids(required)  # a one-line UserError naming split.json when the split has no clips
+    names = plan.names()
     if input_kind == "frames":
         return {name: read_split_frames(layout, name) for name in names}, None
     vocab = read_vocabulary(layout)
-    return {name: read_split_tokens(layout, name, vocab) for name in names}, vocab
+    splits = {name: read_split_tokens(layout, name, vocab) for name in names}
+    check_token_ids(layout.tokens, vocab)
+    return splits, vocab
+
+
+def check_token_ids(path: Path, vocab) -> None:
+    """Every id inside its codebook: the digest can match while the array was damaged or edited, and an id
+    past a table would otherwise fail deep in the embedding lookup."""
+    tokens = np.load(path, mmap_mode="r")
+    sizes = np.asarray(vocab.codebook_sizes)
+    if len(tokens) and (int(tokens.min()) < 0 or (tokens.max(axis=0) >= sizes).any()):
+        raise UserError(f"{path} holds ids outside the codebook sizes {sizes.tolist()} of {vocab.path}; "
+                        "re-run `audiotokens tokenize`")
 
 
 def decode_tables(vocab) -> list[np.ndarray]:
-    """The vectors each codebook's ids decode to (combined by vocab.quantizer.combine into a frame)."""
-    return [np.asarray(book, dtype=np.float32) for book in vocab.quantizer.codebooks]
+    """The vectors each codebook's ids decode to (combined by vocab.quantizer.combine into a frame); copies,
+    as the quantizer's codebooks are read-only and torch wraps only writable arrays without a warning."""
+    return [np.array(book, dtype=np.float32) for book in vocab.quantizer.codebooks]
 
 
 def run_identity(layout: Layout, config: Config, vocab, max_frames: int,
@@ -450,7 +463,7 @@ class ModelBuilder:
                                                                               self.settings.threshold)})
         TrainingLog.append_result(self.layout, {"split": TEST_SPLIT, "epoch": progress.best_epoch,
                                                 TEST_SPLIT: metrics})
-        figures = "  ".join(f"{name} {metrics.get(name)}" for name in run.objective.headline)
+        figures = "  ".join(f"{name} {format_figure(metrics.get(name))}" for name in ("loss", *run.objective.headline))
         log.info("test (%d clips, best epoch %d by validation): %s", len(run.splits[TEST_SPLIT].index),
                  progress.best_epoch, figures)
         return {f"test_{name}": metrics.get(name) for name in ("loss", *run.objective.headline)}

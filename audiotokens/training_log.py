@@ -76,13 +76,14 @@ def epoch_line(row: dict[str, Any], epochs: int, objective: Objective) -> str:
     """A compact one-line summary: each figure as `train | validation`."""
     train, validation = row["train"], row["validation"]
     names = ["loss", *objective.headline]
-    figures = "  ".join(f"{name} {_fmt(train.get(name))} | {_fmt(validation.get(name))}" for name in names)
+    figures = "  ".join(f"{name} {format_figure(train.get(name))} | {format_figure(validation.get(name))}" for name in names)
     best = "  *best" if row.get("best") else ""
     return (f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}  {figures}  lr {row['lr']:.2e}  "
             f"{row['train_samples_per_s']:.0f} clips/s{best}")
 
 
-def _fmt(value: Any) -> str:
+def format_figure(value: Any) -> str:
+    """A metric as logged: 4 decimals, n/a (padded to the same width) when undefined."""
     return "  n/a" if value is None else f"{value:.4f}"
 
 

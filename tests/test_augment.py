@@ -5,6 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from audiotokens.classifier import CLS, MASK, PAD, SEP
 
 from audiotokens.augment import (
     BalancedSampler,
@@ -20,7 +21,6 @@ from audiotokens.augment import (
     mixup,
     random_crop,
 )
-from audiotokens.classifier import CLS, MASK, PAD, SEP
 from audiotokens.token_dataset import pack_sequences
 
 

@@ -126,8 +126,6 @@ def test_empty_split(project, tmp_path):
     assert not Layout(tmp_path / "work").split_json.exists()
 
 
-@pytest.mark.xfail(reason="train.py _prepare reads only the splits split.json names, then indexes "
-                   "splits['validation']: KeyError traceback instead of the one-line UserError", strict=True)
 def test_empty_validation_split_at_training(own_project):
     layout = Layout(own_project / "work")
     split = json.loads(layout.split_json.read_text())

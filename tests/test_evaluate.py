@@ -13,7 +13,7 @@ from sklearn.metrics import accuracy_score, average_precision_score, f1_score, p
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 from audiotokens import reports
-from audiotokens.artifacts import Layout, open_store
+from audiotokens.artifacts import Layout, open_split
 from audiotokens.cli import main
 from audiotokens.errors import UserError
 from audiotokens.evaluate import Evaluator
@@ -180,16 +180,18 @@ def test_plots_write_readable_pngs(tmp_path):
 
 
 def evaluated(root: Path, **options) -> tuple[dict, Path]:
+    """One report (a manifest's, else one split's: validation unless named) and its folder."""
+    if not options.get("manifest"):
+        options.setdefault("split", "validation")
     counts = Evaluator(project_config(root), **options).run()
-    name = Path(options["manifest"]).stem if options.get("manifest") else options.get("split", "validation")
+    name = Path(options["manifest"]).stem if options.get("manifest") else options["split"]
     return counts, Layout(root / "work").eval_dir(name)
 
 
 def test_split_reports_match_sklearn_on_the_scores_they_hold(multilabel):
     counts, out = evaluated(multilabel, class_name="MID")
     metrics = json.loads((out / "metrics.json").read_text())
-    _, index = open_store(Layout(multilabel / "work").tokens("validation"),
-                          Layout(multilabel / "work").tokens_index("validation"))
+    _, index = open_split(Layout(multilabel / "work"), "tokens", "validation")
     clips = json.loads((out / "clips.json").read_text())
     assert clips["ids"] == index.ids and clips["classes"] == index.classes
     scores, targets = np.load(out / "scores.npy"), index.label_matrix()
@@ -230,8 +232,7 @@ def test_split_reports_match_sklearn_on_the_scores_they_hold(multilabel):
 def test_singlelabel_confusion_matrix_and_accuracy(singlelabel):
     _, out = evaluated(singlelabel)
     metrics = json.loads((out / "metrics.json").read_text())
-    _, index = open_store(Layout(singlelabel / "work").tokens("validation"),
-                          Layout(singlelabel / "work").tokens_index("validation"))
+    _, index = open_split(Layout(singlelabel / "work"), "tokens", "validation")
     scores = np.load(out / "scores.npy")
     true_ids = np.array([labels[0] for labels in index.labels])
     predicted = scores.argmax(axis=1)
@@ -282,22 +283,28 @@ def test_manifest_evaluation_scores_audio_like_the_split_and_reports_bad_files(m
         evaluated(multilabel, manifest=manifest)
 
 
-def test_refuses_a_split_tokenized_with_other_settings(multilabel, tmp_path):
+def test_refuses_a_split_tokenized_with_another_vocabulary(multilabel, tmp_path):
     root = copy_project(multilabel, tmp_path / "copy")
+    _, before = evaluated(root)
+    scores = np.load(before / "scores.npy")
     config = project_config(root, "cluster.n_clusters=6")
     execute("cluster", config)
     execute("tokenize", config)
-    with pytest.raises(UserError, match=r"cluster\.n_clusters = 6 .* vs 8 \(bundle\)"):
+    with pytest.raises(UserError, match=r"tokens\.npy was made with another vocabulary than the model bundle"):
         Evaluator(config).run()
 
-    execute("cluster", project_config(root))  # back to 8 clusters, but the frames claim other mel settings
+    # the same settings again give the same vocabulary: the digests agree and the scores come back
+    execute("cluster", project_config(root))
     execute("tokenize", project_config(root))
-    index_path = Layout(root / "work").tokens_index("validation")
-    index = json.loads(index_path.read_text())
-    index["spectrogram"]["n_mels"] = 32
-    index_path.write_text(json.dumps(index))
-    with pytest.raises(UserError, match=r"spectrogram\.n_mels = 32 .* vs 64 \(bundle\)"):
-        Evaluator(project_config(root)).run()
+    _, again = evaluated(root)
+    np.testing.assert_array_equal(np.load(again / "scores.npy"), scores)
+
+    # frames of other mel settings, a vocabulary fitted on them: not what the model was trained on
+    config = project_config(root, "spectrogram.n_mels=32")
+    for stage in ("spectrogram", "cluster", "tokenize"):
+        execute(stage, config)
+    with pytest.raises(UserError, match="another vocabulary"):
+        Evaluator(config).run()
 
 
 def test_reports_are_replaced_whole(multilabel, tmp_path):
@@ -318,6 +325,8 @@ def test_cli_prints_headline_and_paths(multilabel, tmp_path):
     assert str(root / "work/output/eval/validation") in result.output
     record = json.loads((root / "work/output/eval/validation.meta.json").read_text())
     metrics = json.loads((root / "work/output/eval/validation/metrics.json").read_text())
-    assert record["counts"]["mAP"] == metrics["mAP"]
+    assert record["counts"]["validation"]["mAP"] == metrics["mAP"]  # the stage scores validation, then test
+    test = json.loads((root / "work/output/eval/test/metrics.json").read_text())
+    assert record["counts"]["test"]["mAP"] == test["mAP"] and "test: " in result.output
     result = CliRunner().invoke(main, ["evaluate", "--workdir", str(root / "work"), "--split", "nope"])
-    assert result.exit_code == 2 and "tokenized/nope/index.json not found" in result.output
+    assert result.exit_code == 2 and "split 'nope' has no clips in processed/split.json" in result.output

@@ -4,9 +4,9 @@ import logging
 import numpy as np
 import pytest
 import torch
-from stores import N_CLUSTERS, make_workdir
+from stores import N_CLUSTERS, make_workdir, write_tokens
 
-from audiotokens.artifacts import ClipIndex, Layout, save_npy
+from audiotokens.artifacts import Layout, open_split
 from audiotokens.bundle import load_bundle, save_bundle
 from audiotokens.checkpoint import load_checkpoint
 from audiotokens.config import load_config
@@ -14,10 +14,10 @@ from audiotokens.errors import UserError
 from audiotokens.metrics import multilabel_metrics
 from audiotokens.modelparts import CLS, PAD, SEP, TOKEN_OFFSET, AudioClassifier, ModelSpec
 from audiotokens.objectives import objective_for
-from audiotokens.provenance import write_record
 from audiotokens.token_dataset import EpochShuffleSampler, pack_sequences
-from audiotokens.train import ModelBuilder, make_split_loader, read_split_tokens
+from audiotokens.train import ModelBuilder, make_split_loader, read_split_tokens, read_vocabulary
 from audiotokens.trainer import Trainer
+from audiotokens.vocabulary import load_vocabulary
 
 SMALL = ["train.num_layers=2", "train.hidden_size=64", "train.num_heads=2", "train.intermediate_size=128",
          "train.learning_rate=2e-3", "train.num_workers=0", "train.batch_size=16", "train.device=cpu"]
@@ -53,7 +53,6 @@ def trained(one_thread, tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     layout = make_workdir(root)
     config = load_config(overrides=[*SMALL, "train.epochs=8", "train.dropout=0.0"], workdir=root)
-    write_record(layout, "spectrogram", load_config(overrides=["spectrogram.n_mels=40"], workdir=root))
     counts = ModelBuilder(config).run()
     return layout, counts
 
@@ -77,12 +76,14 @@ def test_bundle_is_the_best_checkpoint_and_scores_like_it(trained):
     bundle = load_bundle(layout.model_dir)
     assert not bundle.model.training
     assert bundle.classes == [f"class {c}" for c in range(4)] and bundle.task == "multilabel"
-    assert bundle.spectrogram["n_mels"] == 40  # from the spectrogram stage's record, not the config
-    assert np.array_equal(bundle.centroids, np.load(layout.centroids))
+    vocabulary = load_vocabulary(layout.vocabulary)
+    # the frame spec the vocabulary was fitted on (8 mel bands), not the config's (64)
+    assert bundle.spectrogram == vocabulary.frame_spec and bundle.spectrogram["n_mels"] == 8
+    assert bundle.vocabulary.digest == vocabulary.digest
     best = load_checkpoint(layout.checkpoints / "best.pt")["model"]
     for name, value in bundle.model.state_dict().items():
         assert torch.equal(value, best[name]), name
-    split = read_split_tokens(layout, "validation", N_CLUSTERS)
+    split = read_split_tokens(layout, "validation", read_vocabulary(layout))
     tokens = np.load(split.path)
     sequences = [tokens[o:o + n] for o, n in zip(split.index.offsets, split.index.lengths)]
     scores = bundle.scores(sequences, batch_size=7)
@@ -92,17 +93,17 @@ def test_bundle_is_the_best_checkpoint_and_scores_like_it(trained):
 
 def test_bundle_round_trip_gives_the_in_memory_scores(tmp_path):
     model = small_model(n_classes=3, max_frames=30).eval()
-    centroids = tmp_path / "centroids.npy"
-    np.save(centroids, np.zeros((N_CLUSTERS, 8), dtype=np.float32))
+    vocabulary = read_vocabulary(make_workdir(tmp_path / "work", n_train=4, n_validation=2))
     save_bundle(model, tmp_path / "model", classes=["c0", "c1", "c2"], task="multilabel", threshold=0.3,
-                max_frames=30, centroids_path=centroids, spectrogram={"n_mels": 64}, spherical=True, versions={})
+                max_frames=30, vocabulary=vocabulary, spectrogram=vocabulary.frame_spec, versions={})
     bundle = load_bundle(tmp_path / "model")
     rng = np.random.default_rng(1)
     sequences = [rng.integers(0, N_CLUSTERS, size=n) for n in (5, 30, 17, 1, 22)]
     with torch.no_grad():
         expected = np.concatenate([MULTILABEL.scores(model(*pack_sequences([s]))).numpy() for s in sequences])
     np.testing.assert_allclose(bundle.scores(sequences, batch_size=2), expected, atol=1e-6)
-    assert bundle.threshold == 0.3 and bundle.spherical is True and bundle.max_frames == 30
+    assert bundle.threshold == 0.3 and bundle.max_frames == 30 and bundle.spectrogram == vocabulary.frame_spec
+    assert bundle.vocabulary.digest == vocabulary.digest and bundle.vocabulary.path == tmp_path / "model/vocabulary"
     assert bundle.metadata["special_tokens"] == {"[PAD]": 0, "[CLS]": 1, "[SEP]": 2, "[MASK]": 3}
 
 
@@ -137,7 +138,7 @@ def test_outputs_do_not_change_with_more_padding():
 
 def test_batches_start_with_cls_and_mask_only_padding(tmp_path):
     layout = make_workdir(tmp_path, n_train=40, n_validation=10)
-    split = read_split_tokens(layout, "train", N_CLUSTERS)
+    split = read_split_tokens(layout, "train", read_vocabulary(layout))
     tokens = np.load(split.path)
     seen = []
     for batch in loader(split, max_frames=30, batch_size=8, shuffle_seed=0, num_workers=0, pin_memory=False):
@@ -158,7 +159,7 @@ def test_batches_start_with_cls_and_mask_only_padding(tmp_path):
 
 def test_worker_processes_read_the_same_batches(tmp_path):
     layout = make_workdir(tmp_path, n_train=30, n_validation=10)
-    split = read_split_tokens(layout, "train", N_CLUSTERS)
+    split = read_split_tokens(layout, "train", read_vocabulary(layout))
     batches = [list(loader(split, max_frames=30, batch_size=8, shuffle_seed=0, num_workers=workers,
                            pin_memory=False)) for workers in (0, 2)]
     for single, multi in zip(*batches):
@@ -236,7 +237,7 @@ def test_resume_refuses_a_different_run(tmp_path):
 
 def test_truncation_is_reported(tmp_path, caplog):
     layout = make_workdir(tmp_path, n_train=32, n_validation=16)
-    lengths = np.concatenate([ClipIndex.load(layout.tokens_index(s)).lengths for s in ("train", "validation")])
+    lengths = np.concatenate([open_split(layout, "tokens", s)[1].lengths for s in ("train", "validation")])
     config = load_config(overrides=[*SMALL, "train.epochs=1", "train.max_length=15"], workdir=tmp_path)
     with caplog.at_level(logging.WARNING, logger="audiotokens"):
         counts = ModelBuilder(config).run()
@@ -272,10 +273,14 @@ def test_gradient_accumulation_matches_one_large_batch():
 
 def test_bad_tokens_name_the_file(tmp_path):
     layout = make_workdir(tmp_path, n_train=8, n_validation=4)
-    save_npy(layout.centroids, np.zeros((10, 8), dtype=np.float32))  # fewer centroids than token ids
-    with pytest.raises(UserError, match="tokens.npy holds ids outside"):
+    vocabulary = read_vocabulary(layout)
+    _, index = open_split(layout, "tokens", "validation")
+    clips = [(clip_id, np.full((n, 1), N_CLUSTERS - 1)) for clip_id, n in zip(index.ids, index.lengths)]
+    clips[-1][1][-1] = N_CLUSTERS  # one id past the codebook, in a store recorded with the right vocabulary
+    write_tokens(tmp_path, clips + [(f"train-{i}", np.zeros((3, 1))) for i in range(8)], vocabulary.quantizer)
+    with pytest.raises(UserError, match=f"tokens.npy holds ids outside the codebook sizes \\[{N_CLUSTERS}\\]"):
         ModelBuilder(load_config(overrides=SMALL, workdir=tmp_path)).run()
-    layout.centroids.unlink()
+    (layout.vocabulary / "vocabulary.json").unlink()
     with pytest.raises(UserError, match="audiotokens cluster"):
         ModelBuilder(load_config(overrides=SMALL, workdir=tmp_path)).run()
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from stores import FRAME_DIM, N_CLUSTERS, make_frames_workdir, make_workdir
+from stores import FRAME_DIM, N_CLUSTERS, frame_spec, make_frames_workdir, make_workdir
 
 from audiotokens.artifacts import Layout
 from audiotokens.bundle import load_bundle, save_bundle
@@ -27,9 +27,11 @@ from audiotokens.modelparts import (
     ModelSpec,
 )
 from audiotokens.objectives import objective_for
+from audiotokens.quantizers import Quantizer
 from audiotokens.token_dataset import pack_frames, pack_sequences
 from audiotokens.train import ModelBuilder
 from audiotokens.trainer import Trainer, WarmupLinearSchedule, accumulation_dtype
+from audiotokens.vocabulary import Vocabulary, load_vocabulary, save_vocabulary
 
 TINY = ["train.num_layers=1", "train.hidden_size=16", "train.num_heads=2", "train.intermediate_size=32",
         "train.learning_rate=3e-3", "train.num_workers=0", "train.batch_size=16", "train.device=cpu",
@@ -163,6 +165,15 @@ def test_codebooks_have_tables_of_their_own_sizes_and_attention_fusion_weighs_th
         torch.testing.assert_close(model.embedder(ids, torch.ones(1, 3, dtype=torch.long)), expected)
 
 
+def vocabulary_for(spec: ModelSpec, folder) -> Vocabulary:
+    """A saved vocabulary whose codebooks have the spec's sizes (FRAME_DIM-wide entries)."""
+    rng = np.random.default_rng(0)
+    books = [rng.normal(size=(size, FRAME_DIM)).astype(np.float32) for size in spec.codebook_sizes]
+    quantizer = Quantizer(kind="frame" if len(books) == 1 else "subband", codebooks=books, combine="concat")
+    save_vocabulary(folder, quantizer, frame_spec(FRAME_DIM * len(books)))
+    return load_vocabulary(folder)
+
+
 @pytest.mark.parametrize("spec", [
     tiny_spec(), tiny_spec(input_kind="frames", pooling="attention"), tiny_spec(codebook_sizes=[N_CLUSTERS, 7]),
     tiny_spec(token_embedding="decoded+learned", decode_dims=[FRAME_DIM]), tiny_spec("conformer", "mean"),
@@ -170,18 +181,19 @@ def test_codebooks_have_tables_of_their_own_sizes_and_attention_fusion_weighs_th
     ids=["tokens", "frames", "two-codebooks", "decoded", "conformer", "cnn", "am_softmax"])
 def test_spec_and_bundle_round_trip(spec, tmp_path):
     assert ModelSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+    vocabulary = vocabulary_for(spec, tmp_path / "vocabulary") if spec.input == "tokens" else None
+    tables = [torch.tensor(vocabulary.quantizer.codebooks[c]) for c in range(len(spec.decode_dims))]
     torch.manual_seed(0)
-    tables = [torch.randn(size, dim) for size, dim in zip(spec.codebook_sizes, spec.decode_dims)]
     model = AudioClassifier(spec=spec, decode_tables=tables).eval()
-    centroids = None
-    if spec.input == "tokens":
-        centroids = tmp_path / "centroids.npy"
-        np.save(centroids, np.zeros((N_CLUSTERS, FRAME_DIM), dtype=np.float32))
+    spectrogram = vocabulary.frame_spec if vocabulary else frame_spec(FRAME_DIM)
     save_bundle(model, tmp_path / "model", classes=spec.classes, task="singlelabel", threshold=0.4,
-                max_frames=spec.max_frames, centroids_path=centroids, spectrogram={"n_mels": FRAME_DIM},
-                spherical=False, versions={})
+                max_frames=spec.max_frames, vocabulary=vocabulary, spectrogram=spectrogram, versions={})
     bundle = load_bundle(tmp_path / "model")
-    assert bundle.spec == spec and bundle.threshold == 0.4 and (bundle.centroids is None) == (centroids is None)
+    assert bundle.spec == spec and bundle.threshold == 0.4 and bundle.spectrogram == spectrogram
+    if vocabulary is None:
+        assert bundle.vocabulary is None and not (tmp_path / "model/vocabulary").exists()
+    else:
+        assert bundle.vocabulary.digest == vocabulary.digest
     for name, value in model.state_dict().items():
         assert torch.equal(bundle.model.state_dict()[name], value), name
     rng = np.random.default_rng(1)
@@ -190,6 +202,17 @@ def test_spec_and_bundle_round_trip(spec, tmp_path):
         expected = np.concatenate([objective_for("singlelabel").scores(model(*pack(spec, [c]))).numpy()
                                    for c in clips])
     np.testing.assert_allclose(bundle.scores(clips, batch_size=2), expected, atol=1e-5)
+
+
+def test_a_bundle_whose_vocabulary_does_not_fit_its_embeddings_is_refused(tmp_path):
+    spec = tiny_spec(codebook_sizes=[N_CLUSTERS, 7])
+    other = vocabulary_for(tiny_spec(codebook_sizes=[N_CLUSTERS, 9]), tmp_path / "vocabulary")
+    save_bundle(AudioClassifier(spec=spec), tmp_path / "model", classes=spec.classes, task="singlelabel",
+                threshold=0.5, max_frames=spec.max_frames, vocabulary=other, spectrogram=other.frame_spec,
+                versions={})
+    with pytest.raises(UserError, match=r"codebooks of sizes \[24, 9\].*\[24, 7\]") as error:
+        load_bundle(tmp_path / "model")
+    assert "\n" not in str(error.value)
 
 
 def test_impossible_combinations_are_one_line_errors(tmp_path):
@@ -209,7 +232,7 @@ def test_impossible_combinations_are_one_line_errors(tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("train.num_heads=0", "train.num_heads' must be positive"), ("train.hidden_size=0", "train.hidden_size"),
     ("train.intermediate_size=0", "train.intermediate_size"), ("train.encoder=lstm", "train.encoder' must be one of"),
-    ("train.pooling=max", "train.pooling"), ("train.scale=0", "train.scale' must be > 0"),
+    ("train.pooling=max", "train.pooling"), ("train.scale=0", "train.scale' must be positive"),
     ("train.margin=-1", "train.margin"), ("train.input=waveform", "train.input")])
 def test_bad_model_settings_are_one_line_errors(tmp_path, override, message):
     make_workdir(tmp_path, n_train=8, n_validation=4)
@@ -218,15 +241,16 @@ def test_bad_model_settings_are_one_line_errors(tmp_path, override, message):
     assert "\n" not in str(error.value)
 
 
-def test_frames_model_learns_and_its_bundle_needs_no_centroids(tmp_path):
+def test_frames_model_learns_and_its_bundle_needs_no_vocabulary(tmp_path):
     layout = make_frames_workdir(tmp_path)
     config = load_config(overrides=[*TINY, "train.input=frames", "train.pooling=mean", "train.epochs=8"],
                          workdir=tmp_path)
     counts = ModelBuilder(config).run()
     assert counts["best_validation_accuracy"] > 0.9
-    assert not (layout.model_dir / "centroids.npy").exists()
+    assert not (layout.model_dir / "vocabulary").exists()
     bundle = load_bundle(layout.model_dir)
-    assert bundle.centroids is None and bundle.input == "frames" and bundle.spec.input_dim == FRAME_DIM
+    assert bundle.vocabulary is None and bundle.input == "frames" and bundle.spec.input_dim == FRAME_DIM
+    assert bundle.spectrogram == json.loads(layout.frame_spec.read_text())
     result = Evaluator(config).run()
     assert result["accuracy"] == pytest.approx(counts["best_validation_accuracy"])
 

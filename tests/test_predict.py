@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from projects import project_config, trained_project, write_tone
 
-from audiotokens.artifacts import Layout
+from audiotokens.artifacts import Layout, SplitPlan
 from audiotokens.cli import main
 from audiotokens.errors import UserError
 from audiotokens.evaluate import Evaluator
@@ -37,8 +37,7 @@ def test_predict_on_the_audio_gives_the_scores_evaluate_computed(project, tmp_pa
     ids = json.loads((out / "clips.json").read_text())["ids"]
     classes = json.loads((out / "clips.json").read_text())["classes"]
     evaluated = np.load(out / "scores.npy")
-    split = json.loads((project / "work/processed/split.json").read_text())
-    audio = {clip["id"]: clip["audio"] for clip in split["splits"]["validation"]}
+    audio = {clip["id"]: clip["audio"] for clip in SplitPlan.load(Layout(project / "work")).clips}
 
     # the bundle alone, copied elsewhere, with an unrelated workdir: predict must not need the project
     bundle = shutil.copytree(project / "work/output/model", tmp_path / "bundle")
@@ -118,7 +117,7 @@ def test_show_draws_one_picture(project, tmp_path, monkeypatch):
 
 
 def test_a_frames_model_predicts_and_shows_from_audio_alone(project, tmp_path, monkeypatch):
-    """A frames-input model: no centroids in the bundle; predict gives the scores evaluate computed."""
+    """A frames-input model: no vocabulary in the bundle; predict gives the scores evaluate computed."""
     from projects import copy_project
 
     from audiotokens.bundle import load_bundle
@@ -128,12 +127,11 @@ def test_a_frames_model_predicts_and_shows_from_audio_alone(project, tmp_path, m
     config = project_config(own, "train.input=frames", "train.pooling=mean")
     ModelBuilder(config).run()
     bundle_dir = own / "work/output/model"
-    assert load_bundle(bundle_dir).centroids is None and not (bundle_dir / "centroids.npy").exists()
+    assert load_bundle(bundle_dir).vocabulary is None and not (bundle_dir / "vocabulary").exists()
     Evaluator(config).run()
     out = Layout(own / "work").eval_dir("validation")
     ids, classes = (json.loads((out / "clips.json").read_text())[key] for key in ("ids", "classes"))
-    split = json.loads((own / "work/processed/split.json").read_text())
-    audio = {clip["id"]: clip["audio"] for clip in split["splits"]["validation"]}
+    audio = {clip["id"]: clip["audio"] for clip in SplitPlan.load(Layout(own / "work")).clips}
     code, text = run_predict([audio[i] for i in ids], bundle_dir, tmp_path, threshold=0.0)
     assert code == 0
     predicted = np.array([[{t["class"]: t["score"] for t in r["top"]}[c] for c in classes] for r in json.loads(text)])
