@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from .classifier import MASK
+from .modelparts import MASK
 
 
 def content_positions(attention_mask: torch.Tensor) -> torch.Tensor:

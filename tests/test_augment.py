@@ -5,7 +5,6 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from audiotokens.classifier import CLS, MASK, PAD, SEP
 
 from audiotokens.augment import (
     BalancedSampler,
@@ -21,6 +20,7 @@ from audiotokens.augment import (
     mixup,
     random_crop,
 )
+from audiotokens.modelparts import CLS, MASK, PAD, SEP
 from audiotokens.token_dataset import pack_sequences
 
 

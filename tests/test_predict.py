@@ -147,3 +147,38 @@ def test_listed_classes_say_whether_the_model_predicts_them(project):
     assert code == 0 and [t["predicted"] for t in top] == [t["score"] >= bundle.threshold for t in top]
     code, text = run_predict([project / "audio/clip00.wav"], project / "work/output/model", top_k=3, threshold=0.0)
     assert all(t["predicted"] for t in json.loads(text)[0]["top"])
+
+
+@pytest.mark.parametrize("tokenizer", ["cluster.tokenizer=subband cluster.bands=2",
+                                       "cluster.tokenizer=residual cluster.stages=2"], ids=["subband", "residual"])
+def test_a_decoded_model_of_two_codebooks_predicts_what_evaluate_scored(project, tmp_path, tokenizer):
+    """Decoded embeddings over a two-codebook vocabulary (concatenated or summed entries): the bundle carries
+    that vocabulary, its decoding tables are the codebooks, and predict on the audio gives evaluate's scores."""
+    from projects import copy_project
+
+    from audiotokens.bundle import load_bundle
+    from audiotokens.pipeline import execute
+    from audiotokens.vocabulary import load_vocabulary
+
+    own = copy_project(project, tmp_path / "own")
+    config = project_config(own, *tokenizer.split(), "train.token_embedding=decoded")
+    for stage in ("cluster", "tokenize", "train"):
+        execute(stage, config)
+    layout = Layout(own / "work")
+    vocabulary = load_vocabulary(layout.vocabulary)
+    bundle = load_bundle(layout.model_dir)
+    assert vocabulary.quantizer.n_codebooks == 2 and bundle.vocabulary.digest == vocabulary.digest
+    assert bundle.spec.codebook_sizes == vocabulary.codebook_sizes == [8, 8]
+    assert bundle.spec.decode_combine == vocabulary.quantizer.combine
+    for c, book in enumerate(vocabulary.quantizer.codebooks):
+        np.testing.assert_array_equal(bundle.model.embedder.decode_table(c).numpy(), book)
+
+    Evaluator(config, split="validation").run()
+    out = layout.eval_dir("validation")
+    ids, classes = (json.loads((out / "clips.json").read_text())[key] for key in ("ids", "classes"))
+    audio = {clip["id"]: clip["audio"] for clip in SplitPlan.load(layout).clips}
+    code, text = run_predict([audio[i] for i in ids], shutil.copytree(layout.model_dir, tmp_path / "bundle"),
+                             tmp_path, threshold=0.0)
+    assert code == 0
+    predicted = np.array([[{t["class"]: t["score"] for t in r["top"]}[c] for c in classes] for r in json.loads(text)])
+    np.testing.assert_allclose(predicted, np.load(out / "scores.npy"), atol=1e-5, rtol=0)
