@@ -110,7 +110,7 @@ class ClipDataset(Dataset):
 
 
 class TokenClipDataset(ClipDataset):
-    """Token ids of tokenized/<split>/tokens.npy, (frames, codebooks)."""
+    """Token ids of a split's view of tokenized/tokens.npy, (frames, codebooks)."""
 
     input_kind = "tokens"
     row_dtype = np.int64
@@ -121,7 +121,7 @@ class TokenClipDataset(ClipDataset):
 
 
 class FrameClipDataset(ClipDataset):
-    """Mel frames of processed/<split>/frames.npy, (frames, n_mels), as float32."""
+    """Mel frames of a split's view of processed/frames/frames.npy, (frames, n_mels), as float32."""
 
     input_kind = "frames"
 

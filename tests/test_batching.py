@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
+from stores import make_workdir
 from torch.utils.data import DataLoader
 
 from audiotokens.batching import FrameBudgetSampler, padded_fraction, worst_batch
 from audiotokens.errors import UserError
-from audiotokens.token_dataset import collate_clips
+from audiotokens.objectives import objective_for
+from audiotokens.token_dataset import TokenClipDataset
+from audiotokens.train import read_split_tokens, read_vocabulary
 
 
 def skewed_lengths(n: int = 600, seed: int = 0) -> np.ndarray:
@@ -100,13 +102,15 @@ def test_bad_budget_is_a_user_error():
         FrameBudgetSampler(lengths=[3, 4], batch_frames=0, max_clips=2)
 
 
-def test_works_as_a_dataloader_batch_sampler_with_the_padding_collate():
-    lengths = np.array([3, 50, 7, 48, 5, 9])
-    clips = [(np.zeros((n, 1), dtype=np.int64), torch.tensor(0), i) for i, n in enumerate(lengths)]
-    sampler = FrameBudgetSampler(lengths=lengths + 2, batch_frames=110, max_clips=4, seed=0)
-    loader = DataLoader(clips, batch_sampler=sampler, collate_fn=collate_clips)
+def test_works_as_a_dataloader_batch_sampler_with_the_padding_collate(tmp_path):
+    layout = make_workdir(tmp_path, n_train=12, n_validation=4)
+    split = read_split_tokens(layout, "train", read_vocabulary(layout))
+    clips = TokenClipDataset(store_path=split.path, index=split.index, max_frames=64,
+                             objective=objective_for("multilabel"))
+    sampler = FrameBudgetSampler(lengths=clips.lengths + 2, batch_frames=110, max_clips=4, seed=0)
+    loader = DataLoader(clips, batch_sampler=sampler, collate_fn=clips.collate)
     seen = []
     for batch in loader:
-        assert batch["input_ids"].shape[0] * batch["input_ids"].shape[1] <= 110
+        assert batch["inputs"].shape[0] * batch["inputs"].shape[1] <= 110
         seen += batch["indices"].tolist()
-    assert sorted(seen) == list(range(6))
+    assert sorted(seen) == list(range(12))
