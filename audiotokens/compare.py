@@ -26,6 +26,7 @@ from . import reports
 from .artifacts import Layout, atomic_path, read_json, write_json
 from .errors import UserError
 from .objectives import OBJECTIVES, objective_for
+from .stages import NAMES
 
 KFOLD_SUMMARY = "kfold_summary.json"
 RECORD_SUFFIX = ".meta.json"
@@ -113,7 +114,8 @@ def _records(workdir: Path) -> list[dict[str, Any]]:
         record = read_json(path)
         if isinstance(record, dict) and "stage" in record:
             found.append(record)
-    return found
+    # pipeline order, not the order of the record files' paths: settings then read split, cluster, ..., train
+    return sorted(found, key=lambda record: NAMES.index(record["stage"]) if record["stage"] in NAMES else len(NAMES))
 
 
 def _is_workdir(folder: Path) -> bool:

@@ -8,12 +8,15 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from stores import write_store
 
+from audiotokens.artifacts import Layout
 from audiotokens.cluster import ClusterCreator
 from audiotokens.config import load_config
 from audiotokens.errors import UserError
 from audiotokens.quantizers import KINDS, Quantizer, codebook_usage, fit_quantizer, reconstruction_mse
 from audiotokens.tokenizer import NearestCentroid
+from audiotokens.vocabulary import load_vocabulary
 
 N_MELS = 12
 K = 16
@@ -129,7 +132,10 @@ def test_frame_reproduces_the_cluster_stage_centroids_and_tokens(tmp_path, spher
     frames = frames_like(seed=3)
     config = load_config(None, [f"cluster.n_clusters={K}", f"cluster.niter={NITER}", "cluster.seed=5",
                                 f"cluster.spherical={str(spherical).lower()}"], tmp_path)
-    _, centroids, _, _ = ClusterCreator(config)._fit(frames.copy())
+    # the stage fits on the train split's frames of the store (all of them: well within the memory budget)
+    write_store(tmp_path, {"train": (frames, [500] * 4), "validation": (frames_like(seed=4, n=100), [100])})
+    ClusterCreator(config).run()
+    centroids = load_vocabulary(Layout(tmp_path).vocabulary).quantizer.codebooks[0]
     untouched = frames.copy()
     quantizer, _ = fit_quantizer("frame", frames, n_clusters=K, niter=NITER, seed=5, spherical=spherical)
     np.testing.assert_array_equal(frames, untouched)  # the caller's sample is never normalised in place
