@@ -2,11 +2,10 @@
 
 `compute_frames` is the one definition of a frame (also used by predict): librosa's melspectrogram
 (Hann window, center=True with zero padding, power 2, Slaney mel filterbank) -> power_to_db (ref 1.0,
-amin 1e-10, top_db) -> min-max scaling of the whole clip to [0, 1]. The STFT runs in torch in float64
-and is rounded to complex64 as librosa does: a float32 FFT shifts quiet bins by up to ~1e-4 after dB
-scaling and normalisation. `clip_frames` decodes, resamples and transforms a file block by block, so
-memory does not grow with a recording's length beyond its mel frames; its frames equal those of
-`compute_frames` on the whole decoded clip.
+amin 1e-10, top_db) -> min-max scaling of the whole clip to [0, 1]. The STFT is librosa's own
+computation (float64 FFT stored as complex64); `MelPower` runs it in blocks of frames. `clip_frames`
+decodes, resamples and transforms a file block by block, so memory does not grow with a recording's
+length beyond its mel frames; its frames equal those of `compute_frames` on the whole decoded clip.
 
 The stage works through each split in parts of consecutive clips; a finished part is kept on disk, so
 an interrupted run resumes after the last finished part. Parts carry a key of the frame parameters and
@@ -48,6 +47,7 @@ AMIN = 1e-10  # power floor before log10, as librosa.power_to_db
 # SpectrogramConfig keys that define what a frame is (dtype and workers only change storage and speed).
 FRAME_KEYS = ("sample_rate", "n_fft", "hop_length", "n_mels", "fmin", "fmax", "db", "top_db", "normalize",
               "max_duration")
+FFT_BLOCK = 128  # frames per FFT and mel product call (see MelPower); ~1 MiB of float64 windows
 PART_FORMAT = 1  # bump when the part files' layout changes, so old parts are discarded
 
 
@@ -96,18 +96,8 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax:
 
 
 @functools.lru_cache(maxsize=8)
-def _hann(n_fft: int) -> torch.Tensor:
-    return torch.from_numpy(scipy.signal.get_window("hann", n_fft, fftbins=True))  # librosa's periodic Hann
-
-
-def power_spectrogram(mono: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
-    """|STFT|^2 as (frames, 1 + n_fft // 2) float32, equal to librosa.stft's up to float32 rounding."""
-    signal = torch.from_numpy(np.asarray(mono, dtype=np.float64))
-    spectrum = torch.stft(signal, n_fft, hop_length, window=_hann(n_fft), center=True, pad_mode="constant",
-                          return_complex=True)
-    # librosa stores its float64 FFT as complex64 and squares the float32 magnitude; do the same.
-    rounded = spectrum.T.numpy().astype(np.complex64)
-    return np.square(np.abs(rounded))
+def _hann(n_fft: int) -> np.ndarray:
+    return scipy.signal.get_window("hann", n_fft, fftbins=True)  # librosa's periodic Hann, float64
 
 
 def power_to_db(power: np.ndarray, top_db: float) -> np.ndarray:
@@ -134,14 +124,9 @@ def compute_frames(mono: np.ndarray, params: SpectrogramConfig) -> np.ndarray:
     """
     if mono.shape[-1] < params.n_fft:
         raise AudioError("too short", f"{mono.shape[-1]} samples at {params.sample_rate} Hz < n_fft {params.n_fft}")
-    return finish_frames(mel_power(power_spectrogram(mono, params.n_fft, params.hop_length), params), params)
-
-
-def mel_power(power: np.ndarray, params: SpectrogramConfig) -> np.ndarray:
-    """(frames, 1 + n_fft // 2) power -> (frames, n_mels) mel power, float32."""
-    # torch, not numpy, multiplies: its thread count is set per worker, numpy's BLAS would spawn threads
-    mel = mel_filterbank(params.sample_rate, params.n_fft, params.n_mels, params.fmin, params.fmax)
-    return (torch.from_numpy(power) @ mel).numpy()
+    mel = MelPower(length=mono.shape[-1], params=params)
+    mel.add(mono, last=True)
+    return finish_frames(mel.frames, params)
 
 
 def finish_frames(frames: np.ndarray, params: SpectrogramConfig) -> np.ndarray:
@@ -158,8 +143,8 @@ def finish_frames(frames: np.ndarray, params: SpectrogramConfig) -> np.ndarray:
 def clip_frames(location: str, params: SpectrogramConfig, block_frames: int = BLOCK_FRAMES) -> np.ndarray:
     """Decode, mix down, resample and compute the frames of one clip, block_frames samples at a time.
 
-    Equal to compute_frames(load_mono(location, ...)): mixing is per sample, soxr's stream gives its
-    one-shot output, and each STFT frame depends only on the samples under its window.
+    Equal to compute_frames(load_mono(location, ...)) bit for bit: mixing is per sample, soxr's stream
+    gives its one-shot output, and MelPower makes the same calls whichever way its samples arrive.
     """
     stream = AudioStream(location, params.max_duration)
     try:
@@ -169,15 +154,11 @@ def clip_frames(location: str, params: SpectrogramConfig, block_frames: int = BL
 
 
 def _streamed_mel_power(stream: AudioStream, params: SpectrogramConfig, block_frames: int) -> np.ndarray:
-    n_fft, hop, rate = params.n_fft, params.hop_length, params.sample_rate
+    rate = params.sample_rate
     # librosa.resample's length, ceil(n * ratio); a short stream is padded with zeros, a long one cut
     length = stream.frames if stream.rate == rate else math.ceil(stream.frames * float(rate) / stream.rate)
+    mel = MelPower(length=length, params=params)
     resampler = None
-    signal = np.zeros(n_fft // 2, dtype=np.float32)  # center=True's zero padding in front of the clip
-    start = done = received = 0  # padded position of signal[0], frames computed, samples received
-    # one allocation for the result: small pieces kept between the blocks' large temporaries would
-    # fragment the heap and grow the process by several times the frames' size
-    frames = np.empty((1 + length // hop, params.n_mels), dtype=np.float32)
     for block in stream.blocks(block_frames):
         mono, last = to_mono(block), stream.read == stream.frames
         if stream.rate != rate and last and resampler is None:  # the whole clip in one block
@@ -186,30 +167,73 @@ def _streamed_mel_power(stream: AudioStream, params: SpectrogramConfig, block_fr
             resampler = resampler or soxr.ResampleStream(stream.rate, rate, 1, dtype="float32",
                                                          quality=RESAMPLE_QUALITY)
             mono = resampler.resample_chunk(mono, last=last)
-        mono = mono[:length - received]
-        received += len(mono)
-        signal = np.concatenate([signal, mono])
-        # frames whose window holds only received samples; two are kept for the end so that no
-        # batch is a single row (a one-row matmul rounds differently from the whole-clip one)
-        ready = (start + len(signal) - n_fft) // hop + 1 - 2
-        if not last and ready - done >= 2:
-            frames[done:ready] = _mel_rows(signal, start, done, ready, params)
-            cut = min(ready * hop - start, len(signal))
-            signal, start, done = signal[cut:], start + cut, ready
-    if length < n_fft:
-        raise AudioError("too short", f"{length} samples at {rate} Hz < n_fft {n_fft}")
-    signal = np.concatenate([signal, np.zeros(length - received + n_fft // 2, dtype=np.float32)])
-    frames[done:] = _mel_rows(signal, start, done, len(frames), params)
-    return frames
+        mel.add(mono, last=last)
+    if length < params.n_fft:  # after decoding: a damaged file is reported as such, not as short
+        raise AudioError("too short", f"{length} samples at {rate} Hz < n_fft {params.n_fft}")
+    return mel.frames
 
 
-def _mel_rows(signal: np.ndarray, start: int, first: int, stop: int, params: SpectrogramConfig) -> np.ndarray:
-    """Mel power of frames [first, stop) from `signal`, which begins at padded position `start`."""
-    n_fft, hop = params.n_fft, params.hop_length
-    piece = torch.from_numpy(signal[first * hop - start:(stop - 1) * hop + n_fft - start].astype(np.float64))
-    spectrum = torch.stft(piece, n_fft, hop, window=_hann(n_fft), center=False, return_complex=True)
-    power = np.square(np.abs(spectrum.T.numpy().astype(np.complex64)))  # as power_spectrogram rounds
-    return mel_power(power, params)
+class MelPower:
+    """Mel power (frames, n_mels) float32 of one clip, computed FFT_BLOCK frames at a time as samples arrive.
+
+    compute_frames adds a whole clip at once, clip_frames the resampled decoder blocks. Both make the same
+    calls on the same blocks of frames (counted from frame 0), and that is what makes their frames
+    bit-identical: a BLAS call may round a row differently depending on how many rows it multiplies and
+    how its operands are aligned (torch 2.13's MKL sgemm rounds a 2- or 3-row product differently from a
+    long one; older builds only a 1-row one), so equal samples under each window are not enough. A block: Hann-windowed frames in float64 -> float64
+    real FFT stored as complex64 -> squared float32 magnitude, exactly as librosa.stft and melspectrogram
+    compute it (a float32 FFT shifts quiet bins by up to ~1e-4 after dB scaling and normalisation) ->
+    float32 mel product.
+    """
+
+    def __init__(self, *, length: int, params: SpectrogramConfig):
+        self.length = length  # samples of the clip; more are cut, fewer padded with zeros
+        self.received = 0
+        self._n_fft, self._hop = params.n_fft, params.hop_length
+        self._mel = mel_filterbank(params.sample_rate, params.n_fft, params.n_mels, params.fmin, params.fmax)
+        # (1 + length // hop) frames of center=True; allocated once: small pieces kept between large
+        # temporaries would fragment the heap and grow the process by several times the frames' size
+        self.frames = _aligned_empty((1 + length // self._hop, params.n_mels), np.float32)
+        self._power = _aligned_empty((min(FFT_BLOCK, len(self.frames)), 1 + self._n_fft // 2), np.float32)
+        self._pending = np.zeros(self._n_fft // 2)  # float64 samples from padded position _start
+        self._start = 0
+        self._done = 0  # frames computed
+
+    def add(self, samples: np.ndarray, *, last: bool = False) -> None:
+        """The clip's next samples; with last=True, the clip is complete and every frame is computed."""
+        samples = samples[:self.length - self.received]
+        self.received += len(samples)
+        pieces = [self._pending, samples]
+        if last:  # center=True's zero padding after the clip, and zeros for samples never received
+            pieces.append(np.zeros(self.length - self.received + self._n_fft // 2))
+        self._pending = np.concatenate(pieces)  # float64, as librosa.stft windows its frames
+        while self._done < len(self.frames):
+            stop = min(self._done + FFT_BLOCK, len(self.frames))
+            if (stop - 1) * self._hop + self._n_fft - self._start > len(self._pending):
+                break  # the block's last window is not complete yet
+            self._block(self._done, stop)
+            self._done = stop
+        cut = self._done * self._hop - self._start
+        self._pending, self._start = self._pending[cut:], self._start + cut
+
+    def _block(self, first: int, stop: int) -> None:
+        n_fft, hop = self._n_fft, self._hop
+        offset = first * hop - self._start
+        span = self._pending[offset:offset + (stop - first - 1) * hop + n_fft]
+        windows = np.lib.stride_tricks.sliding_window_view(span, n_fft)[::hop]
+        spectrum = np.fft.rfft(windows * _hann(n_fft), axis=1).astype(np.complex64)
+        power = np.abs(spectrum, out=self._power[:stop - first])
+        np.square(power, out=power)
+        # torch, not numpy, multiplies: its thread count is set per worker, numpy's BLAS would spawn threads
+        torch.mm(torch.from_numpy(power), self._mel, out=torch.from_numpy(self.frames[first:stop]))
+
+
+def _aligned_empty(shape: tuple[int, int], dtype: type) -> np.ndarray:
+    """An uninitialised C-ordered array starting on a 64-byte boundary, so BLAS takes the same path each time."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(size + 64, dtype=np.uint8)
+    offset = -raw.ctypes.data % 64
+    return raw[offset:offset + size].view(dtype).reshape(shape)
 
 
 # ---------------------------------------------------------------- per-clip work (runs in worker processes)
@@ -243,6 +267,31 @@ def process_clip(params: SpectrogramConfig, task: tuple[int, str, str]) -> ClipR
 def _init_worker() -> None:
     torch.set_num_threads(1)  # one process per core already
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
+
+
+@contextmanager
+def clip_map(work: Callable[[Any], Any], n_tasks: int, workers: int = 0) -> Iterator[Callable[[Iterable], Iterator]]:
+    """An ordered map of work over tasks: a process pool (workers = 0: one per core), in-process for one.
+
+    The stage's pool; scripts/bench/spectrogram.py runs its decode-only bound through it too.
+    """
+    workers = min(workers or _cpu_count(), max(n_tasks, 1))
+    if workers <= 1:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # per-clip tensors are too small to gain from threads
+        try:
+            yield lambda tasks: map(work, tasks)
+        finally:
+            torch.set_num_threads(threads)
+        return
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    # each message costs the parent ~1 ms of CPU, so clips go in chunks; not so large that one worker
+    # is left alone with a long last chunk
+    chunksize = max(1, min(12, n_tasks // (workers * 8)))
+    # created before any progress bar: forking after tqdm starts its monitor thread is unsafe
+    with context.Pool(workers, initializer=_init_worker) as pool:
+        yield lambda tasks: pool.imap(work, tasks, chunksize=chunksize)
 
 
 # ---------------------------------------------------------------- resumable parts
@@ -466,25 +515,8 @@ class SpectrogramProcessor:
 
     @contextmanager
     def _mapper(self, n_tasks: int) -> Iterator[Callable[[Iterable], Iterator[ClipResult]]]:
-        """An ordered map of process_clip over tasks: a process pool, or in-process for one worker."""
-        work = functools.partial(process_clip, self.params)
-        workers = min(self.params.workers or _cpu_count(), max(n_tasks, 1))
-        if workers <= 1:
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)  # per-clip tensors are too small to gain from threads
-            try:
-                yield lambda tasks: map(work, tasks)
-            finally:
-                torch.set_num_threads(threads)
-            return
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("fork" if "fork" in methods else None)
-        # each message costs the parent ~1 ms of CPU, so clips go in chunks; not so large that one worker
-        # is left alone with a long last chunk
-        chunksize = max(1, min(12, n_tasks // (workers * 8)))
-        # created before any progress bar: forking after tqdm starts its monitor thread is unsafe
-        with context.Pool(workers, initializer=_init_worker) as pool:
-            yield lambda tasks: pool.imap(work, tasks, chunksize=chunksize)
+        with clip_map(functools.partial(process_clip, self.params), n_tasks, self.params.workers) as mapper:
+            yield mapper
 
 
 def _cpu_count() -> int:
