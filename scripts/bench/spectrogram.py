@@ -193,7 +193,8 @@ def main() -> None:
                 wall[name].append(time.perf_counter() - start)
                 cpu[name].append(cpu_seconds() - used)
             print(f"  repetition {rep + 1}: " + ", ".join(f"{name} {wall[name][-1]:.2f} s" for name in runs) +
-                  f"; stage / bound {wall['bound'][-1] / wall['stage'][-1]:.1%}", flush=True)
+                  f"; stage / bound: clips/s {wall['bound'][-1] / wall['stage'][-1]:.1%}, "
+                  f"CPU {cpu['bound'][-1] / cpu['stage'][-1]:.1%}; load {os.getloadavg()[0]:.1f}", flush=True)
         workdir = tmp / f"stage{args.repeats - 1}"
         frames, index = open_store(Layout(workdir).frames("train"), Layout(workdir).frames_index("train"))
         assert len(index) == len(files), "the stage skipped clips; see its report.json"
@@ -216,9 +217,10 @@ def _print_table(args, n_clips: int, wall: dict[str, list[float]], cpu: dict[str
     for name, seconds in wall.items():
         rate = n_clips / statistics.median(seconds)
         print(f"{labels[name]:48s} {rate:8.1f} {statistics.median(cpu[name]) / n_clips * 1e3:12.2f}")
-    ratios = [bound / stage for bound, stage in zip(wall["bound"], wall["stage"])]
-    print(f"stage / bound (clips/s): {statistics.median(ratios):.1%} (median of the repetitions' ratios; "
-          f"range {min(ratios):.1%}-{max(ratios):.1%})")
+    for measure, seconds in (("clips/s", wall), ("CPU per clip", cpu)):
+        ratios = [bound / stage for bound, stage in zip(seconds["bound"], seconds["stage"])]
+        print(f"stage / bound ({measure}): {statistics.median(ratios):.1%} (median of the repetitions' ratios; "
+              f"range {min(ratios):.1%}-{max(ratios):.1%})")
     if "seed" in wall:
         print(f"stage / seed (clips/s):  {statistics.median(wall['seed']) / statistics.median(wall['stage']):.2f}x")
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
