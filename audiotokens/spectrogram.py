@@ -215,7 +215,7 @@ class MelPower:
         self._mel = _mel_groups(params.sample_rate, params.n_fft, params.n_mels, params.fmin, params.fmax)
         # (1 + length // hop) frames of center=True; allocated once: small pieces kept between large
         # temporaries would fragment the heap and grow the process by several times the frames' size
-        self.frames = _aligned_empty((1 + length // self._hop, params.n_mels), np.float32)
+        self.frames = np.empty((1 + length // self._hop, params.n_mels), dtype=np.float32)
         self._power = _aligned_empty((min(FFT_BLOCK, len(self.frames)), 1 + self._n_fft // 2), np.float32)
         self._pending = np.zeros(self._n_fft // 2, dtype=np.float32)  # samples from padded position _start
         self._start = 0
@@ -257,7 +257,7 @@ def _aligned_empty(shape: tuple[int, int], dtype: type) -> np.ndarray:
     """An uninitialised C-ordered array starting on a 64-byte boundary, so BLAS takes the same path each time."""
     size = int(np.prod(shape)) * np.dtype(dtype).itemsize
     raw = np.empty(size + 64, dtype=np.uint8)
-    offset = -raw.ctypes.data % 64
+    offset = -raw.__array_interface__["data"][0] % 64
     return raw[offset:offset + size].view(dtype).reshape(shape)
 
 
