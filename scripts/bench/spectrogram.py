@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import pickle
@@ -82,13 +83,14 @@ def stage_run(files: list[Path], workdir: Path, workers: int) -> None:
     SpectrogramProcessor(config).run()
 
 
-def decode_only(path: Path) -> int:
-    """The stage's front end alone: decode, mix down, resample to the default rate."""
-    return len(load_mono(str(path), load_config().spectrogram.sample_rate))
+def decode_only(sample_rate: int, path: Path) -> int:
+    """The stage's front end alone: decode, mix down, resample."""
+    return len(load_mono(str(path), sample_rate))
 
 
 def bound_run(files: list[Path], workers: int) -> None:
-    with clip_map(decode_only, len(files), workers) as mapper:
+    work = functools.partial(decode_only, load_config().spectrogram.sample_rate)
+    with clip_map(work, len(files), workers) as mapper:
         for _ in mapper(files):
             pass
 
