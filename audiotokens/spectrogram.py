@@ -204,7 +204,7 @@ class MelPower:
     long one; older builds only a 1-row one), so equal samples under each window are not enough.
     A block is librosa.stft + melspectrogram: Hann-windowed frames and their real FFT in float64 (a float32
     FFT shifts quiet bins by up to ~1e-4 after dB scaling and normalisation), stored as complex64, squared
-    float32 magnitude, float32 mel product. The FFT is torch's (MKL) where librosa uses numpy's; rounded
+    float32 magnitude, float32 mel product (_mel_groups). The FFT is torch's (MKL) where librosa uses numpy's; rounded
     to complex64 the two agree but for rare one-ulp differences.
     """
 
@@ -555,6 +555,7 @@ class SpectrogramProcessor:
 
     @contextmanager
     def _mapper(self, n_tasks: int) -> Iterator[Callable[[Iterable], Iterator[ClipResult]]]:
+        """An ordered map of process_clip over tasks: a process pool, or in-process for one worker."""
         with clip_map(functools.partial(process_clip, self.params), n_tasks, self.params.workers) as mapper:
             yield mapper
 
