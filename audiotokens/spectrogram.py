@@ -25,10 +25,15 @@ import shutil
 import signal
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: pipes keep their default size
+    fcntl = None
 
 import librosa
 import numpy as np
@@ -49,6 +54,7 @@ AMIN = 1e-10  # power floor before log10, as librosa.power_to_db
 FRAME_KEYS = ("sample_rate", "n_fft", "hop_length", "n_mels", "fmin", "fmax", "db", "top_db", "normalize",
               "max_duration")
 FFT_BLOCK = 128  # frames per FFT and mel product call (see MelPower); ~1 MiB of float64 windows
+RESULT_PIPE_BYTES = 2**20  # workers' result pipe (Linux's limit for unprivileged processes)
 MEL_GROUPS = 4  # products the mel filterbank is cut into (see _mel_groups): fewer multiply more zeros
 PART_FORMAT = 1  # bump when the part files' layout changes, so old parts are discarded
 
@@ -321,14 +327,21 @@ def clip_map(work: Callable[[Any], Any], n_tasks: int, workers: int = 0) -> Iter
 
 
 class _Pool(multiprocessing.pool.Pool):
-    """multiprocessing's Pool, except that its worker-maintenance thread does not watch the result pipe.
+    """multiprocessing's Pool with a larger result pipe, whose worker-maintenance thread does not watch it.
 
-    CPython's thread wakes whenever that pipe is readable and loops until the result thread has read it
-    all; a chunk of frames (~100 KB a clip) is many pipe buffers long, so the thread spun for ~0.4 ms of
-    the parent's CPU per clip, a core shared with the workers. A worker that exits and the pool's own
-    notifier (close, terminate, all results in) still wake it; no worker exits on its own here (no
-    maxtasksperchild), and a dead one is still replaced.
+    A clip's frames (~110 KB for 10 s) outgrow Linux's default 64 KiB pipe: a worker then waits, idle,
+    until the parent's result thread is scheduled to read each piece. And CPython's maintenance thread
+    wakes whenever that pipe is readable and loops until the result thread has read it all, which cost
+    ~0.4 ms of the parent's CPU per clip on a core shared with the workers. A worker that exits and the
+    pool's own notifier (close, terminate, all results in) still wake that thread; no worker exits on its
+    own here (no maxtasksperchild), and a dead one is still replaced.
     """
+
+    def _setup_queues(self) -> None:
+        super()._setup_queues()
+        if hasattr(fcntl, "F_SETPIPE_SZ"):  # Linux
+            with suppress(OSError):  # a lower system limit keeps the default
+                fcntl.fcntl(self._outqueue._writer.fileno(), fcntl.F_SETPIPE_SZ, RESULT_PIPE_BYTES)
 
     def _get_sentinels(self) -> list:
         return [self._change_notifier._reader]
