@@ -88,9 +88,9 @@ def plan(config: Config, start: str | None = None, stop: str | None = None, forc
     states = stage_states(Layout(config.workdir), config)
     todo: list[str] = []
     for stage in wanted:
-        # a stage goes stale the moment an input of it is re-run, unless it sees only sections of that input
-        # which the current config leaves as recorded (its own state already says so)
-        upstream_rerun = any(source.stage in todo and (not source.sections or states[source.stage].state != "stale")
+        # a stage goes stale the moment an input of it is re-run, unless it sees only sections of that input:
+        # then its own fingerprint (over those sections, from the config) already says whether they change
+        upstream_rerun = any(source.stage in todo and not source.sections
                              for source in stage_table.stage(stage).inputs(config))
         if upstream_rerun or states[stage].state != "fresh":
             todo.append(stage)
