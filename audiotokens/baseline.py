@@ -3,7 +3,7 @@
 Features. Each clip is decoded, mixed down and resampled exactly as the spectrogram stage does
 (audio.load_mono at spectrogram.sample_rate, first spectrogram.max_duration seconds), then its mel power
 is computed with the stage's own STFT and Slaney mel filterbank (same sample_rate, n_fft, hop_length,
-n_mels, fmin, fmax; spectrogram.power_spectrogram and mel_power). Where the stored frames continue
+n_mels, fmin, fmax; spectrogram.MelPower). Where the stored frames continue
 with dB (spectrogram.top_db) and a per-clip [0, 1] scaling, the MFCCs continue as librosa.feature.mfcc
 does: power_to_db (ref 1, amin 1e-10, top_db 80), then a type-II orthonormal DCT over the mel axis,
 keeping the first n_mfcc (40) coefficients; no per-clip scaling. A clip's feature vector is the mean
@@ -55,7 +55,7 @@ from .corrupt import Corruption, clip_seed
 from .errors import UserError
 from .evaluate import Scored, write_reports
 from .objectives import objective_for
-from .spectrogram import _cpu_count, _init_worker, mel_power, power_spectrogram
+from .spectrogram import MelPower, _cpu_count, _init_worker
 
 log = logging.getLogger("audiotokens")
 
@@ -82,7 +82,9 @@ def mfcc_features(mono: np.ndarray, sample_rate: int, *, n_mfcc: int = N_MFCC, n
         raise AudioError("too short", f"{mono.shape[-1]} samples at {sample_rate} Hz < n_fft {n_fft}")
     params = SpectrogramConfig(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels,
                                fmin=fmin, fmax=fmax)
-    mel = mel_power(power_spectrogram(mono, n_fft, hop_length), params)  # (frames, n_mels)
+    power = MelPower(length=mono.shape[-1], params=params)
+    power.add(mono, last=True)
+    mel = power.frames  # (frames, n_mels)
     coefficients = librosa.feature.mfcc(S=librosa.power_to_db(mel.T), n_mfcc=n_mfcc)  # (n_mfcc, frames)
     return np.concatenate([coefficients.mean(axis=1), coefficients.std(axis=1)]).astype(np.float32)
 

@@ -76,8 +76,9 @@ def stage_log(path: Path) -> Iterator[None]:
         handler.close()
 
 
-def plan(config: Config, start: str | None = None, stop: str | None = None, force: bool = False) -> list[str]:
-    """Stages in [start, stop] that are not fresh (all of them with force)."""
+def plan(config: Config, start: str | None = None, stop: str | None = None, force: bool = False,
+         ran: list[str] = ()) -> list[str]:
+    """Stages in [start, stop] that are not fresh (all of them with force); `ran`: stages re-run just before."""
     first = NAMES.index(start) if start else 0
     last = NAMES.index(stop) if stop else len(NAMES) - 1
     if first > last:
@@ -86,25 +87,32 @@ def plan(config: Config, start: str | None = None, stop: str | None = None, forc
     if force:
         return list(wanted)
     states = stage_states(Layout(config.workdir), config)
-    todo: list[str] = []
+    todo: list[str] = list(ran)
     for stage in wanted:
-        # a stage goes stale the moment an input of it is re-run, unless it sees only sections of that input
-        # which the current config leaves as recorded (its own state already says so)
-        upstream_rerun = any(source.stage in todo and (not source.sections or states[source.stage].state != "stale")
+        # a stage goes stale the moment an input of it is re-run, unless it sees only sections of that input:
+        # then its own fingerprint (over those sections, from the config) already says whether they change
+        upstream_rerun = any(source.stage in todo and not source.sections
                              for source in stage_table.stage(stage).inputs(config))
         if upstream_rerun or states[stage].state != "fresh":
             todo.append(stage)
-    return todo
+    return [stage for stage in todo if stage in wanted and stage not in ran]
 
 
 def run(config: Config, start: str | None = None, stop: str | None = None, force: bool = False,
         strict: bool = False) -> list[str]:
+    """Run the stages of [start, stop] in order, each one that is not fresh once the ones before it ran.
+
+    States are judged again after every stage: a stage's fingerprint can depend on what an earlier one
+    wrote (the split's catalogue names the audio files whose identity the split stands for).
+    """
+    ran: list[str] = []
     with workdir_lock(config.workdir, "run"):
-        todo = plan(config, start, stop, force)
-        for stage in todo:
-            log.info("── %s", stage)
-            execute(stage, config, strict=strict)
-    return todo
+        for stage in plan(config, start, stop, force=True):
+            if force or stage in plan(config, stage, stage, ran=ran):
+                log.info("── %s", stage)
+                execute(stage, config, strict=strict)
+                ran.append(stage)
+    return ran
 
 
 def check_writable(layout: Layout, stage: str) -> None:

@@ -2,11 +2,10 @@
 
 `compute_frames` is the one definition of a frame (also used by predict): librosa's melspectrogram
 (Hann window, center=True with zero padding, power 2, Slaney mel filterbank) -> power_to_db (ref 1.0,
-amin 1e-10, top_db) -> min-max scaling of the whole clip to [0, 1]. The STFT runs in torch in float64
-and is rounded to complex64 as librosa does: a float32 FFT shifts quiet bins by up to ~1e-4 after dB
-scaling and normalisation. `clip_frames` decodes, resamples and transforms a file block by block, so
-memory does not grow with a recording's length beyond its mel frames; its frames equal those of
-`compute_frames` on the whole decoded clip.
+amin 1e-10, top_db) -> min-max scaling of the whole clip to [0, 1]. The STFT is librosa's computation
+(float64 FFT stored as complex64); `MelPower` runs it in blocks of frames. `clip_frames`
+decodes, resamples and transforms a file block by block, so memory does not grow with a recording's
+length beyond its mel frames; its frames equal those of `compute_frames` on the whole decoded clip.
 
 The stage works through the clip catalogue of processed/split.json, whatever the split, in parts of
 consecutive clips; a finished part is kept on disk, so an interrupted run resumes after the last finished
@@ -21,16 +20,22 @@ import json
 import logging
 import math
 import multiprocessing
+import multiprocessing.pool
 import os
 import shutil
 import signal
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: pipes keep their default size
+    fcntl = None
 
 import librosa
 import numpy as np
@@ -56,7 +61,10 @@ from .errors import UserError
 log = logging.getLogger("audiotokens")
 
 AMIN = 1e-10  # power floor before log10, as librosa.power_to_db
-PART_FORMAT = 2  # bump when the part files' layout changes, so old parts are discarded
+FFT_BLOCK = 128  # frames per FFT and mel product call (see MelPower); ~1 MiB of float64 windows
+RESULT_PIPE_BYTES = 2**20  # workers' result pipe (Linux's limit for unprivileged processes)
+MEL_GROUPS = 4  # products the mel filterbank is cut into (see _mel_groups): fewer multiply more zeros
+PART_FORMAT = 3  # bump when the part files' layout or the frame computation changes, so old parts are discarded
 
 
 # ---------------------------------------------------------------- parameters
@@ -119,18 +127,27 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax:
 
 
 @functools.lru_cache(maxsize=8)
+def _mel_groups(sample_rate: int, n_fft: int, n_mels: int, fmin: float,
+                fmax: float) -> tuple[tuple[slice, slice, torch.Tensor], ...]:
+    """The filterbank as MEL_GROUPS products of adjacent mel bands with only the FFT bins they weight.
+
+    Each (bins, bands, weights) multiplies power[:, bins] @ weights into mel[:, bands]. Slaney filters are
+    triangles a few bins wide, so the groups hold ~1/4 of the dense matrix; the products are the dense
+    one's but for float32 rounding (the zeros they skip add nothing).
+    """
+    mel = mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax).numpy()
+    groups = []
+    for bands in np.array_split(np.arange(n_mels), min(MEL_GROUPS, n_mels)):
+        weighted = np.flatnonzero(mel[:, bands].any(axis=1))
+        bins = slice(int(weighted[0]), int(weighted[-1]) + 1) if weighted.size else slice(0, 1)  # empty filters
+        columns = slice(int(bands[0]), int(bands[-1]) + 1)
+        groups.append((bins, columns, torch.from_numpy(np.ascontiguousarray(mel[bins, columns]))))
+    return tuple(groups)
+
+
+@functools.lru_cache(maxsize=8)
 def _hann(n_fft: int) -> torch.Tensor:
-    return torch.from_numpy(scipy.signal.get_window("hann", n_fft, fftbins=True))  # librosa's periodic Hann
-
-
-def power_spectrogram(mono: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
-    """|STFT|^2 as (frames, 1 + n_fft // 2) float32, equal to librosa.stft's up to float32 rounding."""
-    signal = torch.from_numpy(np.asarray(mono, dtype=np.float64))
-    spectrum = torch.stft(signal, n_fft, hop_length, window=_hann(n_fft), center=True, pad_mode="constant",
-                          return_complex=True)
-    # librosa stores its float64 FFT as complex64 and squares the float32 magnitude; do the same.
-    rounded = spectrum.T.numpy().astype(np.complex64)
-    return np.square(np.abs(rounded))
+    return torch.from_numpy(scipy.signal.get_window("hann", n_fft, fftbins=True))  # librosa's periodic Hann, float64
 
 
 def power_to_db(power: np.ndarray, top_db: float) -> np.ndarray:
@@ -157,14 +174,9 @@ def compute_frames(mono: np.ndarray, params: SpectrogramConfig) -> np.ndarray:
     """
     if mono.shape[-1] < params.n_fft:
         raise AudioError("too short", f"{mono.shape[-1]} samples at {params.sample_rate} Hz < n_fft {params.n_fft}")
-    return finish_frames(mel_power(power_spectrogram(mono, params.n_fft, params.hop_length), params), params)
-
-
-def mel_power(power: np.ndarray, params: SpectrogramConfig) -> np.ndarray:
-    """(frames, 1 + n_fft // 2) power -> (frames, n_mels) mel power, float32."""
-    # torch, not numpy, multiplies: its thread count is set per worker, numpy's BLAS would spawn threads
-    mel = mel_filterbank(params.sample_rate, params.n_fft, params.n_mels, params.fmin, params.fmax)
-    return (torch.from_numpy(power) @ mel).numpy()
+    mel = MelPower(length=mono.shape[-1], params=params)
+    mel.add(mono, last=True)
+    return finish_frames(mel.frames, params)
 
 
 def finish_frames(frames: np.ndarray, params: SpectrogramConfig) -> np.ndarray:
@@ -181,8 +193,8 @@ def finish_frames(frames: np.ndarray, params: SpectrogramConfig) -> np.ndarray:
 def clip_frames(location: str, params: SpectrogramConfig, block_frames: int = BLOCK_FRAMES) -> np.ndarray:
     """Decode, mix down, resample and compute the frames of one clip, block_frames samples at a time.
 
-    Equal to compute_frames(load_mono(location, ...)): mixing is per sample, soxr's stream gives its
-    one-shot output, and each STFT frame depends only on the samples under its window.
+    Equal to compute_frames(load_mono(location, ...)) bit for bit: mixing is per sample, soxr's stream
+    gives its one-shot output, and MelPower makes the same calls whichever way its samples arrive.
     """
     stream = AudioStream(location, params.max_duration)
     try:
@@ -192,15 +204,11 @@ def clip_frames(location: str, params: SpectrogramConfig, block_frames: int = BL
 
 
 def _streamed_mel_power(stream: AudioStream, params: SpectrogramConfig, block_frames: int) -> np.ndarray:
-    n_fft, hop, rate = params.n_fft, params.hop_length, params.sample_rate
+    rate = params.sample_rate
     # librosa.resample's length, ceil(n * ratio); a short stream is padded with zeros, a long one cut
     length = stream.frames if stream.rate == rate else math.ceil(stream.frames * float(rate) / stream.rate)
+    mel = MelPower(length=length, params=params)
     resampler = None
-    signal = np.zeros(n_fft // 2, dtype=np.float32)  # center=True's zero padding in front of the clip
-    start = done = received = 0  # padded position of signal[0], frames computed, samples received
-    # one allocation for the result: small pieces kept between the blocks' large temporaries would
-    # fragment the heap and grow the process by several times the frames' size
-    frames = np.empty((1 + length // hop, params.n_mels), dtype=np.float32)
     for block in stream.blocks(block_frames):
         mono, last = to_mono(block), stream.read == stream.frames
         if stream.rate != rate and last and resampler is None:  # the whole clip in one block
@@ -209,30 +217,78 @@ def _streamed_mel_power(stream: AudioStream, params: SpectrogramConfig, block_fr
             resampler = resampler or soxr.ResampleStream(stream.rate, rate, 1, dtype="float32",
                                                          quality=RESAMPLE_QUALITY)
             mono = resampler.resample_chunk(mono, last=last)
-        mono = mono[:length - received]
-        received += len(mono)
-        signal = np.concatenate([signal, mono])
-        # frames whose window holds only received samples; two are kept for the end so that no
-        # batch is a single row (a one-row matmul rounds differently from the whole-clip one)
-        ready = (start + len(signal) - n_fft) // hop + 1 - 2
-        if not last and ready - done >= 2:
-            frames[done:ready] = _mel_rows(signal, start, done, ready, params)
-            cut = min(ready * hop - start, len(signal))
-            signal, start, done = signal[cut:], start + cut, ready
-    if length < n_fft:
-        raise AudioError("too short", f"{length} samples at {rate} Hz < n_fft {n_fft}")
-    signal = np.concatenate([signal, np.zeros(length - received + n_fft // 2, dtype=np.float32)])
-    frames[done:] = _mel_rows(signal, start, done, len(frames), params)
-    return frames
+        mel.add(mono, last=last)
+    if length < params.n_fft:  # after decoding: a damaged file is reported as such, not as short
+        raise AudioError("too short", f"{length} samples at {rate} Hz < n_fft {params.n_fft}")
+    return mel.frames
 
 
-def _mel_rows(signal: np.ndarray, start: int, first: int, stop: int, params: SpectrogramConfig) -> np.ndarray:
-    """Mel power of frames [first, stop) from `signal`, which begins at padded position `start`."""
-    n_fft, hop = params.n_fft, params.hop_length
-    piece = torch.from_numpy(signal[first * hop - start:(stop - 1) * hop + n_fft - start].astype(np.float64))
-    spectrum = torch.stft(piece, n_fft, hop, window=_hann(n_fft), center=False, return_complex=True)
-    power = np.square(np.abs(spectrum.T.numpy().astype(np.complex64)))  # as power_spectrogram rounds
-    return mel_power(power, params)
+class MelPower:
+    """Mel power (frames, n_mels) float32 of one clip, computed FFT_BLOCK frames at a time as samples arrive.
+
+    compute_frames adds a whole clip at once, clip_frames the resampled decoder blocks. Both make the same
+    calls on the same blocks of frames (counted from frame 0), and that is what makes their frames
+    bit-identical: a BLAS call may round a row differently depending on how many rows it multiplies and
+    how its operands are aligned (torch 2.13's MKL sgemm rounds a 2- or 3-row product differently from a
+    long one; older builds only a 1-row one), so equal samples under each window are not enough.
+    A block is librosa.stft + melspectrogram: Hann-windowed frames and their real FFT in float64 (a float32
+    FFT shifts quiet bins by up to ~1e-4 after dB scaling and normalisation), stored as complex64, squared
+    float32 magnitude, float32 mel product (_mel_groups). The FFT is torch's (MKL) where librosa uses numpy's; rounded
+    to complex64 the two agree but for rare one-ulp differences.
+    """
+
+    def __init__(self, *, length: int, params: SpectrogramConfig):
+        self.length = length  # samples of the clip; more are cut, fewer padded with zeros
+        self.received = 0
+        self._n_fft, self._hop = params.n_fft, params.hop_length
+        self._mel = _mel_groups(params.sample_rate, params.n_fft, params.n_mels, params.fmin, params.fmax)
+        # (1 + length // hop) frames of center=True; allocated once: small pieces kept between large
+        # temporaries would fragment the heap and grow the process by several times the frames' size
+        self.frames = np.empty((1 + length // self._hop, params.n_mels), dtype=np.float32)
+        self._power = _aligned_empty((min(FFT_BLOCK, len(self.frames)), 1 + self._n_fft // 2), np.float32)
+        self._pending = np.zeros(self._n_fft // 2)  # float64 samples from padded position _start
+        self._start = 0
+        self._done = 0  # frames computed
+
+    def add(self, samples: np.ndarray, *, last: bool = False) -> None:
+        """The clip's next samples; with last=True, the clip is complete and every frame is computed."""
+        samples = samples[:self.length - self.received]
+        self.received += len(samples)
+        pieces = [self._pending, samples]
+        if last:  # center=True's zero padding after the clip, and zeros for samples never received
+            pieces.append(np.zeros(self.length - self.received + self._n_fft // 2))
+        # float64 as librosa.stft windows its frames; converted here, once per sample, because torch
+        # multiplies float32 frames by the float64 window ~4x slower than float64 ones
+        self._pending = np.concatenate(pieces)
+        while self._done < len(self.frames):
+            stop = min(self._done + FFT_BLOCK, len(self.frames))
+            if (stop - 1) * self._hop + self._n_fft - self._start > len(self._pending):
+                break  # the block's last window is not complete yet
+            self._block(self._done, stop)
+            self._done = stop
+        cut = self._done * self._hop - self._start
+        self._pending, self._start = self._pending[cut:], self._start + cut
+
+    def _block(self, first: int, stop: int) -> None:
+        n_fft, hop = self._n_fft, self._hop
+        offset = first * hop - self._start
+        span = torch.from_numpy(self._pending[offset:offset + (stop - first - 1) * hop + n_fft])
+        # torch, not numpy: its thread count is set per worker (numpy's BLAS would spawn threads), and
+        # its float64 FFT with the windowing is ~30 % faster than numpy's here
+        spectrum = torch.fft.rfft(span.unfold(0, n_fft, hop) * _hann(n_fft), dim=1).numpy().astype(np.complex64)
+        power = np.abs(spectrum, out=self._power[:stop - first])  # numpy's complex64 abs, as librosa's
+        np.square(power, out=power)
+        power = torch.from_numpy(power)
+        for bins, bands, weights in self._mel:
+            self.frames[first:stop, bands] = torch.mm(power[:, bins], weights).numpy()
+
+
+def _aligned_empty(shape: tuple[int, int], dtype: type) -> np.ndarray:
+    """An uninitialised C-ordered array starting on a 64-byte boundary, so BLAS takes the same path each time."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(size + 64, dtype=np.uint8)
+    offset = -raw.__array_interface__["data"][0] % 64
+    return raw[offset:offset + size].view(dtype).reshape(shape)
 
 
 # ---------------------------------------------------------------- per-clip work (runs in worker processes)
@@ -266,6 +322,52 @@ def process_clip(params: SpectrogramConfig, task: tuple[int, str, str]) -> ClipR
 def _init_worker() -> None:
     torch.set_num_threads(1)  # one process per core already
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
+
+
+@contextmanager
+def clip_map(work: Callable[[Any], Any], n_tasks: int, workers: int = 0) -> Iterator[Callable[[Iterable], Iterator]]:
+    """An ordered map of work over tasks: a process pool (workers = 0: one per core), in-process for one.
+
+    The stage's pool; scripts/bench/spectrogram.py runs its decode-only bound through it too.
+    """
+    workers = min(workers or _cpu_count(), max(n_tasks, 1))
+    if workers <= 1:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # per-clip tensors are too small to gain from threads
+        try:
+            yield lambda tasks: map(work, tasks)
+        finally:
+            torch.set_num_threads(threads)
+        return
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    # each message costs the parent ~1 ms of CPU, so clips go in chunks; not so large that one worker
+    # is left alone with a long last chunk
+    chunksize = max(1, min(12, n_tasks // (workers * 8)))
+    # created before any progress bar: forking after tqdm starts its monitor thread is unsafe
+    with _Pool(workers, initializer=_init_worker, context=context) as pool:
+        yield lambda tasks: pool.imap(work, tasks, chunksize=chunksize)
+
+
+class _Pool(multiprocessing.pool.Pool):
+    """multiprocessing's Pool with a larger result pipe, whose worker-maintenance thread does not watch it.
+
+    A clip's frames (~110 KB for 10 s) outgrow Linux's default 64 KiB pipe: a worker then waits, idle,
+    until the parent's result thread is scheduled to read each piece. And CPython's maintenance thread
+    wakes whenever that pipe is readable and loops until the result thread has read it all, which cost
+    ~0.4 ms of the parent's CPU per clip on a core shared with the workers. A worker that exits and the
+    pool's own notifier (close, terminate, all results in) still wake that thread; no worker exits on its
+    own here (no maxtasksperchild), and a dead one is still replaced.
+    """
+
+    def _setup_queues(self) -> None:
+        super()._setup_queues()
+        if hasattr(fcntl, "F_SETPIPE_SZ"):  # Linux
+            with suppress(OSError):  # a lower system limit keeps the default
+                fcntl.fcntl(self._outqueue._writer.fileno(), fcntl.F_SETPIPE_SZ, RESULT_PIPE_BYTES)
+
+    def _get_sentinels(self) -> list:
+        return [self._change_notifier._reader]
 
 
 # ---------------------------------------------------------------- resumable parts
@@ -367,8 +469,8 @@ class SpectrogramProcessor:
     def run(self) -> dict[str, Any]:
         clips = self._read_clips()
         # built once here so forked workers inherit it instead of each paying librosa's first-call cost
-        mel_filterbank(self.params.sample_rate, self.params.n_fft, self.params.n_mels, self.params.fmin,
-                       self.params.fmax)
+        _mel_groups(self.params.sample_rate, self.params.n_fft, self.params.n_mels, self.params.fmin,
+                    self.params.fmax)
         with self._mapper(len(clips)) as mapper:
             return self._run_store(clips, mapper)
 
@@ -471,24 +573,8 @@ class SpectrogramProcessor:
     @contextmanager
     def _mapper(self, n_tasks: int) -> Iterator[Callable[[Iterable], Iterator[ClipResult]]]:
         """An ordered map of process_clip over tasks: a process pool, or in-process for one worker."""
-        work = functools.partial(process_clip, self.params)
-        workers = min(self.params.workers or _cpu_count(), max(n_tasks, 1))
-        if workers <= 1:
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)  # per-clip tensors are too small to gain from threads
-            try:
-                yield lambda tasks: map(work, tasks)
-            finally:
-                torch.set_num_threads(threads)
-            return
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("fork" if "fork" in methods else None)
-        # each message costs the parent ~1 ms of CPU, so clips go in chunks; not so large that one worker
-        # is left alone with a long last chunk
-        chunksize = max(1, min(12, n_tasks // (workers * 8)))
-        # created before any progress bar: forking after tqdm starts its monitor thread is unsafe
-        with context.Pool(workers, initializer=_init_worker) as pool:
-            yield lambda tasks: pool.imap(work, tasks, chunksize=chunksize)
+        with clip_map(functools.partial(process_clip, self.params), n_tasks, self.params.workers) as mapper:
+            yield mapper
 
 
 def _cpu_count() -> int:

@@ -3,7 +3,8 @@
 # Usage: scripts/kfold.sh CONFIG DIR [FOLDS=5]
 # Fold K (0 … FOLDS-1) runs in DIR/fold_K with split.strategy=kfold, split.folds=FOLDS, split.fold=K
 # (whole groups per fold, stratified by class); `audiotokens run` runs every stage of it, the token model
-# and the baselines. The per-metric summary is printed and written to DIR/kfold_summary.json, which
+# and the baselines. The frames are computed once, in DIR/base, and every fold links to them: a fold's
+# split differs, its spectrogram stage is fresh. The per-metric summary is printed and written to DIR/kfold_summary.json, which
 # `audiotokens compare DIR ...` shows as one run. Extra `audiotokens` options go in AUDIOTOKENS_ARGS;
 # PYTHON names an interpreter that imports audiotokens (default: the one the audiotokens command uses).
 set -euo pipefail
@@ -13,8 +14,15 @@ dir=${2:?$usage}
 folds=${3:-5}
 extra=(${AUDIOTOKENS_ARGS:-})
 
+kfold=(--set split.strategy=kfold --set "split.folds=$folds")
+audiotokens run --config "$config" --workdir "$dir/base" --to spectrogram "${kfold[@]}" "${extra[@]}"
+base=$(cd "$dir/base/processed" && pwd)
 for ((k = 0; k < folds; k++)); do
   echo "── fold $k of $folds"
+  mkdir -p "$dir/fold_$k/processed"
+  for shared in frames spectrogram.meta.json; do
+    [ -e "$dir/fold_$k/processed/$shared" ] || ln -s "$base/$shared" "$dir/fold_$k/processed/$shared"
+  done
   audiotokens run --config "$config" --workdir "$dir/fold_$k" --set split.strategy=kfold \
     --set "split.folds=$folds" --set "split.fold=$k" "${extra[@]}"
 done

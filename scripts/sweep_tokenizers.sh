@@ -32,7 +32,7 @@ extra=(${AUDIOTOKENS_ARGS:-})
 
 base="$sweep/base"
 audiotokens run --config "$config" --workdir "$base" --to spectrogram "${extra[@]}"
-audiotokens baseline --config "$config" --workdir "$base" "${extra[@]}"
+audiotokens run --config "$config" --workdir "$base" --from baseline --to baseline "${extra[@]}"
 
 settings_of() {  # SPEC -> --set options
   local name=${1%%:*} rest="" key
@@ -56,7 +56,7 @@ for spec in "${specs[@]}"; do
     variants=("${embeddings[@]}")
   fi
   for embedding in "${variants[@]}"; do
-    name=$(echo "$spec${embedding:+-$embedding}" | tr ':,=' '_-.')
+    name=$(echo "$spec${embedding:+_token_embedding=$embedding}" | sed 's/:/_/; s/,/_/g; s/train\.//g')
     dir="$sweep/$name"
     mkdir -p "$dir"
     [ -e "$dir/processed" ] || ln -s "$(cd "$base" && pwd)/processed" "$dir/processed"

@@ -18,6 +18,8 @@ from audiotokens.audio import AudioError, load_audio, load_mono
 from audiotokens.config import SpectrogramConfig, load_config
 from audiotokens.errors import UserError
 from audiotokens.spectrogram import (
+    FFT_BLOCK,
+    MelPower,
     SpectrogramProcessor,
     compute_frames,
     params_from_dict,
@@ -215,6 +217,38 @@ def test_quiet_bins_beside_a_loud_tone_match_librosa_closely():
     want = librosa.power_to_db(spec, ref=1.0, amin=1e-10, top_db=80.0)
     want = ((want - want.min()) / (want.max() - want.min())).T
     assert np.abs(compute_frames(y, params) - want).max() <= 1e-6
+
+
+def test_mel_power_is_bit_identical_however_the_samples_arrive():
+    """Single samples, pieces shorter than a hop, pieces across FFT blocks: the frames of one add()."""
+    params = SpectrogramConfig()
+    y = tone(params.sample_rate, 10.0, 310.0)[:, 0]  # 431 frames: several FFT blocks and a partial one
+    assert 1 + len(y) // params.hop_length > 3 * FFT_BLOCK
+    whole = MelPower(length=len(y), params=params)
+    whole.add(y, last=True)
+    rng = np.random.default_rng(0)
+    cuts = np.unique(np.concatenate([rng.integers(1, len(y), 80), [1, 2, 3, 700, 701]]))
+    pieces = np.split(y, cuts)
+    streamed = MelPower(length=len(y), params=params)
+    for number, piece in enumerate(pieces):
+        streamed.add(piece, last=number == len(pieces) - 1)
+    assert np.array_equal(streamed.frames, whole.frames)
+    # a stream that ends early is padded with zeros up to the declared length
+    short = MelPower(length=len(y), params=params)
+    short.add(y[:len(y) - 3000])
+    short.add(y[:0], last=True)
+    padded = MelPower(length=len(y), params=params)
+    padded.add(np.concatenate([y[:len(y) - 3000], np.zeros(3000, np.float32)]), last=True)
+    assert np.array_equal(short.frames, padded.frames)
+
+
+def test_several_fft_blocks_match_librosa(tmp_path):
+    params = SpectrogramConfig()
+    path = tmp_path / "long.wav"
+    sf.write(path, tone(48000, 10.0, 250.0, 2), 48000)
+    want = oracle(str(path), params)
+    assert want.shape[0] > 3 * FFT_BLOCK
+    assert np.abs(compute_frames(load_mono(str(path), params.sample_rate), params) - want).max() <= TOLERANCE
 
 
 def test_silent_clip_gives_zeros_not_nan(tmp_path):

@@ -1,20 +1,25 @@
-"""Time the spectrogram stage against the seed's loop on the same clips, in one run.
+"""Time the spectrogram stage against its decoding bound and the seed's loop on the same clips, in one run.
 
     python scripts/bench/spectrogram.py AUDIO N [--repeats 3] [--workers 0] [--profile] [--seed-blas-threads 1]
+                                        [--skip-seed]
 
 AUDIO is a folder (searched recursively for audio files, sorted) or a CSV manifest whose first column is
 a path relative to the manifest. The first N files are used.
 
 Seed: one process, per file librosa.load(sr=22050) + melspectrogram + power_to_db + min-max scaling,
 results pickled as a list of {filename, spectrogram}. Stage: SpectrogramProcessor on a split.json
-listing the same files, in a fresh temporary workdir each repetition. Both sides are warmed up first
-(librosa's numba kernels, imports, page cache), repetitions alternate, figures are medians.
+listing the same files, in a fresh temporary workdir each repetition. Bound: what no spectrogram stage
+can beat, decoding + mix-down + soxr resampling alone (audio.load_mono) over the same clips in the
+stage's own worker pool with the same worker count, nothing sent back but a length. All sides are
+warmed up first (librosa's numba kernels, imports, page cache), repetitions alternate, figures are
+medians; on a shared machine compare the ratios of one run, not figures across runs.
 --profile also prints where one process spends its time per clip on both paths.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import pickle
@@ -32,15 +37,9 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from audiotokens.artifacts import Layout, open_store
-from audiotokens.audio import load_audio, resample, to_mono
+from audiotokens.audio import load_audio, load_mono, resample, to_mono
 from audiotokens.config import load_config
-from audiotokens.spectrogram import (
-    SpectrogramProcessor,
-    clip_frames,
-    compute_frames,
-    mel_filterbank,
-    power_spectrogram,
-)
+from audiotokens.spectrogram import MelPower, SpectrogramProcessor, clip_frames, clip_map, compute_frames
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".w64", ".caf"}
 
@@ -84,6 +83,18 @@ def stage_run(files: list[Path], workdir: Path, workers: int) -> None:
     SpectrogramProcessor(config).run()
 
 
+def decode_only(sample_rate: int, path: Path) -> int:
+    """The stage's front end alone: decode, mix down, resample."""
+    return len(load_mono(str(path), sample_rate))
+
+
+def bound_run(files: list[Path], workers: int) -> None:
+    work = functools.partial(decode_only, load_config().spectrogram.sample_rate)
+    with clip_map(work, len(files), workers) as mapper:
+        for _ in mapper(files):
+            pass
+
+
 def cpu_seconds() -> float:
     """CPU time of this process and of its finished child processes (the stage's workers)."""
     own = resource.getrusage(resource.RUSAGE_SELF)
@@ -111,16 +122,21 @@ def profile(files: list[Path]) -> None:
         steps.setdefault(name, []).append((time.thread_time() - start) * 1e3)
         return value
 
-    mel = mel_filterbank(22050, 1024, 64, 0.0, 0.0)
     with threadpool_limits(1):
         for path in files:
-            _profile_clip(path, params, mel, timed)
+            _profile_clip(path, params, timed)
     print(f"\nprofile, CPU ms per clip (median), one thread, {len(files)} clips:")
     for name, values in steps.items():
         print(f"  {name:44s} {statistics.median(values):7.2f}")
 
 
-def _profile_clip(path: Path, params, mel, timed) -> None:
+def _mel_power(y: np.ndarray, params) -> np.ndarray:
+    mel = MelPower(length=len(y), params=params)
+    mel.add(y, last=True)
+    return mel.frames
+
+
+def _profile_clip(path: Path, params, timed) -> None:
     """One clip through each step of both paths."""
     samples, rate = timed("decode (soundfile)", load_audio, str(path))
     timed("seed: librosa.load (decode+mono+resample)", librosa.load, path, sr=22050)
@@ -129,8 +145,7 @@ def _profile_clip(path: Path, params, mel, timed) -> None:
     y = timed("resample (soxr_hq)", resample, mono, rate, 22050)
     timed("seed: librosa melspectrogram", librosa.feature.melspectrogram, y=y, sr=22050, n_fft=1024,
           hop_length=512, n_mels=64)
-    power = timed("power spectrum (torch.stft f64)", power_spectrogram, y, 1024, 512)
-    timed("mel product (torch)", lambda p: (torch.from_numpy(p) @ mel).numpy(), power)
+    timed("mel power (STFT f64 + mel product)", _mel_power, y, params)
     frames = timed("compute_frames (all)", compute_frames, y, params)
     timed("clip_frames (a worker's whole job)", clip_frames, str(path), params)
     timed("seed: whole job", seed_one, path)
@@ -147,6 +162,7 @@ def main() -> None:
     parser.add_argument("--seed-blas-threads", type=int, default=0,
                         help="limit numpy's BLAS threads in the seed loop (0 = library default, as the seed ran; "
                              "1 is faster for it on a busy machine)")
+    parser.add_argument("--skip-seed", action="store_true", help="time only the bound and the stage")
     args = parser.parse_args()
 
     torch.set_num_threads(1)  # the benchmark's own process never needs torch threads (workers set theirs)
@@ -154,43 +170,62 @@ def main() -> None:
     info = sf.info(str(files[0]))
     seconds = sum(sf.info(str(p)).duration for p in files)
     print(f"{len(files)} clips, {seconds:.0f} s of audio (first: {info.samplerate} Hz, {info.channels} ch, "
-          f"{info.format}), {args.repeats} repetitions")
+          f"{info.format} {info.subtype}), {args.repeats} repetitions; load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} cores")
     warm_up(files)
     if args.profile:
         profile(files[:min(len(files), 40)])
 
-    seed_times, stage_times, seed_cpu, stage_cpu = [], [], [], []
+    runs = {"bound": lambda tmp, rep: bound_run(files, args.workers),
+            "stage": lambda tmp, rep: stage_run(files, tmp / f"stage{rep}", args.workers)}
+    seed_results: list[dict] = []
+    if not args.skip_seed:
+        def seed(tmp: Path, rep: int) -> None:
+            with threadpool_limits(args.seed_blas_threads or None):
+                seed_results[:] = seed_loop(files, tmp / "specs.pkl")
+        runs["seed"] = seed
+    wall: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
     with tempfile.TemporaryDirectory(prefix="bench-spectrogram-") as tmp:
         tmp = Path(tmp)
         for rep in range(args.repeats):
-            start, cpu = time.perf_counter(), cpu_seconds()
-            with threadpool_limits(args.seed_blas_threads or None):
-                seed = seed_loop(files, tmp / "specs.pkl")
-            seed_times.append(time.perf_counter() - start)
-            seed_cpu.append(cpu_seconds() - cpu)
-            workdir = tmp / f"stage{rep}"
-            start, cpu = time.perf_counter(), cpu_seconds()
-            stage_run(files, workdir, args.workers)
-            stage_times.append(time.perf_counter() - start)
-            stage_cpu.append(cpu_seconds() - cpu)
-            print(f"  repetition {rep + 1}: seed {seed_times[-1]:.2f} s, stage {stage_times[-1]:.2f} s", flush=True)
+            for name, run in runs.items():
+                start, used = time.perf_counter(), cpu_seconds()
+                run(tmp, rep)
+                wall[name].append(time.perf_counter() - start)
+                cpu[name].append(cpu_seconds() - used)
+            print(f"  repetition {rep + 1}: " + ", ".join(f"{name} {wall[name][-1]:.2f} s" for name in runs) +
+                  f"; stage / bound: clips/s {wall['bound'][-1] / wall['stage'][-1]:.1%}, "
+                  f"CPU {cpu['bound'][-1] / cpu['stage'][-1]:.1%}; load {os.getloadavg()[0]:.1f}", flush=True)
+        workdir = tmp / f"stage{args.repeats - 1}"
         frames, index = open_store(Layout(workdir).frames("train"), Layout(workdir).frames_index("train"))
         assert len(index) == len(files), "the stage skipped clips; see its report.json"
-        worst = max(float(np.abs(frames[off:off + n] - item["spectrogram"].T).max())
-                    for item, off, n in zip(seed, index.offsets, index.lengths))
+        if not args.skip_seed:
+            worst = max(float(np.abs(frames[off:off + n] - item["spectrogram"].T).max())
+                        for item, off, n in zip(seed_results, index.offsets, index.lengths))
+    _print_table(args, len(files), wall, cpu)
+    if not args.skip_seed:
+        print(f"largest |stage - seed|: {worst:.3g}")
 
-    seed_rate = len(files) / statistics.median(seed_times)
-    stage_rate = len(files) / statistics.median(stage_times)
+
+def _print_table(args, n_clips: int, wall: dict[str, list[float]], cpu: dict[str, list[float]]) -> None:
+    """clips/s and CPU ms per clip (all processes: does not depend on what else runs) of each side."""
+    workers = args.workers or os.cpu_count()
     blas = f", BLAS threads {args.seed_blas_threads}" if args.seed_blas_threads else ""
-    print(f"\nseed loop (1 process{blas}):        {seed_rate:8.1f} clips/s  (median of {args.repeats})")
-    print(f"spectrogram stage ({args.workers or 'all'} workers): {stage_rate:8.1f} clips/s")
-    print(f"ratio stage / seed:           {stage_rate / seed_rate:8.2f}x")
-    print(f"largest |stage - seed|:       {worst:.3g}")
-    # CPU time (this process + its workers) does not depend on what else runs on the machine
-    seed_ms = statistics.median(seed_cpu) / len(files) * 1e3
-    stage_ms = statistics.median(stage_cpu) / len(files) * 1e3
-    print(f"CPU per clip: seed {seed_ms:.2f} ms, stage {stage_ms:.2f} ms (all processes); load average "
-          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    labels = {"bound": f"bound: decode + mono + resample ({workers} workers)",
+              "stage": f"spectrogram stage ({workers} workers)",
+              "seed": f"seed loop (1 process{blas})"}
+    print(f"\n{'':48s} {'clips/s':>8s} {'CPU ms/clip':>12s}   (medians of {args.repeats})")
+    for name, seconds in wall.items():
+        rate = n_clips / statistics.median(seconds)
+        print(f"{labels[name]:48s} {rate:8.1f} {statistics.median(cpu[name]) / n_clips * 1e3:12.2f}")
+    for measure, seconds in (("clips/s", wall), ("CPU per clip", cpu)):
+        ratios = [bound / stage for bound, stage in zip(seconds["bound"], seconds["stage"])]
+        print(f"stage / bound ({measure}): {statistics.median(ratios):.1%} (median of the repetitions' ratios; "
+              f"range {min(ratios):.1%}-{max(ratios):.1%})")
+    if "seed" in wall:
+        print(f"stage / seed (clips/s):  {statistics.median(wall['seed']) / statistics.median(wall['stage']):.2f}x")
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":
