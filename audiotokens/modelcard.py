@@ -108,41 +108,39 @@ def model_card(bundle_dir: Path, layout: Layout, train_settings: dict[str, Any])
     meta = json.loads((bundle_dir / "audiotokens.json").read_text())
     spec = json.loads((bundle_dir / "model_spec.json").read_text())
     classes, task = meta["classes"], meta["task"]
-    kind = "multi-label (sigmoid scores, threshold " + _number(meta["threshold"]) + ")" \
-        if task == "multilabel" else "single-label (softmax scores, the arg-max class is the decision)"
+    kind = (f"multi-label (sigmoid scores, threshold {_number(meta['threshold'])})" if task == "multilabel"
+            else "single-label (softmax scores, the arg-max class is the decision)")
     front = ["---", "library_name: audiotokens", "pipeline_tag: audio-classification",
              "tags:", "- audio-classification", "- audiotokens", f"- {meta['input']}-input", "---", ""]
+    seconds = meta["max_frames"] * meta["spectrogram"]["hop_length"] / meta["spectrogram"]["sample_rate"]
+    what = "token sequences" if meta["input"] == "tokens" else "mel frames"
+    limits = [
+        f"- Tags clips with the {len(classes)} classes above; any other sound gets scores for these classes "
+        "all the same.",
+        "- Trained on the clips described above only: expect lower scores on recordings from other devices, "
+        "rooms, languages or genres; check on your own labelled clips first.",
+        f"- Clips longer than {meta['max_frames']} frames ({seconds:.1f} s) are cut to their start.",
+        "- Audio is resampled to the frame spec's rate and mixed to mono; the model never hears more.",
+        "- Not for decisions about people (identification, surveillance) without consent and an audit of the "
+        "errors per group.",
+    ]
+    summary = (f"A {spec['encoder']} classifier of audio as {what}, {len(classes)} classes, {kind}. This card was "
+               "written by `audiotokens train` from the run's provenance records.")
+    settings = (_settings_rows("spectrogram.", meta["spectrogram"]) + _tokenizer_rows(bundle_dir, meta)
+                + _settings_rows("model.", {k: v for k, v in spec.items() if k != "classes"})
+                + _settings_rows("", train_settings))
     lines = front + [
-        "# audiotokens audio classifier", "",
-        f"A {spec['encoder']} classifier of audio as {'token sequences' if meta['input'] == 'tokens' else 'mel frames'}"
-        f", {len(classes)} classes, {kind}. This card was written by `audiotokens train` from the run's "
-        "provenance records.", "",
+        "# audiotokens audio classifier", "", summary, "",
         "## Classes", "", ", ".join(f"`{name}`" for name in classes), "",
         "## Usage", "", "```python", "import audiotokens", "",
         'model = audiotokens.load("path/to/this/folder")',
         'print(model.predict(["clip.wav"], top_k=3))', "```", "",
         "or `audiotokens predict --model path/to/this/folder clip.wav`.", "",
         *_data_section(layout),
-        "## Settings that shaped the model", "",
-        *_table(("setting", "value"), _settings_rows("spectrogram.", meta["spectrogram"])
-                + _tokenizer_rows(bundle_dir, meta)
-                + _settings_rows("model.", {k: v for k, v in spec.items() if k != "classes"})
-                + _settings_rows("", train_settings)),
-        "## Evaluation", "",
-        *_evaluation(layout),
-        "## Intended use and limits", "",
-        f"- Tags clips with the {len(classes)} classes above; any other sound gets scores for these classes "
-        "all the same.",
-        "- Trained on the clips described above only: expect lower scores on recordings from other devices, "
-        "rooms, languages or genres; check on your own labelled clips first.",
-        f"- Clips longer than {meta['max_frames']} frames ("
-        f"{meta['max_frames'] * meta['spectrogram']['hop_length'] / meta['spectrogram']['sample_rate']:.1f} s) "
-        "are cut to their start.",
-        "- Audio is resampled to the frame spec's rate and mixed to mono; the model never hears more.",
-        "- Not for decisions about people (identification, surveillance) without consent and an audit of the "
-        "errors per group.", "",
-        "## Versions", "",
-        *_table(("package", "version"), list(meta.get("versions", {}).items())),
+        "## Settings that shaped the model", "", *_table(("setting", "value"), settings),
+        "## Evaluation", "", *_evaluation(layout),
+        "## Intended use and limits", "", *limits, "",
+        "## Versions", "", *_table(("package", "version"), list(meta.get("versions", {}).items())),
     ]
     return "\n".join(lines).rstrip() + "\n"
 
