@@ -8,4 +8,4 @@ from .api import AudioTokenizer, Model, load, run
 from .errors import UserError
 
 __version__ = "0.1.0"
-__all__ = ["AudioTokenizer", "Model", "UserError", "load", "run", "__version__"]
+__all__ = ["AudioTokenizer", "Model", "UserError", "__version__", "load", "run"]

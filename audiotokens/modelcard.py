@@ -115,14 +115,14 @@ def model_card(bundle_dir: Path, layout: Layout, train_settings: dict[str, Any])
     seconds = meta["max_frames"] * meta["spectrogram"]["hop_length"] / meta["spectrogram"]["sample_rate"]
     what = "token sequences" if meta["input"] == "tokens" else "mel frames"
     limits = [
-        f"- Tags clips with the {len(classes)} classes above; any other sound gets scores for these classes "
-        "all the same.",
-        "- Trained on the clips described above only: expect lower scores on recordings from other devices, "
-        "rooms, languages or genres; check on your own labelled clips first.",
+        (f"- Tags clips with the {len(classes)} classes above; any other sound gets scores for these classes "
+         "all the same."),
+        ("- Trained on the clips described above only: expect lower scores on recordings from other devices, "
+         "rooms, languages or genres; check on your own labelled clips first."),
         f"- Clips longer than {meta['max_frames']} frames ({seconds:.1f} s) are cut to their start.",
         "- Audio is resampled to the frame spec's rate and mixed to mono; the model never hears more.",
-        "- Not for decisions about people (identification, surveillance) without consent and an audit of the "
-        "errors per group.",
+        ("- Not for decisions about people (identification, surveillance) without consent and an audit of the "
+         "errors per group."),
     ]
     summary = (f"A {spec['encoder']} classifier of audio as {what}, {len(classes)} classes, {kind}. This card was "
                "written by `audiotokens train` from the run's provenance records.")
