@@ -73,7 +73,8 @@ def settings_section(layout: Layout) -> str | None:
         record = read_record(layout, stage)
         if record is None:
             continue
-        rows = [[key, value] for key, value in {**record.get("params", {}), **record.get("runtime", {})}.items()]
+        values = {**record.get("params", {}), **record.get("runtime", {})}
+        rows = [[key, value] for key, value in values.items() if value not in ("", None)]  # unset paths
         finished = record.get("finished_at", "")
         parts.append(f"<h3>{stage}</h3><p>finished {html.escape(finished)}, {record.get('wall_time_s', 0):.1f} s"
                      f"</p>" + table(["setting", "value"], rows))
