@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -201,3 +204,20 @@ def test_the_readme_example_runs(project, tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     model = audiotokens.load("output/model")
     assert str(model.classes) in printed and "unknown config key 'cluster.n_cluster'" in printed
+
+
+# ---------------------------------------------------------------- shell completion
+
+
+def complete(env: dict[str, str]) -> str:
+    code = "from audiotokens.cli import main; main(prog_name='audiotokens')"
+    result = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
+                            cwd=README.parent, timeout=60)
+    return result.stdout
+
+
+def test_bash_completion_script_and_commands():
+    script = complete({"_AUDIOTOKENS_COMPLETE": "bash_source"})
+    assert "_audiotokens_completion" in script and "complete " in script
+    words = complete({"_AUDIOTOKENS_COMPLETE": "bash_complete", "COMP_WORDS": "audiotokens ex", "COMP_CWORD": "1"})
+    assert "plain,export" in words.splitlines() and "plain,evaluate" not in words.splitlines()
