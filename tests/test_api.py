@@ -211,8 +211,8 @@ def test_the_readme_example_runs(project, tmp_path, monkeypatch, capsys):
 
 def complete(env: dict[str, str]) -> str:
     code = "from audiotokens.cli import main; main(prog_name='audiotokens')"
-    result = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
-                            cwd=README.parent, timeout=60)
+    result = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True,
+                            text=True, check=True, cwd=README.parent, timeout=60)
     return result.stdout
 
 
