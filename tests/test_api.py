@@ -20,7 +20,9 @@ from stores import FRAME_DIM, frame_spec
 
 import audiotokens
 from audiotokens.artifacts import Layout, open_store
+from audiotokens.bundle import save_bundle
 from audiotokens.cli import main
+from audiotokens.modelparts import AudioClassifier, ModelSpec
 from audiotokens.predict import predict_cli
 from audiotokens.provenance import stage_states
 from audiotokens.quantizers import Quantizer
@@ -88,6 +90,25 @@ def test_scores_cover_every_class_and_batching_does_not_change_them(project, mod
     one_by_one = np.concatenate([model.scores([f], batch_size=1) for f in files])
     assert together.shape == (5, len(model.classes))
     np.testing.assert_allclose(together, one_by_one, atol=1e-5)
+
+
+def test_a_frames_model_scores_like_the_cli(project, tmp_path):
+    spec = ModelSpec(classes=["a", "b", "c"], input="frames", codebook_sizes=[], input_dim=FRAME_DIM, encoder="bert",
+                     encoder_params={"num_layers": 1, "num_heads": 2, "intermediate_size": 32}, hidden_size=16,
+                     dropout=0.0, pooling="mean", max_positions=64)
+    torch.manual_seed(0)
+    save_bundle(AudioClassifier(spec=spec).eval(), tmp_path / "model", classes=spec.classes, task="singlelabel",
+                threshold=0.5, max_frames=62, vocabulary=None, spectrogram=frame_spec(FRAME_DIM), versions={})
+    files = sorted((project / "audio").glob("*.wav"))[:3]
+    out = io.StringIO()
+    assert predict_cli([str(f) for f in files], str(tmp_path / "model"), ".", 3, None, "json", out=out) == 0
+    model = audiotokens.load(tmp_path / "model")
+    waveforms = [sf.read(f, dtype="float32") for f in files]
+    assert_same_predictions(model.predict(waveforms, top_k=3), as_dicts(json.loads(out.getvalue())))
+    tokenizer = audiotokens.AudioTokenizer.from_bundle(tmp_path / "model")
+    assert tokenizer.frames(*waveforms[0]).shape[1] == FRAME_DIM
+    with pytest.raises(audiotokens.UserError, match="no vocabulary"):
+        tokenizer.tokens(*waveforms[0])
 
 
 def test_bad_items_are_user_errors(model, tmp_path):
