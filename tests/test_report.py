@@ -127,3 +127,14 @@ def test_report_renders_in_headless_chromium(full_run, tmp_path):
     pixels = np.asarray(Image.open(io.BytesIO(shot.read_bytes())).convert("L"), dtype=np.float32)
     assert pixels.std() > 10  # text, tables and plots, not one flat colour
     assert (pixels < 128).mean() > 0.01  # enough dark pixels to be drawn content
+
+
+def test_compare_links_each_runs_report(full_run, tmp_path):
+    from audiotokens.compare import compare_workdirs, comparison_markdown
+
+    other = tmp_path / "other"
+    shutil.copytree(full_run, other, ignore=shutil.ignore_patterns("report.html", "frames", "checkpoints"))
+    write_report(full_run)
+    markdown = comparison_markdown(compare_workdirs([full_run, other]))
+    links = markdown.split("Reports: ", 1)[1]
+    assert str(full_run / "output/report.html") in links and str(other) not in links
