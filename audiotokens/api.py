@@ -41,14 +41,22 @@ def waveform_frames(waveform: Waveform, sample_rate: int, params) -> np.ndarray:
 
     Mixed down first, then cropped to params.max_duration, then resampled: the order a file goes through.
     """
-    from .audio import resample, to_mono
+    from .audio import AudioError, resample, to_mono
     from .spectrogram import compute_frames
 
     rate = _check_rate(sample_rate)
     mono = to_mono(np.ascontiguousarray(_as_numpy(waveform)))
     if params.max_duration > 0:
         mono = mono[:int(params.max_duration * rate)]
-    return compute_frames(resample(mono, rate, params.sample_rate), params).astype(params.dtype, copy=False)
+    if not np.isfinite(mono).all():
+        raise UserError("the waveform holds NaN or infinite samples")
+    try:
+        frames = compute_frames(resample(mono, rate, params.sample_rate), params).astype(params.dtype, copy=False)
+    except AudioError as exc:
+        raise UserError(f"cannot make frames of this waveform: {exc}") from None
+    if not np.isfinite(frames).all():
+        raise UserError(f"the waveform's frames overflow {params.dtype}")
+    return frames
 
 
 class AudioTokenizer:

@@ -116,6 +116,10 @@ def test_bad_items_are_user_errors(model, tmp_path):
         model.scores([(np.zeros(20000, dtype=np.float32), 0)])
     with pytest.raises(audiotokens.UserError, match=r"\(channels, n\)"):
         model.scores([(np.zeros((1, 2, 20000), dtype=np.float32), 16000)])
+    with pytest.raises(audiotokens.UserError, match="too short"):
+        model.scores([(np.zeros(100, dtype=np.float32), 16000)])
+    with pytest.raises(audiotokens.UserError, match="NaN"):
+        model.scores([(np.full(20000, np.nan, dtype=np.float32), 16000)])
     with pytest.raises(audiotokens.UserError, match="missing"):
         model.predict([tmp_path / "absent.wav"])
 
