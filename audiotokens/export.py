@@ -5,8 +5,8 @@ The graph takes exactly what Bundle.scores packs (token_dataset.PACKERS): for a 
 `frames` (batch, positions, n_mels) float32 with zero rows at [CLS], [SEP] and padding; both with
 `attention_mask` (batch, positions) int64. It returns `scores` (batch, classes): sigmoid or softmax
 probabilities, the same numbers as `audiotokens predict`. Batch and positions are dynamic; positions
-must not exceed the model's max_frames + 2. Beside the .onnx file: the vocabulary folder (tokens models)
-and `<name>.json` with the classes, task, threshold, token layout and frame spec a runtime needs.
+must not exceed the model's max_frames + 2. Beside the .onnx file: `<name>.vocabulary/` (tokens models)
+and `<name>.onnx.json` with the classes, task, threshold, token layout and frame spec a runtime needs.
 """
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def _write_companions(bundle, out_path: Path, input_name: str) -> None:
         shutil.rmtree(vocabulary_dir)
     if bundle.vocabulary is not None:
         shutil.copytree(bundle.vocabulary.path, vocabulary_dir)
-    write_json(out_path.with_suffix(".json"), companion_metadata(bundle, input_name, vocabulary_dir))
+    write_json(out_path.with_name(f"{out_path.name}.json"), companion_metadata(bundle, input_name, vocabulary_dir))
 
 
 def companion_metadata(bundle, input_name: str, vocabulary_dir: Path) -> dict[str, Any]:

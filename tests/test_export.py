@@ -70,7 +70,7 @@ def test_onnx_scores_equal_the_bundle_scores(tmp_path, encoder, input_kind, pool
     expected = bundle.scores(clips)
     assert expected.std() > 0.01  # the scores differ between clips and classes: a real comparison
     np.testing.assert_allclose(onnx_scores(out, bundle, clips), expected, atol=PARITY, rtol=0)
-    meta = json.loads(out.with_suffix(".json").read_text())
+    meta = json.loads(out.with_name("model.onnx.json").read_text())
     assert meta["classes"] == bundle.classes and meta["inputs"][1] == "attention_mask"
     vocabulary_dir = out.with_name("model.vocabulary")
     assert vocabulary_dir.is_dir() == (input_kind == "tokens")
