@@ -112,7 +112,8 @@ def model_card(bundle_dir: Path, layout: Layout, train_settings: dict[str, Any])
             else "single-label (softmax scores, the arg-max class is the decision)")
     front = ["---", "library_name: audiotokens", "pipeline_tag: audio-classification",
              "tags:", "- audio-classification", "- audiotokens", f"- {meta['input']}-input", "---", ""]
-    seconds = meta["max_frames"] * meta["spectrogram"]["hop_length"] / meta["spectrogram"]["sample_rate"]
+    frame_spec = meta.get("spectrogram") or {}
+    seconds = meta["max_frames"] * frame_spec.get("hop_length", 0) / max(frame_spec.get("sample_rate", 1), 1)
     what = "token sequences" if meta["input"] == "tokens" else "mel frames"
     limits = [
         (f"- Tags clips with the {len(classes)} classes above; any other sound gets scores for these classes "
@@ -126,7 +127,7 @@ def model_card(bundle_dir: Path, layout: Layout, train_settings: dict[str, Any])
     ]
     summary = (f"A {spec['encoder']} classifier of audio as {what}, {len(classes)} classes, {kind}. This card was "
                "written by `audiotokens train` from the run's provenance records.")
-    settings = (_settings_rows("spectrogram.", meta["spectrogram"]) + _tokenizer_rows(bundle_dir, meta)
+    settings = (_settings_rows("spectrogram.", frame_spec) + _tokenizer_rows(bundle_dir, meta)
                 + _settings_rows("model.", {k: v for k, v in spec.items() if k != "classes"})
                 + _settings_rows("", train_settings))
     lines = front + [
