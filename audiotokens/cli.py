@@ -214,6 +214,34 @@ def compare_command(workdirs, out_dir):
     click.echo(f"wrote {', '.join(str(path) for path in written.values())}")
 
 
+@main.command("export")
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("--model", "model_dir", default=None, help="Model bundle (default: <workdir>/output/model).")
+@click.option("--workdir", default=".", type=click.Path(file_okay=False))
+@click.option("--out", "out_path", default=None, type=click.Path(dir_okay=False),
+              help="File to write (default: model.onnx beside the bundle).")
+def export_command(fmt, model_dir, workdir, out_path):
+    """The classifier as ONNX (scores out), its vocabulary and metadata beside it."""
+    from .artifacts import Layout
+    from .export import export_model
+
+    _setup_logging(False)
+    written = export_model(fmt, model_dir or Layout(workdir).model_dir, out_path)
+    click.echo(f"wrote {written}")
+
+
+@main.command("report")
+@click.option("--workdir", default=".", type=click.Path(file_okay=False))
+@click.option("--out", "out_path", default=None, type=click.Path(dir_okay=False),
+              help="HTML file to write (default: <workdir>/output/report.html).")
+def report_command(workdir, out_path):
+    """One self-contained HTML page of the run: settings, splits, tokens, training, evaluation, baselines."""
+    from .report import write_report
+
+    _setup_logging(False)
+    click.echo(f"wrote {write_report(workdir, out_path)}")
+
+
 @main.command("config")
 @common_options()
 def show_config(config):

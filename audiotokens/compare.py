@@ -26,6 +26,7 @@ from . import reports
 from .artifacts import Layout, atomic_path, read_json, write_json
 from .errors import UserError
 from .objectives import OBJECTIVES, objective_for
+from .report import REPORT
 from .stages import NAMES
 
 KFOLD_SUMMARY = "kfold_summary.json"
@@ -44,6 +45,7 @@ class Comparison:
     metrics: list[str]  # metric columns
     rows: list[dict[str, Any]] = field(default_factory=list)
     with_std: list[str] = field(default_factory=list)  # metrics that some run (k-fold) has "<metric> std" of
+    reports: dict[str, str] = field(default_factory=dict)  # run -> its `audiotokens report` page, where written
 
     def columns(self) -> list[str]:
         """CSV columns: run, settings, metrics (each followed by its std where a k-fold run has one), times."""
@@ -161,7 +163,9 @@ def compare_workdirs(workdirs: list[Path]) -> Comparison:
     differing = differing_settings(list(settings.values()))
     comparison = Comparison(runs=labels, settings=differing,
                             metrics=_union([*metrics[label], *kfolds[label]] for label in labels),
-                            with_std=_union(list(k) for k in kfolds.values()))
+                            with_std=_union(list(k) for k in kfolds.values()),
+                            reports={label: str(Layout(w).output / REPORT) for label, w in zip(labels, workdirs)
+                                     if (Layout(w).output / REPORT).is_file()})
     for label, workdir in zip(labels, workdirs):
         row: dict[str, Any] = {"run": label, **{key: settings[label].get(key) for key in differing},
                                **metrics[label], **run_times(workdir)}
@@ -253,7 +257,14 @@ def comparison_markdown(comparison: Comparison) -> str:
         lines.append(line)
     return (f"# Comparison of {len(comparison.runs)} runs\n\nSettings: those that differ between the runs{same}. "
             "A value with ± is the mean ± standard deviation over the folds of a k-fold run.\n\n"
-            + reports.markdown_table(lines, ["", *comparison.runs]))
+            + reports.markdown_table(lines, ["", *comparison.runs]) + _report_links(comparison))
+
+
+def _report_links(comparison: Comparison) -> str:
+    """Links to each run's one-page HTML report (`audiotokens report`), for the runs that have one."""
+    if not comparison.reports:
+        return ""
+    return "\nReports: " + ", ".join(f"[{run}]({path})" for run, path in comparison.reports.items()) + "\n"
 
 
 def _mean_std(value: Any, std: float | None) -> Any:

@@ -36,6 +36,7 @@ from .checkpoint import (
 )
 from .config import RESUMABLE, Config, keys_with_role
 from .errors import UserError
+from .modelcard import write_model_card
 from .modelparts import CHOICES, EXTRA_POSITIONS, HEADS, AudioClassifier, ModelSpec, check_spec
 from .objectives import Objective, objective_for
 from .provenance import package_versions, recorded_fingerprint, stage_params
@@ -476,6 +477,7 @@ class ModelBuilder:
                     threshold=self.settings.threshold, max_frames=run.max_frames, vocabulary=vocab,
                     spectrogram=vocab.frame_spec if vocab else read_frame_spec(self.layout),
                     versions=package_versions())
+        write_model_card(self.layout.model_dir, self.layout, stage_params(self.config, "train"))
         log.info("model bundle (best epoch) written to %s", self.layout.model_dir)
 
     def _log_setup(self, model: AudioClassifier, trainer: Trainer, splits: dict[str, SplitStore],
