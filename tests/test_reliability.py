@@ -225,11 +225,11 @@ def test_impossible_settings_fail_when_the_config_loads(override, key):
 
 
 def test_too_many_mel_bands_are_said_once_in_the_tools_words(caplog):
-    from audiotokens.spectrogram import mel_filterbank
-
     import warnings
 
     import librosa
+
+    from audiotokens.spectrogram import mel_filterbank
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
