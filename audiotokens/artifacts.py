@@ -401,7 +401,7 @@ class ClipIndex:
     lengths: np.ndarray
     labels: list[list[int]]
     classes: list[str]
-    task: str  # "multilabel" | "singlelabel"
+    task: str  # sources.records.MULTILABEL or SINGLELABEL; objectives.objective_for gives its meaning
     split: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -512,11 +512,12 @@ class SplitPlan:
         malformed = UserError(f"{path} is malformed (needs 'classes', 'task', 'clips' with id, audio and labels, "
                               "and 'splits' of ids); re-run `audiotokens split`")
         if not isinstance(raw, dict) or not isinstance(raw.get("clips"), list) \
-                or not isinstance(raw.get("splits"), dict) or not isinstance(raw.get("classes"), list):
+                or not isinstance(raw.get("splits"), dict) or not isinstance(raw.get("classes"), list) \
+                or not isinstance(raw.get("task"), str):
             raise malformed
         if not all(isinstance(c, dict) and {"id", "audio", "labels"} <= c.keys() for c in raw["clips"]):
             raise malformed
-        return cls(raw["classes"], raw.get("task", "multilabel"), raw["clips"],
+        return cls(raw["classes"], raw["task"], raw["clips"],
                    {name: list(ids) for name, ids in raw["splits"].items()}, raw)
 
     def names(self) -> list[str]:

@@ -27,6 +27,7 @@ from .artifacts import Layout, atomic_path, read_json, write_json
 from .errors import UserError
 from .objectives import OBJECTIVES, objective_for
 from .report import REPORT
+from .sources.records import MULTILABEL
 from .stages import NAMES
 
 KFOLD_SUMMARY = "kfold_summary.json"
@@ -140,7 +141,7 @@ def _best_epoch(path: Path) -> dict[str, Any] | None:
 
 
 def _headline(source: str, metrics: dict[str, Any]) -> dict[str, Any]:
-    return {f"{source} {key}": metrics.get(key) for key in objective_for(metrics.get("task", "multilabel")).headline}
+    return {f"{source} {key}": metrics.get(key) for key in objective_for(metrics.get("task", MULTILABEL)).headline}
 
 
 # ---------------------------------------------------------------- the comparison

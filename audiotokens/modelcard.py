@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import Layout, atomic_path
+from .objectives import objective_for
 from .provenance import read_record
 
 CARD = "README.md"
@@ -108,7 +109,8 @@ def model_card(bundle_dir: Path, layout: Layout, train_settings: dict[str, Any])
     meta = json.loads((bundle_dir / "audiotokens.json").read_text())
     spec = json.loads((bundle_dir / "model_spec.json").read_text())
     classes, task = meta["classes"], meta["task"]
-    kind = (f"multi-label (sigmoid scores, threshold {_number(meta['threshold'])})" if task == "multilabel"
+    kind = (f"multi-label (sigmoid scores, threshold {_number(meta['threshold'])})"
+            if objective_for(task).uses_threshold
             else "single-label (softmax scores, the arg-max class is the decision)")
     front = ["---", "library_name: audiotokens", "pipeline_tag: audio-classification",
              "tags:", "- audio-classification", "- audiotokens", f"- {meta['input']}-input", "---", ""]
