@@ -127,7 +127,8 @@ class TrainConfig:
     intermediate_size: int = setting(3072, check="positive")
     dropout: float = setting(0.1, check="fraction")
     epochs: int = setting(20, role=RESUMABLE, check="positive")
-    batch_size: int = setting(16, check="positive")
+    batch_size: int = setting(16, check="positive")  # clips per batch (the cap when batch_frames is set)
+    batch_frames: int = setting(0, check="non_negative")  # padded positions per batch; 0 = batch_size clips
     learning_rate: float = setting(5e-5, check="non_negative")  # 0: weights never move (a control run)
     weight_decay: float = setting(0.01, check="non_negative")
     warmup_ratio: float = setting(0.1, check="unit")

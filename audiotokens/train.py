@@ -43,6 +43,14 @@ from .provenance import package_versions, recorded_fingerprint, stage_params
 from .token_dataset import DATASETS, EpochShuffleSampler, longest_first, make_loader
 from .trainer import PassResult, Trainer, pick_device
 from .training_log import TrainingLog, epoch_line, finite_or_none, format_figure
+from .trainloop import (
+    check_run_memory,
+    make_budget_loader,
+    planned_steps,
+    record_peak_memory,
+    reset_peak_memory,
+    set_loader_epoch,
+)
 
 log = logging.getLogger("audiotokens")
 
@@ -198,10 +206,16 @@ def report_truncation(splits: dict[str, SplitStore], max_frames: int) -> dict[st
 
 
 def make_split_loader(split: SplitStore, input_kind: str, objective: Objective, max_frames: int, batch_size: int,
-                      shuffle_seed: int | None, num_workers: int, pin_memory: bool, seed: int = 0) -> DataLoader:
-    """Training loaders shuffle by (seed, epoch); evaluation loaders go longest first."""
+                      shuffle_seed: int | None, num_workers: int, pin_memory: bool, seed: int = 0,
+                      batch_frames: int = 0) -> DataLoader:
+    """Training loaders shuffle by (seed, epoch); evaluation loaders go longest first. With batch_frames,
+    batches are filled up to that many padded positions (batch_size clips at most)."""
     dataset = DATASETS[input_kind](store_path=split.path, index=split.index, max_frames=max_frames,
                                    objective=objective)
+    if batch_frames:
+        return make_budget_loader(dataset, batch_frames=batch_frames, max_clips=batch_size,
+                                  shuffle_seed=shuffle_seed, num_workers=num_workers, pin_memory=pin_memory,
+                                  seed=seed)
     sampler = (EpochShuffleSampler(len(dataset), shuffle_seed) if shuffle_seed is not None
                else longest_first(dataset.lengths))
     return make_loader(dataset, batch_size, sampler, num_workers, pin_memory, seed)
@@ -322,14 +336,18 @@ class ModelBuilder:
         device = pick_device(settings.device)
         loaders = {name: make_split_loader(split, settings.input, objective, max_frames, settings.batch_size,
                                            settings.seed if name == "train" else None, settings.num_workers,
-                                           device.type == "cuda", settings.seed)
+                                           device.type == "cuda", settings.seed, settings.batch_frames)
                    for name, split in splits.items()}
         steps_per_epoch = math.ceil(len(loaders["train"]) / settings.grad_accum)
         trainer = Trainer(model=model, objective=objective, device=device, learning_rate=settings.learning_rate,
                           weight_decay=settings.weight_decay, warmup_ratio=settings.warmup_ratio,
-                          total_steps=settings.epochs * steps_per_epoch, grad_clip=settings.grad_clip,
-                          grad_accum=settings.grad_accum, amp=settings.amp)
+                          total_steps=planned_steps(loaders["train"], settings.epochs, settings.grad_accum),
+                          grad_clip=settings.grad_clip, grad_accum=settings.grad_accum, amp=settings.amp)
         self._log_setup(model, trainer, splits, objective, vocab, max_frames)
+        check_run_memory(model=model, settings=settings, dataset=loaders["train"].dataset, ids=train.index.ids,
+                         device=device, amp_dtype=trainer.amp_dtype, n_classes=len(classes),
+                         input_features=train.columns if settings.input == "frames" else 0)
+        reset_peak_memory(device)
         return TrainingRun(splits, objective, classes, max_frames, truncation, model, trainer, loaders,
                            steps_per_epoch, run_identity(self.layout, self.config, vocab, max_frames, splits))
 
@@ -342,12 +360,13 @@ class ModelBuilder:
         log.info("per epoch, each figure as train | validation (train figures from the epoch's forward passes)")
         try:
             while not progress.finished and progress.epoch < epochs:
-                train_loader.sampler.set_epoch(progress.epoch)
+                set_loader_epoch(train_loader, progress.epoch)
                 batches = tqdm(train_loader, desc=f"epoch {progress.epoch + 1}", leave=False, disable=None)
                 fit = run.trainer.train_epoch(batches, len(train_loader))
                 checked = run.trainer.evaluate(run.loaders["validation"])
                 samples, seconds = samples + fit.samples, seconds + fit.seconds
                 row = self._epoch_row(progress, run.trainer, objective, fit, checked)
+                record_peak_memory(row, run.trainer.device)
                 self._advance(progress, row, objective)
                 self._checkpoint(run.model, run.trainer, progress, run.identity, improved=row["best"])
                 training_log.record(row)
@@ -421,7 +440,8 @@ class ModelBuilder:
         if progress.finished or progress.epoch >= self.settings.epochs:
             log.info("resume: training had already finished after epoch %d; rewriting the bundle", progress.epoch)
             return progress
-        self._extend_schedule(trainer, progress, self.settings.epochs * run.steps_per_epoch, last)
+        total_steps = planned_steps(run.loaders["train"], self.settings.epochs, self.settings.grad_accum)
+        self._extend_schedule(trainer, progress, total_steps, last)
         log.info("resume: continuing after epoch %d (best %.4f at epoch %d)", progress.epoch,
                  progress.best_score, progress.best_epoch)
         return progress
@@ -476,7 +496,7 @@ class ModelBuilder:
         save_bundle(run.model.cpu(), self.layout.model_dir, classes=run.classes, task=run.objective.task,
                     threshold=self.settings.threshold, max_frames=run.max_frames, vocabulary=vocab,
                     spectrogram=vocab.frame_spec if vocab else read_frame_spec(self.layout),
-                    versions=package_versions())
+                    versions=package_versions(), extra={"batch_frames": self.settings.batch_frames})
         write_model_card(self.layout.model_dir, self.layout, stage_params(self.config, "train"))
         log.info("model bundle (best epoch) written to %s", self.layout.model_dir)
 
