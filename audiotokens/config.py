@@ -129,6 +129,9 @@ class TrainConfig:
     epochs: int = setting(20, role=RESUMABLE, check="positive")
     batch_size: int = setting(16, check="positive")  # clips per batch (the cap when batch_frames is set)
     batch_frames: int = setting(0, check="non_negative")  # padded positions per batch; 0 = batch_size clips
+    crop_frames: int = setting(0, check="non_negative")  # training: random crops of this many frames; 0 = off
+    eval_window: int = setting(0, check="non_negative")  # evaluation windows in frames; 0 = crop_frames
+    eval_hop: int = setting(0, check="non_negative")  # frames between windows; 0 = half of eval_window
     learning_rate: float = setting(5e-5, check="non_negative")  # 0: weights never move (a control run)
     weight_decay: float = setting(0.01, check="non_negative")
     warmup_ratio: float = setting(0.1, check="unit")

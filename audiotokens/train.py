@@ -44,12 +44,15 @@ from .token_dataset import DATASETS, EpochShuffleSampler, longest_first, make_lo
 from .trainer import PassResult, Trainer, pick_device
 from .training_log import TrainingLog, epoch_line, finite_or_none, format_figure
 from .trainloop import (
+    LengthPlan,
     check_run_memory,
-    make_budget_loader,
+    evaluate_split,
+    evaluation_loader,
     planned_steps,
     record_peak_memory,
     reset_peak_memory,
     set_loader_epoch,
+    training_loader,
 )
 
 log = logging.getLogger("audiotokens")
@@ -207,18 +210,25 @@ def report_truncation(splits: dict[str, SplitStore], max_frames: int) -> dict[st
 
 def make_split_loader(split: SplitStore, input_kind: str, objective: Objective, max_frames: int, batch_size: int,
                       shuffle_seed: int | None, num_workers: int, pin_memory: bool, seed: int = 0,
-                      batch_frames: int = 0) -> DataLoader:
-    """Training loaders shuffle by (seed, epoch); evaluation loaders go longest first. With batch_frames,
-    batches are filled up to that many padded positions (batch_size clips at most)."""
+                      plan: LengthPlan | None = None) -> DataLoader:
+    """Training loaders shuffle by (seed, epoch); evaluation loaders go longest first. A LengthPlan
+    (train.batch_frames, crop_frames, eval_window) makes batches by budget, crops and windows (trainloop.py)."""
     dataset = DATASETS[input_kind](store_path=split.path, index=split.index, max_frames=max_frames,
                                    objective=objective)
-    if batch_frames:
-        return make_budget_loader(dataset, batch_frames=batch_frames, max_clips=batch_size,
-                                  shuffle_seed=shuffle_seed, num_workers=num_workers, pin_memory=pin_memory,
-                                  seed=seed)
+    if plan is not None and not plan.plain:
+        build = training_loader if shuffle_seed is not None else evaluation_loader
+        return build(dataset, plan, seed=seed if shuffle_seed is None else shuffle_seed, num_workers=num_workers,
+                     pin_memory=pin_memory)
     sampler = (EpochShuffleSampler(len(dataset), shuffle_seed) if shuffle_seed is not None
                else longest_first(dataset.lengths))
     return make_loader(dataset, batch_size, sampler, num_workers, pin_memory, seed)
+
+
+def length_metadata(settings) -> dict[str, int]:
+    """What the bundle needs to score clips the way validation did: budget and windows."""
+    plan = LengthPlan.from_settings(settings)
+    return {"batch_frames": plan.batch_frames, "crop_frames": plan.crop_frames, "eval_window": plan.eval_window,
+            "eval_hop": plan.eval_hop}
 
 
 def check_settings(settings) -> None:
@@ -329,14 +339,15 @@ class ModelBuilder:
         truncation = report_truncation(splits, max_frames)
         decodes = settings.input == "tokens" and settings.token_embedding.startswith("decoded")
         tables = decode_tables(vocab) if decodes else []
-        spec = model_spec(settings, classes, max_frames, splits, vocab, tables)
+        plan = LengthPlan.from_settings(settings)
+        spec = model_spec(settings, classes, plan.model_frames(max_frames), splits, vocab, tables)
 
         seed_everything(settings.seed)
         model = AudioClassifier(spec=spec, decode_tables=[torch.from_numpy(t) for t in tables])
         device = pick_device(settings.device)
         loaders = {name: make_split_loader(split, settings.input, objective, max_frames, settings.batch_size,
                                            settings.seed if name == "train" else None, settings.num_workers,
-                                           device.type == "cuda", settings.seed, settings.batch_frames)
+                                           device.type == "cuda", settings.seed, plan)
                    for name, split in splits.items()}
         steps_per_epoch = math.ceil(len(loaders["train"]) / settings.grad_accum)
         trainer = Trainer(model=model, objective=objective, device=device, learning_rate=settings.learning_rate,
@@ -363,7 +374,7 @@ class ModelBuilder:
                 set_loader_epoch(train_loader, progress.epoch)
                 batches = tqdm(train_loader, desc=f"epoch {progress.epoch + 1}", leave=False, disable=None)
                 fit = run.trainer.train_epoch(batches, len(train_loader))
-                checked = run.trainer.evaluate(run.loaders["validation"])
+                checked = evaluate_split(run.trainer, run.loaders["validation"])
                 samples, seconds = samples + fit.samples, seconds + fit.seconds
                 row = self._epoch_row(progress, run.trainer, objective, fit, checked)
                 record_peak_memory(row, run.trainer.device)
@@ -479,7 +490,7 @@ class ModelBuilder:
         """The best checkpoint scored once on the test split (never used to choose anything)."""
         if TEST_SPLIT not in run.splits:
             return {}
-        result = run.trainer.evaluate(run.loaders[TEST_SPLIT])
+        result = evaluate_split(run.trainer, run.loaders[TEST_SPLIT])
         metrics = finite_or_none({"loss": result.loss, **run.objective.metrics(result.targets, result.scores,
                                                                               self.settings.threshold)})
         TrainingLog.append_result(self.layout, {"split": TEST_SPLIT, "epoch": progress.best_epoch,
@@ -494,9 +505,9 @@ class ModelBuilder:
         frames model, the frame spec of the frames it read."""
         vocab = read_vocabulary(self.layout) if self.settings.input == "tokens" else None
         save_bundle(run.model.cpu(), self.layout.model_dir, classes=run.classes, task=run.objective.task,
-                    threshold=self.settings.threshold, max_frames=run.max_frames, vocabulary=vocab,
+                    threshold=self.settings.threshold, max_frames=run.model.spec.max_frames, vocabulary=vocab,
                     spectrogram=vocab.frame_spec if vocab else read_frame_spec(self.layout),
-                    versions=package_versions(), extra={"batch_frames": self.settings.batch_frames})
+                    versions=package_versions(), extra=length_metadata(self.settings))
         write_model_card(self.layout.model_dir, self.layout, stage_params(self.config, "train"))
         log.info("model bundle (best epoch) written to %s", self.layout.model_dir)
 

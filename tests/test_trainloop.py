@@ -18,6 +18,7 @@ from audiotokens.errors import UserError
 from audiotokens.objectives import objective_for
 from audiotokens.train import ModelBuilder, make_split_loader, read_split_tokens, read_vocabulary
 from audiotokens.trainer import Trainer
+from audiotokens.trainloop import LengthPlan, evaluate_split
 
 SMALL = ["train.num_layers=1", "train.hidden_size=32", "train.num_heads=2", "train.intermediate_size=64",
          "train.learning_rate=2e-3", "train.num_workers=0", "train.batch_size=8", "train.device=cpu"]
@@ -44,7 +45,7 @@ def test_budget_batches_cover_each_clip_once_within_budget(tmp_path):
     for shuffle_seed in (3, None):
         loader = make_split_loader(split, "tokens", objective_for("multilabel"), max_frames=80, batch_size=8,
                                    shuffle_seed=shuffle_seed, num_workers=0, pin_memory=False,
-                                   batch_frames=BUDGET)
+                                   plan=LengthPlan(batch_size=8, batch_frames=BUDGET))
         seen = []
         for batch in loader:
             assert batch["mask"].numel() <= BUDGET and len(batch["indices"]) <= 8
@@ -53,14 +54,14 @@ def test_budget_batches_cover_each_clip_once_within_budget(tmp_path):
 
 
 def test_schedule_ends_exactly_at_the_last_step_of_budget_epochs(tmp_path):
-    config = budget_run(tmp_path, "train.epochs=3")
+    config = budget_run(tmp_path, "train.epochs=2")
     ModelBuilder(config).run()
     state = load_checkpoint(Layout(tmp_path).checkpoints / "last.pt")
     # the model is sized to the longest clip (max_length = 0), so every clip is fed whole: frames + [CLS], [SEP]
     lengths = read_split_tokens(Layout(tmp_path), "train", read_vocabulary(Layout(tmp_path))).index.lengths + 2
     sampler = FrameBudgetSampler(lengths=lengths, batch_frames=BUDGET, max_clips=8, seed=0)
     expected = 0
-    for epoch in range(3):
+    for epoch in range(2):
         sampler.set_epoch(epoch)
         expected += len(sampler)
     assert state["trainer"]["step"] == expected
@@ -68,8 +69,9 @@ def test_schedule_ends_exactly_at_the_last_step_of_budget_epochs(tmp_path):
     assert all(row["lr"] > 0 for row in state["history"][:-1])
 
 
-def test_resume_with_budget_batches_matches_an_uninterrupted_run(tmp_path, monkeypatch):
-    runs = {name: budget_run(tmp_path / name, "train.epochs=2", "train.dropout=0.1") for name in ("a", "b")}
+@pytest.mark.parametrize("extra", [[], ["train.crop_frames=12"]], ids=["budget", "budget+crop"])
+def test_resume_with_budget_batches_matches_an_uninterrupted_run(tmp_path, monkeypatch, extra):
+    runs = {name: budget_run(tmp_path / name, "train.epochs=2", "train.dropout=0.1", *extra) for name in "ab"}
     ModelBuilder(runs["a"]).run()
     original, calls = Trainer.train_epoch, []
 
@@ -131,3 +133,62 @@ def test_bundle_scores_by_budget_equal_scores_by_clip_count(tmp_path):
     by_budget = bundle.scores(clips, batch_size=8)
     by_count = bundle.scores(clips, batch_size=8, batch_frames=0)
     np.testing.assert_allclose(by_budget, by_count, atol=1e-5)
+
+
+CROP = 16
+
+
+@pytest.fixture(scope="module")
+def cropped(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cropped")
+    make_workdir(root, n_train=40, n_validation=12, lengths=LENGTHS)
+    ModelBuilder(load_config(overrides=[*SMALL, f"train.crop_frames={CROP}", "train.epochs=1"],
+                             workdir=root)).run()
+    return root
+
+
+def test_training_crops_stay_in_bounds_and_change_with_the_epoch(cropped):
+    layout = Layout(cropped)
+    split = read_split_tokens(layout, "train", read_vocabulary(layout))
+    plan = LengthPlan(batch_size=8, crop_frames=CROP)
+    loader = make_split_loader(split, "tokens", objective_for("multilabel"), max_frames=10**6, batch_size=8,
+                               shuffle_seed=0, num_workers=0, pin_memory=False, plan=plan)
+    starts = []
+    for epoch in (0, 1):
+        loader.batch_sampler.set_epoch(epoch)
+        items = [item for batch in loader.batch_sampler for item in batch]
+        assert sorted(i for i, _, _ in items) == list(range(len(split.index)))
+        for i, start, stop in items:
+            length = int(split.index.lengths[i])
+            assert 0 <= start < stop <= length and stop - start == min(CROP, length)
+        starts.append({i: start for i, start, _ in items})
+        for batch in loader:
+            assert batch["mask"].sum(dim=1).max() <= CROP + 2
+    assert starts[0] != starts[1]
+
+
+def test_cropped_model_holds_the_crop_and_scores_long_clips_by_windows(cropped):
+    bundle = load_bundle(Layout(cropped).model_dir)
+    assert bundle.max_frames == CROP and bundle.window == CROP and bundle.hop == CROP // 2
+    clip = np.random.default_rng(2).integers(0, 8, size=70)
+    # windows of 16 every 8 frames, the last one ending at the clip's end: 0..48, then 54
+    windows = [clip[start:start + CROP] for start in [*range(0, 70 - CROP + 1, CROP // 2), 70 - CROP]]
+    separately = np.mean([bundle.scores([window])[0] for window in windows], axis=0)
+    np.testing.assert_allclose(bundle.scores([clip, clip[:10]])[0], separately, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bundle.scores([clip[:10]])[0], bundle.scores([clip, clip[:10]])[1], atol=1e-6)
+
+
+def test_validation_by_windows_scores_like_the_bundle(cropped):
+    layout = Layout(cropped)
+    bundle = load_bundle(layout.model_dir)
+    split = read_split_tokens(layout, "validation", read_vocabulary(layout))
+    plan = LengthPlan(batch_size=4, crop_frames=CROP, eval_window=CROP, eval_hop=CROP // 2)
+    loader = make_split_loader(split, "tokens", objective_for("multilabel"), max_frames=10**6, batch_size=4,
+                               shuffle_seed=None, num_workers=0, pin_memory=False, plan=plan)
+    trainer = Trainer(model=bundle.model, objective=objective_for("multilabel"), device=torch.device("cpu"),
+                      learning_rate=0.0, weight_decay=0.0, warmup_ratio=0.0, total_steps=1, amp=False)
+    result = evaluate_split(trainer, loader)
+    tokens = np.load(layout.tokens, mmap_mode="r")
+    clips = [np.array(tokens[o:o + n]) for o, n in zip(split.index.offsets, split.index.lengths)]
+    assert result.scores.shape == (len(clips), 4)
+    np.testing.assert_allclose(result.scores, bundle.scores(clips), rtol=1e-5, atol=1e-6)
