@@ -132,6 +132,13 @@ class TrainConfig:
     crop_frames: int = setting(0, check="non_negative")  # training: random crops of this many frames; 0 = off
     eval_window: int = setting(0, check="non_negative")  # evaluation windows in frames; 0 = crop_frames
     eval_hop: int = setting(0, check="non_negative")  # frames between windows; 0 = half of eval_window
+    # augmentation, each off unless set (batch_augment.py)
+    mask_time: float = setting(0.0, check="fraction")  # share of content positions masked, in spans
+    mask_span: int = setting(4, check="positive")  # positions per masked span
+    mask_freq: int = setting(0, check="non_negative")  # frames input: mel bands zeroed per clip
+    mask_freq_width: int = setting(8, check="positive")  # widest band, in mel channels
+    mixup_alpha: float = setting(0.0, check="non_negative")  # frames input, multi-label: Beta(alpha, alpha)
+    sampler: str = setting("shuffle", check=("shuffle", "balanced"))  # balanced: class-balanced draws
     learning_rate: float = setting(5e-5, check="non_negative")  # 0: weights never move (a control run)
     weight_decay: float = setting(0.01, check="non_negative")
     warmup_ratio: float = setting(0.1, check="unit")

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .artifacts import ClipIndex, Layout, SplitPlan, open_split, read_frame_spec
+from .batch_augment import BatchAugmenter
 from .bundle import save_bundle
 from .checkpoint import (
     copy_checkpoint,
@@ -368,11 +369,13 @@ class ModelBuilder:
         training_log = TrainingLog(self.layout, objective, progress.history)
         samples, seconds = 0, 0.0
         train_loader = run.loaders["train"]
+        augmenter = BatchAugmenter.from_settings(self.settings, objective)
         log.info("per epoch, each figure as train | validation (train figures from the epoch's forward passes)")
         try:
             while not progress.finished and progress.epoch < epochs:
                 set_loader_epoch(train_loader, progress.epoch)
-                batches = tqdm(train_loader, desc=f"epoch {progress.epoch + 1}", leave=False, disable=None)
+                batches = tqdm(augmenter.epoch(train_loader, progress.epoch), total=len(train_loader),
+                               desc=f"epoch {progress.epoch + 1}", leave=False, disable=None)
                 fit = run.trainer.train_epoch(batches, len(train_loader))
                 checked = evaluate_split(run.trainer, run.loaders["validation"])
                 samples, seconds = samples + fit.samples, seconds + fit.seconds

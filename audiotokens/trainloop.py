@@ -24,8 +24,9 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader
 
-from .augment import eval_windows
+from .augment import BalancedSampler, eval_windows
 from .batching import FrameBudgetSampler, fill_greedily, worst_batch
+from .errors import UserError
 from .memory import GIB, available_bytes, check_fits, describe, estimate_peak_bytes
 from .modelparts import EXTRA_POSITIONS
 from .token_dataset import ClipDataset, EpochShuffleSampler
@@ -43,6 +44,7 @@ class LengthPlan:
     crop_frames: int = 0  # training: a random crop of this many frames per clip; 0 = whole clips
     eval_window: int = 0  # evaluation: windows of this many frames; 0 = whole clips
     eval_hop: int = 0
+    sampler: str = "shuffle"  # shuffle | balanced (augment.BalancedSampler)
 
     @classmethod
     def from_settings(cls, settings: Any) -> LengthPlan:
@@ -50,12 +52,12 @@ class LengthPlan:
         window = settings.eval_window or settings.crop_frames
         return cls(batch_size=settings.batch_size, batch_frames=settings.batch_frames,
                    crop_frames=settings.crop_frames, eval_window=window,
-                   eval_hop=(settings.eval_hop or max(1, window // 2)) if window else 0)
+                   eval_hop=(settings.eval_hop or max(1, window // 2)) if window else 0, sampler=settings.sampler)
 
     @property
     def plain(self) -> bool:
         """Nothing set: the loaders of a run without any of these settings."""
-        return not (self.batch_frames or self.crop_frames or self.eval_window)
+        return not (self.batch_frames or self.crop_frames or self.eval_window or self.sampler != "shuffle")
 
     def model_frames(self, data_frames: int) -> int:
         """Frames the model must hold: the longest crop or window, else every frame fed."""
@@ -85,7 +87,7 @@ class CroppedBatches:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-        self.inner.set_epoch(epoch) if hasattr(self.inner, "set_epoch") else self.inner.sampler.set_epoch(epoch)
+        set_batches_epoch(self.inner, epoch)
 
     def starts(self) -> np.ndarray:
         """One start per clip in [0, length - crop] (0 for clips no longer than the crop)."""
@@ -105,7 +107,14 @@ def training_loader(dataset: ClipDataset, plan: LengthPlan, *, seed: int, num_wo
                     pin_memory: bool) -> DataLoader:
     """Shuffled by (seed, epoch): by frame budget (length buckets) or batch_size clips, crops when set."""
     lengths = plan.training_lengths(dataset.lengths)
-    if plan.batch_frames:
+    if plan.sampler == "balanced":
+        if plan.batch_frames:
+            raise UserError("'train.sampler' = balanced draws batches of clips; set train.batch_frames=0 (or "
+                            "train.sampler=shuffle)")
+        balanced = BalancedSampler(labels=dataset.labels, n_classes=dataset.n_classes, n_samples=len(dataset),
+                                   seed=seed)
+        batches = BatchSampler(balanced, plan.batch_size, drop_last=False)
+    elif plan.batch_frames:
         batches = FrameBudgetSampler(lengths=positions(lengths), batch_frames=plan.batch_frames,
                                      max_clips=plan.batch_size, seed=seed)
         warn_over_budget(batches, plan.batch_frames)
@@ -179,11 +188,19 @@ def evaluate_split(trainer: Trainer, loader: DataLoader) -> PassResult:
 
 def epoch_sampler(loader: DataLoader):
     """The object whose order depends on the epoch."""
-    return loader.batch_sampler if hasattr(loader.batch_sampler, "set_epoch") else loader.sampler
+    batches = loader.batch_sampler
+    if hasattr(batches, "set_epoch"):
+        return batches
+    return batches.sampler if isinstance(batches, BatchSampler) else loader.sampler
 
 
 def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
     epoch_sampler(loader).set_epoch(epoch)
+
+
+def set_batches_epoch(batches, epoch: int) -> None:
+    """A batch sampler's epoch: its own, or that of the clip sampler a BatchSampler draws from."""
+    (batches if hasattr(batches, "set_epoch") else batches.sampler).set_epoch(epoch)
 
 
 def planned_steps(loader: DataLoader, epochs: int, grad_accum: int) -> int:
