@@ -192,3 +192,10 @@ def test_validation_by_windows_scores_like_the_bundle(cropped):
     clips = [np.array(tokens[o:o + n]) for o, n in zip(split.index.offsets, split.index.lengths)]
     assert result.scores.shape == (len(clips), 4)
     np.testing.assert_allclose(result.scores, bundle.scores(clips), rtol=1e-5, atol=1e-6)
+
+
+def test_small_data_config_loads_with_known_keys():
+    from pathlib import Path
+
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "small_data.toml")
+    assert config.train.crop_frames > 0 and config.train.patience > 0 and config.train.batch_frames > 0
