@@ -157,6 +157,7 @@ class TrainConfig:
     encoder: str = "bert"  # bert | conformer | cnn (cnn: frames input)
     pooling: str = "cls"  # cls | mean | attention
     head: str = "linear"  # linear | am_softmax (single-label)
+    objective: str = setting("classify", check=("classify", "contrastive"))  # contrastive: contrastive_training.py
     margin: float = setting(0.2, check="non_negative")  # am_softmax additive margin
     scale: float = setting(30.0, check="positive")  # am_softmax logit scale
 

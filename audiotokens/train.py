@@ -36,6 +36,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import RESUMABLE, Config, keys_with_role
+from .contrastive_training import ContrastiveTrainer, head_for, trainer_type
 from .errors import UserError
 from .modelcard import write_model_card
 from .modelparts import CHOICES, EXTRA_POSITIONS, HEADS, AudioClassifier, ModelSpec, check_spec
@@ -252,7 +253,7 @@ def model_spec(settings, classes: list[str], max_frames: int, splits: dict[str, 
         encoder=settings.encoder, hidden_size=settings.hidden_size, dropout=settings.dropout,
         encoder_params={"num_layers": settings.num_layers, "num_heads": settings.num_heads,
                         "intermediate_size": settings.intermediate_size},
-        pooling=settings.pooling, head=settings.head, margin=settings.margin, scale=settings.scale,
+        pooling=settings.pooling, head=head_for(settings), margin=settings.margin, scale=settings.scale,
         max_positions=max_frames + EXTRA_POSITIONS)
     check_spec(spec)
     return spec
@@ -333,7 +334,7 @@ class ModelBuilder:
                 check_splits_agree(splits["train"], split)
         train = splits["train"]
         objective, classes = objective_for(train.index.task), train.index.classes
-        if HEADS[settings.head].single_label_only and objective.uses_threshold:
+        if HEADS[head_for(settings)].single_label_only and objective.uses_threshold:
             raise UserError(f"train.head={settings.head} needs single-label data but the task is "
                             f"{objective.task}; use train.head=linear")
         max_frames = model_length(splits, settings.max_length)
@@ -351,10 +352,14 @@ class ModelBuilder:
                                            device.type == "cuda", settings.seed, plan)
                    for name, split in splits.items()}
         steps_per_epoch = math.ceil(len(loaders["train"]) / settings.grad_accum)
-        trainer = Trainer(model=model, objective=objective, device=device, learning_rate=settings.learning_rate,
+        trainer = trainer_type(settings)(model=model, objective=objective, device=device, learning_rate=settings.learning_rate,
                           weight_decay=settings.weight_decay, warmup_ratio=settings.warmup_ratio,
                           total_steps=planned_steps(loaders["train"], settings.epochs, settings.grad_accum),
                           grad_clip=settings.grad_clip, grad_accum=settings.grad_accum, amp=settings.amp)
+        if isinstance(trainer, ContrastiveTrainer):
+            trainer.reference = make_split_loader(train, settings.input, objective, max_frames, settings.batch_size,
+                                                  None, settings.num_workers, device.type == "cuda", settings.seed,
+                                                  plan)
         self._log_setup(model, trainer, splits, objective, vocab, max_frames)
         check_run_memory(model=model, settings=settings, dataset=loaders["train"].dataset, ids=train.index.ids,
                          device=device, amp_dtype=trainer.amp_dtype, n_classes=len(classes),
