@@ -86,3 +86,21 @@ def test_resume_with_every_augmentation_matches_an_uninterrupted_run(tmp_path, m
     straight, resumed = (load_checkpoint(Layout(tmp_path / n).checkpoints / "last.pt") for n in "ab")
     for name, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][name]), name
+
+
+def test_balanced_sampler_draws_rare_classes_as_often_as_common_ones(tmp_path):
+    from audiotokens.objectives import objective_for
+    from audiotokens.train import make_split_loader, read_split_frames
+    from audiotokens.trainloop import LengthPlan
+
+    layout = make_frames_workdir(tmp_path, n_train=60, n_validation=8)
+    split = read_split_frames(layout, "train")
+    labels = [clip[0] for clip in split.index.labels]
+    plan = LengthPlan(batch_size=8, sampler="balanced")
+    loader = make_split_loader(split, "frames", objective_for("singlelabel"), max_frames=100, batch_size=8,
+                               shuffle_seed=0, num_workers=0, pin_memory=False, plan=plan)
+    assert max(map(labels.count, range(3))) - min(map(labels.count, range(3))) > 1  # the split is uneven
+    drawn = [labels[i] for batch in loader.batch_sampler for i in batch]
+    assert len(drawn) == len(labels)
+    counts = [drawn.count(c) for c in range(3)]
+    assert max(counts) - min(counts) <= 1  # whatever the split's class frequencies

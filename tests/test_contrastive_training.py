@@ -61,3 +61,32 @@ def test_contrastive_refuses_another_head(tmp_path):
     with pytest.raises(UserError, match="train.head=linear"):
         ModelBuilder(load_config(overrides=[*SMALL, "train.objective=contrastive", "train.head=am_softmax"],
                                  workdir=tmp_path)).run()
+
+
+def test_contrastive_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    from audiotokens.checkpoint import load_checkpoint
+    from audiotokens.contrastive_training import ContrastiveTrainer
+
+    overrides = [*SMALL, "train.objective=contrastive", "train.epochs=2", "train.dropout=0.1"]
+    runs = {}
+    for name in "ab":
+        make_frames_workdir(tmp_path / name, n_train=32, n_validation=8)
+        runs[name] = load_config(overrides=overrides, workdir=tmp_path / name)
+    ModelBuilder(runs["a"]).run()
+    original, calls = ContrastiveTrainer.train_epoch, []
+
+    def interrupted(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ContrastiveTrainer, "train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ModelBuilder(runs["b"]).run()
+    monkeypatch.setattr(ContrastiveTrainer, "train_epoch", original)
+    ModelBuilder(runs["b"], resume=True).run()
+    straight, resumed = (load_checkpoint(Layout(tmp_path / n).checkpoints / "last.pt") for n in "ab")
+    assert straight["model"]["head.means"].abs().sum() > 0
+    for name, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][name]), name
