@@ -60,9 +60,11 @@ class LengthPlan:
         return not (self.batch_frames or self.crop_frames or self.eval_window or self.sampler != "shuffle")
 
     def model_frames(self, data_frames: int) -> int:
-        """Frames the model must hold: the longest crop or window, else every frame fed."""
-        longest_piece = max(self.crop_frames, self.eval_window)
-        return min(data_frames, longest_piece) if longest_piece else data_frames
+        """Frames the model must hold: with crops, the longest crop or window; else every frame fed
+        (training then reads whole clips, even when evaluation reads windows)."""
+        if not self.crop_frames:
+            return data_frames
+        return min(data_frames, max(self.crop_frames, self.eval_window))
 
     def training_lengths(self, lengths: np.ndarray) -> np.ndarray:
         return np.minimum(lengths, self.crop_frames) if self.crop_frames else np.asarray(lengths)

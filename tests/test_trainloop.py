@@ -199,3 +199,10 @@ def test_small_data_config_loads_with_known_keys():
 
     config = load_config(Path(__file__).resolve().parents[1] / "configs" / "small_data.toml")
     assert config.train.crop_frames > 0 and config.train.patience > 0 and config.train.batch_frames > 0
+
+
+def test_the_model_holds_what_training_feeds():
+    assert LengthPlan(batch_size=1, eval_window=20).model_frames(300) == 300  # whole clips in training
+    assert LengthPlan(batch_size=1, crop_frames=50).model_frames(300) == 50
+    assert LengthPlan(batch_size=1, crop_frames=50, eval_window=80).model_frames(300) == 80
+    assert LengthPlan(batch_size=1, crop_frames=50).model_frames(30) == 30
