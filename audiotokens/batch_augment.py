@@ -45,8 +45,9 @@ class BatchAugmenter:
         if settings.mask_freq and not frames:
             raise UserError("'train.mask_freq' masks mel bands and needs train.input=frames; set it to 0")
         if settings.mixup_alpha and not (frames and objective.uses_threshold):
-            raise UserError("'train.mixup_alpha' mixes frames of multi-label clips: it needs train.input=frames "
-                            f"and a multi-label task (this run: {settings.input}, {objective.task}); set it to 0")
+            raise UserError("'train.mixup_alpha' mixes frames of multi-label clips: it needs "
+                            f"train.input=frames and a multi-label task (this run: {settings.input}, "
+                            f"{objective.task}); set it to 0")
         return cls(input_kind=settings.input, mask_time=settings.mask_time, mask_span=settings.mask_span,
                    mask_freq=settings.mask_freq, mask_freq_width=settings.mask_freq_width,
                    mixup_alpha=settings.mixup_alpha, seed=settings.seed)
@@ -70,9 +71,11 @@ class BatchAugmenter:
         if self.mask_time:
             where = mask_time_spans(content_positions(mask), span=self.mask_span, max_fraction=self.mask_time,
                                     generator=generator)
-            inputs = apply_token_mask(inputs, where) if self.input_kind == "tokens" else apply_frame_mask(inputs, where)
+            masked = apply_token_mask if self.input_kind == "tokens" else apply_frame_mask
+            inputs = masked(inputs, where)
         if self.mask_freq:
-            inputs = mask_freq_bands(inputs, width=self.mask_freq_width, count=self.mask_freq, generator=generator)
+            inputs = mask_freq_bands(inputs, width=self.mask_freq_width, count=self.mask_freq,
+                                     generator=generator)
         if self.mixup_alpha:
             inputs, targets, _, perm = mixup(inputs, targets, self.mixup_alpha, generator)
             mask = mix_masks(mask, perm)

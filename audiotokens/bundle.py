@@ -124,7 +124,8 @@ class Bundle:
         return int(self.metadata.get("batch_frames") or 0)
 
     @torch.no_grad()
-    def scores(self, clips: Sequence[np.ndarray], batch_size: int = 32, batch_frames: int | None = None) -> np.ndarray:
+    def scores(self, clips: Sequence[np.ndarray], batch_size: int = 32,
+               batch_frames: int | None = None) -> np.ndarray:
         """(clips, classes) probabilities: sigmoid (multi-label) or softmax (single-label).
 
         Each clip is what the model reads: raw cluster ids, (frames,) or (frames, codebooks), for a tokens
@@ -148,7 +149,8 @@ class Bundle:
         window_scores = self._score_pieces(pieces, batch_size, budget)
         if not len(sequences):
             return window_scores
-        return (np.add.reduceat(window_scores, starts, axis=0) / np.asarray(counts)[:, None]).astype(np.float32)
+        means = np.add.reduceat(window_scores, starts, axis=0) / np.asarray(counts)[:, None]
+        return means.astype(np.float32)
 
     @property
     def window(self) -> int:
@@ -170,7 +172,8 @@ class Bundle:
 
     def _batches(self, sequences: list[np.ndarray], batch_size: int, batch_frames: int) -> list[list[int]]:
         """Longest first, so similar lengths batch together."""
-        positions = np.array([min(len(s), self.max_frames) + EXTRA_POSITIONS for s in sequences], dtype=np.int64)
+        positions = np.array([min(len(s), self.max_frames) + EXTRA_POSITIONS for s in sequences],
+                             dtype=np.int64)
         order = np.argsort(-positions, kind="stable").tolist()
         if batch_frames:
             return fill_greedily(order, positions, batch_frames, batch_size)

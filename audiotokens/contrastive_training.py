@@ -29,7 +29,8 @@ def head_for(settings: Any) -> str:
                             f"set train.head=linear (got '{settings.head}')")
         return CLASS_MEANS_HEAD
     if settings.head == CLASS_MEANS_HEAD:
-        raise UserError("train.head=class_means is fitted by train.objective=contrastive; set that, or another head")
+        raise UserError("train.head=class_means is fitted by train.objective=contrastive; set that, "
+                        "or another head")
     return settings.head
 
 
@@ -48,7 +49,8 @@ class ContrastiveTrainer(Trainer):
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if not self.model.training:
             return super().forward(batch)
-        inputs, mask, targets = (batch[k].to(self.device, non_blocking=True) for k in ("inputs", "mask", "targets"))
+        inputs, mask, targets = (batch[key].to(self.device, non_blocking=True)
+                                 for key in ("inputs", "mask", "targets"))
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
             embeddings = self.model.embed(inputs, mask)
@@ -69,7 +71,8 @@ class ContrastiveTrainer(Trainer):
         for batch in self.reference:
             with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                 enabled=self.amp_dtype is not None):
-                embeddings.append(self.model.embed(batch["inputs"].to(self.device), batch["mask"].to(self.device)))
+                inputs, mask = batch["inputs"].to(self.device), batch["mask"].to(self.device)
+                embeddings.append(self.model.embed(inputs, mask))
             targets.append(batch["targets"].to(self.device))
         n_classes = self.model.spec.n_classes
         self.model.head.set_means(class_means(torch.cat(embeddings).float(), torch.cat(targets), n_classes))

@@ -495,7 +495,8 @@ class ClassMeanHead(nn.Module):
 
 ENCODERS: dict[str, type[Encoder]] = {"bert": BertEncoder, "conformer": ConformerEncoder, "cnn": CnnEncoder}
 POOLINGS: dict[str, type[nn.Module]] = {"cls": ClsPooling, "mean": MeanPooling, "attention": AttentionPooling}
-HEADS: dict[str, type[nn.Module]] = {"linear": LinearHead, "am_softmax": AmSoftmaxHead, "class_means": ClassMeanHead}
+HEADS: dict[str, type[nn.Module]] = {
+    "linear": LinearHead, "am_softmax": AmSoftmaxHead, "class_means": ClassMeanHead}
 CHOICES: dict[str, Sequence[str]] = {  # train.<key> -> the names it accepts
     "input": INPUTS, "token_embedding": TOKEN_EMBEDDINGS, "codebook_fusion": CODEBOOK_FUSIONS,
     "encoder": tuple(ENCODERS), "pooling": tuple(POOLINGS), "head": tuple(HEADS),

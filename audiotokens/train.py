@@ -352,10 +352,11 @@ class ModelBuilder:
                                            device.type == "cuda", settings.seed, plan)
                    for name, split in splits.items()}
         steps_per_epoch = math.ceil(len(loaders["train"]) / settings.grad_accum)
-        trainer = trainer_type(settings)(model=model, objective=objective, device=device, learning_rate=settings.learning_rate,
-                          weight_decay=settings.weight_decay, warmup_ratio=settings.warmup_ratio,
-                          total_steps=planned_steps(loaders["train"], settings.epochs, settings.grad_accum),
-                          grad_clip=settings.grad_clip, grad_accum=settings.grad_accum, amp=settings.amp)
+        trainer = trainer_type(settings)(
+            model=model, objective=objective, device=device, learning_rate=settings.learning_rate,
+            weight_decay=settings.weight_decay, warmup_ratio=settings.warmup_ratio,
+            total_steps=planned_steps(loaders["train"], settings.epochs, settings.grad_accum),
+            grad_clip=settings.grad_clip, grad_accum=settings.grad_accum, amp=settings.amp)
         if isinstance(trainer, ContrastiveTrainer):
             trainer.reference = make_split_loader(train, settings.input, objective, max_frames, settings.batch_size,
                                                   None, settings.num_workers, device.type == "cuda", settings.seed,

@@ -52,7 +52,8 @@ class LengthPlan:
         window = settings.eval_window or settings.crop_frames
         return cls(batch_size=settings.batch_size, batch_frames=settings.batch_frames,
                    crop_frames=settings.crop_frames, eval_window=window,
-                   eval_hop=(settings.eval_hop or max(1, window // 2)) if window else 0, sampler=settings.sampler)
+                   eval_hop=(settings.eval_hop or max(1, window // 2)) if window else 0,
+                   sampler=settings.sampler)
 
     @property
     def plain(self) -> bool:
@@ -94,7 +95,8 @@ class CroppedBatches:
     def starts(self) -> np.ndarray:
         """One start per clip in [0, length - crop] (0 for clips no longer than the crop)."""
         room = np.maximum(self.lengths - self.crop, 0)
-        return np.floor(np.random.default_rng([self.seed, self.epoch, 1]).random(len(room)) * (room + 1)).astype(int)
+        uniform = np.random.default_rng([self.seed, self.epoch, 1]).random(len(room))
+        return np.floor(uniform * (room + 1)).astype(int)
 
     def __len__(self) -> int:
         return len(self.inner)
@@ -134,8 +136,8 @@ def warn_over_budget(sampler: FrameBudgetSampler, batch_frames: int) -> None:
 
 
 def _loader(dataset: ClipDataset, batch_sampler, num_workers: int, pin_memory: bool, seed: int) -> DataLoader:
-    return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=dataset.collate, num_workers=num_workers,
-                      pin_memory=pin_memory, persistent_workers=num_workers > 0,
+    return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=dataset.collate,
+                      num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
                       generator=torch.Generator().manual_seed(seed))
 
 

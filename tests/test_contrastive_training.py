@@ -1,4 +1,4 @@
-"""train.objective = contrastive: SupCon training, nearest-class-mean classification in validation and bundle."""
+"""train.objective = contrastive: SupCon training, nearest-class-mean scores in validation and the bundle."""
 from __future__ import annotations
 
 import numpy as np

@@ -67,7 +67,7 @@ def main() -> None:
         make_workdir(workdir, n_train=args.clips, n_validation=16, lengths=(10, args.max_frames))
         started = time.perf_counter()
         child = subprocess.run([sys.executable, __file__, str(workdir), "--child", *overrides],
-                               capture_output=True, text=True, cwd=ROOT)
+                               check=False, capture_output=True, text=True, cwd=ROOT)
         if child.returncode:
             sys.exit(f"{name} failed:\n{child.stderr[-3000:]}")
         out = child.stdout.strip().splitlines()[-1]
