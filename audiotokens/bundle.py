@@ -23,8 +23,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .artifacts import atomic_dir, write_json
+from .augment import eval_windows
+from .batching import fill_greedily
 from .errors import UserError
-from .modelparts import SPECIAL_TOKENS, TOKEN_OFFSET, AudioClassifier, ModelSpec
+from .modelparts import EXTRA_POSITIONS, SPECIAL_TOKENS, TOKEN_OFFSET, AudioClassifier, ModelSpec
 from .objectives import Objective, objective_for
 from .token_dataset import PACKERS, as_frames_by_codebooks
 
@@ -116,25 +118,66 @@ class Bundle:
     def objective(self) -> Objective:
         return objective_for(self.task)
 
+    @property
+    def batch_frames(self) -> int:
+        """The padded-position budget per batch the model was trained with (0: batches of clips)."""
+        return int(self.metadata.get("batch_frames") or 0)
+
     @torch.no_grad()
-    def scores(self, clips: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
+    def scores(self, clips: Sequence[np.ndarray], batch_size: int = 32,
+               batch_frames: int | None = None) -> np.ndarray:
         """(clips, classes) probabilities: sigmoid (multi-label) or softmax (single-label).
 
         Each clip is what the model reads: raw cluster ids, (frames,) or (frames, codebooks), for a tokens
         model; mel frames (frames, n_mels) for a frames model. Clips longer than the model's `max_frames`
-        are cut to their first `max_frames` frames, with a warning.
+        are cut to their first `max_frames` frames, with a warning, unless the model was trained on crops
+        (train.crop_frames / eval_window): then a clip longer than the window scores the mean of its
+        windows' scores. Batches hold at most `batch_size` pieces and, when `batch_frames` (default: the
+        bundle's train.batch_frames) is set, at most that many padded positions.
         """
         sequences = [self._as_rows(np.asarray(s)) for s in clips]
         self._check(sequences)
+        budget = self.batch_frames if batch_frames is None else batch_frames
+        if not self.window:
+            return self._score_pieces(sequences, batch_size, budget)
+        pieces, counts = [], []
+        for sequence in sequences:
+            windows = eval_windows(len(sequence), self.window, self.hop)
+            pieces += [sequence[start:stop] for start, stop in windows]
+            counts.append(len(windows))
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        window_scores = self._score_pieces(pieces, batch_size, budget)
+        if not len(sequences):
+            return window_scores
+        means = np.add.reduceat(window_scores, starts, axis=0) / np.asarray(counts)[:, None]
+        return means.astype(np.float32)
+
+    @property
+    def window(self) -> int:
+        """Evaluation window in frames (0: whole clips), never more than the model holds."""
+        return min(int(self.metadata.get("eval_window") or 0), self.max_frames)
+
+    @property
+    def hop(self) -> int:
+        return int(self.metadata.get("eval_hop") or max(1, self.window // 2))
+
+    def _score_pieces(self, sequences: list[np.ndarray], batch_size: int, batch_frames: int) -> np.ndarray:
         result = np.zeros((len(sequences), len(self.classes)), dtype=np.float32)
-        order = np.argsort([-len(s) for s in sequences], kind="stable")  # similar lengths batch together
         objective, pack = self.objective, PACKERS[self.input]
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
+        for rows in self._batches(sequences, batch_size, batch_frames):
             inputs, mask = pack([sequences[i][:self.max_frames] for i in rows])
             logits = self.model(inputs.to(self.device), mask.to(self.device))
             result[rows] = objective.scores(logits).cpu().numpy()
         return result
+
+    def _batches(self, sequences: list[np.ndarray], batch_size: int, batch_frames: int) -> list[list[int]]:
+        """Longest first, so similar lengths batch together."""
+        positions = np.array([min(len(s), self.max_frames) + EXTRA_POSITIONS for s in sequences],
+                             dtype=np.int64)
+        order = np.argsort(-positions, kind="stable").tolist()
+        if batch_frames:
+            return fill_greedily(order, positions, batch_frames, batch_size)
+        return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
     def _as_rows(self, clip: np.ndarray) -> np.ndarray:
         return as_frames_by_codebooks(clip) if self.input == "tokens" else clip
@@ -155,7 +198,7 @@ class Bundle:
                 raise UserError(f"token sequence {i} holds ids outside the codebook sizes {sizes.tolist()}; "
                                 "tokenize with the bundle's vocabulary")
         cut = [len(s) - self.max_frames for s in sequences if len(s) > self.max_frames]
-        if cut:
+        if cut and not self.window:
             log.warning("%d of %d clips are longer than the model's %d frames; %d frames were cut",
                         len(cut), len(sequences), self.max_frames, sum(cut))
 

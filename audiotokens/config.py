@@ -127,7 +127,18 @@ class TrainConfig:
     intermediate_size: int = setting(3072, check="positive")
     dropout: float = setting(0.1, check="fraction")
     epochs: int = setting(20, role=RESUMABLE, check="positive")
-    batch_size: int = setting(16, check="positive")
+    batch_size: int = setting(16, check="positive")  # clips per batch (the cap when batch_frames is set)
+    batch_frames: int = setting(0, check="non_negative")  # padded positions per batch; 0 = batch_size clips
+    crop_frames: int = setting(0, check="non_negative")  # training: random crops of this many frames; 0 = off
+    eval_window: int = setting(0, check="non_negative")  # evaluation windows in frames; 0 = crop_frames
+    eval_hop: int = setting(0, check="non_negative")  # frames between windows; 0 = half of eval_window
+    # augmentation, each off unless set (batch_augment.py)
+    mask_time: float = setting(0.0, check="fraction")  # share of content positions masked, in spans
+    mask_span: int = setting(4, check="positive")  # positions per masked span
+    mask_freq: int = setting(0, check="non_negative")  # frames input: mel bands zeroed per clip
+    mask_freq_width: int = setting(8, check="positive")  # widest band, in mel channels
+    mixup_alpha: float = setting(0.0, check="non_negative")  # frames input, multi-label: Beta(alpha, alpha)
+    sampler: str = setting("shuffle", check=("shuffle", "balanced"))  # balanced: class-balanced draws
     learning_rate: float = setting(5e-5, check="non_negative")  # 0: weights never move (a control run)
     weight_decay: float = setting(0.01, check="non_negative")
     warmup_ratio: float = setting(0.1, check="unit")
@@ -146,6 +157,7 @@ class TrainConfig:
     encoder: str = "bert"  # bert | conformer | cnn (cnn: frames input)
     pooling: str = "cls"  # cls | mean | attention
     head: str = "linear"  # linear | am_softmax (single-label)
+    objective: str = setting("classify", check=("classify", "contrastive"))  # contrastive: contrastive_training.py
     margin: float = setting(0.2, check="non_negative")  # am_softmax additive margin
     scale: float = setting(30.0, check="positive")  # am_softmax logit scale
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+TEMPERATURE = 0.1  # of the loss and of nearest-class-mean scoring (the bundle's class-mean head uses it too)
+
 
 def positive_pairs(labels: torch.Tensor) -> torch.Tensor:
     """(batch, batch) bool: j is a positive of anchor i (same class, or any shared label), never i itself."""
@@ -29,7 +31,7 @@ def positive_pairs(labels: torch.Tensor) -> torch.Tensor:
 
 
 def supervised_contrastive_loss(
-    embeddings: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1,
+    embeddings: torch.Tensor, labels: torch.Tensor, temperature: float = TEMPERATURE,
 ) -> torch.Tensor:
     """Mean SupCon loss over anchors with a positive; 0 (still attached to the graph) when none has one."""
     z = F.normalize(embeddings.float(), dim=-1)
@@ -58,7 +60,7 @@ def class_means(train_embeddings: torch.Tensor, train_labels: torch.Tensor, n_cl
 
 def nearest_class_mean(
     train_embeddings: torch.Tensor, train_labels: torch.Tensor, embeddings: torch.Tensor, *,
-    temperature: float = 0.1, n_classes: int | None = None,
+    temperature: float = TEMPERATURE, n_classes: int | None = None,
 ) -> torch.Tensor:
     """(clips, n_classes) scores in [0, 1] from cosine similarity to each class mean (see module docstring).
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .contrastive import TEMPERATURE
 from .errors import UserError
 
 PAD, CLS, SEP, MASK = 0, 1, 2, 3
@@ -468,9 +469,34 @@ class AmSoftmaxHead(nn.Module):
         return self.scale * cosine
 
 
+class ClassMeanHead(nn.Module):
+    """Nearest class mean (train.objective = contrastive): cosine of the clip's embedding to each class's
+    mean training embedding, divided by the contrastive temperature (contrastive.nearest_class_mean).
+
+    The means are a buffer, refitted after every epoch by the contrastive trainer, so checkpoints and the
+    bundle carry them with the weights. A class with no training clip (a zero row) gets a logit so low that
+    both its sigmoid and its softmax share are 0.
+    """
+
+    single_label_only = False
+    EMPTY_LOGIT = -1e4
+
+    def __init__(self, *, spec: ModelSpec, size: int):
+        super().__init__()
+        self.register_buffer("means", torch.zeros(spec.n_classes, size))
+
+    def set_means(self, means: torch.Tensor) -> None:
+        self.means.copy_(means.to(self.means.device, self.means.dtype))
+
+    def forward(self, pooled, targets=None):
+        logits = F.normalize(pooled.float(), dim=-1) @ self.means.float().T / TEMPERATURE
+        return logits.masked_fill(self.means.norm(dim=-1) == 0, self.EMPTY_LOGIT)
+
+
 ENCODERS: dict[str, type[Encoder]] = {"bert": BertEncoder, "conformer": ConformerEncoder, "cnn": CnnEncoder}
 POOLINGS: dict[str, type[nn.Module]] = {"cls": ClsPooling, "mean": MeanPooling, "attention": AttentionPooling}
-HEADS: dict[str, type[nn.Module]] = {"linear": LinearHead, "am_softmax": AmSoftmaxHead}
+HEADS: dict[str, type[nn.Module]] = {
+    "linear": LinearHead, "am_softmax": AmSoftmaxHead, "class_means": ClassMeanHead}
 CHOICES: dict[str, Sequence[str]] = {  # train.<key> -> the names it accepts
     "input": INPUTS, "token_embedding": TOKEN_EMBEDDINGS, "codebook_fusion": CODEBOOK_FUSIONS,
     "encoder": tuple(ENCODERS), "pooling": tuple(POOLINGS), "head": tuple(HEADS),

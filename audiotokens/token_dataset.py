@@ -97,9 +97,12 @@ class ClipDataset(Dataset):
     def open(path: Path) -> np.ndarray:
         return np.load(path, mmap_mode="r")
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, torch.Tensor, int]:
+    def __getitem__(self, item: int | tuple[int, int, int]) -> tuple[np.ndarray, torch.Tensor, int]:
+        """Clip `item`, or, for an (i, start, stop) item (a training crop or an evaluation window), frames
+        [start, stop) of clip i."""
+        i, first, stop = item if isinstance(item, tuple) else (item, 0, int(self.lengths[item]))
         start = int(self.offsets[i])
-        rows = np.array(self.rows()[start:start + int(self.lengths[i])], dtype=self.row_dtype)
+        rows = np.array(self.rows()[start + first:start + stop], dtype=self.row_dtype)
         return rows, self.objective.target(self.labels[i], self.n_classes), i
 
     def collate(self, items: list[tuple[np.ndarray, torch.Tensor, int]]) -> dict[str, torch.Tensor]:

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .artifacts import ClipIndex, Layout, SplitPlan, open_split, read_frame_spec
+from .batch_augment import BatchAugmenter
 from .bundle import save_bundle
 from .checkpoint import (
     copy_checkpoint,
@@ -35,6 +36,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import RESUMABLE, Config, keys_with_role
+from .contrastive_training import ContrastiveTrainer, head_for, trainer_type
 from .errors import UserError
 from .modelcard import write_model_card
 from .modelparts import CHOICES, EXTRA_POSITIONS, HEADS, AudioClassifier, ModelSpec, check_spec
@@ -43,6 +45,17 @@ from .provenance import package_versions, recorded_fingerprint, stage_params
 from .token_dataset import DATASETS, EpochShuffleSampler, longest_first, make_loader
 from .trainer import PassResult, Trainer, pick_device
 from .training_log import TrainingLog, epoch_line, finite_or_none, format_figure
+from .trainloop import (
+    LengthPlan,
+    check_run_memory,
+    evaluate_split,
+    evaluation_loader,
+    planned_steps,
+    record_peak_memory,
+    reset_peak_memory,
+    set_loader_epoch,
+    training_loader,
+)
 
 log = logging.getLogger("audiotokens")
 
@@ -198,13 +211,26 @@ def report_truncation(splits: dict[str, SplitStore], max_frames: int) -> dict[st
 
 
 def make_split_loader(split: SplitStore, input_kind: str, objective: Objective, max_frames: int, batch_size: int,
-                      shuffle_seed: int | None, num_workers: int, pin_memory: bool, seed: int = 0) -> DataLoader:
-    """Training loaders shuffle by (seed, epoch); evaluation loaders go longest first."""
+                      shuffle_seed: int | None, num_workers: int, pin_memory: bool, seed: int = 0,
+                      plan: LengthPlan | None = None) -> DataLoader:
+    """Training loaders shuffle by (seed, epoch); evaluation loaders go longest first. A LengthPlan
+    (train.batch_frames, crop_frames, eval_window) makes batches by budget, crops and windows (trainloop.py)."""
     dataset = DATASETS[input_kind](store_path=split.path, index=split.index, max_frames=max_frames,
                                    objective=objective)
+    if plan is not None and not plan.plain:
+        build = training_loader if shuffle_seed is not None else evaluation_loader
+        return build(dataset, plan, seed=seed if shuffle_seed is None else shuffle_seed, num_workers=num_workers,
+                     pin_memory=pin_memory)
     sampler = (EpochShuffleSampler(len(dataset), shuffle_seed) if shuffle_seed is not None
                else longest_first(dataset.lengths))
     return make_loader(dataset, batch_size, sampler, num_workers, pin_memory, seed)
+
+
+def length_metadata(settings) -> dict[str, int]:
+    """What the bundle needs to score clips the way validation did: budget and windows."""
+    plan = LengthPlan.from_settings(settings)
+    return {"batch_frames": plan.batch_frames, "crop_frames": plan.crop_frames, "eval_window": plan.eval_window,
+            "eval_hop": plan.eval_hop}
 
 
 def check_settings(settings) -> None:
@@ -227,7 +253,7 @@ def model_spec(settings, classes: list[str], max_frames: int, splits: dict[str, 
         encoder=settings.encoder, hidden_size=settings.hidden_size, dropout=settings.dropout,
         encoder_params={"num_layers": settings.num_layers, "num_heads": settings.num_heads,
                         "intermediate_size": settings.intermediate_size},
-        pooling=settings.pooling, head=settings.head, margin=settings.margin, scale=settings.scale,
+        pooling=settings.pooling, head=head_for(settings), margin=settings.margin, scale=settings.scale,
         max_positions=max_frames + EXTRA_POSITIONS)
     check_spec(spec)
     return spec
@@ -308,28 +334,38 @@ class ModelBuilder:
                 check_splits_agree(splits["train"], split)
         train = splits["train"]
         objective, classes = objective_for(train.index.task), train.index.classes
-        if HEADS[settings.head].single_label_only and objective.uses_threshold:
+        if HEADS[head_for(settings)].single_label_only and objective.uses_threshold:
             raise UserError(f"train.head={settings.head} needs single-label data but the task is "
                             f"{objective.task}; use train.head=linear")
         max_frames = model_length(splits, settings.max_length)
         truncation = report_truncation(splits, max_frames)
         decodes = settings.input == "tokens" and settings.token_embedding.startswith("decoded")
         tables = decode_tables(vocab) if decodes else []
-        spec = model_spec(settings, classes, max_frames, splits, vocab, tables)
+        plan = LengthPlan.from_settings(settings)
+        spec = model_spec(settings, classes, plan.model_frames(max_frames), splits, vocab, tables)
 
         seed_everything(settings.seed)
         model = AudioClassifier(spec=spec, decode_tables=[torch.from_numpy(t) for t in tables])
         device = pick_device(settings.device)
         loaders = {name: make_split_loader(split, settings.input, objective, max_frames, settings.batch_size,
                                            settings.seed if name == "train" else None, settings.num_workers,
-                                           device.type == "cuda", settings.seed)
+                                           device.type == "cuda", settings.seed, plan)
                    for name, split in splits.items()}
         steps_per_epoch = math.ceil(len(loaders["train"]) / settings.grad_accum)
-        trainer = Trainer(model=model, objective=objective, device=device, learning_rate=settings.learning_rate,
-                          weight_decay=settings.weight_decay, warmup_ratio=settings.warmup_ratio,
-                          total_steps=settings.epochs * steps_per_epoch, grad_clip=settings.grad_clip,
-                          grad_accum=settings.grad_accum, amp=settings.amp)
+        trainer = trainer_type(settings)(
+            model=model, objective=objective, device=device, learning_rate=settings.learning_rate,
+            weight_decay=settings.weight_decay, warmup_ratio=settings.warmup_ratio,
+            total_steps=planned_steps(loaders["train"], settings.epochs, settings.grad_accum),
+            grad_clip=settings.grad_clip, grad_accum=settings.grad_accum, amp=settings.amp)
+        if isinstance(trainer, ContrastiveTrainer):
+            trainer.reference = make_split_loader(train, settings.input, objective, max_frames, settings.batch_size,
+                                                  None, settings.num_workers, device.type == "cuda", settings.seed,
+                                                  plan)
         self._log_setup(model, trainer, splits, objective, vocab, max_frames)
+        check_run_memory(model=model, settings=settings, dataset=loaders["train"].dataset, ids=train.index.ids,
+                         device=device, amp_dtype=trainer.amp_dtype, n_classes=len(classes),
+                         input_features=train.columns if settings.input == "frames" else 0)
+        reset_peak_memory(device)
         return TrainingRun(splits, objective, classes, max_frames, truncation, model, trainer, loaders,
                            steps_per_epoch, run_identity(self.layout, self.config, vocab, max_frames, splits))
 
@@ -339,15 +375,18 @@ class ModelBuilder:
         training_log = TrainingLog(self.layout, objective, progress.history)
         samples, seconds = 0, 0.0
         train_loader = run.loaders["train"]
+        augmenter = BatchAugmenter.from_settings(self.settings, objective)
         log.info("per epoch, each figure as train | validation (train figures from the epoch's forward passes)")
         try:
             while not progress.finished and progress.epoch < epochs:
-                train_loader.sampler.set_epoch(progress.epoch)
-                batches = tqdm(train_loader, desc=f"epoch {progress.epoch + 1}", leave=False, disable=None)
+                set_loader_epoch(train_loader, progress.epoch)
+                batches = tqdm(augmenter.epoch(train_loader, progress.epoch), total=len(train_loader),
+                               desc=f"epoch {progress.epoch + 1}", leave=False, disable=None)
                 fit = run.trainer.train_epoch(batches, len(train_loader))
-                checked = run.trainer.evaluate(run.loaders["validation"])
+                checked = evaluate_split(run.trainer, run.loaders["validation"])
                 samples, seconds = samples + fit.samples, seconds + fit.seconds
                 row = self._epoch_row(progress, run.trainer, objective, fit, checked)
+                record_peak_memory(row, run.trainer.device)
                 self._advance(progress, row, objective)
                 self._checkpoint(run.model, run.trainer, progress, run.identity, improved=row["best"])
                 training_log.record(row)
@@ -421,7 +460,8 @@ class ModelBuilder:
         if progress.finished or progress.epoch >= self.settings.epochs:
             log.info("resume: training had already finished after epoch %d; rewriting the bundle", progress.epoch)
             return progress
-        self._extend_schedule(trainer, progress, self.settings.epochs * run.steps_per_epoch, last)
+        total_steps = planned_steps(run.loaders["train"], self.settings.epochs, self.settings.grad_accum)
+        self._extend_schedule(trainer, progress, total_steps, last)
         log.info("resume: continuing after epoch %d (best %.4f at epoch %d)", progress.epoch,
                  progress.best_score, progress.best_epoch)
         return progress
@@ -459,7 +499,7 @@ class ModelBuilder:
         """The best checkpoint scored once on the test split (never used to choose anything)."""
         if TEST_SPLIT not in run.splits:
             return {}
-        result = run.trainer.evaluate(run.loaders[TEST_SPLIT])
+        result = evaluate_split(run.trainer, run.loaders[TEST_SPLIT])
         metrics = finite_or_none({"loss": result.loss, **run.objective.metrics(result.targets, result.scores,
                                                                               self.settings.threshold)})
         TrainingLog.append_result(self.layout, {"split": TEST_SPLIT, "epoch": progress.best_epoch,
@@ -474,9 +514,9 @@ class ModelBuilder:
         frames model, the frame spec of the frames it read."""
         vocab = read_vocabulary(self.layout) if self.settings.input == "tokens" else None
         save_bundle(run.model.cpu(), self.layout.model_dir, classes=run.classes, task=run.objective.task,
-                    threshold=self.settings.threshold, max_frames=run.max_frames, vocabulary=vocab,
+                    threshold=self.settings.threshold, max_frames=run.model.spec.max_frames, vocabulary=vocab,
                     spectrogram=vocab.frame_spec if vocab else read_frame_spec(self.layout),
-                    versions=package_versions())
+                    versions=package_versions(), extra=length_metadata(self.settings))
         write_model_card(self.layout.model_dir, self.layout, stage_params(self.config, "train"))
         log.info("model bundle (best epoch) written to %s", self.layout.model_dir)
 

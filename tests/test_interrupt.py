@@ -221,7 +221,7 @@ TRAIN_POINTS = {
 def comparable_metrics(path: Path) -> list[dict]:
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     for row in rows:
-        for key in ("train_samples_per_s", "epoch_time_s"):
+        for key in ("train_samples_per_s", "epoch_time_s", "peak_memory_gib"):  # measurements
             row.pop(key, None)
     return rows
 

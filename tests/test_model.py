@@ -218,7 +218,8 @@ def test_resume_after_epoch_one_matches_an_uninterrupted_run(tmp_path, monkeypat
     for name, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][name]), name
     assert straight["history"] == [
-        {**row, "train_samples_per_s": s["train_samples_per_s"], "epoch_time_s": s["epoch_time_s"]}
+        {**row, "train_samples_per_s": s["train_samples_per_s"], "epoch_time_s": s["epoch_time_s"],
+         "peak_memory_gib": s["peak_memory_gib"]}
         for row, s in zip(resumed["history"], straight["history"])]
     lines = Layout(tmp_path / "resumed").metrics.read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]

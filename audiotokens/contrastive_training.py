@@ -1,0 +1,78 @@
+"""train.objective = "contrastive": the training path that learns embeddings and classifies by class means.
+
+A clearly separated path beside the classification one: the model keeps its encoder and pooling, its head
+is the class-mean head (modelparts.ClassMeanHead). Training steps minimise the supervised contrastive loss
+(contrastive.supervised_contrastive_loss) on the pooled embeddings (AudioClassifier.embed); after every
+epoch the class means are refitted from an evaluation-mode pass over the training split, so validation,
+the checkpoints and the bundle (predict, evaluate, API) classify by nearest class mean with no extra step.
+Train-side figures of an epoch use the means of the epoch before (none in the first epoch).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from .contrastive import class_means, supervised_contrastive_loss
+from .errors import UserError
+from .trainer import PassResult, Trainer
+
+CLASS_MEANS_HEAD = "class_means"
+
+
+def head_for(settings: Any) -> str:
+    """The head a run's model gets: class means for the contrastive objective, else train.head."""
+    if settings.objective == "contrastive":
+        if settings.head not in ("linear", CLASS_MEANS_HEAD):
+            raise UserError(f"train.objective=contrastive classifies by class means and ignores train.head; "
+                            f"set train.head=linear (got '{settings.head}')")
+        return CLASS_MEANS_HEAD
+    if settings.head == CLASS_MEANS_HEAD:
+        raise UserError("train.head=class_means is fitted by train.objective=contrastive; set that, "
+                        "or another head")
+    return settings.head
+
+
+def trainer_type(settings: Any) -> type[Trainer]:
+    return ContrastiveTrainer if settings.objective == "contrastive" else Trainer
+
+
+class ContrastiveTrainer(Trainer):
+    """A Trainer whose training loss is SupCon on embeddings and whose head is refitted after each epoch.
+
+    `reference` (set before training) reads the training split in evaluation order without augmentation.
+    """
+
+    reference: DataLoader | None = None
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not self.model.training:
+            return super().forward(batch)
+        inputs, mask, targets = (batch[key].to(self.device, non_blocking=True)
+                                 for key in ("inputs", "mask", "targets"))
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            embeddings = self.model.embed(inputs, mask)
+        logits = self.model.head(embeddings.float()).float()
+        return supervised_contrastive_loss(embeddings, targets), logits, targets
+
+    def train_epoch(self, batches, n_batches: int) -> PassResult:
+        result = super().train_epoch(batches, n_batches)
+        self.refit_means()
+        return result
+
+    @torch.no_grad()
+    def refit_means(self) -> None:
+        if self.reference is None:
+            raise RuntimeError("ContrastiveTrainer.reference must be set before training")
+        self.model.eval()
+        embeddings, targets = [], []
+        for batch in self.reference:
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                enabled=self.amp_dtype is not None):
+                inputs, mask = batch["inputs"].to(self.device), batch["mask"].to(self.device)
+                embeddings.append(self.model.embed(inputs, mask))
+            targets.append(batch["targets"].to(self.device))
+        n_classes = self.model.spec.n_classes
+        self.model.head.set_means(class_means(torch.cat(embeddings).float(), torch.cat(targets), n_classes))
