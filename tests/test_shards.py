@@ -1,0 +1,153 @@
+"""Sharded stages: any N shards (any executor) assemble to the unsharded store byte for byte; locks; resume."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from test_spectrogram import clip, count_processed, distinct_clips, interrupt_after, write_split
+
+from audiotokens.artifacts import Layout
+from audiotokens.config import load_config
+from audiotokens.errors import UserError
+from audiotokens.lock import workdir_lock
+from audiotokens.shards import Shard, shard_lock
+from audiotokens.spectrogram import SpectrogramProcessor
+
+STORE_FILES = ("frames", "frames_index", "frame_spec", "frames_report")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Eight distinct clips and one bad one, and the store an unsharded run writes from them."""
+    root = tmp_path_factory.mktemp("shards")
+    clips = distinct_clips(root / "audio", 8, seconds=0.5)
+    (root / "audio" / "bad.wav").write_text("not audio")
+    clips.insert(4, clip("bad", root / "audio" / "bad.wav"))
+    reference = root / "reference"
+    write_split(reference, {"train": clips[2:], "validation": clips[:2]})
+    SpectrogramProcessor(config(reference), part_clips=3).run()
+    return clips, reference
+
+
+def config(workdir, *overrides):
+    return load_config(None, ["spectrogram.workers=1", *overrides], workdir)
+
+
+def assert_same_store(workdir, reference):
+    for name in STORE_FILES:
+        assert getattr(Layout(workdir), name).read_bytes() == getattr(Layout(reference), name).read_bytes(), name
+
+
+def test_shard_ranges_cover_the_catalogue_once_in_order():
+    for n_clips in (0, 1, 7, 100):
+        for count in (1, 2, 3, 8):
+            ranges = [Shard(index=k, count=count).clip_range(n_clips) for k in range(count)]
+            assert [i for r in ranges for i in r] == list(range(n_clips))
+            assert max(map(len, ranges)) - min(map(len, ranges)) <= 1
+
+
+@pytest.mark.parametrize("text", ["3/3", "-1/2", "1", "a/b", "0/0"])
+def test_bad_shard_is_a_user_error(text):
+    with pytest.raises(UserError, match="--shard takes K/N"):
+        Shard.parse(text)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_any_shard_count_assembles_the_unsharded_store(tmp_path, corpus, count):
+    clips, reference = corpus
+    write_split(tmp_path, {"train": clips[2:], "validation": clips[:2]})
+    for k in reversed(range(count)):  # the order shards finish in does not matter
+        SpectrogramProcessor(config(tmp_path), part_clips=2, shard=Shard(index=k, count=count)).run()
+        assert not Layout(tmp_path).frames.exists()  # a shard never assembles
+    SpectrogramProcessor(config(tmp_path), assemble=True).run()
+    assert_same_store(tmp_path, reference)
+    assert not (Layout(tmp_path).frames_dir / "shards").exists()  # parts removed once assembled
+
+
+def test_a_killed_shard_leaves_the_others_and_a_rerun_redoes_only_it(tmp_path, monkeypatch, corpus):
+    clips, reference = corpus
+    write_split(tmp_path, {"train": clips[2:], "validation": clips[:2]})
+    for k in (0, 2):
+        SpectrogramProcessor(config(tmp_path), part_clips=1, shard=Shard(index=k, count=3)).run()
+    interrupt_after(monkeypatch, parts=1)  # shard 1 (clips 3, 4, 5) is stopped after its first clip
+    with pytest.raises(KeyboardInterrupt):
+        SpectrogramProcessor(config(tmp_path), part_clips=1, shard=Shard(index=1, count=3)).run()
+    monkeypatch.undo()
+    with pytest.raises(UserError, match=r"1 of 3 shards not finished \(K = 1\).*--shard K/3"):
+        SpectrogramProcessor(config(tmp_path), assemble=True).run()
+    processed = count_processed(monkeypatch)
+    SpectrogramProcessor(config(tmp_path), part_clips=1).run()  # no --shard: finishes the shards on disk
+    assert sorted(processed) == [4, 5]
+    assert_same_store(tmp_path, reference)
+
+
+def test_shards_on_disk_under_another_key_are_recomputed(tmp_path, monkeypatch, corpus):
+    clips, reference = corpus
+    write_split(tmp_path, {"train": clips[2:], "validation": clips[:2]})
+    SpectrogramProcessor(config(tmp_path, "spectrogram.n_mels=32"), shard=Shard(index=0, count=2)).run()
+    processed = count_processed(monkeypatch)
+    SpectrogramProcessor(config(tmp_path), part_clips=3).run()
+    assert sorted(processed) == list(range(len(clips)))
+    assert_same_store(tmp_path, reference)
+
+
+def _try_shard_lock(workdir, shard: str) -> subprocess.CompletedProcess:
+    code = ("import sys; from audiotokens.shards import Shard, shard_lock\n"
+            f"with shard_lock({str(workdir)!r}, 'spectrogram', Shard.parse({shard!r})): print('held')")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False,
+                          env={**os.environ, "PYTHONPATH": os.getcwd()})
+
+
+def test_shard_processes_lock_their_own_shard_and_share_the_workdir(tmp_path):
+    with shard_lock(tmp_path, "spectrogram", Shard(index=0, count=3)), \
+            shard_lock(tmp_path, "spectrogram", Shard(index=1, count=3)):
+        other = _try_shard_lock(tmp_path, "2/3")  # a third shard process runs beside the two
+        assert other.returncode == 0 and "held" in other.stdout, other.stderr
+        same = _try_shard_lock(tmp_path, "1/3")
+        assert same.returncode != 0 and "shard 1/3 of spectrogram" in same.stderr and "being computed" in same.stderr
+        with pytest.raises(UserError, match="is in use"), workdir_lock(tmp_path, "spectrogram"):
+            pass  # nothing assembles while shards run
+    with workdir_lock(tmp_path, "spectrogram"):  # all released
+        with_workdir = _try_shard_lock(tmp_path, "2/3")
+    assert with_workdir.returncode != 0 and "in use by audiotokens spectrogram" in with_workdir.stderr
+
+
+def test_shard_command_writes_no_record_and_assemble_writes_it(tmp_path, corpus):
+    from click.testing import CliRunner
+
+    from audiotokens.cli import main
+    from audiotokens.provenance import write_record
+
+    clips, reference = corpus
+    write_split(tmp_path, {"train": clips[2:], "validation": clips[:2]})
+    write_record(Layout(tmp_path), "split", config(tmp_path))  # as if `audiotokens split` wrote the catalogue
+    runner = CliRunner()
+    base = ["--workdir", str(tmp_path), "--set", "spectrogram.workers=1"]
+    for k in range(2):
+        result = runner.invoke(main, ["spectrogram", *base, "--shard", f"{k}/2"])
+        assert result.exit_code == 0, result.output
+    assert not Layout(tmp_path).record("spectrogram").exists()
+    result = runner.invoke(main, ["spectrogram", *base, "--assemble"])
+    assert result.exit_code == 0, result.output
+    assert Layout(tmp_path).record("spectrogram").is_file()
+    assert_same_store(tmp_path, reference)
+    result = runner.invoke(main, ["spectrogram", *base, "--shard", "2/2"])
+    assert result.exit_code == 2 and "--shard takes K/N" in result.output
+
+
+def test_dask_local_cluster_equals_the_local_run(tmp_path, corpus):
+    distributed = pytest.importorskip("dask.distributed")
+    clips, reference = corpus
+    write_split(tmp_path, {"train": clips[2:], "validation": clips[:2]})
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        started = time.perf_counter()
+        SpectrogramProcessor(config(tmp_path), part_clips=3, executor="dask", scheduler=cluster.scheduler_address,
+                             shards=3).run()
+        assert time.perf_counter() - started < 120
+    assert_same_store(tmp_path, reference)
+    assert np.load(Layout(tmp_path).frames).shape[0] > 0
