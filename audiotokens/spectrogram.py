@@ -68,6 +68,7 @@ from .shards import (
     dask_client,
     default_dask_count,
     missing_message,
+    read_json_or_none,
     run_on_dask,
 )
 
@@ -402,7 +403,7 @@ class PartStore:
 
     def matches_key(self) -> bool:
         """Whether the folder holds parts written under this key (without touching it)."""
-        stored = _read_json_or_none(self.folder / "key.json")
+        stored = read_json_or_none(self.folder / "key.json")
         return bool(stored) and stored.get("key") == self.key
 
     def open(self) -> None:
@@ -432,7 +433,7 @@ class PartStore:
         metas: list[dict[str, Any]] = []
         while True:
             number = len(metas)
-            meta = _read_json_or_none(self.meta_path(number))
+            meta = read_json_or_none(self.meta_path(number))
             start = self.done_until(metas)
             if not meta or meta.get("start") != start or not self._rows_match(number, meta):
                 return metas
@@ -461,13 +462,6 @@ class PartStore:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def _read_json_or_none(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _check_finite(frames: np.ndarray, where: Path) -> None:

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+from stores import write_store, write_vocabulary
 from test_spectrogram import clip, count_processed, distinct_clips, interrupt_after, write_split
 
 from audiotokens.artifacts import Layout
@@ -16,6 +17,7 @@ from audiotokens.errors import UserError
 from audiotokens.lock import workdir_lock
 from audiotokens.shards import Shard, shard_lock
 from audiotokens.spectrogram import SpectrogramProcessor
+from audiotokens.tokenizer import SpecTokenizer
 
 STORE_FILES = ("frames", "frames_index", "frame_spec", "frames_report")
 
@@ -139,6 +141,7 @@ def test_shard_command_writes_no_record_and_assemble_writes_it(tmp_path, corpus)
     assert result.exit_code == 2 and "--shard takes K/N" in result.output
 
 
+@pytest.mark.slow  # 11-27 s on the shared 2-core machine
 def test_dask_local_cluster_equals_the_local_run(tmp_path, corpus):
     distributed = pytest.importorskip("dask.distributed")
     clips, reference = corpus
@@ -151,3 +154,91 @@ def test_dask_local_cluster_equals_the_local_run(tmp_path, corpus):
         assert time.perf_counter() - started < 120
     assert_same_store(tmp_path, reference)
     assert np.load(Layout(tmp_path).frames).shape[0] > 0
+
+
+# ---------------------------------------------------------------- tokenize
+
+
+TOKEN_FILES = ("tokens", "tokens_index", "token_stats")
+
+
+@pytest.fixture(scope="module")
+def token_corpus(tmp_path_factory):
+    """A frames store of 40 clips, a vocabulary, and the token store an unsharded run writes."""
+    rng = np.random.default_rng(5)
+    centroids = rng.random((30, 8)).astype(np.float32) * 10
+    stores = {}
+    for split, n_clips in (("train", 28), ("validation", 12)):
+        lengths = rng.integers(1, 30, n_clips)
+        owners = rng.integers(0, len(centroids), n_clips)
+        stores[split] = (np.concatenate([centroids[o] + 0.01 * rng.standard_normal((n, 8))
+                                         for o, n in zip(owners, lengths)]).astype(np.float32), lengths)
+    reference = tmp_path_factory.mktemp("tokens") / "reference"
+    token_workdir(reference, stores, centroids)
+    SpecTokenizer(config(reference, "tokenize.batch_frames=50")).run()
+    return stores, centroids, reference
+
+
+def token_workdir(workdir, stores, centroids):
+    write_store(workdir, stores, classes=("x", "y", "z"))
+    write_vocabulary(workdir, centroids)
+
+
+def assert_same_tokens(workdir, reference):
+    for name in TOKEN_FILES:
+        assert getattr(Layout(workdir), name).read_bytes() == getattr(Layout(reference), name).read_bytes(), name
+
+
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_any_token_shard_count_assembles_the_unsharded_store(tmp_path, token_corpus, count):
+    stores, centroids, reference = token_corpus
+    token_workdir(tmp_path, stores, centroids)
+    for k in range(count):
+        SpecTokenizer(config(tmp_path, "tokenize.batch_frames=7"), shard=Shard(index=k, count=count)).run()
+        assert not Layout(tmp_path).tokens.exists()
+    SpecTokenizer(config(tmp_path), assemble=True).run()
+    assert_same_tokens(tmp_path, reference)
+    assert not (Layout(tmp_path).tokenized / "shards").exists()
+
+
+def test_a_missing_token_shard_is_the_only_one_computed_again(tmp_path, monkeypatch, token_corpus):
+    stores, centroids, reference = token_corpus
+    token_workdir(tmp_path, stores, centroids)
+    for k in (0, 2):
+        SpecTokenizer(config(tmp_path), shard=Shard(index=k, count=3)).run()
+    with pytest.raises(UserError, match=r"tokenize: 1 of 3 shards not finished \(K = 1\)"):
+        SpecTokenizer(config(tmp_path), assemble=True).run()
+    computed = []
+    original = SpecTokenizer._compute_shard
+
+    def spy(self, frames, store, quantizer, key, shard):
+        computed.append(shard)
+        return original(self, frames, store, quantizer, key, shard)
+
+    monkeypatch.setattr(SpecTokenizer, "_compute_shard", spy)
+    SpecTokenizer(config(tmp_path)).run()
+    assert computed == [Shard(index=1, count=3)]
+    assert_same_tokens(tmp_path, reference)
+
+
+def test_token_shards_of_another_vocabulary_are_not_assembled(tmp_path, token_corpus):
+    stores, centroids, reference = token_corpus
+    token_workdir(tmp_path, stores, centroids)
+    write_vocabulary(tmp_path, centroids[::-1].copy())
+    for k in range(2):
+        SpecTokenizer(config(tmp_path), shard=Shard(index=k, count=2)).run()
+    write_vocabulary(tmp_path, centroids)  # the vocabulary changed after the shards were written
+    with pytest.raises(UserError, match="2 of 2 shards not finished"):
+        SpecTokenizer(config(tmp_path), assemble=True, shards=2).run()
+    SpecTokenizer(config(tmp_path)).run()
+    assert_same_tokens(tmp_path, reference)
+
+
+def test_dask_local_cluster_tokenizes_like_the_local_run(tmp_path, token_corpus):
+    distributed = pytest.importorskip("dask.distributed")
+    stores, centroids, reference = token_corpus
+    token_workdir(tmp_path, stores, centroids)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        SpecTokenizer(config(tmp_path), executor="dask", scheduler=cluster.scheduler_address).run()
+    assert_same_tokens(tmp_path, reference)
