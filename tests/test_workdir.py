@@ -105,7 +105,7 @@ def test_full_disk_while_reserving_the_frames_store(own_project, monkeypatch):
     message = one_error_line(CliRunner().invoke(main, ["spectrogram", *common(own_project),
                                                        "--set", "spectrogram.n_mels=40"]))
     assert f"cannot write {Layout(own_project / 'work').frames}: No space left" in message
-    shutil.rmtree(own_project / "work/processed/frames/parts")  # finished parts: complete, kept for a re-run
+    shutil.rmtree(own_project / "work/processed/frames/shards")  # finished parts: complete, kept for a re-run
     unchanged_and_clean(own_project, before)
 
 
