@@ -262,4 +262,4 @@ def test_real_full_disk(own_project, tmp_path, stage, where):
     old = {str(p.relative_to(stash)) for p in stash.rglob("*") if p.is_file()}
     new_files = set(found["files"]) - old
     # all a failed stage may leave: its failure marker and (spectrogram) finished, resumable parts
-    assert all(name.endswith(".failed.json") or "/parts/" in name for name in new_files), new_files
+    assert all(name.endswith(".failed.json") or "/shards/" in name for name in new_files), new_files
