@@ -15,7 +15,7 @@ from audiotokens.artifacts import Layout
 from audiotokens.config import load_config
 from audiotokens.errors import UserError
 from audiotokens.lock import workdir_lock
-from audiotokens.shards import Shard, shard_lock
+from audiotokens.shards import Shard, dask_client, local_cluster, shard_lock
 from audiotokens.spectrogram import SpectrogramProcessor
 from audiotokens.tokenizer import SpecTokenizer
 
@@ -98,7 +98,7 @@ def test_shards_on_disk_under_another_key_are_recomputed(tmp_path, monkeypatch, 
 
 
 def _try_shard_lock(workdir, shard: str) -> subprocess.CompletedProcess:
-    code = ("import sys; from audiotokens.shards import Shard, shard_lock\n"
+    code = ("import sys; from audiotokens.shards import Shard, dask_client, local_cluster, shard_lock\n"
             f"with shard_lock({str(workdir)!r}, 'spectrogram', Shard.parse({shard!r})): print('held')")
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False,
                           env={**os.environ, "PYTHONPATH": os.getcwd()})
@@ -143,11 +143,10 @@ def test_shard_command_writes_no_record_and_assemble_writes_it(tmp_path, corpus)
 
 @pytest.mark.slow  # 11-27 s on the shared 2-core machine
 def test_dask_local_cluster_equals_the_local_run(tmp_path, corpus):
-    distributed = pytest.importorskip("dask.distributed")
+    pytest.importorskip("dask.distributed")
     clips, reference = corpus
     write_split(tmp_path, {"train": clips[2:], "validation": clips[:2]})
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster:
+    with local_cluster(2) as cluster:
         started = time.perf_counter()
         SpectrogramProcessor(config(tmp_path), part_clips=3, executor="dask", scheduler=cluster.scheduler_address,
                              shards=3).run()
@@ -235,10 +234,16 @@ def test_token_shards_of_another_vocabulary_are_not_assembled(tmp_path, token_co
 
 
 def test_dask_local_cluster_tokenizes_like_the_local_run(tmp_path, token_corpus):
-    distributed = pytest.importorskip("dask.distributed")
+    pytest.importorskip("dask.distributed")
     stores, centroids, reference = token_corpus
     token_workdir(tmp_path, stores, centroids)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster:
+    with local_cluster(2) as cluster:
         SpecTokenizer(config(tmp_path), executor="dask", scheduler=cluster.scheduler_address).run()
     assert_same_tokens(tmp_path, reference)
+
+
+def test_dask_executor_without_dask_is_a_user_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "dask.distributed", None)  # what an install without the extra sees
+    with pytest.raises(UserError, match=r"needs dask\.distributed: pip install 'audiotokens\[dask\]'"), \
+            dask_client(None):
+        pass
