@@ -176,6 +176,10 @@ def dask_client(scheduler: str | None) -> Iterator[Any]:
         from dask.distributed import Client
     except ImportError:
         raise UserError("--executor dask needs dask.distributed: pip install 'audiotokens[dask]'") from None
+    # distributed sets its loggers to INFO when imported; its start and stop chatter would bury the progress.
+    # The nanny warns when it kills a worker slow to exit at shutdown, which is harmless here.
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
     if not scheduler:
         with local_cluster() as cluster, Client(cluster) as client:
             yield client
