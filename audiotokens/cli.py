@@ -223,6 +223,23 @@ def status(config):
 
     for state in stage_states(Layout(config.workdir), config).values():
         click.echo(state.line())
+    _shard_lines(config)
+
+
+def _shard_lines(config) -> None:
+    """Shards of a sharded stage computed and not yet assembled (the store is unchanged until then)."""
+    from .artifacts import Layout
+    from .shards import SHARDS_DIR, pending_line
+
+    layout = Layout(config.workdir)
+    for name, folder in (("spectrogram", layout.frames_dir), ("tokenize", layout.tokenized)):
+        if (folder / SHARDS_DIR).is_dir():
+            try:
+                pending = BY_NAME[name].runner_class()(config).pending_shards()
+            except UserError:  # inputs gone or damaged: the stage's own line already says so
+                continue
+            if pending:
+                click.echo(pending_line(name, *pending))
 
 
 @main.command("run")

@@ -87,6 +87,14 @@ def choose_count(root: Path, requested: int, is_current: Callable[[Shard], bool]
     return max(counts, key=lambda n: (counts[n], -n)) if counts else 0
 
 
+def pending_line(stage: str, count: int, missing: list[Shard]) -> str:
+    """What `audiotokens status` says of shards on disk that are not assembled yet."""
+    if not missing:
+        return f"{stage} shards: all {count} finished, not assembled; run `audiotokens {stage} --assemble`"
+    listed = ", ".join(str(s.index) for s in missing[:20]) + (" …" if len(missing) > 20 else "")
+    return f"{stage} shards: {count - len(missing)} of {count} finished, not yet K = {listed}"
+
+
 def missing_message(stage: str, count: int, missing: list[Shard]) -> str:
     listed = ", ".join(str(s.index) for s in missing[:20]) + (" …" if len(missing) > 20 else "")
     return (f"{stage}: {len(missing)} of {count} shards not finished (K = {listed}); run "

@@ -523,6 +523,13 @@ class SpectrogramProcessor:
         shutil.rmtree(root, ignore_errors=True)
         return counts
 
+    def pending_shards(self) -> tuple[int, list[Shard]] | None:
+        """(N, the shards not finished) of the current shards on disk; None when there are none."""
+        clips = self._read_clips()
+        key = self._parts_key(clips)
+        count = choose_count(self.layout.frames_dir / SHARDS_DIR, 0, functools.partial(self._is_current, clips, key))
+        return (count, self._unfinished(clips, key, count)) if count else None
+
     # -- input
 
     def _read_clips(self) -> list[dict]:

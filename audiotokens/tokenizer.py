@@ -292,6 +292,15 @@ class SpecTokenizer:
         shutil.rmtree(self.shards_root, ignore_errors=True)
         return counts
 
+    def pending_shards(self) -> tuple[int, list[Shard]] | None:
+        """(N, the shards not finished) of the current shards on disk; None when there are none."""
+        from .vocabulary import load_vocabulary
+
+        store = ClipIndex.load(self.layout.frames_index)
+        key = self._shards_key(load_vocabulary(self.layout.vocabulary))
+        count = choose_count(self.shards_root, 0, lambda s: self._finished(store, key, s))
+        return (count, [s for s in all_shards(count) if not self._finished(store, key, s)]) if count else None
+
     def _write_store(self, vocab, store: ClipIndex, fill: Callable[[np.ndarray, int], None]) -> dict[str, Any]:
         """Stage tokenized/ in a folder beside it, `fill` writing the tokens array, then swap the files in."""
         quantizer = vocab.quantizer

@@ -129,12 +129,16 @@ def test_shard_command_writes_no_record_and_assemble_writes_it(tmp_path, corpus)
     write_record(Layout(tmp_path), "split", config(tmp_path))  # as if `audiotokens split` wrote the catalogue
     runner = CliRunner()
     base = ["--workdir", str(tmp_path), "--set", "spectrogram.workers=1"]
-    for k in range(2):
+    expected = ["spectrogram shards: 1 of 2 finished, not yet K = 0",
+                "spectrogram shards: all 2 finished, not assembled; run `audiotokens spectrogram --assemble`"]
+    for k, line in zip((1, 0), expected):
         result = runner.invoke(main, ["spectrogram", *base, "--shard", f"{k}/2"])
         assert result.exit_code == 0, result.output
+        assert line in runner.invoke(main, ["status", *base]).output
     assert not Layout(tmp_path).record("spectrogram").exists()
     result = runner.invoke(main, ["spectrogram", *base, "--assemble"])
     assert result.exit_code == 0, result.output
+    assert "shards" not in runner.invoke(main, ["status", *base]).output
     assert Layout(tmp_path).record("spectrogram").is_file()
     assert_same_store(tmp_path, reference)
     result = runner.invoke(main, ["spectrogram", *base, "--shard", "2/2"])
@@ -205,6 +209,7 @@ def test_a_missing_token_shard_is_the_only_one_computed_again(tmp_path, monkeypa
     token_workdir(tmp_path, stores, centroids)
     for k in (0, 2):
         SpecTokenizer(config(tmp_path), shard=Shard(index=k, count=3)).run()
+    assert SpecTokenizer(config(tmp_path)).pending_shards() == (3, [Shard(index=1, count=3)])
     with pytest.raises(UserError, match=r"tokenize: 1 of 3 shards not finished \(K = 1\)"):
         SpecTokenizer(config(tmp_path), assemble=True).run()
     computed = []
@@ -218,6 +223,7 @@ def test_a_missing_token_shard_is_the_only_one_computed_again(tmp_path, monkeypa
     SpecTokenizer(config(tmp_path)).run()
     assert computed == [Shard(index=1, count=3)]
     assert_same_tokens(tmp_path, reference)
+    assert SpecTokenizer(config(tmp_path)).pending_shards() is None
 
 
 def test_token_shards_of_another_vocabulary_are_not_assembled(tmp_path, token_corpus):
