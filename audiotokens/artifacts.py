@@ -9,10 +9,12 @@ Layout under a workdir:
   processed/frames/index.json       per clip: id, offset, length; the frame spec's digest
   processed/frames/spec.json        the frame spec: every setting that defines a frame
   processed/frames/report.json      clips skipped by the spectrogram stage, with reasons
+  processed/frames/shards/N-K/      while the stage runs: finished parts of shard K of N (shards.py)
   output/vocabulary/                the fitted tokenizer (vocabulary.json + codebooks.npz + report.json)
   tokenized/tokens.npy              token ids of every clip, (total_tokens, codebooks), int16 while k < 32768
   tokenized/index.json              per clip: id, offset, length; vocabulary and frame spec digests
   tokenized/stats.json, tokenized/histogram_<split>.png
+  tokenized/shards/N-K/             until assembled: tokens.npy + shard.json of shard K of N
   output/model/                     portable bundle (save_pretrained + audiotokens.json + vocabulary)
   output/checkpoints/{last,best}.pt training state for --resume
   output/metrics.jsonl, output/curves.png, output/tensorboard/ (when tensorboard is installed)

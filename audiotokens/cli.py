@@ -100,9 +100,52 @@ def _stage_command(name: str):
 
 
 # stages whose command takes options beyond the common ones are defined below
+SHARDED = ("spectrogram", "tokenize")
 for _name in NAMES:
-    if _name not in ("train", "evaluate"):
+    if _name not in ("train", "evaluate", *SHARDED):
         _stage_command(_name)
+
+
+def _sharded_command(name: str):
+    """A stage whose work is cut into shards (audiotokens/shards.py): --shard, --assemble, --executor."""
+
+    def command(config, strict, shard, shards, assemble, executor, scheduler):
+        from .pipeline import execute
+        from .shards import Shard, run_shard
+
+        if shard is not None:
+            if assemble or executor != "local" or shards:
+                raise UserError("--shard runs one shard by itself; drop --assemble, --shards and --executor")
+            run_shard(name, config, Shard.parse(shard), strict=strict)
+            return
+        if scheduler and executor != "dask":
+            raise UserError("--scheduler is the address of a dask cluster; add --executor dask")
+        if shards < 0:
+            raise UserError(f"--shards must be >= 0, got {shards}")
+        execute(name, config, strict=strict, assemble=assemble, executor=executor, scheduler=scheduler,
+                shards=shards)
+
+    command.__doc__ = BY_NAME[name].help
+    command = common_options(name)(command)
+    for option in reversed((
+        click.option("--strict", is_flag=True, help="Refuse to run on stale inputs."),
+        click.option("--shard", default=None, metavar="K/N",
+                     help="Compute only shard K (from 0) of N slices of the clips; no assembly, no record."),
+        click.option("--shards", default=0, type=int, metavar="N",
+                     help="Cut the work into N shards (default: the N of unfinished shards on disk, else 1 "
+                          "locally or two per dask worker)."),
+        click.option("--assemble", is_flag=True, help="Only assemble finished shards into the store."),
+        click.option("--executor", type=click.Choice(["local", "dask"]), default="local", show_default=True,
+                     help="Where unfinished shards run: here, or as tasks on a dask.distributed cluster."),
+        click.option("--scheduler", default=None, metavar="ADDRESS",
+                     help="The dask scheduler (tcp://host:8786); default: a local cluster."),
+    )):
+        command = option(command)
+    return main.command(name)(command)
+
+
+for _name in SHARDED:
+    _sharded_command(_name)
 
 
 @main.command(help=BY_NAME["train"].help)
@@ -180,6 +223,23 @@ def status(config):
 
     for state in stage_states(Layout(config.workdir), config).values():
         click.echo(state.line())
+    _shard_lines(config)
+
+
+def _shard_lines(config) -> None:
+    """Shards of a sharded stage computed and not yet assembled (the store is unchanged until then)."""
+    from .artifacts import Layout
+    from .shards import SHARDS_DIR, pending_line
+
+    layout = Layout(config.workdir)
+    for name, folder in (("spectrogram", layout.frames_dir), ("tokenize", layout.tokenized)):
+        if (folder / SHARDS_DIR).is_dir():
+            try:
+                pending = BY_NAME[name].runner_class()(config).pending_shards()
+            except UserError:  # inputs gone or damaged: the stage's own line already says so
+                continue
+            if pending:
+                click.echo(pending_line(name, *pending))
 
 
 @main.command("run")

@@ -104,19 +104,22 @@ def load_vectors(frames: np.ndarray, index: ClipIndex, positions: np.ndarray | N
 
 
 def use_gpu(requested: bool) -> bool:
+    """Whether k-means runs on the GPUs; asked for explicitly, a missing GPU is an error, not a fallback.
+
+    faiss.Kmeans(gpu=True) spreads the assignment over every GPU the faiss build sees.
+    """
     if not requested:
         return False
     if faiss.get_num_gpus() > 0:
         return True
-    log.warning("cluster.gpu = true, but this faiss build sees no GPU (faiss-cpu, or no CUDA device); "
-                "training on the CPU. Install faiss-gpu for GPU k-means, or set cluster.gpu = false")
-    return False
+    raise UserError("cluster.gpu = true, but this faiss build sees no GPU (faiss-cpu, or no CUDA device); "
+                    "install faiss-gpu on a machine with a GPU, or set cluster.gpu = false")
 
 
 def train_kmeans(x: np.ndarray, k: int, niter: int, seed: int, spherical: bool, gpu: bool) -> faiss.Kmeans:
     """faiss k-means on exactly the rows of x: no internal subsampling, no faiss warning."""
     kmeans = faiss.Kmeans(
-        x.shape[1], k, niter=niter, seed=seed, spherical=spherical, gpu=gpu,
+        x.shape[1], k, niter=niter, seed=seed, spherical=spherical, gpu=gpu,  # True: every GPU of the machine
         max_points_per_centroid=math.ceil(len(x) / k) + 1,  # k * this >= len(x): faiss keeps every row
         min_points_per_centroid=1,  # the too-few-frames warning is ours (log + report)
         verbose=log.isEnabledFor(logging.DEBUG),

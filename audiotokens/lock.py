@@ -4,7 +4,9 @@ Every stage that writes artifacts runs under `workdir_lock`. The lock is `flock`
 <workdir>/.audiotokens.lock, so the kernel releases it when the holder exits in any way (kill -9 and
 the out-of-memory killer included): nothing is left behind to clean up. The file records the holder's
 pid and what it is doing, so a second run can say who holds the workdir. Re-entrant within a process
-(`run` holds it across its stages, each of which takes it again).
+(`run` holds it across its stages, each of which takes it again). Shard processes of the spectrogram and
+tokenize stages hold it shared instead (shards.shard_lock), so that many run at once and none beside
+another stage.
 """
 from __future__ import annotations
 
@@ -42,7 +44,8 @@ def workdir_lock(workdir: str | Path, what: str) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "another process"
+            # shard processes share the lock without naming themselves here (shards.shard_lock)
+            holder = handle.read().strip() or "another process (shard processes? see .audiotokens.shards/)"
             raise UserError(f"workdir {workdir} is in use by {holder}; wait for it to finish, or give this "
                             "run its own --workdir") from None
         handle.seek(0)

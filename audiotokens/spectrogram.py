@@ -7,15 +7,18 @@ amin 1e-10, top_db) -> min-max scaling of the whole clip to [0, 1]. The STFT is 
 decodes, resamples and transforms a file block by block, so memory does not grow with a recording's
 length beyond its mel frames; its frames equal those of `compute_frames` on the whole decoded clip.
 
-The stage works through the clip catalogue of processed/split.json, whatever the split, in parts of
-consecutive clips; a finished part is kept on disk, so an interrupted run resumes after the last finished
-part. Parts carry a key of the frame parameters and the clip list and are discarded when either changes.
+The stage works through the clip catalogue of processed/split.json, whatever the split, in shards
+(shards.py: processed/frames/shards/N-K/, N = 1 unless asked) and within a shard in parts of consecutive
+clips; a finished part is kept on disk, so an interrupted run resumes after the last finished part.
+Parts carry a key of the frame parameters and the clip list and are discarded when either changes.
+The store is assembled from every shard's parts in catalogue order, so it is the same whatever N.
 Splits are views over the one store (artifacts.open_split), so a new split never recomputes frames.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -57,8 +60,21 @@ from .artifacts import (
 from .audio import BLOCK_FRAMES, RESAMPLE_QUALITY, AudioError, AudioStream, to_mono
 from .config import Config, SpectrogramConfig, check_spectrogram, frame_keys
 from .errors import UserError
+from .shards import (
+    SHARDS_DIR,
+    Shard,
+    all_shards,
+    choose_count,
+    dask_client,
+    default_dask_count,
+    missing_message,
+    read_json_or_none,
+    run_on_dask,
+)
 
 log = logging.getLogger("audiotokens")
+
+STAGE = "spectrogram"  # the stage table's name of this stage (shard locks, messages)
 
 AMIN = 1e-10  # power floor before log10, as librosa.power_to_db
 FFT_BLOCK = 128  # frames per FFT and mel product call (see MelPower); ~1 MiB of float64 windows
@@ -374,29 +390,37 @@ class _Pool(multiprocessing.pool.Pool):
 
 
 class PartStore:
-    """Finished parts of one split: part-NNNNN.npy (frames of its kept clips) + part-NNNNN.json.
+    """Finished parts of one shard of the catalogue: part-NNNNN.npy (frames of its kept clips) + part-NNNNN.json.
 
-    Parts cover consecutive clips and are written in order, so the finished ones always form a prefix
-    of the split: a re-run continues after the last one.
+    Parts cover consecutive clips from the shard's first one (`first`) and are written in order, so the
+    finished ones always form a prefix of the shard: a re-run continues after the last one.
     """
 
-    def __init__(self, folder: Path, key: str):
+    def __init__(self, folder: Path, key: str, first: int = 0):
         self.folder = folder
         self.key = key
+        self.first = first  # catalogue position of the shard's first clip
+
+    def matches_key(self) -> bool:
+        """Whether the folder holds parts written under this key (without touching it)."""
+        stored = read_json_or_none(self.folder / "key.json")
+        return bool(stored) and stored.get("key") == self.key
 
     def open(self) -> None:
         """Keep parts written under the same key; discard everything else."""
         key_file = self.folder / "key.json"
-        if self.folder.is_dir():
-            stored = _read_json_or_none(key_file)
-            if not stored or stored.get("key") != self.key:
-                log.info("discarding %s: frame parameters or the split changed since it was written", self.folder)
-                shutil.rmtree(self.folder)
+        if self.folder.is_dir() and not self.matches_key():
+            log.info("discarding %s: frame parameters or the split changed since it was written", self.folder)
+            shutil.rmtree(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         for stale in self.folder.glob(".*.tmp"):  # left by a killed writer
             stale.unlink(missing_ok=True)
         if not key_file.is_file():
             write_json(key_file, {"key": self.key})
+
+    def done_until(self, metas: list[dict[str, Any]]) -> int:
+        """The catalogue position after the last finished clip of the shard."""
+        return metas[-1]["stop"] if metas else self.first
 
     def array_path(self, number: int) -> Path:
         return self.folder / f"part-{number:05d}.npy"
@@ -409,8 +433,8 @@ class PartStore:
         metas: list[dict[str, Any]] = []
         while True:
             number = len(metas)
-            meta = _read_json_or_none(self.meta_path(number))
-            start = metas[-1]["stop"] if metas else 0
+            meta = read_json_or_none(self.meta_path(number))
+            start = self.done_until(metas)
             if not meta or meta.get("start") != start or not self._rows_match(number, meta):
                 return metas
             metas.append(meta)
@@ -440,13 +464,6 @@ class PartStore:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _read_json_or_none(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _check_finite(frames: np.ndarray, where: Path) -> None:
     if not np.isfinite(frames).all():  # process_clip drops such clips; this guards the file itself
         raise RuntimeError(f"refusing to write non-finite frames to {where}")
@@ -456,23 +473,62 @@ def _check_finite(frames: np.ndarray, where: Path) -> None:
 
 
 class SpectrogramProcessor:
-    """`audiotokens spectrogram`: frames of every clip of the catalogue in processed/split.json."""
+    """`audiotokens spectrogram`: frames of every clip of the catalogue in processed/split.json.
 
-    def __init__(self, config: Config, part_clips: int = 256, part_frames: int = 2**18):
+    The work is cut into shards (shards.py): `shard` computes that one only; otherwise the unfinished
+    shards are computed here (executor "local") or as dask tasks ("dask"), then assembled into the store;
+    `assemble` only assembles.
+    """
+
+    def __init__(self, config: Config, part_clips: int = 256, part_frames: int = 2**18, *,
+                 shard: Shard | None = None, assemble: bool = False, executor: str = "local",
+                 scheduler: str | None = None, shards: int = 0):
         self.config = config
         self.params = config.spectrogram
         check_params(self.params)
         self.layout = Layout(config.workdir)
         self.part_clips = part_clips  # a part ends after this many clips or part_frames frames
         self.part_frames = part_frames
+        self.shard = shard
+        self.assemble_only = assemble
+        self.executor = executor
+        self.scheduler = scheduler
+        self.shard_count = shards  # 0: the N of the shards on disk, else 1 (local) or per dask worker
 
     def run(self) -> dict[str, Any]:
         clips = self._read_clips()
-        # built once here so forked workers inherit it instead of each paying librosa's first-call cost
-        _mel_groups(self.params.sample_rate, self.params.n_fft, self.params.n_mels, self.params.fmin,
-                    self.params.fmax)
-        with self._mapper(len(clips)) as mapper:
-            return self._run_store(clips, mapper)
+        key = self._parts_key(clips)
+        if self.shard is not None:
+            return self._compute_shards(clips, key, [self.shard])
+        root = self.layout.frames_dir / SHARDS_DIR
+        current = functools.partial(self._is_current, clips, key)
+        count = choose_count(root, self.shard_count, current)
+        if self.executor == "dask" and not self.assemble_only:
+            with dask_client(self.scheduler) as client:
+                count = count or default_dask_count(client)
+                todo = self._unfinished(clips, key, count)
+                log.info("%d of %d shards to compute on dask", len(todo), count)
+                run_on_dask(STAGE, self.config, todo, client)
+        else:
+            count = count or 1
+            todo = self._unfinished(clips, key, count)
+            if todo and self.assemble_only:
+                raise UserError(missing_message(STAGE, count, todo))
+            if todo:
+                self._compute_shards(clips, key, todo)
+        missing = self._unfinished(clips, key, count)
+        if missing:  # a dask task that returned without finishing its shard (the shard changed under it)
+            raise UserError(missing_message(STAGE, count, missing))
+        counts = self._assemble(clips, [self._shard_store(clips, key, shard) for shard in all_shards(count)])
+        shutil.rmtree(root, ignore_errors=True)
+        return counts
+
+    def pending_shards(self) -> tuple[int, list[Shard]] | None:
+        """(N, the shards not finished) of the current shards on disk; None when there are none."""
+        clips = self._read_clips()
+        key = self._parts_key(clips)
+        count = choose_count(self.layout.frames_dir / SHARDS_DIR, 0, functools.partial(self._is_current, clips, key))
+        return (count, self._unfinished(clips, key, count)) if count else None
 
     # -- input
 
@@ -485,18 +541,43 @@ class SpectrogramProcessor:
                             "re-run `audiotokens split`")
         return clips
 
-    # -- the store
+    # -- shards of the store
 
-    def _run_store(self, clips: list[dict], mapper) -> dict[str, int]:
-        store = PartStore(self.layout.frames_dir / "parts", self._parts_key(clips))
+    def _shard_store(self, clips: list[dict], key: str, shard: Shard) -> PartStore:
+        folder = self.layout.frames_dir / SHARDS_DIR / shard.name
+        return PartStore(folder, key, shard.clip_range(len(clips)).start)
+
+    def _is_current(self, clips: list[dict], key: str, shard: Shard) -> bool:
+        return self._shard_store(clips, key, shard).matches_key()
+
+    def _unfinished(self, clips: list[dict], key: str, count: int) -> list[Shard]:
+        def finished(shard: Shard) -> bool:
+            store = self._shard_store(clips, key, shard)
+            return store.matches_key() and store.done_until(store.finished()) == shard.clip_range(len(clips)).stop
+        return [shard for shard in all_shards(count) if not finished(shard)]
+
+    def _compute_shards(self, clips: list[dict], key: str, shards: list[Shard]) -> dict[str, int]:
+        """Compute the missing parts of each shard, one process pool for all of them."""
+        # built once here so forked workers inherit it instead of each paying librosa's first-call cost
+        _mel_groups(self.params.sample_rate, self.params.n_fft, self.params.n_mels, self.params.fmin,
+                    self.params.fmax)
+        total = sum(len(shard.clip_range(len(clips))) for shard in shards)
+        with self._mapper(total) as mapper:
+            for shard in shards:
+                self._run_shard(clips, self._shard_store(clips, key, shard), shard, mapper)
+        return {"clips": total, "shards": len(shards)}
+
+    def _run_shard(self, clips: list[dict], store: PartStore, shard: Shard, mapper) -> None:
         store.open()
         finished = store.finished()
-        start = finished[-1]["stop"] if finished else 0
-        if start:
-            log.info("resuming, %d of %d clips already done", start, len(clips))
-        tasks = ((i, str(clips[i]["id"]), str(clips[i]["audio"])) for i in range(start, len(clips)))
+        span = shard.clip_range(len(clips))
+        start = store.done_until(finished)
+        if start > span.start:
+            log.info("resuming, %d of %d clips already done", start - span.start, len(span))
+        tasks = ((i, str(clips[i]["id"]), str(clips[i]["audio"])) for i in range(start, span.stop))
         number, batch, batch_frames = len(finished), [], 0
-        with tqdm(total=len(clips), initial=start, unit="clip", desc="spectrogram") as bar:
+        desc = "spectrogram" if shard.count == 1 else f"spectrogram {shard.index}/{shard.count}"
+        with tqdm(total=len(span), initial=start - span.start, unit="clip", desc=desc) as bar:
             for expected, result in enumerate(mapper(tasks), start):
                 # imap keeps order; a mismatch would store frames under the wrong clip, so stop instead.
                 if result.position != expected or result.clip_id != str(clips[expected]["id"]):
@@ -504,12 +585,9 @@ class SpectrogramProcessor:
                 batch.append(result)
                 batch_frames += 0 if result.frames is None else result.frames.shape[0]
                 bar.update(1)
-                if len(batch) == self.part_clips or batch_frames >= self.part_frames or expected == len(clips) - 1:
+                if len(batch) == self.part_clips or batch_frames >= self.part_frames or expected == span.stop - 1:
                     store.write(number, batch, self.params.n_mels, self.params.dtype)
                     number, batch, batch_frames = number + 1, [], 0
-        counts = self._assemble(clips, store)
-        store.remove()
-        return counts
 
     def _parts_key(self, clips: list[dict]) -> str:
         blob = json.dumps({"format": PART_FORMAT, "params": params_to_dict(self.params), "dtype": self.params.dtype,
@@ -517,16 +595,18 @@ class SpectrogramProcessor:
                           sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
-    def _assemble(self, clips: list[dict], store: PartStore) -> dict[str, int]:
-        metas = store.finished()
-        if (metas[-1]["stop"] if metas else 0) != len(clips):
+    def _assemble(self, clips: list[dict], stores: list[PartStore]) -> dict[str, int]:
+        parts = [(store.array_path(number), meta) for store in stores for number, meta in enumerate(store.finished())]
+        metas = [meta for _, meta in parts]
+        if (metas[-1]["stop"] if metas else 0) != len(clips) or any(
+                a["stop"] != b["start"] for a, b in itertools.pairwise(metas)):
             raise RuntimeError(f"parts do not cover the {len(clips)} clips")
         positions = [p for meta in metas for p in meta["positions"]]
         lengths = [n for meta in metas for n in meta["lengths"]]
         skipped = [{**s, "audio": clips[s["position"]]["audio"]} for meta in metas for s in meta["skipped"]]
         total = int(sum(lengths))
         spec = params_to_dict(self.params)
-        self._write_frames(store, len(metas), total)
+        self._write_frames([path for path, _ in parts], total)
         write_json(self.layout.frame_spec, spec)  # after the frames it describes, before the index
         index = ClipIndex.from_lengths([str(clips[p]["id"]) for p in positions], lengths,
                                        [[] for _ in positions], [], "")
@@ -542,7 +622,7 @@ class SpectrogramProcessor:
             raise UserError(f"no usable clip ({_describe(reasons)}); see {self.layout.frames_report}")
         return {"clips": len(positions), "frames": total, "skipped": len(skipped)}
 
-    def _write_frames(self, store: PartStore, n_parts: int, total: int) -> None:
+    def _write_frames(self, part_paths: list[Path], total: int) -> None:
         path = self.layout.frames
         for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed assembly
             stale.unlink(missing_ok=True)
@@ -552,8 +632,8 @@ class SpectrogramProcessor:
         with atomic_path(path) as tmp:
             out = create_npy(tmp, (total, self.params.n_mels), self.params.dtype)
             row = 0
-            for number in range(n_parts):
-                frames = np.load(store.array_path(number), mmap_mode="r")
+            for part in part_paths:
+                frames = np.load(part, mmap_mode="r")
                 _check_finite(frames, path)
                 out[row:row + frames.shape[0]] = frames
                 row += frames.shape[0]

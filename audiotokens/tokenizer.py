@@ -9,13 +9,16 @@ reported per split view (tokenized/stats.json, one histogram per split and codeb
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib
+import json
 import logging
 import math
 import mmap
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +30,11 @@ from .artifacts import (
     ClipIndex,
     Layout,
     SplitPlan,
+    atomic_path,
     create_npy,
     disk_failure,
     open_store,
+    save_npy,
     split_view,
     staging_dir,
     usual_permissions,
@@ -37,10 +42,23 @@ from .artifacts import (
 )
 from .config import Config
 from .errors import UserError
+from .shards import (
+    SHARDS_DIR,
+    Shard,
+    all_shards,
+    choose_count,
+    dask_client,
+    default_dask_count,
+    missing_message,
+    read_json_or_none,
+    run_on_dask,
+)
 
 log = logging.getLogger("audiotokens")
 
 DEFAULT_BATCH = 262144
+STAGE = "tokenize"  # the stage table's name of this stage (shard locks, messages)
+SHARD_META = "shard.json"  # written last in a shard's folder: the shard is finished
 
 
 # ---------------------------------------------------------------- nearest-centroid search
@@ -205,27 +223,41 @@ def check_vocabulary_fits(vocab, store: ClipIndex, frames: np.ndarray, frames_pa
                         f"holds frames of shape {frames.shape[1:]}; re-run `audiotokens cluster`")
 
 
-def clip_batches(index: ClipIndex, batch_rows: int) -> Iterator[range]:
-    """Runs of consecutive clips holding about `batch_rows` frames (at least one clip each)."""
-    start, rows = 0, 0
-    for i, length in enumerate(index.lengths):
-        rows += int(length)
+def clip_batches(index: ClipIndex, batch_rows: int, clips: range | None = None) -> Iterator[range]:
+    """Runs of consecutive clips (of `clips`, default all) holding about `batch_rows` frames (at least one clip each)."""
+    clips = range(len(index)) if clips is None else clips
+    start, rows = clips.start, 0
+    for i in clips:
+        rows += int(index.lengths[i])
         if rows >= batch_rows:
             yield range(start, i + 1)
             start, rows = i + 1, 0
-    if start < len(index):
-        yield range(start, len(index))
+    if start < clips.stop:
+        yield range(start, clips.stop)
 
 
 class SpecTokenizer:
-    """The frames store -> tokenized/ (tokens.npy + index.json + stats.json + histograms)."""
+    """The frames store -> tokenized/ (tokens.npy + index.json + stats.json + histograms).
 
-    def __init__(self, config: Config, **options: Any):
+    Sharded like the spectrogram stage (shards.py): `shard` writes the tokens of its clips to
+    tokenized/shards/N-K/ (tokens.npy, then shard.json that marks it finished); a run without it
+    assembles finished shards on disk (computing those missing, here or on dask), or with no shard on
+    disk and no executor asked for, tokenizes straight into the store.
+    """
+
+    def __init__(self, config: Config, *, shard: Shard | None = None, assemble: bool = False,
+                 executor: str = "local", scheduler: str | None = None, shards: int = 0, **options: Any):
         self.config = config
         self.layout = Layout(config.workdir)
         self.batch_frames = int(options.get("batch_frames", config.tokenize.batch_frames))
         if self.batch_frames <= 0:
             raise UserError(f"'tokenize.batch_frames' must be positive, got {self.batch_frames}")
+        self.shard = shard
+        self.assemble_only = assemble
+        self.executor = executor
+        self.scheduler = scheduler
+        self.shard_count = shards
+        self.shards_root = self.layout.tokenized / SHARDS_DIR
 
     def run(self) -> dict[str, Any]:
         from .vocabulary import load_vocabulary
@@ -233,12 +265,55 @@ class SpecTokenizer:
         vocab = load_vocabulary(self.layout.vocabulary)
         frames, store = open_store(self.layout.frames, self.layout.frames_index)
         check_vocabulary_fits(vocab, store, frames, self.layout.frames)
+        key = self._shards_key(vocab)
+        if self.shard is not None:
+            return self._compute_shard(frames, store, vocab.quantizer, key, self.shard)
+        count = choose_count(self.shards_root, self.shard_count, lambda s: self._finished(store, key, s))
+        if not count and self.executor == "local" and not self.assemble_only:
+            fill = functools.partial(self._tokenize_clips, frames, store, vocab.quantizer, range(len(store)))
+            return self._write_store(vocab, store, fill)
+        if self.executor == "dask" and not self.assemble_only:
+            with dask_client(self.scheduler) as client:
+                count = count or default_dask_count(client)
+                todo = [s for s in all_shards(count) if not self._finished(store, key, s)]
+                log.info("%d of %d shards to tokenize on dask", len(todo), count)
+                run_on_dask(STAGE, self.config, todo, client)
+        else:
+            count = count or 1
+            todo = [s for s in all_shards(count) if not self._finished(store, key, s)]
+            if todo and self.assemble_only:
+                raise UserError(missing_message(STAGE, count, todo))
+            for shard in todo:
+                self._compute_shard(frames, store, vocab.quantizer, key, shard)
+        missing = [s for s in all_shards(count) if not self._finished(store, key, s)]
+        if missing:
+            raise UserError(missing_message(STAGE, count, missing))
+        counts = self._write_store(vocab, store, functools.partial(self._copy_shards, store, count))
+        shutil.rmtree(self.shards_root, ignore_errors=True)
+        return counts
+
+    def pending_shards(self) -> tuple[int, list[Shard]] | None:
+        """(N, the shards not finished) of the current shards on disk; None when there are none."""
+        from .vocabulary import load_vocabulary
+
+        store = ClipIndex.load(self.layout.frames_index)
+        key = self._shards_key(load_vocabulary(self.layout.vocabulary))
+        count = choose_count(self.shards_root, 0, lambda s: self._finished(store, key, s))
+        return (count, [s for s in all_shards(count) if not self._finished(store, key, s)]) if count else None
+
+    def _write_store(self, vocab, store: ClipIndex, fill: Callable[[np.ndarray, int], None]) -> dict[str, Any]:
+        """Stage tokenized/ in a folder beside it, `fill` writing the tokens array, then swap the files in."""
         quantizer = vocab.quantizer
         log.info("tokenizing %d clips with the %s", len(store), vocab.describe())
         self.layout.tokenized.mkdir(parents=True, exist_ok=True)
         tmp = staging_dir(self.layout.tokenized / "store")
         try:
-            tokens_index = self._tokenize(frames, store, quantizer, tmp)
+            tokens_index = self._token_index(store, quantizer)
+            tokens = create_npy(tmp / self.layout.tokens.name, (tokens_index.total_frames, quantizer.n_codebooks),
+                                token_dtype(max(quantizer.codebook_sizes)))
+            fill(tokens, 0)
+            tokens.flush()
+            del tokens
             tokens_index.extra = {"vocabulary_digest": vocab.digest, "frame_spec_digest": vocab.frame_spec_digest,
                                   "codebook_sizes": quantizer.codebook_sizes, "stack": quantizer.stack,
                                   "stride": quantizer.stride}
@@ -266,32 +341,87 @@ class SpecTokenizer:
             counts[f"{name}_perplexity"] = round(split["codebooks"][0]["perplexity"], 3)
         return counts
 
-    def _tokenize(self, frames: np.ndarray, store: ClipIndex, quantizer, out_dir: Path) -> ClipIndex:
+    @staticmethod
+    def _token_index(store: ClipIndex, quantizer) -> ClipIndex:
         lengths = np.array([quantizer.n_tokens(int(n)) for n in store.lengths], dtype=np.int64)
-        index = ClipIndex.from_lengths(store.ids, lengths, [[] for _ in store.ids], [], "")
-        dtype = token_dtype(max(quantizer.codebook_sizes))
-        tokens = create_npy(out_dir / self.layout.tokens.name, (index.total_frames, quantizer.n_codebooks), dtype)
-        with tqdm(total=len(store), unit="clip", desc="tokenize", disable=None, leave=False) as progress:
-            for clips in clip_batches(store, self.batch_frames):
-                first, last = int(store.offsets[clips[0]]), int(store.offsets[clips[-1]] + store.lengths[clips[-1]])
+        return ClipIndex.from_lengths(store.ids, lengths, [[] for _ in store.ids], [], "")
+
+    def _tokenize_clips(self, frames: np.ndarray, store: ClipIndex, quantizer, clips: range, tokens: np.ndarray,
+                        first_row: int) -> None:
+        """Token ids of `clips` into `tokens`, whose row 0 is token row `first_row` of the whole store."""
+        index = self._token_index(store, quantizer)
+        with tqdm(total=len(clips), unit="clip", desc="tokenize", disable=None, leave=False) as progress:
+            for batch in clip_batches(store, self.batch_frames, clips):
+                first = int(store.offsets[batch[0]])
+                last = int(store.offsets[batch[-1]] + store.lengths[batch[-1]])
                 block = np.asarray(frames[first:last], dtype=np.float32)
                 if quantizer.stack > 1:
                     block = np.concatenate([quantizer.windows(block[store.offsets[c] - first:
                                                                     store.offsets[c] - first + store.lengths[c]])
-                                            for c in clips])
+                                            for c in batch])
                 ids = quantizer.encode(block)
                 if len(ids) and ids.min() < 0:
                     row = int(np.flatnonzero(ids.min(axis=1) < 0)[0])
-                    raise UserError(f"{self.layout.frames}: a frame of clip '{store.ids[clips[0]]}' or the clips "
+                    raise UserError(f"{self.layout.frames}: a frame of clip '{store.ids[batch[0]]}' or the clips "
                                     f"after it (batch row {row}) contains NaN or inf; re-run "
                                     "`audiotokens spectrogram`")
-                out = int(index.offsets[clips[0]])
+                out = int(index.offsets[batch[0]]) - first_row
                 tokens[out:out + len(ids)] = ids
                 release_pages(frames, first, last)
-                progress.update(len(clips))
-        tokens.flush()
-        del tokens
-        return index
+                progress.update(len(batch))
+
+    # -- shards
+
+    def _shards_key(self, vocab) -> str:
+        """What a shard's tokens depend on: the vocabulary and the frames store they were made from."""
+        from .provenance import output_identity
+
+        blob = json.dumps([vocab.digest, output_identity(self.layout.frames),
+                           output_identity(self.layout.frames_index)])
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def _shard_span(self, store: ClipIndex, shard: Shard) -> tuple[range, Path]:
+        return shard.clip_range(len(store)), self.shards_root / shard.name
+
+    def _finished(self, store: ClipIndex, key: str, shard: Shard) -> bool:
+        span, folder = self._shard_span(store, shard)
+        meta = read_json_or_none(folder / SHARD_META)
+        if not meta or meta.get("key") != key or [meta.get("start"), meta.get("stop")] != [span.start, span.stop]:
+            return False
+        try:
+            return np.load(folder / self.layout.tokens.name, mmap_mode="r").shape[0] == meta["rows"]
+        except (OSError, ValueError):
+            return False
+
+    def _compute_shard(self, frames: np.ndarray, store: ClipIndex, quantizer, key: str,
+                       shard: Shard) -> dict[str, Any]:
+        span, folder = self._shard_span(store, shard)
+        index = self._token_index(store, quantizer)
+        first = int(index.offsets[span.start]) if len(span) else 0
+        rows = int(index.lengths[span.start:span.stop].sum())
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / SHARD_META).unlink(missing_ok=True)
+        shape, dtype = (rows, quantizer.n_codebooks), token_dtype(max(quantizer.codebook_sizes))
+        if rows == 0:
+            save_npy(folder / self.layout.tokens.name, np.zeros(shape, dtype=dtype))
+        else:
+            with atomic_path(folder / self.layout.tokens.name) as tmp:
+                tokens = create_npy(tmp, shape, dtype)
+                self._tokenize_clips(frames, store, quantizer, span, tokens, first)
+                tokens.flush()
+                del tokens
+        write_json(folder / SHARD_META, {"key": key, "start": span.start, "stop": span.stop, "rows": rows})
+        return {"clips": len(span), "tokens": rows}
+
+    def _copy_shards(self, store: ClipIndex, count: int, tokens: np.ndarray, first_row: int) -> None:
+        row = first_row
+        for shard in all_shards(count):
+            part = np.load(self._shard_span(store, shard)[1] / self.layout.tokens.name, mmap_mode="r")
+            for start, block in iter_batches(part, DEFAULT_BATCH):
+                tokens[row + start:row + start + len(block)] = block
+            row += len(part)
+        if row != len(tokens):
+            raise RuntimeError(f"token shards hold {row} rows, the store {len(tokens)}")
 
     def _statistics(self, out_dir: Path, index: ClipIndex, sizes: list[int]) -> dict[str, Any]:
         """Per split view and codebook: usage, entropy, perplexity, unused ids."""

@@ -219,12 +219,12 @@ def test_non_finite_frames_are_refused(tmp_path):
     assert not Layout(tmp_path).vocabulary.exists()
 
 
-def test_gpu_request_without_a_gpu_warns_and_trains_on_cpu(corpus, caplog):
+def test_gpu_request_without_a_gpu_is_a_user_error(corpus):
     if faiss.get_num_gpus() > 0:
         pytest.skip("a GPU is visible to faiss")
-    with caplog.at_level(logging.WARNING, logger="audiotokens"):
+    with pytest.raises(UserError, match=r"cluster\.gpu = true.*no GPU.*faiss-gpu"):
         ClusterCreator(config_for(corpus[0], "cluster.gpu=true")).run()
-    assert "cluster.gpu" in caplog.text and report_of(corpus[0])["gpu"] is False
+    assert not Layout(corpus[0]).vocabulary.exists()
 
 
 def test_report_and_record_through_the_pipeline(tmp_path):

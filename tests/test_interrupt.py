@@ -115,11 +115,11 @@ def exists(pattern: str):
 
 
 SPECTROGRAM_POINTS = {
-    "between parts": {"condition": exists("processed/frames/parts/part-00002.json"), "parts": 3, "clip": 0.03},
-    "a part complete, not yet renamed": {"condition": exists("processed/frames/parts/.part-00001.npy.*.tmp"),
+    "between parts": {"condition": exists("processed/frames/shards/1-0/part-00002.json"), "parts": 3, "clip": 0.03},
+    "a part complete, not yet renamed": {"condition": exists("processed/frames/shards/1-0/.part-00001.npy.*.tmp"),
                                              "parts": 3, "replace": 0.5},
     "assembling frames.npy": {"condition": exists("processed/frames/.frames.npy.*.tmp"), "parts": 3, "replace": 0.5},
-    "most of the catalogue done": {"condition": exists("processed/frames/parts/part-00005.json"),
+    "most of the catalogue done": {"condition": exists("processed/frames/shards/1-0/part-00005.json"),
                                    "parts": 2, "clip": 0.05},
 }
 

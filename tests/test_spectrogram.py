@@ -173,7 +173,7 @@ def test_one_store_for_every_clip_and_the_frame_spec_beside_it(oracle_run):
     _, view = stored(workdir, "validation")
     assert view.classes == CLASSES and view.task == "singlelabel" and view.split == "validation"
     assert view.labels == [c["labels"] for c in clips[1::2]]
-    assert not (layout.frames_dir / "parts").exists()  # parts removed once assembled
+    assert not (layout.frames_dir / "shards").exists()  # parts removed once assembled
 
 
 def test_the_frame_spec_holds_what_defines_a_frame_and_nothing_else():

@@ -105,7 +105,7 @@ def test_full_disk_while_reserving_the_frames_store(own_project, monkeypatch):
     message = one_error_line(CliRunner().invoke(main, ["spectrogram", *common(own_project),
                                                        "--set", "spectrogram.n_mels=40"]))
     assert f"cannot write {Layout(own_project / 'work').frames}: No space left" in message
-    shutil.rmtree(own_project / "work/processed/frames/parts")  # finished parts: complete, kept for a re-run
+    shutil.rmtree(own_project / "work/processed/frames/shards")  # finished parts: complete, kept for a re-run
     unchanged_and_clean(own_project, before)
 
 
@@ -262,4 +262,4 @@ def test_real_full_disk(own_project, tmp_path, stage, where):
     old = {str(p.relative_to(stash)) for p in stash.rglob("*") if p.is_file()}
     new_files = set(found["files"]) - old
     # all a failed stage may leave: its failure marker and (spectrogram) finished, resumable parts
-    assert all(name.endswith(".failed.json") or "/parts/" in name for name in new_files), new_files
+    assert all(name.endswith(".failed.json") or "/shards/" in name for name in new_files), new_files

@@ -1,0 +1,102 @@
+"""Time the sharded stages: per-clip cost of spectrogram and tokenize, and local vs a Dask local cluster.
+
+    python scripts/bench/shards.py MANIFEST N [--shards 4 8] [--n-clusters 256]
+
+The first N clips of MANIFEST (a CSV whose first column is a path relative to it). One process
+(spectrogram.workers = 1) gives the per-clip cost of each stage; then the spectrogram stage is timed with
+a local pool of 2 processes and on a dask LocalCluster of 2 single-thread workers with each --shards
+count (fresh workdirs, the stores compared byte for byte). Overhead per shard = (dask - local pool) / N.
+The dask figure includes starting the cluster. Figures are single runs: on a shared machine, noisy.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from audiotokens.artifacts import Layout
+from audiotokens.config import load_config
+from audiotokens.pipeline import execute
+
+SETTINGS = ["spectrogram.dtype=float16"]
+
+
+def write_catalogue(workdir: Path, manifest: Path, n: int) -> None:
+    """split.json of the first n clips (all in train; the stages here do not care about the split)."""
+    with open(manifest, newline="") as handle:
+        rows = list(csv.reader(handle))[1:n + 1]
+    clips = [{"id": Path(row[0]).stem, "audio": str((manifest.parent / row[0]).resolve()), "labels": [0],
+              "group": None} for row in rows]
+    layout = Layout(workdir)
+    layout.processed.mkdir(parents=True, exist_ok=True)
+    layout.split_json.write_text(json.dumps({"classes": ["x"], "task": "multilabel", "clips": clips,
+                                             "splits": {"train": [c["id"] for c in clips]}}))
+
+
+def timed(stage: str, workdir: Path, *overrides: str, **options) -> float:
+    config = load_config(None, [*SETTINGS, *overrides], workdir)
+    started = time.perf_counter()
+    execute(stage, config, **options)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("manifest", type=Path)
+    parser.add_argument("n", type=int)
+    parser.add_argument("--shards", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--n-clusters", type=int, default=256)
+    args = parser.parse_args()
+    from audiotokens.provenance import write_record
+
+    root = Path(tempfile.mkdtemp(prefix="bench-shards-"))
+    try:
+        base = root / "one"
+        write_catalogue(base, args.manifest, args.n)
+        write_record(Layout(base), "split", load_config(None, SETTINGS, base))
+        one = timed("spectrogram", base, "spectrogram.workers=1")
+        frames = Layout(base).frames.stat().st_size
+        timed("cluster", base, f"cluster.n_clusters={args.n_clusters}", "cluster.max_frames=200000")
+        tok = timed("tokenize", base)
+        print(f"{args.n} clips, one process: spectrogram {one:.1f} s ({args.n / one:.2f} clips/s), "
+              f"tokenize {tok:.2f} s ({args.n / tok:.1f} clips/s, vocabulary {args.n_clusters}); "
+              f"frames.npy {frames / args.n:.0f} B/clip, tokens.npy "
+              f"{Layout(base).tokens.stat().st_size / args.n:.0f} B/clip")
+        pool = root / "pool"
+        write_catalogue(pool, args.manifest, args.n)
+        shutil.copytree(base / "processed", pool / "processed", dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("frames"))
+        shutil.copy(base / "processed" / "split.meta.json", pool / "processed")
+        local = timed("spectrogram", pool, "spectrogram.workers=2")
+        print(f"local pool of 2 processes: {local:.1f} s ({args.n / local:.2f} clips/s)")
+        from dask.distributed import Client
+
+        from audiotokens.shards import local_cluster
+
+        for count in args.shards:
+            workdir = root / f"dask{count}"
+            shutil.copytree(pool / "processed", workdir / "processed", ignore=shutil.ignore_patterns("frames"))
+            started = time.perf_counter()
+            with local_cluster(2) as cluster, Client(cluster) as client:
+                ready = time.perf_counter() - started
+                client.run(importlib.import_module, "audiotokens.spectrogram")  # what a fresh worker pays once
+                imports = time.perf_counter() - started - ready
+                shards = timed("spectrogram", workdir, executor="dask", scheduler=cluster.scheduler_address,
+                               shards=count)
+            wall = time.perf_counter() - started
+            same = Layout(workdir).frames.read_bytes() == Layout(base).frames.read_bytes()
+            print(f"dask LocalCluster 2 workers, {count} shards: {wall:.1f} s = {ready:.1f} s cluster start + "
+                  f"{imports:.1f} s worker imports + {shards:.1f} s stage ({args.n / shards:.2f} clips/s); "
+                  f"overhead per shard (stage - local pool) / N = {(shards - local) / count:.2f} s; "
+                  f"frames identical to the one-process run: {same}")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
