@@ -36,6 +36,9 @@ def stage_params(config: Config, stage: str) -> dict[str, Any]:
             name = f"{section}.{key}"
             if name not in runtime:
                 params[name] = value
+    for name in stage_table.stage(stage).keys:
+        section, key = name.split(".", 1)
+        params[name] = getattr(getattr(config, section), key)
     for name in sorted(files):
         if params.get(name):
             params[f"{name}#content"] = file_digest(Path(params[name]))

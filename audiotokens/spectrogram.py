@@ -70,21 +70,30 @@ PART_FORMAT = 3  # bump when the part files' layout or the frame computation cha
 # ---------------------------------------------------------------- parameters
 
 
-FEATURES = "mel"  # what a frame is made of; written into the frame spec
+FEATURES = "mel"  # what a frame is made of by default; written into the frame spec
+SSL_KEYS = ("ssl_model", "ssl_layer")  # frame keys that only speech-model frames have
 
 
 def params_to_dict(params: SpectrogramConfig) -> dict[str, Any]:
     """The frame spec: what a frame is made of and exactly the parameters that define it (config.frame_keys)."""
+    if params.features == "ssl":
+        from .ssl_frames import ssl_frame_spec
+
+        return ssl_frame_spec(params)
     values = asdict(params)
-    return {"features": FEATURES, **{key: values[key] for key in frame_keys()}}
+    return {"features": FEATURES, **{key: values[key] for key in frame_keys() if key not in SSL_KEYS}}
 
 
 def params_from_dict(values: dict[str, Any]) -> SpectrogramConfig:
     """Inverse of params_to_dict (other keys keep their defaults); rejects unknown keys."""
     values = dict(values)
+    if values.get("features") == "ssl":
+        from .ssl_frames import ssl_params_from_spec
+
+        return ssl_params_from_spec(values)
     features = values.pop("features", FEATURES)
     if features != FEATURES:
-        raise UserError(f"frames of kind '{features}' cannot be computed here (only '{FEATURES}')")
+        raise UserError(f"frames of kind '{features}' cannot be computed here (only '{FEATURES}' or 'ssl')")
     known = {f.name for f in fields(SpectrogramConfig)}
     unknown = sorted(set(values) - known)
     if unknown:

@@ -36,6 +36,7 @@ from .checkpoint import (
 )
 from .config import RESUMABLE, Config, keys_with_role
 from .errors import UserError
+from .finetune import FineTuning
 from .modelcard import write_model_card
 from .modelparts import CHOICES, EXTRA_POSITIONS, HEADS, AudioClassifier, ModelSpec, check_spec
 from .objectives import Objective, objective_for
@@ -319,6 +320,9 @@ class ModelBuilder:
 
         seed_everything(settings.seed)
         model = AudioClassifier(spec=spec, decode_tables=[torch.from_numpy(t) for t in tables])
+        self.fine_tuning = FineTuning.from_settings(settings)
+        self.fine_tuning.initialise(model, frame_spec=vocab.frame_spec if vocab else read_frame_spec(self.layout),
+                                    vocabulary_digest=vocab.digest if vocab else None)
         device = pick_device(settings.device)
         loaders = {name: make_split_loader(split, settings.input, objective, max_frames, settings.batch_size,
                                            settings.seed if name == "train" else None, settings.num_workers,
@@ -329,6 +333,7 @@ class ModelBuilder:
                           weight_decay=settings.weight_decay, warmup_ratio=settings.warmup_ratio,
                           total_steps=settings.epochs * steps_per_epoch, grad_clip=settings.grad_clip,
                           grad_accum=settings.grad_accum, amp=settings.amp)
+        self.fine_tuning.freeze_parts(model)
         self._log_setup(model, trainer, splits, objective, vocab, max_frames)
         return TrainingRun(splits, objective, classes, max_frames, truncation, model, trainer, loaders,
                            steps_per_epoch, run_identity(self.layout, self.config, vocab, max_frames, splits))
@@ -343,6 +348,7 @@ class ModelBuilder:
         try:
             while not progress.finished and progress.epoch < epochs:
                 train_loader.sampler.set_epoch(progress.epoch)
+                self.fine_tuning.epoch_starts(progress.epoch)
                 batches = tqdm(train_loader, desc=f"epoch {progress.epoch + 1}", leave=False, disable=None)
                 fit = run.trainer.train_epoch(batches, len(train_loader))
                 checked = run.trainer.evaluate(run.loaders["validation"])
