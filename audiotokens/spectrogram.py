@@ -111,6 +111,28 @@ def check_params(params: SpectrogramConfig) -> None:
     if params.dtype not in ("float32", "float16"):
         raise UserError(f"'spectrogram.dtype' must be float32 or float16, got '{params.dtype}'")
     check_spectrogram(params)
+    if params.features == "ssl":
+        from .ssl_frames import ssl_frame_spec
+
+        ssl_frame_spec(params)  # the model folder and layer exist, before any clip is read
+
+
+def frames_of(location: str, params: SpectrogramConfig) -> np.ndarray:
+    """A clip's frames of the configured kind: mel (clip_frames) or a speech model's hidden states."""
+    if params.features == "ssl":
+        from .ssl_frames import ssl_clip_frames
+
+        return ssl_clip_frames(location, params)
+    return clip_frames(location, params)
+
+
+def frame_width(params: SpectrogramConfig) -> int:
+    """Values per frame: mel bands, or the speech model's hidden size."""
+    if params.features == "ssl":
+        from .ssl_frames import ssl_width
+
+        return ssl_width(params)
+    return params.n_mels
 
 
 # ---------------------------------------------------------------- frames
@@ -316,7 +338,7 @@ def process_clip(params: SpectrogramConfig, task: tuple[int, str, str]) -> ClipR
     """Frames of one clip in the storage dtype, or the reason it is skipped. No state outlives a call."""
     position, clip_id, location = task
     try:
-        frames = clip_frames(location, params)
+        frames = frames_of(location, params)
         with np.errstate(over="ignore"):  # an overflow to inf is caught just below
             frames = frames.astype(params.dtype, copy=False)
         if not np.isfinite(frames).all():
@@ -514,7 +536,7 @@ class SpectrogramProcessor:
                 batch_frames += 0 if result.frames is None else result.frames.shape[0]
                 bar.update(1)
                 if len(batch) == self.part_clips or batch_frames >= self.part_frames or expected == len(clips) - 1:
-                    store.write(number, batch, self.params.n_mels, self.params.dtype)
+                    store.write(number, batch, frame_width(self.params), self.params.dtype)
                     number, batch, batch_frames = number + 1, [], 0
         counts = self._assemble(clips, store)
         store.remove()
@@ -556,10 +578,10 @@ class SpectrogramProcessor:
         for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed assembly
             stale.unlink(missing_ok=True)
         if total == 0:
-            save_npy(path, np.zeros((0, self.params.n_mels), dtype=self.params.dtype))
+            save_npy(path, np.zeros((0, frame_width(self.params)), dtype=self.params.dtype))
             return
         with atomic_path(path) as tmp:
-            out = create_npy(tmp, (total, self.params.n_mels), self.params.dtype)
+            out = create_npy(tmp, (total, frame_width(self.params)), self.params.dtype)
             row = 0
             for number in range(n_parts):
                 frames = np.load(store.array_path(number), mmap_mode="r")
@@ -582,7 +604,9 @@ class SpectrogramProcessor:
     @contextmanager
     def _mapper(self, n_tasks: int) -> Iterator[Callable[[Iterable], Iterator[ClipResult]]]:
         """An ordered map of process_clip over tasks: a process pool, or in-process for one worker."""
-        with clip_map(functools.partial(process_clip, self.params), n_tasks, self.params.workers) as mapper:
+        # a speech model runs in this process (on the GPU when there is one), not once per worker
+        workers = 1 if self.params.features == "ssl" else self.params.workers
+        with clip_map(functools.partial(process_clip, self.params), n_tasks, workers) as mapper:
             yield mapper
 
 
