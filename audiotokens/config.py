@@ -158,6 +158,8 @@ class TrainConfig:
 
 @dataclass
 class PretrainConfig:
+    manifest: str = setting("", role=FILE)  # unlabelled audio: CSV with a path column (sources/unlabelled.py)
+    folder: str = ""  # unlabelled audio: a folder tree of audio files
     objective: str = setting("mlm", check=("mlm", "masked_frames"))  # see pretraining.py
     mask_prob: float = setting(0.15, check="fraction")  # share of each clip's positions masked (in spans)
     span: int = setting(3, check="positive")  # positions per masked span

@@ -69,6 +69,7 @@ def _pretrain_inputs(config: Config) -> tuple[Input, ...]:
 
 
 PRETRAIN_DIR = "output/pretrain"
+UNLABELLED_KEYS = ("pretrain.manifest", "pretrain.folder")  # the catalogue's unlabelled audio (split stage)
 # the [train] keys that shape the pre-trained network and its optimisation (the rest are the classifier's)
 PRETRAIN_MODEL_KEYS = tuple(f"train.{key}" for key in (
     "token_embedding", "codebook_fusion", "encoder", "num_layers", "hidden_size", "num_heads",
@@ -90,8 +91,9 @@ STAGES: tuple[Stage, ...] = (
            "--audio-root": "data.audio_root", "--segments": "data.segments", "--strategy": "split.strategy",
            "--validation-ratio": "split.validation_ratio", "--test-ratio": "split.test_ratio",
            "--seed": "split.seed"},
-          lambda layout: (layout.split_json,)),
-    Stage("spectrogram", "spectrogram:SpectrogramProcessor", ("spectrogram",), _fixed(Input("split", ("data",))),
+          lambda layout: (layout.split_json,), keys=UNLABELLED_KEYS),
+    Stage("spectrogram", "spectrogram:SpectrogramProcessor", ("spectrogram",),
+          _fixed(Input("split", ("data", "pretrain"))),
           "processed/spectrogram.meta.json",
           "Mel-spectrogram frames of every clip, once per clip; writes processed/frames/.",
           {"--sample-rate": "spectrogram.sample_rate", "--n-fft": "spectrogram.n_fft",

@@ -61,6 +61,7 @@ MODEL = ["train", "evaluate"]
     ("split.test_ratio=0.2", ["split", "cluster", "tokenize", *MODEL, "baseline"]),
     # the clip catalogue: everything
     ("data.label_delimiter=|", ["split", "spectrogram", "cluster", "tokenize", *MODEL, "baseline"]),
+    ("pretrain.folder=elsewhere", ["split", "spectrogram", "cluster", "tokenize", *MODEL, "baseline"]),
     ("spectrogram.n_mels=32", ["spectrogram", "cluster", "tokenize", *MODEL, "baseline"]),
     ("spectrogram.dtype=float16", ["spectrogram", "cluster", "tokenize", *MODEL, "baseline"]),  # storage
     ("cluster.n_clusters=100", ["cluster", "tokenize", *MODEL]),

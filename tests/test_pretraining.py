@@ -177,3 +177,33 @@ def test_masked_frames_predicts_token_ids_from_frames(tmp_path):
     assert meta["input"] == "frames" and counts["heldout_masked_accuracy"] is not None
     assert np.isfinite(counts["heldout_loss"])
     assert set(input_names("pretrain", config)) == {"split", "tokenize", "spectrogram"}
+
+
+def test_unlabelled_audio_joins_the_catalogue_in_no_split(tmp_path):
+    import soundfile as sf
+
+    from audiotokens.split import DatasetSplitter
+
+    rng = np.random.default_rng(0)
+    rows = ["path,label"]
+    for i in range(8):
+        sf.write(tmp_path / f"l{i}.wav", rng.normal(size=4000).astype(np.float32) * 0.1, 8000)
+        rows.append(f"l{i}.wav,{'ab'[i % 2]}")
+    (tmp_path / "labelled.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "more").mkdir()
+    for i in range(3):
+        sf.write(tmp_path / "more" / f"u{i}.wav", rng.normal(size=4000).astype(np.float32) * 0.1, 8000)
+    (tmp_path / "unlabelled.csv").write_text("path\nmore/u0.wav\nmore/u1.wav\nmissing.wav\n")
+    config = load_config(overrides=[f"data.manifest={tmp_path / 'labelled.csv'}", "split.strategy=random",
+                                    "split.validation_ratio=0.25", "split.test_ratio=0.25",
+                                    f"pretrain.manifest={tmp_path / 'unlabelled.csv'}",
+                                    f"pretrain.folder={tmp_path / 'more'}"], workdir=tmp_path / "work")
+    DatasetSplitter(config).run()
+    plan = SplitPlan.load(Layout(tmp_path / "work"))
+    unlabelled = [c for c in plan.clips if c.get("unlabelled")]
+    assert sorted(c["id"] for c in unlabelled) == ["unlabelled/more/u0.wav", "unlabelled/more/u1.wav",
+                                                   "unlabelled/u0.wav", "unlabelled/u1.wav", "unlabelled/u2.wav"]
+    in_splits = {i for ids in plan.splits.values() for i in ids}
+    assert not in_splits & {c["id"] for c in unlabelled} and all(c["labels"] == [] for c in unlabelled)
+    train, extra = pretraining_ids(plan)
+    assert set(train) == set(plan.splits["train"]) and set(extra) == {c["id"] for c in unlabelled}
