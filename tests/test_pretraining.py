@@ -207,3 +207,20 @@ def test_unlabelled_audio_joins_the_catalogue_in_no_split(tmp_path):
     assert not in_splits & {c["id"] for c in unlabelled} and all(c["labels"] == [] for c in unlabelled)
     train, extra = pretraining_ids(plan)
     assert set(train) == set(plan.splits["train"]) and set(extra) == {c["id"] for c in unlabelled}
+
+
+def test_decoded_embeddings_pretrain_and_unfreeze_after_trains_frozen_parts_again(tmp_path):
+    make_workdir(tmp_path, n_train=32, n_validation=8, lengths=(12, 20))
+    small = [*SMALL, "train.token_embedding=decoded"]
+    Pretrainer(load_config(overrides=[*small, "pretrain.epochs=1", "pretrain.mask_prob=0.3"],
+                           workdir=tmp_path)).run()
+    out = tmp_path / "output" / "pretrain"
+    pretrained = load_file(str(out / "model.safetensors"))
+    assert any(name.startswith("embedder.frames.special") for name in pretrained)  # the learned [MASK] vector
+    tuned = load_config(overrides=[*small, "train.epochs=2", "train.learning_rate=1e-2", f"train.init={out}",
+                                   "train.freeze=2", "train.unfreeze_after=1"], workdir=tmp_path)
+    ModelBuilder(tuned).run()
+    from audiotokens.checkpoint import load_checkpoint
+    last = load_checkpoint(tmp_path / "output" / "checkpoints" / "last.pt")["model"]  # after epoch 2
+    layer = [n for n in pretrained if n.startswith("encoder.bert.encoder.layer.0.") and n.endswith("weight")]
+    assert any(not torch.equal(last[n].cpu(), pretrained[n]) for n in layer)
