@@ -91,6 +91,9 @@ class SpectrogramConfig:
     dtype: str = setting("float32", role=STORAGE, check=("float32", "float16"))
     max_duration: float = setting(0.0, check="non_negative")  # seconds kept per clip; 0 = whole clip
     workers: int = setting(0, role=RUNTIME, check="non_negative")  # 0 = number of cores
+    features: str = setting("mel", check=("mel", "ssl"))  # ssl: hidden states of a local speech model
+    ssl_model: str = ""  # ssl: local Hugging Face directory (wav2vec2 / HuBERT / WavLM); never downloaded
+    ssl_layer: int = -1  # ssl: hidden state index (0 = the feature projection, -1 = the last layer)
 
 
 TOKENIZERS = ("frame", "stacked", "subband", "residual", "scalar")
@@ -160,6 +163,23 @@ class TrainConfig:
     objective: str = setting("classify", check=("classify", "contrastive"))  # contrastive: contrastive_training.py
     margin: float = setting(0.2, check="non_negative")  # am_softmax additive margin
     scale: float = setting(30.0, check="positive")  # am_softmax logit scale
+    init: str = ""  # start embedder and encoder from a pre-training (output/pretrain) or a bundle folder
+    freeze: str = ""  # "" nothing | N: the embeddings and the lowest N encoder layers stay fixed
+    unfreeze_after: int = setting(0, check="non_negative")  # epochs before frozen parts train too; 0 = never
+
+
+@dataclass
+class PretrainConfig:
+    manifest: str = setting("", role=FILE)  # unlabelled audio: CSV with a path column (sources/unlabelled.py)
+    folder: str = ""  # unlabelled audio: a folder tree of audio files
+    objective: str = setting("mlm", check=("mlm", "masked_frames"))  # see pretraining.py
+    mask_prob: float = setting(0.15, check="fraction")  # share of each clip's positions masked (in spans)
+    span: int = setting(3, check="positive")  # positions per masked span
+    epochs: int = setting(10, check="positive")
+    batch_size: int = setting(16, check="positive")
+    learning_rate: float = setting(1e-4, check="positive")
+    heldout: float = setting(0.1, check="fraction")  # clips held out to report loss and masked accuracy
+    seed: int = 0
 
 
 @dataclass
@@ -185,6 +205,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     workdir: Path = Path(".")
 
     def section(self, name: str) -> dict[str, Any]:

@@ -83,7 +83,7 @@ def plan(config: Config, start: str | None = None, stop: str | None = None, forc
     last = NAMES.index(stop) if stop else len(NAMES) - 1
     if first > last:
         raise UserError(f"--from {start} comes after --to {stop}; stages run in the order {' → '.join(NAMES)}")
-    wanted = NAMES[first:last + 1]
+    wanted = [name for name in NAMES[first:last + 1] if stage_table.stage(name).in_run(config)]
     if force:
         return list(wanted)
     states = stage_states(Layout(config.workdir), config)

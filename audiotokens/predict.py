@@ -93,15 +93,17 @@ class AudioTokenizer:
         self.params = bundle_spectrogram(bundle)
         self.quantizer = bundle.vocabulary.quantizer if bundle.vocabulary is not None else None
         width = bundle.spec.input_dim if self.quantizer is None else self.quantizer.n_mels
-        if self.params.n_mels != width:
+        from .spectrogram import frame_width
+
+        if frame_width(self.params) != width:
             raise UserError(f"the bundle's model (or vocabulary) reads frames of {width} values but its frame "
                             f"spec gives {self.params.n_mels} mel bands; the bundle is inconsistent")
 
     def frames(self, location: str) -> np.ndarray:
         """Frames of one clip exactly as the spectrogram stage stores them (its dtype included)."""
-        from .spectrogram import clip_frames
+        from .spectrogram import frames_of
 
-        frames = clip_frames(location, self.params).astype(self.params.dtype, copy=False)
+        frames = frames_of(location, self.params).astype(self.params.dtype, copy=False)
         if not np.isfinite(frames).all():
             raise AudioError("non-finite frames", f"values overflow {self.params.dtype}")
         return frames

@@ -36,6 +36,12 @@ def stage_params(config: Config, stage: str) -> dict[str, Any]:
             name = f"{section}.{key}"
             if name not in runtime:
                 params[name] = value
+    for name in stage_table.stage(stage).keys:  # keys of other sections: only when set, so adding one
+        section, key = name.split(".", 1)         # to a stage keeps its earlier records fresh
+        value = getattr(getattr(config, section), key)
+        if value != getattr(type(getattr(config, section))(), key):
+            params[name] = value
+            files |= keys_with_role(FILE, (section,)) & {name}
     for name in sorted(files):
         if params.get(name):
             params[f"{name}#content"] = file_digest(Path(params[name]))

@@ -86,21 +86,30 @@ PART_FORMAT = 3  # bump when the part files' layout or the frame computation cha
 # ---------------------------------------------------------------- parameters
 
 
-FEATURES = "mel"  # what a frame is made of; written into the frame spec
+FEATURES = "mel"  # what a frame is made of by default; written into the frame spec
+SSL_KEYS = ("ssl_model", "ssl_layer")  # frame keys that only speech-model frames have
 
 
 def params_to_dict(params: SpectrogramConfig) -> dict[str, Any]:
     """The frame spec: what a frame is made of and exactly the parameters that define it (config.frame_keys)."""
+    if params.features == "ssl":
+        from .ssl_frames import ssl_frame_spec
+
+        return ssl_frame_spec(params)
     values = asdict(params)
-    return {"features": FEATURES, **{key: values[key] for key in frame_keys()}}
+    return {"features": FEATURES, **{key: values[key] for key in frame_keys() if key not in SSL_KEYS}}
 
 
 def params_from_dict(values: dict[str, Any]) -> SpectrogramConfig:
     """Inverse of params_to_dict (other keys keep their defaults); rejects unknown keys."""
     values = dict(values)
+    if values.get("features") == "ssl":
+        from .ssl_frames import ssl_params_from_spec
+
+        return ssl_params_from_spec(values)
     features = values.pop("features", FEATURES)
     if features != FEATURES:
-        raise UserError(f"frames of kind '{features}' cannot be computed here (only '{FEATURES}')")
+        raise UserError(f"frames of kind '{features}' cannot be computed here (only '{FEATURES}' or 'ssl')")
     known = {f.name for f in fields(SpectrogramConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -118,6 +127,28 @@ def check_params(params: SpectrogramConfig) -> None:
     if params.dtype not in ("float32", "float16"):
         raise UserError(f"'spectrogram.dtype' must be float32 or float16, got '{params.dtype}'")
     check_spectrogram(params)
+    if params.features == "ssl":
+        from .ssl_frames import ssl_frame_spec
+
+        ssl_frame_spec(params)  # the model folder and layer exist, before any clip is read
+
+
+def frames_of(location: str, params: SpectrogramConfig) -> np.ndarray:
+    """A clip's frames of the configured kind: mel (clip_frames) or a speech model's hidden states."""
+    if params.features == "ssl":
+        from .ssl_frames import ssl_clip_frames
+
+        return ssl_clip_frames(location, params)
+    return clip_frames(location, params)
+
+
+def frame_width(params: SpectrogramConfig) -> int:
+    """Values per frame: mel bands, or the speech model's hidden size."""
+    if params.features == "ssl":
+        from .ssl_frames import ssl_width
+
+        return ssl_width(params)
+    return params.n_mels
 
 
 # ---------------------------------------------------------------- frames
@@ -323,7 +354,7 @@ def process_clip(params: SpectrogramConfig, task: tuple[int, str, str]) -> ClipR
     """Frames of one clip in the storage dtype, or the reason it is skipped. No state outlives a call."""
     position, clip_id, location = task
     try:
-        frames = clip_frames(location, params)
+        frames = frames_of(location, params)
         with np.errstate(over="ignore"):  # an overflow to inf is caught just below
             frames = frames.astype(params.dtype, copy=False)
         if not np.isfinite(frames).all():
@@ -586,7 +617,7 @@ class SpectrogramProcessor:
                 batch_frames += 0 if result.frames is None else result.frames.shape[0]
                 bar.update(1)
                 if len(batch) == self.part_clips or batch_frames >= self.part_frames or expected == span.stop - 1:
-                    store.write(number, batch, self.params.n_mels, self.params.dtype)
+                    store.write(number, batch, frame_width(self.params), self.params.dtype)
                     number, batch, batch_frames = number + 1, [], 0
 
     def _parts_key(self, clips: list[dict]) -> str:
@@ -627,10 +658,10 @@ class SpectrogramProcessor:
         for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed assembly
             stale.unlink(missing_ok=True)
         if total == 0:
-            save_npy(path, np.zeros((0, self.params.n_mels), dtype=self.params.dtype))
+            save_npy(path, np.zeros((0, frame_width(self.params)), dtype=self.params.dtype))
             return
         with atomic_path(path) as tmp:
-            out = create_npy(tmp, (total, self.params.n_mels), self.params.dtype)
+            out = create_npy(tmp, (total, frame_width(self.params)), self.params.dtype)
             row = 0
             for part in part_paths:
                 frames = np.load(part, mmap_mode="r")
@@ -653,7 +684,9 @@ class SpectrogramProcessor:
     @contextmanager
     def _mapper(self, n_tasks: int) -> Iterator[Callable[[Iterable], Iterator[ClipResult]]]:
         """An ordered map of process_clip over tasks: a process pool, or in-process for one worker."""
-        with clip_map(functools.partial(process_clip, self.params), n_tasks, self.params.workers) as mapper:
+        # a speech model runs in this process (on the GPU when there is one), not once per worker
+        workers = 1 if self.params.features == "ssl" else self.params.workers
+        with clip_map(functools.partial(process_clip, self.params), n_tasks, workers) as mapper:
             yield mapper
 
 

@@ -35,6 +35,7 @@ from .config import Config
 from .errors import UserError
 from .provenance import file_stat
 from .sources import Clip, Dataset
+from .sources.unlabelled import catalogue_entries
 
 log = logging.getLogger("audiotokens")
 
@@ -83,6 +84,9 @@ class DatasetSplitter:
         plan["clips"] = [{**clip.to_json(), "labels": [model_id[c] for c in clip.labels if c in model_id],
                           "stat": file_stat(clip.audio)} for clip in dataset.all_clips()]
         plan["splits"] = {name: [clip.id for clip in clips] for name, clips in splits.items() if clips}
+        pretrain = self.config.pretrain  # unlabelled audio: in the catalogue, in no split (sources/unlabelled.py)
+        plan["clips"] += catalogue_entries(pretrain.manifest, pretrain.folder, {c["id"] for c in plan["clips"]},
+                                           file_stat)
         write_json(self.layout.split_report, split_report(dataset, strategy, splits, kept, dropped, notes))
         write_json(self.layout.split_json, plan)
 

@@ -36,6 +36,8 @@ class Stage:
     flags: dict[str, str] = field(default_factory=dict)  # CLI option -> config key
     # the files whose digests the record keeps, so that `status` sees a damaged or replaced artifact
     artifacts: Callable[[Layout], tuple[Path, ...]] = lambda layout: ()
+    keys: tuple[str, ...] = ()  # single `section.key`s of other sections that define the output too
+    in_run: Callable[[Config], bool] = lambda config: True  # whether `run` includes the stage
 
     def runner_class(self):
         module, name = self.runner.split(":")
@@ -48,7 +50,30 @@ def _fixed(*inputs: Input) -> Callable[[Config], tuple[Input, ...]]:
 
 def _train_inputs(config: Config) -> tuple[Input, ...]:
     features = "tokenize" if config.train.input == "tokens" else "spectrogram"
-    return Input("split"), Input(features)
+    return (Input("split"), Input(features)) + _pretrain_input(config)
+
+
+def _pretrain_input(config: Config) -> tuple[Input, ...]:
+    """The pretrain stage, when train.init names this workdir's pre-training."""
+    if not config.train.init:
+        return ()
+    init = Path(config.train.init)
+    init = init if init.is_absolute() else Path.cwd() / init
+    own = (Path(config.workdir) / PRETRAIN_DIR).absolute()
+    return (Input("pretrain"),) if init.resolve() == own.resolve() else ()
+
+
+def _pretrain_inputs(config: Config) -> tuple[Input, ...]:
+    frames = (Input("spectrogram"),) if config.pretrain.objective == "masked_frames" else ()
+    return (Input("split"), Input("tokenize"), *frames)
+
+
+PRETRAIN_DIR = "output/pretrain"
+UNLABELLED_KEYS = ("pretrain.manifest", "pretrain.folder")  # the catalogue's unlabelled audio (split stage)
+# the [train] keys that shape the pre-trained network and its optimisation (the rest are the classifier's)
+PRETRAIN_MODEL_KEYS = tuple(f"train.{key}" for key in (
+    "token_embedding", "codebook_fusion", "encoder", "num_layers", "hidden_size", "num_heads",
+    "intermediate_size", "dropout", "max_length", "weight_decay", "warmup_ratio"))
 
 
 def _bundle_files(layout: Layout) -> tuple[Path, ...]:
@@ -66,8 +91,9 @@ STAGES: tuple[Stage, ...] = (
            "--audio-root": "data.audio_root", "--segments": "data.segments", "--strategy": "split.strategy",
            "--validation-ratio": "split.validation_ratio", "--test-ratio": "split.test_ratio",
            "--seed": "split.seed"},
-          lambda layout: (layout.split_json,)),
-    Stage("spectrogram", "spectrogram:SpectrogramProcessor", ("spectrogram",), _fixed(Input("split", ("data",))),
+          lambda layout: (layout.split_json,), keys=UNLABELLED_KEYS),
+    Stage("spectrogram", "spectrogram:SpectrogramProcessor", ("spectrogram",),
+          _fixed(Input("split", ("data", "pretrain"))),
           "processed/spectrogram.meta.json",
           "Mel-spectrogram frames of every clip, once per clip; writes processed/frames/.",
           {"--sample-rate": "spectrogram.sample_rate", "--n-fft": "spectrogram.n_fft",
@@ -87,6 +113,12 @@ STAGES: tuple[Stage, ...] = (
           "Token ids of every clip with the fitted vocabulary; writes tokenized/.",
           {"--batch-frames": "tokenize.batch_frames"},
           lambda layout: (layout.tokens, layout.tokens_index)),
+    Stage("pretrain", "pretraining:Pretrainer", ("pretrain",), _pretrain_inputs, "output/pretrain.meta.json",
+          "Masked prediction of token ids on unlabelled and training clips; writes output/pretrain/.",
+          {"--objective": "pretrain.objective"},
+          lambda layout: tuple(layout.workdir / PRETRAIN_DIR / name
+                               for name in ("model.safetensors", "model_spec.json")),
+          keys=PRETRAIN_MODEL_KEYS, in_run=lambda config: bool(_pretrain_input(config))),
     Stage("train", "train:ModelBuilder", ("train",), _train_inputs, "output/model.meta.json",
           "Train the classifier; writes output/model/ and output/metrics.jsonl.",
           {"--input": "train.input", "--epochs": "train.epochs", "--batch-size": "train.batch_size",

@@ -38,6 +38,7 @@ from .checkpoint import (
 from .config import RESUMABLE, Config, keys_with_role
 from .contrastive_training import ContrastiveTrainer, head_for, trainer_type
 from .errors import UserError
+from .finetune import FineTuning
 from .modelcard import write_model_card
 from .modelparts import CHOICES, EXTRA_POSITIONS, HEADS, AudioClassifier, ModelSpec, check_spec
 from .objectives import Objective, objective_for
@@ -346,6 +347,9 @@ class ModelBuilder:
 
         seed_everything(settings.seed)
         model = AudioClassifier(spec=spec, decode_tables=[torch.from_numpy(t) for t in tables])
+        self.fine_tuning = FineTuning.from_settings(settings)
+        self.fine_tuning.initialise(model, frame_spec=vocab.frame_spec if vocab else read_frame_spec(self.layout),
+                                    vocabulary_digest=vocab.digest if vocab else None)
         device = pick_device(settings.device)
         loaders = {name: make_split_loader(split, settings.input, objective, max_frames, settings.batch_size,
                                            settings.seed if name == "train" else None, settings.num_workers,
@@ -361,6 +365,7 @@ class ModelBuilder:
             trainer.reference = make_split_loader(train, settings.input, objective, max_frames, settings.batch_size,
                                                   None, settings.num_workers, device.type == "cuda", settings.seed,
                                                   plan)
+        self.fine_tuning.freeze_parts(model)
         self._log_setup(model, trainer, splits, objective, vocab, max_frames)
         check_run_memory(model=model, settings=settings, dataset=loaders["train"].dataset, ids=train.index.ids,
                          device=device, amp_dtype=trainer.amp_dtype, n_classes=len(classes),
@@ -380,6 +385,7 @@ class ModelBuilder:
         try:
             while not progress.finished and progress.epoch < epochs:
                 set_loader_epoch(train_loader, progress.epoch)
+                self.fine_tuning.epoch_starts(progress.epoch)
                 batches = tqdm(augmenter.epoch(train_loader, progress.epoch), total=len(train_loader),
                                desc=f"epoch {progress.epoch + 1}", leave=False, disable=None)
                 fit = run.trainer.train_epoch(batches, len(train_loader))

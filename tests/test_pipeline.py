@@ -10,7 +10,7 @@ from audiotokens.errors import UserError
 from audiotokens.provenance import stage_states
 from audiotokens.stages import NAMES, Stage
 
-STAGES = list(NAMES)
+STAGES = [name for name in NAMES if name != "pretrain"]  # pretrain runs only for a train.init naming it
 
 
 @pytest.fixture
@@ -40,7 +40,8 @@ def config(tmp_path, *overrides):
 
 
 def states(tmp_path, *overrides):
-    return {s: st.state for s, st in stage_states(Layout(tmp_path), config(tmp_path, *overrides)).items()}
+    return {s: st.state for s, st in stage_states(Layout(tmp_path), config(tmp_path, *overrides)).items()
+            if s in STAGES}
 
 
 def test_everything_missing_then_fresh(tmp_path, ran):
@@ -60,6 +61,7 @@ MODEL = ["train", "evaluate"]
     ("split.test_ratio=0.2", ["split", "cluster", "tokenize", *MODEL, "baseline"]),
     # the clip catalogue: everything
     ("data.label_delimiter=|", ["split", "spectrogram", "cluster", "tokenize", *MODEL, "baseline"]),
+    ("pretrain.folder=elsewhere", ["split", "spectrogram", "cluster", "tokenize", *MODEL, "baseline"]),
     ("spectrogram.n_mels=32", ["spectrogram", "cluster", "tokenize", *MODEL, "baseline"]),
     ("spectrogram.dtype=float16", ["spectrogram", "cluster", "tokenize", *MODEL, "baseline"]),  # storage
     ("cluster.n_clusters=100", ["cluster", "tokenize", *MODEL]),
@@ -142,3 +144,14 @@ def test_range_and_force(tmp_path, ran):
     assert pipeline.plan(config(tmp_path, "spectrogram.n_mels=8"), None, "cluster") == ["spectrogram", "cluster"]
     with pytest.raises(UserError):
         pipeline.plan(config(tmp_path), "train", "split")
+
+
+def test_pretrain_runs_only_when_train_init_names_it_and_sees_only_the_model_keys(tmp_path, ran):
+    init = f"train.init={tmp_path / 'output' / 'pretrain'}"
+    assert "pretrain" not in pipeline.run(config(tmp_path))
+    assert pipeline.run(config(tmp_path, init)) == ["pretrain", "train", "evaluate"]
+    assert pipeline.run(config(tmp_path, init, "train.learning_rate=0.001")) == MODEL
+    assert pipeline.run(config(tmp_path, init, "train.learning_rate=0.001", "train.hidden_size=96",
+                               "train.num_heads=12")) == ["pretrain", *MODEL]
+    assert pipeline.run(config(tmp_path, init, "train.learning_rate=0.001", "train.hidden_size=96",
+                               "train.num_heads=12", "pretrain.span=5")) == ["pretrain", *MODEL]
