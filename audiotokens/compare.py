@@ -26,12 +26,12 @@ from . import reports
 from .artifacts import Layout, atomic_path, read_json, write_json
 from .errors import UserError
 from .objectives import OBJECTIVES, objective_for
+from .provenance import read_record
 from .report import REPORT
 from .sources.records import MULTILABEL
 from .stages import NAMES
 
 KFOLD_SUMMARY = "kfold_summary.json"
-RECORD_SUFFIX = ".meta.json"
 TRAIN_TIME = "train time (s)"
 TOTAL_TIME = "total time (s)"
 FILES = {"markdown": "compare.md", "csv": "compare.csv", "plot": "compare.png"}
@@ -107,22 +107,10 @@ def run_times(workdir: Path) -> dict[str, float | None]:
 
 
 def _records(workdir: Path) -> list[dict[str, Any]]:
-    """Every provenance record of this workdir (not of workdirs nested in it, e.g. k-fold folds)."""
-    found = []
-    for path in sorted(workdir.rglob(f"*{RECORD_SUFFIX}")):
-        parts = path.relative_to(workdir).parts
-        if any(p.startswith(".") for p in parts) or any(_is_workdir(workdir.joinpath(*parts[:depth]))
-                                                        for depth in range(1, len(parts))):
-            continue
-        record = read_json(path)
-        if isinstance(record, dict) and "stage" in record:
-            found.append(record)
-    # pipeline order, not the order of the record files' paths: settings then read split, cluster, ..., train
-    return sorted(found, key=lambda record: NAMES.index(record["stage"]) if record["stage"] in NAMES else len(NAMES))
-
-
-def _is_workdir(folder: Path) -> bool:
-    return folder.is_dir() and any((folder / name).is_dir() for name in ("processed", "output", "tokenized"))
+    """The provenance record of every stage of this workdir, in pipeline order (where the stage table puts
+    them, so records reached through a linked processed/ count and nested fold workdirs do not)."""
+    layout = Layout(workdir)
+    return [record for stage in NAMES if (record := read_record(layout, stage)) is not None]
 
 
 def _best_epoch(path: Path) -> dict[str, Any] | None:
