@@ -2,7 +2,7 @@
 
     python scripts/bench/vocab.py [SOURCE] [--frames 8600000] [--ks 50,500] [--repeats 1]
 
-SOURCE (optional) is a workdir, a processed/ folder or a processed/train/frames.npy made by
+SOURCE (optional) is a workdir, a processed/ folder or a processed/frames/frames.npy made by
 `audiotokens spectrogram` from real (e.g. rendered) audio: its clips are resampled with replacement
 until the matrix has --frames rows. Without SOURCE the frames are generated (smooth random spectra
 in [0, 1], a few per clip, plus noise). A validation store of a tenth of that size is added.
@@ -82,56 +82,73 @@ def resampled_clips(source: np.ndarray, offsets: np.ndarray, lengths: np.ndarray
         done += size
 
 
-def write_split(workdir: Path, split: str, blocks, n_frames: int, dim: int) -> None:
-    from audiotokens.artifacts import ClipIndex, Layout, atomic_path, create_npy
+def write_store(workdir: Path, splits: dict[str, tuple], dim: int) -> None:
+    """The frames store (train clips, then validation clips), its frame spec and the split plan, as the
+    split and spectrogram stages write them; `splits` maps a split to (blocks, n_frames)."""
+    import dataclasses
+
+    from audiotokens.artifacts import ClipIndex, Layout, atomic_path, create_npy, spec_digest, write_json
+    from audiotokens.config import SpectrogramConfig
+    from audiotokens.spectrogram import params_to_dict
 
     layout = Layout(workdir)
-    all_lengths = []
-    with atomic_path(layout.frames(split)) as tmp:
-        out = create_npy(tmp, (n_frames, dim), np.float32)
+    total = sum(n_frames for _, n_frames in splits.values())
+    ids, lengths, members = [], [], {}
+    with atomic_path(layout.frames) as tmp:
+        out = create_npy(tmp, (total, dim), np.float32)
         start = 0
-        for frames, lengths in blocks:
-            out[start:start + len(frames)] = frames
-            start += len(frames)
-            all_lengths.extend(lengths.tolist())
+        for split, (blocks, _) in splits.items():
+            members[split] = []
+            for frames, clip_lengths in blocks:
+                out[start:start + len(frames)] = frames
+                start += len(frames)
+                for length in clip_lengths.tolist():
+                    members[split].append(f"{split}-{len(members[split]):06d}")
+                    lengths.append(length)
+            ids += members[split]
         out.flush()
         del out
-    ids = [f"{split}-{i:06d}" for i in range(len(all_lengths))]
-    labels = [[i % 10] for i in range(len(all_lengths))]
-    ClipIndex.from_lengths(ids, all_lengths, labels, [f"class{c}" for c in range(10)], "singlelabel",
-                           split).save(layout.frames_index(split))
+    spec = params_to_dict(dataclasses.replace(SpectrogramConfig(), n_mels=dim))
+    index = ClipIndex.from_lengths(ids, lengths, [[] for _ in ids], [], "")
+    index.extra = {"frame_spec_digest": spec_digest(spec), "dtype": "float32"}
+    index.save(layout.frames_index)
+    write_json(layout.frame_spec, spec)
+    clips = [{"id": clip_id, "audio": "", "labels": [i % 10], "group": None} for i, clip_id in enumerate(ids)]
+    write_json(layout.split_json, {"source": "bench", "strategy": "bench", "task": "singlelabel",
+                                   "classes": [f"class{c}" for c in range(10)], "clips": clips, "splits": members})
 
 
-def find_source(path: Path) -> tuple[Path, Path, Path]:
-    """frames.npy, index.json and the spectrogram record (may be absent) of a source."""
-    for frames in (path, path / "train" / "frames.npy", path / "processed" / "train" / "frames.npy"):
+def find_source(path: Path) -> tuple[Path, Path]:
+    """frames.npy and index.json of a source: a workdir, its processed/ or processed/frames/, or the file."""
+    for frames in (path, path / "frames.npy", path / "frames" / "frames.npy", path / "processed" / "frames" / "frames.npy"):
         if frames.is_file() and frames.suffix == ".npy":
-            return frames, frames.with_name("index.json"), frames.parent.parent / "spectrogram.meta.json"
-    raise SystemExit(f"{path}: no train/frames.npy found (give a workdir, processed/ or frames.npy)")
+            return frames, frames.with_name("index.json")
+    raise SystemExit(f"{path}: no frames store found (give a workdir, processed/ or frames.npy)")
 
 
 def prepare(workdir: Path, source: Path | None, n_frames: int, dim: int, seed: int) -> dict:
-    from audiotokens.artifacts import ClipIndex, Layout
-    from audiotokens.config import load_config
-    from audiotokens.provenance import write_record
+    from audiotokens.artifacts import ClipIndex
 
-    layout = Layout(workdir)
     sizes = {"train": n_frames, "validation": max(1, n_frames // 10)}
     if source is None:
-        for i, (split, size) in enumerate(sizes.items()):
-            write_split(workdir, split, generated_clips(size, dim, seed + i), size, dim)
-        write_record(layout, "spectrogram", load_config(None, [f"spectrogram.n_mels={dim}"], workdir), {})
+        write_store(workdir, {split: (generated_clips(size, dim, seed + i), size)
+                              for i, (split, size) in enumerate(sizes.items())}, dim)
         return {"frames": "generated", "dim": dim}
-    frames_path, index_path, record_path = find_source(source)
+    frames_path, index_path = find_source(source)
     frames = np.load(frames_path, mmap_mode="r")
     index = ClipIndex.load(index_path)
-    for i, (split, size) in enumerate(sizes.items()):
-        write_split(workdir, split, resampled_clips(frames, index.offsets, index.lengths, size, seed + i),
-                    size, frames.shape[1])
-    if record_path.is_file():
-        layout.record("spectrogram").write_text(record_path.read_text())
+    write_store(workdir, {split: (resampled_clips(frames, index.offsets, index.lengths, size, seed + i), size)
+                          for i, (split, size) in enumerate(sizes.items())}, int(frames.shape[1]))
     return {"frames": f"resampled from {frames_path} ({len(frames)} frames, {len(index)} clips)",
             "dim": int(frames.shape[1])}
+
+
+def split_matrix(workdir: Path, split: str) -> np.ndarray:
+    """One split's frames as one in-RAM matrix (what a raw faiss loop works on)."""
+    from audiotokens.artifacts import Layout, open_split
+
+    frames, view = open_split(Layout(workdir), "frames", split)
+    return np.concatenate([frames[o:o + n] for o, n in zip(view.offsets, view.lengths)]).astype(np.float32)
 
 
 # ---------------------------------------------------------------- phases (each in its own process)
@@ -151,15 +168,15 @@ def phase_ours_cluster(workdir: Path, k: int, niter: int, seed: int) -> dict:
     started = time.perf_counter()
     counts = ClusterCreator(config).run()
     seconds = time.perf_counter() - started
-    report = json.loads((workdir / "output" / "vocabulary" / "report.json").read_text())
-    return {"seconds": seconds, "frames": counts["frames_used"], "iterations": report["iterations_run"],
-            "objective": report["objective"][-1]}
+    book = json.loads((workdir / "output" / "vocabulary" / "report.json").read_text())["codebooks"][0]
+    return {"seconds": seconds, "frames": counts["frames_used"], "iterations": book["iterations_run"],
+            "objective": book["objective"][-1]}
 
 
 def phase_raw_cluster(workdir: Path, k: int, niter: int, seed: int) -> dict:
     import faiss
 
-    x = np.load(workdir / "processed" / "train" / "frames.npy")  # into RAM, untimed
+    x = split_matrix(workdir, "train")  # into RAM, untimed
     started = time.perf_counter()
     kmeans = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, max_points_per_centroid=len(x))
     kmeans.train(x)
@@ -175,14 +192,16 @@ def phase_ours_tokenize(workdir: Path, k: int, niter: int, seed: int) -> dict:
     started = time.perf_counter()
     counts = SpecTokenizer(config).run()
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "frames": counts["train_frames"] + counts["validation_frames"]}
+    return {"seconds": seconds, "frames": counts["tokens"]}
 
 
 def phase_raw_tokenize(workdir: Path, k: int, niter: int, seed: int) -> dict:
     import faiss
 
-    centroids = np.load(workdir / "output" / "centroids.npy")
-    matrices = [np.load(workdir / "processed" / split / "frames.npy") for split in ("train", "validation")]
+    from audiotokens.vocabulary import load_vocabulary
+
+    centroids = np.ascontiguousarray(load_vocabulary(workdir / "output" / "vocabulary").quantizer.codebooks[0])
+    matrices = [split_matrix(workdir, split) for split in ("train", "validation")]
     started = time.perf_counter()
     index = faiss.IndexFlatL2(centroids.shape[1])
     index.add(centroids)
