@@ -147,3 +147,27 @@ def make_frames_workdir(root, task="singlelabel", n_train=96, n_validation=32, n
     write_plan(root, ids, labels, [f"class {c}" for c in range(n_classes)], task)
     write_frames(root, clips)
     return Layout(root)
+
+
+def train_straight_and_interrupted(straight, interrupted, monkeypatch, trainer=None) -> None:
+    """Train `straight` (a config) to the end, and `interrupted` until a KeyboardInterrupt in its second epoch;
+    the caller then resumes the second and compares. `trainer`: the Trainer class whose epochs run."""
+    import pytest
+
+    from audiotokens.train import ModelBuilder
+    from audiotokens.trainer import Trainer
+
+    trainer = trainer or Trainer
+    ModelBuilder(straight).run()
+    original, calls = trainer.train_epoch, []
+
+    def stop_in_the_second_epoch(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_epoch", stop_in_the_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        ModelBuilder(interrupted).run()
+    monkeypatch.setattr(trainer, "train_epoch", original)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from stores import make_frames_workdir, make_workdir
+from stores import make_frames_workdir, make_workdir, train_straight_and_interrupted
 
 from audiotokens.artifacts import Layout
 from audiotokens.batch_augment import BatchAugmenter
@@ -13,7 +13,6 @@ from audiotokens.errors import UserError
 from audiotokens.modelparts import CLS, MASK, SEP
 from audiotokens.token_dataset import pack_sequences
 from audiotokens.train import ModelBuilder
-from audiotokens.trainer import Trainer
 
 SMALL = ["train.num_layers=1", "train.hidden_size=32", "train.num_heads=2", "train.intermediate_size=64",
          "train.learning_rate=2e-3", "train.num_workers=0", "train.batch_size=8", "train.device=cpu"]
@@ -69,19 +68,7 @@ def test_resume_with_every_augmentation_matches_an_uninterrupted_run(tmp_path, m
     for name in "ab":
         make_frames_workdir(tmp_path / name, task="multilabel", n_train=32, n_validation=8)
         runs[name] = load_config(overrides=overrides, workdir=tmp_path / name)
-    ModelBuilder(runs["a"]).run()
-    original, calls = Trainer.train_epoch, []
-
-    def interrupted(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "train_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        ModelBuilder(runs["b"]).run()
-    monkeypatch.setattr(Trainer, "train_epoch", original)
+    train_straight_and_interrupted(runs["a"], runs["b"], monkeypatch)
     ModelBuilder(runs["b"], resume=True).run()
     straight, resumed = (load_checkpoint(Layout(tmp_path / n).checkpoints / "last.pt") for n in "ab")
     for name, value in straight["model"].items():

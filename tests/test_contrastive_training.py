@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from stores import make_frames_workdir
+from stores import make_frames_workdir, train_straight_and_interrupted
 
 from audiotokens.artifacts import Layout, open_split
 from audiotokens.bundle import load_bundle
@@ -72,19 +72,7 @@ def test_contrastive_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     for name in "ab":
         make_frames_workdir(tmp_path / name, n_train=32, n_validation=8)
         runs[name] = load_config(overrides=overrides, workdir=tmp_path / name)
-    ModelBuilder(runs["a"]).run()
-    original, calls = ContrastiveTrainer.train_epoch, []
-
-    def interrupted(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(ContrastiveTrainer, "train_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        ModelBuilder(runs["b"]).run()
-    monkeypatch.setattr(ContrastiveTrainer, "train_epoch", original)
+    train_straight_and_interrupted(runs["a"], runs["b"], monkeypatch, trainer=ContrastiveTrainer)
     ModelBuilder(runs["b"], resume=True).run()
     straight, resumed = (load_checkpoint(Layout(tmp_path / n).checkpoints / "last.pt") for n in "ab")
     assert straight["model"]["head.means"].abs().sum() > 0

@@ -7,7 +7,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from stores import FRAME_DIM, N_CLUSTERS, frame_spec, make_frames_workdir, make_workdir
+from stores import (
+    FRAME_DIM,
+    N_CLUSTERS,
+    frame_spec,
+    make_frames_workdir,
+    make_workdir,
+    train_straight_and_interrupted,
+)
 
 from audiotokens.artifacts import Layout
 from audiotokens.bundle import load_bundle, save_bundle
@@ -279,19 +286,7 @@ def test_resume_is_exact_for_every_encoder(tmp_path, monkeypatch, encoder):
             make_workdir(tmp_path / name, n_train=16, n_validation=4)
         runs[name] = load_config(overrides=[*overrides, *(["train.input=frames"] if encoder == "cnn" else [])],
                                  workdir=tmp_path / name)
-    ModelBuilder(runs["straight"]).run()
-    original, calls = Trainer.train_epoch, []
-
-    def interrupted(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "train_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        ModelBuilder(runs["resumed"]).run()
-    monkeypatch.setattr(Trainer, "train_epoch", original)
+    train_straight_and_interrupted(runs["straight"], runs["resumed"], monkeypatch)
     torch.manual_seed(99)
     ModelBuilder(runs["resumed"], resume=True).run()
     straight, resumed = (load_checkpoint(Layout(tmp_path / n).checkpoints / "last.pt") for n in ("straight", "resumed"))
