@@ -110,7 +110,7 @@ def frozen_parameters(model: nn.Module, freeze: str) -> list[nn.Parameter]:
     if hasattr(model.encoder, "bert"):
         parts.append(model.encoder.bert.embeddings)
     parts += list(layers[:n])
-    return [p for part in parts for p in part.parameters()]
+    return [p for part in parts for p in part.parameters() if p.requires_grad]  # the model's dead ones stay off
 
 
 @dataclass(kw_only=True)

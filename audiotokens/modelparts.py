@@ -245,6 +245,9 @@ class BertEncoder(Encoder):
             attention_probs_dropout_prob=spec.dropout, max_position_embeddings=spec.max_positions,
             pad_token_id=PAD, attn_implementation=attention)
         self.bert = BertModel(config, add_pooling_layer=False)
+        # BERT's own word embeddings are never read (inputs_embeds): not trained, so that data-parallel
+        # training does not wait for their gradient
+        self.bert.embeddings.word_embeddings.weight.requires_grad_(False)
         self.output_size = spec.hidden_size
 
     def forward(self, hidden, mask):

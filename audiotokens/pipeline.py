@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from . import distributed
 from . import stages as stage_table
 from .artifacts import Layout, write_error
 from .config import Config
@@ -37,9 +38,20 @@ def check_inputs(layout: Layout, config: Config, stage: str, strict: bool) -> No
 
 
 def execute(stage: str, config: Config, strict: bool = False, **options: Any) -> dict[str, Any]:
-    """Run one stage under the workdir lock, then write its provenance record (or a failure marker)."""
+    """Run one stage under the workdir lock, then write its provenance record (or a failure marker).
+
+    Under torchrun, process 0 does all of that; the others only compute their share (no lock, no record,
+    no log file, warnings only on the console)."""
+    distributed.check_stage(stage, stage_table.stage(stage).data_parallel)
+    if not distributed.launched().writer:
+        log.setLevel(logging.WARNING)
+        return _runner(stage, config, options).run() or {}
     with workdir_lock(config.workdir, stage):
         return _execute(stage, config, strict, **options)
+
+
+def _runner(stage: str, config: Config, options: dict[str, Any]):
+    return stage_table.stage(stage).runner_class()(config, **options)
 
 
 def _execute(stage: str, config: Config, strict: bool, **options: Any) -> dict[str, Any]:
@@ -54,7 +66,7 @@ def _execute(stage: str, config: Config, strict: bool, **options: Any) -> dict[s
     started = time.perf_counter()
     try:
         with stage_log(layout.stage_log(stage)):
-            counts = stage_table.stage(stage).runner_class()(config, **options).run() or {}
+            counts = _runner(stage, config, options).run() or {}
     except (Exception, KeyboardInterrupt) as exc:
         write_failure(layout, stage, f"{type(exc).__name__}: {exc}" if not isinstance(exc, UserError) else str(exc))
         raise
@@ -106,6 +118,7 @@ def run(config: Config, start: str | None = None, stop: str | None = None, force
     wrote (the split's catalogue names the audio files whose identity the split stands for).
     """
     ran: list[str] = []
+    distributed.check_stage("run", data_parallel=False)
     with workdir_lock(config.workdir, "run"):
         for stage in plan(config, start, stop, force=True):
             if force or stage in plan(config, stage, stage, ran=ran):

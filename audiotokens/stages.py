@@ -38,6 +38,7 @@ class Stage:
     artifacts: Callable[[Layout], tuple[Path, ...]] = lambda layout: ()
     keys: tuple[str, ...] = ()  # single `section.key`s of other sections that define the output too
     in_run: Callable[[Config], bool] = lambda config: True  # whether `run` includes the stage
+    data_parallel: bool = False  # runs as N processes under torchrun (distributed.py)
 
     def runner_class(self):
         module, name = self.runner.split(":")
@@ -126,7 +127,7 @@ STAGES: tuple[Stage, ...] = (
            "--hidden-size": "train.hidden_size", "--num-heads": "train.num_heads",
            "--max-length": "train.max_length", "--device": "train.device", "--amp/--no-amp": "train.amp",
            "--patience": "train.patience", "--seed": "train.seed"},
-          lambda layout: _bundle_files(layout)),
+          lambda layout: _bundle_files(layout), data_parallel=True),
     Stage("evaluate", "evaluate:Evaluator", ("evaluate",), _fixed(Input("train")),
           "output/eval/validation.meta.json",
           "Per-class report, threshold sweep and plots in output/eval/<name>/.",

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .artifacts import ClipIndex
+from .distributed import real_clip
 from .modelparts import CLS, EXTRA_POSITIONS, PAD, SEP, TOKEN_OFFSET
 from .objectives import Objective
 
@@ -99,11 +100,12 @@ class ClipDataset(Dataset):
 
     def __getitem__(self, item: int | tuple[int, int, int]) -> tuple[np.ndarray, torch.Tensor, int]:
         """Clip `item`, or, for an (i, start, stop) item (a training crop or an evaluation window), frames
-        [start, stop) of clip i."""
-        i, first, stop = item if isinstance(item, tuple) else (item, 0, int(self.lengths[item]))
+        [start, stop) of clip i. A padding item (distributed.padding_item) reads its clip with index -1."""
+        i, padding = real_clip(item)
+        first, stop = item[1:] if isinstance(item, tuple) else (0, int(self.lengths[i]))
         start = int(self.offsets[i])
         rows = np.array(self.rows()[start + first:start + stop], dtype=self.row_dtype)
-        return rows, self.objective.target(self.labels[i], self.n_classes), i
+        return rows, self.objective.target(self.labels[i], self.n_classes), -1 if padding else i
 
     def collate(self, items: list[tuple[np.ndarray, torch.Tensor, int]]) -> dict[str, torch.Tensor]:
         sequences, targets, indices = zip(*items)

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from . import distributed
 from .artifacts import ClipIndex, Layout, SplitPlan, open_split, read_frame_spec
 from .batch_augment import BatchAugmenter
 from .bundle import save_bundle
@@ -37,6 +38,7 @@ from .checkpoint import (
 )
 from .config import RESUMABLE, Config, keys_with_role
 from .contrastive_training import ContrastiveTrainer, head_for, trainer_type
+from .distributed import ONE_PROCESS, Ranks
 from .errors import UserError
 from .finetune import FineTuning
 from .modelcard import write_model_card
@@ -45,7 +47,7 @@ from .objectives import Objective, objective_for
 from .provenance import package_versions, recorded_fingerprint, stage_params
 from .token_dataset import DATASETS, EpochShuffleSampler, longest_first, make_loader
 from .trainer import PassResult, Trainer, pick_device
-from .training_log import TrainingLog, epoch_line, finite_or_none, format_figure
+from .training_log import NoTrainingLog, TrainingLog, epoch_line, finite_or_none, format_figure
 from .trainloop import (
     LengthPlan,
     check_run_memory,
@@ -213,15 +215,16 @@ def report_truncation(splits: dict[str, SplitStore], max_frames: int) -> dict[st
 
 def make_split_loader(split: SplitStore, input_kind: str, objective: Objective, max_frames: int, batch_size: int,
                       shuffle_seed: int | None, num_workers: int, pin_memory: bool, seed: int = 0,
-                      plan: LengthPlan | None = None) -> DataLoader:
+                      plan: LengthPlan | None = None, ranks: Ranks = ONE_PROCESS) -> DataLoader:
     """Training loaders shuffle by (seed, epoch); evaluation loaders go longest first. A LengthPlan
-    (train.batch_frames, crop_frames, eval_window) makes batches by budget, crops and windows (trainloop.py)."""
+    (train.batch_frames, crop_frames, eval_window) makes batches by budget, crops and windows, and shares
+    batches between torchrun processes (trainloop.py); the plain loaders below are the one-process ones."""
     dataset = DATASETS[input_kind](store_path=split.path, index=split.index, max_frames=max_frames,
                                    objective=objective)
-    if plan is not None and not plan.plain:
+    if plan is not None and (not plan.plain or ranks.active):
         build = training_loader if shuffle_seed is not None else evaluation_loader
         return build(dataset, plan, seed=seed if shuffle_seed is None else shuffle_seed, num_workers=num_workers,
-                     pin_memory=pin_memory)
+                     pin_memory=pin_memory, ranks=ranks)
     sampler = (EpochShuffleSampler(len(dataset), shuffle_seed) if shuffle_seed is not None
                else longest_first(dataset.lengths))
     return make_loader(dataset, batch_size, sampler, num_workers, pin_memory, seed)
@@ -297,8 +300,15 @@ class ModelBuilder:
         self.settings = config.train
         self.resume = resume
         self.layout = Layout(config.workdir)
+        self.ranks = distributed.launched()  # one process, or this one of torchrun's
 
     def run(self) -> dict[str, Any]:
+        try:
+            return self._run()
+        finally:
+            distributed.leave(self.ranks)
+
+    def _run(self) -> dict[str, Any]:
         started = time.perf_counter()
         run = self._prepare()
         progress = self._restore(run) if self.resume else Progress()
@@ -306,7 +316,8 @@ class ModelBuilder:
         samples, seconds = self._fit(run, progress)
         self._load_best(run.model)
         test = self._score_test(run, progress)
-        self._write_bundle(run)
+        if self.ranks.writer:
+            self._write_bundle(run)
         primary = run.objective.primary_metric
         return {
             "epochs_run": progress.epoch - epochs_at_start,
@@ -321,6 +332,7 @@ class ModelBuilder:
             "device": str(run.trainer.device),
             "precision": run.trainer.precision,
             "samples_per_s": round(samples / seconds, 2) if seconds else None,
+            "processes": self.ranks.world,
         }
 
     def _prepare(self) -> TrainingRun:
@@ -350,17 +362,17 @@ class ModelBuilder:
         self.fine_tuning = FineTuning.from_settings(settings)
         self.fine_tuning.initialise(model, frame_spec=vocab.frame_spec if vocab else read_frame_spec(self.layout),
                                     vocabulary_digest=vocab.digest if vocab else None)
-        device = pick_device(settings.device)
+        device = self._join(pick_device(settings.device))
         loaders = {name: make_split_loader(split, settings.input, objective, max_frames, settings.batch_size,
                                            settings.seed if name == "train" else None, settings.num_workers,
-                                           device.type == "cuda", settings.seed, plan)
+                                           device.type == "cuda", settings.seed, plan, self.ranks)
                    for name, split in splits.items()}
         steps_per_epoch = math.ceil(len(loaders["train"]) / settings.grad_accum)
         trainer = trainer_type(settings)(
             model=model, objective=objective, device=device, learning_rate=settings.learning_rate,
             weight_decay=settings.weight_decay, warmup_ratio=settings.warmup_ratio,
             total_steps=planned_steps(loaders["train"], settings.epochs, settings.grad_accum),
-            grad_clip=settings.grad_clip, grad_accum=settings.grad_accum, amp=settings.amp)
+            grad_clip=settings.grad_clip, grad_accum=settings.grad_accum, amp=settings.amp, ranks=self.ranks)
         if isinstance(trainer, ContrastiveTrainer):
             trainer.reference = make_split_loader(train, settings.input, objective, max_frames, settings.batch_size,
                                                   None, settings.num_workers, device.type == "cuda", settings.seed,
@@ -374,10 +386,18 @@ class ModelBuilder:
         return TrainingRun(splits, objective, classes, max_frames, truncation, model, trainer, loaders,
                            steps_per_epoch, run_identity(self.layout, self.config, vocab, max_frames, splits))
 
+    def _join(self, device: torch.device) -> torch.device:
+        """Under torchrun: this process's device, in the process group."""
+        if self.ranks.active and self.settings.objective == "contrastive":
+            raise UserError("train.objective=contrastive trains in one process (its loss compares clips across "
+                            "the whole batch); run it without torchrun")
+        return distributed.join(device, self.ranks)
+
     def _fit(self, run: TrainingRun, progress: Progress) -> tuple[int, float]:
         """Epochs until done, early-stopped or interrupted; returns (training samples, training seconds)."""
         epochs, objective = self.settings.epochs, run.objective
-        training_log = TrainingLog(self.layout, objective, progress.history)
+        training_log = (TrainingLog(self.layout, objective, progress.history) if self.ranks.writer
+                        else NoTrainingLog())
         samples, seconds = 0, 0.0
         train_loader = run.loaders["train"]
         augmenter = BatchAugmenter.from_settings(self.settings, objective)
@@ -387,7 +407,8 @@ class ModelBuilder:
                 set_loader_epoch(train_loader, progress.epoch)
                 self.fine_tuning.epoch_starts(progress.epoch)
                 batches = tqdm(augmenter.epoch(train_loader, progress.epoch), total=len(train_loader),
-                               desc=f"epoch {progress.epoch + 1}", leave=False, disable=None)
+                               desc=f"epoch {progress.epoch + 1}", leave=False,
+                               disable=None if self.ranks.writer else True)
                 fit = run.trainer.train_epoch(batches, len(train_loader))
                 checked = evaluate_split(run.trainer, run.loaders["validation"])
                 samples, seconds = samples + fit.samples, seconds + fit.seconds
@@ -436,8 +457,11 @@ class ModelBuilder:
 
     def _checkpoint(self, model: AudioClassifier, trainer: Trainer, progress: Progress,
                     identity: dict[str, Any], improved: bool) -> None:
-        state = {"model": model.state_dict(), "trainer": trainer.state_dict(), "rng": rng_state(),
-                 "identity": identity, **progress.__dict__}
+        rng_by_rank = distributed.gather(rng_state(), self.ranks)  # a collective: every process calls it
+        if not self.ranks.writer:
+            return
+        state = {"model": model.state_dict(), "trainer": trainer.state_dict(), "rng": rng_by_rank[0],
+                 "rng_by_rank": rng_by_rank, "identity": identity, **progress.__dict__}
         last, best = self._checkpoint_paths()
         if improved:
             # best first: killed between the two writes, last.pt is an epoch behind and --resume
@@ -460,7 +484,7 @@ class ModelBuilder:
         trainer = run.trainer
         trainer.model.load_state_dict(state["model"])
         trainer.load_state_dict(state["trainer"])
-        set_rng_state(state["rng"])
+        set_rng_state(self._own_rng_state(state, last))
         progress = Progress(**{k: state[k] for k in Progress.__dataclass_fields__})
         self._reconsider_early_stop(progress)
         if progress.finished or progress.epoch >= self.settings.epochs:
@@ -471,6 +495,16 @@ class ModelBuilder:
         log.info("resume: continuing after epoch %d (best %.4f at epoch %d)", progress.epoch,
                  progress.best_score, progress.best_epoch)
         return progress
+
+    def _own_rng_state(self, state: dict[str, Any], last: Path) -> dict[str, Any]:
+        """This process's random state when the checkpoint was written by as many processes; else rank 0's
+        (the run goes on, but dropout then draws differently from an uninterrupted run)."""
+        by_rank = state.get("rng_by_rank") or [state["rng"]]
+        if len(by_rank) == self.ranks.world:
+            return by_rank[self.ranks.rank]
+        log.warning("resume: %s was written by %d process(es), this run has %d; training continues, but not "
+                    "bit for bit as an uninterrupted run would", last, len(by_rank), self.ranks.world)
+        return by_rank[0]
 
     def _reconsider_early_stop(self, progress: Progress) -> None:
         """An early stop holds only under the patience that made it: a larger patience (or 0) continues."""
@@ -498,6 +532,7 @@ class ModelBuilder:
     # ------------------------------------------------------------ results
 
     def _load_best(self, model: AudioClassifier) -> None:
+        distributed.barrier(self.ranks)  # rank 0 has written best.pt before anyone reads it
         _, best = self._checkpoint_paths()
         model.load_state_dict(load_checkpoint(best)["model"])
 
@@ -508,12 +543,14 @@ class ModelBuilder:
         result = evaluate_split(run.trainer, run.loaders[TEST_SPLIT])
         metrics = finite_or_none({"loss": result.loss, **run.objective.metrics(result.targets, result.scores,
                                                                               self.settings.threshold)})
-        TrainingLog.append_result(self.layout, {"split": TEST_SPLIT, "epoch": progress.best_epoch,
-                                                TEST_SPLIT: metrics})
-        figures = "  ".join(f"{name} {format_figure(metrics.get(name))}" for name in ("loss", *run.objective.headline))
-        log.info("test (%d clips, best epoch %d by validation): %s", len(run.splits[TEST_SPLIT].index),
-                 progress.best_epoch, figures)
-        return {f"test_{name}": metrics.get(name) for name in ("loss", *run.objective.headline)}
+        headline = {f"test_{name}": metrics.get(name) for name in ("loss", *run.objective.headline)}
+        if self.ranks.writer:
+            TrainingLog.append_result(self.layout, {"split": TEST_SPLIT, "epoch": progress.best_epoch,
+                                                    TEST_SPLIT: metrics})
+            figures = "  ".join(f"{name[5:]} {format_figure(value)}" for name, value in headline.items())
+            log.info("test (%d clips, best epoch %d by validation): %s", len(run.splits[TEST_SPLIT].index),
+                     progress.best_epoch, figures)
+        return headline
 
     def _write_bundle(self, run: TrainingRun) -> None:
         """The model with the vocabulary its tokens were made with (and through it the frame spec), or, for a

@@ -1,7 +1,9 @@
 """One device's training mechanics: AdamW + warm-up/decay schedule, AMP, accumulation, clipping, inference.
 
 The trainer is given a model, an Objective and batches {"inputs", "mask", "targets", "indices"}; it knows
-nothing about what the inputs are. Scores and losses stay on the device during an epoch and are copied to
+nothing about what the inputs are. Under torchrun it is one of several processes (distributed.py): training
+steps go through the model's DDP wrapper with each loss weighted by the process's share of the global
+batch, and every pass's scores are gathered from all processes. Scores and losses stay on the device during an epoch and are copied to
 the host every `FLUSH_EVERY` batches, so the host does not wait for the GPU after every step.
 """
 from __future__ import annotations
@@ -16,6 +18,8 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from . import distributed
+from .distributed import ONE_PROCESS, DataParallelModel, Ranks
 from .errors import UserError
 from .objectives import Objective
 
@@ -104,8 +108,11 @@ class Trainer:
         grad_clip: float = 0.0,
         grad_accum: int = 1,
         amp: bool = True,
+        ranks: Ranks = ONE_PROCESS,
     ):
         self.model = model.to(device)
+        self.ranks = ranks
+        self.parallel = DataParallelModel(self.model, device, ranks)
         self.objective = objective
         self.device = device
         self.grad_clip = grad_clip
@@ -147,28 +154,40 @@ class Trainer:
         inputs = batch["inputs"].to(self.device, non_blocking=True)
         mask = batch["mask"].to(self.device, non_blocking=True)
         targets = batch["targets"].to(self.device, non_blocking=True)
+        training = self.model.training
+        network = self.parallel.network() if training else self.model
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
             # targets reach the model only in training: heads with a margin apply it there alone
-            logits = self.model(inputs, mask, targets if self.model.training else None)
+            logits = network(inputs, mask, targets if training else None)
         logits = logits.float()  # the loss and the scores in fp32 whatever the autocast dtype
         return self.objective.loss(logits, targets), logits, targets
 
     def train_epoch(self, batches: Iterable[dict[str, torch.Tensor]], n_batches: int) -> PassResult:
         """One epoch of optimizer steps; the scores are those of the training forward passes (dropout on)."""
         self.model.train()
-        collector = ScoreCollector(self.objective, self.device)
+        collector = ScoreCollector(self.objective, self.device, self.ranks)
         started = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         for position, batch in enumerate(batches):
             group_start = position - position % self.grad_accum
             group_size = min(self.grad_accum, n_batches - group_start)
-            loss, logits, targets = self.forward(batch)
-            self.scaler.scale(loss / group_size).backward()
-            if position - group_start + 1 == group_size:
+            steps = position - group_start + 1 == group_size
+            with self.parallel.accumulating(syncing=steps):
+                loss, logits, targets = self.forward(batch)
+                self.scaler.scale(self.weighted(loss, batch["indices"]) / group_size).backward()
+            if steps:
                 self.optimizer_step()
             collector.add(loss.detach(), logits.detach(), targets, batch["indices"])
         return collector.result(started)
+
+    def weighted(self, loss: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """This process's batch-mean loss times its share of the global batch (times the number of
+        processes, as DDP averages): the averaged gradients are then exactly the global batch's."""
+        if not self.ranks.active:
+            return loss
+        mine = int((indices >= 0).sum())
+        return loss * (mine * self.ranks.world / distributed.total(mine, self.ranks, self.device))
 
     def optimizer_step(self) -> None:
         if self.grad_clip > 0:
@@ -183,7 +202,7 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, batches: Iterable[dict[str, torch.Tensor]]) -> PassResult:
         self.model.eval()
-        collector = ScoreCollector(self.objective, self.device)
+        collector = ScoreCollector(self.objective, self.device, self.ranks)
         started = time.perf_counter()
         for batch in batches:
             loss, logits, targets = self.forward(batch)
@@ -197,33 +216,50 @@ def accumulation_dtype(device: torch.device) -> torch.dtype:
 
 
 class ScoreCollector:
-    """Gathers per-clip scores and targets by clip index, flushing device tensors to the host in chunks."""
+    """Gathers per-clip scores and targets by clip index, flushing device tensors to the host in chunks.
 
-    def __init__(self, objective: Objective, device: torch.device):
-        self.objective, self.device = objective, device
+    Rows with a negative index (distributed padding items) are not recorded. Under torchrun, `result`
+    gathers every process's rows and orders them as one process would have: by clip, then by the batch
+    each came from (a clip read as several evaluation windows has them in pass order).
+    """
+
+    def __init__(self, objective: Objective, device: torch.device, ranks: Ranks = ONE_PROCESS):
+        self.objective, self.device, self.ranks = objective, device, ranks
         self.pending: list[tuple[torch.Tensor, ...]] = []
         self.chunks: list[tuple[np.ndarray, ...]] = []
         self.loss_sum = torch.zeros((), device=device, dtype=accumulation_dtype(device))
         self.samples = 0
+        self.batches = 0
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor):
+        if self.ranks.active:
+            real = indices >= 0
+            logits, targets, indices = logits[real.to(logits.device)], targets[real.to(targets.device)], indices[real]
         self.loss_sum += loss.to(self.loss_sum.dtype) * len(indices)
         self.samples += len(indices)
-        self.pending.append((self.objective.scores(logits), targets, indices))
+        batch = torch.full((len(indices),), self.batches, dtype=torch.long)
+        self.batches += 1
+        self.pending.append((self.objective.scores(logits), targets, indices, batch))
         if len(self.pending) >= FLUSH_EVERY:
             self.flush()
 
     def flush(self) -> None:
         if self.pending:
-            scores, targets, indices = (torch.cat(parts).cpu().numpy() for parts in zip(*self.pending))
-            self.chunks.append((scores, targets, indices))
+            self.chunks.append(tuple(torch.cat(parts).cpu().numpy() for parts in zip(*self.pending)))
             self.pending = []
 
     def result(self, started: float) -> PassResult:
         """Everything in clip-index order; the time includes waiting for the device to finish."""
         self.flush()
-        loss = float(self.loss_sum.item()) / max(self.samples, 1)
+        rows = [np.concatenate(parts) for parts in zip(*self.chunks)]  # scores, targets, indices, batches
+        loss_sum, samples = float(self.loss_sum.item()), self.samples
+        if self.ranks.active:  # a process can have had no batch of a small pass
+            if rows:
+                rows[3] = distributed.global_batch_numbers(rows[3], self.ranks)
+            parts = distributed.gather((loss_sum, samples, rows), self.ranks)
+            loss_sum, samples = sum(p[0] for p in parts), sum(p[1] for p in parts)
+            rows = [np.concatenate(column) for column in zip(*(p[2] for p in parts if p[2]))]
+        scores, targets, indices, batches = rows
+        order = np.lexsort((batches, indices))  # by clip, then by pass order (a clip's windows)
         seconds = time.perf_counter() - started
-        scores, targets, indices = (np.concatenate(parts) for parts in zip(*self.chunks))
-        order = np.argsort(indices, kind="stable")
-        return PassResult(loss, targets[order], scores[order], self.samples, seconds)
+        return PassResult(loss_sum / max(samples, 1), targets[order], scores[order], samples, seconds)

@@ -63,6 +63,16 @@ class TrainingLog:
             self.writer.close()
 
 
+class NoTrainingLog:
+    """What a torchrun process other than rank 0 keeps instead of a TrainingLog: nothing."""
+
+    def record(self, row: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _tensorboard_writer(path: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter

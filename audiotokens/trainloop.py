@@ -26,6 +26,7 @@ from torch.utils.data import BatchSampler, DataLoader
 
 from .augment import BalancedSampler, eval_windows
 from .batching import FrameBudgetSampler, fill_greedily, worst_batch
+from .distributed import ONE_PROCESS, Ranks, RankShare, deal_batches
 from .errors import UserError
 from .memory import GIB, available_bytes, check_fits, describe, estimate_peak_bytes
 from .modelparts import EXTRA_POSITIONS
@@ -108,8 +109,9 @@ class CroppedBatches:
 
 
 def training_loader(dataset: ClipDataset, plan: LengthPlan, *, seed: int, num_workers: int,
-                    pin_memory: bool) -> DataLoader:
-    """Shuffled by (seed, epoch): by frame budget (length buckets) or batch_size clips, crops when set."""
+                    pin_memory: bool, ranks: Ranks = ONE_PROCESS) -> DataLoader:
+    """Shuffled by (seed, epoch): by frame budget (length buckets) or batch_size clips, crops when set;
+    under torchrun, this process's share of each of those global batches."""
     lengths = plan.training_lengths(dataset.lengths)
     if plan.sampler == "balanced":
         if plan.batch_frames:
@@ -126,6 +128,8 @@ def training_loader(dataset: ClipDataset, plan: LengthPlan, *, seed: int, num_wo
         batches = BatchSampler(EpochShuffleSampler(len(dataset), seed), plan.batch_size, drop_last=False)
     if plan.crop_frames:
         batches = CroppedBatches(inner=batches, lengths=dataset.lengths, crop=plan.crop_frames, seed=seed)
+    if ranks.active:
+        batches = RankShare(batches, ranks)
     return _loader(dataset, batches, num_workers, pin_memory, seed)
 
 
@@ -163,12 +167,14 @@ def piece_batches(piece_lengths: np.ndarray, batch_size: int, batch_frames: int)
 
 
 def evaluation_loader(dataset: ClipDataset, plan: LengthPlan, *, seed: int, num_workers: int,
-                      pin_memory: bool) -> DataLoader:
-    """Longest first; clips longer than the window read as windows (`loader.window_counts` per clip)."""
+                      pin_memory: bool, ranks: Ranks = ONE_PROCESS) -> DataLoader:
+    """Longest first; clips longer than the window read as windows (`loader.window_counts` per clip);
+    under torchrun, this process's whole batches (the pass's scores are gathered afterwards)."""
     items, counts = window_items(dataset.lengths, plan.eval_window, plan.eval_hop)
     piece_lengths = np.array([stop - start for _, start, stop in items], dtype=np.int64)
     batches = [[items[k] for k in batch] for batch in piece_batches(piece_lengths, plan.batch_size,
                                                                      plan.batch_frames)]
+    batches = deal_batches(batches, ranks)
     loader = _loader(dataset, batches, num_workers, pin_memory, seed)
     loader.window_counts = counts
     return loader
