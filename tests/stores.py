@@ -152,13 +152,18 @@ def make_frames_workdir(root, task="singlelabel", n_train=96, n_validation=32, n
 def train_straight_and_interrupted(straight, interrupted, monkeypatch, trainer=None) -> None:
     """Train `straight` (a config) to the end, and `interrupted` until a KeyboardInterrupt in its second epoch;
     the caller then resumes the second and compares. `trainer`: the Trainer class whose epochs run."""
-    import pytest
-
     from audiotokens.train import ModelBuilder
     from audiotokens.trainer import Trainer
 
-    trainer = trainer or Trainer
     ModelBuilder(straight).run()
+    interrupt_in_second_epoch(ModelBuilder(interrupted).run, monkeypatch, trainer or Trainer)
+
+
+def interrupt_in_second_epoch(train, monkeypatch, trainer) -> None:
+    """Call `train` (a training run) with `trainer.train_epoch` raising KeyboardInterrupt in the second epoch,
+    so the run's last.pt holds its first epoch."""
+    import pytest
+
     original, calls = trainer.train_epoch, []
 
     def stop_in_the_second_epoch(self, *args, **kwargs):
@@ -169,5 +174,5 @@ def train_straight_and_interrupted(straight, interrupted, monkeypatch, trainer=N
 
     monkeypatch.setattr(trainer, "train_epoch", stop_in_the_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        ModelBuilder(interrupted).run()
+        train()
     monkeypatch.setattr(trainer, "train_epoch", original)

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from projects import copy_project, project_config, trained_project
 from safetensors.numpy import load_file
-from stores import make_frames_workdir
+from stores import interrupt_in_second_epoch, make_frames_workdir
 from torch.utils.data import BatchSampler
 
 from audiotokens.artifacts import Layout, open_split
@@ -157,29 +157,13 @@ def test_two_processes_train_like_one_and_only_rank_0_writes(tmp_path_factory, t
     assert record["counts"]["processes"] == 2
 
 
-def interrupt_in_second_epoch(project: Path, monkeypatch) -> None:
-    """One process trains until a KeyboardInterrupt in its second epoch: last.pt holds epoch 1."""
-    original, calls = Trainer.train_epoch, []
-
-    def stop_in_the_second_epoch(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "train_epoch", stop_in_the_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        one_process_train(project, *DDP_SETTINGS)
-    monkeypatch.setattr(Trainer, "train_epoch", original)
-
-
 def test_resume_under_torchrun_and_gathered_scores_equal_one_process(tmp_path_factory, tmp_path, monkeypatch):
     """A checkpoint of one epoch resumed by two processes continues as one process would; a finished run
     resumed again only re-scores the test split: from the same weights, two processes give one process's
     figures exactly (every window's scores gathered in one process's order)."""
     source = trained_project(tmp_path_factory, "multilabel")
     one = copy_project(source, tmp_path / "one")
-    interrupt_in_second_epoch(one, monkeypatch)
+    interrupt_in_second_epoch(lambda: one_process_train(one, *DDP_SETTINGS), monkeypatch, Trainer)
     two = copy_project(one, tmp_path / "two")
     one_process_train(one, *DDP_SETTINGS, resume=True)
     torchrun_train(two, *DDP_SETTINGS, resume=True)
