@@ -102,7 +102,7 @@ def _stage_command(name: str):
 # stages whose command takes options beyond the common ones are defined below
 SHARDED = ("spectrogram", "tokenize")
 for _name in NAMES:
-    if _name not in ("train", "evaluate", *SHARDED):
+    if _name not in ("pretrain", "train", "evaluate", *SHARDED):
         _stage_command(_name)
 
 
@@ -146,6 +146,16 @@ def _sharded_command(name: str):
 
 for _name in SHARDED:
     _sharded_command(_name)
+
+
+@main.command(help=BY_NAME["pretrain"].help)
+@common_options("pretrain")
+@click.option("--resume", is_flag=True, help="Continue from output/checkpoints/pretrain.pt.")
+@click.option("--strict", is_flag=True, help="Refuse to run on stale inputs.")
+def pretrain(config, resume, strict):
+    from .pipeline import execute
+
+    execute("pretrain", config, strict=strict, resume=resume)
 
 
 @main.command(help=BY_NAME["train"].help)

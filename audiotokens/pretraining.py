@@ -17,6 +17,11 @@ share (pretrain.heldout) of the unlabelled clips (of the training clips when the
 and masked accuracy after each epoch. output/pretrain/ holds the embedder and encoder weights in a bundle's
 file names (model.safetensors, model_spec.json, audiotokens.json with the frame spec and the vocabulary
 digest), metrics.jsonl and curves.png; `train.init` starts a classifier from it (finetune.py).
+
+Steps run under autocast on CUDA when train.amp is on (as the train stage's do). After every epoch the whole
+state (weights, optimizer, schedule, scaler, random states, history) goes to output/checkpoints/pretrain.pt;
+`audiotokens pretrain --resume` continues from it. Masks and clip order depend only on (seed, epoch), so a
+resumed pre-training ends with the weights an uninterrupted one would have.
 """
 from __future__ import annotations
 
@@ -47,13 +52,14 @@ from .artifacts import (
 )
 from .augment import content_positions, mask_time_spans
 from .bundle import METADATA, SPEC, WEIGHTS
-from .config import Config
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import RUNTIME, Config, keys_with_role
 from .errors import UserError
 from .modelparts import MASK, TOKEN_OFFSET, AudioClassifier, frame_special_ids
-from .provenance import package_versions
+from .provenance import package_versions, recorded_fingerprint, stage_params
 from .stages import PRETRAIN_DIR
 from .token_dataset import EpochShuffleSampler, longest_first, pack_frames, pack_sequences
-from .trainer import WarmupLinearSchedule, parameter_groups, pick_device
+from .trainer import WarmupLinearSchedule, autocast_dtype, parameter_groups, pick_device
 
 log = logging.getLogger("audiotokens")
 
@@ -218,14 +224,19 @@ class PretrainClips(Dataset):
 class Pretrainer:
     """`audiotokens pretrain`: masked prediction of token ids over the unlabelled and training clips."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, resume: bool = False):
         self.config = config
         self.settings = config.pretrain
         self.layout = Layout(config.workdir)
+        self.resume = resume
 
     @property
     def out_dir(self) -> Path:
         return self.layout.workdir / PRETRAIN_DIR
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.layout.checkpoints / "pretrain.pt"
 
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
@@ -248,7 +259,7 @@ class Pretrainer:
         model = MaskedPredictor(backbone=backbone, codebook_sizes=list(vocab.codebook_sizes))
         history = self._fit(model, fit_loader, held_loader, vocab)
         self._write(model, vocab, history)
-        last = history[-1]["heldout"] if history else {}
+        last = history[-1].get("heldout", {}) if history else {}  # pretrain.heldout = 0: none
         return {**counts, "epochs": len(history), "max_frames": max_frames,
                 "heldout_loss": last.get("loss"), "heldout_masked_accuracy": last.get("masked_accuracy"),
                 "wall_time_s": round(time.perf_counter() - started, 3)}
@@ -305,44 +316,74 @@ class Pretrainer:
         settings = self.settings
         device = pick_device(self.config.train.device)
         model.to(device)
-        optimizer = torch.optim.AdamW(parameter_groups(model, self.config.train.weight_decay), lr=settings.learning_rate)
-        total = settings.epochs * len(fit_loader)
-        schedule = WarmupLinearSchedule(warmup=math.ceil(self.config.train.warmup_ratio * total), total=total)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        history = []
-        for epoch in range(settings.epochs):
+        steps = Steps(model, device, amp=self.config.train.amp, learning_rate=settings.learning_rate,
+                      weight_decay=self.config.train.weight_decay, warmup_ratio=self.config.train.warmup_ratio,
+                      total=settings.epochs * len(fit_loader))
+        history = self._restore(model, steps) if self.resume else []
+        for epoch in range(len(history), settings.epochs):
             fit_loader.sampler.set_epoch(epoch)
             generator = torch.Generator().manual_seed(settings.seed * 1000 + epoch + 1)
             tic = time.perf_counter()
-            fit = self._pass(model, fit_loader, vocab, generator, device, optimizer, scheduler)
-            row = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "train": fit,
+            fit = self._pass(model, fit_loader, vocab, generator, steps)
+            row = {"epoch": epoch + 1, "lr": steps.scheduler.get_last_lr()[0], "train": fit,
                    "epoch_time_s": round(time.perf_counter() - tic, 3)}
             if held_loader is not None:
                 with torch.no_grad():  # the same masks every epoch, so the figures compare
                     row["heldout"] = self._pass(model, held_loader, vocab, torch.Generator().manual_seed(settings.seed),
-                                                device)
+                                                steps, training=False)
             history.append(row)
+            self._checkpoint(model, steps, history)
             held = row.get("heldout", {})
             log.info("pretrain epoch %d/%d: loss %.4f | held-out %s, masked accuracy %s", epoch + 1, settings.epochs,
                      fit["loss"], _fmt(held.get("loss")), _fmt(held.get("masked_accuracy")))
         return history
 
-    def _pass(self, model, loader, vocab, generator, device, optimizer=None, scheduler=None) -> dict[str, float]:
-        model.train(optimizer is not None)
+    def _pass(self, model, loader, vocab, generator, steps: Steps, training: bool = True) -> dict[str, float]:
+        model.train(training)
         loss_sum, batches, correct, count = 0.0, 0, 0, 0
         for batch in loader:
             masked = self._corrupt(batch, vocab, generator)
-            mask = batch["mask"].to(device)
-            logits = model(masked.inputs.to(device), mask, masked.where.to(device))
-            loss, right, n = masked_loss(logits, masked.labels.to(device))
-            if optimizer is not None:
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
+            mask = batch["mask"].to(steps.device)
+            with steps.autocast():
+                logits = model(masked.inputs.to(steps.device), mask, masked.where.to(steps.device))
+            loss, right, n = masked_loss([part.float() for part in logits], masked.labels.to(steps.device))
+            if training:
+                steps.step(loss)
             loss_sum, batches, correct, count = loss_sum + float(loss.detach()), batches + 1, correct + right, count + n
         return {"loss": loss_sum / max(batches, 1), "masked_accuracy": correct / count if count else None,
                 "masked_positions": count}
+
+    # ------------------------------------------------------------ checkpoints
+
+    def _identity(self) -> dict[str, Any]:
+        """What a checkpoint must share with this run to be resumed: every setting but the number of epochs
+        and the runtime ones, and the tokens it read."""
+        runtime = set(keys_with_role(RUNTIME)) | {"pretrain.epochs"}
+        params = {k: v for k, v in stage_params(self.config, "pretrain").items() if k not in runtime}
+        return {"params": params, "tokenize": recorded_fingerprint(self.layout, "tokenize"),
+                "split": recorded_fingerprint(self.layout, "split")}
+
+    def _checkpoint(self, model: MaskedPredictor, steps: Steps, history: list[dict[str, Any]]) -> None:
+        save_checkpoint(self.checkpoint_path, {"model": model.state_dict(), **steps.state_dict(),
+                                               "rng": rng_state(), "history": history,
+                                               "identity": self._identity()})
+
+    def _restore(self, model: MaskedPredictor, steps: Steps) -> list[dict[str, Any]]:
+        state = load_checkpoint(self.checkpoint_path)
+        old, new = state.get("identity", {}), self._identity()
+        changed = sorted(k for k in set(old.get("params", {})) | set(new["params"])
+                         if old.get("params", {}).get(k) != new["params"].get(k))
+        changed += [key for key in ("tokenize", "split") if old.get(key) != new[key]]
+        if changed:
+            raise UserError(f"{self.checkpoint_path} was written by another pre-training ({', '.join(changed)} "
+                            "changed); run `audiotokens pretrain` without --resume to start over")
+        model.load_state_dict(state["model"])
+        steps.load_state_dict(state)
+        set_rng_state(state["rng"])
+        history = state["history"]
+        steps.extend(self.settings.epochs, len(history), self.checkpoint_path)
+        log.info("resume: pre-training continues after epoch %d", len(history))
+        return history
 
     def _corrupt(self, batch: dict[str, torch.Tensor], vocab, generator: torch.Generator) -> MaskedBatch:
         settings = self.settings
@@ -364,6 +405,51 @@ class Pretrainer:
             (tmp / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in history))
             _plot(history, tmp / "curves.png")
         log.info("pre-trained embedder and encoder written to %s", self.out_dir)
+
+
+class Steps:
+    """The optimisation of a pre-training: AdamW, warm-up/decay schedule, autocast and grad scaler."""
+
+    def __init__(self, model: nn.Module, device: torch.device, *, amp: bool, learning_rate: float,
+                 weight_decay: float, warmup_ratio: float, total: int):
+        self.device, self.total = device, total
+        self.amp_dtype = autocast_dtype(device, amp)
+        self.optimizer = torch.optim.AdamW(parameter_groups(model, weight_decay), lr=learning_rate)
+        self.schedule = WarmupLinearSchedule(warmup=math.ceil(warmup_ratio * total), total=total)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.done = 0  # optimizer steps taken
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None)
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.done += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "steps_done": self.done}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.done = state["steps_done"]
+
+    def extend(self, epochs: int, epochs_done: int, path: Path) -> None:
+        """pretrain.epochs changed since the checkpoint: the lr goes on from where it is to 0 at the new end."""
+        if self.total == self.schedule.end or epochs_done >= epochs:
+            return
+        if self.schedule(self.done) == 0.0:
+            raise UserError(f"{path} finished its learning-rate schedule; more epochs would not change the "
+                            "weights; run `audiotokens pretrain` without --resume to start over")
+        self.schedule.extend(self.done, self.total)
 
 
 def _with_input(settings, kind: str):

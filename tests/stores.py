@@ -159,12 +159,12 @@ def train_straight_and_interrupted(straight, interrupted, monkeypatch, trainer=N
     interrupt_in_second_epoch(ModelBuilder(interrupted).run, monkeypatch, trainer or Trainer)
 
 
-def interrupt_in_second_epoch(train, monkeypatch, trainer) -> None:
-    """Call `train` (a training run) with `trainer.train_epoch` raising KeyboardInterrupt in the second epoch,
-    so the run's last.pt holds its first epoch."""
+def interrupt_in_second_epoch(train, monkeypatch, trainer, method: str = "train_epoch") -> None:
+    """Call `train` (a training run) with `trainer.<method>` (called once per epoch) raising KeyboardInterrupt
+    in the second epoch, so the run's checkpoint holds its first epoch."""
     import pytest
 
-    original, calls = trainer.train_epoch, []
+    original, calls = getattr(trainer, method), []
 
     def stop_in_the_second_epoch(self, *args, **kwargs):
         calls.append(1)
@@ -172,7 +172,7 @@ def interrupt_in_second_epoch(train, monkeypatch, trainer) -> None:
             raise KeyboardInterrupt
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(trainer, "train_epoch", stop_in_the_second_epoch)
+    monkeypatch.setattr(trainer, method, stop_in_the_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         train()
-    monkeypatch.setattr(trainer, "train_epoch", original)
+    monkeypatch.setattr(trainer, method, original)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from stores import frame_spec as make_frame_spec
-from stores import make_workdir, write_frames, write_plan, write_tokens
+from stores import interrupt_in_second_epoch, make_workdir, write_frames, write_plan, write_tokens
 
 from audiotokens.artifacts import Layout, SplitPlan
 from audiotokens.config import load_config
@@ -154,6 +154,32 @@ def test_mlm_loss_falls_on_a_repetitive_corpus_and_init_and_freeze(tmp_path):
     assert frozen and moving
     assert all(torch.equal(bundle[n], pretrained[n]) for n in frozen)
     assert any(not torch.equal(bundle[n], pretrained[n]) for n in moving)
+
+
+def test_an_interrupted_pretraining_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path, monkeypatch):
+    """Dropout on (random states restored), no held-out pass (so each epoch is one _pass call)."""
+    settings = [*SMALL, "train.dropout=0.1", "pretrain.epochs=3", "pretrain.heldout=0"]
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    for root in (straight, interrupted):
+        _repetitive_workdir(root)
+    Pretrainer(load_config(overrides=settings, workdir=straight)).run()
+    config = load_config(overrides=settings, workdir=interrupted)
+    interrupt_in_second_epoch(Pretrainer(config).run, monkeypatch, Pretrainer, method="_pass")
+    assert not (interrupted / "output" / "pretrain").exists()
+    Pretrainer(config, resume=True).run()
+    expected = load_file(str(straight / "output" / "pretrain" / "model.safetensors"))
+    resumed = load_file(str(interrupted / "output" / "pretrain" / "model.safetensors"))
+    assert all(torch.equal(resumed[name], value) for name, value in expected.items())
+    rows = [json.loads(line) for line in (interrupted / "output" / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
+
+    # another setting is refused in one line; more epochs continue the schedule from where it was
+    with pytest.raises(UserError, match="pretrain.mask_prob"):
+        Pretrainer(load_config(overrides=[*settings, "pretrain.mask_prob=0.3"], workdir=interrupted),
+                   resume=True).run()
+    with pytest.raises(UserError, match="finished its learning-rate schedule"):
+        Pretrainer(load_config(overrides=[*SMALL, "train.dropout=0.1", "pretrain.epochs=4", "pretrain.heldout=0"],
+                               workdir=interrupted), resume=True).run()
 
 
 def test_masked_frames_predicts_token_ids_from_frames(tmp_path):
