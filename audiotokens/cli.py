@@ -148,24 +148,22 @@ for _name in SHARDED:
     _sharded_command(_name)
 
 
-@main.command(help=BY_NAME["pretrain"].help)
-@common_options("pretrain")
-@click.option("--resume", is_flag=True, help="Continue from output/checkpoints/pretrain.pt.")
-@click.option("--strict", is_flag=True, help="Refuse to run on stale inputs.")
-def pretrain(config, resume, strict):
-    from .pipeline import execute
+def _resumable_command(name: str, checkpoint: str):
+    """A training stage that continues from its checkpoint with --resume."""
 
-    execute("pretrain", config, strict=strict, resume=resume)
+    def command(config, resume, strict):
+        from .pipeline import execute
+
+        execute(name, config, strict=strict, resume=resume)
+
+    command.__doc__ = BY_NAME[name].help
+    command = click.option("--strict", is_flag=True, help="Refuse to run on stale inputs.")(command)
+    command = click.option("--resume", is_flag=True, help=f"Continue from {checkpoint}.")(command)
+    return main.command(name)(common_options(name)(command))
 
 
-@main.command(help=BY_NAME["train"].help)
-@common_options("train")
-@click.option("--resume", is_flag=True, help="Continue from output/checkpoints/last.pt.")
-@click.option("--strict", is_flag=True, help="Refuse to run on stale inputs.")
-def train(config, resume, strict):
-    from .pipeline import execute
-
-    execute("train", config, strict=strict, resume=resume)
+_resumable_command("pretrain", "output/checkpoints/pretrain.pt")
+_resumable_command("train", "output/checkpoints/last.pt")
 
 
 @main.command(help=BY_NAME["evaluate"].help)

@@ -18,12 +18,7 @@ SMALL = ["train.num_layers=1", "train.hidden_size=32", "train.num_heads=2", "tra
          "train.learning_rate=2e-3", "train.num_workers=0", "train.batch_size=8", "train.device=cpu"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def token_batches():

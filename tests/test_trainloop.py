@@ -26,12 +26,7 @@ BUDGET = 160  # positions: a few long clips or many short ones
 LENGTHS = (4, 60)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def budget_run(root, *extra: str):
