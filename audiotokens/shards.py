@@ -233,3 +233,36 @@ def run_on_dask(stage: str, config: Config, shards: list[Shard], client) -> None
 def default_dask_count(client) -> int:
     """Shards for a fresh dask run: two per worker thread, so a slow shard does not leave workers idle."""
     return max(1, 2 * sum(client.nthreads().values()))
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How a sharded stage run gets its shards finished: the --executor, --scheduler and --assemble flags."""
+
+    executor: str = "local"  # local | dask
+    scheduler: str | None = None
+    assemble_only: bool = False
+
+
+def finish_shards(stage: str, config: Config, count: int, execution: Execution, *,
+                  unfinished: Callable[[int], list[Shard]], compute: Callable[[list[Shard]], Any]) -> int:
+    """Get every shard of N finished: here (`compute`), as dask tasks, or (assemble only) refuse with the
+    missing K. `count` is the N chosen from disk (0: none there, so 1 here or two per dask worker thread);
+    returns N once `unfinished(N)` is empty."""
+    if execution.executor == "dask" and not execution.assemble_only:
+        with dask_client(execution.scheduler) as client:
+            count = count or default_dask_count(client)
+            todo = unfinished(count)
+            log.info("%d of %d %s shards to compute on dask", len(todo), count, stage)
+            run_on_dask(stage, config, todo, client)
+    else:
+        count = count or 1
+        todo = unfinished(count)
+        if todo and execution.assemble_only:
+            raise UserError(missing_message(stage, count, todo))
+        if todo:
+            compute(todo)
+    missing = unfinished(count)
+    if missing:  # e.g. a dask task that returned without finishing its shard (the shard changed under it)
+        raise UserError(missing_message(stage, count, missing))
+    return count

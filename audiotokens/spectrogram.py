@@ -60,17 +60,7 @@ from .artifacts import (
 from .audio import BLOCK_FRAMES, RESAMPLE_QUALITY, AudioError, AudioStream, to_mono
 from .config import Config, SpectrogramConfig, check_spectrogram, frame_keys
 from .errors import UserError
-from .shards import (
-    SHARDS_DIR,
-    Shard,
-    all_shards,
-    choose_count,
-    dask_client,
-    default_dask_count,
-    missing_message,
-    read_json_or_none,
-    run_on_dask,
-)
+from .shards import SHARDS_DIR, Execution, Shard, all_shards, choose_count, finish_shards, read_json_or_none
 
 log = logging.getLogger("audiotokens")
 
@@ -521,9 +511,7 @@ class SpectrogramProcessor:
         self.part_clips = part_clips  # a part ends after this many clips or part_frames frames
         self.part_frames = part_frames
         self.shard = shard
-        self.assemble_only = assemble
-        self.executor = executor
-        self.scheduler = scheduler
+        self.execution = Execution(executor=executor, scheduler=scheduler, assemble_only=assemble)
         self.shard_count = shards  # 0: the N of the shards on disk, else 1 (local) or per dask worker
 
     def run(self) -> dict[str, Any]:
@@ -533,23 +521,9 @@ class SpectrogramProcessor:
             return self._compute_shards(clips, key, [self.shard])
         root = self.layout.frames_dir / SHARDS_DIR
         current = functools.partial(self._is_current, clips, key)
-        count = choose_count(root, self.shard_count, current)
-        if self.executor == "dask" and not self.assemble_only:
-            with dask_client(self.scheduler) as client:
-                count = count or default_dask_count(client)
-                todo = self._unfinished(clips, key, count)
-                log.info("%d of %d shards to compute on dask", len(todo), count)
-                run_on_dask(STAGE, self.config, todo, client)
-        else:
-            count = count or 1
-            todo = self._unfinished(clips, key, count)
-            if todo and self.assemble_only:
-                raise UserError(missing_message(STAGE, count, todo))
-            if todo:
-                self._compute_shards(clips, key, todo)
-        missing = self._unfinished(clips, key, count)
-        if missing:  # a dask task that returned without finishing its shard (the shard changed under it)
-            raise UserError(missing_message(STAGE, count, missing))
+        count = finish_shards(STAGE, self.config, choose_count(root, self.shard_count, current), self.execution,
+                              unfinished=functools.partial(self._unfinished, clips, key),
+                              compute=functools.partial(self._compute_shards, clips, key))
         counts = self._assemble(clips, [self._shard_store(clips, key, shard) for shard in all_shards(count)])
         shutil.rmtree(root, ignore_errors=True)
         return counts

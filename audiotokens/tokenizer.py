@@ -42,17 +42,7 @@ from .artifacts import (
 )
 from .config import Config
 from .errors import UserError
-from .shards import (
-    SHARDS_DIR,
-    Shard,
-    all_shards,
-    choose_count,
-    dask_client,
-    default_dask_count,
-    missing_message,
-    read_json_or_none,
-    run_on_dask,
-)
+from .shards import SHARDS_DIR, Execution, Shard, all_shards, choose_count, finish_shards, read_json_or_none
 
 log = logging.getLogger("audiotokens")
 
@@ -253,9 +243,7 @@ class SpecTokenizer:
         if self.batch_frames <= 0:
             raise UserError(f"'tokenize.batch_frames' must be positive, got {self.batch_frames}")
         self.shard = shard
-        self.assemble_only = assemble
-        self.executor = executor
-        self.scheduler = scheduler
+        self.execution = Execution(executor=executor, scheduler=scheduler, assemble_only=assemble)
         self.shard_count = shards
         self.shards_root = self.layout.tokenized / SHARDS_DIR
 
@@ -269,25 +257,16 @@ class SpecTokenizer:
         if self.shard is not None:
             return self._compute_shard(frames, store, vocab.quantizer, key, self.shard)
         count = choose_count(self.shards_root, self.shard_count, lambda s: self._finished(store, key, s))
-        if not count and self.executor == "local" and not self.assemble_only:
+        if not count and self.execution == Execution():  # nothing sharded asked for: straight into the store
             fill = functools.partial(self._tokenize_clips, frames, store, vocab.quantizer, range(len(store)))
             return self._write_store(vocab, store, fill)
-        if self.executor == "dask" and not self.assemble_only:
-            with dask_client(self.scheduler) as client:
-                count = count or default_dask_count(client)
-                todo = [s for s in all_shards(count) if not self._finished(store, key, s)]
-                log.info("%d of %d shards to tokenize on dask", len(todo), count)
-                run_on_dask(STAGE, self.config, todo, client)
-        else:
-            count = count or 1
-            todo = [s for s in all_shards(count) if not self._finished(store, key, s)]
-            if todo and self.assemble_only:
-                raise UserError(missing_message(STAGE, count, todo))
+
+        def compute(todo: list[Shard]) -> None:
             for shard in todo:
                 self._compute_shard(frames, store, vocab.quantizer, key, shard)
-        missing = [s for s in all_shards(count) if not self._finished(store, key, s)]
-        if missing:
-            raise UserError(missing_message(STAGE, count, missing))
+
+        count = finish_shards(STAGE, self.config, count, self.execution, compute=compute,
+                              unfinished=lambda n: [s for s in all_shards(n) if not self._finished(store, key, s)])
         counts = self._write_store(vocab, store, functools.partial(self._copy_shards, store, count))
         shutil.rmtree(self.shards_root, ignore_errors=True)
         return counts
