@@ -42,7 +42,7 @@ def waveform_frames(waveform: Waveform, sample_rate: int, params) -> np.ndarray:
     Mixed down first, then cropped to params.max_duration, then resampled: the order a file goes through.
     """
     from .audio import AudioError, resample, to_mono
-    from .spectrogram import compute_frames
+    from .spectrogram import frames_from_samples
 
     rate = _check_rate(sample_rate)
     mono = to_mono(np.ascontiguousarray(_as_numpy(waveform)))
@@ -51,7 +51,8 @@ def waveform_frames(waveform: Waveform, sample_rate: int, params) -> np.ndarray:
     if not np.isfinite(mono).all():
         raise UserError("the waveform holds NaN or infinite samples")
     try:
-        frames = compute_frames(resample(mono, rate, params.sample_rate), params).astype(params.dtype, copy=False)
+        frames = frames_from_samples(resample(mono, rate, params.sample_rate), params).astype(params.dtype,
+                                                                                            copy=False)
     except AudioError as exc:
         raise UserError(f"cannot make frames of this waveform: {exc}") from None
     if not np.isfinite(frames).all():
@@ -64,6 +65,7 @@ class AudioTokenizer:
 
     Token ids are the tokenize stage's (frames, codebooks) int64 cluster ids, without the model's special
     tokens. A frames-input bundle has no vocabulary: `frames` works, `tokens` and `decode` raise UserError.
+    For a waveform bundle (a fine-tuned speech model) `frames` gives the rows of samples the model reads.
     """
 
     def __init__(self, *, frame_spec: dict[str, Any], vocabulary=None):
@@ -93,7 +95,8 @@ class AudioTokenizer:
     @property
     def quantizer(self):
         if self.vocabulary is None:
-            raise UserError("this bundle reads mel frames and has no vocabulary; use frames(), or a tokens model")
+            raise UserError("this bundle reads frames (or waveform rows) and has no vocabulary; use frames(), or a "
+                            "tokens model")
         return self.vocabulary.quantizer
 
     @property
@@ -101,7 +104,7 @@ class AudioTokenizer:
         return self.quantizer.codebook_sizes
 
     def frames(self, waveform: Waveform, sample_rate: int) -> np.ndarray:
-        """(frames, n_mels) mel frames as the spectrogram stage stores them (its dtype included)."""
+        """(frames, n_mels) mel frames (or the frame spec's kind) as the spectrogram stage stores them."""
         return waveform_frames(waveform, sample_rate, self.params)
 
     def tokens(self, waveform: Waveform, sample_rate: int) -> np.ndarray:

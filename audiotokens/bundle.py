@@ -7,6 +7,10 @@
   vocabulary/                       the tokenizer that turns frames into token ids, with the frame spec
                                     it was fitted on (vocabulary.py; tokens input only: a frames model
                                     reads frames directly)
+
+A fine-tuned speech model (waveform input) is the same: its weights are in model.safetensors, its config
+and origin (the local folder and the digest of its weights) in model_spec.json, so the bundle loads
+without the original folder.
 """
 from __future__ import annotations
 
@@ -129,7 +133,8 @@ class Bundle:
         """(clips, classes) probabilities: sigmoid (multi-label) or softmax (single-label).
 
         Each clip is what the model reads: raw cluster ids, (frames,) or (frames, codebooks), for a tokens
-        model; mel frames (frames, n_mels) for a frames model. Clips longer than the model's `max_frames`
+        model; mel frames (frames, n_mels) for a frames model; rows of samples (rows, stride) for a waveform
+        model. Clips longer than the model's `max_frames`
         are cut to their first `max_frames` frames, with a warning, unless the model was trained on crops
         (train.crop_frames / eval_window): then a clip longer than the window scores the mean of its
         windows' scores. Batches hold at most `batch_size` pieces and, when `batch_frames` (default: the
@@ -185,7 +190,7 @@ class Bundle:
     def _check(self, sequences: list[np.ndarray]) -> None:
         spec = self.spec
         for i, sequence in enumerate(sequences):
-            if self.input == "frames":
+            if self.input != "tokens":
                 if sequence.ndim != 2 or sequence.shape[1] != spec.input_dim:
                     raise UserError(f"clip {i} has frames of shape {sequence.shape}; the model reads "
                                     f"(frames, {spec.input_dim})")

@@ -148,6 +148,10 @@ class ClusterCreator:
 
         started = time.perf_counter()
         spec = read_frame_spec(self.layout)
+        if spec.get("features") == "waveform":
+            raise UserError(f"{self.layout.frames} holds waveform rows (spectrogram.features = waveform) for "
+                            "fine-tuning a speech model, not frames to quantise; set spectrogram.features to mel "
+                            "or ssl and re-run `audiotokens spectrogram`")
         frames, index = open_split(self.layout, "frames", "train")
         if frames.ndim != 2:
             raise UserError(f"{self.layout.frames} must be a (frames, dim) matrix, found shape {frames.shape}; "

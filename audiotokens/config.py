@@ -91,8 +91,13 @@ class SpectrogramConfig:
     dtype: str = setting("float32", role=STORAGE, check=("float32", "float16"))
     max_duration: float = setting(0.0, check="non_negative")  # seconds kept per clip; 0 = whole clip
     workers: int = setting(0, role=RUNTIME, check="non_negative")  # 0 = number of cores
-    features: str = setting("mel", check=("mel", "ssl"))  # ssl: hidden states of a local speech model
-    ssl_model: str = ""  # ssl: local Hugging Face directory (wav2vec2 / HuBERT / WavLM); never downloaded
+    # ssl: hidden states of a local speech model; waveform: its input (rows of samples at its rate and
+    # stride), for fine-tuning it end to end (train.input = waveform, train.encoder = ssl)
+    features: str = setting("mel", check=("mel", "ssl", "waveform"))
+    # ssl, waveform: local Hugging Face directory (wav2vec2 / HuBERT / WavLM); never downloaded. The one
+    # place the speech model is named: the frame spec records it (path and digest), and a fine-tuned model
+    # starts from the model its waveform rows were cut for, so the two can never disagree
+    ssl_model: str = ""
     ssl_layer: int = -1  # ssl: hidden state index (0 = the feature projection, -1 = the last layer)
 
 
@@ -123,9 +128,9 @@ class TokenizeConfig:
 
 @dataclass
 class TrainConfig:
-    input: str = setting("tokens", check=("tokens", "frames"))  # what the model reads
+    input: str = setting("tokens", check=("tokens", "frames", "waveform"))  # what the model reads
     num_layers: int = setting(12, check="positive")
-    hidden_size: int = setting(768, check="positive")
+    hidden_size: int = setting(768, check="positive")  # encoder ssl: the layer after pooling (the model has its own)
     num_heads: int = setting(12, check="positive")
     intermediate_size: int = setting(3072, check="positive")
     dropout: float = setting(0.1, check="fraction")
@@ -157,14 +162,16 @@ class TrainConfig:
     # the model's parts (modelparts.py checks the names against its registries)
     token_embedding: str = "learned"  # learned | decoded | decoded+learned (tokens input)
     codebook_fusion: str = "sum"  # sum | attention: how learned embeddings of several codebooks combine
-    encoder: str = "bert"  # bert | conformer | cnn (cnn: frames input)
+    encoder: str = "bert"  # bert | conformer | cnn (cnn: frames input) | ssl (waveform input: spectrogram.ssl_model)
     pooling: str = "cls"  # cls | mean | attention
     head: str = "linear"  # linear | am_softmax (single-label)
     objective: str = setting("classify", check=("classify", "contrastive"))  # contrastive: contrastive_training.py
     margin: float = setting(0.2, check="non_negative")  # am_softmax additive margin
     scale: float = setting(30.0, check="positive")  # am_softmax logit scale
     init: str = ""  # start embedder and encoder from a pre-training (output/pretrain) or a bundle folder
-    freeze: str = ""  # "" nothing | N: the embeddings and the lowest N encoder layers stay fixed
+    # "": the encoder's default (ssl: feature_encoder, else none) | none | feature_encoder (ssl) |
+    # N: the embeddings and the lowest N encoder layers stay fixed
+    freeze: str = ""
     unfreeze_after: int = setting(0, check="non_negative")  # epochs before frozen parts train too; 0 = never
 
 

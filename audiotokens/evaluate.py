@@ -81,7 +81,7 @@ class Evaluator:
         if self.manifest:
             return self._report(bundle, self.manifest.stem, self._score_manifest(bundle), str(self.manifest))
         names = [self.split] if self.split else [n for n in SplitPlan.load(self.layout).names() if n != "train"]
-        store = "processed/frames" if bundle.input == "frames" else "tokenized"
+        store = "tokenized" if bundle.input == "tokens" else "processed/frames"
         results = {name: self._report(bundle, name, self._score_split(bundle, name), f"the {name} split of {store}/")
                    for name in names}
         return results[names[0]] if len(names) == 1 else results
@@ -98,7 +98,7 @@ class Evaluator:
     # ------------------------------------------------------------ a split of the stores
 
     def _score_split(self, bundle, split: str) -> Scored:
-        frames = bundle.input == "frames"
+        frames = bundle.input != "tokens"  # frames or waveform rows: both in the frame store
         index_path = self.layout.frames_index if frames else self.layout.tokens_index
         if not index_path.is_file():
             stage = "spectrogram" if frames else "tokenize"

@@ -77,6 +77,9 @@ def export_onnx(model_dir: str | Path, out_path: str | Path) -> Path:
     if out_path.suffix != ".onnx":
         raise UserError(f"--out {out_path} should end in .onnx")
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    if bundle.input not in INPUT_NAMES:
+        raise UserError(f"{model_dir} is a fine-tuned speech model ({bundle.input} input); ONNX export covers "
+                        f"{' and '.join(INPUT_NAMES)} models only")
     input_name = INPUT_NAMES[bundle.input]
     graph = ScoringGraph(bundle).eval()
     with atomic_path(out_path) as tmp, warnings.catch_warnings():

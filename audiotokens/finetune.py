@@ -5,10 +5,16 @@ fresh ones (pooling and head stay freshly initialised). It is refused in one lin
 other frames (frame spec digest) or, for a tokens model, with another vocabulary (digest), or when its
 network does not fit train.* (sizes, parts). Position embeddings of another length keep the rows both have.
 
-train.freeze = N keeps the embedder, the encoder's own embeddings and its lowest N layers fixed;
-"feature_encoder" keeps a speech model's convolutional feature encoder fixed. Frozen parameters stay in
-the optimizer with requires_grad off, so they get no gradient, no update and no weight decay (AdamW skips
-parameters without a gradient), and train.unfreeze_after = E turns them back on from epoch E + 1.
+A speech-model encoder (train.encoder = "ssl") first gets the weights of its local folder (recorded in the
+model spec: path and digest), then train.init's when that is set too.
+
+train.freeze = N keeps the embedder, the encoder's own embeddings (a speech model's convolutional feature
+encoder, feature projection and positional convolution) and its lowest N layers fixed; "feature_encoder"
+keeps a speech model's convolutional feature encoder fixed; "none" nothing. Empty (the default) is the
+encoder's own default: "feature_encoder" for a speech model (partial fine-tuning: the convolutional
+encoder stays as pre-trained and the transformer layers adapt), nothing for the others. Frozen parameters
+stay in the optimizer with requires_grad off, so they get no gradient, no update and no weight decay (AdamW
+skips parameters without a gradient), and train.unfreeze_after = E turns them back on from epoch E + 1.
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ log = logging.getLogger("audiotokens")
 
 INIT_PARTS = ("embedder.", "encoder.")  # what a pre-training hands on (pretraining.PRETRAINED_PARTS)
 FEATURE_ENCODER = "feature_encoder"
+NOTHING = "none"
 
 
 def read_pretrained(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -87,13 +94,19 @@ def encoder_layers(model: nn.Module) -> nn.ModuleList:
         return encoder.bert.encoder.layer
     if hasattr(encoder, "layers"):
         return encoder.layers
-    raise UserError(f"train.freeze = N needs a layered encoder (bert, conformer), got train.encoder="
+    raise UserError(f"train.freeze = N needs a layered encoder (bert, conformer, ssl), got train.encoder="
                     f"{model.spec.encoder}")
+
+
+def default_freeze(model: nn.Module) -> str:
+    """What an empty train.freeze means: a speech model's feature encoder stays fixed, nothing else does."""
+    return FEATURE_ENCODER if hasattr(model.encoder, FEATURE_ENCODER) else NOTHING
 
 
 def frozen_parameters(model: nn.Module, freeze: str) -> list[nn.Parameter]:
     """The parameters train.freeze keeps fixed."""
-    if freeze == "":
+    freeze = freeze or default_freeze(model)
+    if freeze == NOTHING:
         return []
     if freeze == FEATURE_ENCODER:
         feature_encoder = getattr(model.encoder, FEATURE_ENCODER, None)
@@ -101,7 +114,8 @@ def frozen_parameters(model: nn.Module, freeze: str) -> list[nn.Parameter]:
             raise UserError(f"train.freeze = {FEATURE_ENCODER} needs a speech-model encoder; use a number of layers")
         return list(feature_encoder.parameters())
     if not freeze.isdigit():
-        raise UserError(f"'train.freeze' must be empty, a number of layers or {FEATURE_ENCODER}, got '{freeze}'")
+        raise UserError(f"'train.freeze' must be empty, {NOTHING}, a number of layers or {FEATURE_ENCODER}, "
+                        f"got '{freeze}'")
     layers = encoder_layers(model)
     n = int(freeze)
     if n > len(layers):
@@ -109,6 +123,8 @@ def frozen_parameters(model: nn.Module, freeze: str) -> list[nn.Parameter]:
     parts: list[nn.Module] = [model.embedder]
     if hasattr(model.encoder, "bert"):
         parts.append(model.encoder.bert.embeddings)
+    if hasattr(model.encoder, "embedding_parts"):
+        parts += model.encoder.embedding_parts()
     parts += list(layers[:n])
     return [p for part in parts for p in part.parameters() if p.requires_grad]  # the model's dead ones stay off
 
@@ -127,7 +143,9 @@ class FineTuning:
         return cls(init=settings.init, freeze=settings.freeze, unfreeze_after=settings.unfreeze_after)
 
     def initialise(self, model: nn.Module, *, frame_spec: dict[str, Any], vocabulary_digest: str | None) -> None:
-        """Before training: the pre-trained weights (when train.init is set)."""
+        """Before training: a speech model's own weights, then the pre-trained ones (when train.init is set)."""
+        if hasattr(model.encoder, "load_pretrained"):
+            model.encoder.load_pretrained()
         if not self.init:
             return
         path = Path(self.init)
@@ -142,7 +160,8 @@ class FineTuning:
         for parameter in self.frozen:
             parameter.requires_grad_(False)
         if self.frozen:
-            log.info("train.freeze = %s: %d parameters fixed%s", self.freeze, sum(p.numel() for p in self.frozen),
+            log.info("train.freeze = %s: %d parameters fixed%s", self.freeze or default_freeze(model),
+                     sum(p.numel() for p in self.frozen),
                      f" until epoch {self.unfreeze_after}" if self.unfreeze_after else "")
 
     def epoch_starts(self, epochs_done: int) -> None:

@@ -116,7 +116,7 @@ def model_card(bundle_dir: Path, layout: Layout, train_settings: dict[str, Any])
              "tags:", "- audio-classification", "- audiotokens", f"- {meta['input']}-input", "---", ""]
     frame_spec = meta.get("spectrogram") or {}
     seconds = meta["max_frames"] * frame_spec.get("hop_length", 0) / max(frame_spec.get("sample_rate", 1), 1)
-    what = "token sequences" if meta["input"] == "tokens" else "mel frames"
+    what = {"tokens": "token sequences", "frames": "frames", "waveform": "waveforms"}.get(meta["input"], "frames")
     limits = [
         (f"- Tags clips with the {len(classes)} classes above; any other sound gets scores for these classes "
          "all the same."),
@@ -128,9 +128,10 @@ def model_card(bundle_dir: Path, layout: Layout, train_settings: dict[str, Any])
          "errors per group."),
     ]
     summary = (f"A {spec['encoder']} classifier of audio as {what}, {len(classes)} classes, {kind}. This card was "
-               "written by `audiotokens train` from the run's provenance records.")
+               "written by `audiotokens train` from the run's provenance records.") + _origin(spec)
     settings = (_settings_rows("spectrogram.", frame_spec) + _tokenizer_rows(bundle_dir, meta)
-                + _settings_rows("model.", {k: v for k, v in spec.items() if k != "classes"})
+                + _settings_rows("model.", {k: v for k, v in spec.items() if k not in ("classes", "encoder_params")})
+                + _settings_rows("model.encoder_params.", _encoder_params(spec))
                 + _settings_rows("", train_settings))
     lines = front + [
         "# audiotokens audio classifier", "", summary, "",
@@ -148,10 +149,32 @@ def model_card(bundle_dir: Path, layout: Layout, train_settings: dict[str, Any])
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _origin(spec: dict[str, Any]) -> str:
+    """Where a fine-tuned speech model's weights came from (empty for the others)."""
+    pretrained = spec.get("encoder_params", {}).get("pretrained")
+    if not pretrained:
+        return ""
+    model_type = spec["encoder_params"].get("speech_config", {}).get("model_type", "speech")
+    return (f"\n\nIt is a pretrained {model_type} model fine-tuned end to end, starting from the weights in "
+            f"`{pretrained.get('path')}` (digest of its config and weights `{pretrained.get('digest')}`); the "
+            "fine-tuned weights and the model's config are in this folder, which needs nothing else.")
+
+
+def _encoder_params(spec: dict[str, Any]) -> dict[str, Any]:
+    """The encoder's settings; a speech model's whole config shows as its type and sizes."""
+    params = dict(spec.get("encoder_params", {}))
+    config = params.pop("speech_config", None)
+    if config:
+        params["speech_model"] = {key: config.get(key) for key in (
+            "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "feat_extract_norm")}
+    return params
+
+
 def _tokenizer_rows(bundle_dir: Path, meta: dict[str, Any]) -> list[tuple[Any, ...]]:
     path = bundle_dir / "vocabulary" / "vocabulary.json"
     if not path.is_file():
-        return [("tokenizer", "none (the model reads mel frames)")]
+        reads = "the waveform" if meta.get("input") == "waveform" else "frames"
+        return [("tokenizer", f"none (the model reads {reads})")]
     quantizer = json.loads(path.read_text())["quantizer"]
     return _settings_rows("tokenizer.", {k: v for k, v in quantizer.items() if k != "format"}) + \
         [("tokenizer.digest", meta.get("vocabulary_digest"))]

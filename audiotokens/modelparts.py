@@ -9,12 +9,15 @@ Token ids: 0 [PAD], 1 [CLS], 2 [SEP], 3 [MASK], then cluster c of any codebook i
 cluster shares the padding id. Token batches are (batch, positions, codebooks) ids; frame batches are
 (batch, positions, input_dim) floats whose [CLS]/[SEP]/[PAD] rows are placeholders. The mask is 1 on
 [CLS], every frame and [SEP], 0 exactly on padding; no part lets a padded position change the output.
+Waveform batches (a fine-tuned speech model) are frame batches whose rows are consecutive samples.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,13 +27,15 @@ from torch import nn
 from .contrastive import TEMPERATURE
 from .errors import UserError
 
+log = logging.getLogger("audiotokens")
+
 PAD, CLS, SEP, MASK = 0, 1, 2, 3
 SPECIAL_TOKENS = {"[PAD]": PAD, "[CLS]": CLS, "[SEP]": SEP, "[MASK]": MASK}
 TOKEN_OFFSET = len(SPECIAL_TOKENS)
 EXTRA_POSITIONS = 2  # [CLS] and [SEP]
 FRAME = -1  # marks a frame position where special ids are laid out
 
-INPUTS = ("tokens", "frames")
+INPUTS = ("tokens", "frames", "waveform")
 TOKEN_EMBEDDINGS = ("learned", "decoded", "decoded+learned")
 CODEBOOK_FUSIONS = ("sum", "attention")
 DECODE_COMBINES = ("concat", "sum")
@@ -42,18 +47,19 @@ class ModelSpec:
     """Everything that defines the network's shape; JSON round-trips exactly."""
 
     classes: list[str]
-    input: str = "tokens"  # tokens | frames
+    input: str = "tokens"  # tokens | frames | waveform (rows of samples: encoder ssl)
     token_embedding: str = "learned"  # learned | decoded | decoded+learned
     codebook_sizes: list[int] = field(default_factory=list)  # clusters per codebook (tokens input)
     codebook_fusion: str = "sum"  # sum | attention (learned embeddings of several codebooks)
     decode_dims: list[int] = field(default_factory=list)  # decoded vector size per codebook ("decoded")
     decode_combine: str = "concat"  # concat | sum: how per-codebook decoded vectors form one frame
-    input_dim: int = 0  # size of a frame (frames input) or of a decoded frame
+    input_dim: int = 0  # size of a frame (frames input), of a decoded frame, or samples per row (waveform)
     encoder: str = "bert"
     encoder_params: dict[str, Any] = field(default_factory=dict)  # num_layers, num_heads, intermediate_size
     hidden_size: int = 768
     dropout: float = 0.1
     pooling: str = "cls"  # cls | mean | attention
+    hidden_layer: int = 0  # units of a Linear + tanh + dropout layer between pooling and head; 0 = none
     head: str = "linear"  # linear | am_softmax
     margin: float = 0.2  # am_softmax
     scale: float = 30.0  # am_softmax
@@ -388,6 +394,119 @@ class CnnEncoder(Encoder):
         return hidden * out_mask[..., None], out_mask
 
 
+class SpeechModelEncoder(Encoder):
+    """A pretrained speech model (wav2vec2, HuBERT, WavLM through transformers) fine-tuned on waveform rows.
+
+    The network is built from the model's config (encoder_params["speech_config"], saved in the model spec),
+    so a bundle needs no model folder; `load_pretrained` copies the folder's weights in before training
+    (encoder_params["pretrained"]: the folder and the digest of its config and weights). A batch's rows are
+    joined back into each clip's samples, normalised to zero mean and unit variance over the clip's own
+    samples when the model's feature extractor does so (do_normalize), and run through transformers' own
+    modules in the order of their forward (convolutional feature encoder, feature projection, SpecAugment
+    masking in training as the model's config sets it, transformer encoder) with the frames of each clip
+    from the model's `_get_feat_extract_output_lengths` as the attention mask.
+
+    Padding never changes a clip's output: feature encoders that normalise over time (feat_extract_norm
+    "group": wav2vec2 base, HuBERT base) run clip by clip on its own samples; layer-normalised ones run on the
+    padded batch, where a valid frame sees only valid samples. A frozen feature encoder (finetune.py) runs
+    without building a graph.
+    """
+
+    reads_raw_frames = True
+    has_cls = False
+
+    @classmethod
+    def check(cls, spec: ModelSpec) -> None:
+        config = spec.encoder_params.get("speech_config")
+        if not config:
+            raise UserError("train.encoder=ssl needs a speech model: set spectrogram.features=waveform and "
+                            "spectrogram.ssl_model to a local Hugging Face folder, then run `audiotokens spectrogram`")
+        if config.get("add_adapter"):
+            raise UserError(f"the speech model in {spec.encoder_params.get('pretrained', {}).get('path')} has an "
+                            "adapter after its encoder (add_adapter), which train.encoder=ssl does not support")
+
+    def __init__(self, *, spec: ModelSpec, speech_config: dict[str, Any], normalize: bool = True,
+                 pretrained: dict[str, str] | None = None):
+        super().__init__()
+        from transformers import AutoConfig, AutoModel
+
+        config = AutoConfig.for_model(**speech_config)
+        # float32 like the other parts, whatever dtype the checkpoint was saved in (AMP casts on the GPU)
+        self.speech = AutoModel.from_config(config, dtype=torch.float32)
+        self.stride = spec.input_dim
+        self.normalize = normalize
+        self.pretrained = dict(pretrained or {})
+        self.clipwise_features = getattr(config, "feat_extract_norm", "group") == "group"
+        self.output_size = config.hidden_size
+
+    @property
+    def feature_encoder(self) -> nn.Module:
+        """The convolutional feature encoder (train.freeze = feature_encoder)."""
+        return self.speech.feature_extractor
+
+    def embedding_parts(self) -> list[nn.Module]:
+        """What comes before the transformer layers (train.freeze = N keeps these fixed too)."""
+        return [self.speech.feature_extractor, self.speech.feature_projection, self.speech.encoder.pos_conv_embed]
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.speech.encoder.layers
+
+    def load_pretrained(self) -> None:
+        """The speech model's weights from its folder, which must still hold the model the frames were made for."""
+        from transformers import AutoModel
+
+        from .ssl_frames import model_digest
+
+        path = Path(self.pretrained.get("path", ""))
+        if not (path / "config.json").is_file():
+            raise UserError(f"'spectrogram.ssl_model' ({path}) is not a local Hugging Face model folder (no "
+                            "config.json); nothing is downloaded at run time: save the model there first")
+        digest = model_digest(path)
+        if digest != self.pretrained.get("digest"):
+            raise UserError(f"'spectrogram.ssl_model' ({path}) now holds another model (digest {digest}, waveform "
+                            f"rows made for {self.pretrained.get('digest')}); re-run `audiotokens spectrogram`")
+        source = AutoModel.from_pretrained(str(path), local_files_only=True)
+        self.speech.load_state_dict(source.state_dict())
+        log.info("speech model weights from %s (digest %s)", path, digest)
+
+    def forward(self, frames, mask):
+        waves = frames.flatten(1)
+        lengths = mask.sum(dim=1) * self.stride
+        if self.normalize:
+            waves = normalise_waves(waves, lengths)
+        features = self._features(waves, lengths)
+        frame_lengths = self.speech._get_feat_extract_output_lengths(lengths)
+        frame_mask = torch.arange(features.shape[1], device=features.device)[None, :] < frame_lengths[:, None]
+        projected = self.speech.feature_projection(features)
+        hidden = projected[0] if isinstance(projected, tuple) else projected  # wav2vec2/WavLM also give the norm
+        if self.training and hidden.shape[1] >= self.speech.config.mask_time_length:
+            hidden = self.speech._mask_hidden_states(hidden, attention_mask=frame_mask)
+        hidden = self.speech.encoder(hidden, attention_mask=frame_mask).last_hidden_state
+        return hidden * frame_mask[..., None].to(hidden.dtype), frame_mask.long()
+
+    def _features(self, waves: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(batch, frames, conv channels); padded frames of clip-by-clip features are zeros."""
+        extractor = self.speech.feature_extractor
+        trains = any(p.requires_grad for p in extractor.parameters())
+        extractor._requires_grad = trains  # transformers' flag: a frozen encoder needs no gradient of its input
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trains):
+            if not self.clipwise_features:
+                return extractor(waves).transpose(1, 2)
+            pieces = [extractor(waves[i:i + 1, :n])[0].transpose(0, 1) for i, n in enumerate(lengths.tolist())]
+            return nn.utils.rnn.pad_sequence(pieces, batch_first=True)
+
+
+def normalise_waves(waves: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit variance over each clip's first `lengths` samples (the feature extractor's do_normalize,
+    variance + 1e-7 under the root as there); the padding stays zero."""
+    valid = (torch.arange(waves.shape[1], device=waves.device)[None, :] < lengths[:, None]).to(waves.dtype)
+    count = valid.sum(dim=1, keepdim=True).clamp(min=1.0)
+    mean = (waves * valid).sum(dim=1, keepdim=True) / count
+    variance = (((waves - mean) * valid) ** 2).sum(dim=1, keepdim=True) / count
+    return (waves - mean) / torch.sqrt(variance + 1e-7) * valid
+
+
 # ---------------------------------------------------------------- pooling
 
 
@@ -435,6 +554,20 @@ class AttentionPooling(nn.Module):
 
 
 # ---------------------------------------------------------------- heads
+
+
+class HiddenLayer(nn.Module):
+    """Linear + tanh + dropout on the pooled vector: the dense layer transformers' sequence classification
+    heads put before the output layer (RobertaClassificationHead), here after mean pooling a speech model."""
+
+    def __init__(self, *, size: int, units: int, dropout: float):
+        super().__init__()
+        self.linear = nn.Linear(size, units)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, pooled):
+        return self.dropout(torch.tanh(self.linear(pooled)))
+
 
 
 class LinearHead(nn.Module):
@@ -496,7 +629,9 @@ class ClassMeanHead(nn.Module):
         return logits.masked_fill(self.means.norm(dim=-1) == 0, self.EMPTY_LOGIT)
 
 
-ENCODERS: dict[str, type[Encoder]] = {"bert": BertEncoder, "conformer": ConformerEncoder, "cnn": CnnEncoder}
+ENCODERS: dict[str, type[Encoder]] = {"bert": BertEncoder, "conformer": ConformerEncoder, "cnn": CnnEncoder,
+                                      "ssl": SpeechModelEncoder}
+SPEECH_ENCODER, WAVEFORM = "ssl", "waveform"  # a speech model reads waveforms, and only it does
 POOLINGS: dict[str, type[nn.Module]] = {"cls": ClsPooling, "mean": MeanPooling, "attention": AttentionPooling}
 HEADS: dict[str, type[nn.Module]] = {
     "linear": LinearHead, "am_softmax": AmSoftmaxHead, "class_means": ClassMeanHead}
@@ -506,11 +641,19 @@ CHOICES: dict[str, Sequence[str]] = {  # train.<key> -> the names it accepts
 }
 
 
+def check_input_encoder(input_kind: str, encoder: str) -> None:
+    """train.input = waveform and train.encoder = ssl go together."""
+    if (input_kind == WAVEFORM) != (encoder == SPEECH_ENCODER):
+        raise UserError(f"train.input={WAVEFORM} and train.encoder={SPEECH_ENCODER} go together (a speech model "
+                        f"fine-tuned on the waveform), got train.input={input_kind}, train.encoder={encoder}")
+
+
 def check_spec(spec: ModelSpec) -> None:
     """Combinations of parts that cannot work, as one-line errors naming the train keys."""
     for key, names in CHOICES.items():
         if getattr(spec, key) not in names:
             raise UserError(f"'train.{key}' must be one of {', '.join(names)}, got '{getattr(spec, key)}'")
+    check_input_encoder(spec.input, spec.encoder)
     encoder = ENCODERS[spec.encoder]
     encoder.check(spec)
     if not encoder.has_cls and POOLINGS[spec.pooling].needs_cls:
@@ -526,7 +669,8 @@ class AudioClassifier(nn.Module):
     """embedder -> encoder -> pooling -> head, built from a ModelSpec.
 
     forward(inputs, mask, targets=None) -> logits; `targets` only matters to heads with a training
-    margin. encode(...) gives the encoder's states and mask, embed(...) the pooled clip embeddings.
+    margin. encode(...) gives the encoder's states and mask, embed(...) the pooled clip embeddings (after the
+    hidden layer, when the spec has one).
     """
 
     def __init__(self, *, spec: ModelSpec, decode_tables: Sequence[torch.Tensor] | None = None):
@@ -543,8 +687,11 @@ class AudioClassifier(nn.Module):
             self.embedder = TokenEmbedder(spec=spec, decode_tables=decode_tables)
         self.encoder = encoder(spec=spec, **spec.encoder_params)
         self.pooling = POOLINGS[spec.pooling](size=self.encoder.output_size)
-        self.head = HEADS[spec.head](spec=spec, size=self.encoder.output_size)
+        self.hidden_layer = (HiddenLayer(size=self.encoder.output_size, units=spec.hidden_layer, dropout=spec.dropout)
+                             if spec.hidden_layer else nn.Identity())
+        self.head = HEADS[spec.head](spec=spec, size=spec.hidden_layer or self.encoder.output_size)
         _init_weights(self.pooling)
+        _init_weights(self.hidden_layer)
         _init_weights(self.head)
 
     def encode(self, inputs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -553,7 +700,7 @@ class AudioClassifier(nn.Module):
         return self.encoder(self.embedder(inputs, mask), mask)
 
     def embed(self, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.pooling(*self.encode(inputs, mask))
+        return self.hidden_layer(self.pooling(*self.encode(inputs, mask)))
 
     def forward(self, inputs: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.embed(inputs, mask), targets)

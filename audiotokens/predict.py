@@ -3,7 +3,8 @@
 Everything that turns audio into model input comes from the bundle (spectrogram parameters, storage
 dtype, vocabulary), never from the current config, so a bundle copied to another machine
 scores a file exactly as the training pipeline would have. A frames-input bundle reads the mel frames
-themselves (no vocabulary). Each listed class says whether the model predicts it: score >= the bundle's
+themselves (no vocabulary), a waveform bundle (a fine-tuned speech model) rows of the resampled samples. Each
+listed class says whether the model predicts it: score >= the bundle's
 threshold (train.threshold, or --threshold) for multi-label models, the arg-max class for single-label ones.
 """
 from __future__ import annotations
@@ -281,6 +282,9 @@ def predict_cli(paths: Sequence[str], model_dir: str | None, workdir: str, top_k
 def show_cli(audio: str, model_dir: str | None, workdir: str, out_path: str | None, top_k: int = 5) -> Path:
     """One PNG: mel spectrogram, the token strip on the same time axis, and the top predictions."""
     bundle = load_model(model_dir, workdir)
+    if bundle.input == "waveform":
+        raise UserError(f"`show` draws mel frames and tokens; {model_dir or 'the model'} reads the waveform "
+                        "(a fine-tuned speech model): use `audiotokens predict`")
     tokenizer = AudioTokenizer(bundle)
     try:
         frames = tokenizer.frames(audio)

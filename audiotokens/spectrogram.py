@@ -78,14 +78,16 @@ PART_FORMAT = 3  # bump when the part files' layout or the frame computation cha
 
 FEATURES = "mel"  # what a frame is made of by default; written into the frame spec
 SSL_KEYS = ("ssl_model", "ssl_layer")  # frame keys that only speech-model frames have
+# frames made with a local speech model (ssl_frames.py): its hidden states, or its own input in rows
+SPEECH_FEATURES = ("ssl", "waveform")
 
 
 def params_to_dict(params: SpectrogramConfig) -> dict[str, Any]:
     """The frame spec: what a frame is made of and exactly the parameters that define it (config.frame_keys)."""
-    if params.features == "ssl":
-        from .ssl_frames import ssl_frame_spec
+    if params.features in SPEECH_FEATURES:
+        from .ssl_frames import ssl_frame_spec, waveform_frame_spec
 
-        return ssl_frame_spec(params)
+        return ssl_frame_spec(params) if params.features == "ssl" else waveform_frame_spec(params)
     values = asdict(params)
     return {"features": FEATURES, **{key: values[key] for key in frame_keys() if key not in SSL_KEYS}}
 
@@ -93,19 +95,29 @@ def params_to_dict(params: SpectrogramConfig) -> dict[str, Any]:
 def params_from_dict(values: dict[str, Any]) -> SpectrogramConfig:
     """Inverse of params_to_dict (other keys keep their defaults); rejects unknown keys."""
     values = dict(values)
-    if values.get("features") == "ssl":
-        from .ssl_frames import ssl_params_from_spec
+    if values.get("features") in SPEECH_FEATURES:
+        from .ssl_frames import ssl_params_from_spec, waveform_params_from_spec
 
-        return ssl_params_from_spec(values)
+        return (ssl_params_from_spec if values["features"] == "ssl" else waveform_params_from_spec)(values)
     features = values.pop("features", FEATURES)
     if features != FEATURES:
-        raise UserError(f"frames of kind '{features}' cannot be computed here (only '{FEATURES}' or 'ssl')")
+        raise UserError(f"frames of kind '{features}' cannot be computed here (only '{FEATURES}', "
+                        f"{' or '.join(repr(kind) for kind in SPEECH_FEATURES)})")
     known = {f.name for f in fields(SpectrogramConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise UserError(f"unknown spectrogram parameters {unknown}; valid: {', '.join(sorted(known))}")
     params = SpectrogramConfig(**values)
     check_params(params)
+    return params
+
+
+def resolve_params(params: SpectrogramConfig) -> SpectrogramConfig:
+    """The configured settings, with what waveform rows take from the speech model (its rate and stride)."""
+    if params.features == "waveform":
+        from .ssl_frames import waveform_params
+
+        return waveform_params(params)
     return params
 
 
@@ -116,28 +128,47 @@ def check_params(params: SpectrogramConfig) -> None:
             raise UserError(f"'spectrogram.{key}' must be >= 0, got {getattr(params, key)}")
     if params.dtype not in ("float32", "float16"):
         raise UserError(f"'spectrogram.dtype' must be float32 or float16, got '{params.dtype}'")
-    check_spectrogram(params)
-    if params.features == "ssl":
-        from .ssl_frames import ssl_frame_spec
-
-        ssl_frame_spec(params)  # the model folder and layer exist, before any clip is read
+    if params.features != "waveform":  # waveform rows have no mel settings; their rate is the model's
+        check_spectrogram(params)
+    if params.features in SPEECH_FEATURES:
+        params_to_dict(params)  # the model folder (and layer) exist, before any clip is read
 
 
 def frames_of(location: str, params: SpectrogramConfig) -> np.ndarray:
-    """A clip's frames of the configured kind: mel (clip_frames) or a speech model's hidden states."""
+    """A clip's frames of the configured kind: mel (clip_frames), a speech model's hidden states, or the
+    waveform in rows (resolved params: the model's rate and stride)."""
     if params.features == "ssl":
         from .ssl_frames import ssl_clip_frames
 
         return ssl_clip_frames(location, params)
+    if params.features == "waveform":
+        from .ssl_frames import waveform_clip_rows
+
+        return waveform_clip_rows(location, params)
     return clip_frames(location, params)
 
 
+def frames_from_samples(mono: np.ndarray, params: SpectrogramConfig) -> np.ndarray:
+    """frames_of for mono samples already at params.sample_rate (audio in memory)."""
+    if params.features == "ssl":
+        from .ssl_frames import model_dir, ssl_frames_of
+
+        return ssl_frames_of(mono, model_dir(params), params.ssl_layer)
+    if params.features == "waveform":
+        from .ssl_frames import waveform_rows
+
+        return waveform_rows(mono, params)
+    return compute_frames(mono, params)
+
+
 def frame_width(params: SpectrogramConfig) -> int:
-    """Values per frame: mel bands, or the speech model's hidden size."""
+    """Values per frame: mel bands, the speech model's hidden size, or its stride (waveform rows)."""
     if params.features == "ssl":
         from .ssl_frames import ssl_width
 
         return ssl_width(params)
+    if params.features == "waveform":
+        return params.hop_length
     return params.n_mels
 
 
@@ -505,8 +536,8 @@ class SpectrogramProcessor:
                  shard: Shard | None = None, assemble: bool = False, executor: str = "local",
                  scheduler: str | None = None, shards: int = 0):
         self.config = config
-        self.params = config.spectrogram
-        check_params(self.params)
+        check_params(config.spectrogram)
+        self.params = resolve_params(config.spectrogram)
         self.layout = Layout(config.workdir)
         self.part_clips = part_clips  # a part ends after this many clips or part_frames frames
         self.part_frames = part_frames
@@ -563,9 +594,10 @@ class SpectrogramProcessor:
 
     def _compute_shards(self, clips: list[dict], key: str, shards: list[Shard]) -> dict[str, int]:
         """Compute the missing parts of each shard, one process pool for all of them."""
-        # built once here so forked workers inherit it instead of each paying librosa's first-call cost
-        _mel_groups(self.params.sample_rate, self.params.n_fft, self.params.n_mels, self.params.fmin,
-                    self.params.fmax)
+        if self.params.features == FEATURES:
+            # built once here so forked workers inherit it instead of each paying librosa's first-call cost
+            _mel_groups(self.params.sample_rate, self.params.n_fft, self.params.n_mels, self.params.fmin,
+                        self.params.fmax)
         total = sum(len(shard.clip_range(len(clips))) for shard in shards)
         with self._mapper(total) as mapper:
             for shard in shards:

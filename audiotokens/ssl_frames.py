@@ -11,6 +11,14 @@ when there is one, one clip per forward pass, in the stage's own process.
 The frame spec records features "ssl", the model folder, the layer, the model's rate and stride, and a
 digest of the model's config and weights, so frames of another checkpoint in the same folder are refused.
 These frames then cluster, tokenize and train like mel frames.
+
+spectrogram.features = "waveform" stores the model's input instead, for fine-tuning the model itself
+(train.input = "waveform", train.encoder = "ssl"): the clip decoded, mixed down and resampled to the
+model's rate, cut into rows of conv-stride samples (one row per output frame of the model; the samples
+after the last whole row are dropped). Rows go through the frame store, split views, crops, evaluation
+windows and frame budgets like frames. Its frame spec records the rate and stride, the model's receptive
+field (a clip shorter than that gives the model no frame and is skipped as too short), the folder and its
+digest; reading those rows back (predict, a bundle) needs the spec only, never the folder.
 """
 from __future__ import annotations
 
@@ -30,6 +38,7 @@ from .config import SpectrogramConfig
 from .errors import UserError
 
 DEFAULT_RATE = 16000  # wav2vec2 / HuBERT / WavLM checkpoints without a preprocessor_config.json
+WAVEFORM = "waveform"
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 DIGEST_CHUNK = 1 << 20
 
@@ -37,8 +46,8 @@ DIGEST_CHUNK = 1 << 20
 def model_dir(params: SpectrogramConfig) -> Path:
     """The local model folder, or a one-line error naming spectrogram.ssl_model."""
     if not params.ssl_model:
-        raise UserError("spectrogram.features = ssl needs 'spectrogram.ssl_model', a local Hugging Face model "
-                        "folder (wav2vec2, HuBERT or WavLM)")
+        raise UserError(f"spectrogram.features = {params.features} needs 'spectrogram.ssl_model', a local Hugging "
+                        "Face model folder (wav2vec2, HuBERT or WavLM)")
     path = Path(params.ssl_model).expanduser()
     if not (path / "config.json").is_file():
         raise UserError(f"'spectrogram.ssl_model' ({path}) is not a local Hugging Face model folder (no "
@@ -79,9 +88,24 @@ def _model_facts(path: Path) -> dict[str, Any]:
     if "conv_stride" not in config or "hidden_size" not in config:
         raise UserError(f"'spectrogram.ssl_model' ({path}) is not a wav2vec2-style speech model (its config.json "
                         "has no conv_stride); use a wav2vec2, HuBERT or WavLM folder")
-    return {"rate": int(extractor.get("sampling_rate", DEFAULT_RATE)), "hop": math.prod(config["conv_stride"]),
-            "kernel": config.get("conv_kernel", [400]), "width": int(config["hidden_size"]),
-            "layers": int(config["num_hidden_layers"]), "normalize": bool(extractor.get("do_normalize", True))}
+    kernels, strides = config.get("conv_kernel", [400]), config["conv_stride"]
+    return {"rate": int(extractor.get("sampling_rate", DEFAULT_RATE)), "hop": math.prod(strides),
+            "kernel": kernels, "receptive_field": receptive_field(kernels, strides),
+            "width": int(config["hidden_size"]), "layers": int(config["num_hidden_layers"]),
+            "normalize": bool(extractor.get("do_normalize", True))}
+
+
+def receptive_field(kernels, strides) -> int:
+    """Samples under the first output frame of a stack of unpadded convolutions: the fewest that give one."""
+    field, jump = 1, 1
+    for kernel, stride in zip(kernels, strides):
+        field, jump = field + (kernel - 1) * jump, jump * stride
+    return field
+
+
+def model_config(path: Path) -> dict[str, Any]:
+    """The speech model's config.json and whether its feature extractor normalises each clip (do_normalize)."""
+    return json.loads((path / "config.json").read_text()), _model_facts(path)["normalize"]
 
 
 def check_layer(params: SpectrogramConfig, layers: int) -> int:
@@ -105,8 +129,10 @@ def ssl_frame_spec(params: SpectrogramConfig) -> dict[str, Any]:
 
 
 def ssl_params_from_spec(spec: dict[str, Any]) -> SpectrogramConfig:
-    """The settings of a recorded ssl frame spec; refused when the folder now holds another model."""
-    values = {k: v for k, v in spec.items() if k not in ("features", "ssl_digest", "sample_rate", "hop_length")}
+    """The settings of a recorded ssl frame spec; refused when the folder now holds another model.
+
+    The model's rate stays in sample_rate, so audio in memory is resampled to it before the model runs."""
+    values = {k: v for k, v in spec.items() if k not in ("features", "ssl_digest")}
     params = replace(SpectrogramConfig(), features="ssl", **values)
     digest = model_digest(model_dir(params))
     if digest != spec.get("ssl_digest"):
@@ -152,3 +178,50 @@ def ssl_frames_of(samples: np.ndarray, path: Path, layer: int) -> np.ndarray:
     if not np.isfinite(frames).all():
         raise AudioError("non-finite frames", "the speech model gave NaN or infinite values")
     return np.ascontiguousarray(frames, dtype=np.float32)
+
+
+# ---------------------------------------------------------------- waveform rows (fine-tuning the model)
+
+
+def waveform_params(params: SpectrogramConfig) -> SpectrogramConfig:
+    """The settings with the model's rate, stride and receptive field as sample_rate, hop_length and n_fft
+    (n_fft as for mel frames: the fewest samples that make a frame), read from the model folder."""
+    facts = _model_facts(model_dir(params))
+    return replace(params, sample_rate=facts["rate"], hop_length=facts["hop"], n_fft=facts["receptive_field"])
+
+
+def waveform_frame_spec(params: SpectrogramConfig) -> dict[str, Any]:
+    path = model_dir(params)
+    facts = _model_facts(path)
+    return {"features": WAVEFORM, "ssl_model": str(path), "ssl_digest": model_digest(path),
+            "sample_rate": facts["rate"], "hop_length": facts["hop"], "receptive_field": facts["receptive_field"],
+            "max_duration": params.max_duration}
+
+
+def waveform_params_from_spec(spec: dict[str, Any]) -> SpectrogramConfig:
+    """The settings of a recorded waveform spec, without the model folder (a bundle carries its own weights)."""
+    keys = ("ssl_model", "sample_rate", "hop_length", "receptive_field", "max_duration")
+    missing = [key for key in keys if key not in spec]
+    unknown = sorted(set(spec) - {"features", "ssl_digest", *keys})
+    if missing or unknown:
+        raise UserError(f"a waveform frame spec needs {', '.join(keys)} (missing {missing}, unknown {unknown})")
+    return replace(SpectrogramConfig(), features=WAVEFORM, ssl_model=spec["ssl_model"],
+                   sample_rate=int(spec["sample_rate"]), hop_length=int(spec["hop_length"]),
+                   n_fft=int(spec["receptive_field"]), max_duration=float(spec["max_duration"]))
+
+
+def waveform_rows(samples: np.ndarray, params: SpectrogramConfig) -> np.ndarray:
+    """(rows, stride) float32: mono samples at the model's rate in rows of hop_length; the rest is dropped."""
+    stride = params.hop_length
+    kept = len(samples) // stride * stride
+    if kept < params.n_fft:
+        raise AudioError("too short", f"{len(samples)} samples at {params.sample_rate} Hz give no frame of the "
+                         f"speech model (its receptive field is {params.n_fft} samples, rows of {stride})")
+    rows = np.asarray(samples[:kept], dtype=np.float32).reshape(-1, stride)
+    if not np.isfinite(rows).all():
+        raise AudioError("non-finite frames", "the waveform holds NaN or infinite samples")
+    return np.ascontiguousarray(rows)
+
+
+def waveform_clip_rows(location: str, params: SpectrogramConfig) -> np.ndarray:
+    return waveform_rows(load_mono(location, params.sample_rate, params.max_duration), params)

@@ -64,6 +64,11 @@ def _pretrain_input(config: Config) -> tuple[Input, ...]:
     return (Input("pretrain"),) if init.resolve() == own.resolve() else ()
 
 
+def _quantises(config: Config) -> bool:
+    """Whether `run` fits and applies a vocabulary: not over waveform rows (a speech model reads those)."""
+    return config.spectrogram.features != "waveform"
+
+
 def _pretrain_inputs(config: Config) -> tuple[Input, ...]:
     frames = (Input("spectrogram"),) if config.pretrain.objective == "masked_frames" else ()
     return (Input("split"), Input("tokenize"), *frames)
@@ -108,12 +113,13 @@ STAGES: tuple[Stage, ...] = (
           {"--tokenizer": "cluster.tokenizer", "--n-clusters": "cluster.n_clusters", "--niter": "cluster.niter",
            "--seed": "cluster.seed", "--max-frames": "cluster.max_frames",
            "--spherical/--no-spherical": "cluster.spherical", "--gpu/--no-gpu": "cluster.gpu"},
-          lambda layout: tuple(layout.vocabulary / name for name in ("vocabulary.json", "codebooks.npz"))),
+          lambda layout: tuple(layout.vocabulary / name for name in ("vocabulary.json", "codebooks.npz")),
+          in_run=_quantises),
     Stage("tokenize", "tokenizer:SpecTokenizer", ("tokenize",), _fixed(Input("spectrogram"), Input("cluster")),
           "tokenized/tokenize.meta.json",
           "Token ids of every clip with the fitted vocabulary; writes tokenized/.",
           {"--batch-frames": "tokenize.batch_frames"},
-          lambda layout: (layout.tokens, layout.tokens_index)),
+          lambda layout: (layout.tokens, layout.tokens_index), in_run=_quantises),
     Stage("pretrain", "pretraining:Pretrainer", ("pretrain",), _pretrain_inputs, "output/pretrain.meta.json",
           "Masked prediction of token ids on unlabelled and training clips; writes output/pretrain/.",
           {"--objective": "pretrain.objective"},

@@ -1,7 +1,8 @@
 """Clips as model batches: memmap-backed datasets of token ids or frames, a reproducible shuffle, padding collates.
 
-Both stores have one format: a .npy of rows (frames x codebooks ids, or frames x mel floats) and a ClipIndex
-of offsets, lengths and labels. A batch is {"inputs", "mask", "targets", "indices"} whatever the input.
+Both stores have one format: a .npy of rows (frames x codebooks ids, frames x mel floats, or rows of waveform
+samples) and a ClipIndex of offsets, lengths and labels. A batch is {"inputs", "mask", "targets", "indices"}
+whatever the input; waveform rows are packed like frames.
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def pack_frames(sequences: Sequence[np.ndarray | torch.Tensor]) -> tuple[torch.T
     return inputs, mask
 
 
-PACKERS = {"tokens": pack_sequences, "frames": pack_frames}  # model input kind -> batch layout
+PACKERS = {"tokens": pack_sequences, "frames": pack_frames, "waveform": pack_frames}  # input kind -> batch layout
 
 
 class ClipDataset(Dataset):
@@ -131,7 +132,14 @@ class FrameClipDataset(ClipDataset):
     input_kind = "frames"
 
 
-DATASETS: dict[str, type[ClipDataset]] = {kind.input_kind: kind for kind in (TokenClipDataset, FrameClipDataset)}
+class WaveformClipDataset(ClipDataset):
+    """Rows of waveform samples (spectrogram.features = waveform) for a speech model, as float32."""
+
+    input_kind = "waveform"
+
+
+DATASETS: dict[str, type[ClipDataset]] = {kind.input_kind: kind for kind in
+                                          (TokenClipDataset, FrameClipDataset, WaveformClipDataset)}
 
 
 class EpochShuffleSampler(Sampler[int]):

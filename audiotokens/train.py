@@ -1,7 +1,8 @@
 """The train stage (ModelBuilder): a classifier made of parts, trained from scratch on tokens or frames.
 
 Reads each split's view of tokenized/tokens.npy and output/vocabulary/ (train.input = "tokens"), or of
-processed/frames/frames.npy (train.input = "frames"); writes output/checkpoints/{last,best}.pt
+processed/frames/frames.npy (train.input = "frames", or "waveform": rows of samples that a pretrained speech
+model, train.encoder = "ssl", is fine-tuned on); writes output/checkpoints/{last,best}.pt
 every epoch, output/metrics.jsonl, output/curves.png and, from the best checkpoint, the portable bundle
 output/model/. The best epoch is chosen on validation; when a test split exists, the best checkpoint is
 scored on it once at the end, and those figures are reported as test.
@@ -42,7 +43,17 @@ from .distributed import ONE_PROCESS, Ranks
 from .errors import UserError
 from .finetune import FineTuning
 from .modelcard import write_model_card
-from .modelparts import CHOICES, EXTRA_POSITIONS, HEADS, AudioClassifier, ModelSpec, check_spec
+from .modelparts import (
+    CHOICES,
+    EXTRA_POSITIONS,
+    HEADS,
+    SPEECH_ENCODER,
+    WAVEFORM,
+    AudioClassifier,
+    ModelSpec,
+    check_input_encoder,
+    check_spec,
+)
 from .objectives import Objective, objective_for
 from .provenance import package_versions, recorded_fingerprint, stage_params
 from .token_dataset import DATASETS, EpochShuffleSampler, longest_first, make_loader
@@ -64,6 +75,7 @@ log = logging.getLogger("audiotokens")
 
 FIT_SPLITS = ("train", "validation")  # training and model selection; any other split is only reported
 TEST_SPLIT = "test"
+FRAME_INPUTS = ("frames", WAVEFORM)  # inputs read from the frame store (the rest from the token store)
 
 
 # ---------------------------------------------------------------- inputs (tokens, frames, vocabulary)
@@ -71,12 +83,13 @@ TEST_SPLIT = "test"
 
 @dataclass(kw_only=True)
 class SplitStore:
-    """One split's rows (token ids or frames) and its index; `columns` = codebooks or mel bands."""
+    """One split's rows (token ids or frames) and its index; `columns` = codebooks, mel bands or samples."""
 
     name: str
     path: Path
     index: ClipIndex
     columns: int
+    frame_spec: dict[str, Any] | None = None  # of the frame store (frames and waveform inputs)
 
 
 def read_vocabulary(layout: Layout):
@@ -101,14 +114,31 @@ def read_split_tokens(layout: Layout, split: str, vocab) -> SplitStore:
     return SplitStore(name=split, path=path, index=index, columns=n_codebooks)
 
 
-def read_split_frames(layout: Layout, split: str) -> SplitStore:
-    """One split's view of the frame store (the spectrogram stage's output) for a frames-input model."""
+def read_split_frames(layout: Layout, split: str, input_kind: str = "frames") -> SplitStore:
+    """One split's view of the frame store (the spectrogram stage's output) for a frames- or waveform-input
+    model; the store must hold that kind of rows (waveform rows for waveform input, and only then)."""
     frames, index = open_split(layout, "frames", split)
     if not np.issubdtype(frames.dtype, np.floating) or frames.ndim != 2:
         raise UserError(f"{layout.frames} holds {frames.dtype} of shape {frames.shape}, expected float frames "
                         "(frames, n_mels); re-run `audiotokens spectrogram`")
+    frame_spec = read_frame_spec(layout)
+    check_frame_kind(frame_spec.get("features", "mel"), input_kind, layout.frames)
     _check_labels(index, layout.split_json)
-    return SplitStore(name=split, path=layout.frames, index=index, columns=int(frames.shape[1]))
+    return SplitStore(name=split, path=layout.frames, index=index, columns=int(frames.shape[1]),
+                      frame_spec=frame_spec)
+
+
+def check_frame_kind(features: str, input_kind: str, path: Path) -> None:
+    """Waveform rows feed a speech model and nothing else; a speech model reads nothing else."""
+    if (features == WAVEFORM) == (input_kind == WAVEFORM):
+        return
+    if input_kind == WAVEFORM:
+        raise UserError(f"train.input={WAVEFORM} reads waveform rows but {path} holds {features} frames; set "
+                        f"spectrogram.features={WAVEFORM} (and spectrogram.ssl_model) and re-run `audiotokens "
+                        "spectrogram`")
+    raise UserError(f"{path} holds waveform rows (spectrogram.features={WAVEFORM}), which only "
+                    f"train.input={WAVEFORM} with train.encoder={SPEECH_ENCODER} reads; set those, or "
+                    "spectrogram.features to mel or ssl and re-run `audiotokens spectrogram`")
 
 
 def _check_labels(index: ClipIndex, index_path: Path) -> None:
@@ -140,8 +170,8 @@ def read_splits(layout: Layout, input_kind: str) -> tuple[dict[str, SplitStore],
     for required in FIT_SPLITS:
         plan.ids(required)  # a one-line UserError naming split.json when the split has no clips
     names = plan.names()
-    if input_kind == "frames":
-        return {name: read_split_frames(layout, name) for name in names}, None
+    if input_kind in FRAME_INPUTS:
+        return {name: read_split_frames(layout, name, input_kind) for name in names}, None
     vocab = read_vocabulary(layout)
     splits = {name: read_split_tokens(layout, name, vocab) for name in names}
     check_token_ids(layout.tokens, vocab)
@@ -168,7 +198,7 @@ def run_identity(layout: Layout, config: Config, vocab, max_frames: int,
                  splits: dict[str, SplitStore]) -> dict[str, Any]:
     """What a checkpoint must share with the current run to be resumed."""
     params = {k: v for k, v in stage_params(config, "train").items() if k not in keys_with_role(RESUMABLE)}
-    source = "spectrogram" if config.train.input == "frames" else "tokenize"
+    source = "spectrogram" if config.train.input in FRAME_INPUTS else "tokenize"
     return {"params": params, source: recorded_fingerprint(layout, source),
             "split": recorded_fingerprint(layout, "split"),
             "vocabulary": vocab.digest if vocab is not None else None, "max_frames": max_frames,
@@ -238,15 +268,18 @@ def length_metadata(settings) -> dict[str, int]:
 
 
 def check_settings(settings) -> None:
-    """The model parts named in train.* exist (ranges are checked when the config is loaded)."""
+    """The model parts named in train.* exist and fit together (ranges are checked when the config is loaded)."""
     for key, names in CHOICES.items():
         if getattr(settings, key) not in names:
             raise UserError(f"'train.{key}' must be one of {', '.join(names)}, got '{getattr(settings, key)}'")
+    check_input_encoder(settings.input, settings.encoder)
 
 
 def model_spec(settings, classes: list[str], max_frames: int, splits: dict[str, SplitStore],
                vocab, tables: list[np.ndarray]) -> ModelSpec:
     """The network the train.* settings describe, sized by the data (vocabulary, frame size, lengths)."""
+    if settings.input == WAVEFORM:
+        return speech_model_spec(settings, classes, max_frames, splits["train"])
     columns = splits["train"].columns
     tokens = settings.input == "tokens"
     spec = ModelSpec(
@@ -261,6 +294,37 @@ def model_spec(settings, classes: list[str], max_frames: int, splits: dict[str, 
         max_positions=max_frames + EXTRA_POSITIONS)
     check_spec(spec)
     return spec
+
+
+def speech_model_spec(settings, classes: list[str], max_frames: int, train: SplitStore) -> ModelSpec:
+    """A pretrained speech model fine-tuned on waveform rows: its config (so the bundle needs no folder), its
+    normalisation and where its weights come from (the folder and digest the frame spec recorded), mean
+    pooling, a hidden layer of train.hidden_size, the head."""
+    from .ssl_frames import model_config, model_dir, waveform_params_from_spec
+
+    frame_spec = train.frame_spec or {}
+    params = waveform_params_from_spec(frame_spec)
+    speech_config, normalize = model_config(model_dir(params))
+    check_rows_cover_a_frame(settings, params.n_fft, params.hop_length)
+    spec = ModelSpec(
+        classes=list(classes), input=WAVEFORM, input_dim=train.columns, encoder=SPEECH_ENCODER,
+        encoder_params={"speech_config": speech_config, "normalize": normalize,
+                        "pretrained": {"path": frame_spec["ssl_model"], "digest": frame_spec["ssl_digest"]}},
+        hidden_size=settings.hidden_size, hidden_layer=settings.hidden_size, dropout=settings.dropout,
+        pooling=settings.pooling, head=head_for(settings), margin=settings.margin, scale=settings.scale,
+        max_positions=max_frames + EXTRA_POSITIONS)
+    check_spec(spec)
+    return spec
+
+
+def check_rows_cover_a_frame(settings, receptive_field: int, stride: int) -> None:
+    """Crops, windows and cuts of waveform rows must hold at least the samples of one output frame."""
+    fewest = -(-receptive_field // stride)
+    for key in ("max_length", "crop_frames", "eval_window"):
+        value = getattr(settings, key)
+        if 0 < value < fewest:
+            raise UserError(f"'train.{key}' ({value} rows of {stride} samples) is shorter than the speech model's "
+                            f"receptive field ({receptive_field} samples); use at least {fewest} rows")
 
 
 # ---------------------------------------------------------------- stage
@@ -570,11 +634,20 @@ class ModelBuilder:
         sizes = ", ".join(f"{name}: {len(s.index)} clips" for name, s in splits.items())
         log.info("%s, %d classes (%s)", sizes, len(train.index.classes), objective.task)
         spec = model.spec
-        source = (f"{vocab.describe()} + 4 special tokens, {spec.token_embedding} embeddings"
-                  if spec.input == "tokens" else f"frames of {train.columns}")
-        log.info("model: %s encoder, %d layers x %d hidden, %s pooling, %s head, %.1fM parameters; %s; "
-                 "%d positions ([CLS] + %d frames + [SEP])", spec.encoder, self.settings.num_layers,
-                 spec.hidden_size, spec.pooling, spec.head, parameters / 1e6, source, max_frames + 2, max_frames)
+        if spec.input == WAVEFORM:
+            speech = spec.encoder_params["speech_config"]
+            log.info("model: %s speech model from %s, %d layers x %d hidden, %s pooling of its last hidden "
+                     "states, hidden layer of %d, %s head, %.1fM parameters; waveform rows of %d samples, at most "
+                     "%d rows", speech.get("model_type"), spec.encoder_params["pretrained"]["path"],
+                     speech["num_hidden_layers"], speech["hidden_size"], spec.pooling, spec.hidden_layer,
+                     spec.head, parameters / 1e6, train.columns, max_frames)
+        else:
+            source = (f"{vocab.describe()} + 4 special tokens, {spec.token_embedding} embeddings"
+                      if spec.input == "tokens" else f"frames of {train.columns}")
+            log.info("model: %s encoder, %d layers x %d hidden, %s pooling, %s head, %.1fM parameters; %s; "
+                     "%d positions ([CLS] + %d frames + [SEP])", spec.encoder, self.settings.num_layers,
+                     spec.hidden_size, spec.pooling, spec.head, parameters / 1e6, source, max_frames + 2,
+                     max_frames)
         log.info("device %s, %s, batch %d x %d accumulation", trainer.device, trainer.precision,
                  self.settings.batch_size, self.settings.grad_accum)
         absent = len(train.index.classes) - int((validation.index.label_matrix().sum(axis=0) > 0).sum())
