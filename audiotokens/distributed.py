@@ -178,7 +178,8 @@ class DataParallelModel:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self._wrapper = DistributedDataParallel(self.model, device_ids=ids)
+            skips = getattr(getattr(self.model, "encoder", None), "skips_parameters", False)
+            self._wrapper = DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=skips)
             self._trainable = trainable
         return self._wrapper
 

@@ -224,6 +224,9 @@ class Encoder(nn.Module):
 
     reads_raw_frames = False  # True: takes RawFrames' output instead of embeddings
     has_cls = True  # position 0 of the output is the [CLS] position
+    # True: a training step may leave some parameters without a gradient (LayerDrop, masking vectors), which
+    # data-parallel training must then look for after every step
+    skips_parameters = False
 
     output_size: int
 
@@ -414,6 +417,7 @@ class SpeechModelEncoder(Encoder):
 
     reads_raw_frames = True
     has_cls = False
+    skips_parameters = True  # LayerDrop and SpecAugment's masked_spec_embed of the speech model
 
     @classmethod
     def check(cls, spec: ModelSpec) -> None:

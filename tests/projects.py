@@ -1,7 +1,10 @@
 """A tiny tone corpus run through every real stage, built once per session and shared by test modules."""
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +87,14 @@ def copy_project(root: Path, destination: Path) -> Path:
     """A private copy for tests that change artifacts (paths in run.toml still name the original audio)."""
     shutil.copytree(root, destination)
     return destination
+
+
+def torchrun_train(project: Path, *settings: str, resume: bool = False) -> None:
+    """`torchrun --nproc_per_node 2 -m audiotokens.cli train` on the CPU (gloo), as a user runs it."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "audiotokens.cli", "train", "--config", str(project / "run.toml"), "--workdir",
+               str(project / "work"), *(part for s in settings for part in ("--set", s))]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command + (["--resume"] if resume else []), capture_output=True, text=True, env=env,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]

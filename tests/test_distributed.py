@@ -2,15 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from projects import copy_project, project_config, trained_project
+from projects import copy_project, project_config, torchrun_train, trained_project
 from safetensors.numpy import load_file
 from stores import interrupt_in_second_epoch, make_frames_workdir
 from torch.utils.data import BatchSampler
@@ -101,17 +98,6 @@ def test_only_train_runs_under_torchrun(tmp_path, command):
 
 
 # ---------------------------------------------------------------- two gloo processes vs one
-
-
-def torchrun_train(project: Path, *settings: str, resume: bool = False) -> None:
-    """`torchrun --nproc_per_node 2 -m audiotokens.cli train` on the CPU (gloo), as a user runs it."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "audiotokens.cli", "train", "--config", str(project / "run.toml"), "--workdir",
-               str(project / "work"), *(part for s in settings for part in ("--set", s))]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command + (["--resume"] if resume else []), capture_output=True, text=True, env=env,
-                          timeout=300, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def one_process_train(project: Path, *settings: str, resume: bool = False) -> None:

@@ -14,6 +14,7 @@ import pytest
 import soundfile as sf
 import torch
 from click.testing import CliRunner
+from projects import torchrun_train
 from safetensors.torch import load_file
 
 import audiotokens
@@ -382,3 +383,13 @@ def test_waveform_rows_feed_only_a_speech_model_and_crops_must_cover_a_frame(tra
     cropped = load_config(root / "run.toml", [f"train.crop_frames={fewest - 1}"], work)
     with pytest.raises(UserError, match=f"'train.crop_frames' .* receptive field .* at least {fewest} rows"):
         ModelBuilder(cropped).run()
+
+
+def test_two_torchrun_processes_fine_tune_a_speech_model(tmp_path):
+    """LayerDrop and the masking vector leave parameters without a gradient in some steps: data-parallel
+    training looks for them instead of stopping."""
+    config = write_project(tmp_path)
+    for stage in ("split", "spectrogram"):
+        execute(stage, config)
+    torchrun_train(tmp_path)
+    assert (tmp_path / "work" / "output" / "model" / "model.safetensors").is_file()
