@@ -445,7 +445,7 @@ class ModelBuilder:
         self._log_setup(model, trainer, splits, objective, vocab, max_frames)
         check_run_memory(model=model, settings=settings, dataset=loaders["train"].dataset, ids=train.index.ids,
                          device=device, amp_dtype=trainer.amp_dtype, n_classes=len(classes),
-                         input_features=train.columns if settings.input == "frames" else 0)
+                         input_features=train.columns if settings.input != "tokens" else 0)
         reset_peak_memory(device)
         return TrainingRun(splits, objective, classes, max_frames, truncation, model, trainer, loaders,
                            steps_per_epoch, run_identity(self.layout, self.config, vocab, max_frames, splits))

@@ -238,10 +238,20 @@ def estimate_run_peak(*, model: torch.nn.Module, settings: Any, positions: np.nd
     return estimate_peak_bytes(
         n_parameters=sum(p.numel() for p in parameters),
         trainable_parameters=sum(p.numel() for p in parameters if p.requires_grad),
-        batch_clips=clips, positions=longest, hidden=settings.hidden_size, layers=settings.num_layers,
-        heads=settings.num_heads, intermediate=settings.intermediate_size, n_classes=n_classes,
+        batch_clips=clips, positions=longest, **encoder_shape(model, settings), n_classes=n_classes,
         attention="sdpa", device_type=device.type, amp_dtype_bytes=2 if amp_dtype is not None else 4,
         attention_dropout=settings.dropout > 0, input_features=input_features)
+
+
+def encoder_shape(model: torch.nn.Module, settings: Any) -> dict[str, int]:
+    """Width, depth, heads and feed-forward size of the encoder: a speech model's own (its config in the model
+    spec; its frozen convolutional feature encoder keeps no activations), else train.*'s."""
+    speech = model.spec.encoder_params.get("speech_config")
+    if speech:
+        return {"hidden": speech["hidden_size"], "layers": speech["num_hidden_layers"],
+                "heads": speech["num_attention_heads"], "intermediate": speech["intermediate_size"]}
+    return {"hidden": settings.hidden_size, "layers": settings.num_layers, "heads": settings.num_heads,
+            "intermediate": settings.intermediate_size}
 
 
 def check_run_memory(*, model: torch.nn.Module, settings: Any, dataset: ClipDataset, ids: list[str],

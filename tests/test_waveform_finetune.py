@@ -24,10 +24,12 @@ from audiotokens.bundle import load_bundle
 from audiotokens.cli import main
 from audiotokens.config import load_config
 from audiotokens.errors import UserError
+from audiotokens.memory import estimate_peak_bytes
 from audiotokens.modelparts import AudioClassifier, ModelSpec
 from audiotokens.pipeline import execute
 from audiotokens.spectrogram import SpectrogramProcessor
 from audiotokens.token_dataset import pack_frames
+from audiotokens.trainloop import estimate_run_peak
 
 RATE = 16000
 STRIDES, KERNELS = (5, 4, 4), (10, 8, 4)
@@ -393,3 +395,22 @@ def test_two_torchrun_processes_fine_tune_a_speech_model(tmp_path):
         execute(stage, config)
     torchrun_train(tmp_path)
     assert (tmp_path / "work" / "output" / "model" / "model.safetensors").is_file()
+
+
+def test_the_memory_check_sizes_a_speech_model_by_its_own_config(tmp_path):
+    """train.hidden_size sizes the layer after pooling, not the speech model the estimate must describe."""
+    save_tiny("wav2vec2", tmp_path / "model")
+    model = speech_classifier(tmp_path / "model")
+    settings = load_config(overrides=["train.hidden_size=16", "train.num_layers=12", "train.num_heads=2",
+                                      "train.intermediate_size=3072"]).train
+    own = {"hidden": TINY["hidden_size"], "layers": TINY["num_hidden_layers"],
+           "heads": TINY["num_attention_heads"], "intermediate": TINY["intermediate_size"]}
+    assert own != {"hidden": 16, "layers": 12, "heads": 2, "intermediate": 3072}
+    estimate = estimate_run_peak(model=model, settings=settings, positions=np.array([50, 80]),
+                                 device=torch.device("cpu"), amp_dtype=None, n_classes=2, input_features=STRIDE)
+    expected = estimate_peak_bytes(
+        n_parameters=sum(p.numel() for p in model.parameters()),
+        trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        batch_clips=2, positions=80, **own, n_classes=2, attention="sdpa", device_type="cpu",
+        attention_dropout=settings.dropout > 0, input_features=STRIDE)
+    assert estimate == expected
