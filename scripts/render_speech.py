@@ -328,9 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         if path.name not in keep:
             path.unlink()
     summary = summarise(rows, classes)
-    record = {"request": request, "classes": list(classes), "sample_rate": SAMPLE_RATE,
-              "summary": summary, "seconds_to_render": round(elapsed, 1),
-              "versions": {"espeak-ng": espeak_version(), "numpy": np.__version__}}
+    record = {"request": request, "classes": list(classes), "sample_rate": SAMPLE_RATE, "summary": summary,
+              "versions": {"espeak-ng": espeak_version(), "numpy": np.__version__}}  # no time: same bytes
     write_csv(out / "clips.csv", rows, CLIPS_COLUMNS)
     (out / "dataset.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     write_csv(out / "manifest.csv", rows, MANIFEST_COLUMNS)
