@@ -366,7 +366,7 @@ class ModelBuilder:
                                                   None, settings.num_workers, device.type == "cuda", settings.seed,
                                                   plan)
         self.fine_tuning.freeze_parts(model)
-        self._log_setup(model, trainer, splits, objective, vocab, max_frames)
+        self._log_setup(model, trainer, splits, objective, vocab)
         check_run_memory(model=model, settings=settings, dataset=loaders["train"].dataset, ids=train.index.ids,
                          device=device, amp_dtype=trainer.amp_dtype, n_classes=len(classes),
                          input_features=train.columns if settings.input == "frames" else 0)
@@ -527,7 +527,7 @@ class ModelBuilder:
         log.info("model bundle (best epoch) written to %s", self.layout.model_dir)
 
     def _log_setup(self, model: AudioClassifier, trainer: Trainer, splits: dict[str, SplitStore],
-                   objective: Objective, vocab, max_frames: int) -> None:
+                   objective: Objective, vocab) -> None:
         parameters = sum(p.numel() for p in model.parameters())
         train, validation = splits["train"], splits["validation"]
         sizes = ", ".join(f"{name}: {len(s.index)} clips" for name, s in splits.items())
@@ -537,7 +537,8 @@ class ModelBuilder:
                   if spec.input == "tokens" else f"frames of {train.columns}")
         log.info("model: %s encoder, %d layers x %d hidden, %s pooling, %s head, %.1fM parameters; %s; "
                  "%d positions ([CLS] + %d frames + [SEP])", spec.encoder, self.settings.num_layers,
-                 spec.hidden_size, spec.pooling, spec.head, parameters / 1e6, source, max_frames + 2, max_frames)
+                 spec.hidden_size, spec.pooling, spec.head, parameters / 1e6, source, spec.max_positions,
+                 spec.max_positions - EXTRA_POSITIONS)  # what the model holds: the crop when cropping
         log.info("device %s, %s, batch %d x %d accumulation", trainer.device, trainer.precision,
                  self.settings.batch_size, self.settings.grad_accum)
         absent = len(train.index.classes) - int((validation.index.label_matrix().sum(axis=0) > 0).sum())
