@@ -608,6 +608,11 @@ class AmSoftmaxHead(nn.Module):
             cosine = cosine - self.margin * F.one_hot(targets, cosine.shape[-1]).to(cosine.dtype)
         return self.scale * cosine
 
+    def remove_margin(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Training logits as evaluation computes them (scale * cosine): what training figures are measured
+        on, so that training and validation accuracy compare like with like."""
+        return logits + self.scale * self.margin * F.one_hot(targets, logits.shape[-1]).to(logits.dtype)
+
 
 class ClassMeanHead(nn.Module):
     """Nearest class mean (train.objective = contrastive): cosine of the clip's embedding to each class's

@@ -442,7 +442,7 @@ class ModelBuilder:
                                                   None, settings.num_workers, device.type == "cuda", settings.seed,
                                                   plan)
         self.fine_tuning.freeze_parts(model)
-        self._log_setup(model, trainer, splits, objective, vocab, max_frames)
+        self._log_setup(model, trainer, splits, objective, vocab)
         check_run_memory(model=model, settings=settings, dataset=loaders["train"].dataset, ids=train.index.ids,
                          device=device, amp_dtype=trainer.amp_dtype, n_classes=len(classes),
                          input_features=train.columns if settings.input != "tokens" else 0)
@@ -628,7 +628,7 @@ class ModelBuilder:
         log.info("model bundle (best epoch) written to %s", self.layout.model_dir)
 
     def _log_setup(self, model: AudioClassifier, trainer: Trainer, splits: dict[str, SplitStore],
-                   objective: Objective, vocab, max_frames: int) -> None:
+                   objective: Objective, vocab) -> None:
         parameters = sum(p.numel() for p in model.parameters())
         train, validation = splits["train"], splits["validation"]
         sizes = ", ".join(f"{name}: {len(s.index)} clips" for name, s in splits.items())
@@ -640,14 +640,14 @@ class ModelBuilder:
                      "states, hidden layer of %d, %s head, %.1fM parameters; waveform rows of %d samples, at most "
                      "%d rows", speech.get("model_type"), spec.encoder_params["pretrained"]["path"],
                      speech["num_hidden_layers"], speech["hidden_size"], spec.pooling, spec.hidden_layer,
-                     spec.head, parameters / 1e6, train.columns, max_frames)
+                     spec.head, parameters / 1e6, train.columns, spec.max_positions - EXTRA_POSITIONS)
         else:
             source = (f"{vocab.describe()} + 4 special tokens, {spec.token_embedding} embeddings"
                       if spec.input == "tokens" else f"frames of {train.columns}")
             log.info("model: %s encoder, %d layers x %d hidden, %s pooling, %s head, %.1fM parameters; %s; "
                      "%d positions ([CLS] + %d frames + [SEP])", spec.encoder, self.settings.num_layers,
-                     spec.hidden_size, spec.pooling, spec.head, parameters / 1e6, source, max_frames + 2,
-                     max_frames)
+                     spec.hidden_size, spec.pooling, spec.head, parameters / 1e6, source, spec.max_positions,
+                     spec.max_positions - EXTRA_POSITIONS)  # what the model holds: the crop when cropping
         log.info("device %s, %s, batch %d x %d accumulation", trainer.device, trainer.precision,
                  self.settings.batch_size, self.settings.grad_accum)
         absent = len(train.index.classes) - int((validation.index.label_matrix().sum(axis=0) > 0).sum())

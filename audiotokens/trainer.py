@@ -161,7 +161,11 @@ class Trainer:
             # targets reach the model only in training: heads with a margin apply it there alone
             logits = network(inputs, mask, targets if training else None)
         logits = logits.float()  # the loss and the scores in fp32 whatever the autocast dtype
-        return self.objective.loss(logits, targets), logits, targets
+        loss = self.objective.loss(logits, targets)
+        remove_margin = getattr(getattr(self.model, "head", None), "remove_margin", None)
+        if self.model.training and remove_margin is not None:  # the margin is the loss's, not the scores'
+            logits = remove_margin(logits, targets)
+        return loss, logits, targets
 
     def train_epoch(self, batches: Iterable[dict[str, torch.Tensor]], n_batches: int) -> PassResult:
         """One epoch of optimizer steps; the scores are those of the training forward passes (dropout on)."""

@@ -1,6 +1,6 @@
-# Sourced by make_bench_data.sh and make_demo_data.sh: finds the Python to use and installs what the
-# renderer needs when it is missing (Debian packages through apt-get as root or password-less sudo,
-# Python packages through pip into the active Python).
+# Sourced by make_bench_data.sh, make_demo_data.sh and make_speech_data.sh: finds the Python to use and
+# installs what the renderer needs when it is missing (Debian packages through apt-get as root or
+# password-less sudo, Python packages through pip into the active Python).
 
 RENDER_SOUNDFONT=/usr/share/sounds/sf2/FluidR3_GM.sf2
 
@@ -18,6 +18,18 @@ _as_root() {
   fi
 }
 
+# apt-get install of the given Debian packages (as root or through password-less sudo); says why not.
+_apt_install() {
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "apt-get not found: cannot install $*" >&2
+    return 1
+  fi
+  echo "installing $* with apt-get" >&2
+  _as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null \
+    && _as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null \
+    || { echo "could not install $* (needs root or password-less sudo, and network)" >&2; return 1; }
+}
+
 # Installs fluidsynth, the FluidR3 General MIDI soundfont and espeak-ng (speech class) when missing.
 # Returns non-zero when fluidsynth or the soundfont is still unavailable afterwards.
 install_render_apt() {
@@ -25,18 +37,14 @@ install_render_apt() {
   command -v fluidsynth >/dev/null 2>&1 || missing+=(fluidsynth)
   [ -f "$RENDER_SOUNDFONT" ] || missing+=(fluid-soundfont-gm)
   command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
-  if [ ${#missing[@]} -gt 0 ]; then
-    if ! command -v apt-get >/dev/null 2>&1; then
-      echo "apt-get not found: cannot install ${missing[*]}" >&2
-    else
-      echo "installing ${missing[*]} with apt-get" >&2
-      _as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null \
-        && _as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-             "${missing[@]}" >/dev/null \
-        || echo "could not install ${missing[*]} (needs root or password-less sudo, and network)" >&2
-    fi
-  fi
+  [ ${#missing[@]} -eq 0 ] || _apt_install "${missing[@]}" || true
   command -v fluidsynth >/dev/null 2>&1 && [ -f "$RENDER_SOUNDFONT" ]
+}
+
+# Installs espeak-ng when missing; non-zero when it is still unavailable afterwards.
+install_speech_apt() {
+  command -v espeak-ng >/dev/null 2>&1 || _apt_install espeak-ng || true
+  command -v espeak-ng >/dev/null 2>&1
 }
 
 # Installs music21 and mido (and the numeric packages, when absent) into the given Python.

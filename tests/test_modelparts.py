@@ -109,6 +109,26 @@ def test_am_softmax_logits_are_scaled_cosines_with_the_margin_on_the_target_in_t
     torch.testing.assert_close(head(pooled, torch.tensor([0])), torch.tensor([[10 * (0.6 - 0.2), 10 * 0.8]]))
     head.eval()
     torch.testing.assert_close(head(pooled, torch.tensor([1])), torch.tensor([[6.0, 8.0]]))
+    head.train()
+    torch.testing.assert_close(head.remove_margin(head(pooled, torch.tensor([1])), torch.tensor([1])),
+                               torch.tensor([[6.0, 8.0]]))
+
+
+def test_training_scores_of_a_margin_head_are_the_scores_evaluation_gives():
+    """The training accuracy of am_softmax is measured without the margin (with it, it stays near 0)."""
+    spec = tiny_spec(pooling="mean", head="am_softmax", margin=0.35, scale=30.0)
+    model = AudioClassifier(spec=spec)
+    rng = np.random.default_rng(0)
+    inputs, mask = pack(spec, [clip(spec, n, rng) for n in (9, 14, 6, 11)])
+    targets = torch.tensor([0, 1, 2, 1])
+    objective = objective_for("singlelabel")
+    with torch.no_grad():
+        expected = objective.scores(model.eval()(inputs, mask)).numpy()
+    trainer = Trainer(model=model, objective=objective, device=torch.device("cpu"), learning_rate=1e-3,
+                      weight_decay=0.0, warmup_ratio=0.0, total_steps=1)
+    batch = {"inputs": inputs, "mask": mask, "targets": targets, "indices": torch.arange(4)}
+    result = trainer.train_epoch([batch], 1)  # scores of the forward pass before the step (dropout is 0)
+    np.testing.assert_allclose(result.scores, expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("combine", ["concat", "sum"])

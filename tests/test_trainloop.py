@@ -162,6 +162,14 @@ def test_cropped_model_holds_the_crop_and_scores_long_clips_by_windows(cropped):
     np.testing.assert_allclose(bundle.scores([clip[:10]])[0], bundle.scores([clip, clip[:10]])[1], atol=1e-6)
 
 
+def test_the_log_names_the_positions_a_cropped_model_holds(tmp_path, caplog):
+    make_workdir(tmp_path, n_train=8, n_validation=4, lengths=LENGTHS)
+    config = load_config(overrides=[*SMALL, f"train.crop_frames={CROP}", "train.epochs=1"], workdir=tmp_path)
+    with caplog.at_level(logging.INFO, logger="audiotokens"):
+        ModelBuilder(config).run()
+    assert f"{CROP + 2} positions ([CLS] + {CROP} frames + [SEP])" in caplog.text  # not the longest clip's 60
+
+
 def test_validation_by_windows_scores_like_the_bundle(cropped):
     layout = Layout(cropped)
     bundle = load_bundle(layout.model_dir)
