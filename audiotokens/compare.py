@@ -5,8 +5,10 @@ metrics files: output/metrics.jsonl (the best epoch's train and validation figur
 output/eval/<name>/metrics.json, output/baselines/<model>/<split>/metrics.json and a k-fold
 summary (kfold_summary.json, written by scripts/kfold.sh) where present. It runs nothing.
 
-The table's setting columns are the parameters whose values are not the same in every run; a
-parameter a run lacks counts as a different value. Metric columns are each metrics file's headline
+The table's setting columns are the parameters whose values are not the same in every run that recorded
+their section: a parameter a run lacks counts as a different value, unless the run has no parameter of
+that section at all (a run that never trained, e.g. the baselines' base of a sweep, leaves the train
+settings out of the comparison instead of making every one of them differ). Metric columns are each metrics file's headline
 figures (each objective's headline), named "<source> <metric>", e.g. "eval/validation mAP",
 "svm/test accuracy", "train log validation mAP" (the kept epoch). A k-fold directory is one run whose
 metrics are the means over its folds, with "<metric> std" beside them. The CSV has one row per run;
@@ -165,11 +167,18 @@ def compare_workdirs(workdirs: list[Path]) -> Comparison:
 
 
 def differing_settings(runs: list[dict[str, Any]]) -> list[str]:
-    """Keys whose value is not the same in every run (absent counts as a value), in first-seen order."""
+    """Keys whose value is not the same in every run that has the key's section (absent counts as a value
+    there), in first-seen order."""
     keys = _union(list(run) for run in runs)
+    sections = [{key.split(".")[0] for key in run} for run in runs]
     missing = object()
-    return [key for key in keys
-            if len({json.dumps(run.get(key, missing), sort_keys=True, default=repr) for run in runs}) > 1]
+
+    def values(key: str) -> set[str]:
+        section = key.split(".")[0]
+        return {json.dumps(run.get(key, missing), sort_keys=True, default=repr)
+                for run, has in zip(runs, sections) if section in has}
+
+    return [key for key in keys if len(values(key)) > 1]
 
 
 def _union(lists: list[list[str]]) -> list[str]:

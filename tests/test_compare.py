@@ -11,6 +11,7 @@ from audiotokens.artifacts import Layout, write_json
 from audiotokens.compare import (
     TRAIN_TIME,
     compare_workdirs,
+    differing_settings,
     format_kfold,
     kfold_summary,
     write_comparison,
@@ -78,6 +79,14 @@ def test_identical_runs_show_no_setting_and_a_missing_key_counts_as_different(tm
     data["params"]["cluster.gpu_batch"] = 8
     record.write_text(json.dumps(data))
     assert compare_workdirs([first, second]).settings == ["cluster.gpu_batch"]
+
+
+def test_a_run_without_a_section_does_not_make_its_settings_differ():
+    trained = {"split.seed": 0, "train.epochs": 10, "train.num_layers": 2}
+    baselines_only = {"split.seed": 0, "baseline.n_mfcc": 40}
+    assert differing_settings([baselines_only, trained, {**trained, "train.num_layers": 4}]) == ["train.num_layers"]
+    assert differing_settings([baselines_only, trained]) == []
+    assert differing_settings([trained, {"split.seed": 0, "train.epochs": 10}]) == ["train.num_layers"]
 
 
 def test_written_files(tmp_path):
