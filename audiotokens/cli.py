@@ -225,12 +225,16 @@ def show(audio, model_dir, workdir, out_path):
 @main.command()
 @common_options()
 def status(config):
-    """One line per stage: fresh, stale (and why), missing or failed."""
+    """One line per stage: fresh, stale (and why), missing or failed; a missing stage that `run` skips under
+    this config (pretrain without train.init, cluster and tokenize over waveform rows) says so."""
     from .artifacts import Layout
     from .provenance import stage_states
 
-    for state in stage_states(Layout(config.workdir), config).values():
-        click.echo(state.line())
+    for name, state in stage_states(Layout(config.workdir), config).items():
+        if state.state == "missing" and not BY_NAME[name].in_run(config):
+            click.echo(f"{name}: not used by this config (`run` skips it)")
+        else:
+            click.echo(state.line())
     _shard_lines(config)
 
 

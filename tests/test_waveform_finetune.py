@@ -217,6 +217,13 @@ def test_run_skips_the_vocabulary_stages(trained):
 
     with pytest.raises(UserError, match="holds waveform rows .* not frames to quantise"):
         ClusterCreator(config).run()
+    root, _ = trained
+    status = CliRunner().invoke(main, ["status", "--config", str(root / "run.toml"), "--workdir",
+                                       str(config.workdir)]).output
+    for skipped in ("cluster", "tokenize", "pretrain"):
+        assert f"{skipped}: not used by this config (`run` skips it)" in status
+    for ran in ("split", "spectrogram", "train", "evaluate"):
+        assert f"{ran}: fresh" in status
 
 
 def test_training_writes_a_bundle_that_records_its_origin(trained):
