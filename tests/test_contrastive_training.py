@@ -9,7 +9,8 @@ from stores import make_frames_workdir, train_straight_and_interrupted
 from audiotokens.artifacts import Layout, open_split
 from audiotokens.bundle import load_bundle
 from audiotokens.config import load_config
-from audiotokens.contrastive import nearest_class_mean
+from audiotokens.contrastive import nearest_class_mean, supervised_contrastive_loss
+from audiotokens.contrastive_training import chance_level
 from audiotokens.errors import UserError
 from audiotokens.token_dataset import pack_frames
 from audiotokens.train import ModelBuilder
@@ -78,3 +79,19 @@ def test_contrastive_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     assert straight["model"]["head.means"].abs().sum() > 0
     for name, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][name]), name
+
+
+def test_chance_level_is_the_loss_of_embeddings_that_are_all_alike():
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 0, 1])
+    alike = supervised_contrastive_loss(torch.ones(len(labels), 4), labels)
+    assert float(alike) == pytest.approx(chance_level(len(labels)))
+
+
+@pytest.mark.parametrize(("learning_rate", "warned"), [("1e-9", True), ("2e-3", False)])
+def test_a_contrastive_run_that_does_not_learn_is_warned_about(tmp_path, caplog, learning_rate, warned):
+    make_frames_workdir(tmp_path, n_validation=8)
+    config = load_config(overrides=[*SMALL, "train.objective=contrastive", "train.epochs=4",
+                                    f"train.learning_rate={learning_rate}"], workdir=tmp_path)
+    with caplog.at_level("WARNING", logger="audiotokens"):
+        ModelBuilder(config).run()
+    assert ("is still at its chance level" in caplog.text) == warned
