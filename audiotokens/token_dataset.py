@@ -24,13 +24,19 @@ def as_frames_by_codebooks(tokens: np.ndarray) -> np.ndarray:
     return tokens[:, None] if tokens.ndim == 1 else tokens
 
 
+def as_tensor(rows: np.ndarray) -> torch.Tensor:
+    """The rows as a tensor: shared when writable (the batch's own copy), copied when read-only (a memmap's
+    rows), which torch can only wrap with a warning."""
+    return torch.as_tensor(rows) if rows.flags.writeable else torch.tensor(rows)
+
+
 def pack_sequences(sequences: Sequence[np.ndarray | torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw cluster-id sequences (frames, codebooks) -> ([CLS] ids+offset [SEP] [PAD]...) and attention mask.
 
     The batch is padded to its longest sequence only; the mask is 1 on [CLS], every token and [SEP], and
     0 exactly on padding, because it is built from each sequence's true length.
     """
-    sequences = [torch.as_tensor(as_frames_by_codebooks(np.asarray(s))) for s in sequences]
+    sequences = [as_tensor(as_frames_by_codebooks(np.asarray(s))) for s in sequences]
     n_codebooks = sequences[0].shape[1] if sequences else 1
     width = max((len(s) for s in sequences), default=0) + EXTRA_POSITIONS
     input_ids = torch.full((len(sequences), width, n_codebooks), PAD, dtype=torch.long)
@@ -50,7 +56,7 @@ def pack_frames(sequences: Sequence[np.ndarray | torch.Tensor]) -> tuple[torch.T
     Row 0 ([CLS]), row n + 1 ([SEP]) and the padding rows are zeros; the model puts its learned [CLS]
     and [SEP] vectors there. The mask is the one pack_sequences gives for the same lengths.
     """
-    sequences = [torch.as_tensor(np.asarray(s, dtype=np.float32)) for s in sequences]
+    sequences = [as_tensor(np.asarray(s, dtype=np.float32)) for s in sequences]
     dim = sequences[0].shape[1] if sequences else 0
     width = max((len(s) for s in sequences), default=0) + EXTRA_POSITIONS
     inputs = torch.zeros((len(sequences), width, dim), dtype=torch.float32)
