@@ -149,14 +149,24 @@ def make_frames_workdir(root, task="singlelabel", n_train=96, n_validation=32, n
     return Layout(root)
 
 
-def train_straight_and_interrupted(straight, interrupted, monkeypatch, trainer=None) -> None:
-    """Train `straight` (a config) to the end, and `interrupted` until a KeyboardInterrupt in its second epoch;
-    the caller then resumes the second and compares. `trainer`: the Trainer class whose epochs run."""
+def assert_resume_matches_straight(straight, interrupted, monkeypatch, trainer=None) -> tuple[dict, dict]:
+    """Train `straight` (a config) to the end; train `interrupted` until a KeyboardInterrupt in its second
+    epoch, scramble the global random state and resume it; every weight of the two last.pt must be equal.
+    Returns (straight, resumed) checkpoint states. `trainer`: the Trainer class whose epochs run."""
+    import torch
+
+    from audiotokens.checkpoint import load_checkpoint
     from audiotokens.train import ModelBuilder
     from audiotokens.trainer import Trainer
 
     ModelBuilder(straight).run()
     interrupt_in_second_epoch(ModelBuilder(interrupted).run, monkeypatch, trainer or Trainer)
+    torch.manual_seed(99)  # the resumed run must take its random state from the checkpoint
+    ModelBuilder(interrupted, resume=True).run()
+    states = tuple(load_checkpoint(Layout(config.workdir).checkpoints / "last.pt") for config in (straight, interrupted))
+    for name, value in states[0]["model"].items():
+        assert torch.equal(value, states[1]["model"][name]), name
+    return states
 
 
 def interrupt_in_second_epoch(train, monkeypatch, trainer, method: str = "train_epoch") -> None:

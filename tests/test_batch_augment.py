@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from stores import make_frames_workdir, make_workdir, train_straight_and_interrupted
+from stores import assert_resume_matches_straight, make_frames_workdir, make_workdir
 
-from audiotokens.artifacts import Layout
 from audiotokens.batch_augment import BatchAugmenter
-from audiotokens.checkpoint import load_checkpoint
 from audiotokens.config import load_config
 from audiotokens.errors import UserError
 from audiotokens.modelparts import CLS, MASK, SEP
@@ -63,11 +61,7 @@ def test_resume_with_every_augmentation_matches_an_uninterrupted_run(tmp_path, m
     for name in "ab":
         make_frames_workdir(tmp_path / name, task="multilabel", n_train=32, n_validation=8)
         runs[name] = load_config(overrides=overrides, workdir=tmp_path / name)
-    train_straight_and_interrupted(runs["a"], runs["b"], monkeypatch)
-    ModelBuilder(runs["b"], resume=True).run()
-    straight, resumed = (load_checkpoint(Layout(tmp_path / n).checkpoints / "last.pt") for n in "ab")
-    for name, value in straight["model"].items():
-        assert torch.equal(value, resumed["model"][name]), name
+    assert_resume_matches_straight(runs["a"], runs["b"], monkeypatch)
 
 
 def test_balanced_sampler_draws_rare_classes_as_often_as_common_ones(tmp_path):

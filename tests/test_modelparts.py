@@ -10,15 +10,14 @@ import torch
 from stores import (
     FRAME_DIM,
     N_CLUSTERS,
+    assert_resume_matches_straight,
     frame_spec,
     make_frames_workdir,
     make_workdir,
-    train_straight_and_interrupted,
 )
 
 from audiotokens.artifacts import Layout
 from audiotokens.bundle import load_bundle, save_bundle
-from audiotokens.checkpoint import load_checkpoint
 from audiotokens.config import load_config
 from audiotokens.errors import UserError
 from audiotokens.evaluate import Evaluator
@@ -308,12 +307,7 @@ def test_resume_is_exact_for_every_encoder(tmp_path, monkeypatch, encoder):
             make_workdir(tmp_path / name, n_train=16, n_validation=4)
         runs[name] = load_config(overrides=[*overrides, *(["train.input=frames"] if encoder == "cnn" else [])],
                                  workdir=tmp_path / name)
-    train_straight_and_interrupted(runs["straight"], runs["resumed"], monkeypatch)
-    torch.manual_seed(99)
-    ModelBuilder(runs["resumed"], resume=True).run()
-    straight, resumed = (load_checkpoint(Layout(tmp_path / n).checkpoints / "last.pt") for n in ("straight", "resumed"))
-    for name, value in straight["model"].items():
-        assert torch.equal(value, resumed["model"][name]), name
+    assert_resume_matches_straight(runs["straight"], runs["resumed"], monkeypatch)
 
 
 # ---------------------------------------------------------------- defects: MPS sum, schedule, patience

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from stores import make_workdir, train_straight_and_interrupted
+from stores import assert_resume_matches_straight, make_workdir
 
 from audiotokens.artifacts import Layout
 from audiotokens.batching import FrameBudgetSampler
@@ -68,11 +68,7 @@ def test_schedule_ends_exactly_at_the_last_step_of_budget_epochs(tmp_path):
 @pytest.mark.parametrize("extra", [[], ["train.crop_frames=12"]], ids=["budget", "budget+crop"])
 def test_resume_with_budget_batches_matches_an_uninterrupted_run(tmp_path, monkeypatch, extra):
     runs = {name: budget_run(tmp_path / name, "train.epochs=2", "train.dropout=0.1", *extra) for name in "ab"}
-    train_straight_and_interrupted(runs["a"], runs["b"], monkeypatch)
-    ModelBuilder(runs["b"], resume=True).run()
-    straight, resumed = (load_checkpoint(Layout(tmp_path / n).checkpoints / "last.pt") for n in ("a", "b"))
-    for name, value in straight["model"].items():
-        assert torch.equal(value, resumed["model"][name]), name
+    straight, resumed = assert_resume_matches_straight(runs["a"], runs["b"], monkeypatch)
     assert straight["trainer"]["step"] == resumed["trainer"]["step"]
 
 

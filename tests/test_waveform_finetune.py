@@ -308,22 +308,15 @@ def test_a_hubert_model_with_a_layer_norm_feature_encoder_fine_tunes_too(tmp_pat
 
 def test_resume_is_exact(tmp_path, monkeypatch):
     """SpecAugment masking, layer drop and dropout draw from the checkpointed random states."""
-    from stores import train_straight_and_interrupted
+    from stores import assert_resume_matches_straight
 
-    from audiotokens.checkpoint import load_checkpoint
-    from audiotokens.train import ModelBuilder
 
     write_project(tmp_path)
     runs = {name: load_config(tmp_path / "run.toml", [], tmp_path / name) for name in ("straight", "resumed")}
     for config in runs.values():
         execute("split", config)
         execute("spectrogram", config)
-    train_straight_and_interrupted(runs["straight"], runs["resumed"], monkeypatch)
-    torch.manual_seed(99)
-    ModelBuilder(runs["resumed"], resume=True).run()
-    straight, resumed = (load_checkpoint(Layout(tmp_path / n).checkpoints / "last.pt") for n in ("straight", "resumed"))
-    for name, value in straight["model"].items():
-        assert torch.equal(value, resumed["model"][name]), name
+    assert_resume_matches_straight(runs["straight"], runs["resumed"], monkeypatch)
 
 
 # ---------------------------------------------------------------- refusals
