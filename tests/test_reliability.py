@@ -59,14 +59,20 @@ def _hold(workdir: str, ready, release) -> None:
         release.wait(30)
 
 
-def test_a_second_run_on_a_held_workdir_says_who_holds_it_in_one_line(tmp_path):
-    config = small_config(tmp_path)
+def start_holder(workdir) -> tuple[multiprocessing.Process, object]:
+    """A process holding the workdir lock (as `train` would) until the returned event is set."""
     context = multiprocessing.get_context("fork")
     ready, release = context.Event(), context.Event()
-    holder = context.Process(target=_hold, args=(str(config.workdir), ready, release))
+    holder = context.Process(target=_hold, args=(str(workdir), ready, release))
     holder.start()
+    assert ready.wait(30)
+    return holder, release
+
+
+def test_a_second_run_on_a_held_workdir_says_who_holds_it_in_one_line(tmp_path):
+    config = small_config(tmp_path)
+    holder, release = start_holder(config.workdir)
     try:
-        assert ready.wait(30)
         with pytest.raises(UserError, match=rf"is in use by audiotokens train \(pid {holder.pid}, since "):
             execute("split", config)
     finally:
@@ -77,11 +83,7 @@ def test_a_second_run_on_a_held_workdir_says_who_holds_it_in_one_line(tmp_path):
 
 def test_a_killed_holder_leaves_no_lock_behind(tmp_path):
     config = small_config(tmp_path)
-    context = multiprocessing.get_context("fork")
-    ready, release = context.Event(), context.Event()
-    holder = context.Process(target=_hold, args=(str(config.workdir), ready, release))
-    holder.start()
-    assert ready.wait(30)
+    holder, _ = start_holder(config.workdir)
     os.kill(holder.pid, 9)
     holder.join(30)
     execute("split", config)
