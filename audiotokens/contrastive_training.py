@@ -62,8 +62,7 @@ class ContrastiveTrainer(Trainer):
             return super().forward(batch)
         inputs, mask, targets = (batch[key].to(self.device, non_blocking=True)
                                  for key in ("inputs", "mask", "targets"))
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
+        with self.autocast():
             embeddings = self.model.embed(inputs, mask)
         logits = self.model.head(embeddings.float()).float()
         self.chance_sum += chance_level(len(targets)) * len(targets)
@@ -92,8 +91,7 @@ class ContrastiveTrainer(Trainer):
         self.model.eval()
         embeddings, targets = [], []
         for batch in self.reference:
-            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                enabled=self.amp_dtype is not None):
+            with self.autocast():
                 inputs, mask = batch["inputs"].to(self.device), batch["mask"].to(self.device)
                 embeddings.append(self.model.embed(inputs, mask))
             targets.append(batch["targets"].to(self.device))

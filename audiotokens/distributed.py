@@ -170,9 +170,11 @@ class DataParallelModel:
         self.model, self.device, self.ranks = model, device, ranks
         self._wrapper, self._trainable = None, None
 
-    def network(self) -> torch.nn.Module:
+    def refresh(self) -> None:
+        """Before each epoch (train.unfreeze_after changes what trains only then): build the wrapper, or
+        rebuild it when the set of trainable parameters changed."""
         if not self.ranks.active:
-            return self.model
+            return
         trainable = tuple(p.requires_grad for p in self.model.parameters())
         if self._wrapper is None or trainable != self._trainable:
             from torch.nn.parallel import DistributedDataParallel
@@ -181,10 +183,14 @@ class DataParallelModel:
             skips = getattr(getattr(self.model, "encoder", None), "skips_parameters", False)
             self._wrapper = DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=skips)
             self._trainable = trainable
-        return self._wrapper
+
+    @property
+    def network(self) -> torch.nn.Module:
+        """What training steps call: the DDP wrapper under torchrun (after refresh), else the model."""
+        return self._wrapper if self._wrapper is not None else self.model
 
     def accumulating(self, syncing: bool):
         """No gradient all-reduce on the micro-batches before the last of an accumulation group."""
         if syncing or not self.ranks.active:
             return contextlib.nullcontext()
-        return self.network().no_sync()
+        return self.network.no_sync()

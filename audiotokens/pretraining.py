@@ -18,7 +18,7 @@ and masked accuracy after each epoch. output/pretrain/ holds the embedder and en
 file names (model.safetensors, model_spec.json, audiotokens.json with the frame spec and the vocabulary
 digest), metrics.jsonl and curves.png; `train.init` starts a classifier from it (finetune.py).
 
-Steps run under autocast on CUDA when train.amp is on (as the train stage's do). After every epoch the whole
+The optimisation is the train stage's (trainer.Optimisation: AdamW, warm-up/decay, autocast on CUDA when train.amp). After every epoch the whole
 state (weights, optimizer, schedule, scaler, random states, history) goes to output/checkpoints/pretrain.pt;
 `audiotokens pretrain --resume` continues from it. Masks and clip order depend only on (seed, epoch), so a
 resumed pre-training ends with the weights an uninterrupted one would have.
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +58,7 @@ from .modelparts import MASK, TOKEN_OFFSET, AudioClassifier, frame_special_ids
 from .provenance import package_versions, recorded_fingerprint, stage_params
 from .stages import PRETRAIN_DIR
 from .token_dataset import EpochShuffleSampler, longest_first, pack_frames, pack_sequences
-from .trainer import WarmupLinearSchedule, autocast_dtype, parameter_groups, pick_device
+from .trainer import Optimisation, pick_device
 
 log = logging.getLogger("audiotokens")
 
@@ -316,10 +315,11 @@ class Pretrainer:
         settings = self.settings
         device = pick_device(self.config.train.device)
         model.to(device)
-        steps = Steps(model, device, amp=self.config.train.amp, learning_rate=settings.learning_rate,
-                      weight_decay=self.config.train.weight_decay, warmup_ratio=self.config.train.warmup_ratio,
-                      total=settings.epochs * len(fit_loader))
-        history = self._restore(model, steps) if self.resume else []
+        total_steps = settings.epochs * len(fit_loader)
+        steps = Optimisation(model, device, amp=self.config.train.amp, learning_rate=settings.learning_rate,
+                             weight_decay=self.config.train.weight_decay, warmup_ratio=self.config.train.warmup_ratio,
+                             total_steps=total_steps)
+        history = self._restore(model, steps, total_steps) if self.resume else []
         for epoch in range(len(history), settings.epochs):
             fit_loader.sampler.set_epoch(epoch)
             generator = torch.Generator().manual_seed(settings.seed * 1000 + epoch + 1)
@@ -338,7 +338,7 @@ class Pretrainer:
                      fit["loss"], _fmt(held.get("loss")), _fmt(held.get("masked_accuracy")))
         return history
 
-    def _pass(self, model, loader, vocab, generator, steps: Steps, training: bool = True) -> dict[str, float]:
+    def _pass(self, model, loader, vocab, generator, steps: Optimisation, training: bool = True) -> dict[str, float]:
         model.train(training)
         loss_sum, batches, correct, count = 0.0, 0, 0, 0
         for batch in loader:
@@ -348,7 +348,8 @@ class Pretrainer:
                 logits = model(masked.inputs.to(steps.device), mask, masked.where.to(steps.device))
             loss, right, n = masked_loss([part.float() for part in logits], masked.labels.to(steps.device))
             if training:
-                steps.step(loss)
+                steps.scaler.scale(loss).backward()
+                steps.optimizer_step()
             loss_sum, batches, correct, count = loss_sum + float(loss.detach()), batches + 1, correct + right, count + n
         return {"loss": loss_sum / max(batches, 1), "masked_accuracy": correct / count if count else None,
                 "masked_positions": count}
@@ -363,12 +364,12 @@ class Pretrainer:
         return {"params": params, "tokenize": recorded_fingerprint(self.layout, "tokenize"),
                 "split": recorded_fingerprint(self.layout, "split")}
 
-    def _checkpoint(self, model: MaskedPredictor, steps: Steps, history: list[dict[str, Any]]) -> None:
+    def _checkpoint(self, model: MaskedPredictor, steps: Optimisation, history: list[dict[str, Any]]) -> None:
         save_checkpoint(self.checkpoint_path, {"model": model.state_dict(), **steps.state_dict(),
                                                "rng": rng_state(), "history": history,
                                                "identity": self._identity()})
 
-    def _restore(self, model: MaskedPredictor, steps: Steps) -> list[dict[str, Any]]:
+    def _restore(self, model: MaskedPredictor, steps: Optimisation, total_steps: int) -> list[dict[str, Any]]:
         state = load_checkpoint(self.checkpoint_path)
         old, new = state.get("identity", {}), self._identity()
         changed = sorted(k for k in set(old.get("params", {})) | set(new["params"])
@@ -381,7 +382,8 @@ class Pretrainer:
         steps.load_state_dict(state)
         set_rng_state(state["rng"])
         history = state["history"]
-        steps.extend(self.settings.epochs, len(history), self.checkpoint_path)
+        if len(history) < self.settings.epochs:  # more epochs: the schedule goes on from where it stands
+            steps.extend_schedule(total_steps, self.checkpoint_path, "run `audiotokens pretrain` without --resume")
         log.info("resume: pre-training continues after epoch %d", len(history))
         return history
 
@@ -405,51 +407,6 @@ class Pretrainer:
             (tmp / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in history))
             _plot(history, tmp / "curves.png")
         log.info("pre-trained embedder and encoder written to %s", self.out_dir)
-
-
-class Steps:
-    """The optimisation of a pre-training: AdamW, warm-up/decay schedule, autocast and grad scaler."""
-
-    def __init__(self, model: nn.Module, device: torch.device, *, amp: bool, learning_rate: float,
-                 weight_decay: float, warmup_ratio: float, total: int):
-        self.device, self.total = device, total
-        self.amp_dtype = autocast_dtype(device, amp)
-        self.optimizer = torch.optim.AdamW(parameter_groups(model, weight_decay), lr=learning_rate)
-        self.schedule = WarmupLinearSchedule(warmup=math.ceil(warmup_ratio * total), total=total)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.done = 0  # optimizer steps taken
-
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                              enabled=self.amp_dtype is not None)
-
-    def step(self, loss: torch.Tensor) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        self.done += 1
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "steps_done": self.done}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.done = state["steps_done"]
-
-    def extend(self, epochs: int, epochs_done: int, path: Path) -> None:
-        """pretrain.epochs changed since the checkpoint: the lr goes on from where it is to 0 at the new end."""
-        if self.total == self.schedule.end or epochs_done >= epochs:
-            return
-        if self.schedule(self.done) == 0.0:
-            raise UserError(f"{path} finished its learning-rate schedule; more epochs would not change the "
-                            "weights; run `audiotokens pretrain` without --resume to start over")
-        self.schedule.extend(self.done, self.total)
 
 
 def _with_input(settings, kind: str):

@@ -555,7 +555,7 @@ class ModelBuilder:
             log.info("resume: training had already finished after epoch %d; rewriting the bundle", progress.epoch)
             return progress
         total_steps = planned_steps(run.loaders["train"], self.settings.epochs, self.settings.grad_accum)
-        self._extend_schedule(trainer, progress, total_steps, last)
+        self._extend_schedule(trainer, total_steps, last)
         log.info("resume: continuing after epoch %d (best %.4f at epoch %d)", progress.epoch,
                  progress.best_score, progress.best_epoch)
         return progress
@@ -581,17 +581,12 @@ class ModelBuilder:
                      "lets it continue", progress.stale_epochs, patience)
 
     @staticmethod
-    def _extend_schedule(trainer: Trainer, progress: Progress, total_steps: int, last: Path) -> None:
+    def _extend_schedule(trainer: Trainer, total_steps: int, last: Path) -> None:
         """More (or fewer) epochs than the checkpoint planned: the lr goes on from its current value to 0
-        at the new horizon. A schedule that already reached lr 0 would make further epochs change nothing."""
-        if total_steps == trainer.schedule.end:
-            return
-        if trainer.lr_factor == 0.0:
-            raise UserError(f"{last} finished its learning-rate schedule (lr 0 after epoch {progress.epoch}); "
-                            "more epochs would not change the weights; train without --resume to start over")
-        trainer.extend_schedule(total_steps)
-        log.info("resume: the learning-rate schedule now ends at step %d, continuing from lr factor %.3g",
-                 total_steps, trainer.lr_factor)
+        at the new horizon."""
+        if trainer.extend_schedule(total_steps, last, "train without --resume"):
+            log.info("resume: the learning-rate schedule now ends at step %d, continuing from lr factor %.3g",
+                     total_steps, trainer.lr_factor)
 
     # ------------------------------------------------------------ results
 

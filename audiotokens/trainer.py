@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -94,29 +95,15 @@ class PassResult:
     seconds: float
 
 
-class Trainer:
-    def __init__(
-        self,
-        *,
-        model: nn.Module,
-        objective: Objective,
-        device: torch.device,
-        learning_rate: float,
-        weight_decay: float,
-        warmup_ratio: float,
-        total_steps: int,
-        grad_clip: float = 0.0,
-        grad_accum: int = 1,
-        amp: bool = True,
-        ranks: Ranks = ONE_PROCESS,
-    ):
-        self.model = model.to(device)
-        self.ranks = ranks
-        self.parallel = DataParallelModel(self.model, device, ranks)
-        self.objective = objective
-        self.device = device
-        self.grad_clip = grad_clip
-        self.grad_accum = grad_accum
+class Optimisation:
+    """The optimisation both training stages share: AdamW (decay on matrices only), the warm-up/decay
+    schedule, autocast and the fp16 grad scaler, the step count, their state for checkpoints, and moving the
+    schedule's horizon on resume."""
+
+    def __init__(self, model: nn.Module, device: torch.device, *, learning_rate: float, weight_decay: float,
+                 warmup_ratio: float, total_steps: int, amp: bool, grad_clip: float = 0.0):
+        self.device, self.grad_clip = device, grad_clip
+        self.parameters = list(model.parameters())
         self.amp_dtype = autocast_dtype(device, amp)
         self.optimizer = torch.optim.AdamW(parameter_groups(model, weight_decay), lr=learning_rate,
                                            fused=device.type == "cuda")
@@ -134,6 +121,21 @@ class Trainer:
         """Where the schedule stands: the factor the next optimizer step will use."""
         return self.schedule(self.step)
 
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None)
+
+    def optimizer_step(self) -> None:
+        """Apply the accumulated (scaled) gradients, clipped when grad_clip is set, and advance the schedule."""
+        if self.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "step": self.step}
@@ -144,10 +146,42 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.step = state["step"]
 
-    def extend_schedule(self, total_steps: int) -> None:
-        """A resumed run with another number of epochs: the lr continues from where it is, no jump."""
-        if total_steps != self.schedule.end:
-            self.schedule.extend(self.step, total_steps)
+    def extend_schedule(self, total_steps: int, checkpoint: Path, restart: str) -> bool:
+        """A resumed run planning another number of steps: the lr goes on from its current value to 0 at the
+        new horizon, no jump (True when it moved). A schedule already at lr 0 would make further epochs change
+        nothing: refused in one line naming the checkpoint and `restart`, the command that starts over."""
+        if total_steps == self.schedule.end:
+            return False
+        if self.lr_factor == 0.0:
+            raise UserError(f"{checkpoint} finished its learning-rate schedule (lr 0 after step {self.step}); "
+                            f"more epochs would not change the weights; {restart} to start over")
+        self.schedule.extend(self.step, total_steps)
+        return True
+
+
+class Trainer(Optimisation):
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        objective: Objective,
+        device: torch.device,
+        learning_rate: float,
+        weight_decay: float,
+        warmup_ratio: float,
+        total_steps: int,
+        grad_clip: float = 0.0,
+        grad_accum: int = 1,
+        amp: bool = True,
+        ranks: Ranks = ONE_PROCESS,
+    ):
+        self.model = model.to(device)
+        super().__init__(self.model, device, learning_rate=learning_rate, weight_decay=weight_decay,
+                         warmup_ratio=warmup_ratio, total_steps=total_steps, amp=amp, grad_clip=grad_clip)
+        self.ranks = ranks
+        self.parallel = DataParallelModel(self.model, device, ranks)
+        self.objective = objective
+        self.grad_accum = grad_accum
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(loss, logits, targets) of one batch, under autocast when AMP is on."""
@@ -155,9 +189,8 @@ class Trainer:
         mask = batch["mask"].to(self.device, non_blocking=True)
         targets = batch["targets"].to(self.device, non_blocking=True)
         training = self.model.training
-        network = self.parallel.network() if training else self.model
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
+        network = self.parallel.network if training else self.model
+        with self.autocast():
             # targets reach the model only in training: heads with a margin apply it there alone
             logits = network(inputs, mask, targets if training else None)
         logits = logits.float()  # the loss and the scores in fp32 whatever the autocast dtype
@@ -170,6 +203,7 @@ class Trainer:
     def train_epoch(self, batches: Iterable[dict[str, torch.Tensor]], n_batches: int) -> PassResult:
         """One epoch of optimizer steps; the scores are those of the training forward passes (dropout on)."""
         self.model.train()
+        self.parallel.refresh()
         collector = ScoreCollector(self.objective, self.device, self.ranks)
         started = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
@@ -192,16 +226,6 @@ class Trainer:
             return loss
         mine = int((indices >= 0).sum())
         return loss * (mine * self.ranks.world / distributed.total(mine, self.ranks, self.device))
-
-    def optimizer_step(self) -> None:
-        if self.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
 
     @torch.no_grad()
     def evaluate(self, batches: Iterable[dict[str, torch.Tensor]]) -> PassResult:
