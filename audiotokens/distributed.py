@@ -102,13 +102,13 @@ def gather(obj: Any, ranks: Ranks) -> list[Any]:
     return gathered
 
 
-def total(value: int, ranks: Ranks, device: torch.device) -> int:
-    """The sum of an integer over every process."""
-    if not ranks.active:
-        return value
-    tensor = torch.tensor(value, dtype=torch.int64, device=device)
-    dist.all_reduce(tensor)
-    return int(tensor.item())
+def total(value: int, ranks: Ranks, device: torch.device) -> torch.Tensor:
+    """The sum of an integer over every process, as a tensor on `device`: reading it on the host would make
+    every training step wait for the GPU."""
+    tensor = torch.tensor(value, dtype=torch.float32, device=device)
+    if ranks.active:
+        dist.all_reduce(tensor)
+    return tensor
 
 
 # ---------------------------------------------------------------- each process's share of the batches

@@ -225,7 +225,7 @@ class Trainer(Optimisation):
         if not self.ranks.active:
             return loss
         mine = int((indices >= 0).sum())
-        return loss * (mine * self.ranks.world / distributed.total(mine, self.ranks, self.device))
+        return loss * (mine * self.ranks.world / distributed.total(mine, self.ranks, self.device))  # no host sync
 
     @torch.no_grad()
     def evaluate(self, batches: Iterable[dict[str, torch.Tensor]]) -> PassResult:
