@@ -41,8 +41,8 @@ def waveform_frames(waveform: Waveform, sample_rate: int, params) -> np.ndarray:
 
     Mixed down first, then cropped to params.max_duration, then resampled: the order a file goes through.
     """
-    from .audio import AudioError, resample, to_mono
-    from .spectrogram import frames_from_samples
+    from .data.audio import AudioError, resample, to_mono
+    from .features.spectrogram import frames_from_samples
 
     rate = _check_rate(sample_rate)
     mono = to_mono(np.ascontiguousarray(_as_numpy(waveform)))
@@ -69,7 +69,7 @@ class AudioTokenizer:
     """
 
     def __init__(self, *, frame_spec: dict[str, Any], vocabulary=None):
-        from .spectrogram import params_from_dict
+        from .features.spectrogram import params_from_dict
 
         self.frame_spec = dict(frame_spec)
         self.params = params_from_dict(dict(frame_spec))
@@ -78,7 +78,7 @@ class AudioTokenizer:
     @classmethod
     def from_bundle(cls, bundle_dir: str | Path) -> AudioTokenizer:
         """The tokenizer a model bundle was trained with (its frame spec and vocabulary)."""
-        from .bundle import load_bundle
+        from .model.bundle import load_bundle
 
         bundle = load_bundle(bundle_dir)
         return cls(frame_spec=bundle.spectrogram, vocabulary=bundle.vocabulary)
@@ -86,8 +86,8 @@ class AudioTokenizer:
     @classmethod
     def from_workdir(cls, workdir: str | Path = ".") -> AudioTokenizer:
         """The vocabulary fitted by `audiotokens cluster` in a workdir, with the frame spec it was fitted on."""
-        from .artifacts import Layout
-        from .vocabulary import load_vocabulary
+        from .pipeline.layout import Layout
+        from .tokens.vocabulary import load_vocabulary
 
         vocabulary = load_vocabulary(Layout(workdir).vocabulary)
         return cls(frame_spec=vocabulary.frame_spec, vocabulary=vocabulary)
@@ -162,7 +162,7 @@ class Model:
 
     def scores(self, items: Iterable[Item], batch_size: int = 32) -> np.ndarray:
         """(items, classes) float32 probabilities: sigmoid for multi-label models, softmax for single-label."""
-        from .predict import single_threaded
+        from .evaluation.predict import single_threaded
 
         items = _as_list(items)
         with single_threaded():  # one clip's features are too small for thread pools (see predict)
@@ -177,7 +177,7 @@ class Model:
 
         With `threshold`, every class scoring at least that; otherwise the `top_k` best.
         """
-        from .predict import chosen_classes
+        from .evaluation.predict import chosen_classes
 
         if top_k < 1:
             raise UserError(f"top_k must be at least 1, got {top_k}")
@@ -203,8 +203,8 @@ def _as_list(items: Iterable[Item]) -> list[Item]:
 
 def load(bundle_dir: str | Path, device: str = "auto") -> Model:
     """The model bundle at `bundle_dir` (e.g. <workdir>/output/model) on `device` (auto: CUDA, MPS, else CPU)."""
-    from .predict import AudioTokenizer as FileTokenizer
-    from .predict import load_model
+    from .evaluation.predict import AudioTokenizer as FileTokenizer
+    from .evaluation.predict import load_model
 
     bundle = load_model(bundle_dir, device=device)
     return Model(bundle=bundle, tokenizer=FileTokenizer(bundle))
@@ -220,10 +220,10 @@ def run(config_or_path: str | Path | None = None, stages: Sequence[str] | tuple[
     raises UserError with the CLI's one-line message; provenance records are written as by the CLI.
     """
     from .config import load_config
-    from .lock import workdir_lock
-    from .pipeline import execute, plan
-    from .pipeline import run as run_range
-    from .stages import NAMES
+    from .pipeline.lock import workdir_lock
+    from .pipeline.run import execute, plan
+    from .pipeline.run import run as run_range
+    from .pipeline.stages import NAMES
 
     if isinstance(overrides, str):
         overrides = [overrides]

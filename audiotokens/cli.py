@@ -11,7 +11,7 @@ import click
 
 from .config import load_config, valid_keys
 from .errors import UserError
-from .stages import BY_NAME, NAMES
+from .pipeline.stages import BY_NAME, NAMES
 
 
 def _flag_options(stage: str):
@@ -89,7 +89,7 @@ main.help = f"Classify audio as token sequences: {' → '.join(NAMES)}."
 
 def _stage_command(name: str):
     def command(config, strict):
-        from .pipeline import execute
+        from .pipeline.run import execute
 
         execute(name, config, strict=strict)
 
@@ -107,11 +107,11 @@ for _name in NAMES:
 
 
 def _sharded_command(name: str):
-    """A stage whose work is cut into shards (audiotokens/shards.py): --shard, --assemble, --executor."""
+    """A stage whose work is cut into shards (pipeline/shards.py): --shard, --assemble, --executor."""
 
     def command(config, strict, shard, shards, assemble, executor, scheduler):
-        from .pipeline import execute
-        from .shards import Shard, run_shard
+        from .pipeline.run import execute
+        from .pipeline.shards import Shard, run_shard
 
         if shard is not None:
             if assemble or executor != "local" or shards:
@@ -152,7 +152,7 @@ def _resumable_command(name: str, checkpoint: str):
     """A training stage that continues from its checkpoint with --resume."""
 
     def command(config, resume, strict):
-        from .pipeline import execute
+        from .pipeline.run import execute
 
         execute(name, config, strict=strict, resume=resume)
 
@@ -180,16 +180,16 @@ _resumable_command("train", "output/checkpoints/last.pt")
                    "noise:snr=5,kind=pink, noise:dir=PATH,snr=10, reverb:rt60=0.6, reverb:dir=PATH.")
 @click.option("--strict", is_flag=True, help="Refuse to run on stale inputs.")
 def evaluate(config, split_name, manifest, class_name, model_dir, strict, corruptions):
-    from .pipeline import execute
+    from .pipeline.run import execute
 
     if split_name is None and manifest is None and model_dir is None:
         execute("evaluate", config, strict=strict, class_name=class_name)
     else:
-        from .evaluate import Evaluator
+        from .evaluation.evaluate import Evaluator
 
         Evaluator(config, split=split_name, manifest=manifest, class_name=class_name, model_dir=model_dir).run()
     if corruptions:
-        from .robustness import evaluate_robustness
+        from .evaluation.robustness import evaluate_robustness
 
         evaluate_robustness(config, split_name or "validation", list(corruptions), model_dir)
 
@@ -203,7 +203,7 @@ def evaluate(config, split_name, manifest, class_name, model_dir, strict, corrup
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table")
 def predict(paths, model_dir, workdir, top_k, threshold, fmt):
     """Class scores for audio files, directories or list files."""
-    from .predict import predict_cli
+    from .evaluation.predict import predict_cli
 
     _setup_logging(False)
     sys.exit(predict_cli(paths, model_dir, workdir, top_k, threshold, fmt))
@@ -216,7 +216,7 @@ def predict(paths, model_dir, workdir, top_k, threshold, fmt):
 @click.option("--out", "out_path", default=None, help="PNG to write (default: <audio name>.tokens.png).")
 def show(audio, model_dir, workdir, out_path):
     """Picture of a clip: mel spectrogram, its token strip and the top predictions."""
-    from .predict import show_cli
+    from .evaluation.predict import show_cli
 
     _setup_logging(False)
     show_cli(audio, model_dir, workdir, out_path)
@@ -227,8 +227,8 @@ def show(audio, model_dir, workdir, out_path):
 def status(config):
     """One line per stage: fresh, stale (and why), missing or failed; a missing stage that `run` skips under
     this config (pretrain without train.init, cluster and tokenize over waveform rows) says so."""
-    from .artifacts import Layout
-    from .provenance import stage_states
+    from .pipeline.layout import Layout
+    from .pipeline.provenance import stage_states
 
     for name, state in stage_states(Layout(config.workdir), config).items():
         if state.state == "missing" and not BY_NAME[name].in_run(config):
@@ -240,8 +240,8 @@ def status(config):
 
 def _shard_lines(config) -> None:
     """Shards of a sharded stage computed and not yet assembled (the store is unchanged until then)."""
-    from .artifacts import Layout
-    from .shards import SHARDS_DIR, pending_line
+    from .pipeline.layout import Layout
+    from .pipeline.shards import SHARDS_DIR, pending_line
 
     layout = Layout(config.workdir)
     for name, folder in (("spectrogram", layout.frames_dir), ("tokenize", layout.tokenized)):
@@ -262,7 +262,7 @@ def _shard_lines(config) -> None:
 @click.option("--strict", is_flag=True, help="Refuse to run on stale inputs.")
 def run_command(config, start, stop, force, strict):
     """Run the stages in order, skipping those that are fresh."""
-    from .pipeline import plan, run
+    from .pipeline.run import plan, run
 
     todo = plan(config, start, stop, force)
     click.echo(f"stages to run: {', '.join(todo) if todo else 'none (everything is fresh)'}")
@@ -277,7 +277,7 @@ def compare_command(workdirs, out_dir):
     """One table of runs: the settings that differ, validation/test metrics, baselines, k-fold, train time."""
     from pathlib import Path
 
-    from .compare import compare_workdirs, comparison_markdown, write_comparison
+    from .evaluation.compare import compare_workdirs, comparison_markdown, write_comparison
 
     _setup_logging(False)
     comparison = compare_workdirs([Path(w) for w in workdirs])
@@ -294,8 +294,8 @@ def compare_command(workdirs, out_dir):
               help="File to write (default: model.onnx beside the bundle).")
 def export_command(fmt, model_dir, workdir, out_path):
     """The classifier as ONNX (scores out), its vocabulary and metadata beside it."""
-    from .artifacts import Layout
-    from .export import export_model
+    from .model.export import export_model
+    from .pipeline.layout import Layout
 
     _setup_logging(False)
     written = export_model(fmt, model_dir or Layout(workdir).model_dir, out_path)
@@ -308,7 +308,7 @@ def export_command(fmt, model_dir, workdir, out_path):
               help="HTML file to write (default: <workdir>/output/report.html).")
 def report_command(workdir, out_path):
     """One self-contained HTML page of the run: settings, splits, tokens, training, evaluation, baselines."""
-    from .report import write_report
+    from .evaluation.html_report import write_report
 
     _setup_logging(False)
     click.echo(f"wrote {write_report(workdir, out_path)}")

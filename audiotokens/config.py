@@ -140,7 +140,7 @@ class TrainConfig:
     crop_frames: int = setting(0, check="non_negative")  # training: random crops of this many frames; 0 = off
     eval_window: int = setting(0, check="non_negative")  # evaluation windows in frames; 0 = crop_frames
     eval_hop: int = setting(0, check="non_negative")  # frames between windows; 0 = half of eval_window
-    # augmentation, each off unless set (batch_augment.py)
+    # augmentation, each off unless set (training/augment.py)
     mask_time: float = setting(0.0, check="fraction")  # share of content positions masked, in spans
     mask_span: int = setting(4, check="positive")  # positions per masked span
     mask_freq: int = setting(0, check="non_negative")  # frames input: mel bands zeroed per clip
@@ -159,13 +159,13 @@ class TrainConfig:
     seed: int = 0
     device: str = setting("auto", role=RUNTIME, check=("auto", "cuda", "mps", "cpu"))
     num_workers: int = setting(2, role=RUNTIME, check="non_negative")
-    # the model's parts (modelparts.py checks the names against its registries)
+    # the model's parts (model/parts.py checks the names against its registries)
     token_embedding: str = "learned"  # learned | decoded | decoded+learned (tokens input)
     codebook_fusion: str = "sum"  # sum | attention: how learned embeddings of several codebooks combine
     encoder: str = "bert"  # bert | conformer | cnn (cnn: frames input) | ssl (waveform input: spectrogram.ssl_model)
     pooling: str = "cls"  # cls | mean | attention
     head: str = "linear"  # linear | am_softmax (single-label)
-    objective: str = setting("classify", check=("classify", "contrastive"))  # contrastive: contrastive_training.py
+    objective: str = setting("classify", check=("classify", "contrastive"))  # contrastive: training/contrastive.py
     margin: float = setting(0.2, check="non_negative")  # am_softmax additive margin
     scale: float = setting(30.0, check="positive")  # am_softmax logit scale
     init: str = ""  # start embedder and encoder from a pre-training (output/pretrain) or a bundle folder
@@ -179,7 +179,7 @@ class TrainConfig:
 class PretrainConfig:
     manifest: str = setting("", role=FILE)  # unlabelled audio: CSV with a path column (sources/unlabelled.py)
     folder: str = ""  # unlabelled audio: a folder tree of audio files
-    objective: str = setting("mlm", check=("mlm", "masked_frames"))  # see pretraining.py
+    objective: str = setting("mlm", check=("mlm", "masked_frames"))  # see training/pretrain.py
     mask_prob: float = setting(0.15, check="fraction")  # share of each clip's positions masked (in spans)
     span: int = setting(3, check="positive")  # positions per masked span
     epochs: int = setting(10, check="positive")

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from audiotokens.split import TRAIN, VALIDATION, group_sides
+from audiotokens.data.split import TRAIN, VALIDATION, group_sides
 
 DEFAULT_METADATA = Path(__file__).resolve().parents[2] / "shared" / "audioset"
 FALLBACK_METADATA = Path("/work/shared/audioset")

@@ -144,7 +144,7 @@ def deny_reading(monkeypatch, path: Path) -> None:
     """
     if not running_as_root():
         return
-    from audiotokens import audio
+    from audiotokens.data import audio
 
     refused = os.path.abspath(path)
 

@@ -23,11 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from audiotokens.lock import LOCK_NAME
+from audiotokens.pipeline.lock import LOCK_NAME
 
 _CONTEXT = multiprocessing.get_context("forkserver")
-_CONTEXT.set_forkserver_preload(["audiotokens.cli", "audiotokens.pipeline", "audiotokens.spectrogram",
-                                 "audiotokens.cluster", "audiotokens.tokenizer", "audiotokens.train"])
+_CONTEXT.set_forkserver_preload(["audiotokens.cli", "audiotokens.pipeline.run", "audiotokens.features.spectrogram",
+                                 "audiotokens.tokens.cluster", "audiotokens.tokens.tokenize",
+                                 "audiotokens.training.train"])
 
 
 def _slowed(function, seconds: float):
@@ -39,7 +40,9 @@ def _slowed(function, seconds: float):
 
 
 def _install_delays(delays: dict[str, float]) -> None:
-    from audiotokens import cluster, spectrogram, tokenizer, trainer
+    from audiotokens.tokens import kmeans, quantizers
+    from audiotokens.features import spectrogram
+    from audiotokens.training import optimisation as trainer
 
     if "parts" in delays:
         spectrogram.SpectrogramProcessor.__init__.__defaults__ = (int(delays["parts"]), 2**18)
@@ -48,9 +51,9 @@ def _install_delays(delays: dict[str, float]) -> None:
     if "replace" in delays:
         os.replace = _slowed(os.replace, delays["replace"])
     if "kmeans" in delays:
-        cluster.train_kmeans = _slowed(cluster.train_kmeans, delays["kmeans"])
+        quantizers.train_kmeans = _slowed(quantizers.train_kmeans, delays["kmeans"])
     if "batch" in delays:
-        tokenizer.NearestCentroid.__call__ = _slowed(tokenizer.NearestCentroid.__call__, delays["batch"])
+        kmeans.NearestCentroid.__call__ = _slowed(kmeans.NearestCentroid.__call__, delays["batch"])
     if "epoch" in delays:
         trainer.Trainer.train_epoch = _slowed(trainer.Trainer.train_epoch, delays["epoch"])
 

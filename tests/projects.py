@@ -11,7 +11,7 @@ import numpy as np
 import soundfile as sf
 
 from audiotokens.config import load_config
-from audiotokens.pipeline import execute
+from audiotokens.pipeline.run import execute
 
 TONES = {"low": 220.0, "mid": 660.0, "high": 1760.0}
 SAMPLE_RATE = 16000

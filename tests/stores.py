@@ -12,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from audiotokens.artifacts import ClipIndex, Layout, open_split, save_npy, spec_digest, write_json
+from audiotokens.pipeline.stores import ClipIndex, open_split, spec_digest
+from audiotokens.pipeline.layout import Layout
+from audiotokens.pipeline.files import save_npy, write_json
 from audiotokens.config import SpectrogramConfig
-from audiotokens.quantizers import Quantizer
-from audiotokens.spectrogram import params_to_dict
-from audiotokens.vocabulary import save_vocabulary
+from audiotokens.tokens.quantizers import Quantizer
+from audiotokens.features.spectrogram import params_to_dict
+from audiotokens.tokens.vocabulary import save_vocabulary
 
 
 def frame_spec(n_mels: int, **overrides) -> dict:
@@ -155,9 +157,9 @@ def assert_resume_matches_straight(straight, interrupted, monkeypatch, trainer=N
     Returns (straight, resumed) checkpoint states. `trainer`: the Trainer class whose epochs run."""
     import torch
 
-    from audiotokens.checkpoint import load_checkpoint
-    from audiotokens.train import ModelBuilder
-    from audiotokens.trainer import Trainer
+    from audiotokens.training.checkpoint import load_checkpoint
+    from audiotokens.training.train import ModelBuilder
+    from audiotokens.training.optimisation import Trainer
 
     ModelBuilder(straight).run()
     interrupt_in_second_epoch(ModelBuilder(interrupted).run, monkeypatch, trainer or Trainer)

@@ -19,14 +19,15 @@ from projects import SAMPLE_RATE, TONES, copy_project, project_config, trained_p
 from stores import FRAME_DIM, frame_spec
 
 import audiotokens
-from audiotokens.artifacts import Layout, open_store
-from audiotokens.bundle import save_bundle
+from audiotokens.pipeline.layout import Layout
+from audiotokens.pipeline.stores import open_store
+from audiotokens.model.bundle import save_bundle
 from audiotokens.cli import main
-from audiotokens.modelparts import AudioClassifier, ModelSpec
-from audiotokens.predict import predict_cli
-from audiotokens.provenance import stage_states
-from audiotokens.quantizers import Quantizer
-from audiotokens.vocabulary import Vocabulary
+from audiotokens.model.parts import AudioClassifier, ModelSpec
+from audiotokens.evaluation.predict import predict_cli
+from audiotokens.pipeline.provenance import stage_states
+from audiotokens.tokens.quantizers import Quantizer
+from audiotokens.tokens.vocabulary import Vocabulary
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 OTHER_RATE = 44100

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from projects import copy_project, trained_project
 
-from audiotokens.artifacts import Layout
+from audiotokens.pipeline.layout import Layout
 from audiotokens.cli import main
 from audiotokens.config import SPLIT_STRATEGIES
 

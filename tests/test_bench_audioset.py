@@ -15,9 +15,9 @@ from audioset_metadata import AUDIOSET
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import bench_audioset as ba
 
-from audiotokens.sources.audio_index import ytids_of_stem
-from audiotokens.sources.audioset import load_audioset, read_segments
-from audiotokens.sources.hf_parquet import load_hf_parquet
+from audiotokens.data.sources.audio_index import ytids_of_stem
+from audiotokens.data.sources.audioset import load_audioset, read_segments
+from audiotokens.data.sources.hf_parquet import load_hf_parquet
 
 needs_metadata = pytest.mark.skipif(not (AUDIOSET / "class_labels_indices.csv").is_file(),
                                     reason="real AudioSet metadata not present")

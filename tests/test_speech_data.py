@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from audiotokens.sources.manifest import load_manifest
-from audiotokens.sources.records import SINGLELABEL
+from audiotokens.data.sources.manifest import load_manifest
+from audiotokens.data.sources.records import SINGLELABEL
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "render_speech.py"
 sys.path.insert(0, str(SCRIPT.parent))

@@ -23,15 +23,15 @@ import torch
 from click.testing import CliRunner
 
 import audiotokens
-from audiotokens.bundle import load_bundle, save_bundle
+from audiotokens.model.bundle import load_bundle, save_bundle
 from audiotokens.cli import main
 from audiotokens.config import SpectrogramConfig
-from audiotokens.export import export_onnx
-from audiotokens.modelparts import AudioClassifier, ModelSpec
-from audiotokens.quantizers import Quantizer
-from audiotokens.spectrogram import params_to_dict
-from audiotokens.token_dataset import pack_sequences
-from audiotokens.vocabulary import load_vocabulary, save_vocabulary
+from audiotokens.model.export import export_onnx
+from audiotokens.model.parts import AudioClassifier, ModelSpec
+from audiotokens.tokens.quantizers import Quantizer
+from audiotokens.features.spectrogram import params_to_dict
+from audiotokens.model.inputs import pack_sequences
+from audiotokens.tokens.vocabulary import load_vocabulary, save_vocabulary
 
 RATE = 16000
 CLUSTERS, CLASSES, LONG_CLIP = 50, 10, 431

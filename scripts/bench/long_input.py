@@ -27,8 +27,8 @@ CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
 from audiotokens.config import load_config
-from audiotokens.spectrogram import SpectrogramProcessor
-import audiotokens.audio, audiotokens.spectrogram  # noqa: F401  (baseline includes every import)
+from audiotokens.features.spectrogram import SpectrogramProcessor
+import audiotokens.data.audio, audiotokens.features.spectrogram  # noqa: F401  (baseline includes every import)
 workdir, max_duration = Path(sys.argv[1]), sys.argv[2]
 baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 config = load_config(None, ["spectrogram.workers=1", f"spectrogram.max_duration={max_duration}"], workdir)

@@ -21,14 +21,14 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from audiotokens.audio import load_mono
-from audiotokens.bundle import save_bundle
+from audiotokens.data.audio import load_mono
+from audiotokens.model.bundle import save_bundle
 from audiotokens.config import SpectrogramConfig
-from audiotokens.modelparts import EXTRA_POSITIONS, AudioClassifier, ModelSpec
-from audiotokens.predict import AudioTokenizer, load_model, predict_cli, single_threaded
-from audiotokens.quantizers import Quantizer
-from audiotokens.spectrogram import compute_frames, params_to_dict
-from audiotokens.vocabulary import load_vocabulary, save_vocabulary
+from audiotokens.model.parts import EXTRA_POSITIONS, AudioClassifier, ModelSpec
+from audiotokens.evaluation.predict import AudioTokenizer, load_model, predict_cli, single_threaded
+from audiotokens.tokens.quantizers import Quantizer
+from audiotokens.features.spectrogram import compute_frames, params_to_dict
+from audiotokens.tokens.vocabulary import load_vocabulary, save_vocabulary
 
 
 def write_clips(folder: Path, count: int, rate: int = 48000) -> list[str]:

@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from audiotokens.artifacts import Layout
+from audiotokens.pipeline.layout import Layout
 from audiotokens.config import load_config
-from audiotokens.pipeline import execute
+from audiotokens.pipeline.run import execute
 
 SETTINGS = ["spectrogram.dtype=float16"]
 
@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--shards", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--n-clusters", type=int, default=256)
     args = parser.parse_args()
-    from audiotokens.provenance import write_record
+    from audiotokens.pipeline.provenance import write_record
 
     root = Path(tempfile.mkdtemp(prefix="bench-shards-"))
     try:
@@ -76,7 +76,7 @@ def main() -> None:
         print(f"local pool of 2 processes: {local:.1f} s ({args.n / local:.2f} clips/s)")
         from dask.distributed import Client
 
-        from audiotokens.shards import local_cluster
+        from audiotokens.pipeline.shards import local_cluster
 
         for count in args.shards:
             workdir = root / f"dask{count}"
@@ -84,7 +84,7 @@ def main() -> None:
             started = time.perf_counter()
             with local_cluster(2) as cluster, Client(cluster) as client:
                 ready = time.perf_counter() - started
-                client.run(importlib.import_module, "audiotokens.spectrogram")  # what a fresh worker pays once
+                client.run(importlib.import_module, "audiotokens.features.spectrogram")  # what a fresh worker pays once
                 imports = time.perf_counter() - started - ready
                 shards = timed("spectrogram", workdir, executor="dask", scheduler=cluster.scheduler_address,
                                shards=count)

@@ -36,10 +36,11 @@ import soundfile as sf
 import torch
 from threadpoolctl import threadpool_limits
 
-from audiotokens.artifacts import Layout, open_store
-from audiotokens.audio import load_audio, load_mono, resample, to_mono
+from audiotokens.pipeline.layout import Layout
+from audiotokens.pipeline.stores import open_store
+from audiotokens.data.audio import load_audio, load_mono, resample, to_mono
 from audiotokens.config import load_config
-from audiotokens.spectrogram import MelPower, SpectrogramProcessor, clip_frames, clip_map, compute_frames
+from audiotokens.features.spectrogram import MelPower, SpectrogramProcessor, clip_frames, clip_map, compute_frames
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".w64", ".caf"}
 

@@ -32,13 +32,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audiotokens.artifacts import ClipIndex, save_npy
-from audiotokens.modelparts import ENCODERS, EXTRA_POSITIONS, AudioClassifier, ModelSpec
-from audiotokens.objectives import objective_for
-from audiotokens.sources.records import MULTILABEL
-from audiotokens.token_dataset import pack_frames, pack_sequences
-from audiotokens.train import SplitStore, make_split_loader
-from audiotokens.trainer import Trainer, pick_device
+from audiotokens.pipeline.stores import ClipIndex
+from audiotokens.pipeline.files import save_npy
+from audiotokens.model.parts import ENCODERS, EXTRA_POSITIONS, AudioClassifier, ModelSpec
+from audiotokens.model.objectives import objective_for
+from audiotokens.data.sources.records import MULTILABEL
+from audiotokens.model.inputs import pack_frames, pack_sequences
+from audiotokens.training.train import SplitStore, make_split_loader
+from audiotokens.training.optimisation import Trainer, pick_device
 
 SEED_SHAPE = {"layers": 12, "hidden": 768, "heads": 12, "intermediate": 3072}
 TINY_SHAPE = {"layers": 2, "hidden": 64, "heads": 2, "intermediate": 256}

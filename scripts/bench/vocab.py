@@ -87,9 +87,11 @@ def write_store(workdir: Path, splits: dict[str, tuple], dim: int) -> None:
     split and spectrogram stages write them; `splits` maps a split to (blocks, n_frames)."""
     import dataclasses
 
-    from audiotokens.artifacts import ClipIndex, Layout, atomic_path, create_npy, spec_digest, write_json
+    from audiotokens.pipeline.stores import ClipIndex, spec_digest
+    from audiotokens.pipeline.layout import Layout
+    from audiotokens.pipeline.files import atomic_path, create_npy, write_json
     from audiotokens.config import SpectrogramConfig
-    from audiotokens.spectrogram import params_to_dict
+    from audiotokens.features.spectrogram import params_to_dict
 
     layout = Layout(workdir)
     total = sum(n_frames for _, n_frames in splits.values())
@@ -127,7 +129,7 @@ def find_source(path: Path) -> tuple[Path, Path]:
 
 
 def prepare(workdir: Path, source: Path | None, n_frames: int, dim: int, seed: int) -> dict:
-    from audiotokens.artifacts import ClipIndex
+    from audiotokens.pipeline.stores import ClipIndex
 
     sizes = {"train": n_frames, "validation": max(1, n_frames // 10)}
     if source is None:
@@ -145,7 +147,8 @@ def prepare(workdir: Path, source: Path | None, n_frames: int, dim: int, seed: i
 
 def split_matrix(workdir: Path, split: str) -> np.ndarray:
     """One split's frames as one in-RAM matrix (what a raw faiss loop works on)."""
-    from audiotokens.artifacts import Layout, open_split
+    from audiotokens.pipeline.layout import Layout
+    from audiotokens.pipeline.stores import open_split
 
     frames, view = open_split(Layout(workdir), "frames", split)
     return np.concatenate([frames[o:o + n] for o, n in zip(view.offsets, view.lengths)]).astype(np.float32)
@@ -162,7 +165,7 @@ def stage_config(workdir: Path, k: int, niter: int, seed: int):
 
 
 def phase_ours_cluster(workdir: Path, k: int, niter: int, seed: int) -> dict:
-    from audiotokens.cluster import ClusterCreator
+    from audiotokens.tokens.cluster import ClusterCreator
 
     config = stage_config(workdir, k, niter, seed)
     started = time.perf_counter()
@@ -186,7 +189,7 @@ def phase_raw_cluster(workdir: Path, k: int, niter: int, seed: int) -> dict:
 
 
 def phase_ours_tokenize(workdir: Path, k: int, niter: int, seed: int) -> dict:
-    from audiotokens.tokenizer import SpecTokenizer
+    from audiotokens.tokens.tokenize import SpecTokenizer
 
     config = stage_config(workdir, k, niter, seed)
     started = time.perf_counter()
@@ -198,7 +201,7 @@ def phase_ours_tokenize(workdir: Path, k: int, niter: int, seed: int) -> dict:
 def phase_raw_tokenize(workdir: Path, k: int, niter: int, seed: int) -> dict:
     import faiss
 
-    from audiotokens.vocabulary import load_vocabulary
+    from audiotokens.tokens.vocabulary import load_vocabulary
 
     centroids = np.ascontiguousarray(load_vocabulary(workdir / "output" / "vocabulary").quantizer.codebooks[0])
     matrices = [split_matrix(workdir, split) for split in ("train", "validation")]

@@ -1,0 +1,351 @@
+"""Runs side by side, from what they left on disk: `audiotokens compare WORKDIR...` and k-fold summaries.
+
+Reads only provenance records (every `*.meta.json` under a workdir: `params`, `wall_time_s`) and
+metrics files: output/metrics.jsonl (the best epoch's train and validation figures),
+output/eval/<name>/metrics.json, output/baselines/<model>/<split>/metrics.json and a k-fold
+summary (kfold_summary.json, written by scripts/kfold.sh) where present. It runs nothing.
+
+The table's setting columns are the parameters whose values are not the same in every run that recorded
+their section: a parameter a run lacks counts as a different value, unless the run has no parameter of
+that section at all (a run that never trained, e.g. the baselines' base of a sweep, leaves the train
+settings out of the comparison instead of making every one of them differ). Metric columns are each metrics file's headline
+figures (each objective's headline), named "<source> <metric>", e.g. "eval/validation mAP",
+"svm/test accuracy", "train log validation mAP" (the kept epoch). A k-fold directory is one run whose
+metrics are the means over its folds, with "<metric> std" beside them. The CSV has one row per run;
+the Markdown one column per run (settings, then metrics, then times), which stays readable.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.sources.records import MULTILABEL
+from ..errors import UserError
+from ..model.objectives import OBJECTIVES, objective_for
+from ..pipeline.files import atomic_path, read_json, write_json
+from ..pipeline.layout import Layout
+from ..pipeline.provenance import read_record
+from ..pipeline.stages import NAMES
+from . import reports
+from .html_report import REPORT
+
+KFOLD_SUMMARY = "kfold_summary.json"
+TRAIN_TIME = "train time (s)"
+TOTAL_TIME = "total time (s)"
+FILES = {"markdown": "compare.md", "csv": "compare.csv", "plot": "compare.png"}
+
+
+@dataclass(kw_only=True)
+class Comparison:
+    """One row per run: its label, the settings that differ, metrics and times."""
+
+    runs: list[str]
+    settings: list[str]  # setting keys whose values differ between the runs
+    metrics: list[str]  # metric columns
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    with_std: list[str] = field(default_factory=list)  # metrics that some run (k-fold) has "<metric> std" of
+    reports: dict[str, str] = field(default_factory=dict)  # run -> its `audiotokens report` page, where written
+
+    def columns(self) -> list[str]:
+        """CSV columns: run, settings, metrics (each followed by its std where a k-fold run has one), times."""
+        metric_columns = [c for m in self.metrics for c in ((m, f"{m} std") if m in self.with_std else (m,))]
+        return ["run", *self.settings, *metric_columns, TRAIN_TIME, TOTAL_TIME]
+
+
+# ---------------------------------------------------------------- reading one workdir
+
+
+def run_settings(workdir: Path) -> dict[str, Any]:
+    """`section.key -> value` over every provenance record of the workdir (a k-fold summary's common ones)."""
+    settings: dict[str, set[str]] = {}
+    values: dict[str, Any] = {}
+    for record in _records(workdir):
+        for key, value in record.get("params", {}).items():
+            settings.setdefault(key, set()).add(json.dumps(value, sort_keys=True, default=str))
+            values[key] = value
+    if not settings and (workdir / KFOLD_SUMMARY).is_file():
+        return dict(read_json(workdir / KFOLD_SUMMARY).get("settings", {}))
+    # two records of one run disagreeing on a key (a stage re-run with other settings): show both
+    return {key: values[key] if len(seen) == 1 else " / ".join(sorted(seen)) for key, seen in settings.items()}
+
+
+TOKEN_FIGURES = ("bits_per_frame", "validation_reconstruction_mse")
+
+
+def run_metrics(workdir: Path) -> dict[str, float | int | None]:
+    """Headline figures of every metrics file of the workdir, as "<source> <metric>" columns."""
+    layout = Layout(workdir)
+    found: dict[str, float | int | None] = {}
+    best = _best_epoch(layout.metrics)
+    if best is not None:  # train and validation side by side: how far the kept model overfits
+        metric = next((kind.primary_metric for kind in OBJECTIVES.values()
+                       if kind.primary_metric in best.get("validation", {})), "mAP")
+        for side in ("train", "validation"):
+            found[f"train log {side} {metric}"] = best.get(side, {}).get(metric)
+        found["train log best epoch"] = best.get("epoch")
+    tokens = (read_json(layout.record("cluster")) if layout.record("cluster").is_file() else {}).get("counts", {})
+    for key in TOKEN_FIGURES:  # what the tokens keep: bits per frame and reconstruction error
+        if tokens.get(key) is not None:
+            found[key.replace("_", " ")] = tokens[key]
+    for path in sorted((layout.output / "eval").glob("*/metrics.json")):
+        found.update(_headline(f"eval/{path.parent.name}", read_json(path)))
+    for path in sorted(layout.baselines.glob("*/*/metrics.json")):
+        found.update(_headline(f"{path.parent.parent.name}/{path.parent.name}", read_json(path)))
+    return found
+
+
+def run_times(workdir: Path) -> dict[str, float | None]:
+    """Wall time of the train stage and of every recorded stage together (a k-fold summary's sums)."""
+    records = _records(workdir)
+    if not records and (workdir / KFOLD_SUMMARY).is_file():
+        return dict(read_json(workdir / KFOLD_SUMMARY).get("times", {}))
+    times = [r.get("wall_time_s") for r in records if isinstance(r.get("wall_time_s"), (int, float))]
+    train = [r["wall_time_s"] for r in records if r.get("stage") == "train" and r.get("wall_time_s") is not None]
+    return {TRAIN_TIME: train[-1] if train else None, TOTAL_TIME: round(sum(times), 3) if times else None}
+
+
+def _records(workdir: Path) -> list[dict[str, Any]]:
+    """The provenance record of every stage of this workdir, in pipeline order (where the stage table puts
+    them, so records reached through a linked processed/ count and nested fold workdirs do not)."""
+    layout = Layout(workdir)
+    return [record for stage in NAMES if (record := read_record(layout, stage)) is not None]
+
+
+def _best_epoch(path: Path) -> dict[str, Any] | None:
+    """The last epoch marked best in metrics.jsonl (the checkpoint that was kept), else the last epoch."""
+    if not path.is_file():
+        return None
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise UserError(f"{path} line {number} is not valid JSON; re-run `audiotokens train`") from None
+    best = [row for row in rows if row.get("best")]
+    return (best or rows or [None])[-1]
+
+
+def _headline(source: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    return {f"{source} {key}": metrics.get(key) for key in objective_for(metrics.get("task", MULTILABEL)).headline}
+
+
+# ---------------------------------------------------------------- the comparison
+
+
+def compare_workdirs(workdirs: list[Path]) -> Comparison:
+    """Every run's differing settings, metrics, k-fold means ± std and times, in the order given."""
+    workdirs = [Path(w) for w in workdirs]
+    for workdir in workdirs:
+        if not workdir.is_dir():
+            raise UserError(f"{workdir} is not a folder; give the workdirs of the runs to compare")
+    labels = _labels(workdirs)
+    settings = {label: run_settings(w) for label, w in zip(labels, workdirs)}
+    metrics = {label: run_metrics(w) for label, w in zip(labels, workdirs)}
+    kfolds = {label: _kfold_metrics(w) for label, w in zip(labels, workdirs)}
+    empty = [str(w) for label, w in zip(labels, workdirs) if not settings[label] and not metrics[label]
+             and not kfolds[label]]
+    if empty:
+        raise UserError(f"{empty[0]} holds no provenance records or metrics; is it a workdir of a run?")
+    differing = differing_settings(list(settings.values()))
+    comparison = Comparison(runs=labels, settings=differing,
+                            metrics=_union([*metrics[label], *kfolds[label]] for label in labels),
+                            with_std=_union(list(k) for k in kfolds.values()),
+                            reports={label: str(Layout(w).output / REPORT) for label, w in zip(labels, workdirs)
+                                     if (Layout(w).output / REPORT).is_file()})
+    for label, workdir in zip(labels, workdirs):
+        row: dict[str, Any] = {"run": label, **{key: settings[label].get(key) for key in differing},
+                               **metrics[label], **run_times(workdir)}
+        for name, summary in kfolds[label].items():
+            row[name], row[f"{name} std"] = summary["mean"], summary["std"]
+        comparison.rows.append(row)
+    return comparison
+
+
+def differing_settings(runs: list[dict[str, Any]]) -> list[str]:
+    """Keys whose value is not the same in every run that has the key's section (absent counts as a value
+    there), in first-seen order."""
+    keys = _union(list(run) for run in runs)
+    sections = [{key.split(".")[0] for key in run} for run in runs]
+    missing = object()
+
+    def values(key: str) -> set[str]:
+        section = key.split(".")[0]
+        return {json.dumps(run.get(key, missing), sort_keys=True, default=repr)
+                for run, has in zip(runs, sections) if section in has}
+
+    return [key for key in keys if len(values(key)) > 1]
+
+
+def _union(lists: list[list[str]]) -> list[str]:
+    return list(dict.fromkeys(item for items in lists for item in items))
+
+
+def _labels(workdirs: list[Path]) -> list[str]:
+    """Folder names when they tell the runs apart, else the paths as given."""
+    names = [w.resolve().name or str(w) for w in workdirs]
+    return names if len(set(names)) == len(names) else [str(w) for w in workdirs]
+
+
+def _kfold_metrics(workdir: Path) -> dict[str, dict[str, Any]]:
+    path = workdir / KFOLD_SUMMARY
+    if not path.is_file():
+        return {}
+    return dict(read_json(path).get("metrics", {}))
+
+
+# ---------------------------------------------------------------- output files
+
+
+def write_comparison(comparison: Comparison, out_dir: str | Path) -> dict[str, Path]:
+    """compare.md, compare.csv and compare.png (the primary metrics of every run) into out_dir."""
+    out_dir = Path(out_dir)
+    paths = {kind: out_dir / name for kind, name in FILES.items()}
+    with atomic_path(paths["csv"]) as tmp:
+        reports.write_csv(tmp, comparison.rows, comparison.columns())
+    with atomic_path(paths["markdown"]) as tmp:
+        tmp.write_text(comparison_markdown(comparison))
+    with atomic_path(paths["plot"]) as tmp:
+        plot_comparison(comparison, tmp)
+    if any(isinstance(row.get(BITS), (int, float)) for row in comparison.rows):
+        paths["bits"] = out_dir / "compare_bits.png"
+        with atomic_path(paths["bits"]) as tmp:
+            plot_against_bits(comparison, tmp)
+    return paths
+
+
+BITS = "bits per frame"
+
+
+def plot_against_bits(comparison: Comparison, path: str | Path) -> None:
+    """Each token run's primary metrics against its bits per frame: what each bit budget keeps."""
+    plt = reports.pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for column in primary_columns(comparison):
+        points = [(row[BITS], row[column], row["run"]) for row in comparison.rows
+                  if isinstance(row.get(BITS), (int, float)) and isinstance(row.get(column), (int, float))]
+        if not points:
+            continue
+        bits, values, _ = zip(*sorted(points))
+        ax.plot(bits, values, "o", label=column)
+        for x, y, name in points:
+            ax.annotate(name, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("bits per frame (log scale)")
+    ax.set_ylabel("score")
+    ax.set_title("metric against the tokens' bit budget", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)
+
+
+def comparison_markdown(comparison: Comparison) -> str:
+    """One column per run; rows: the differing settings, the metrics (k-fold: mean ± std), the times."""
+    same = "" if comparison.settings else " (every recorded setting is the same in all runs)"
+    lines = []
+    for name in [*comparison.settings, *comparison.metrics, TRAIN_TIME, TOTAL_TIME]:
+        line: dict[str, Any] = {"": name}
+        for run, row in zip(comparison.runs, comparison.rows):
+            line[run] = _mean_std(row.get(name), row.get(f"{name} std"))
+        lines.append(line)
+    return (f"# Comparison of {len(comparison.runs)} runs\n\nSettings: those that differ between the runs{same}. "
+            "A value with ± is the mean ± standard deviation over the folds of a k-fold run.\n\n"
+            + reports.markdown_table(lines, ["", *comparison.runs]) + _report_links(comparison))
+
+
+def _report_links(comparison: Comparison) -> str:
+    """Links to each run's one-page HTML report (`audiotokens report`), for the runs that have one."""
+    if not comparison.reports:
+        return ""
+    return "\nReports: " + ", ".join(f"[{run}]({path})" for run, path in comparison.reports.items()) + "\n"
+
+
+def _mean_std(value: Any, std: float | None) -> Any:
+    if isinstance(value, float) and std is not None:
+        return f"{value:.4f} ± {std:.4f}"
+    return value
+
+
+def primary_columns(comparison: Comparison) -> list[str]:
+    """Metric columns of the primary metrics (mAP, accuracy), training-log ones left out."""
+    return [m for m in comparison.metrics if m.rsplit(" ", 1)[-1] in ("mAP", "accuracy")
+            and not m.startswith("train log train")]
+
+
+def plot_comparison(comparison: Comparison, path: str | Path) -> None:
+    """Grouped bars: one group per primary-metric column, one bar per run; k-fold bars carry ± std."""
+    plt = reports.pyplot()
+    columns = primary_columns(comparison)
+    width = 0.8 / max(len(comparison.rows), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(columns) * max(len(comparison.rows), 1) ** 0.5 + 2), 4.5))
+    for i, row in enumerate(comparison.rows):
+        values, errors = [], []
+        for column in columns:
+            value = row.get(column)
+            values.append(value if isinstance(value, (int, float)) and math.isfinite(value) else 0.0)
+            errors.append(row.get(f"{column} std") or 0.0)
+        ax.bar(np.arange(len(columns)) + (i - (len(comparison.rows) - 1) / 2) * width, values, width,
+               yerr=errors if any(errors) else None, capsize=3, label=row["run"])
+    ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("score")
+    ax.set_title("primary metric per run (missing = 0 height)", fontsize=10)
+    if comparison.rows:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- k-fold
+
+
+def kfold_summary(workdirs: list[Path]) -> dict[str, Any]:
+    """Mean, sample standard deviation (ddof 1) and count of each metric over the fold workdirs.
+
+    Also the settings shared by every fold (split.fold, which differs, drops out) and summed times.
+    """
+    workdirs = [Path(w) for w in workdirs]
+    if not workdirs:
+        raise UserError("no fold workdirs to summarise")
+    per_fold = [run_metrics(w) for w in workdirs]
+    metrics = {}
+    for name in _union(list(m) for m in per_fold):
+        values = [m[name] for m in per_fold if isinstance(m.get(name), (int, float)) and math.isfinite(m[name])]
+        if values:
+            metrics[name] = {"mean": float(np.mean(values)),
+                             "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+                             "n": len(values)}
+    settings = [run_settings(w) for w in workdirs]
+    differing = set(differing_settings(settings))
+    times = [run_times(w) for w in workdirs]
+    return {
+        "folds": [str(w) for w in workdirs],
+        "metrics": metrics,
+        "settings": {k: v for k, v in settings[0].items() if k not in differing},
+        "times": {key: round(sum(t[key] for t in times if t.get(key) is not None), 3)
+                  if any(t.get(key) is not None for t in times) else None for key in (TRAIN_TIME, TOTAL_TIME)},
+    }
+
+
+def format_kfold(summary: dict[str, Any]) -> str:
+    """One line per metric: name, mean ± std, and over how many folds."""
+    lines = [f"{len(summary['folds'])} folds: mean ± standard deviation"]
+    width = max((len(name) for name in summary["metrics"]), default=0)
+    for name, figures in summary["metrics"].items():
+        std = "" if figures["std"] is None else f" ± {figures['std']:.4f}"
+        lines.append(f"  {name:<{width}}  {figures['mean']:.4f}{std}  (n={figures['n']})")
+    return "\n".join(lines)
+
+
+def write_kfold_summary(directory: str | Path, workdirs: list[Path]) -> dict[str, Any]:
+    """kfold_summary(workdirs) written to directory/kfold_summary.json, where compare finds it."""
+    summary = kfold_summary(workdirs)
+    write_json(Path(directory) / KFOLD_SUMMARY, summary)
+    return summary

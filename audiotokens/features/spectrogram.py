@@ -1,0 +1,713 @@
+"""Mel-spectrogram frames of every clip, once per clip: processed/frames/ (frames.npy, index.json, spec.json).
+
+`compute_frames` is the one definition of a frame (also used by predict): librosa's melspectrogram
+(Hann window, center=True with zero padding, power 2, Slaney mel filterbank) -> power_to_db (ref 1.0,
+amin 1e-10, top_db) -> min-max scaling of the whole clip to [0, 1]. The STFT is librosa's computation
+(float64 FFT stored as complex64); `MelPower` runs it in blocks of frames. `clip_frames`
+decodes, resamples and transforms a file block by block, so memory does not grow with a recording's
+length beyond its mel frames; its frames equal those of `compute_frames` on the whole decoded clip.
+
+The stage works through the clip catalogue of processed/split.json, whatever the split, in shards
+(shards.py: processed/frames/shards/N-K/, N = 1 unless asked) and within a shard in parts of consecutive
+clips; a finished part is kept on disk, so an interrupted run resumes after the last finished part.
+Parts carry a key of the frame parameters and the clip list and are discarded when either changes.
+The store is assembled from every shard's parts in catalogue order, so it is the same whatever N.
+Splits are views over the one store (artifacts.open_split), so a new split never recomputes frames.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import itertools
+import json
+import logging
+import math
+import multiprocessing
+import multiprocessing.pool
+import os
+import shutil
+import signal
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: pipes keep their default size
+    fcntl = None
+
+import librosa
+import numpy as np
+import scipy.signal
+import soxr
+import torch
+from tqdm import tqdm
+
+from ..config import Config, SpectrogramConfig, check_spectrogram, frame_keys
+from ..data.audio import BLOCK_FRAMES, RESAMPLE_QUALITY, AudioError, AudioStream, to_mono
+from ..errors import UserError
+from ..pipeline.files import atomic_path, create_npy, save_npy, write_json
+from ..pipeline.layout import Layout
+from ..pipeline.shards import (
+    SHARDS_DIR,
+    Execution,
+    Shard,
+    all_shards,
+    choose_count,
+    finish_shards,
+    read_json_or_none,
+)
+from ..pipeline.stores import ClipIndex, SplitPlan, spec_digest
+from .ssl import (
+    model_dir,
+    ssl_clip_frames,
+    ssl_frame_spec,
+    ssl_frames_of,
+    ssl_params_from_spec,
+    ssl_width,
+    waveform_clip_rows,
+    waveform_frame_spec,
+    waveform_params,
+    waveform_params_from_spec,
+    waveform_rows,
+)
+
+log = logging.getLogger("audiotokens")
+
+STAGE = "spectrogram"  # the stage table's name of this stage (shard locks, messages)
+
+AMIN = 1e-10  # power floor before log10, as librosa.power_to_db
+FFT_BLOCK = 128  # frames per FFT and mel product call (see MelPower); ~1 MiB of float64 windows
+RESULT_PIPE_BYTES = 2**20  # workers' result pipe (Linux's limit for unprivileged processes)
+MEL_GROUPS = 4  # products the mel filterbank is cut into (see _mel_groups): fewer multiply more zeros
+PART_FORMAT = 3  # bump when the part files' layout or the frame computation changes, so old parts are discarded
+
+
+# ---------------------------------------------------------------- parameters
+
+
+FEATURES = "mel"  # what a frame is made of by default; written into the frame spec
+SSL_KEYS = ("ssl_model", "ssl_layer")  # frame keys that only speech-model frames have
+# frames made with a local speech model (ssl.py): its hidden states, or its own input in rows
+SPEECH_FEATURES = ("ssl", "waveform")
+
+
+def params_to_dict(params: SpectrogramConfig) -> dict[str, Any]:
+    """The frame spec: what a frame is made of and exactly the parameters that define it (config.frame_keys)."""
+    if params.features in SPEECH_FEATURES:
+
+        return ssl_frame_spec(params) if params.features == "ssl" else waveform_frame_spec(params)
+    values = asdict(params)
+    return {"features": FEATURES, **{key: values[key] for key in frame_keys() if key not in SSL_KEYS}}
+
+
+def params_from_dict(values: dict[str, Any]) -> SpectrogramConfig:
+    """Inverse of params_to_dict (other keys keep their defaults); rejects unknown keys."""
+    values = dict(values)
+    if values.get("features") in SPEECH_FEATURES:
+
+        return (ssl_params_from_spec if values["features"] == "ssl" else waveform_params_from_spec)(values)
+    features = values.pop("features", FEATURES)
+    if features != FEATURES:
+        raise UserError(f"frames of kind '{features}' cannot be computed here (only '{FEATURES}', "
+                        f"{' or '.join(repr(kind) for kind in SPEECH_FEATURES)})")
+    known = {f.name for f in fields(SpectrogramConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserError(f"unknown spectrogram parameters {unknown}; valid: {', '.join(sorted(known))}")
+    params = SpectrogramConfig(**values)
+    check_params(params)
+    return params
+
+
+def resolve_params(params: SpectrogramConfig) -> SpectrogramConfig:
+    """The configured settings, with what waveform rows take from the speech model (its rate and stride)."""
+    if params.features == "waveform":
+
+        return waveform_params(params)
+    return params
+
+
+def check_params(params: SpectrogramConfig) -> None:
+    """Reject values that would otherwise fail deep inside librosa or torch (a bundle's settings too)."""
+    for key in ("top_db", "max_duration", "workers"):
+        if getattr(params, key) < 0:
+            raise UserError(f"'spectrogram.{key}' must be >= 0, got {getattr(params, key)}")
+    if params.dtype not in ("float32", "float16"):
+        raise UserError(f"'spectrogram.dtype' must be float32 or float16, got '{params.dtype}'")
+    if params.features != "waveform":  # waveform rows have no mel settings; their rate is the model's
+        check_spectrogram(params)
+    if params.features in SPEECH_FEATURES:
+        params_to_dict(params)  # the model folder (and layer) exist, before any clip is read
+
+
+def frames_of(location: str, params: SpectrogramConfig) -> np.ndarray:
+    """A clip's frames of the configured kind: mel (clip_frames), a speech model's hidden states, or the
+    waveform in rows (resolved params: the model's rate and stride)."""
+    if params.features == "ssl":
+
+        return ssl_clip_frames(location, params)
+    if params.features == "waveform":
+
+        return waveform_clip_rows(location, params)
+    return clip_frames(location, params)
+
+
+def frames_from_samples(mono: np.ndarray, params: SpectrogramConfig) -> np.ndarray:
+    """frames_of for mono samples already at params.sample_rate (audio in memory)."""
+    if params.features == "ssl":
+
+        return ssl_frames_of(mono, model_dir(params), params.ssl_layer)
+    if params.features == "waveform":
+
+        return waveform_rows(mono, params)
+    return compute_frames(mono, params)
+
+
+def frame_width(params: SpectrogramConfig) -> int:
+    """Values per frame: mel bands, the speech model's hidden size, or its stride (waveform rows)."""
+    if params.features == "ssl":
+
+        return ssl_width(params)
+    if params.features == "waveform":
+        return params.hop_length
+    return params.n_mels
+
+
+# ---------------------------------------------------------------- frames
+
+
+@functools.lru_cache(maxsize=8)
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> torch.Tensor:
+    """librosa's Slaney mel filterbank, transposed to (1 + n_fft // 2, n_mels) float32.
+
+    Mel bands narrower than one FFT bin are empty (always zero); librosa warns with its own source path,
+    so the warning is said here once, in the tool's words.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mel = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin,
+                                  fmax=fmax or sample_rate / 2)
+    empty = int((mel.max(axis=1) == 0).sum())
+    if empty or caught:
+        log.warning("spectrogram.n_mels = %d with n_fft = %d gives %d empty mel bands (narrower than one FFT "
+                    "bin: their frames are always 0); lower spectrogram.n_mels or raise spectrogram.n_fft",
+                    n_mels, n_fft, empty)
+    return torch.from_numpy(np.ascontiguousarray(mel.T))
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_groups(sample_rate: int, n_fft: int, n_mels: int, fmin: float,
+                fmax: float) -> tuple[tuple[slice, slice, torch.Tensor], ...]:
+    """The filterbank as MEL_GROUPS products of adjacent mel bands with only the FFT bins they weight.
+
+    Each (bins, bands, weights) multiplies power[:, bins] @ weights into mel[:, bands]. Slaney filters are
+    triangles a few bins wide, so the groups hold ~1/4 of the dense matrix; the products are the dense
+    one's but for float32 rounding (the zeros they skip add nothing).
+    """
+    mel = mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax).numpy()
+    groups = []
+    for bands in np.array_split(np.arange(n_mels), min(MEL_GROUPS, n_mels)):
+        weighted = np.flatnonzero(mel[:, bands].any(axis=1))
+        bins = slice(int(weighted[0]), int(weighted[-1]) + 1) if weighted.size else slice(0, 1)  # empty filters
+        columns = slice(int(bands[0]), int(bands[-1]) + 1)
+        groups.append((bins, columns, torch.from_numpy(np.ascontiguousarray(mel[bins, columns]))))
+    return tuple(groups)
+
+
+@functools.lru_cache(maxsize=8)
+def _hann(n_fft: int) -> torch.Tensor:
+    return torch.from_numpy(scipy.signal.get_window("hann", n_fft, fftbins=True))  # librosa's periodic Hann, float64
+
+
+def power_to_db(power: np.ndarray, top_db: float) -> np.ndarray:
+    """10 log10(max(power, amin)) (ref 1.0), floored at top_db below the peak when top_db > 0."""
+    db = 10.0 * np.log10(np.maximum(power, np.float32(AMIN)))
+    if top_db > 0:
+        np.maximum(db, db.max() - np.float32(top_db), out=db)
+    return db
+
+
+def scale_to_unit(values: np.ndarray) -> np.ndarray:
+    """Min-max scaling of the whole array to [0, 1]; a constant array becomes zeros, never NaN."""
+    low, high = values.min(), values.max()
+    span = high - low
+    if not span > 0:
+        return np.zeros_like(values)
+    return (values - low) / span
+
+
+def compute_frames(mono: np.ndarray, params: SpectrogramConfig) -> np.ndarray:
+    """Frames of one mono clip at params.sample_rate: (frames, n_mels) float32.
+
+    Raises AudioError when the clip is shorter than n_fft or the result is not finite.
+    """
+    if mono.shape[-1] < params.n_fft:
+        raise AudioError("too short", f"{mono.shape[-1]} samples at {params.sample_rate} Hz < n_fft {params.n_fft}")
+    mel = MelPower(length=mono.shape[-1], params=params)
+    mel.add(mono, last=True)
+    return finish_frames(mel.frames, params)
+
+
+def finish_frames(frames: np.ndarray, params: SpectrogramConfig) -> np.ndarray:
+    """Mel power of a whole clip -> stored frames: dB with the top_db floor, then [0, 1] scaling."""
+    if params.db:
+        frames = power_to_db(frames, params.top_db)
+    if params.normalize:
+        frames = scale_to_unit(frames)
+    if not np.isfinite(frames).all():
+        raise AudioError("non-finite frames", "the spectrogram holds NaN or infinite values")
+    return np.ascontiguousarray(frames, dtype=np.float32)
+
+
+def clip_frames(location: str, params: SpectrogramConfig, block_frames: int = BLOCK_FRAMES) -> np.ndarray:
+    """Decode, mix down, resample and compute the frames of one clip, block_frames samples at a time.
+
+    Equal to compute_frames(load_mono(location, ...)) bit for bit: mixing is per sample, soxr's stream
+    gives its one-shot output, and MelPower makes the same calls whichever way its samples arrive.
+    """
+    stream = AudioStream(location, params.max_duration)
+    try:
+        return finish_frames(_streamed_mel_power(stream, params, block_frames), params)
+    finally:
+        stream.close()
+
+
+def _streamed_mel_power(stream: AudioStream, params: SpectrogramConfig, block_frames: int) -> np.ndarray:
+    rate = params.sample_rate
+    # librosa.resample's length, ceil(n * ratio); a short stream is padded with zeros, a long one cut
+    length = stream.frames if stream.rate == rate else math.ceil(stream.frames * float(rate) / stream.rate)
+    mel = MelPower(length=length, params=params)
+    resampler = None
+    for block in stream.blocks(block_frames):
+        mono, last = to_mono(block), stream.read == stream.frames
+        if stream.rate != rate and last and resampler is None:  # the whole clip in one block
+            mono = soxr.resample(mono, stream.rate, rate, quality=RESAMPLE_QUALITY)
+        elif stream.rate != rate:
+            resampler = resampler or soxr.ResampleStream(stream.rate, rate, 1, dtype="float32",
+                                                         quality=RESAMPLE_QUALITY)
+            mono = resampler.resample_chunk(mono, last=last)
+        mel.add(mono, last=last)
+    if length < params.n_fft:  # after decoding: a damaged file is reported as such, not as short
+        raise AudioError("too short", f"{length} samples at {rate} Hz < n_fft {params.n_fft}")
+    return mel.frames
+
+
+class MelPower:
+    """Mel power (frames, n_mels) float32 of one clip, computed FFT_BLOCK frames at a time as samples arrive.
+
+    compute_frames adds a whole clip at once, clip_frames the resampled decoder blocks. Both make the same
+    calls on the same blocks of frames (counted from frame 0), and that is what makes their frames
+    bit-identical: a BLAS call may round a row differently depending on how many rows it multiplies and
+    how its operands are aligned (torch 2.13's MKL sgemm rounds a 2- or 3-row product differently from a
+    long one; older builds only a 1-row one), so equal samples under each window are not enough.
+    A block is librosa.stft + melspectrogram: Hann-windowed frames and their real FFT in float64 (a float32
+    FFT shifts quiet bins by up to ~1e-4 after dB scaling and normalisation), stored as complex64, squared
+    float32 magnitude, float32 mel product (_mel_groups). The FFT is torch's (MKL) where librosa uses numpy's; rounded
+    to complex64 the two agree but for rare one-ulp differences.
+    """
+
+    def __init__(self, *, length: int, params: SpectrogramConfig):
+        self.length = length  # samples of the clip; more are cut, fewer padded with zeros
+        self.received = 0
+        self._n_fft, self._hop = params.n_fft, params.hop_length
+        self._mel = _mel_groups(params.sample_rate, params.n_fft, params.n_mels, params.fmin, params.fmax)
+        # (1 + length // hop) frames of center=True; allocated once: small pieces kept between large
+        # temporaries would fragment the heap and grow the process by several times the frames' size
+        self.frames = np.empty((1 + length // self._hop, params.n_mels), dtype=np.float32)
+        self._power = _aligned_empty((min(FFT_BLOCK, len(self.frames)), 1 + self._n_fft // 2), np.float32)
+        self._pending = np.zeros(self._n_fft // 2)  # float64 samples from padded position _start
+        self._start = 0
+        self._done = 0  # frames computed
+
+    def add(self, samples: np.ndarray, *, last: bool = False) -> None:
+        """The clip's next samples; with last=True, the clip is complete and every frame is computed."""
+        samples = samples[:self.length - self.received]
+        self.received += len(samples)
+        pieces = [self._pending, samples]
+        if last:  # center=True's zero padding after the clip, and zeros for samples never received
+            pieces.append(np.zeros(self.length - self.received + self._n_fft // 2))
+        # float64 as librosa.stft windows its frames; converted here, once per sample, because torch
+        # multiplies float32 frames by the float64 window ~4x slower than float64 ones
+        self._pending = np.concatenate(pieces)
+        while self._done < len(self.frames):
+            stop = min(self._done + FFT_BLOCK, len(self.frames))
+            if (stop - 1) * self._hop + self._n_fft - self._start > len(self._pending):
+                break  # the block's last window is not complete yet
+            self._block(self._done, stop)
+            self._done = stop
+        cut = self._done * self._hop - self._start
+        self._pending, self._start = self._pending[cut:], self._start + cut
+
+    def _block(self, first: int, stop: int) -> None:
+        n_fft, hop = self._n_fft, self._hop
+        offset = first * hop - self._start
+        span = torch.from_numpy(self._pending[offset:offset + (stop - first - 1) * hop + n_fft])
+        # torch, not numpy: its thread count is set per worker (numpy's BLAS would spawn threads), and
+        # its float64 FFT with the windowing is ~30 % faster than numpy's here
+        spectrum = torch.fft.rfft(span.unfold(0, n_fft, hop) * _hann(n_fft), dim=1).numpy().astype(np.complex64)
+        power = np.abs(spectrum, out=self._power[:stop - first])  # numpy's complex64 abs, as librosa's
+        np.square(power, out=power)
+        power = torch.from_numpy(power)
+        for bins, bands, weights in self._mel:
+            self.frames[first:stop, bands] = torch.mm(power[:, bins], weights).numpy()
+
+
+def _aligned_empty(shape: tuple[int, int], dtype: type) -> np.ndarray:
+    """An uninitialised C-ordered array starting on a 64-byte boundary, so BLAS takes the same path each time."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(size + 64, dtype=np.uint8)
+    offset = -raw.__array_interface__["data"][0] % 64
+    return raw[offset:offset + size].view(dtype).reshape(shape)
+
+
+# ---------------------------------------------------------------- per-clip work (runs in worker processes)
+
+
+@dataclass
+class ClipResult:
+    position: int  # index of the clip in the split's list
+    clip_id: str
+    frames: np.ndarray | None
+    reason: str = ""  # AudioError.kind when skipped
+    detail: str = ""
+
+
+def process_clip(params: SpectrogramConfig, task: tuple[int, str, str]) -> ClipResult:
+    """Frames of one clip in the storage dtype, or the reason it is skipped. No state outlives a call."""
+    position, clip_id, location = task
+    try:
+        frames = frames_of(location, params)
+        with np.errstate(over="ignore"):  # an overflow to inf is caught just below
+            frames = frames.astype(params.dtype, copy=False)
+        if not np.isfinite(frames).all():
+            raise AudioError("non-finite frames", f"values overflow {params.dtype}; use dtype float32")
+        return ClipResult(position, clip_id, frames)
+    except AudioError as exc:
+        return ClipResult(position, clip_id, None, exc.kind, exc.detail)
+    except Exception as exc:  # noqa: BLE001 - an odd file must cost one clip, not the whole run
+        return ClipResult(position, clip_id, None, "unexpected error", f"{type(exc).__name__}: {exc}")
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)  # one process per core already
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
+
+
+@contextmanager
+def clip_map(work: Callable[[Any], Any], n_tasks: int, workers: int = 0) -> Iterator[Callable[[Iterable], Iterator]]:
+    """An ordered map of work over tasks: a process pool (workers = 0: one per core), in-process for one.
+
+    The stage's pool; scripts/bench/spectrogram.py runs its decode-only bound through it too.
+    """
+    workers = min(workers or _cpu_count(), max(n_tasks, 1))
+    if workers <= 1:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # per-clip tensors are too small to gain from threads
+        try:
+            yield lambda tasks: map(work, tasks)
+        finally:
+            torch.set_num_threads(threads)
+        return
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    # each message costs the parent ~1 ms of CPU, so clips go in chunks; not so large that one worker
+    # is left alone with a long last chunk
+    chunksize = max(1, min(12, n_tasks // (workers * 8)))
+    # created before any progress bar: forking after tqdm starts its monitor thread is unsafe
+    with _Pool(workers, initializer=_init_worker, context=context) as pool:
+        yield lambda tasks: pool.imap(work, tasks, chunksize=chunksize)
+
+
+class _Pool(multiprocessing.pool.Pool):
+    """multiprocessing's Pool with a larger result pipe, whose worker-maintenance thread does not watch it.
+
+    A clip's frames (~110 KB for 10 s) outgrow Linux's default 64 KiB pipe: a worker then waits, idle,
+    until the parent's result thread is scheduled to read each piece. And CPython's maintenance thread
+    wakes whenever that pipe is readable and loops until the result thread has read it all, which cost
+    ~0.4 ms of the parent's CPU per clip on a core shared with the workers. A worker that exits and the
+    pool's own notifier (close, terminate, all results in) still wake that thread; no worker exits on its
+    own here (no maxtasksperchild), and a dead one is still replaced.
+    """
+
+    def _setup_queues(self) -> None:
+        super()._setup_queues()
+        if hasattr(fcntl, "F_SETPIPE_SZ"):  # Linux
+            with suppress(OSError):  # a lower system limit keeps the default
+                fcntl.fcntl(self._outqueue._writer.fileno(), fcntl.F_SETPIPE_SZ, RESULT_PIPE_BYTES)
+
+    def _get_sentinels(self) -> list:
+        return [self._change_notifier._reader]
+
+
+# ---------------------------------------------------------------- resumable parts
+
+
+class PartStore:
+    """Finished parts of one shard of the catalogue: part-NNNNN.npy (frames of its kept clips) + part-NNNNN.json.
+
+    Parts cover consecutive clips from the shard's first one (`first`) and are written in order, so the
+    finished ones always form a prefix of the shard: a re-run continues after the last one.
+    """
+
+    def __init__(self, folder: Path, key: str, first: int = 0):
+        self.folder = folder
+        self.key = key
+        self.first = first  # catalogue position of the shard's first clip
+
+    def matches_key(self) -> bool:
+        """Whether the folder holds parts written under this key (without touching it)."""
+        stored = read_json_or_none(self.folder / "key.json")
+        return bool(stored) and stored.get("key") == self.key
+
+    def open(self) -> None:
+        """Keep parts written under the same key; discard everything else."""
+        key_file = self.folder / "key.json"
+        if self.folder.is_dir() and not self.matches_key():
+            log.info("discarding %s: frame parameters or the split changed since it was written", self.folder)
+            shutil.rmtree(self.folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for stale in self.folder.glob(".*.tmp"):  # left by a killed writer
+            stale.unlink(missing_ok=True)
+        if not key_file.is_file():
+            write_json(key_file, {"key": self.key})
+
+    def done_until(self, metas: list[dict[str, Any]]) -> int:
+        """The catalogue position after the last finished clip of the shard."""
+        return metas[-1]["stop"] if metas else self.first
+
+    def array_path(self, number: int) -> Path:
+        return self.folder / f"part-{number:05d}.npy"
+
+    def meta_path(self, number: int) -> Path:
+        return self.folder / f"part-{number:05d}.json"
+
+    def finished(self) -> list[dict[str, Any]]:
+        """Metadata of the finished parts, in order: each starts where the previous one stopped."""
+        metas: list[dict[str, Any]] = []
+        while True:
+            number = len(metas)
+            meta = read_json_or_none(self.meta_path(number))
+            start = self.done_until(metas)
+            if not meta or meta.get("start") != start or not self._rows_match(number, meta):
+                return metas
+            metas.append(meta)
+
+    def _rows_match(self, number: int, meta: dict[str, Any]) -> bool:
+        try:
+            rows = np.load(self.array_path(number), mmap_mode="r").shape[0]
+        except (ValueError, OSError):
+            return False
+        return rows == sum(meta["lengths"])
+
+    def write(self, number: int, results: list[ClipResult], n_mels: int, dtype: str) -> None:
+        """Frames first, then the json that marks the part finished (each replaced atomically)."""
+        kept = [r for r in results if r.frames is not None]
+        frames = np.concatenate([r.frames for r in kept]) if kept else np.zeros((0, n_mels), dtype=dtype)
+        _check_finite(frames, self.array_path(number))
+        save_npy(self.array_path(number), frames)
+        write_json(self.meta_path(number), {
+            "start": results[0].position, "stop": results[-1].position + 1,
+            "positions": [r.position for r in kept],
+            "lengths": [int(r.frames.shape[0]) for r in kept],
+            "skipped": [{"position": r.position, "id": r.clip_id, "reason": r.reason, "detail": r.detail}
+                        for r in results if r.frames is None],
+        })
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _check_finite(frames: np.ndarray, where: Path) -> None:
+    if not np.isfinite(frames).all():  # process_clip drops such clips; this guards the file itself
+        raise RuntimeError(f"refusing to write non-finite frames to {where}")
+
+
+# ---------------------------------------------------------------- the stage
+
+
+class SpectrogramProcessor:
+    """`audiotokens spectrogram`: frames of every clip of the catalogue in processed/split.json.
+
+    The work is cut into shards (shards.py): `shard` computes that one only; otherwise the unfinished
+    shards are computed here (executor "local") or as dask tasks ("dask"), then assembled into the store;
+    `assemble` only assembles.
+    """
+
+    def __init__(self, config: Config, part_clips: int = 256, part_frames: int = 2**18, *,
+                 shard: Shard | None = None, assemble: bool = False, executor: str = "local",
+                 scheduler: str | None = None, shards: int = 0):
+        self.config = config
+        check_params(config.spectrogram)
+        self.params = resolve_params(config.spectrogram)
+        self.layout = Layout(config.workdir)
+        self.part_clips = part_clips  # a part ends after this many clips or part_frames frames
+        self.part_frames = part_frames
+        self.shard = shard
+        self.execution = Execution(executor=executor, scheduler=scheduler, assemble_only=assemble)
+        self.shard_count = shards  # 0: the N of the shards on disk, else 1 (local) or per dask worker
+
+    def run(self) -> dict[str, Any]:
+        clips = self._read_clips()
+        key = self._parts_key(clips)
+        if self.shard is not None:
+            return self._compute_shards(clips, key, [self.shard])
+        root = self.layout.frames_dir / SHARDS_DIR
+        current = functools.partial(self._is_current, clips, key)
+        count = finish_shards(STAGE, self.config, choose_count(root, self.shard_count, current), self.execution,
+                              unfinished=functools.partial(self._unfinished, clips, key),
+                              compute=functools.partial(self._compute_shards, clips, key))
+        counts = self._assemble(clips, [self._shard_store(clips, key, shard) for shard in all_shards(count)])
+        shutil.rmtree(root, ignore_errors=True)
+        return counts
+
+    def pending_shards(self) -> tuple[int, list[Shard]] | None:
+        """(N, the shards not finished) of the current shards on disk; None when there are none."""
+        clips = self._read_clips()
+        key = self._parts_key(clips)
+        count = choose_count(self.layout.frames_dir / SHARDS_DIR, 0, functools.partial(self._is_current, clips, key))
+        return (count, self._unfinished(clips, key, count)) if count else None
+
+    # -- input
+
+    def _read_clips(self) -> list[dict]:
+        clips = SplitPlan.load(self.layout).clips
+        counts = Counter(str(clip["id"]) for clip in clips)
+        duplicate = next((clip_id for clip_id, n in counts.items() if n > 1), None)
+        if duplicate is not None:
+            raise UserError(f"{self.layout.split_json} lists clip id '{duplicate}' more than once; "
+                            "re-run `audiotokens split`")
+        return clips
+
+    # -- shards of the store
+
+    def _shard_store(self, clips: list[dict], key: str, shard: Shard) -> PartStore:
+        folder = self.layout.frames_dir / SHARDS_DIR / shard.name
+        return PartStore(folder, key, shard.clip_range(len(clips)).start)
+
+    def _is_current(self, clips: list[dict], key: str, shard: Shard) -> bool:
+        return self._shard_store(clips, key, shard).matches_key()
+
+    def _unfinished(self, clips: list[dict], key: str, count: int) -> list[Shard]:
+        def finished(shard: Shard) -> bool:
+            store = self._shard_store(clips, key, shard)
+            return store.matches_key() and store.done_until(store.finished()) == shard.clip_range(len(clips)).stop
+        return [shard for shard in all_shards(count) if not finished(shard)]
+
+    def _compute_shards(self, clips: list[dict], key: str, shards: list[Shard]) -> dict[str, int]:
+        """Compute the missing parts of each shard, one process pool for all of them."""
+        if self.params.features == FEATURES:
+            # built once here so forked workers inherit it instead of each paying librosa's first-call cost
+            _mel_groups(self.params.sample_rate, self.params.n_fft, self.params.n_mels, self.params.fmin,
+                        self.params.fmax)
+        total = sum(len(shard.clip_range(len(clips))) for shard in shards)
+        with self._mapper(total) as mapper:
+            for shard in shards:
+                self._run_shard(clips, self._shard_store(clips, key, shard), shard, mapper)
+        return {"clips": total, "shards": len(shards)}
+
+    def _run_shard(self, clips: list[dict], store: PartStore, shard: Shard, mapper) -> None:
+        store.open()
+        finished = store.finished()
+        span = shard.clip_range(len(clips))
+        start = store.done_until(finished)
+        if start > span.start:
+            log.info("resuming, %d of %d clips already done", start - span.start, len(span))
+        tasks = ((i, str(clips[i]["id"]), str(clips[i]["audio"])) for i in range(start, span.stop))
+        number, batch, batch_frames = len(finished), [], 0
+        desc = "spectrogram" if shard.count == 1 else f"spectrogram {shard.index}/{shard.count}"
+        with tqdm(total=len(span), initial=start - span.start, unit="clip", desc=desc) as bar:
+            for expected, result in enumerate(mapper(tasks), start):
+                # imap keeps order; a mismatch would store frames under the wrong clip, so stop instead.
+                if result.position != expected or result.clip_id != str(clips[expected]["id"]):
+                    raise RuntimeError(f"clip order broken at {expected}")
+                batch.append(result)
+                batch_frames += 0 if result.frames is None else result.frames.shape[0]
+                bar.update(1)
+                if len(batch) == self.part_clips or batch_frames >= self.part_frames or expected == span.stop - 1:
+                    store.write(number, batch, frame_width(self.params), self.params.dtype)
+                    number, batch, batch_frames = number + 1, [], 0
+
+    def _parts_key(self, clips: list[dict]) -> str:
+        blob = json.dumps({"format": PART_FORMAT, "params": params_to_dict(self.params), "dtype": self.params.dtype,
+                           "clips": [[str(c["id"]), str(c["audio"]), c.get("stat")] for c in clips]},
+                          sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def _assemble(self, clips: list[dict], stores: list[PartStore]) -> dict[str, int]:
+        parts = [(store.array_path(number), meta) for store in stores for number, meta in enumerate(store.finished())]
+        metas = [meta for _, meta in parts]
+        if (metas[-1]["stop"] if metas else 0) != len(clips) or any(
+                a["stop"] != b["start"] for a, b in itertools.pairwise(metas)):
+            raise RuntimeError(f"parts do not cover the {len(clips)} clips")
+        positions = [p for meta in metas for p in meta["positions"]]
+        lengths = [n for meta in metas for n in meta["lengths"]]
+        skipped = [{**s, "audio": clips[s["position"]]["audio"]} for meta in metas for s in meta["skipped"]]
+        total = int(sum(lengths))
+        spec = params_to_dict(self.params)
+        self._write_frames([path for path, _ in parts], total)
+        write_json(self.layout.frame_spec, spec)  # after the frames it describes, before the index
+        index = ClipIndex.from_lengths([str(clips[p]["id"]) for p in positions], lengths,
+                                       [[] for _ in positions], [], "")
+        index.extra = {"frame_spec_digest": spec_digest(spec), "dtype": self.params.dtype}
+        index.save(self.layout.frames_index)
+        reasons = Counter(s["reason"] for s in skipped)
+        write_json(self.layout.frames_report, {
+            "listed": len(clips), "kept": len(positions), "frames": total,
+            "skipped_count": len(skipped), "reasons": dict(reasons.most_common()), "skipped": skipped,
+        })
+        self._log_summary(len(clips), len(positions), total, reasons)
+        if clips and not positions:
+            raise UserError(f"no usable clip ({_describe(reasons)}); see {self.layout.frames_report}")
+        return {"clips": len(positions), "frames": total, "skipped": len(skipped)}
+
+    def _write_frames(self, part_paths: list[Path], total: int) -> None:
+        path = self.layout.frames
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed assembly
+            stale.unlink(missing_ok=True)
+        if total == 0:
+            save_npy(path, np.zeros((0, frame_width(self.params)), dtype=self.params.dtype))
+            return
+        with atomic_path(path) as tmp:
+            out = create_npy(tmp, (total, frame_width(self.params)), self.params.dtype)
+            row = 0
+            for part in part_paths:
+                frames = np.load(part, mmap_mode="r")
+                _check_finite(frames, path)
+                out[row:row + frames.shape[0]] = frames
+                row += frames.shape[0]
+            if row != total:
+                raise RuntimeError(f"{path}: parts hold {row} frames, their index {total}")
+            out.flush()
+            del out
+
+    def _log_summary(self, listed: int, kept: int, frames: int, reasons: Counter) -> None:
+        log.info("%d of %d clips, %d frames -> %s", kept, listed, frames, self.layout.frames)
+        if reasons:
+            log.warning("skipped %d clips (%s); see %s", sum(reasons.values()), _describe(reasons),
+                        self.layout.frames_report)
+
+    # -- parallelism
+
+    @contextmanager
+    def _mapper(self, n_tasks: int) -> Iterator[Callable[[Iterable], Iterator[ClipResult]]]:
+        """An ordered map of process_clip over tasks: a process pool, or in-process for one worker."""
+        # a speech model runs in this process (on the GPU when there is one), not once per worker
+        workers = 1 if self.params.features == "ssl" else self.params.workers
+        with clip_map(functools.partial(process_clip, self.params), n_tasks, workers) as mapper:
+            yield mapper
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _describe(reasons: Counter) -> str:
+    return ", ".join(f"{kind} {count}" for kind, count in reasons.most_common()) or "none listed"

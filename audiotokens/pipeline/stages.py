@@ -1,0 +1,130 @@
+"""The one table of stages: name, runner class, config sections, inputs, provenance record, CLI flags.
+
+cli, pipeline, provenance and Layout iterate over STAGES; a new stage is one entry here plus its class.
+An input is another stage's output, optionally seen through some of its sections only: spectrogram
+reads the clip catalogue of `split` (its [data] settings), not the assignment of clips to splits, so
+changing the split re-runs cluster, tokenize and train but keeps the frames.
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import Config
+from .layout import Layout
+
+
+@dataclass(frozen=True)
+class Input:
+    stage: str
+    sections: tuple[str, ...] = ()  # () = the whole stage; else only these sections of its parameters
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    runner: str  # "wing.module:Class" under audiotokens; Class(config, **options).run() -> counts
+    sections: tuple[str, ...]  # config sections whose values define the stage's output
+    inputs: Callable[[Config], tuple[Input, ...]]  # may depend on the config (tokens or frames in)
+    help: str
+    flags: dict[str, str] = field(default_factory=dict)  # CLI option -> config key
+    keys: tuple[str, ...] = ()  # single `section.key`s of other sections that define the output too
+    in_run: Callable[[Config], bool] = lambda config: True  # whether `run` includes the stage
+    data_parallel: bool = False  # runs as N processes under torchrun (distributed.py)
+
+    def runner_class(self):
+        # by name, not imported: the table sits below every stage it lists, and the CLI starts faster
+        module, name = self.runner.split(":")
+        return getattr(importlib.import_module(f"audiotokens.{module}"), name)
+
+
+def _fixed(*inputs: Input) -> Callable[[Config], tuple[Input, ...]]:
+    return lambda config: inputs
+
+
+def _train_inputs(config: Config) -> tuple[Input, ...]:
+    features = "tokenize" if config.train.input == "tokens" else "spectrogram"
+    return (Input("split"), Input(features)) + _pretrain_input(config)
+
+
+def _pretrain_input(config: Config) -> tuple[Input, ...]:
+    """The pretrain stage, when train.init names this workdir's pre-training."""
+    if not config.train.init:
+        return ()
+    init = Path(config.train.init)
+    init = init if init.is_absolute() else Path.cwd() / init
+    own = Layout(config.workdir).pretrain_dir.absolute()
+    return (Input("pretrain"),) if init.resolve() == own.resolve() else ()
+
+
+def _quantises(config: Config) -> bool:
+    """Whether `run` fits and applies a vocabulary: not over waveform rows (a speech model reads those)."""
+    return config.spectrogram.features != "waveform"
+
+
+def _pretrain_inputs(config: Config) -> tuple[Input, ...]:
+    frames = (Input("spectrogram"),) if config.pretrain.objective == "masked_frames" else ()
+    return (Input("split"), Input("tokenize"), *frames)
+
+
+UNLABELLED_KEYS = ("pretrain.manifest", "pretrain.folder")  # the catalogue's unlabelled audio (split stage)
+# the [train] keys that shape the pre-trained network and its optimisation (the rest are the classifier's)
+PRETRAIN_MODEL_KEYS = tuple(f"train.{key}" for key in (
+    "token_embedding", "codebook_fusion", "encoder", "num_layers", "hidden_size", "num_heads",
+    "intermediate_size", "dropout", "max_length", "weight_decay", "warmup_ratio"))
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("split", "data.split:DatasetSplitter", ("data", "split"), _fixed(),
+          "Assign clips to train, validation and test; writes processed/split.json.",
+          {"--source": "data.source", "--manifest": "data.manifest", "--folder": "data.folder",
+           "--audio-root": "data.audio_root", "--segments": "data.segments", "--strategy": "split.strategy",
+           "--validation-ratio": "split.validation_ratio", "--test-ratio": "split.test_ratio",
+           "--seed": "split.seed"}, keys=UNLABELLED_KEYS),
+    Stage("spectrogram", "features.spectrogram:SpectrogramProcessor", ("spectrogram",),
+          _fixed(Input("split", ("data", "pretrain"))),
+          "Mel-spectrogram frames of every clip, once per clip; writes processed/frames/.",
+          {"--sample-rate": "spectrogram.sample_rate", "--n-fft": "spectrogram.n_fft",
+           "--hop-length": "spectrogram.hop_length", "--n-mels": "spectrogram.n_mels",
+           "--dtype": "spectrogram.dtype", "--max-duration": "spectrogram.max_duration",
+           "--workers": "spectrogram.workers"}),
+    Stage("cluster", "tokens.cluster:ClusterCreator", ("cluster",), _fixed(Input("split"), Input("spectrogram")),
+          "Fit the tokenizer (k-means vocabulary) on training frames; writes output/vocabulary/.",
+          {"--tokenizer": "cluster.tokenizer", "--n-clusters": "cluster.n_clusters", "--niter": "cluster.niter",
+           "--seed": "cluster.seed", "--max-frames": "cluster.max_frames",
+           "--spherical/--no-spherical": "cluster.spherical", "--gpu/--no-gpu": "cluster.gpu"},
+          in_run=_quantises),
+    Stage("tokenize", "tokens.tokenize:SpecTokenizer", ("tokenize",), _fixed(Input("spectrogram"), Input("cluster")),
+          "Token ids of every clip with the fitted vocabulary; writes tokenized/.",
+          {"--batch-frames": "tokenize.batch_frames"}, in_run=_quantises),
+    Stage("pretrain", "training.pretrain:Pretrainer", ("pretrain",), _pretrain_inputs,
+          "Masked prediction of token ids on unlabelled and training clips; writes output/pretrain/.",
+          {"--objective": "pretrain.objective"},
+          keys=PRETRAIN_MODEL_KEYS, in_run=lambda config: bool(_pretrain_input(config))),
+    Stage("train", "training.train:ModelBuilder", ("train",), _train_inputs,
+          "Train the classifier; writes output/model/ and output/metrics.jsonl.",
+          {"--input": "train.input", "--epochs": "train.epochs", "--batch-size": "train.batch_size",
+           "--learning-rate": "train.learning_rate", "--num-layers": "train.num_layers",
+           "--hidden-size": "train.hidden_size", "--num-heads": "train.num_heads",
+           "--max-length": "train.max_length", "--device": "train.device", "--amp/--no-amp": "train.amp",
+           "--patience": "train.patience", "--seed": "train.seed"}, data_parallel=True),
+    Stage("evaluate", "evaluation.evaluate:Evaluator", ("evaluate",), _fixed(Input("train")),
+          "Per-class report, threshold sweep and plots in output/eval/<name>/.",
+          {"--threshold": "evaluate.threshold"}),
+    Stage("baseline", "evaluation.baseline:BaselineStage", ("baseline", "spectrogram"), _fixed(Input("split")),
+          "MFCC + SVM / logistic regression on the same split; reports in output/baselines/<model>/<split>/.",
+          {"--models": "baseline.models"}),
+)
+
+BY_NAME = {stage.name: stage for stage in STAGES}
+NAMES = tuple(stage.name for stage in STAGES)
+
+
+def stage(name: str) -> Stage:
+    return BY_NAME[name]
+
+
+def input_names(name: str, config: Config) -> tuple[str, ...]:
+    return tuple(i.stage for i in BY_NAME[name].inputs(config))

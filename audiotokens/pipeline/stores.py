@@ -1,0 +1,178 @@
+"""Stores of per-clip rows (frames or tokens) and the splits seen over them: memmap + index."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UserError
+from .files import _json_default, read_json, write_json
+from .layout import SPLITS, Layout
+
+
+@dataclass
+class ClipIndex:
+    """Where each clip's rows sit in a store (frames.npy / tokens.npy), and its labels.
+
+    Clip i owns rows offsets[i] : offsets[i] + lengths[i]. Labels are class ids into `classes`. A store's
+    own index holds every clip in row order without labels; a split's view (open_split) holds the split's
+    clips, their rows in the store (not necessarily contiguous) and their labels from split.json.
+    """
+
+    ids: list[str]
+    offsets: np.ndarray
+    lengths: np.ndarray
+    labels: list[list[int]]
+    classes: list[str]
+    task: str  # sources.records.MULTILABEL or SINGLELABEL; objectives.objective_for gives its meaning
+    split: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def total_frames(self) -> int:
+        return int(self.lengths.sum()) if len(self.lengths) else 0
+
+    @classmethod
+    def from_lengths(cls, ids, lengths, labels, classes, task, split="") -> ClipIndex:
+        lengths = np.asarray(lengths, dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if len(lengths) else lengths
+        return cls(list(ids), offsets, lengths, [list(map(int, x)) for x in labels], list(classes), task, split)
+
+    def row_of(self) -> dict[str, int]:
+        """Clip id -> its position in this index."""
+        return {clip_id: i for i, clip_id in enumerate(self.ids)}
+
+    def label_matrix(self) -> np.ndarray:
+        """(clips, classes) 0/1 matrix."""
+        matrix = np.zeros((len(self), len(self.classes)), dtype=np.float32)
+        for row, labels in enumerate(self.labels):
+            matrix[row, labels] = 1.0
+        return matrix
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "split": self.split,
+            "task": self.task,
+            "classes": self.classes,
+            "total_frames": self.total_frames,
+            "ids": self.ids,
+            "offsets": self.offsets.tolist(),
+            "lengths": self.lengths.tolist(),
+            "labels": self.labels,
+            **self.extra,
+        }
+
+    def save(self, path: str | Path) -> None:
+        write_json(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> ClipIndex:
+        raw = read_json(path, "run the stage that writes it first")
+        known = {"split", "task", "classes", "total_frames", "ids", "offsets", "lengths", "labels"}
+        return cls(
+            ids=raw["ids"],
+            offsets=np.asarray(raw["offsets"], dtype=np.int64),
+            lengths=np.asarray(raw["lengths"], dtype=np.int64),
+            labels=raw["labels"],
+            classes=raw["classes"],
+            task=raw["task"],
+            split=raw.get("split", ""),
+            extra={k: v for k, v in raw.items() if k not in known},
+        )
+
+
+def open_store(array_path: Path, index_path: Path) -> tuple[np.ndarray, ClipIndex]:
+    """Memory-map a store's array and load its index, checking they belong together."""
+    index = ClipIndex.load(index_path)
+    if not array_path.is_file():
+        raise UserError(f"{array_path} not found; re-run the stage that writes it")
+    array = np.load(array_path, mmap_mode="r")
+    if array.shape[0] != index.total_frames:
+        raise UserError(
+            f"{array_path} has {array.shape[0]} rows but {index_path} lists {index.total_frames}; "
+            "the artifact is incomplete, re-run the stage that writes it"
+        )
+    return array, index
+
+
+def spec_digest(spec: dict[str, Any]) -> str:
+    """Digest of a frame spec (or any JSON-able settings); later artifacts carry it to refuse mixes."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=_json_default).encode()).hexdigest()[:16]
+
+
+def read_frame_spec(layout: Layout) -> dict[str, Any]:
+    """The frame spec the spectrogram stage wrote beside the frames."""
+    return read_json(layout.frame_spec, "run `audiotokens spectrogram` first")
+
+
+@dataclass
+class SplitPlan:
+    """processed/split.json: the clip catalogue, the classes and task, and the ids of each split."""
+
+    classes: list[str]
+    task: str
+    clips: list[dict[str, Any]]  # id, audio, labels, group; the spectrogram stage's work list
+    splits: dict[str, list[str]]  # split name -> clip ids (absent or empty: no such split)
+    raw: dict[str, Any]
+
+    @classmethod
+    def load(cls, layout: Layout) -> SplitPlan:
+        path = layout.split_json
+        if not path.is_file():
+            raise UserError(f"{path} not found; run `audiotokens split` first")
+        raw = read_json(path)
+        malformed = UserError(f"{path} is malformed (needs 'classes', 'task', 'clips' with id, audio and labels, "
+                              "and 'splits' of ids); re-run `audiotokens split`")
+        if not isinstance(raw, dict) or not isinstance(raw.get("clips"), list) \
+                or not isinstance(raw.get("splits"), dict) or not isinstance(raw.get("classes"), list) \
+                or not isinstance(raw.get("task"), str):
+            raise malformed
+        if not all(isinstance(c, dict) and {"id", "audio", "labels"} <= c.keys() for c in raw["clips"]):
+            raise malformed
+        return cls(raw["classes"], raw["task"], raw["clips"],
+                   {name: list(ids) for name, ids in raw["splits"].items()}, raw)
+
+    def names(self) -> list[str]:
+        """The splits that have clips, in SPLITS order."""
+        return [name for name in SPLITS if self.splits.get(name)]
+
+    def ids(self, split: str) -> list[str]:
+        ids = self.splits.get(split) or []
+        if not ids:
+            raise UserError(f"split '{split}' has no clips in processed/split.json; splits with clips: "
+                            f"{', '.join(self.names())}")
+        return ids
+
+
+def split_view(store: ClipIndex, plan: SplitPlan, split: str) -> ClipIndex:
+    """The clips of `split` that the store holds, with their rows in the store and their labels."""
+    row = store.row_of()
+    labels = {clip["id"]: clip["labels"] for clip in plan.clips}
+    ids = [clip_id for clip_id in plan.ids(split) if clip_id in row]
+    rows = np.asarray([row[clip_id] for clip_id in ids], dtype=np.int64)
+    return ClipIndex(ids, store.offsets[rows] if len(rows) else np.zeros(0, np.int64),
+                     store.lengths[rows] if len(rows) else np.zeros(0, np.int64),
+                     [list(labels[clip_id]) for clip_id in ids], list(plan.classes), plan.task, split,
+                     dict(store.extra))
+
+
+def open_split(layout: Layout, kind: str, split: str) -> tuple[np.ndarray, ClipIndex]:
+    """The whole store ("frames" or "tokens") memory-mapped, and the index of one split's view of it.
+
+    Clips of the split that the store lacks (skipped by the spectrogram stage, reported there) are left out.
+    """
+    array_path, index_path = layout.store(kind)
+    array, store = open_store(array_path, index_path)
+    view = split_view(store, SplitPlan.load(layout), split)
+    if len(view) == 0:
+        raise UserError(f"no clip of split '{split}' has {kind} in {array_path}; every one was skipped "
+                        f"(see {layout.frames_report}) — check the audio, then re-run `audiotokens spectrogram`")
+    return array, view

@@ -1,0 +1,117 @@
+"""Per-epoch training records: output/metrics.jsonl, TensorBoard (when installed) and output/curves.png."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from ..model.objectives import Objective
+from ..pipeline.files import atomic_path
+from ..pipeline.layout import Layout
+
+log = logging.getLogger("audiotokens")
+
+
+def finite_or_none(value: Any) -> Any:
+    """JSON has no NaN: undefined metrics (e.g. mAP with no positive class) are written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    return value
+
+
+class TrainingLog:
+    """One JSON line per epoch with train and validation side by side; the file always matches the history.
+
+    A fresh run starts an empty file; a resumed run rewrites it from the checkpoint's history, so epochs
+    that ran after the last checkpoint (and were lost with it) do not appear twice.
+    """
+
+    def __init__(self, layout: Layout, objective: Objective, history: list[dict[str, Any]]):
+        self.layout, self.objective = layout, objective
+        self.history = list(history)
+        with atomic_path(layout.metrics) as tmp:
+            tmp.write_text("".join(json.dumps(row) + "\n" for row in self.history))
+        self.writer = _tensorboard_writer(layout.tensorboard)
+
+    def record(self, row: dict[str, Any]) -> None:
+        row = finite_or_none(row)
+        self.history.append(row)
+        with open(self.layout.metrics, "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        if self.writer is not None:
+            for side in ("train", "validation"):
+                for name, value in row[side].items():
+                    if value is not None:
+                        self.writer.add_scalar(f"{name}/{side}", value, row["epoch"])
+            self.writer.add_scalar("lr", row["lr"], row["epoch"])
+            self.writer.flush()
+        draw_curves(self.history, self.objective, self.layout.curves)
+
+    @staticmethod
+    def append_result(layout: Layout, row: dict[str, Any]) -> None:
+        """A line that is not an epoch (e.g. the test split's figures), after the epochs it summarises."""
+        with open(layout.metrics, "a") as handle:
+            handle.write(json.dumps(finite_or_none(row)) + "\n")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class NoTrainingLog:
+    """What a torchrun process other than rank 0 keeps instead of a TrainingLog: nothing."""
+
+    def record(self, row: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _tensorboard_writer(path: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.debug("tensorboard is not installed; metrics go to metrics.jsonl and curves.png only")
+        return None
+    return SummaryWriter(str(path))
+
+
+def epoch_line(row: dict[str, Any], epochs: int, objective: Objective) -> str:
+    """A compact one-line summary: each figure as `train | validation`."""
+    train, validation = row["train"], row["validation"]
+    names = ["loss", *objective.headline]
+    figures = "  ".join(f"{name} {format_figure(train.get(name))} | {format_figure(validation.get(name))}" for name in names)
+    best = "  *best" if row.get("best") else ""
+    return (f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}  {figures}  lr {row['lr']:.2e}  "
+            f"{row['train_samples_per_s']:.0f} clips/s{best}")
+
+
+def format_figure(value: Any) -> str:
+    """A metric as logged: 4 decimals, n/a (padded to the same width) when undefined."""
+    return "  n/a" if value is None else f"{value:.4f}"
+
+
+def draw_curves(history: list[dict[str, Any]], objective: Objective, path: Path) -> None:
+    """Loss and the primary score per epoch, train against validation."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry touched
+
+    score = objective.primary_metric
+    epochs = [row["epoch"] for row in history]
+    figure = Figure(figsize=(10, 4))
+    axes = figure.subplots(1, 2)
+    for axis, name in zip(axes, ("loss", score)):
+        for side, style in (("train", "-o"), ("validation", "-s")):
+            values = [row[side].get(name) for row in history]
+            axis.plot(epochs, [math.nan if v is None else v for v in values], style, label=side, markersize=3)
+        axis.set_xlabel("epoch")
+        axis.set_title(name)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)

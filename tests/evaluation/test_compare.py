@@ -1,0 +1,122 @@
+"""compare: the settings that differ (exactly those), metrics, k-fold summaries, the written files."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from audiotokens.pipeline.layout import Layout
+from audiotokens.pipeline.files import write_json
+from audiotokens.evaluation.compare import TRAIN_TIME, compare_workdirs, differing_settings, format_kfold, kfold_summary, write_comparison, write_kfold_summary
+from audiotokens.errors import UserError
+
+BASE_PARAMS = {
+    "split": {"data.source": "manifest", "data.manifest": "/data/m.csv", "split.strategy": "group",
+              "split.seed": 0},
+    "spectrogram": {"spectrogram.sample_rate": 22050, "spectrogram.n_mels": 64, "spectrogram.normalize": True},
+    "cluster": {"cluster.n_clusters": 50, "cluster.niter": 20, "cluster.spherical": False},
+    "tokenize": {},
+    "train": {"train.num_layers": 12, "train.epochs": 20, "train.learning_rate": 5e-5},
+}
+SECTION_STAGE = {"data": "split", "split": "split", "spectrogram": "spectrogram", "cluster": "cluster",
+                 "tokenize": "tokenize", "train": "train"}
+
+
+def _fake_run(workdir: Path, changes: dict[str, object] | None = None, runtime_device: str = "cpu",
+              train_time: float = 60.0, mAP: float = 0.7) -> Path:
+    """Provenance records shaped as provenance.write_record writes them, and metrics files."""
+    layout = Layout(workdir)
+    for stage, params in BASE_PARAMS.items():
+        params = {**params, **{k: v for k, v in (changes or {}).items() if SECTION_STAGE[k.split(".")[0]] == stage}}
+        write_json(layout.record(stage), {
+            "stage": stage, "fingerprint": "0" * 16, "params": params, "inputs": {},
+            "runtime": {"train.device": runtime_device} if stage == "train" else {},
+            "counts": {}, "wall_time_s": train_time if stage == "train" else 1.5, "finished_at": "",
+            "versions": {"python": "3.11"},
+        })
+    epochs = [{"epoch": e, "best": e in (1, 2), "train": {"mAP": 0.5 + 0.2 * e, "micro_f1": 0.4, "macro_f1": 0.3},
+               "validation": {"mAP": mAP - 0.1 + 0.05 * e, "micro_f1": 0.35, "macro_f1": 0.25}}
+              for e in (1, 2, 3)]
+    layout.metrics.write_text("".join(json.dumps(row) + "\n" for row in epochs))
+    write_json(layout.eval_dir("validation") / "metrics.json",
+               {"task": "multilabel", "mAP": mAP, "micro_f1": 0.5, "macro_f1": 0.4, "clips": 10})
+    write_json(layout.output / "baselines" / "svm" / "validation" / "metrics.json",
+               {"task": "multilabel", "mAP": 0.8, "micro_f1": 0.6, "macro_f1": 0.5, "clips": 10})
+    return workdir
+
+
+def test_compare_names_exactly_the_differing_settings(tmp_path):
+    first = _fake_run(tmp_path / "k50", runtime_device="cpu")
+    second = _fake_run(tmp_path / "k500", {"cluster.n_clusters": 500, "train.num_layers": 2},
+                       runtime_device="cuda", train_time=30.0, mAP=0.8)
+    comparison = compare_workdirs([first, second])
+    assert comparison.settings == ["cluster.n_clusters", "train.num_layers"]  # not train.device (runtime)
+    assert comparison.runs == ["k50", "k500"]
+    a, b = comparison.rows
+    assert (a["cluster.n_clusters"], b["cluster.n_clusters"]) == (50, 500)
+    assert (a["eval/validation mAP"], b["eval/validation mAP"]) == (0.7, 0.8)
+    assert a["svm/validation mAP"] == 0.8
+    # the best epoch is the last one marked best (epoch 2), not the last epoch
+    assert a["train log best epoch"] == 2 and a["train log validation mAP"] == pytest.approx(0.7)
+    assert a["train log train mAP"] == pytest.approx(0.9)
+    assert (a[TRAIN_TIME], b[TRAIN_TIME]) == (60.0, 30.0)
+
+
+def test_identical_runs_show_no_setting_and_a_missing_key_counts_as_different(tmp_path):
+    first, second = _fake_run(tmp_path / "a"), _fake_run(tmp_path / "b")
+    assert compare_workdirs([first, second]).settings == []
+    record = Layout(second).record("cluster")
+    data = json.loads(record.read_text())
+    data["params"]["cluster.gpu_batch"] = 8
+    record.write_text(json.dumps(data))
+    assert compare_workdirs([first, second]).settings == ["cluster.gpu_batch"]
+
+
+def test_a_run_without_a_section_does_not_make_its_settings_differ():
+    trained = {"split.seed": 0, "train.epochs": 10, "train.num_layers": 2}
+    baselines_only = {"split.seed": 0, "baseline.n_mfcc": 40}
+    assert differing_settings([baselines_only, trained, {**trained, "train.num_layers": 4}]) == ["train.num_layers"]
+    assert differing_settings([baselines_only, trained]) == []
+    assert differing_settings([trained, {"split.seed": 0, "train.epochs": 10}]) == ["train.num_layers"]
+
+
+def test_written_files(tmp_path):
+    comparison = compare_workdirs([_fake_run(tmp_path / "a"), _fake_run(tmp_path / "b", {"split.seed": 1})])
+    paths = write_comparison(comparison, tmp_path / "out")
+    with open(paths["csv"]) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["run"] for row in rows] == ["a", "b"] and [row["split.seed"] for row in rows] == ["0", "1"]
+    assert "spectrogram.n_mels" not in rows[0]
+    markdown = paths["markdown"].read_text()
+    assert "|  | a | b |" in markdown and "| split.seed | 0 | 1 |" in markdown and "n_mels" not in markdown
+    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_kfold_summary_mean_std_and_compare_shows_it(tmp_path):
+    kfold = tmp_path / "kfold"
+    folds = [_fake_run(kfold / f"fold_{k}", {"split.fold": k}, mAP=value) for k, value in enumerate((0.5, 0.6, 0.7))]
+    summary = kfold_summary(folds)
+    assert summary["metrics"]["eval/validation mAP"]["mean"] == pytest.approx(0.6)
+    assert summary["metrics"]["eval/validation mAP"]["std"] == pytest.approx(0.1)  # sample std, ddof 1
+    assert summary["metrics"]["eval/validation mAP"]["n"] == 3
+    assert "split.fold" not in summary["settings"] and summary["settings"]["cluster.n_clusters"] == 50
+    assert "eval/validation mAP" in format_kfold(summary) and "0.6000 ± 0.1000" in format_kfold(summary)
+    write_kfold_summary(kfold, folds)
+    single = _fake_run(tmp_path / "single", {"cluster.n_clusters": 100})
+    comparison = compare_workdirs([single, kfold])
+    assert comparison.settings == ["cluster.n_clusters"]  # the folds' records are not the kfold dir's own
+    row = comparison.rows[1]
+    assert row["eval/validation mAP"] == pytest.approx(0.6) and row["eval/validation mAP std"] == pytest.approx(0.1)
+    assert "eval/validation mAP std" not in comparison.rows[0]
+    assert row[TRAIN_TIME] == pytest.approx(180.0)
+    assert "0.6000 ± 0.1000" in write_comparison(comparison, tmp_path / "out")["markdown"].read_text()
+
+
+def test_not_a_workdir_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="not a folder"):
+        compare_workdirs([tmp_path / "absent"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no provenance records"):
+        compare_workdirs([tmp_path / "empty"])

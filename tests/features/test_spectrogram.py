@@ -1,0 +1,599 @@
+"""Spectrogram stage: librosa is the oracle for every stored frame; skips, resume and storage options."""
+import dataclasses
+import io
+import json
+from pathlib import Path
+
+import librosa
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+
+import audiotokens.data.audio as audio_module
+import audiotokens.features.spectrogram as spectrogram_module
+from audiotokens.pipeline.stores import ClipIndex, open_split, open_store, spec_digest
+from audiotokens.pipeline.layout import Layout
+from audiotokens.data.audio import AudioError, load_audio, load_mono
+from audiotokens.config import SpectrogramConfig, load_config
+from audiotokens.errors import UserError
+from audiotokens.features.spectrogram import FFT_BLOCK, MelPower, SpectrogramProcessor, compute_frames, params_from_dict, params_to_dict
+
+TOLERANCE = 1e-5
+CLASSES = ["a", "b", "c"]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def tone(sr: int, seconds: float, freq: float, channels: int = 1, seed: int = 0) -> np.ndarray:
+    """A decaying harmonic tone plus quiet noise, (n, channels) float32; channels differ."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(sr * seconds)) / sr
+    out = []
+    for c in range(channels):
+        f = freq * (1 + 0.1 * c)
+        y = sum(np.sin(2 * np.pi * f * k * t) / k**1.5 for k in range(1, 6) if f * k < sr / 2)
+        y = y * np.exp(-2 * t) + 1e-3 * rng.standard_normal(t.size)
+        out.append(0.4 * y / np.abs(y).max())
+    return np.stack(out, axis=1).astype(np.float32)
+
+
+def oracle(source, params: SpectrogramConfig, duration: float | None = None) -> np.ndarray:
+    """What the seed computed: librosa.load + melspectrogram + power_to_db + min-max, as (frames, n_mels)."""
+    y, sr = librosa.load(source, sr=params.sample_rate, duration=duration)
+    spec = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=params.n_fft, hop_length=params.hop_length,
+                                          n_mels=params.n_mels, fmin=params.fmin, fmax=params.fmax or None)
+    if params.db:
+        spec = librosa.power_to_db(spec, ref=1.0, amin=1e-10, top_db=params.top_db or None)
+    if params.normalize:
+        span = spec.max() - spec.min()
+        spec = (spec - spec.min()) / span if span > 0 else np.zeros_like(spec)
+    return spec.T
+
+
+def write_split(workdir: Path, splits: dict[str, list[dict]], task: str = "singlelabel") -> None:
+    """split.json: the catalogue is every clip listed (once, in first-listed order), the splits their ids."""
+    path = Layout(workdir).split_json
+    path.parent.mkdir(parents=True, exist_ok=True)
+    catalogue = list({c["id"]: c for clips in splits.values() for c in clips}.values())
+    path.write_text(json.dumps({"source": "test", "strategy": "test", "task": task, "classes": CLASSES,
+                                "clips": catalogue,
+                                "splits": {name: [c["id"] for c in clips] for name, clips in splits.items()}}))
+
+
+def clip(clip_id: str, audio, labels=(0,)) -> dict:
+    return {"id": clip_id, "audio": str(audio), "labels": list(labels), "group": None}
+
+
+def run_stage(workdir: Path, *overrides: str, part_clips: int = 256) -> dict:
+    config = load_config(None, list(overrides), workdir)
+    return SpectrogramProcessor(config, part_clips=part_clips).run()
+
+
+def stored(workdir: Path, split: str | None = None) -> tuple[np.ndarray, ClipIndex]:
+    """The whole frames store with its own index, or with one split's view."""
+    layout = Layout(workdir)
+    if split is None:
+        return open_store(layout.frames, layout.frames_index)
+    return open_split(layout, "frames", split)
+
+
+def frames_of(array: np.ndarray, index: ClipIndex, clip_id: str) -> np.ndarray:
+    row = index.ids.index(clip_id)
+    return np.asarray(array[index.offsets[row]:index.offsets[row] + index.lengths[row]])
+
+
+def report(workdir: Path) -> dict:
+    return json.loads(Layout(workdir).frames_report.read_text())
+
+
+def distinct_clips(folder: Path, count: int, sr: int = 16000, seconds: float = 1.0) -> list[dict]:
+    """Clips whose content differs strongly, so frames stored under the wrong id cannot pass."""
+    folder.mkdir(parents=True, exist_ok=True)
+    clips = []
+    for i in range(count):
+        path = folder / f"clip{i:03d}.wav"
+        sf.write(path, tone(sr, seconds + 0.05 * i, 150.0 * (i + 1), seed=i), sr)
+        clips.append(clip(f"clip{i:03d}", path, [i % len(CLASSES)]))
+    return clips
+
+
+# ---------------------------------------------------------------- librosa is the oracle
+
+
+FORMATS = {"wav": "PCM_16", "flac": "PCM_16", "ogg": "VORBIS"}
+RATES = (8000, 16000, 44100, 48000)
+
+
+@pytest.fixture(scope="module")
+def oracle_run(tmp_path_factory):
+    """One end-to-end run over wav/flac/ogg x 8/16/44.1/48 kHz x mono/stereo, plus odd but valid files."""
+    workdir = tmp_path_factory.mktemp("oracle")
+    audio = workdir / "audio"
+    audio.mkdir()
+    clips = []
+    for ext, subtype in FORMATS.items():
+        for sr in RATES:
+            for channels in (1, 2):
+                path = audio / f"{sr}_{channels}ch.{ext}"
+                sf.write(path, tone(sr, 1.0, 200.0 + sr / 400, channels, seed=sr + channels), sr, subtype=subtype)
+                clips.append(clip(f"{ext}-{sr}-{channels}", path))
+    odd = {
+        "six-channel.wav": (tone(48000, 1.0, 300.0, 6), 48000, "PCM_16"),
+        "eight-bit.wav": (tone(22050, 1.0, 330.0), 22050, "PCM_U8"),
+        "24-bit.flac": (tone(44100, 1.0, 440.0, 2), 44100, "PCM_24"),
+        "float64.wav": (tone(32000, 1.0, 550.0), 32000, "DOUBLE"),
+    }
+    for name, (samples, sr, subtype) in odd.items():
+        sf.write(audio / name, samples, sr, subtype=subtype)
+        clips.append(clip(name, audio / name))
+    # FLAC content under a .wav name: decoded by content, not extension
+    sf.write(audio / "real-flac.flac", tone(16000, 1.0, 660.0), 16000)
+    (audio / "real-flac.flac").rename(audio / "flac-named.wav")
+    clips.append(clip("flac-named.wav", audio / "flac-named.wav"))
+    write_split(workdir, {"train": clips[::2], "validation": clips[1::2]})
+    counts = run_stage(workdir, "spectrogram.workers=2")
+    return workdir, clips, counts
+
+
+def test_stored_frames_equal_librosa_for_every_format_rate_and_layout(oracle_run):
+    workdir, clips, counts = oracle_run
+    params = SpectrogramConfig()
+    assert counts["clips"] == len(clips) and counts["skipped"] == 0
+    for split, expected in (("train", clips[::2]), ("validation", clips[1::2])):
+        array, index = stored(workdir, split)
+        assert array.dtype == np.float32 and array.shape[1] == params.n_mels
+        assert index.ids == [c["id"] for c in expected]
+        for c in expected:
+            want = oracle(c["audio"], params)
+            got = frames_of(array, index, c["id"])
+            assert got.shape == want.shape, c["id"]
+            assert np.abs(got - want).max() <= TOLERANCE, c["id"]
+
+
+def test_one_store_for_every_clip_and_the_frame_spec_beside_it(oracle_run):
+    """Frames are computed once per clip whatever the split; labels live in split.json, not in the store."""
+    workdir, clips, _ = oracle_run
+    layout = Layout(workdir)
+    _, index = stored(workdir)
+    catalogue = json.loads(layout.split_json.read_text())["clips"]
+    assert sorted(c["id"] for c in catalogue) == sorted(c["id"] for c in clips)
+    assert index.ids == [c["id"] for c in catalogue] and index.labels == [[] for _ in clips]  # catalogue order
+    spec = json.loads(layout.frame_spec.read_text())
+    assert spec == params_to_dict(SpectrogramConfig())
+    assert index.extra["frame_spec_digest"] == spec_digest(spec) and index.extra["dtype"] == "float32"
+    _, view = stored(workdir, "validation")
+    assert view.classes == CLASSES and view.task == "singlelabel" and view.split == "validation"
+    assert view.labels == [c["labels"] for c in clips[1::2]]
+    assert not (layout.frames_dir / "shards").exists()  # parts removed once assembled
+
+
+def test_the_frame_spec_holds_what_defines_a_frame_and_nothing_else():
+    base = params_to_dict(SpectrogramConfig())
+    # storage precision and speed leave the spec (and so every later artifact) as it is
+    for key, value in (("dtype", "float16"), ("workers", 7)):
+        assert params_to_dict(dataclasses.replace(SpectrogramConfig(), **{key: value})) == base
+    # every setting that changes a frame changes the spec's digest
+    for key, value in (("n_mels", 32), ("hop_length", 256), ("fmin", 20.0), ("db", False), ("top_db", 60.0),
+                       ("normalize", False), ("max_duration", 2.0), ("sample_rate", 16000), ("n_fft", 2048)):
+        changed = params_to_dict(dataclasses.replace(SpectrogramConfig(), **{key: value}))
+        assert spec_digest(changed) != spec_digest(base), key
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"fmin": 50.0, "fmax": 6000.0, "n_mels": 40},
+    {"db": False},
+    {"normalize": False},
+    {"db": True, "top_db": 0.0, "normalize": False},
+    {"n_fft": 512, "hop_length": 128, "sample_rate": 16000},
+])
+def test_compute_frames_matches_librosa_for_parameter_variants(tmp_path, overrides):
+    params = dataclasses.replace(SpectrogramConfig(), **overrides)
+    path = tmp_path / "x.wav"
+    sf.write(path, tone(44100, 1.5, 310.0, 2), 44100)
+    got = compute_frames(load_mono(str(path), params.sample_rate), params)
+    want = oracle(str(path), params)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    scale = max(1.0, float(np.abs(want).max()))  # unnormalised power / dB values: compare relative to their range
+    assert np.abs(got - want).max() <= TOLERANCE * scale
+
+
+def test_quiet_bins_beside_a_loud_tone_match_librosa_closely():
+    """Quiet noise bins beside a loud tone: a float32 FFT is off by 1.5e-5 here, the float64 one by 0."""
+    t = np.arange(44100) / 22050
+    rng = np.random.default_rng(0)
+    y = (0.9 * np.sin(2 * np.pi * 300 * t) + 1e-3 * rng.standard_normal(t.size)).astype(np.float32)
+    params = SpectrogramConfig()
+    spec = librosa.feature.melspectrogram(y=y, sr=22050, n_fft=1024, hop_length=512, n_mels=64)
+    want = librosa.power_to_db(spec, ref=1.0, amin=1e-10, top_db=80.0)
+    want = ((want - want.min()) / (want.max() - want.min())).T
+    assert np.abs(compute_frames(y, params) - want).max() <= 1e-6
+
+
+def test_mel_power_is_bit_identical_however_the_samples_arrive():
+    """Single samples, pieces shorter than a hop, pieces across FFT blocks: the frames of one add()."""
+    params = SpectrogramConfig()
+    y = tone(params.sample_rate, 10.0, 310.0)[:, 0]  # 431 frames: several FFT blocks and a partial one
+    assert 1 + len(y) // params.hop_length > 3 * FFT_BLOCK
+    whole = MelPower(length=len(y), params=params)
+    whole.add(y, last=True)
+    rng = np.random.default_rng(0)
+    cuts = np.unique(np.concatenate([rng.integers(1, len(y), 80), [1, 2, 3, 700, 701]]))
+    pieces = np.split(y, cuts)
+    streamed = MelPower(length=len(y), params=params)
+    for number, piece in enumerate(pieces):
+        streamed.add(piece, last=number == len(pieces) - 1)
+    assert np.array_equal(streamed.frames, whole.frames)
+    # a stream that ends early is padded with zeros up to the declared length
+    short = MelPower(length=len(y), params=params)
+    short.add(y[:len(y) - 3000])
+    short.add(y[:0], last=True)
+    padded = MelPower(length=len(y), params=params)
+    padded.add(np.concatenate([y[:len(y) - 3000], np.zeros(3000, np.float32)]), last=True)
+    assert np.array_equal(short.frames, padded.frames)
+
+
+def test_several_fft_blocks_match_librosa(tmp_path):
+    params = SpectrogramConfig()
+    path = tmp_path / "long.wav"
+    sf.write(path, tone(48000, 10.0, 250.0, 2), 48000)
+    want = oracle(str(path), params)
+    assert want.shape[0] > 3 * FFT_BLOCK
+    assert np.abs(compute_frames(load_mono(str(path), params.sample_rate), params) - want).max() <= TOLERANCE
+
+
+def test_silent_clip_gives_zeros_not_nan(tmp_path):
+    silent = np.zeros((16000, 1), np.float32)
+    for db in (True, False):
+        params = dataclasses.replace(SpectrogramConfig(), db=db)
+        frames = compute_frames(silent[:, 0], params)
+        assert np.isfinite(frames).all() and not frames.any()
+    sf.write(tmp_path / "silent.wav", silent, 16000)
+    write_split(tmp_path, {"train": [clip("silent", tmp_path / "silent.wav")]})
+    run_stage(tmp_path, "spectrogram.workers=1")
+    array, index = stored(tmp_path)
+    assert index.ids == ["silent"] and array.shape[0] > 0 and not np.asarray(array).any()
+
+
+# ---------------------------------------------------------------- skipped clips
+
+
+def test_bad_clip_in_the_middle_shifts_nothing(tmp_path):
+    clips = distinct_clips(tmp_path / "audio", 7)
+    broken = {
+        1: ("corrupt.flac", b"fLaC" + bytes(range(256)) * 8),
+        3: ("text.wav", b"this is not audio\n" * 40),
+        5: ("short.wav", None),
+    }
+    for position, (name, content) in broken.items():
+        path = tmp_path / "audio" / name
+        if content is None:
+            sf.write(path, tone(16000, 0.02, 500.0), 16000)  # 441 samples at 22050 Hz < n_fft 1024
+        else:
+            path.write_bytes(content)
+        clips[position]["audio"] = str(path)
+    clips.insert(4, clip("missing", tmp_path / "audio" / "nowhere.wav"))
+    write_split(tmp_path, {"train": clips})
+    counts = run_stage(tmp_path, "spectrogram.workers=2", part_clips=3)
+
+    array, index = stored(tmp_path, "train")
+    usable = [c for i, c in enumerate(clips) if c["id"] not in ("clip001", "clip003", "missing", "clip005")]
+    assert index.ids == [c["id"] for c in usable] == stored(tmp_path)[1].ids
+    assert index.labels == [c["labels"] for c in usable]
+    for c in usable:
+        assert np.abs(frames_of(array, index, c["id"]) - oracle(c["audio"], SpectrogramConfig())).max() <= TOLERANCE
+    reasons = {entry["id"]: entry["reason"] for entry in report(tmp_path)["skipped"]}
+    assert reasons == {"clip001": "undecodable", "clip003": "undecodable", "missing": "missing",
+                       "clip005": "too short"}
+    assert counts == {"clips": 4, "frames": index.total_frames, "skipped": 4}
+    assert report(tmp_path)["listed"] == 8 and report(tmp_path)["kept"] == 4
+
+
+def test_no_usable_clip_is_a_user_error_with_a_report(tmp_path):
+    (tmp_path / "empty.wav").write_bytes(b"")
+    write_split(tmp_path, {"train": [clip("x", tmp_path / "empty.wav"), clip("y", tmp_path / "gone.wav")]})
+    with pytest.raises(UserError, match=r"no usable clip \(.*see .*report\.json"):
+        run_stage(tmp_path, "spectrogram.workers=1")
+    assert {e["reason"] for e in report(tmp_path)["skipped"]} == {"empty file", "missing"}
+
+
+def test_a_split_whose_clips_were_all_skipped_is_refused_when_read(tmp_path):
+    clips = distinct_clips(tmp_path / "audio", 2)
+    (tmp_path / "empty.wav").write_bytes(b"")
+    write_split(tmp_path, {"train": clips, "validation": [clip("x", tmp_path / "empty.wav")]})
+    run_stage(tmp_path, "spectrogram.workers=1")
+    assert stored(tmp_path, "train")[1].ids == ["clip000", "clip001"]
+    with pytest.raises(UserError, match=r"no clip of split 'validation' has frames.*report\.json"):
+        stored(tmp_path, "validation")
+
+
+def test_missing_split_json_tells_to_run_split(tmp_path):
+    with pytest.raises(UserError, match="audiotokens split"):
+        run_stage(tmp_path)
+
+
+def test_nan_samples_are_skipped_never_stored(tmp_path):
+    clips = distinct_clips(tmp_path / "audio", 2)
+    bad = tone(16000, 1.0, 400.0)
+    bad[100] = np.nan
+    sf.write(tmp_path / "nan.wav", bad, 16000, subtype="FLOAT")
+    clips.insert(1, clip("nan", tmp_path / "nan.wav"))
+    write_split(tmp_path, {"train": clips})
+    run_stage(tmp_path, "spectrogram.workers=1")
+    array, index = stored(tmp_path)
+    assert index.ids == ["clip000", "clip001"] and np.isfinite(array).all()
+    assert report(tmp_path)["skipped"][0]["reason"] == "non-finite samples"
+
+
+# ---------------------------------------------------------------- decoding errors
+
+
+def _write_bad(kind: str, folder: Path) -> Path:
+    good = tone(16000, 1.0, 300.0)
+    path = folder / f"{kind}.wav"
+    if kind == "empty file":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("hello, not a sound\n" * 30)
+    elif kind in ("truncated wav", "truncated flac"):
+        ext = kind.split()[1]
+        path = folder / f"whole.{ext}"
+        sf.write(path, good, 16000)
+        data = path.read_bytes()
+        path = folder / f"half.{ext}"
+        path.write_bytes(data[:len(data) // 2])
+    elif kind == "no samples":
+        sf.write(path, np.zeros((0, 1), np.float32), 16000)
+    elif kind in ("nan", "inf"):
+        good[10, 0] = np.nan if kind == "nan" else np.inf
+        sf.write(path, good, 16000, subtype="DOUBLE")
+    return path
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("empty file", "empty file"),
+    ("text", "undecodable"),
+    ("truncated wav", "truncated"),
+    ("truncated flac", "truncated"),
+    ("no samples", "no samples"),
+    ("nan", "non-finite samples"),
+    ("inf", "non-finite samples"),
+])
+def test_load_audio_names_the_problem(tmp_path, kind, expected):
+    with pytest.raises(AudioError) as caught:
+        load_audio(str(_write_bad(kind, tmp_path)))
+    assert caught.value.kind == expected
+
+
+def test_load_audio_missing_directory_and_permission(tmp_path, monkeypatch):
+    with pytest.raises(AudioError, match="missing"):
+        load_audio(str(tmp_path / "nope.wav"))
+    with pytest.raises(AudioError, match="unreadable"):
+        load_audio(str(tmp_path))
+    sf.write(tmp_path / "ok.wav", tone(8000, 0.5, 300.0), 8000)
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(audio_module, "open", denied, raising=False)  # chmod does not stop root
+    with pytest.raises(AudioError, match="permission denied"):
+        load_audio(str(tmp_path / "ok.wav"))
+
+
+def test_load_audio_shapes_and_rate(tmp_path):
+    samples = tone(48000, 0.5, 300.0, 6)
+    sf.write(tmp_path / "six.flac", samples, 48000, subtype="PCM_24")
+    decoded, rate = load_audio(str(tmp_path / "six.flac"))
+    assert rate == 48000 and decoded.shape == (6, samples.shape[0]) and decoded.dtype == np.float32
+    assert np.abs(decoded - samples.T).max() < 2**-22
+
+
+# ---------------------------------------------------------------- parquet rows
+
+
+def write_parquet(path: Path, clips: list[np.ndarray], sr: int, row_group_size: int) -> None:
+    encoded = []
+    for i, samples in enumerate(clips):
+        buffer = io.BytesIO()
+        sf.write(buffer, samples, sr, format="FLAC")
+        encoded.append({"bytes": buffer.getvalue(), "path": f"row{i}.flac"})
+    table = pa.table({"video_id": [f"v{i}" for i in range(len(clips))], "audio": encoded,
+                      "labels": [["/m/0"] for _ in clips]})
+    pq.write_table(table, path, row_group_size=row_group_size)
+
+
+def test_parquet_rows_decode_in_memory_reading_each_row_group_once(tmp_path, monkeypatch):
+    clips = [tone(48000, 0.3 + 0.1 * i, 200.0 * (i + 1), 1 + i % 2) for i in range(6)]
+    path = tmp_path / "shard.parquet"
+    write_parquet(path, clips, 48000, row_group_size=2)
+    reads = []
+    original = pq.ParquetFile.read_row_group
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group",
+                        lambda self, i, *a, **k: reads.append(i) or original(self, i, *a, **k))
+    audio_module._parquet_cache.clear()
+    for row, samples in enumerate(clips):
+        decoded, rate = load_audio(f"{path}::{row}")
+        assert rate == 48000 and decoded.shape == samples.T.shape
+        assert np.abs(decoded - samples.T).max() < 2**-14  # FLAC 16-bit
+    assert reads == [0, 1, 2]
+    with pytest.raises(AudioError, match="past the end"):
+        load_audio(f"{path}::6")
+
+
+def test_parquet_locations_through_the_stage_equal_librosa(tmp_path):
+    clips = [tone(44100, 1.0, 250.0 * (i + 1), 2) for i in range(4)]
+    path = tmp_path / "shard.parquet"
+    write_parquet(path, clips, 44100, row_group_size=3)
+    write_split(tmp_path, {"train": [clip(f"v{i}", f"{path}::{i}") for i in range(4)]})
+    run_stage(tmp_path, "spectrogram.workers=2")
+    array, index = stored(tmp_path)
+    encoded = pq.read_table(path).column("audio").to_pylist()
+    assert index.ids == ["v0", "v1", "v2", "v3"]
+    for i in range(4):
+        want = oracle(io.BytesIO(encoded[i]["bytes"]), SpectrogramConfig())
+        assert np.abs(frames_of(array, index, f"v{i}") - want).max() <= TOLERANCE
+
+
+# ---------------------------------------------------------------- storage options
+
+
+def test_float16_storage(tmp_path):
+    clips = distinct_clips(tmp_path / "audio", 3)
+    write_split(tmp_path, {"train": clips})
+    run_stage(tmp_path, "spectrogram.dtype=float16", "spectrogram.workers=1")
+    array, index = stored(tmp_path)
+    assert array.dtype == np.float16
+    for c in clips:
+        want = oracle(c["audio"], SpectrogramConfig()).astype(np.float16)
+        assert np.abs(frames_of(array, index, c["id"]).astype(np.float32) - want).max() <= 2**-11
+
+
+def test_float16_overflow_is_skipped_not_stored_as_inf(tmp_path):
+    clips = distinct_clips(tmp_path / "audio", 2)
+    sf.write(tmp_path / "loud.wav", 200 * tone(16000, 1.0, 400.0), 16000, subtype="FLOAT")  # float WAV > 1.0
+    clips.insert(1, clip("loud", tmp_path / "loud.wav"))
+    write_split(tmp_path, {"train": clips})
+    run_stage(tmp_path, "spectrogram.dtype=float16", "spectrogram.db=false", "spectrogram.normalize=false",
+              "spectrogram.workers=1")
+    array, index = stored(tmp_path)
+    assert index.ids == ["clip000", "clip001"] and np.isfinite(array).all()
+    assert report(tmp_path)["skipped"][0]["reason"] == "non-finite frames"
+
+
+def test_max_duration_crops_and_reads_only_that_much(tmp_path, monkeypatch):
+    sf.write(tmp_path / "long.flac", tone(48000, 3.0, 300.0, 2), 48000)
+    write_split(tmp_path, {"train": [clip("long", tmp_path / "long.flac")]})
+    requested = []
+    original = sf.SoundFile.read
+    monkeypatch.setattr(sf.SoundFile, "read",
+                        lambda self, frames=-1, **k: requested.append(frames) or original(self, frames, **k))
+    run_stage(tmp_path, "spectrogram.max_duration=1.25", "spectrogram.workers=1")
+    assert requested == [60000]
+    monkeypatch.undo()
+    array, index = stored(tmp_path)
+    want = oracle(str(tmp_path / "long.flac"), SpectrogramConfig(), duration=1.25)
+    assert frames_of(array, index, "long").shape == want.shape
+    assert np.abs(frames_of(array, index, "long") - want).max() <= TOLERANCE
+
+
+def test_params_round_trip_through_a_dict():
+    params = dataclasses.replace(SpectrogramConfig(), n_mels=80, fmax=8000.0, db=False)
+    values = params_to_dict(params)
+    assert json.loads(json.dumps(values)) == values
+    assert params_to_dict(params_from_dict(values)) == values
+    with pytest.raises(UserError, match="unknown spectrogram parameters"):
+        params_from_dict({**values, "n_mel": 3})
+    with pytest.raises(UserError, match="fmax"):
+        params_from_dict({**values, "fmax": 20000.0})
+
+
+# ---------------------------------------------------------------- resume
+
+
+class Interrupt(KeyboardInterrupt):
+    pass
+
+
+def interrupt_after(monkeypatch, parts: int) -> None:
+    """Make the stage stop as Ctrl-C would, right after `parts` parts were written."""
+    original = spectrogram_module.PartStore.write
+    written = []
+
+    def write(self, number, *args, **kwargs):
+        original(self, number, *args, **kwargs)
+        written.append(number)
+        if len(written) == parts:
+            raise Interrupt
+
+    monkeypatch.setattr(spectrogram_module.PartStore, "write", write)
+
+
+def count_processed(monkeypatch) -> list[int]:
+    seen: list[int] = []
+    original = spectrogram_module.process_clip
+
+    def counted(params, task):
+        seen.append(task[0])
+        return original(params, task)
+
+    monkeypatch.setattr(spectrogram_module, "process_clip", counted)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def resume_corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    clips = distinct_clips(root / "audio", 10, seconds=0.5)
+    (root / "audio" / "bad.wav").write_text("not audio")
+    clips.insert(6, clip("bad", root / "audio" / "bad.wav"))
+    reference = root / "reference"
+    write_split(reference, {"train": clips[3:], "validation": clips[:3]})
+    run_stage(reference, "spectrogram.workers=1", part_clips=3)
+    return clips, reference
+
+
+@pytest.mark.parametrize("part_clips, part_frames, resumes_at", [(3, 2**18, 6), (100, 1, 2)])
+def test_resume_after_interruption_gives_identical_artifacts(tmp_path, monkeypatch, resume_corpus, part_clips,
+                                                             part_frames, resumes_at):
+    """Parts end after part_clips clips or part_frames frames; either way the result is the same."""
+    clips, reference = resume_corpus
+    write_split(tmp_path, {"train": clips[3:], "validation": clips[:3]})
+    interrupt_after(monkeypatch, parts=2)
+    with pytest.raises(Interrupt):
+        config = load_config(None, ["spectrogram.workers=2"], tmp_path)
+        SpectrogramProcessor(config, part_clips=part_clips, part_frames=part_frames).run()
+    monkeypatch.undo()
+    assert not Layout(tmp_path).frames.exists()
+
+    processed = count_processed(monkeypatch)
+    run_stage(tmp_path, "spectrogram.workers=1", part_clips=3)
+    assert sorted(processed) == list(range(resumes_at, len(clips)))  # only the clips not yet done
+    layout_a, layout_b = Layout(tmp_path), Layout(reference)
+    for name in ("frames", "frames_index", "frame_spec", "frames_report"):
+        assert getattr(layout_a, name).read_bytes() == getattr(layout_b, name).read_bytes(), name
+
+
+@pytest.mark.parametrize("change", ["parameters", "catalogue"])
+def test_parts_are_discarded_when_parameters_or_catalogue_change(tmp_path, monkeypatch, resume_corpus, change):
+    clips, _ = resume_corpus
+    write_split(tmp_path, {"train": clips})
+    interrupt_after(monkeypatch, parts=2)
+    with pytest.raises(Interrupt):
+        run_stage(tmp_path, "spectrogram.workers=1", part_clips=3)
+    monkeypatch.undo()
+
+    overrides = ["spectrogram.workers=1"]
+    if change == "parameters":
+        overrides.append("spectrogram.n_mels=32")
+    else:
+        clips = [clips[1], clips[0], *clips[2:]]
+        write_split(tmp_path, {"train": clips})
+    processed = count_processed(monkeypatch)
+    run_stage(tmp_path, *overrides, part_clips=3)
+    assert sorted(processed) == list(range(len(clips)))
+    array, index = stored(tmp_path, "train")
+    params = dataclasses.replace(SpectrogramConfig(), n_mels=32 if change == "parameters" else 64)
+    assert index.ids == [c["id"] for c in clips if c["id"] != "bad"]
+    for c in clips[:4]:
+        assert np.abs(frames_of(array, index, c["id"]) - oracle(c["audio"], params)).max() <= TOLERANCE
+
+
+def test_parts_are_kept_when_only_the_assignment_to_splits_changes(tmp_path, monkeypatch, resume_corpus):
+    """The store does not depend on the split: a new assignment of the same clips resumes the parts."""
+    clips, reference = resume_corpus
+    write_split(tmp_path, {"train": clips[3:], "validation": clips[:3]})
+    interrupt_after(monkeypatch, parts=2)
+    with pytest.raises(Interrupt):
+        run_stage(tmp_path, "spectrogram.workers=1", part_clips=3)
+    monkeypatch.undo()
+    catalogue = json.loads(Layout(tmp_path).split_json.read_text())
+    catalogue["splits"] = {"train": [c["id"] for c in clips[5:]], "validation": [c["id"] for c in clips[:5]]}
+    Layout(tmp_path).split_json.write_text(json.dumps(catalogue))
+    processed = count_processed(monkeypatch)
+    run_stage(tmp_path, "spectrogram.workers=1", part_clips=3)
+    assert sorted(processed) == list(range(6, len(clips)))
+    assert Layout(tmp_path).frames.read_bytes() == Layout(reference).frames.read_bytes()
+    assert stored(tmp_path, "validation")[1].ids == [c["id"] for c in clips[:5]]

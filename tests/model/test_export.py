@@ -1,0 +1,135 @@
+"""What a trained model ships with: the ONNX export (parity with the PyTorch bundle) and the model card."""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from projects import trained_project
+from stores import FRAME_DIM, N_CLUSTERS, frame_spec, make_frames_workdir, make_workdir
+
+from audiotokens.pipeline.layout import Layout
+from audiotokens.pipeline.stores import open_store
+from audiotokens.model.bundle import load_bundle, save_bundle
+from audiotokens.cli import main
+from audiotokens.errors import UserError
+from audiotokens.model.export import export_onnx
+from audiotokens.model.parts import AudioClassifier, ModelSpec
+from audiotokens.model.inputs import PACKERS
+from audiotokens.tokens.vocabulary import load_vocabulary
+
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'audiotokens[onnx]')")
+
+PARITY = 1e-4
+
+
+def clips_of(layout: Layout, kind: str, n: int = 12) -> list[np.ndarray]:
+    """The first n clips of a store: fixture token ids or frames, of various lengths."""
+    rows, index = open_store(*layout.store(kind))
+    return [np.asarray(rows[o:o + length]) for o, length in zip(index.offsets[:n], index.lengths[:n])]
+
+
+def random_bundle(root: Path, layout: Layout, *, encoder: str, input_kind: str, pooling: str, task: str) -> Path:
+    spec = ModelSpec(classes=["a", "b", "c"], input=input_kind,
+                     codebook_sizes=[N_CLUSTERS] if input_kind == "tokens" else [], input_dim=FRAME_DIM,
+                     encoder=encoder, encoder_params={"num_layers": 1, "num_heads": 2, "intermediate_size": 32},
+                     hidden_size=16, dropout=0.0, pooling=pooling, max_positions=64)
+    torch.manual_seed(0)
+    model = AudioClassifier(spec=spec).eval()
+    with torch.no_grad():  # weights far from their initial scale, so the scores spread over [0, 1]
+        for parameter in model.parameters():
+            parameter.mul_(4.0)
+    vocabulary = load_vocabulary(layout.vocabulary) if input_kind == "tokens" else None
+    save_bundle(model, root, classes=spec.classes, task=task, threshold=0.5, max_frames=62, vocabulary=vocabulary,
+                spectrogram=frame_spec(FRAME_DIM), versions={})
+    return root
+
+
+def onnx_scores(path: Path, bundle, clips: list[np.ndarray]) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inputs, mask = PACKERS[bundle.input]([bundle._as_rows(np.asarray(c)) for c in clips])
+    names = [i.name for i in session.get_inputs()]
+    return session.run(None, {names[0]: inputs.numpy(), names[1]: mask.numpy()})[0]
+
+
+@pytest.mark.parametrize("encoder, input_kind, pooling, task", [
+    ("bert", "tokens", "cls", "multilabel"), ("bert", "frames", "attention", "singlelabel"),
+    ("conformer", "tokens", "mean", "multilabel"), ("cnn", "frames", "attention", "singlelabel")])
+def test_onnx_scores_equal_the_bundle_scores(tmp_path, encoder, input_kind, pooling, task):
+    make = make_workdir if input_kind == "tokens" else make_frames_workdir
+    layout = make(tmp_path / "work", n_train=12, n_validation=4)
+    bundle_dir = random_bundle(tmp_path / "model", layout, encoder=encoder, input_kind=input_kind, pooling=pooling,
+                               task=task)
+    out = export_onnx(bundle_dir, tmp_path / "export" / "model.onnx")
+    bundle = load_bundle(bundle_dir)
+    clips = clips_of(layout, input_kind)
+    expected = bundle.scores(clips)
+    assert expected.std() > 0.01  # the scores differ between clips and classes: a real comparison
+    np.testing.assert_allclose(onnx_scores(out, bundle, clips), expected, atol=PARITY, rtol=0)
+    meta = json.loads(out.with_name("model.onnx.json").read_text())
+    assert meta["classes"] == bundle.classes and meta["inputs"][1] == "attention_mask"
+    vocabulary_dir = out.with_name("model.vocabulary")
+    assert vocabulary_dir.is_dir() == (input_kind == "tokens")
+    if input_kind == "tokens":
+        assert load_vocabulary(vocabulary_dir).digest == bundle.vocabulary.digest
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    return trained_project(tmp_path_factory, "multilabel")
+
+
+def test_export_command_on_a_trained_model(project, tmp_path):
+    work = project / "work"
+    out = tmp_path / "clf.onnx"
+    result = CliRunner().invoke(main, ["export", "--format", "onnx", "--workdir", str(work), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    bundle = load_bundle(work / "output/model")
+    clips = clips_of(Layout(work), "tokens", n=24)
+    np.testing.assert_allclose(onnx_scores(out, bundle, clips), bundle.scores(clips), atol=PARITY, rtol=0)
+
+
+def test_missing_onnxruntime_is_one_line(project, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import now raises ImportError
+    result = CliRunner().invoke(main, ["export", "--workdir", str(project / "work"), "--out", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0 and "audiotokens[onnx]" in result.output
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_out_must_be_an_onnx_file(project, tmp_path):
+    with pytest.raises(UserError, match="should end in .onnx"):
+        export_onnx(project / "work/output/model", tmp_path / "model.bin")
+
+
+# ---------------------------------------------------------------- model card
+
+
+def test_model_card_lists_the_recorded_metrics_and_data(project):
+    work = project / "work"
+    card = (work / "output/model/README.md").read_text()
+    assert card.startswith("---\n") and "pipeline_tag: audio-classification" in card
+    lines = [json.loads(line) for line in (work / "output/metrics.jsonl").read_text().splitlines()]
+    epochs = [line for line in lines if "validation" in line]
+    best = [line for line in epochs if line.get("best")][-1]
+    test = [line for line in lines if line.get("split") == "test"]
+    for name, value in best["validation"].items():
+        if name != "classes_excluded":
+            assert f"| validation | {name} | {value:.4f} |" in card
+    for name, value in (test[-1]["test"].items() if test else ()):
+        if name != "classes_excluded":
+            assert f"| test | {name} | {value:.4f} |" in card
+    plan = json.loads((work / "processed/split.json").read_text())
+    sizes = {split: len(plan["splits"][split]) for split in ("train", "validation")}
+    for split, n in sizes.items():
+        assert f"| {split} | {n} |" in card
+    bundle = load_bundle(work / "output/model")
+    assert all(f"`{name}`" in card for name in bundle.classes)
+    for key in ("spectrogram.n_mels", "tokenizer.kind", "model.encoder", "train.learning_rate", "split.strategy"):
+        assert f"| {key} |" in card
+    assert "## Intended use and limits" in card and not re.search(r"\bnan\b", card, re.IGNORECASE)
