@@ -1,4 +1,9 @@
-"""Thin click layer: options -> Config -> stage. Heavy modules are imported only by the command that runs."""
+"""Thin click layer: options -> Config -> stage, one command per entry of the stage table.
+
+Every command takes the common options (--config, --workdir, --set, -v). Package modules below the
+pipeline's table are imported inside the command that runs them (marked "on use"): `audiotokens --help`
+and shell completion then start in a fraction of a second instead of loading torch, faiss and librosa.
+"""
 from __future__ import annotations
 
 import errno
@@ -6,11 +11,13 @@ import functools
 import json
 import logging
 import sys
+from pathlib import Path
 
 import click
 
 from .config import load_config, valid_keys
 from .errors import UserError
+from .pipeline.layout import Layout
 from .pipeline.stages import BY_NAME, NAMES
 
 
@@ -87,83 +94,66 @@ def main():
 main.help = f"Classify audio as token sequences: {' → '.join(NAMES)}."
 
 
+STRICT = click.option("--strict", is_flag=True, help="Refuse to run on stale inputs.")
+SHARD_OPTIONS = (
+    click.option("--shard", default=None, metavar="K/N",
+                 help="Compute only shard K (from 0) of N slices of the clips; no assembly, no record."),
+    click.option("--shards", default=0, type=int, metavar="N",
+                 help="Cut the work into N shards (default: the N of unfinished shards on disk, else 1 "
+                      "locally or two per dask worker)."),
+    click.option("--assemble", is_flag=True, help="Only assemble finished shards into the store."),
+    click.option("--executor", type=click.Choice(["local", "dask"]), default="local", show_default=True,
+                 help="Where unfinished shards run: here, or as tasks on a dask.distributed cluster."),
+    click.option("--scheduler", default=None, metavar="ADDRESS",
+                 help="The dask scheduler (tcp://host:8786); default: a local cluster."),
+)
+
+
 def _stage_command(name: str):
-    def command(config, strict):
-        from .pipeline.run import execute
+    """The command of a stage, with the options its table entry asks for (shards, --resume)."""
+    stage = BY_NAME[name]
 
-        execute(name, config, strict=strict)
+    def command(config, strict, **options):
+        from .pipeline.run import execute  # on use: start-up time
 
-    command.__doc__ = BY_NAME[name].help
-    command = common_options(name)(command)
-    command = click.option("--strict", is_flag=True, help="Refuse to run on stale inputs.")(command)
-    return main.command(name)(command)
+        if stage.sharded:
+            options = _shard_options(name, config, strict, **options)
+            if options is None:
+                return
+        execute(name, config, strict=strict, **options)
 
-
-# stages whose command takes options beyond the common ones are defined below
-SHARDED = ("spectrogram", "tokenize")
-for _name in NAMES:
-    if _name not in ("pretrain", "train", "evaluate", *SHARDED):
-        _stage_command(_name)
-
-
-def _sharded_command(name: str):
-    """A stage whose work is cut into shards (pipeline/shards.py): --shard, --assemble, --executor."""
-
-    def command(config, strict, shard, shards, assemble, executor, scheduler):
-        from .pipeline.run import execute
-        from .pipeline.shards import Shard, run_shard
-
-        if shard is not None:
-            if assemble or executor != "local" or shards:
-                raise UserError("--shard runs one shard by itself; drop --assemble, --shards and --executor")
-            run_shard(name, config, Shard.parse(shard), strict=strict)
-            return
-        if scheduler and executor != "dask":
-            raise UserError("--scheduler is the address of a dask cluster; add --executor dask")
-        if shards < 0:
-            raise UserError(f"--shards must be >= 0, got {shards}")
-        execute(name, config, strict=strict, assemble=assemble, executor=executor, scheduler=scheduler,
-                shards=shards)
-
-    command.__doc__ = BY_NAME[name].help
-    command = common_options(name)(command)
-    for option in reversed((
-        click.option("--strict", is_flag=True, help="Refuse to run on stale inputs."),
-        click.option("--shard", default=None, metavar="K/N",
-                     help="Compute only shard K (from 0) of N slices of the clips; no assembly, no record."),
-        click.option("--shards", default=0, type=int, metavar="N",
-                     help="Cut the work into N shards (default: the N of unfinished shards on disk, else 1 "
-                          "locally or two per dask worker)."),
-        click.option("--assemble", is_flag=True, help="Only assemble finished shards into the store."),
-        click.option("--executor", type=click.Choice(["local", "dask"]), default="local", show_default=True,
-                     help="Where unfinished shards run: here, or as tasks on a dask.distributed cluster."),
-        click.option("--scheduler", default=None, metavar="ADDRESS",
-                     help="The dask scheduler (tcp://host:8786); default: a local cluster."),
-    )):
+    command.__doc__ = stage.help
+    options = [STRICT]
+    if stage.sharded:
+        options += SHARD_OPTIONS
+    if stage.resumable:
+        checkpoint = Layout(".").resume_checkpoint(name)
+        options.append(click.option("--resume", is_flag=True, help=f"Continue from {checkpoint}."))
+    for option in reversed(options):
         command = option(command)
-    return main.command(name)(command)
-
-
-for _name in SHARDED:
-    _sharded_command(_name)
-
-
-def _resumable_command(name: str, checkpoint: str):
-    """A training stage that continues from its checkpoint with --resume."""
-
-    def command(config, resume, strict):
-        from .pipeline.run import execute
-
-        execute(name, config, strict=strict, resume=resume)
-
-    command.__doc__ = BY_NAME[name].help
-    command = click.option("--strict", is_flag=True, help="Refuse to run on stale inputs.")(command)
-    command = click.option("--resume", is_flag=True, help=f"Continue from {checkpoint}.")(command)
     return main.command(name)(common_options(name)(command))
 
 
-_resumable_command("pretrain", "output/checkpoints/pretrain.pt")
-_resumable_command("train", "output/checkpoints/last.pt")
+def _shard_options(name: str, config, strict: bool, shard, shards, assemble, executor, scheduler) -> dict | None:
+    """The pipeline's options for a sharded stage; runs the one shard itself (None) when --shard is given."""
+    from .pipeline.shards import Shard, run_shard  # on use: start-up time
+
+    if shard is not None:
+        if assemble or executor != "local" or shards:
+            raise UserError("--shard runs one shard by itself; drop --assemble, --shards and --executor")
+        run_shard(name, config, Shard.parse(shard), strict=strict)
+        return None
+    if scheduler and executor != "dask":
+        raise UserError("--scheduler is the address of a dask cluster; add --executor dask")
+    if shards < 0:
+        raise UserError(f"--shards must be >= 0, got {shards}")
+    return {"assemble": assemble, "executor": executor, "scheduler": scheduler, "shards": shards}
+
+
+# evaluate takes options beyond its table entry (another split, a manifest, corruptions): defined below
+for _name in NAMES:
+    if _name != "evaluate":
+        _stage_command(_name)
 
 
 @main.command(help=BY_NAME["evaluate"].help)
@@ -180,46 +170,44 @@ _resumable_command("train", "output/checkpoints/last.pt")
                    "noise:snr=5,kind=pink, noise:dir=PATH,snr=10, reverb:rt60=0.6, reverb:dir=PATH.")
 @click.option("--strict", is_flag=True, help="Refuse to run on stale inputs.")
 def evaluate(config, split_name, manifest, class_name, model_dir, strict, corruptions):
-    from .pipeline.run import execute
+    from .pipeline.run import execute  # on use: start-up time
 
     if split_name is None and manifest is None and model_dir is None:
         execute("evaluate", config, strict=strict, class_name=class_name)
     else:
-        from .evaluation.evaluate import Evaluator
+        from .evaluation.evaluate import Evaluator  # on use: start-up time
 
         Evaluator(config, split=split_name, manifest=manifest, class_name=class_name, model_dir=model_dir).run()
     if corruptions:
-        from .evaluation.robustness import evaluate_robustness
+        from .evaluation.robustness import evaluate_robustness  # on use: start-up time
 
         evaluate_robustness(config, split_name or "validation", list(corruptions), model_dir)
 
 
 @main.command()
+@common_options()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--model", "model_dir", default=None, help="Model bundle (default: <workdir>/output/model).")
-@click.option("--workdir", default=".", type=click.Path(file_okay=False))
 @click.option("--top-k", default=5, show_default=True)
 @click.option("--threshold", default=None, type=float, help="Report every class scoring at least this.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table")
-def predict(paths, model_dir, workdir, top_k, threshold, fmt):
+def predict(config, paths, model_dir, top_k, threshold, fmt):
     """Class scores for audio files, directories or list files."""
-    from .evaluation.predict import predict_cli
+    from .evaluation.predict import predict_cli  # on use: start-up time
 
-    _setup_logging(False)
-    sys.exit(predict_cli(paths, model_dir, workdir, top_k, threshold, fmt))
+    sys.exit(predict_cli(paths, model_dir, config.workdir, top_k, threshold, fmt))
 
 
 @main.command()
+@common_options()
 @click.argument("audio", type=click.Path())
 @click.option("--model", "model_dir", default=None, help="Model bundle (default: <workdir>/output/model).")
-@click.option("--workdir", default=".", type=click.Path(file_okay=False))
 @click.option("--out", "out_path", default=None, help="PNG to write (default: <audio name>.tokens.png).")
-def show(audio, model_dir, workdir, out_path):
+def show(config, audio, model_dir, out_path):
     """Picture of a clip: mel spectrogram, its token strip and the top predictions."""
-    from .evaluation.predict import show_cli
+    from .evaluation.predict import show_cli  # on use: start-up time
 
-    _setup_logging(False)
-    show_cli(audio, model_dir, workdir, out_path)
+    show_cli(audio, model_dir, config.workdir, out_path)
 
 
 @main.command()
@@ -227,8 +215,7 @@ def show(audio, model_dir, workdir, out_path):
 def status(config):
     """One line per stage: fresh, stale (and why), missing or failed; a missing stage that `run` skips under
     this config (pretrain without train.init, cluster and tokenize over waveform rows) says so."""
-    from .pipeline.layout import Layout
-    from .pipeline.provenance import stage_states
+    from .pipeline.provenance import stage_states  # on use: start-up time
 
     for name, state in stage_states(Layout(config.workdir), config).items():
         if state.state == "missing" and not BY_NAME[name].in_run(config):
@@ -240,8 +227,7 @@ def status(config):
 
 def _shard_lines(config) -> None:
     """Shards of a sharded stage computed and not yet assembled (the store is unchanged until then)."""
-    from .pipeline.layout import Layout
-    from .pipeline.shards import SHARDS_DIR, pending_line
+    from .pipeline.shards import SHARDS_DIR, pending_line  # on use: start-up time
 
     layout = Layout(config.workdir)
     for name, folder in (("spectrogram", layout.frames_dir), ("tokenize", layout.tokenized)):
@@ -262,7 +248,7 @@ def _shard_lines(config) -> None:
 @click.option("--strict", is_flag=True, help="Refuse to run on stale inputs.")
 def run_command(config, start, stop, force, strict):
     """Run the stages in order, skipping those that are fresh."""
-    from .pipeline.run import plan, run
+    from .pipeline.run import plan, run  # on use: start-up time
 
     todo = plan(config, start, stop, force)
     click.echo(f"stages to run: {', '.join(todo) if todo else 'none (everything is fresh)'}")
@@ -270,48 +256,44 @@ def run_command(config, start, stop, force, strict):
 
 
 @main.command("compare")
+@common_options()
 @click.argument("workdirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--out", "out_dir", default="compare", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for compare.md, compare.csv and compare.png.")
-def compare_command(workdirs, out_dir):
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Folder for compare.md, compare.csv and compare.png (default: <workdir>/compare).")
+def compare_command(config, workdirs, out_dir):
     """One table of runs: the settings that differ, validation/test metrics, baselines, k-fold, train time."""
-    from pathlib import Path
+    from .evaluation.compare import compare_workdirs, comparison_markdown, write_comparison  # on use
 
-    from .evaluation.compare import compare_workdirs, comparison_markdown, write_comparison
 
-    _setup_logging(False)
     comparison = compare_workdirs([Path(w) for w in workdirs])
-    written = write_comparison(comparison, out_dir)
+    written = write_comparison(comparison, out_dir or Path(config.workdir) / "compare")
     click.echo(comparison_markdown(comparison))
     click.echo(f"wrote {', '.join(str(path) for path in written.values())}")
 
 
 @main.command("export")
+@common_options()
 @click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
 @click.option("--model", "model_dir", default=None, help="Model bundle (default: <workdir>/output/model).")
-@click.option("--workdir", default=".", type=click.Path(file_okay=False))
 @click.option("--out", "out_path", default=None, type=click.Path(dir_okay=False),
               help="File to write (default: model.onnx beside the bundle).")
-def export_command(fmt, model_dir, workdir, out_path):
+def export_command(config, fmt, model_dir, out_path):
     """The classifier as ONNX (scores out), its vocabulary and metadata beside it."""
-    from .model.export import export_model
-    from .pipeline.layout import Layout
+    from .model.export import export_model  # on use: start-up time
 
-    _setup_logging(False)
-    written = export_model(fmt, model_dir or Layout(workdir).model_dir, out_path)
+    written = export_model(fmt, model_dir or Layout(config.workdir).model_dir, out_path)
     click.echo(f"wrote {written}")
 
 
 @main.command("report")
-@click.option("--workdir", default=".", type=click.Path(file_okay=False))
+@common_options()
 @click.option("--out", "out_path", default=None, type=click.Path(dir_okay=False),
               help="HTML file to write (default: <workdir>/output/report.html).")
-def report_command(workdir, out_path):
+def report_command(config, out_path):
     """One self-contained HTML page of the run: settings, splits, tokens, training, evaluation, baselines."""
-    from .evaluation.html_report import write_report
+    from .evaluation.html_report import write_report  # on use: start-up time
 
-    _setup_logging(False)
-    click.echo(f"wrote {write_report(workdir, out_path)}")
+    click.echo(f"wrote {write_report(config.workdir, out_path)}")
 
 
 @main.command("config")

@@ -133,6 +133,10 @@ class Layout:
     def checkpoints(self) -> Path:
         return self.output / "checkpoints"
 
+    def resume_checkpoint(self, stage: str) -> Path:
+        """The training state `--resume` continues from (the pretrain or train stage's)."""
+        return self.checkpoints / {"pretrain": "pretrain.pt", "train": "last.pt"}[stage]
+
     @property
     def metrics(self) -> Path:
         return self.output / "metrics.jsonl"

@@ -33,6 +33,8 @@ class Stage:
     keys: tuple[str, ...] = ()  # single `section.key`s of other sections that define the output too
     in_run: Callable[[Config], bool] = lambda config: True  # whether `run` includes the stage
     data_parallel: bool = False  # runs as N processes under torchrun (distributed.py)
+    sharded: bool = False  # its work can be cut into shards run anywhere, then assembled (shards.py)
+    resumable: bool = False  # continues from its checkpoint (Layout.resume_checkpoint) with --resume
 
     def runner_class(self):
         # by name, not imported: the table sits below every stage it lists, and the CLI starts faster
@@ -89,7 +91,7 @@ STAGES: tuple[Stage, ...] = (
           {"--sample-rate": "spectrogram.sample_rate", "--n-fft": "spectrogram.n_fft",
            "--hop-length": "spectrogram.hop_length", "--n-mels": "spectrogram.n_mels",
            "--dtype": "spectrogram.dtype", "--max-duration": "spectrogram.max_duration",
-           "--workers": "spectrogram.workers"}),
+           "--workers": "spectrogram.workers"}, sharded=True),
     Stage("cluster", "tokens.cluster:ClusterCreator", ("cluster",), _fixed(Input("split"), Input("spectrogram")),
           "Fit the tokenizer (k-means vocabulary) on training frames; writes output/vocabulary/.",
           {"--tokenizer": "cluster.tokenizer", "--n-clusters": "cluster.n_clusters", "--niter": "cluster.niter",
@@ -98,18 +100,18 @@ STAGES: tuple[Stage, ...] = (
           in_run=_quantises),
     Stage("tokenize", "tokens.tokenize:SpecTokenizer", ("tokenize",), _fixed(Input("spectrogram"), Input("cluster")),
           "Token ids of every clip with the fitted vocabulary; writes tokenized/.",
-          {"--batch-frames": "tokenize.batch_frames"}, in_run=_quantises),
+          {"--batch-frames": "tokenize.batch_frames"}, in_run=_quantises, sharded=True),
     Stage("pretrain", "training.pretrain:Pretrainer", ("pretrain",), _pretrain_inputs,
           "Masked prediction of token ids on unlabelled and training clips; writes output/pretrain/.",
           {"--objective": "pretrain.objective"},
-          keys=PRETRAIN_MODEL_KEYS, in_run=lambda config: bool(_pretrain_input(config))),
+          keys=PRETRAIN_MODEL_KEYS, in_run=lambda config: bool(_pretrain_input(config)), resumable=True),
     Stage("train", "training.train:ModelBuilder", ("train",), _train_inputs,
           "Train the classifier; writes output/model/ and output/metrics.jsonl.",
           {"--input": "train.input", "--epochs": "train.epochs", "--batch-size": "train.batch_size",
            "--learning-rate": "train.learning_rate", "--num-layers": "train.num_layers",
            "--hidden-size": "train.hidden_size", "--num-heads": "train.num_heads",
            "--max-length": "train.max_length", "--device": "train.device", "--amp/--no-amp": "train.amp",
-           "--patience": "train.patience", "--seed": "train.seed"}, data_parallel=True),
+           "--patience": "train.patience", "--seed": "train.seed"}, data_parallel=True, resumable=True),
     Stage("evaluate", "evaluation.evaluate:Evaluator", ("evaluate",), _fixed(Input("train")),
           "Per-class report, threshold sweep and plots in output/eval/<name>/.",
           {"--threshold": "evaluate.threshold"}),

@@ -229,7 +229,7 @@ class Pretrainer:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.layout.checkpoints / "pretrain.pt"
+        return self.layout.resume_checkpoint("pretrain")
 
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
