@@ -5,8 +5,18 @@ audiotokens.api.Model), `AudioTokenizer` (the learned vocabulary as a component)
 `audiotokens run`) and `UserError`.
 """
 
-from .api import AudioTokenizer, load, run
+from .api import load, run
 from .errors import UserError
 
 __version__ = "0.1.0"
 __all__ = ["AudioTokenizer", "UserError", "__version__", "load", "run"]
+
+
+def __getattr__(name: str):
+    """`AudioTokenizer` (model/audio_tokenizer.py) is imported on first use: `import audiotokens` and the
+    CLI's start-up stay free of torch, faiss and librosa until something needs them."""
+    if name == "AudioTokenizer":
+        from .model.audio_tokenizer import AudioTokenizer
+
+        return AudioTokenizer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

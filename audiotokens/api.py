@@ -1,7 +1,8 @@
 """The public Python interface: load a bundle and score audio, reuse the learned tokenizer, drive the pipeline.
 
-Everything here is a thin layer over the modules the CLI uses (predict, bundle, vocabulary, pipeline), so a
-score, a token or an error is the same from Python as from the shell. Audio in memory is a
+Everything here is a thin layer over the modules the CLI uses (model.audio_tokenizer, bundle, predict,
+pipeline), so a score, a token or an error is the same from Python as from the shell; they are imported on
+use, so `import audiotokens` stays quick. Audio in memory is a
 (waveform, sample_rate) pair: a numpy array or torch tensor, either mono (n,) or (channels, n); channels
 are averaged, then the waveform is resampled to the model's rate, exactly as a file would be.
 """
@@ -19,122 +20,14 @@ Waveform = Any  # numpy array or torch tensor, (n,) or (channels, n)
 Item = str | Path | tuple[Waveform, int]
 
 
-def _as_numpy(waveform: Waveform) -> np.ndarray:
-    if hasattr(waveform, "detach"):  # a torch tensor, possibly on a GPU
-        waveform = waveform.detach().cpu().numpy()
-    samples = np.asarray(waveform, dtype=np.float32)
-    if samples.ndim == 1:
-        return samples[None, :]
-    if samples.ndim != 2:
-        raise UserError(f"a waveform must be (n,) or (channels, n), got shape {samples.shape}")
-    return samples
-
-
-def _check_rate(sample_rate: Any) -> int:
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
-        raise UserError(f"a sample rate must be a positive integer (Hz), got {sample_rate!r}")
-    return int(sample_rate)
-
-
-def waveform_frames(waveform: Waveform, sample_rate: int, params) -> np.ndarray:
-    """Frames of audio in memory, exactly as the spectrogram stage makes them from a file at that rate.
-
-    Mixed down first, then cropped to params.max_duration, then resampled: the order a file goes through.
-    """
-    from .data.audio import AudioError, resample, to_mono
-    from .features.spectrogram import frames_from_samples
-
-    rate = _check_rate(sample_rate)
-    mono = to_mono(np.ascontiguousarray(_as_numpy(waveform)))
-    if params.max_duration > 0:
-        mono = mono[:int(params.max_duration * rate)]
-    if not np.isfinite(mono).all():
-        raise UserError("the waveform holds NaN or infinite samples")
-    try:
-        frames = frames_from_samples(resample(mono, rate, params.sample_rate), params).astype(params.dtype,
-                                                                                            copy=False)
-    except AudioError as exc:
-        raise UserError(f"cannot make frames of this waveform: {exc}") from None
-    if not np.isfinite(frames).all():
-        raise UserError(f"the waveform's frames overflow {params.dtype}")
-    return frames
-
-
-class AudioTokenizer:
-    """The learned vocabulary as a component: waveform -> mel frames -> token ids -> quantised frames.
-
-    Token ids are the tokenize stage's (frames, codebooks) int64 cluster ids, without the model's special
-    tokens. A frames-input bundle has no vocabulary: `frames` works, `tokens` and `decode` raise UserError.
-    For a waveform bundle (a fine-tuned speech model) `frames` gives the rows of samples the model reads.
-    """
-
-    def __init__(self, *, frame_spec: dict[str, Any], vocabulary=None):
-        from .features.spectrogram import params_from_dict
-
-        self.frame_spec = dict(frame_spec)
-        self.params = params_from_dict(dict(frame_spec))
-        self.vocabulary = vocabulary
-
-    @classmethod
-    def from_bundle(cls, bundle_dir: str | Path) -> AudioTokenizer:
-        """The tokenizer a model bundle was trained with (its frame spec and vocabulary)."""
-        from .model.bundle import load_bundle
-
-        bundle = load_bundle(bundle_dir)
-        return cls(frame_spec=bundle.spectrogram, vocabulary=bundle.vocabulary)
-
-    @classmethod
-    def from_workdir(cls, workdir: str | Path = ".") -> AudioTokenizer:
-        """The vocabulary fitted by `audiotokens cluster` in a workdir, with the frame spec it was fitted on."""
-        from .pipeline.layout import Layout
-        from .tokens.vocabulary import load_vocabulary
-
-        vocabulary = load_vocabulary(Layout(workdir).vocabulary)
-        return cls(frame_spec=vocabulary.frame_spec, vocabulary=vocabulary)
-
-    @property
-    def quantizer(self):
-        if self.vocabulary is None:
-            raise UserError("this bundle reads frames (or waveform rows) and has no vocabulary; use frames(), or a "
-                            "tokens model")
-        return self.vocabulary.quantizer
-
-    @property
-    def codebook_sizes(self) -> list[int]:
-        return self.quantizer.codebook_sizes
-
-    def frames(self, waveform: Waveform, sample_rate: int) -> np.ndarray:
-        """(frames, n_mels) mel frames (or the frame spec's kind) as the spectrogram stage stores them."""
-        return waveform_frames(waveform, sample_rate, self.params)
-
-    def tokens(self, waveform: Waveform, sample_rate: int) -> np.ndarray:
-        """(tokens, codebooks) int64 ids, as the tokenize stage assigns them."""
-        return self.frames_to_tokens(self.frames(waveform, sample_rate))
-
-    def frames_to_tokens(self, frames: np.ndarray) -> np.ndarray:
-        quantizer = self.quantizer
-        return quantizer.encode(quantizer.windows(np.asarray(frames, dtype=np.float32)))
-
-    def decode(self, tokens: np.ndarray) -> np.ndarray:
-        """The quantised frames the ids stand for: (tokens, n_mels * stack) float32.
-
-        One row per token; a stacked tokenizer's row is its `stack` frames concatenated in time order.
-        A 1-D array is read as one codebook.
-        """
-        ids = np.asarray(tokens)
-        try:
-            return self.quantizer.decode(ids[:, None] if ids.ndim == 1 else ids)
-        except ValueError as exc:
-            raise UserError(f"cannot decode these tokens: {exc}") from None
-
-
 class Model:
     """A loaded bundle: `classes`, `predict` (chosen classes per item) and `scores` (every class)."""
 
-    def __init__(self, *, bundle, tokenizer):
+    def __init__(self, *, bundle):
+        from .model.audio_tokenizer import AudioTokenizer  # on use: start-up time
+
         self.bundle = bundle
-        self._file_tokenizer = tokenizer  # predict.AudioTokenizer: files go the CLI's own way
-        self.tokenizer = AudioTokenizer(frame_spec=bundle.spectrogram, vocabulary=bundle.vocabulary)
+        self.tokenizer = AudioTokenizer.of_bundle(bundle)
 
     @property
     def classes(self) -> list[str]:
@@ -151,18 +44,17 @@ class Model:
     def model_input(self, item: Item) -> np.ndarray:
         """What the network reads for one item: token ids, or frames for a frames model."""
         if isinstance(item, (str, Path)):
-            tokenized = self._file_tokenizer(str(item))
+            tokenized = self.tokenizer(str(item))
             if tokenized.tokens is None:
                 raise UserError(f"cannot score {item}: {tokenized.error}")
             return tokenized.tokens
         if not isinstance(item, tuple) or len(item) != 2:
             raise UserError(f"an item is a path or a (waveform, sample_rate) pair, got {type(item).__name__}")
-        frames = self.tokenizer.frames(*item)
-        return frames if self.bundle.vocabulary is None else self.tokenizer.frames_to_tokens(frames)
+        return self.tokenizer.model_input(self.tokenizer.frames(*item))
 
     def scores(self, items: Iterable[Item], batch_size: int = 32) -> np.ndarray:
         """(items, classes) float32 probabilities: sigmoid for multi-label models, softmax for single-label."""
-        from .evaluation.predict import single_threaded
+        from .model.audio_tokenizer import single_threaded  # on use: start-up time
 
         items = _as_list(items)
         with single_threaded():  # one clip's features are too small for thread pools (see predict)
@@ -177,7 +69,7 @@ class Model:
 
         With `threshold`, every class scoring at least that; otherwise the `top_k` best.
         """
-        from .evaluation.predict import chosen_classes
+        from .evaluation.predict import chosen_classes  # on use: start-up time
 
         if top_k < 1:
             raise UserError(f"top_k must be at least 1, got {top_k}")
@@ -203,11 +95,9 @@ def _as_list(items: Iterable[Item]) -> list[Item]:
 
 def load(bundle_dir: str | Path, device: str = "auto") -> Model:
     """The model bundle at `bundle_dir` (e.g. <workdir>/output/model) on `device` (auto: CUDA, MPS, else CPU)."""
-    from .evaluation.predict import AudioTokenizer as FileTokenizer
-    from .evaluation.predict import load_model
+    from .evaluation.predict import load_model  # on use: start-up time
 
-    bundle = load_model(bundle_dir, device=device)
-    return Model(bundle=bundle, tokenizer=FileTokenizer(bundle))
+    return Model(bundle=load_model(bundle_dir, device=device))
 
 
 def run(config_or_path: str | Path | None = None, stages: Sequence[str] | tuple[str, str] | None = None,
@@ -219,6 +109,7 @@ def run(config_or_path: str | Path | None = None, stages: Sequence[str] | tuple[
     range; `overrides` are `SECTION.KEY=VALUE` strings as for --set. Returns the stages that ran. Bad input
     raises UserError with the CLI's one-line message; provenance records are written as by the CLI.
     """
+    # on use: start-up time
     from .config import load_config
     from .pipeline.lock import workdir_lock
     from .pipeline.run import execute, plan
@@ -243,3 +134,4 @@ def run(config_or_path: str | Path | None = None, stages: Sequence[str] | tuple[
         for name in todo:
             execute(name, config, strict=strict)
     return todo
+

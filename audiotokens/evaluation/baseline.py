@@ -435,7 +435,7 @@ def save_estimator(path: Path, fitted: FittedBaseline) -> None:
 # ---------------------------------------------------------------- the stage
 
 
-class BaselineStage:
+class BaselineBuilder:
     """`audiotokens baseline`: MFCC statistics -> SVM / logistic regression on the same split and reports.
 
     The features are computed from the audio at the spectrogram stage's sample rate and STFT settings (not

@@ -26,12 +26,13 @@ from tqdm import tqdm
 from ..config import Config
 from ..data.sources.manifest import read_manifest
 from ..errors import UserError
+from ..model.audio_tokenizer import AudioTokenizer
 from ..model.objectives import Objective
 from ..pipeline.files import atomic_dir, read_json, save_npy, write_json
 from ..pipeline.layout import Layout
 from ..pipeline.stores import ClipIndex, SplitPlan, open_split, spec_digest
 from . import reports
-from .predict import AudioTokenizer, load_model, score_files
+from .predict import load_model, score_files
 
 log = logging.getLogger("audiotokens")
 
@@ -124,7 +125,7 @@ class Evaluator:
         rows = read_manifest(self.manifest, self.config.data.label_delimiter)
         class_of = {name: i for i, name in enumerate(bundle.classes)}
         check_manifest_labels(self.manifest, rows, bundle)
-        tokenizer = AudioTokenizer(bundle)
+        tokenizer = AudioTokenizer.of_bundle(bundle)
         ids, targets, scores, skipped = [], [], [], []
         with tqdm(total=len(rows), unit="clip", desc=f"evaluate {self.manifest.stem}", disable=None,
                   leave=False) as bar:

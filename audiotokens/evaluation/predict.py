@@ -1,21 +1,16 @@
 """`audiotokens predict` and `audiotokens show`: a model bundle applied to audio files.
 
-Everything that turns audio into model input comes from the bundle (spectrogram parameters, storage
-dtype, vocabulary), never from the current config, so a bundle copied to another machine
-scores a file exactly as the training pipeline would have. A frames-input bundle reads the mel frames
-themselves (no vocabulary), a waveform bundle (a fine-tuned speech model) rows of the resampled samples. Each
-listed class says whether the model predicts it: score >= the bundle's
+Audio becomes model input through the bundle's own AudioTokenizer (model/audio_tokenizer.py), never
+through the current config. Each listed class says whether the model predicts it: score >= the bundle's
 threshold (train.threshold, or --threshold) for multi-label models, the arg-max class for single-label ones.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import logging
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -24,7 +19,7 @@ import numpy as np
 from ..data.audio import AudioError
 from ..data.sources.audio_files import describe_passed, scan_audio
 from ..errors import UserError
-from ..features.spectrogram import frame_width, frames_of, params_from_dict
+from ..model.audio_tokenizer import AudioTokenizer, Tokenized
 from ..model.bundle import load_bundle
 from ..pipeline.layout import Layout
 from ..training.optimisation import pick_device
@@ -43,88 +38,6 @@ FILES_PER_BATCH = 64  # files decoded before one batched model call; bounds memo
 def load_model(model_dir: str | Path | None, workdir: str | Path = ".", device: str = "auto"):
     """The bundle at model_dir (default <workdir>/output/model) on `device` (auto: CUDA, MPS, else CPU)."""
     return load_bundle(Path(model_dir) if model_dir else Layout(workdir).model_dir, pick_device(device))
-
-
-def bundle_spectrogram(bundle):
-    """The bundle's spectrogram parameters as a SpectrogramConfig (what compute_frames takes)."""
-    try:
-        return params_from_dict(dict(bundle.spectrogram))
-    except (TypeError, UserError) as exc:
-        raise UserError(f"the model bundle's spectrogram parameters are unusable ({exc}); "
-                        "re-run `audiotokens train`") from None
-
-
-@contextlib.contextmanager
-def single_threaded() -> Iterator[None]:
-    """torch and faiss on one thread for one clip's work, restored afterwards.
-
-    One clip's STFT or nearest-centroid search is too small for thread pools to pay off, and on a busy
-    machine their spinning costs far more than the work (2 cores under load: mel frames of a 10 s clip
-    105 ms with 2 threads vs 10 ms with 1; token search 29 ms vs 0.12 ms). The model keeps all threads.
-    """
-    import faiss
-    import torch
-
-    torch_threads, faiss_threads = torch.get_num_threads(), faiss.omp_get_max_threads()
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(torch_threads)
-        faiss.omp_set_num_threads(faiss_threads)
-
-
-@dataclass
-class Tokenized:
-    """One file's model input (token ids, or frames for a frames model), or why it has none."""
-
-    path: str
-    tokens: np.ndarray | None
-    error: str = ""
-
-
-class AudioTokenizer:
-    """Audio file -> frames -> model input with a bundle's frame spec and vocabulary.
-
-    For a frames-input bundle the model input is the frames themselves and `quantizer` is None.
-    """
-
-    def __init__(self, bundle):
-        self.params = bundle_spectrogram(bundle)
-        self.quantizer = bundle.vocabulary.quantizer if bundle.vocabulary is not None else None
-        width = bundle.spec.input_dim if self.quantizer is None else self.quantizer.n_mels
-
-        if frame_width(self.params) != width:
-            raise UserError(f"the bundle's model (or vocabulary) reads frames of {width} values but its frame "
-                            f"spec gives {self.params.n_mels} mel bands; the bundle is inconsistent")
-
-    def frames(self, location: str) -> np.ndarray:
-        """Frames of one clip exactly as the spectrogram stage stores them (its dtype included)."""
-        frames = frames_of(location, self.params).astype(self.params.dtype, copy=False)
-        if not np.isfinite(frames).all():
-            raise AudioError("non-finite frames", f"values overflow {self.params.dtype}")
-        return frames
-
-    def tokens(self, frames: np.ndarray) -> np.ndarray | None:
-        """Token ids (tokens, codebooks), as the tokenize stage assigns them (None for a frames model)."""
-        if self.quantizer is None:
-            return None
-        with single_threaded():
-            return self.quantizer.encode(self.quantizer.windows(np.asarray(frames, dtype=np.float32)))
-
-    def model_input(self, frames: np.ndarray) -> np.ndarray:
-        return frames if self.quantizer is None else self.tokens(frames)
-
-    def __call__(self, location: str) -> Tokenized:
-        """Never raises for a bad file: the reason goes in `error` so the other files still get scored."""
-        try:
-            with single_threaded():
-                return Tokenized(location, self.model_input(self.frames(location)))
-        except AudioError as exc:
-            return Tokenized(location, None, str(exc))
-        except Exception as exc:  # noqa: BLE001 - an odd file must cost one row, not the whole run
-            return Tokenized(location, None, f"unexpected error: {type(exc).__name__}: {exc}")
 
 
 def score_files(locations: Sequence[str], bundle, tokenizer: AudioTokenizer
@@ -256,7 +169,7 @@ def predict_cli(paths: Sequence[str], model_dir: str | None, workdir: str, top_k
         raise UserError(f"--threshold must be between 0 and 1, got {threshold}")
     files = expand_paths(paths)
     bundle = load_model(model_dir, workdir)
-    tokenizer = AudioTokenizer(bundle)
+    tokenizer = AudioTokenizer.of_bundle(bundle)
     writer = Writer(fmt, out or sys.stdout)
     failed = 0
     for batch in _batches(files, FILES_PER_BATCH):
@@ -280,12 +193,12 @@ def show_cli(audio: str, model_dir: str | None, workdir: str, out_path: str | No
     if bundle.input == "waveform":
         raise UserError(f"`show` draws mel frames and tokens; {model_dir or 'the model'} reads the waveform "
                         "(a fine-tuned speech model): use `audiotokens predict`")
-    tokenizer = AudioTokenizer(bundle)
+    tokenizer = AudioTokenizer.of_bundle(bundle)
     try:
-        frames = tokenizer.frames(audio)
+        frames = tokenizer.file_frames(audio)
     except AudioError as exc:
         raise UserError(f"cannot read {audio}: {exc}") from None
-    tokens = tokenizer.tokens(frames)
+    tokens = tokenizer.frames_to_tokens(frames) if tokenizer.vocabulary is not None else None
     scores = bundle.scores([tokenizer.model_input(frames)])[0]
     top = chosen_classes(scores, bundle.classes, top_k, None)
     path = Path(out_path) if out_path else Path.cwd() / f"{Path(audio).stem}.tokens.png"

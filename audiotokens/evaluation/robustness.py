@@ -19,6 +19,7 @@ import numpy as np
 from ..data.audio import AudioError, load_mono
 from ..data.corrupt import clip_seed, parse_corruption
 from ..features.spectrogram import compute_frames
+from ..model.audio_tokenizer import AudioTokenizer
 from ..model.metrics import per_class_average_precision
 from ..model.objectives import objective_for
 from ..pipeline.files import atomic_dir, write_json
@@ -28,7 +29,7 @@ from ..training.epoch_log import finite_or_none
 from . import reports
 from .baseline import score_baseline, split_features
 from .evaluate import Scored
-from .predict import AudioTokenizer, load_model
+from .predict import load_model
 
 log = logging.getLogger("audiotokens")
 
@@ -121,7 +122,7 @@ def evaluate_robustness(config, split: str, specs: list[str], model_dir: Path | 
 
 def _model_scores(bundle, clips: list[dict], corruption, classes: list[str], seed: int) -> Scored:
     """Decode, corrupt, frame and tokenize each clip with the bundle's settings, then score them all."""
-    tokenizer = AudioTokenizer(bundle)
+    tokenizer = AudioTokenizer.of_bundle(bundle)
     params = tokenizer.params
     ids, sequences, targets, skipped = [], [], [], []
     for clip in clips:

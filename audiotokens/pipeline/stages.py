@@ -115,7 +115,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("evaluate", "evaluation.evaluate:Evaluator", ("evaluate",), _fixed(Input("train")),
           "Per-class report, threshold sweep and plots in output/eval/<name>/.",
           {"--threshold": "evaluate.threshold"}),
-    Stage("baseline", "evaluation.baseline:BaselineStage", ("baseline", "spectrogram"), _fixed(Input("split")),
+    Stage("baseline", "evaluation.baseline:BaselineBuilder", ("baseline", "spectrogram"), _fixed(Input("split")),
           "MFCC + SVM / logistic regression on the same split; reports in output/baselines/<model>/<split>/.",
           {"--models": "baseline.models"}),
 )

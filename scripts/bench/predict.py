@@ -21,13 +21,14 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from audiotokens.data.audio import load_mono
-from audiotokens.model.bundle import save_bundle
 from audiotokens.config import SpectrogramConfig
-from audiotokens.model.parts import EXTRA_POSITIONS, AudioClassifier, ModelSpec
-from audiotokens.evaluation.predict import AudioTokenizer, load_model, predict_cli, single_threaded
-from audiotokens.tokens.quantizers import Quantizer
+from audiotokens.data.audio import load_mono
+from audiotokens.evaluation.predict import load_model, predict_cli
 from audiotokens.features.spectrogram import compute_frames, params_to_dict
+from audiotokens.model.audio_tokenizer import AudioTokenizer, single_threaded
+from audiotokens.model.bundle import save_bundle
+from audiotokens.model.parts import EXTRA_POSITIONS, AudioClassifier, ModelSpec
+from audiotokens.tokens.quantizers import Quantizer
 from audiotokens.tokens.vocabulary import load_vocabulary, save_vocabulary
 
 
@@ -84,11 +85,11 @@ def main() -> None:
         paths = write_clips(folder, args.files)
         model_dir = write_bundle(folder, args)
         bundle = load_model(model_dir, device=args.device)
-        tokenizer = AudioTokenizer(bundle)
+        tokenizer = AudioTokenizer.of_bundle(bundle)
         params = tokenizer.params
         monos = [load_mono(p, params.sample_rate) for p in paths]
         frames = [compute_frames(m, params) for m in monos]
-        tokens = [tokenizer.tokens(f) for f in frames]
+        tokens = [tokenizer.frames_to_tokens(f) for f in frames]
         bundle.scores(tokens[:32])  # warm-up
 
         batches = [tokens[i:i + 32] for i in range(0, len(tokens), 32)]
@@ -101,7 +102,7 @@ def main() -> None:
                 per_clip_ms(lambda m: compute_frames(m, params), monos),
             "mel frames (compute_frames, 1 thread, as predict runs it)":
                 per_clip_ms(lambda m: _single(compute_frames, m, params), monos),
-            "token assignment (nearest centroid, 1 thread)": per_clip_ms(tokenizer.tokens, frames),
+            "token assignment (nearest centroid, 1 thread)": per_clip_ms(tokenizer.frames_to_tokens, frames),
             f"model ({args.layers} layers x {args.hidden}, batch 32, {bundle.device})": model_ms,
         }
         runs = [_timed(predict_cli, paths, str(model_dir), ".", 5, None, "csv", io.StringIO())
