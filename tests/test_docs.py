@@ -1,15 +1,22 @@
-"""The docs agree with the code: the configuration reference is the one the config dataclasses generate."""
+"""The docs agree with the code: a short README, a current configuration reference, tables that list the
+names the code has."""
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from audiotokens import config
+from audiotokens.model import parts
+from audiotokens.pipeline import stages
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
+README_MAX_LINES = 200
 
 
 def load_generator():
@@ -20,6 +27,21 @@ def load_generator():
 
 
 config_reference = load_generator()
+
+
+# ---------------------------------------------------------------- the front door
+
+
+def test_the_readme_is_a_front_door():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines; move detail into docs/"
+
+
+def test_readme_links_into_docs_point_at_pages():
+    text = (ROOT / "README.md").read_text()
+    targets = re.findall(r"\]\((docs/[^)#]+)(?:#[^)]*)?\)", text)
+    assert targets, "the README links into docs/"
+    assert [target for target in targets if not (ROOT / target).is_file()] == []
 
 
 # ---------------------------------------------------------------- the generated configuration reference
@@ -84,3 +106,96 @@ def test_a_new_section_needs_no_change_to_the_generator(monkeypatch):
     monkeypatch.setattr(config_reference.config, "SECTIONS", [*config.SECTIONS, "extra"])
     section = config_reference.render().split("## `[extra]`\n", 1)[1]
     assert "| `size` | int | `3` |  | positive | how big |" in section
+
+
+# ---------------------------------------------------------------- the docs' tables list the code's names
+# One function per kind of thing: where the code keeps its names today.
+
+
+def tokenizer_names() -> list[str]:
+    return list(config.TOKENIZERS)
+
+
+def check_choices(section: type, key: str) -> list[str]:
+    return list(next(f for f in dataclasses.fields(section) if f.name == key).metadata["check"])
+
+
+def frame_kind_names() -> list[str]:
+    return check_choices(config.SpectrogramConfig, "features")
+
+
+def data_source_names() -> list[str]:
+    return check_choices(config.DataConfig, "source")
+
+
+def stage_names() -> list[str]:
+    return list(stages.NAMES)
+
+
+def input_names() -> list[str]:
+    return list(parts.INPUTS)
+
+
+def token_embedding_names() -> list[str]:
+    return list(parts.TOKEN_EMBEDDINGS)
+
+
+def encoder_names() -> list[str]:
+    return list(parts.ENCODERS)
+
+
+def pooling_names() -> list[str]:
+    return list(parts.POOLINGS)
+
+
+def head_names() -> list[str]:
+    return list(parts.HEADS)
+
+
+TABLES = {  # the name after `<!-- names: ... -->` above a table in docs/ -> the code's names
+    "tokenizers": tokenizer_names,
+    "frame kinds": frame_kind_names,
+    "data sources": data_source_names,
+    "stages": stage_names,
+    "inputs": input_names,
+    "token embeddings": token_embedding_names,
+    "encoders": encoder_names,
+    "poolings": pooling_names,
+    "heads": head_names,
+}
+MARKER = re.compile(r"<!-- names: (.+?) -->\n((?:\|.*\n?)+)")
+
+
+def table_names(text: str) -> dict[str, list[str]]:
+    """Each marked table's names: the first code span of the first cell of every row below the header."""
+    found: dict[str, list[str]] = {}
+    for kind, table in MARKER.findall(text):
+        assert kind not in found, f"two tables of {kind}"
+        rows = table.strip().splitlines()[2:]
+        found[kind] = [re.search(r"`([^`]+)`", row.split("|")[1]).group(1) for row in rows]
+    return found
+
+
+def documented_tables() -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for page in sorted(DOCS.rglob("*.md")):
+        tables = table_names(page.read_text(encoding="utf-8"))
+        assert not set(tables) & set(found), f"{page.name} repeats a table of {set(tables) & set(found)}"
+        found.update(tables)
+    return found
+
+
+def test_every_kind_of_thing_has_one_table():
+    assert sorted(documented_tables()) == sorted(TABLES)
+
+
+@pytest.mark.parametrize("kind", sorted(TABLES))
+def test_a_docs_table_lists_the_names_the_code_has(kind):
+    assert documented_tables()[kind] == TABLES[kind]()
+
+
+def test_the_table_reader_sees_every_row():
+    """The reader finds each row's name, so the comparisons above can fail."""
+    text = ("<!-- names: things -->\n| thing | what |\n|---|---|\n| `a` (default) | x |\n| `b` | `c` |\n\n"
+            "| `not` | marked |\n")
+    assert table_names(text) == {"things": ["a", "b"]}
