@@ -1,14 +1,17 @@
-"""The docs agree with the code: a short README, a current configuration reference, tables that list the
-names the code has."""
+"""The docs agree with the code: a short README, every page in the site, a current configuration reference,
+tables that list the names the code has, and a site that builds strictly."""
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
 import re
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from audiotokens import config
 from audiotokens.model import parts
@@ -29,7 +32,7 @@ def load_generator():
 config_reference = load_generator()
 
 
-# ---------------------------------------------------------------- the front door
+# ---------------------------------------------------------------- the front door and the site
 
 
 def test_the_readme_is_a_front_door():
@@ -37,11 +40,37 @@ def test_the_readme_is_a_front_door():
     assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines; move detail into docs/"
 
 
+def nav_pages(nav) -> list[str]:
+    """Every page named in an mkdocs nav, however deeply nested."""
+    if isinstance(nav, str):
+        return [nav]
+    if isinstance(nav, dict):
+        return [page for value in nav.values() for page in nav_pages(value)]
+    return [page for item in nav for page in nav_pages(item)]
+
+
+def test_every_page_is_in_the_site_navigation():
+    site = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+    listed = nav_pages(site["nav"])
+    pages = sorted(str(path.relative_to(DOCS)) for path in DOCS.rglob("*.md"))
+    assert sorted(listed) == pages
+    assert len(listed) == len(set(listed)), "a page is listed twice"
+
+
 def test_readme_links_into_docs_point_at_pages():
     text = (ROOT / "README.md").read_text()
     targets = re.findall(r"\]\((docs/[^)#]+)(?:#[^)]*)?\)", text)
     assert targets, "the README links into docs/"
     assert [target for target in targets if not (ROOT / target).is_file()] == []
+
+
+def test_the_site_builds_strictly(tmp_path):
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("material")
+    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
+                            check=False, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "configuration.html").is_file()
 
 
 # ---------------------------------------------------------------- the generated configuration reference
