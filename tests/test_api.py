@@ -29,7 +29,8 @@ from audiotokens.pipeline.provenance import stage_states
 from audiotokens.tokens.quantizers import Quantizer
 from audiotokens.tokens.vocabulary import Vocabulary
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+API_DOC = ROOT / "docs/python-api.md"  # its "## Example" block runs below
 OTHER_RATE = 44100
 
 
@@ -212,12 +213,12 @@ def test_run_reruns_the_named_stages_with_provenance(project, tmp_path):
     assert states["cluster"].state == "fresh" and states["tokenize"].state == "stale"
 
 
-# ---------------------------------------------------------------- the README example
+# ---------------------------------------------------------------- the documented example
 
 
 def readme_example() -> str:
-    text = README.read_text()
-    section = text[text.index("### From Python"):]
+    text = API_DOC.read_text()
+    section = text[text.index("## Example"):]
     return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
 
 
@@ -226,7 +227,7 @@ def test_the_readme_example_runs(project, tmp_path, monkeypatch, capsys):
     shutil.copytree(project / "work/output/model", work / "output/model")
     sf.write(work / "clip.wav", tone_at(SAMPLE_RATE)[0], SAMPLE_RATE)
     monkeypatch.chdir(work)
-    exec(compile(readme_example(), "README.md", "exec"), {})  # noqa: S102 - the documented example itself
+    exec(compile(readme_example(), str(API_DOC), "exec"), {})  # noqa: S102 - the documented example itself
     printed = capsys.readouterr().out
     model = audiotokens.load("output/model")
     assert str(model.classes) in printed and "unknown config key 'cluster.n_cluster'" in printed
@@ -238,7 +239,7 @@ def test_the_readme_example_runs(project, tmp_path, monkeypatch, capsys):
 def complete(env: dict[str, str]) -> str:
     code = "from audiotokens.cli import main; main(prog_name='audiotokens')"
     result = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True,
-                            text=True, check=True, cwd=README.parent, timeout=60)
+                            text=True, check=True, cwd=ROOT, timeout=60)
     return result.stdout
 
 
