@@ -40,7 +40,7 @@ def _slowed(function, seconds: float):
 
 
 def _install_delays(delays: dict[str, float]) -> None:
-    from audiotokens.tokens import kmeans, quantizers
+    from audiotokens.tokens import kmeans, quantizer_kinds
     from audiotokens.features import spectrogram
     from audiotokens.training import optimisation as trainer
 
@@ -51,7 +51,7 @@ def _install_delays(delays: dict[str, float]) -> None:
     if "replace" in delays:
         os.replace = _slowed(os.replace, delays["replace"])
     if "kmeans" in delays:
-        quantizers.train_kmeans = _slowed(quantizers.train_kmeans, delays["kmeans"])
+        quantizer_kinds.train_kmeans = _slowed(quantizer_kinds.train_kmeans, delays["kmeans"])
     if "batch" in delays:
         kmeans.NearestCentroid.__call__ = _slowed(kmeans.NearestCentroid.__call__, delays["batch"])
     if "epoch" in delays:

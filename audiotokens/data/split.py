@@ -44,7 +44,6 @@ log = logging.getLogger("audiotokens")
 TRAIN, VALIDATION, TEST = 0, 1, 2
 TABLE_MAX_CLASSES = 30
 LIST_MAX = 20
-AUDIOSET_SOURCES = ("audioset", "hf_parquet")
 
 
 class DatasetSplitter:
@@ -55,13 +54,14 @@ class DatasetSplitter:
     def run(self) -> dict[str, Any]:
         data = self.config.data
         # the catalogue depends on [data] alone, so that a new split never recomputes spectrograms
-        dataset = sources.load(data, with_eval=bool(_eval_file(self.config)))
+        source = sources.source_of(data)
+        dataset = source.load(with_eval=bool(source.eval_file))
         strategy = resolved_strategy(self.config, dataset)
         if strategy == "official":
             _check_official_side(self.config)
         if strategy != "official" and dataset.eval_clips:
-            log.info("data.eval_segments / data.eval_parquet name the official side, used only by "
-                     "split.strategy=official; their clips are left out of this split")
+            log.info("data.%s names the official side, used only by split.strategy=official; its clips are "
+                     "left out of this split", source.eval_key)
         _check_classes(dataset)
         sides, notes = assign(dataset, self.config, strategy)
         splits = {name: [clip for clip, side in zip(dataset.clips + (dataset.eval_clips or []), sides)
@@ -96,14 +96,15 @@ class DatasetSplitter:
 def resolved_strategy(config: Config, dataset: Dataset) -> str:
     """split.strategy, with `auto` replaced by what suits the source."""
     strategy = config.split.strategy
+    source = sources.source_of(config.data)
     if strategy != "auto":
-        if strategy == "prefix" and config.data.source == "folder":
-            raise UserError("split.strategy=prefix splits by the first character of clip ids, but folder ids "
-                            "start with their class folder, so whole classes would land on one side; use "
+        if strategy == "prefix" and source.ids_lead_with_class:
+            raise UserError(f"split.strategy=prefix splits by the first character of clip ids, but {source.name} "
+                            "ids start with their class, so whole classes would land on one side; use "
                             "split.strategy=stratified (or auto)")
         return strategy
-    if config.data.source in AUDIOSET_SOURCES:
-        return "prefix"
+    if source.auto_strategy:
+        return source.auto_strategy
     return "group" if _grouped(dataset) else "stratified"
 
 
@@ -111,18 +112,15 @@ def _grouped(dataset: Dataset) -> bool:
     return any(clip.group is not None for clip in dataset.clips)
 
 
-def _eval_file(config: Config) -> str:
-    data = config.data
-    return {"audioset": data.eval_segments, "hf_parquet": data.eval_parquet}.get(data.source, "")
-
-
 def _check_official_side(config: Config) -> None:
-    if _eval_file(config) and config.split.validation_list:
-        raise UserError("split.strategy=official: set either the eval files (data.eval_segments / "
-                        "data.eval_parquet) or split.validation_list, not both")
-    if not _eval_file(config) and not config.split.validation_list:
-        raise UserError("split.strategy=official needs the official side: set data.eval_segments (audioset), "
-                        "data.eval_parquet (hf_parquet) or split.validation_list (a file of clip ids)")
+    source = sources.source_of(config.data)
+    if source.eval_file and config.split.validation_list:
+        raise UserError(f"split.strategy=official: set either the eval files (data.{source.eval_key}) or "
+                        "split.validation_list, not both")
+    if not source.eval_file and not config.split.validation_list:
+        own = ", ".join(f"data.{kind.eval_key} ({name})" for name, kind in sources.SOURCES.items() if kind.eval_key)
+        raise UserError(f"split.strategy=official needs the official side: set {own} or split.validation_list "
+                        "(a file of clip ids)")
 
 
 def _check_classes(dataset: Dataset) -> None:

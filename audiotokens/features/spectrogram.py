@@ -1,5 +1,9 @@
 """Mel-spectrogram frames of every clip, once per clip: processed/frames/ (frames.npy, index.json, spec.json).
 
+What a frame is made of is the frame kind that spectrogram.features names, looked up in FRAME_KINDS: `mel`
+(MelFrames, here), `ssl` and `waveform` (a speech model's hidden states or its input rows, ssl.py);
+frame_kind.py says what every kind provides.
+
 `compute_frames` is the one definition of a frame (also used by predict): librosa's melspectrogram
 (Hann window, center=True with zero padding, power 2, Slaney mel filterbank) -> power_to_db (ref 1.0,
 amin 1e-10, top_db) -> min-max scaling of the whole clip to [0, 1]. The STFT is librosa's computation
@@ -62,19 +66,8 @@ from ..pipeline.shards import (
     read_json_or_none,
 )
 from ..pipeline.stores import ClipIndex, SplitPlan, spec_digest
-from .ssl import (
-    model_dir,
-    ssl_clip_frames,
-    ssl_frame_spec,
-    ssl_frames_of,
-    ssl_params_from_spec,
-    ssl_width,
-    waveform_clip_rows,
-    waveform_frame_spec,
-    waveform_params,
-    waveform_params_from_spec,
-    waveform_rows,
-)
+from .frame_kind import FrameKind
+from .ssl import SpeechModelFrames, WaveformRows
 
 log = logging.getLogger("audiotokens")
 
@@ -90,46 +83,78 @@ PART_FORMAT = 3  # bump when the part files' layout or the frame computation cha
 # ---------------------------------------------------------------- parameters
 
 
-FEATURES = "mel"  # what a frame is made of by default; written into the frame spec
 SSL_KEYS = ("ssl_model", "ssl_layer")  # frame keys that only speech-model frames have
-# frames made with a local speech model (ssl.py): its hidden states, or its own input in rows
-SPEECH_FEATURES = ("ssl", "waveform")
+
+
+class MelFrames(FrameKind):
+    """spectrogram.features = mel: the mel-spectrogram frames of `compute_frames`, n_mels values each."""
+
+    name = "mel"
+
+    def spec(self) -> dict[str, Any]:
+        values = asdict(self.params)
+        return {"features": self.name, **{key: values[key] for key in frame_keys() if key not in SSL_KEYS}}
+
+    @classmethod
+    def params_from_spec(cls, spec: dict[str, Any]) -> SpectrogramConfig:
+        values = {key: value for key, value in spec.items() if key != "features"}
+        known = {f.name for f in fields(SpectrogramConfig)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(f"unknown spectrogram parameters {unknown}; valid: {', '.join(sorted(known))}")
+        params = SpectrogramConfig(**values)
+        check_params(params)
+        return params
+
+    def check(self) -> None:
+        check_spectrogram(self.params)
+
+    @property
+    def width(self) -> int:
+        return self.params.n_mels
+
+    def frames_of(self, location: str) -> np.ndarray:
+        return clip_frames(location, self.params)
+
+    def frames_from_samples(self, mono: np.ndarray) -> np.ndarray:
+        return compute_frames(mono, self.params)
+
+    def prepare(self) -> None:
+        p = self.params
+        _mel_groups(p.sample_rate, p.n_fft, p.n_mels, p.fmin, p.fmax)
+
+
+# spectrogram.features -> its frame kind; config's check on spectrogram.features lists the same names
+FRAME_KINDS: dict[str, type[FrameKind]] = {kind.name: kind for kind in (MelFrames, SpeechModelFrames, WaveformRows)}
+
+
+def frame_kind(params: SpectrogramConfig) -> FrameKind:
+    """The kind of frame spectrogram.features names, bound to these settings."""
+    if params.features not in FRAME_KINDS:
+        raise UserError(f"'spectrogram.features' must be one of {', '.join(FRAME_KINDS)}, got {params.features!r}")
+    return FRAME_KINDS[params.features](params)
 
 
 def params_to_dict(params: SpectrogramConfig) -> dict[str, Any]:
     """The frame spec: what a frame is made of and exactly the parameters that define it (config.frame_keys)."""
-    if params.features in SPEECH_FEATURES:
-
-        return ssl_frame_spec(params) if params.features == "ssl" else waveform_frame_spec(params)
-    values = asdict(params)
-    return {"features": FEATURES, **{key: values[key] for key in frame_keys() if key not in SSL_KEYS}}
+    return frame_kind(params).spec()
 
 
 def params_from_dict(values: dict[str, Any]) -> SpectrogramConfig:
-    """Inverse of params_to_dict (other keys keep their defaults); rejects unknown keys."""
-    values = dict(values)
-    if values.get("features") in SPEECH_FEATURES:
-
-        return (ssl_params_from_spec if values["features"] == "ssl" else waveform_params_from_spec)(values)
-    features = values.pop("features", FEATURES)
-    if features != FEATURES:
-        raise UserError(f"frames of kind '{features}' cannot be computed here (only '{FEATURES}', "
-                        f"{' or '.join(repr(kind) for kind in SPEECH_FEATURES)})")
-    known = {f.name for f in fields(SpectrogramConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise UserError(f"unknown spectrogram parameters {unknown}; valid: {', '.join(sorted(known))}")
-    params = SpectrogramConfig(**values)
-    check_params(params)
-    return params
+    """Inverse of params_to_dict (other keys keep their defaults); rejects unknown keys. A spec without
+    "features" is of mel frames (the frame spec before other kinds existed)."""
+    features = values.get("features", MelFrames.name)
+    if features not in FRAME_KINDS:
+        first, *others = FRAME_KINDS
+        raise UserError(f"frames of kind '{features}' cannot be computed here (only '{first}', "
+                        f"{' or '.join(repr(kind) for kind in others)})")
+    return FRAME_KINDS[features].params_from_spec(dict(values))
 
 
 def resolve_params(params: SpectrogramConfig) -> SpectrogramConfig:
-    """The configured settings, with what waveform rows take from the speech model (its rate and stride)."""
-    if params.features == "waveform":
-
-        return waveform_params(params)
-    return params
+    """The configured settings, with what the frame kind fixes itself (waveform rows: the speech model's
+    rate and stride)."""
+    return frame_kind(params).resolved()
 
 
 def check_params(params: SpectrogramConfig) -> None:
@@ -139,43 +164,22 @@ def check_params(params: SpectrogramConfig) -> None:
             raise UserError(f"'spectrogram.{key}' must be >= 0, got {getattr(params, key)}")
     if params.dtype not in ("float32", "float16"):
         raise UserError(f"'spectrogram.dtype' must be float32 or float16, got '{params.dtype}'")
-    if params.features != "waveform":  # waveform rows have no mel settings; their rate is the model's
-        check_spectrogram(params)
-    if params.features in SPEECH_FEATURES:
-        params_to_dict(params)  # the model folder (and layer) exist, before any clip is read
+    frame_kind(params).check()
 
 
 def frames_of(location: str, params: SpectrogramConfig) -> np.ndarray:
-    """A clip's frames of the configured kind: mel (clip_frames), a speech model's hidden states, or the
-    waveform in rows (resolved params: the model's rate and stride)."""
-    if params.features == "ssl":
-
-        return ssl_clip_frames(location, params)
-    if params.features == "waveform":
-
-        return waveform_clip_rows(location, params)
-    return clip_frames(location, params)
+    """A clip's frames of the configured kind (resolved params)."""
+    return frame_kind(params).frames_of(location)
 
 
 def frames_from_samples(mono: np.ndarray, params: SpectrogramConfig) -> np.ndarray:
     """frames_of for mono samples already at params.sample_rate (audio in memory)."""
-    if params.features == "ssl":
-
-        return ssl_frames_of(mono, model_dir(params), params.ssl_layer)
-    if params.features == "waveform":
-
-        return waveform_rows(mono, params)
-    return compute_frames(mono, params)
+    return frame_kind(params).frames_from_samples(mono)
 
 
 def frame_width(params: SpectrogramConfig) -> int:
     """Values per frame: mel bands, the speech model's hidden size, or its stride (waveform rows)."""
-    if params.features == "ssl":
-
-        return ssl_width(params)
-    if params.features == "waveform":
-        return params.hop_length
-    return params.n_mels
+    return frame_kind(params).width
 
 
 # ---------------------------------------------------------------- frames
@@ -600,10 +604,9 @@ class SpectrogramProcessor:
 
     def _compute_shards(self, clips: list[dict], key: str, shards: list[Shard]) -> dict[str, int]:
         """Compute the missing parts of each shard, one process pool for all of them."""
-        if self.params.features == FEATURES:
-            # built once here so forked workers inherit it instead of each paying librosa's first-call cost
-            _mel_groups(self.params.sample_rate, self.params.n_fft, self.params.n_mels, self.params.fmin,
-                        self.params.fmax)
+        # e.g. the mel filterbank, built once here so forked workers inherit it instead of each paying
+        # librosa's first-call cost
+        frame_kind(self.params).prepare()
         total = sum(len(shard.clip_range(len(clips))) for shard in shards)
         with self._mapper(total) as mapper:
             for shard in shards:
@@ -697,7 +700,7 @@ class SpectrogramProcessor:
     def _mapper(self, n_tasks: int) -> Iterator[Callable[[Iterable], Iterator[ClipResult]]]:
         """An ordered map of process_clip over tasks: a process pool, or in-process for one worker."""
         # a speech model runs in this process (on the GPU when there is one), not once per worker
-        workers = 1 if self.params.features == "ssl" else self.params.workers
+        workers = 1 if frame_kind(self.params).in_process else self.params.workers
         with clip_map(functools.partial(process_clip, self.params), n_tasks, workers) as mapper:
             yield mapper
 

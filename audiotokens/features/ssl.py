@@ -33,9 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import SpectrogramConfig
+from ..config import SpectrogramConfig, check_spectrogram
 from ..data.audio import AudioError, load_mono
 from ..errors import UserError
+from .frame_kind import FrameKind
 
 DEFAULT_RATE = 16000  # wav2vec2 / HuBERT / WavLM checkpoints without a preprocessor_config.json
 WAVEFORM = "waveform"
@@ -225,3 +226,63 @@ def waveform_rows(samples: np.ndarray, params: SpectrogramConfig) -> np.ndarray:
 
 def waveform_clip_rows(location: str, params: SpectrogramConfig) -> np.ndarray:
     return waveform_rows(load_mono(location, params.sample_rate, params.max_duration), params)
+
+
+# ---------------------------------------------------------------- the two frame kinds of a speech model
+
+
+class SpeechModelFrames(FrameKind):
+    """spectrogram.features = ssl: one hidden-state layer of a local speech model per frame."""
+
+    name = "ssl"
+    in_process = True  # the model runs in the stage's own process (on the GPU when there is one)
+
+    def spec(self) -> dict[str, Any]:
+        return ssl_frame_spec(self.params)
+
+    @classmethod
+    def params_from_spec(cls, spec: dict[str, Any]) -> SpectrogramConfig:
+        return ssl_params_from_spec(spec)
+
+    def check(self) -> None:
+        check_spectrogram(self.params)
+        self.spec()  # the model folder and the layer exist, before any clip is read
+
+    @property
+    def width(self) -> int:
+        return ssl_width(self.params)
+
+    def frames_of(self, location: str) -> np.ndarray:
+        return ssl_clip_frames(location, self.params)
+
+    def frames_from_samples(self, mono: np.ndarray) -> np.ndarray:
+        return ssl_frames_of(mono, model_dir(self.params), self.params.ssl_layer)
+
+
+class WaveformRows(FrameKind):
+    """spectrogram.features = waveform: the speech model's input in rows of its stride, for fine-tuning it."""
+
+    name = WAVEFORM
+
+    def spec(self) -> dict[str, Any]:
+        return waveform_frame_spec(self.params)
+
+    @classmethod
+    def params_from_spec(cls, spec: dict[str, Any]) -> SpectrogramConfig:
+        return waveform_params_from_spec(spec)
+
+    def resolved(self) -> SpectrogramConfig:
+        return waveform_params(self.params)
+
+    def check(self) -> None:
+        self.spec()  # no mel settings to check; the model folder exists, before any clip is read
+
+    @property
+    def width(self) -> int:
+        return self.params.hop_length  # resolved: the model's stride
+
+    def frames_of(self, location: str) -> np.ndarray:
+        return waveform_clip_rows(location, self.params)
+
+    def frames_from_samples(self, mono: np.ndarray) -> np.ndarray:
+        return waveform_rows(mono, self.params)

@@ -20,6 +20,7 @@ from ..errors import UserError
 from ..pipeline.layout import Layout
 from ..pipeline.stores import ClipIndex, SplitPlan, open_split, read_frame_spec
 from .kmeans import release_pages
+from .quantizer_kinds import QuantizerKind, kind_from_config
 from .quantizers import fit_quantizer, reconstruction_mse
 from .vocabulary import save_vocabulary
 
@@ -110,6 +111,7 @@ class ClusterCreator:
 
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
+        kind = kind_from_config(self.cluster)
         spec = read_frame_spec(self.layout)
         if spec.get("features") == "waveform":
             raise UserError(f"{self.layout.frames} holds waveform rows (spectrogram.features = waveform) for "
@@ -119,20 +121,18 @@ class ClusterCreator:
         if frames.ndim != 2:
             raise UserError(f"{self.layout.frames} must be a (frames, dim) matrix, found shape {frames.shape}; "
                             "re-run `audiotokens spectrogram`")
-        stack, stride = self._geometry()
+        stack, stride = kind.geometry
         available, dim = vector_count(index, stack, stride), frames.shape[1] * stack
         used, reason = sample_size(available, dim, self.cluster)
-        warnings = self._check_counts(used, available)
+        warnings = self._check_counts(kind, used, available)
         positions = sample_rows(available, used, self.cluster.seed)
         log.info("%s tokenizer: %d clusters per codebook on %d of %d training vectors (%s), dim %d, "
-                 "%d iterations%s", self.cluster.tokenizer, self.cluster.n_clusters, used, available, reason, dim,
+                 "%d iterations%s", kind.name, self.cluster.n_clusters, used, available, reason, dim,
                  self.cluster.niter, ", spherical" if self.cluster.spherical else "")
         x = load_vectors(frames, index, positions, stack, stride, str(self.layout.frames))
         quantizer, report = fit_quantizer(
-            self.cluster.tokenizer, x, n_clusters=self.cluster.n_clusters, niter=self.cluster.niter,
-            seed=self.cluster.seed, spherical=self.cluster.spherical, bands=self.cluster.bands,
-            stages=self.cluster.stages, levels=self.cluster.levels, stack=stack, stride=stride,
-            gpu=self.cluster.gpu)
+            kind, x, n_clusters=self.cluster.n_clusters, niter=self.cluster.niter, seed=self.cluster.seed,
+            spherical=self.cluster.spherical, gpu=self.cluster.gpu)
         del x
         report.update(self._sampling(index, positions, available, used, reason, warnings, frames.dtype))
         report["validation_reconstruction_mse"] = self._validation_mse(quantizer, reconstruction_mse)
@@ -150,18 +150,9 @@ class ClusterCreator:
                 "dim": dim, "frames_used": used, "frames_available": available, "dead_codes": dead,
                 "validation_reconstruction_mse": report["validation_reconstruction_mse"]}
 
-    def _geometry(self) -> tuple[int, int]:
-        """(frames per vector, hop between vectors) of the chosen tokenizer."""
-        if self.cluster.tokenizer != "stacked":
-            return 1, 1
-        if self.cluster.stack_stride > self.cluster.stack:
-            raise UserError(f"'cluster.stack_stride' ({self.cluster.stack_stride}) is larger than 'cluster.stack' "
-                            f"({self.cluster.stack}): frames between windows would be skipped")
-        return self.cluster.stack, self.cluster.stack_stride or self.cluster.stack
-
-    def _check_counts(self, used: int, available: int) -> list[str]:
+    def _check_counts(self, kind: QuantizerKind, used: int, available: int) -> list[str]:
         k = self.cluster.n_clusters
-        if self.cluster.tokenizer == "scalar":
+        if not kind.uses_kmeans:
             return []
         if used < k:
             raise UserError(f"cluster.n_clusters = {k} needs at least {k} training vectors, but only {used} "

@@ -1,34 +1,13 @@
-"""The tokenizer family: fitted quantisers that turn spectrogram frames into one or more ids per token.
+"""The fitted quantizer: spectrogram frames to one or more ids per token and back, and how it is measured.
 
-This module owns what a token is: how frames are grouped into the vectors that get a token, how
-those vectors are fitted, encoded to ids and decoded back to quantised vectors, and how a fitted
-quantiser is saved and fingerprinted. It reads and writes no files; the cluster and tokenize stages
-do that with `Quantizer.state()` / `Quantizer.from_state()`.
-
-Kinds (`cluster.tokenizer`), for frames of `n_mels` bins:
-
-- `frame`: one k-means over whole frames (the original vocabulary): 1 id per frame from
-  `n_clusters` codes, log2(n_clusters) bits per token.
-- `stacked`: one k-means over `stack` consecutive frames concatenated, windows starting every
-  `stride` frames (default `stride = stack`): 1 id per window, a sequence `stride` times shorter;
-  log2(n_clusters) bits per token, log2(n_clusters) / stride bits per frame. No frame is dropped: a
-  clip's partial last window (or a clip shorter than `stack`) is padded by repeating its last frame.
-- `subband`: product quantisation. The mel bins are split into `bands` contiguous bands (sizes differ
-  by at most one bin) with one k-means of `n_clusters` per band: `bands` ids per frame,
-  bands * log2(n_clusters) bits per token. `bands = 1` is `frame`.
-- `residual`: `stages` k-means fitted one after another, each on what the previous stages left
-  (x minus the sum of the chosen centroids): `stages` ids per frame, coarse to fine,
-  stages * log2(n_clusters) bits per token. A frame decodes to the sum of its stage centroids.
-- `scalar` (dMel-style, no k-means): every bin quantised on its own to `levels` evenly spaced values
-  between the training sample's global minimum and maximum: `n_mels` ids per frame,
-  n_mels * log2(levels) bits per token; the near-lossless ceiling. A value within the training range
-  decodes within half a level; one outside it goes to the end level.
+This module owns what a fitted token is: how frames are grouped into the vectors that get a token, how
+those vectors are encoded to ids and decoded back to quantised vectors, and how a fitted quantizer is
+saved and fingerprinted. The kinds of quantizer (`cluster.tokenizer`: frame, stacked, subband, residual,
+scalar), what each reads from [cluster] and how each fits, are classes in quantizer_kinds.py, looked up in
+its registry `KINDS`; `fit_quantizer` fits one. This module reads and writes no files; the cluster and
+tokenize stages do that with `Quantizer.state()` / `Quantizer.from_state()`.
 
 Bits per token = the sum over codebooks of log2(codebook size): what one token can tell apart.
-
-With `spherical` (frame, stacked, subband only) vectors are compared by cosine: each codebook's slice
-of a vector is L2-normalised before its nearest entry is searched, the entries are unit vectors, and a
-decoded vector is a concatenation of unit vectors (see `Quantizer.prepare`).
 """
 from __future__ import annotations
 
@@ -37,18 +16,16 @@ import itertools
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import faiss
 import numpy as np
 
 from ..errors import UserError
-from .kmeans import NearestCentroid, iter_batches, token_statistics, train_kmeans, use_gpu
+from .kmeans import iter_batches, token_statistics, use_gpu
+from .quantizer_kinds import KINDS, KMeansSettings, QuantizerKind
 
-KINDS = ("frame", "stacked", "subband", "residual", "scalar")
-COMBINE = {"frame": "concat", "stacked": "concat", "subband": "concat", "residual": "sum", "scalar": "concat"}
-SPHERICAL_KINDS = ("frame", "stacked", "subband")
 STATE_FORMAT = 1
 DEFAULT_BATCH = 65536
 
@@ -80,34 +57,24 @@ class Quantizer:
         else:
             slices = [slice(0, books[0].shape[1])] * len(books)
         object.__setattr__(self, "_slices", slices)
-        self._check()
-        # scalar codebooks are searched by bisection; the others by exact faiss search
-        searchers = [] if self.kind == "scalar" else [
-            NearestCentroid(book, self.spherical) for book in books]
-        object.__setattr__(self, "_searchers", searchers)
+        kind = self._check()
+        object.__setattr__(self, "_searchers", [kind.searcher(book, self.spherical) for book in books])
 
-    def _check(self) -> None:
-        if self.kind not in KINDS:
+    def _check(self) -> type[QuantizerKind]:
+        """The registered kind of this quantizer, once its codebooks are ones that kind makes."""
+        kind = KINDS.get(self.kind)
+        if kind is None:
             raise ValueError(f"unknown quantizer kind {self.kind!r}; known: {', '.join(KINDS)}")
-        if self.combine != COMBINE[self.kind]:
-            raise ValueError(f"a {self.kind} quantizer combines by {COMBINE[self.kind]!r}, not {self.combine!r}")
-        if self.kind in ("frame", "stacked") and len(self.codebooks) != 1:
-            raise ValueError(f"a {self.kind} quantizer has one codebook, not {len(self.codebooks)}")
-        if self.spherical and self.kind not in SPHERICAL_KINDS:
+        if self.combine != kind.combine:
+            raise ValueError(f"a {self.kind} quantizer combines by {kind.combine!r}, not {self.combine!r}")
+        if self.spherical and not kind.may_be_spherical:
             raise ValueError(f"a {self.kind} quantizer cannot be spherical")
         if self.stack < 1 or not 1 <= self.stride <= self.stack:
             raise ValueError(f"stack = {self.stack}, stride = {self.stride}: need 1 <= stride <= stack")
-        if self.kind != "stacked" and (self.stack, self.stride) != (1, 1):
-            raise ValueError(f"only a stacked quantizer has stack/stride, not {self.kind}")
         if self.combine == "sum" and len({book.shape[1] for book in self.codebooks}) != 1:
             raise ValueError("summed codebooks must all have the vector's dimension")
-        if self.kind == "stacked" and self.input_dim % self.stack:
-            raise ValueError(f"input dimension {self.input_dim} is not a multiple of stack = {self.stack}")
-        if self.kind == "scalar":
-            if any(book.shape[1] != 1 or len(book) < 2 for book in self.codebooks):
-                raise ValueError("scalar codebooks are (levels >= 2, 1) columns")
-            if any((np.diff(book[:, 0]) <= 0).any() for book in self.codebooks):
-                raise ValueError("scalar codebook levels must be strictly increasing")
+        kind.check_fitted(self)
+        return kind
 
     # ------------------------------------------------------------ shape facts
 
@@ -188,10 +155,7 @@ class Quantizer:
         bad = ~np.isfinite(x).all(axis=1)
         x[bad] = 0.0
         ids = np.empty((len(x), self.n_codebooks), dtype=np.int64)
-        if self.kind == "scalar":
-            for c, book in enumerate(self.codebooks):
-                ids[:, c] = _nearest_level(book[:, 0], x[:, c])
-        elif self.combine == "sum":
+        if self.combine == "sum":
             residual = x  # coarse to fine: each stage quantises what the previous ones left
             for c, (search, book) in enumerate(zip(self._searchers, self.codebooks)):
                 ids[:, c] = search(residual)
@@ -290,138 +254,31 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _nearest_level(levels: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Index of the nearest level (the lower one on a tie), by bisection between consecutive levels."""
-    levels = levels.astype(np.float64)
-    midpoints = (levels[:-1] + levels[1:]) / 2
-    return np.searchsorted(midpoints, values.astype(np.float64), side="left").astype(np.int64)
-
-
 # ---------------------------------------------------------------- fitting
 
 
-def fit_quantizer(kind: str, sample: np.ndarray, *, n_clusters: int, niter: int, seed: int,
-                  spherical: bool = False, bands: int = 8, stages: int = 4, levels: int = 16, stack: int = 4,
-                  stride: int = 0, gpu: bool = False) -> tuple[Quantizer, dict[str, Any]]:
-    """Fit a quantizer of `kind` on training vectors; return it and a fit report.
+def fit_quantizer(kind: QuantizerKind, sample: np.ndarray, *, n_clusters: int, niter: int, seed: int,
+                  spherical: bool = False, gpu: bool = False) -> tuple[Quantizer, dict[str, Any]]:
+    """Fit a quantizer of `kind` (quantizer_kinds.py, with its own settings) on training vectors; return it and
+    a fit report.
 
-    `sample` is (n, n_mels) frames, or for `stacked` already-windowed vectors (n, n_mels * stack).
-    The sample itself is never modified. Parameters a kind does not use are ignored.
+    `sample` is (n, n_mels) frames, or for a kind that groups frames (`geometry`) already-windowed vectors
+    (n, n_mels * stack). The sample itself is never modified. The k-means settings are ignored by a kind
+    that does not use k-means.
     """
-    _check_parameters(kind, sample, n_clusters=n_clusters, spherical=spherical, bands=bands, stages=stages,
-                      levels=levels, stack=stack, stride=stride)
-    started = time.perf_counter()
-    gpu = use_gpu(gpu) if kind != "scalar" else False
-    fit = {"n_clusters": n_clusters, "niter": niter, "seed": seed, "spherical": spherical, "gpu": gpu}
-    if kind in ("frame", "stacked"):
-        books, fits = _fit_concat(sample, [sample.shape[1]], **fit)
-    elif kind == "subband":
-        books, fits = _fit_concat(sample, band_widths(sample.shape[1], bands), **fit)
-    elif kind == "residual":
-        books, fits = _fit_residual(sample, stages, **fit)
-    else:
-        books, fits = _fit_scalar(sample, levels)
-    stacked = kind == "stacked"
-    quantizer = Quantizer(kind=kind, codebooks=books, combine=COMBINE[kind], spherical=spherical,
-                          stack=stack if stacked else 1, stride=(stride or stack) if stacked else 1)
-    return quantizer, _fit_report(quantizer, sample, fits, gpu, time.perf_counter() - started)
-
-
-def band_widths(dim: int, bands: int) -> list[int]:
-    """Widths of `bands` contiguous bands over `dim` bins, as equal as possible (wider bands first)."""
-    return [dim // bands + (1 if band < dim % bands else 0) for band in range(bands)]
-
-
-def _check_parameters(kind: str, sample: np.ndarray, *, n_clusters: int, spherical: bool, bands: int,
-                      stages: int, levels: int, stack: int, stride: int) -> None:
-    if kind not in KINDS:
-        raise UserError(f"cluster.tokenizer = {kind!r} is not a tokenizer; choose one of {', '.join(KINDS)}")
     if sample.ndim != 2 or 0 in sample.shape:
         raise ValueError(f"the training sample must be a non-empty (n, dim) matrix, got {sample.shape}")
     if not np.isfinite(sample).all():
         raise UserError("the training frames contain NaN or inf; re-run `audiotokens spectrogram`")
-    rows, dim = sample.shape
-    if spherical and kind not in SPHERICAL_KINDS:
-        raise UserError(f"cluster.spherical is not supported for the {kind} tokenizer; set "
-                        f"cluster.spherical = false, or use the {', '.join(SPHERICAL_KINDS)} tokenizer")
-    if kind != "scalar" and not 1 <= n_clusters <= rows:
-        raise UserError(f"cluster.n_clusters = {n_clusters} needs between 1 and the {rows} training vectors; "
-                        "lower cluster.n_clusters or train on more frames")
-    if kind == "subband" and not 1 <= bands <= dim:
-        raise UserError(f"cluster.bands = {bands} must be between 1 and the {dim} mel bins per frame")
-    if kind == "residual" and stages < 1:
-        raise UserError(f"cluster.stages = {stages} must be at least 1")
-    if kind == "scalar" and levels < 2:
-        raise UserError(f"cluster.levels = {levels} must be at least 2")
-    if kind == "stacked":
-        if stack < 1:
-            raise UserError(f"cluster.stack = {stack} must be at least 1 (frames per token)")
-        if not 0 <= stride <= stack:
-            raise UserError(f"cluster.stack_stride = {stride} must be between 1 and cluster.stack = {stack} "
-                            "(a larger hop would skip frames), or 0 for the default (= cluster.stack)")
-        if dim % stack:
-            raise ValueError(f"stacked training vectors of dimension {dim} are not windows of {stack} frames")
-
-
-def _fit_concat(sample: np.ndarray, widths: list[int], **fit: Any) -> tuple[list[np.ndarray], list[dict]]:
-    """One k-means per contiguous slice of the vector (a single slice: the whole frame or window)."""
-    books, fits, start = [], [], 0
-    for c, width in enumerate(widths):
-        book, report = _kmeans(sample[:, start:start + width], c, **fit)
-        books.append(book)
-        fits.append(report)
-        start += width
-    return books, fits
-
-
-def _fit_residual(sample: np.ndarray, stages: int, **fit: Any) -> tuple[list[np.ndarray], list[dict]]:
-    """Stage s is fitted on the sample minus the entries stages 0..s-1 chose (nearest, as encode does)."""
-    residual = np.array(sample, dtype=np.float32, order="C", copy=True)
-    books, fits = [], []
-    for c in range(stages):
-        book, report = _kmeans(residual, c, **fit)
-        residual -= book[NearestCentroid(book, False)(residual)]
-        books.append(book)
-        fits.append(report)
-    return books, fits
-
-
-def _kmeans(x: np.ndarray, c: int, *, n_clusters: int, niter: int, seed: int, spherical: bool,
-            gpu: bool) -> tuple[np.ndarray, dict[str, Any]]:
-    """faiss k-means as the cluster stage runs it (same call, same normalisation) on a private copy.
-
-    Codebook c uses seed + c, so codebook 0 of any kind has the `frame` kind's centroids for the same data.
-    """
-    x = np.array(x, dtype=np.float32, order="C", copy=True)
-    if spherical:
-        faiss.normalize_L2(x)
+    fit = KMeansSettings(n_clusters=n_clusters, niter=niter, seed=seed, spherical=spherical)
+    kind.check_sample(sample, fit)
     started = time.perf_counter()
-    kmeans = train_kmeans(x, n_clusters, niter, seed + c, spherical, gpu)
-    seconds = time.perf_counter() - started
-    centroids = np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
-    if spherical:
-        faiss.normalize_L2(centroids)
-    return centroids, {
-        "seed": seed + c,
-        "iterations_run": len(kmeans.obj),  # faiss stops early once the objective stops changing
-        "objective": [float(v) for v in kmeans.obj],
-        "objective_meaning": ("sum of inner products of unit vectors with their centroid (higher is better)"
-                              if spherical else "sum of squared L2 distances to centroids"),
-        "imbalance_factor": float(kmeans.iteration_stats[-1]["imbalance_factor"])
-        if kmeans.iteration_stats else None,
-        "fit_time_s": round(seconds, 3),
-    }
-
-
-def _fit_scalar(sample: np.ndarray, levels: int) -> tuple[list[np.ndarray], list[dict]]:
-    """`levels` evenly spaced values from the sample's global min to max, the same for every bin."""
-    low, high = float(sample.min()), float(sample.max())
-    if not high > low:
-        raise UserError(f"every training value equals {low}: the scalar tokenizer needs a range of values; "
-                        "check the spectrogram stage's output")
-    values = np.linspace(low, high, levels, dtype=np.float64).astype(np.float32)[:, None]
-    report = {"range": [low, high], "step": (high - low) / (levels - 1), "objective": []}
-    return [values] * sample.shape[1], [report] * sample.shape[1]
+    fit = replace(fit, gpu=use_gpu(gpu) if kind.uses_kmeans else False)
+    books, fits = kind.fit(sample, fit)
+    stack, stride = kind.geometry
+    quantizer = Quantizer(kind=kind.name, codebooks=books, combine=kind.combine, spherical=spherical,
+                          stack=stack, stride=stride)
+    return quantizer, _fit_report(quantizer, sample, fits, fit.gpu, time.perf_counter() - started)
 
 
 def _fit_report(quantizer: Quantizer, sample: np.ndarray, fits: list[dict], gpu: bool,

@@ -382,6 +382,19 @@ def test_unset_source_keys_are_named(settings, fragment):
         sources.load(DataConfig(**settings))
 
 
+@pytest.mark.parametrize("settings, with_eval, fragment", [
+    ({"source": "kaldi"}, False, "^'data.source' must be one of manifest, folder, audioset, hf_parquet, got 'kaldi'$"),
+    ({"source": "manifest", "manifest": "m.csv"}, True, "^data.source=manifest has no eval side of its own"),
+    ({"source": "folder", "folder": "f"}, True, "^data.source=folder has no eval side of its own"),
+    ({"source": "audioset", "segments": "s.csv"}, True, "^data.eval_segments is empty; set it to the eval segments"),
+    ({"source": "hf_parquet", "parquet": "*.parquet"}, True, "^data.eval_parquet is empty; set it to a glob"),
+])
+def test_the_source_is_looked_up_and_only_its_own_eval_side_is_loaded(settings, with_eval, fragment):
+    with pytest.raises(UserError, match=fragment) as caught:
+        sources.load(DataConfig(**settings), with_eval=with_eval)
+    assert "\n" not in str(caught.value)
+
+
 def test_audio_extensions_follow_libsndfile():
     assert {"wav", "flac", "ogg", "aiff", "au"} <= sources.AUDIO_EXTENSIONS
     assert ("mp3" in sources.AUDIO_EXTENSIONS) == ("MP3" in sf.available_formats())

@@ -270,3 +270,24 @@ def test_dead_codes_are_named(tmp_path):
     oracle = np.bincount(nearest(train, centroids_of(tmp_path)), minlength=4)
     assert book["sizes"] == oracle.tolist()
     assert book["dead_codes"] == np.flatnonzero(oracle == 0).tolist() != []
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    ([], ("frame", 1, 1, [DIM], [4])),
+    (["cluster.tokenizer=stacked", "cluster.stack=3", "cluster.stack_stride=2"], ("stacked", 3, 2, [3 * DIM], [4])),
+    (["cluster.tokenizer=subband", "cluster.bands=3"], ("subband", 1, 1, [3, 3, 2], [4] * 3)),
+    (["cluster.tokenizer=residual", "cluster.stages=2"], ("residual", 1, 1, [DIM, DIM], [4, 4])),
+    (["cluster.tokenizer=scalar", "cluster.levels=5"], ("scalar", 1, 1, [1] * DIM, [5] * DIM)),
+], ids=["frame", "stacked", "subband", "residual", "scalar"])
+def test_each_tokenizer_reads_its_own_cluster_keys(corpus, overrides, expected):
+    workdir = corpus[0]
+    counts = ClusterCreator(config_for(workdir, *overrides)).run()
+    q = load_vocabulary(Layout(workdir).vocabulary).quantizer
+    assert (q.kind, q.stack, q.stride, q.codebook_dims, q.codebook_sizes) == expected
+    assert counts["dim"] == q.input_dim
+
+
+def test_a_stride_longer_than_the_stack_is_refused_before_any_frame_is_read(tmp_path):
+    with pytest.raises(UserError, match=r"cluster\.stack_stride = 5 must be between 1 and cluster\.stack = 4"):
+        ClusterCreator(config_for(tmp_path, "cluster.tokenizer=stacked", "cluster.stack=4",
+                                  "cluster.stack_stride=5")).run()

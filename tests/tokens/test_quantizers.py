@@ -14,7 +14,8 @@ from audiotokens.pipeline.layout import Layout
 from audiotokens.tokens.cluster import ClusterCreator
 from audiotokens.config import load_config
 from audiotokens.errors import UserError
-from audiotokens.tokens.quantizers import KINDS, Quantizer, codebook_usage, fit_quantizer, reconstruction_mse
+from audiotokens.tokens.quantizer_kinds import KINDS, quantizer_kind
+from audiotokens.tokens.quantizers import Quantizer, codebook_usage, fit_quantizer, reconstruction_mse
 from audiotokens.tokens.kmeans import NearestCentroid
 from audiotokens.tokens.vocabulary import load_vocabulary
 
@@ -35,20 +36,20 @@ def frames_like(seed: int, n: int = 2000) -> np.ndarray:
     return (gain * shapes[which] + 0.3 * rng.standard_normal((n, N_MELS))).astype(np.float32)
 
 
-def training_vectors(kind: str, frames: np.ndarray, stack: int = STACK, stride: int = 0) -> np.ndarray:
+def training_vectors(kind: str, frames: np.ndarray, stack: int = STACK, stack_stride: int = 0) -> np.ndarray:
     """Frames, or for `stacked` the windows of clips of 50 frames (as the cluster stage would sample)."""
     if kind != "stacked":
         return frames
     probe = Quantizer(kind="stacked", codebooks=[np.zeros((1, N_MELS * stack), np.float32)], combine="concat",
-                      stack=stack, stride=stride or stack)
+                      stack=stack, stride=stack_stride or stack)
     return np.concatenate([probe.windows(frames[i:i + 50]) for i in range(0, len(frames), 50)])
 
 
 def fit(kind: str, seed: int = 0, spherical: bool = False, **overrides):
     options = {**OPTIONS, **overrides}
-    sample = training_vectors(kind, frames_like(seed), options["stack"], options.get("stride", 0))
-    quantizer, report = fit_quantizer(kind, sample, n_clusters=K, niter=NITER, seed=seed, spherical=spherical,
-                                      **options)
+    sample = training_vectors(kind, frames_like(seed), options["stack"], options.get("stack_stride", 0))
+    quantizer, report = fit_quantizer(quantizer_kind(kind, **options), sample, n_clusters=K, niter=NITER, seed=seed,
+                                      spherical=spherical)
     return quantizer, report, sample
 
 
@@ -137,7 +138,7 @@ def test_frame_reproduces_the_cluster_stage_centroids_and_tokens(tmp_path, spher
     ClusterCreator(config).run()
     centroids = load_vocabulary(Layout(tmp_path).vocabulary).quantizer.codebooks[0]
     untouched = frames.copy()
-    quantizer, _ = fit_quantizer("frame", frames, n_clusters=K, niter=NITER, seed=5, spherical=spherical)
+    quantizer, _ = fit_quantizer(quantizer_kind("frame"), frames, n_clusters=K, niter=NITER, seed=5, spherical=spherical)
     np.testing.assert_array_equal(frames, untouched)  # the caller's sample is never normalised in place
     np.testing.assert_array_equal(quantizer.codebooks[0], centroids)
     np.testing.assert_array_equal(quantizer.encode(frames)[:, 0], NearestCentroid(centroids, spherical)(frames))
@@ -176,7 +177,7 @@ def test_residual_error_does_not_grow_with_stages():
     sample = frames_like(seed=2)
     errors = []
     for stages in range(1, 5):
-        quantizer, _ = fit_quantizer("residual", sample, n_clusters=K, niter=NITER, seed=0, stages=stages)
+        quantizer, _ = fit_quantizer(quantizer_kind("residual", stages=stages), sample, n_clusters=K, niter=NITER, seed=0)
         direct = float(np.mean(np.square(sample - quantizer.decode(quantizer.encode(sample)).astype(np.float64))))
         assert reconstruction_mse(quantizer, sample) == pytest.approx(direct, rel=1e-6)
         errors.append(direct)
@@ -197,7 +198,7 @@ def test_spherical_reconstruction_error_is_measured_against_unit_bands():
 def test_scalar_reconstructs_within_half_a_level():
     sample = frames_like(seed=1)
     levels = 10
-    quantizer, report = fit_quantizer("scalar", sample, n_clusters=K, niter=NITER, seed=0, levels=levels)
+    quantizer, report = fit_quantizer(quantizer_kind("scalar", levels=levels), sample, n_clusters=K, niter=NITER, seed=0)
     low, high = float(sample.min()), float(sample.max())
     assert quantizer.n_codebooks == N_MELS and quantizer.codebook_sizes == [levels] * N_MELS
     np.testing.assert_allclose(quantizer.codebooks[5][:, 0], np.linspace(low, high, levels), rtol=1e-6)
@@ -237,7 +238,7 @@ def test_stacked_stride_defaults_to_stack_and_bits_per_frame_divide_by_it():
     assert (quantizer.stack, quantizer.stride) == (STACK, STACK)
     assert quantizer.input_dim == N_MELS * STACK
     assert report["bits_per_frame"] == pytest.approx(math.log2(K) / STACK)
-    overlapping, _, _ = fit("stacked", stride=1)
+    overlapping, _, _ = fit("stacked", stack_stride=1)
     assert overlapping.stride == 1 and overlapping.bits_per_frame == pytest.approx(math.log2(K))
 
 
@@ -329,6 +330,9 @@ def test_fit_report_has_objective_sizes_and_dead_codes_per_codebook():
 # ---------------------------------------------------------------- bad parameters
 
 
+KMEANS_KEYS = ("n_clusters", "spherical")  # fit_quantizer's; the other options are the kind's own settings
+
+
 @pytest.mark.parametrize(("kind", "options", "key"), [
     ("tokens", {}, "cluster.tokenizer"),
     ("frame", {"n_clusters": 301}, "cluster.n_clusters"),  # one more than the sample has rows
@@ -338,8 +342,8 @@ def test_fit_report_has_objective_sizes_and_dead_codes_per_codebook():
     ("residual", {"stages": 0}, "cluster.stages"),
     ("scalar", {"levels": 1}, "cluster.levels"),
     ("stacked", {"stack": 0}, "cluster.stack"),
-    ("stacked", {"stack": 3, "stride": 4}, "cluster.stack_stride"),
-    ("stacked", {"stack": 3, "stride": -1}, "cluster.stack_stride"),
+    ("stacked", {"stack": 3, "stack_stride": 4}, "cluster.stack_stride"),
+    ("stacked", {"stack": 3, "stack_stride": -1}, "cluster.stack_stride"),
     ("residual", {"spherical": True}, "cluster.spherical"),
     ("scalar", {"spherical": True}, "cluster.spherical"),
 ])
@@ -347,9 +351,10 @@ def test_bad_parameters_name_their_config_key(kind, options, key):
     sample = frames_like(seed=0, n=300)
     if kind == "stacked":
         sample = np.tile(sample, (1, 3))  # windows of 3 frames
-    arguments = {"n_clusters": K, "niter": NITER, "seed": 0, **options}
+    kmeans = {"n_clusters": K, **{key: value for key, value in options.items() if key in KMEANS_KEYS}}
+    settings = {key: value for key, value in options.items() if key not in KMEANS_KEYS}
     with pytest.raises(UserError) as error:
-        fit_quantizer(kind, sample, **arguments)
+        fit_quantizer(quantizer_kind(kind, **settings), sample, niter=NITER, seed=0, **kmeans)
     assert key in str(error.value) and "\n" not in str(error.value)
 
 
@@ -363,3 +368,17 @@ def test_inconsistent_states_are_refused():
         Quantizer(kind="residual", codebooks=[arrays["codebook_0"]], combine="sum", spherical=True)
     with pytest.raises(ValueError, match="increasing"):
         Quantizer(kind="scalar", codebooks=[np.array([[1.0], [0.0]])], combine="concat")
+    with pytest.raises(ValueError, match="one frame per token"):
+        Quantizer(kind="subband", codebooks=[arrays["codebook_0"]], combine="concat", stack=2, stride=2)
+    with pytest.raises(ValueError, match="not a multiple of stack"):
+        Quantizer(kind="stacked", codebooks=[arrays["codebook_0"]], combine="concat", stack=5, stride=5)
+    with pytest.raises(ValueError, match="combines by 'sum'"):
+        Quantizer(kind="residual", codebooks=[arrays["codebook_0"]], combine="concat")
+
+
+def test_settings_are_read_by_their_kind_only_and_a_misspelt_one_is_refused():
+    assert quantizer_kind("subband", bands=3, stages=9, stack=2) == quantizer_kind("subband", bands=3)
+    assert quantizer_kind("stacked", stack=2, stack_stride=1).geometry == (2, 1)
+    assert quantizer_kind("stacked", stack=5).geometry == (5, 5)  # stack_stride 0: windows side by side
+    with pytest.raises(TypeError, match="stride"):
+        quantizer_kind("stacked", stack=2, stride=1)  # the [cluster] key is stack_stride

@@ -17,7 +17,8 @@ from pathlib import Path
 from ...errors import UserError
 from .audio_index import AudioIndex
 from .class_list import ClassList, build_class_list, class_id
-from .records import Clip, Missing
+from .records import Clip, Dataset, Missing
+from .source import Source, catalog
 
 log = logging.getLogger("audiotokens")
 
@@ -128,3 +129,18 @@ def load_audioset(
         eval_clips, eval_missing = segments_to_clips(eval_segments, eval_rows, classes, class_source, audio)
         missing += eval_missing
     return clips, eval_clips, classes, missing
+
+
+class AudioSetSource(Source):
+    """data.source = audioset: segments CSVs (data.segments, data.eval_segments) and audio under data.audio_root."""
+
+    name = "audioset"
+    eval_key = "eval_segments"
+    eval_hint = "the eval segments CSV (e.g. eval_segments.csv)"
+    auto_strategy = "prefix"  # YouTube ids: the validation side is the ids starting with split.validation_prefixes
+
+    def read(self, with_eval: bool) -> Dataset:
+        data = self.data
+        found = load_audioset(data.segments, data.audio_root, data.class_labels, data.ontology,
+                              data.eval_segments if with_eval else "")
+        return catalog(self.name, *found)

@@ -16,7 +16,8 @@ from pathlib import Path
 from ...errors import UserError
 from ...pipeline.layout import PARQUET_ROW_SEPARATOR
 from .class_list import ClassList, build_class_list, class_id
-from .records import Clip, Missing
+from .records import Clip, Dataset, Missing
+from .source import Source, catalog
 
 log = logging.getLogger("audiotokens")
 
@@ -125,3 +126,18 @@ def load_hf_parquet(
         eval_clips, eval_missing = rows_to_clips(eval_rows, classes, class_source, "data.eval_parquet")
         missing += eval_missing
     return clips, eval_clips, classes, missing
+
+
+class HfParquetSource(Source):
+    """data.source = hf_parquet: Hugging Face AudioSet parquet shards (data.parquet, data.eval_parquet)."""
+
+    name = "hf_parquet"
+    eval_key = "eval_parquet"
+    eval_hint = "a glob of the eval shards"
+    auto_strategy = "prefix"  # YouTube ids, as for the audioset source
+
+    def read(self, with_eval: bool) -> Dataset:
+        data = self.data
+        found = load_hf_parquet(data.parquet, data.class_labels, data.ontology,
+                                data.eval_parquet if with_eval else "")
+        return catalog(self.name, *found)

@@ -18,6 +18,7 @@ from pathlib import Path
 from ...errors import UserError
 from .audio_files import describe_passed, is_audio_file, missing_reason, scan_audio
 from .records import SINGLELABEL, Clip, Dataset, Missing, detect_task
+from .source import Source
 
 log = logging.getLogger("audiotokens")
 
@@ -150,3 +151,22 @@ def load_folder(folder: str | Path) -> Dataset:
         for file in class_files[name]
     ]
     return Dataset("folder", clips, classes, SINGLELABEL)
+
+
+class ManifestSource(Source):
+    """data.source = manifest: a CSV manifest (data.manifest) with labels split by data.label_delimiter."""
+
+    name = "manifest"
+
+    def read(self, with_eval: bool) -> Dataset:
+        return load_manifest(self.data.manifest, self.data.label_delimiter)
+
+
+class FolderSource(Source):
+    """data.source = folder: one subfolder of data.folder per class."""
+
+    name = "folder"
+    ids_lead_with_class = True  # an id is the path below data.folder, so it starts with the class folder
+
+    def read(self, with_eval: bool) -> Dataset:
+        return load_folder(self.data.folder)
