@@ -657,12 +657,18 @@ def check_input_encoder(input_kind: str, encoder: str) -> None:
                         f"fine-tuned on the waveform), got train.input={input_kind}, train.encoder={encoder}")
 
 
+def check_parts(parts: Any) -> None:
+    """The parts named exist and the input fits the encoder: of a ModelSpec, or of the train settings
+    (checked before the train stage reads any data; ranges are checked when the config is loaded)."""
+    for key, names in CHOICES.items():
+        if getattr(parts, key) not in names:
+            raise UserError(f"'train.{key}' must be one of {', '.join(names)}, got '{getattr(parts, key)}'")
+    check_input_encoder(parts.input, parts.encoder)
+
+
 def check_spec(spec: ModelSpec) -> None:
     """Combinations of parts that cannot work, as one-line errors naming the train keys."""
-    for key, names in CHOICES.items():
-        if getattr(spec, key) not in names:
-            raise UserError(f"'train.{key}' must be one of {', '.join(names)}, got '{getattr(spec, key)}'")
-    check_input_encoder(spec.input, spec.encoder)
+    check_parts(spec)
     encoder = ENCODERS[spec.encoder]
     encoder.check(spec)
     if not encoder.has_cls and POOLINGS[spec.pooling].needs_cls:
@@ -672,6 +678,9 @@ def check_spec(spec: ModelSpec) -> None:
     if spec.decodes and spec.decode_combine not in DECODE_COMBINES:
         raise UserError(f"decoded embeddings combine codebooks by {' or '.join(DECODE_COMBINES)}, "
                         f"got '{spec.decode_combine}'")
+
+
+PRETRAINED_PARTS = ("embedder.", "encoder.")  # state-dict prefixes of what a pre-training trains and hands on
 
 
 class AudioClassifier(nn.Module):

@@ -29,12 +29,12 @@ from torch import nn
 
 from ..errors import UserError
 from ..model.bundle import METADATA, WEIGHTS
+from ..model.parts import PRETRAINED_PARTS
 from ..pipeline.files import read_json
 from ..pipeline.stores import spec_digest
 
 log = logging.getLogger("audiotokens")
 
-INIT_PARTS = ("embedder.", "encoder.")  # what a pre-training hands on (pretraining.PRETRAINED_PARTS)
 FEATURE_ENCODER = "feature_encoder"
 NOTHING = "none"
 
@@ -50,7 +50,7 @@ def read_pretrained(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own type for a damaged file
         raise UserError(f"{path / WEIGHTS} cannot be read ({type(exc).__name__}); re-run `audiotokens pretrain`") \
             from None
-    return ({k: v for k, v in weights.items() if k.startswith(INIT_PARTS)},
+    return ({k: v for k, v in weights.items() if k.startswith(PRETRAINED_PARTS)},
             read_json(path / METADATA, "a pre-training or bundle folder has one"))
 
 
@@ -67,7 +67,7 @@ def check_compatible(meta: dict[str, Any], path: Path, *, frame_spec: dict[str, 
 
 def load_pretrained(model: nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
     """Copy the embedder and encoder weights into `model`; position tables keep the rows both have."""
-    own = {k: v for k, v in model.state_dict().items() if k.startswith(INIT_PARTS)}
+    own = {k: v for k, v in model.state_dict().items() if k.startswith(PRETRAINED_PARTS)}
     missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
     if missing or unexpected:
         names = ", ".join((missing or unexpected)[:3])

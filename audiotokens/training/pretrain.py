@@ -43,7 +43,7 @@ from ..config import RUNTIME, Config, keys_with_role
 from ..errors import UserError
 from ..model.bundle import METADATA, SPEC, WEIGHTS
 from ..model.inputs import pack_frames, pack_sequences
-from ..model.parts import MASK, TOKEN_OFFSET, AudioClassifier, frame_special_ids
+from ..model.parts import MASK, PRETRAINED_PARTS, TOKEN_OFFSET, AudioClassifier, frame_special_ids
 from ..pipeline.files import atomic_dir, atomic_path, write_json
 from ..pipeline.layout import Layout
 from ..pipeline.provenance import package_versions, recorded_fingerprint, stage_params
@@ -59,7 +59,6 @@ log = logging.getLogger("audiotokens")
 IGNORE = -100  # label of positions that are not predicted (F.cross_entropy's ignore_index)
 REPLACE_MASK, REPLACE_RANDOM = 0.8, 0.1  # BERT's split of chosen positions; the rest stay unchanged
 HELD_OUT_SPLITS = ("validation", "test")  # never seen by pre-training
-PRETRAINED_PARTS = ("embedder.", "encoder.")  # the state-dict prefixes a pre-training hands on
 
 
 # ---------------------------------------------------------------- masking

@@ -32,14 +32,13 @@ from ..model.bundle import save_bundle
 from ..model.modelcard import write_model_card
 from ..model.objectives import Objective, objective_for
 from ..model.parts import (
-    CHOICES,
     EXTRA_POSITIONS,
     HEADS,
     SPEECH_ENCODER,
     WAVEFORM,
     AudioClassifier,
     ModelSpec,
-    check_input_encoder,
+    check_parts,
     check_spec,
 )
 from ..pipeline import distributed
@@ -268,14 +267,6 @@ def length_metadata(settings) -> dict[str, int]:
             "eval_hop": plan.eval_hop}
 
 
-def check_settings(settings) -> None:
-    """The model parts named in train.* exist and fit together (ranges are checked when the config is loaded)."""
-    for key, names in CHOICES.items():
-        if getattr(settings, key) not in names:
-            raise UserError(f"'train.{key}' must be one of {', '.join(names)}, got '{getattr(settings, key)}'")
-    check_input_encoder(settings.input, settings.encoder)
-
-
 def model_spec(settings, classes: list[str], max_frames: int, splits: dict[str, SplitStore],
                vocab, tables: list[np.ndarray]) -> ModelSpec:
     """The network the train.* settings describe, sized by the data (vocabulary, frame size, lengths)."""
@@ -402,7 +393,7 @@ class ModelBuilder:
     def _prepare(self) -> TrainingRun:
         """Check the inputs, then build the model, the loaders and the trainer (seeded)."""
         settings = self.settings
-        check_settings(settings)
+        check_parts(settings)
         if self.resume and not self._checkpoint_paths()[0].is_file():
             raise UserError(f"no checkpoint at {self._checkpoint_paths()[0]}; train without --resume to start")
         splits, vocab = read_splits(self.layout, settings.input)
