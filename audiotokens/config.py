@@ -11,6 +11,8 @@ Each key may carry, beside its default:
            FILE      names a file whose content is part of the stage's identity (hashed into the fingerprint)
            RESUMABLE may change between a training run and its --resume
   check    a range ("positive", "non_negative", "unit", "fraction") or a tuple of allowed choices
+
+Keys that moved to another section are refused in one line naming their new place (MOVED), never aliased.
 """
 from __future__ import annotations
 
@@ -92,7 +94,7 @@ class SpectrogramConfig:
     max_duration: float = setting(0.0, check="non_negative")  # seconds kept per clip; 0 = whole clip
     workers: int = setting(0, role=RUNTIME, check="non_negative")  # 0 = number of cores
     # ssl: hidden states of a local speech model; waveform: its input (rows of samples at its rate and
-    # stride), for fine-tuning it end to end (train.input = waveform, train.encoder = ssl)
+    # stride), for fine-tuning it end to end (model.input = waveform, model.encoder = ssl)
     features: str = setting("mel", check=("mel", "ssl", "waveform"))
     # ssl, waveform: local Hugging Face directory (wav2vec2 / HuBERT / WavLM); never downloaded. The one
     # place the speech model is named: the frame spec records it (path and digest), and a fine-tuned model
@@ -127,13 +129,31 @@ class TokenizeConfig:
 
 
 @dataclass
-class TrainConfig:
+class ModelConfig:
+    """What the network is: its input, parts and sizes."""
+
     input: str = setting("tokens", check=("tokens", "frames", "waveform"))  # what the model reads
+    # the model's parts (model/parts.py checks the names against its registries)
+    token_embedding: str = "learned"  # learned | decoded | decoded+learned (tokens input)
+    codebook_fusion: str = "sum"  # sum | attention: how learned embeddings of several codebooks combine
+    encoder: str = "bert"  # bert | conformer | cnn (cnn: frames input) | ssl (waveform input: spectrogram.ssl_model)
     num_layers: int = setting(12, check="positive")
     hidden_size: int = setting(768, check="positive")  # encoder ssl: the layer after pooling (the model has its own)
     num_heads: int = setting(12, check="positive")
     intermediate_size: int = setting(3072, check="positive")
     dropout: float = setting(0.1, check="fraction")
+    max_length: int = setting(0, check="non_negative")  # frames per clip fed to the model; 0 = longest clip
+    pooling: str = "cls"  # cls | mean | attention
+    head: str = "linear"  # linear | am_softmax (single-label)
+    margin: float = setting(0.2, check="non_negative")  # am_softmax additive margin
+    scale: float = setting(30.0, check="positive")  # am_softmax logit scale
+
+
+@dataclass
+class TrainConfig:
+    """How the network is trained. `objective` is here: it picks the loss and the trainer; the class-mean head
+    that contrastive training classifies with has no weights of its own, its means are fitted by training."""
+
     epochs: int = setting(20, role=RESUMABLE, check="positive")
     batch_size: int = setting(16, check="positive")  # clips per batch (the cap when batch_frames is set)
     batch_frames: int = setting(0, check="non_negative")  # padded positions per batch; 0 = batch_size clips
@@ -152,22 +172,13 @@ class TrainConfig:
     warmup_ratio: float = setting(0.1, check="unit")
     grad_clip: float = setting(0.0, check="non_negative")  # 0 = off
     grad_accum: int = setting(1, check="positive")
-    max_length: int = setting(0, check="non_negative")  # frames per clip fed to the model; 0 = longest clip
     amp: bool = True  # bf16 where supported, else fp16 with a grad scaler (CUDA only)
     patience: int = setting(0, role=RESUMABLE, check="non_negative")  # early stopping; 0 = off
     threshold: float = setting(0.5, check="unit")
     seed: int = 0
     device: str = setting("auto", role=RUNTIME, check=("auto", "cuda", "mps", "cpu"))
     num_workers: int = setting(2, role=RUNTIME, check="non_negative")
-    # the model's parts (model/parts.py checks the names against its registries)
-    token_embedding: str = "learned"  # learned | decoded | decoded+learned (tokens input)
-    codebook_fusion: str = "sum"  # sum | attention: how learned embeddings of several codebooks combine
-    encoder: str = "bert"  # bert | conformer | cnn (cnn: frames input) | ssl (waveform input: spectrogram.ssl_model)
-    pooling: str = "cls"  # cls | mean | attention
-    head: str = "linear"  # linear | am_softmax (single-label)
     objective: str = setting("classify", check=("classify", "contrastive"))  # contrastive: training/contrastive.py
-    margin: float = setting(0.2, check="non_negative")  # am_softmax additive margin
-    scale: float = setting(30.0, check="positive")  # am_softmax logit scale
     init: str = ""  # start embedder and encoder from a pre-training (output/pretrain) or a bundle folder
     # "": the encoder's default (ssl: feature_encoder, else none) | none | feature_encoder (ssl) |
     # N: the embeddings and the lowest N encoder layers stay fixed
@@ -209,6 +220,7 @@ class Config:
     spectrogram: SpectrogramConfig = field(default_factory=SpectrogramConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
@@ -242,6 +254,11 @@ def keys_with_role(role: str, sections: Iterable[str] = SECTIONS) -> set[str]:
     return {f"{s}.{f.name}" for s in sections for f in _fields(s) if f.metadata.get("role") == role}
 
 
+# old `section.key` -> (new `section.key`, why it moved)
+MOVED = {f"train.{f.name}": (f"model.{f.name}", "the network's settings moved to [model]")
+         for f in dataclasses.fields(ModelConfig)}
+
+
 def frame_keys() -> tuple[str, ...]:
     """The spectrogram keys that define what a frame is (neither storage nor speed)."""
     return tuple(f.name for f in _fields("spectrogram") if not f.metadata.get("role"))
@@ -253,6 +270,9 @@ def _field_type(section: str, key: str) -> type:
 
 
 def _check_key(section: str, key: str) -> None:
+    if f"{section}.{key}" in MOVED:
+        new, why = MOVED[f"{section}.{key}"]
+        raise UserError(f"'{section}.{key}' is now '{new}': {why}")
     if section not in SECTIONS:
         raise UserError(f"unknown config section '{section}'; valid sections: {', '.join(SECTIONS)}")
     names = [f.name for f in _fields(section)]
@@ -350,10 +370,10 @@ def validate(config: Config) -> None:
     for section in SECTIONS:
         for f in _fields(section):
             check_value(f"{section}.{f.name}", getattr(getattr(config, section), f.name), f.metadata.get("check", ()))
-    train = config.train
-    if train.hidden_size % train.num_heads:
-        raise UserError(f"'train.hidden_size' ({train.hidden_size}) must be a multiple of "
-                        f"'train.num_heads' ({train.num_heads})")
+    model = config.model
+    if model.hidden_size % model.num_heads:
+        raise UserError(f"'model.hidden_size' ({model.hidden_size}) must be a multiple of "
+                        f"'model.num_heads' ({model.num_heads})")
     check_spectrogram(config.spectrogram)
 
 

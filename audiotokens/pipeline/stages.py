@@ -45,7 +45,7 @@ def _fixed(*inputs: Input) -> Callable[[Config], tuple[Input, ...]]:
 
 
 def _train_inputs(config: Config) -> tuple[Input, ...]:
-    features = "tokenize" if config.train.input == "tokens" else "spectrogram"
+    features = "tokenize" if config.model.input == "tokens" else "spectrogram"
     return (Input("split"), Input(features)) + _pretrain_input(config)
 
 
@@ -70,10 +70,11 @@ def _pretrain_inputs(config: Config) -> tuple[Input, ...]:
 
 
 UNLABELLED_KEYS = ("pretrain.manifest", "pretrain.folder")  # the catalogue's unlabelled audio (split stage)
-# the [train] keys that shape the pre-trained network and its optimisation (the rest are the classifier's)
-PRETRAIN_MODEL_KEYS = tuple(f"train.{key}" for key in (
+# the [model] keys that shape the pre-trained network, and the optimisation it shares (pooling and head are
+# the classifier's)
+PRETRAIN_MODEL_KEYS = (*(f"model.{key}" for key in (
     "token_embedding", "codebook_fusion", "encoder", "num_layers", "hidden_size", "num_heads",
-    "intermediate_size", "dropout", "max_length", "weight_decay", "warmup_ratio"))
+    "intermediate_size", "dropout", "max_length")), "train.weight_decay", "train.warmup_ratio")
 
 
 STAGES: tuple[Stage, ...] = (
@@ -103,12 +104,12 @@ STAGES: tuple[Stage, ...] = (
           "Masked prediction of token ids on unlabelled and training clips; writes output/pretrain/.",
           {"--objective": "pretrain.objective"},
           keys=PRETRAIN_MODEL_KEYS, in_run=lambda config: bool(_pretrain_input(config))),
-    Stage("train", "training.train:ModelBuilder", ("train",), _train_inputs,
+    Stage("train", "training.train:ModelBuilder", ("model", "train"), _train_inputs,
           "Train the classifier; writes output/model/ and output/metrics.jsonl.",
-          {"--input": "train.input", "--epochs": "train.epochs", "--batch-size": "train.batch_size",
-           "--learning-rate": "train.learning_rate", "--num-layers": "train.num_layers",
-           "--hidden-size": "train.hidden_size", "--num-heads": "train.num_heads",
-           "--max-length": "train.max_length", "--device": "train.device", "--amp/--no-amp": "train.amp",
+          {"--input": "model.input", "--epochs": "train.epochs", "--batch-size": "train.batch_size",
+           "--learning-rate": "train.learning_rate", "--num-layers": "model.num_layers",
+           "--hidden-size": "model.hidden_size", "--num-heads": "model.num_heads",
+           "--max-length": "model.max_length", "--device": "train.device", "--amp/--no-amp": "train.amp",
            "--patience": "train.patience", "--seed": "train.seed"}, data_parallel=True),
     Stage("evaluate", "evaluation.evaluate:Evaluator", ("evaluate",), _fixed(Input("train")),
           "Per-class report, threshold sweep and plots in output/eval/<name>/.",

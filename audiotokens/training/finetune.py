@@ -3,9 +3,9 @@
 train.init names output/pretrain (or any bundle folder): its embedder and encoder weights replace the
 fresh ones (pooling and head stay freshly initialised). It is refused in one line when it was made from
 other frames (frame spec digest) or, for a tokens model, with another vocabulary (digest), or when its
-network does not fit train.* (sizes, parts). Position embeddings of another length keep the rows both have.
+network does not fit model.* (sizes, parts). Position embeddings of another length keep the rows both have.
 
-A speech-model encoder (train.encoder = "ssl") first gets the weights of its local folder (recorded in the
+A speech-model encoder (model.encoder = "ssl") first gets the weights of its local folder (recorded in the
 model spec: path and digest), then train.init's when that is set too.
 
 train.freeze = N keeps the embedder, the encoder's own embeddings (a speech model's convolutional feature
@@ -71,7 +71,7 @@ def load_pretrained(model: nn.Module, weights: dict[str, torch.Tensor], path: Pa
     missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
     if missing or unexpected:
         names = ", ".join((missing or unexpected)[:3])
-        raise UserError(f"'train.init' ({path}) has another network than train.* describes "
+        raise UserError(f"'train.init' ({path}) has another network than model.* describes "
                         f"({'missing' if missing else 'unexpected'} {names}); use the same parts and sizes")
     with torch.no_grad():
         for name, target in own.items():
@@ -85,7 +85,7 @@ def load_pretrained(model: nn.Module, weights: dict[str, torch.Tensor], path: Pa
                          name, len(source), len(target), rows)
             else:
                 raise UserError(f"'train.init' ({path}): {name} is {tuple(source.shape)}, the model's "
-                                f"{tuple(target.shape)}; use the train.* sizes of the pre-training")
+                                f"{tuple(target.shape)}; use the model.* sizes of the pre-training")
 
 
 def encoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -95,7 +95,7 @@ def encoder_layers(model: nn.Module) -> nn.ModuleList:
         return encoder.bert.encoder.layer
     if hasattr(encoder, "layers"):
         return encoder.layers
-    raise UserError(f"train.freeze = N needs a layered encoder (bert, conformer, ssl), got train.encoder="
+    raise UserError(f"train.freeze = N needs a layered encoder (bert, conformer, ssl), got model.encoder="
                     f"{model.spec.encoder}")
 
 

@@ -69,6 +69,8 @@ MODEL = ["train", "evaluate"]
     ("spectrogram.workers=3", []),
     ("cluster.gpu=true", []),
     ("train.learning_rate=0.001", MODEL),
+    ("model.num_layers=2", MODEL),  # the network: its own section, read by the train stage
+    ("model.pooling=mean", MODEL),
     ("evaluate.threshold=0.3", ["evaluate"]),
 ])
 def test_one_parameter_makes_its_stage_and_what_reads_it_stale(tmp_path, ran, override, expected_stale):
@@ -151,7 +153,13 @@ def test_pretrain_runs_only_when_train_init_names_it_and_sees_only_the_model_key
     assert "pretrain" not in pipeline.run(config(tmp_path))
     assert pipeline.run(config(tmp_path, init)) == ["pretrain", "train", "evaluate"]
     assert pipeline.run(config(tmp_path, init, "train.learning_rate=0.001")) == MODEL
-    assert pipeline.run(config(tmp_path, init, "train.learning_rate=0.001", "train.hidden_size=96",
-                               "train.num_heads=12")) == ["pretrain", *MODEL]
-    assert pipeline.run(config(tmp_path, init, "train.learning_rate=0.001", "train.hidden_size=96",
-                               "train.num_heads=12", "pretrain.span=5")) == ["pretrain", *MODEL]
+    assert pipeline.run(config(tmp_path, init, "train.learning_rate=0.001", "model.hidden_size=96",
+                               "model.num_heads=12")) == ["pretrain", *MODEL]
+    assert pipeline.run(config(tmp_path, init, "train.learning_rate=0.001", "model.hidden_size=96",
+                               "model.num_heads=12", "pretrain.span=5")) == ["pretrain", *MODEL]
+    # the classifier's own parts leave the pre-training fresh; the encoder's depth does not
+    changed = [init, "train.learning_rate=0.001", "model.hidden_size=96", "model.num_heads=12", "pretrain.span=5"]
+    assert pipeline.run(config(tmp_path, *changed, "model.pooling=mean", "model.head=am_softmax")) == MODEL
+    assert pipeline.run(config(tmp_path, *changed, "model.pooling=mean", "model.head=am_softmax",
+                               "model.num_layers=2")) == ["pretrain", *MODEL]
+
