@@ -11,6 +11,8 @@ Each key may carry, beside its default:
            FILE      names a file whose content is part of the stage's identity (hashed into the fingerprint)
            RESUMABLE may change between a training run and its --resume
   check    a range ("positive", "non_negative", "unit", "fraction") or a tuple of allowed choices
+  also_defines  a stage outside the key's own section whose output the key defines too (that stage's
+           `keys`): the network a pre-training hands on, the unlabelled audio the split catalogues
 
 Keys that moved to another section are refused in one line naming their new place (MOVED), never aliased.
 """
@@ -41,9 +43,12 @@ RANGES = {
 }
 
 
-def setting(default: Any, *, role: str = "", check: str | tuple = ()) -> Any:
-    """A config key: its default, its role and its valid values (see the module docstring)."""
-    return field(default=default, metadata={"role": role, "check": check})
+def setting(default: Any, *, role: str = "", check: str | tuple = (), also_defines: str = "") -> Any:
+    """A config key: its default, its role, its valid values and what else it defines (module docstring)."""
+    return field(default=default, metadata={"role": role, "check": check, "also_defines": also_defines})
+
+
+PRETRAIN, SPLIT = "pretrain", "split"  # the stages that read keys of another section (also_defines)
 
 
 @dataclass
@@ -130,19 +135,25 @@ class TokenizeConfig:
 
 @dataclass
 class ModelConfig:
-    """What the network is: its input, parts and sizes."""
+    """What the network is: its input, parts and sizes. Keys that also define a pre-training's network say so;
+    the input (pre-training picks its own), pooling and head are the classifier's alone."""
 
     input: str = setting("tokens", check=("tokens", "frames", "waveform"))  # what the model reads
     # the model's parts (model/parts.py checks the names against its registries)
-    token_embedding: str = "learned"  # learned | decoded | decoded+learned (tokens input)
-    codebook_fusion: str = "sum"  # sum | attention: how learned embeddings of several codebooks combine
-    encoder: str = "bert"  # bert | conformer | cnn (cnn: frames input) | ssl (waveform input: spectrogram.ssl_model)
-    num_layers: int = setting(12, check="positive")
-    hidden_size: int = setting(768, check="positive")  # encoder ssl: the layer after pooling (the model has its own)
-    num_heads: int = setting(12, check="positive")
-    intermediate_size: int = setting(3072, check="positive")
-    dropout: float = setting(0.1, check="fraction")
-    max_length: int = setting(0, check="non_negative")  # frames per clip fed to the model; 0 = longest clip
+    # learned | decoded | decoded+learned (tokens input)
+    token_embedding: str = setting("learned", also_defines=PRETRAIN)
+    # sum | attention: how learned embeddings of several codebooks combine
+    codebook_fusion: str = setting("sum", also_defines=PRETRAIN)
+    # bert | conformer | cnn (cnn: frames input) | ssl (waveform input: spectrogram.ssl_model)
+    encoder: str = setting("bert", also_defines=PRETRAIN)
+    num_layers: int = setting(12, check="positive", also_defines=PRETRAIN)
+    # encoder ssl: the layer after pooling (the model has its own)
+    hidden_size: int = setting(768, check="positive", also_defines=PRETRAIN)
+    num_heads: int = setting(12, check="positive", also_defines=PRETRAIN)
+    intermediate_size: int = setting(3072, check="positive", also_defines=PRETRAIN)
+    dropout: float = setting(0.1, check="fraction", also_defines=PRETRAIN)
+    # frames per clip fed to the model; 0 = longest clip
+    max_length: int = setting(0, check="non_negative", also_defines=PRETRAIN)
     pooling: str = "cls"  # cls | mean | attention
     head: str = "linear"  # linear | am_softmax (single-label)
     margin: float = setting(0.2, check="non_negative")  # am_softmax additive margin
@@ -168,8 +179,9 @@ class TrainConfig:
     mixup_alpha: float = setting(0.0, check="non_negative")  # frames input, multi-label: Beta(alpha, alpha)
     sampler: str = setting("shuffle", check=("shuffle", "balanced"))  # balanced: class-balanced draws
     learning_rate: float = setting(5e-5, check="non_negative")  # 0: weights never move (a control run)
-    weight_decay: float = setting(0.01, check="non_negative")
-    warmup_ratio: float = setting(0.1, check="unit")
+    # the optimiser's decay and warm-up serve a pre-training too (its learning rate and epochs are its own)
+    weight_decay: float = setting(0.01, check="non_negative", also_defines=PRETRAIN)
+    warmup_ratio: float = setting(0.1, check="unit", also_defines=PRETRAIN)
     grad_clip: float = setting(0.0, check="non_negative")  # 0 = off
     grad_accum: int = setting(1, check="positive")
     amp: bool = True  # bf16 where supported, else fp16 with a grad scaler (CUDA only)
@@ -188,8 +200,9 @@ class TrainConfig:
 
 @dataclass
 class PretrainConfig:
-    manifest: str = setting("", role=FILE)  # unlabelled audio: CSV with a path column (sources/unlabelled.py)
-    folder: str = ""  # unlabelled audio: a folder tree of audio files
+    # unlabelled audio, listed in the split's catalogue: CSV with a path column (sources/unlabelled.py)
+    manifest: str = setting("", role=FILE, also_defines=SPLIT)
+    folder: str = setting("", also_defines=SPLIT)  # unlabelled audio: a folder tree of audio files
     objective: str = setting("mlm", check=("mlm", "masked_frames"))  # see training/pretrain.py
     mask_prob: float = setting(0.15, check="fraction")  # share of each clip's positions masked (in spans)
     span: int = setting(3, check="positive")  # positions per masked span
@@ -252,6 +265,11 @@ def valid_keys() -> list[str]:
 def keys_with_role(role: str, sections: Iterable[str] = SECTIONS) -> set[str]:
     """`section.key` names of every key declared with `role`."""
     return {f"{s}.{f.name}" for s in sections for f in _fields(s) if f.metadata.get("role") == role}
+
+
+def keys_also_defining(stage: str) -> tuple[str, ...]:
+    """`section.key` names of every key declared to define `stage`'s output from outside its sections."""
+    return tuple(f"{s}.{f.name}" for s in SECTIONS for f in _fields(s) if f.metadata.get("also_defines") == stage)
 
 
 # old `section.key` -> (new `section.key`, why it moved)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import Config
+from ..config import PRETRAIN, SPLIT, Config, keys_also_defining
 from .layout import Layout
 
 
@@ -30,7 +30,7 @@ class Stage:
     inputs: Callable[[Config], tuple[Input, ...]]  # may depend on the config (tokens or frames in)
     help: str
     flags: dict[str, str] = field(default_factory=dict)  # CLI option -> config key
-    keys: tuple[str, ...] = ()  # single `section.key`s of other sections that define the output too
+    keys: tuple[str, ...] = ()  # keys of other sections that define the output too (config: also_defines)
     in_run: Callable[[Config], bool] = lambda config: True  # whether `run` includes the stage
     data_parallel: bool = False  # runs as N processes under torchrun (distributed.py)
 
@@ -69,21 +69,13 @@ def _pretrain_inputs(config: Config) -> tuple[Input, ...]:
     return (Input("split"), Input("tokenize"), *frames)
 
 
-UNLABELLED_KEYS = ("pretrain.manifest", "pretrain.folder")  # the catalogue's unlabelled audio (split stage)
-# the [model] keys that shape the pre-trained network, and the optimisation it shares (pooling and head are
-# the classifier's)
-PRETRAIN_MODEL_KEYS = (*(f"model.{key}" for key in (
-    "token_embedding", "codebook_fusion", "encoder", "num_layers", "hidden_size", "num_heads",
-    "intermediate_size", "dropout", "max_length")), "train.weight_decay", "train.warmup_ratio")
-
-
 STAGES: tuple[Stage, ...] = (
     Stage("split", "data.split:DatasetSplitter", ("data", "split"), _fixed(),
           "Assign clips to train, validation and test; writes processed/split.json.",
           {"--source": "data.source", "--manifest": "data.manifest", "--folder": "data.folder",
            "--audio-root": "data.audio_root", "--segments": "data.segments", "--strategy": "split.strategy",
            "--validation-ratio": "split.validation_ratio", "--test-ratio": "split.test_ratio",
-           "--seed": "split.seed"}, keys=UNLABELLED_KEYS),
+           "--seed": "split.seed"}, keys=keys_also_defining(SPLIT)),
     Stage("spectrogram", "features.spectrogram:SpectrogramProcessor", ("spectrogram",),
           _fixed(Input("split", ("data", "pretrain"))),
           "Mel-spectrogram frames of every clip, once per clip; writes processed/frames/.",
@@ -103,7 +95,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("pretrain", "training.pretrain:Pretrainer", ("pretrain",), _pretrain_inputs,
           "Masked prediction of token ids on unlabelled and training clips; writes output/pretrain/.",
           {"--objective": "pretrain.objective"},
-          keys=PRETRAIN_MODEL_KEYS, in_run=lambda config: bool(_pretrain_input(config))),
+          keys=keys_also_defining(PRETRAIN), in_run=lambda config: bool(_pretrain_input(config))),
     Stage("train", "training.train:ModelBuilder", ("model", "train"), _train_inputs,
           "Train the classifier; writes output/model/ and output/metrics.jsonl.",
           {"--input": "model.input", "--epochs": "train.epochs", "--batch-size": "train.batch_size",
