@@ -11,6 +11,10 @@ Each key may carry, beside its default:
            FILE      names a file whose content is part of the stage's identity (hashed into the fingerprint)
            RESUMABLE may change between a training run and its --resume
   check    a range ("positive", "non_negative", "unit", "fraction") or a tuple of allowed choices
+  also_defines  a stage outside the key's own section whose output the key defines too (that stage's
+           `keys`): the network a pre-training hands on, the unlabelled audio the split catalogues
+
+Keys that moved to another section are refused in one line naming their new place (MOVED), never aliased.
 """
 from __future__ import annotations
 
@@ -39,9 +43,12 @@ RANGES = {
 }
 
 
-def setting(default: Any, *, role: str = "", check: str | tuple = ()) -> Any:
-    """A config key: its default, its role and its valid values (see the module docstring)."""
-    return field(default=default, metadata={"role": role, "check": check})
+def setting(default: Any, *, role: str = "", check: str | tuple = (), also_defines: str = "") -> Any:
+    """A config key: its default, its role, its valid values and what else it defines (module docstring)."""
+    return field(default=default, metadata={"role": role, "check": check, "also_defines": also_defines})
+
+
+PRETRAIN, SPLIT = "pretrain", "split"  # the stages that read keys of another section (also_defines)
 
 
 @dataclass
@@ -92,7 +99,7 @@ class SpectrogramConfig:
     max_duration: float = setting(0.0, check="non_negative")  # seconds kept per clip; 0 = whole clip
     workers: int = setting(0, role=RUNTIME, check="non_negative")  # 0 = number of cores
     # ssl: hidden states of a local speech model; waveform: its input (rows of samples at its rate and
-    # stride), for fine-tuning it end to end (train.input = waveform, train.encoder = ssl)
+    # stride), for fine-tuning it end to end (model.input = waveform, model.encoder = ssl)
     features: str = setting("mel", check=("mel", "ssl", "waveform"))
     # ssl, waveform: local Hugging Face directory (wav2vec2 / HuBERT / WavLM); never downloaded. The one
     # place the speech model is named: the frame spec records it (path and digest), and a fine-tuned model
@@ -127,13 +134,37 @@ class TokenizeConfig:
 
 
 @dataclass
-class TrainConfig:
+class ModelConfig:
+    """What the network is: its input, parts and sizes. Keys that also define a pre-training's network say so;
+    the input (pre-training picks its own), pooling and head are the classifier's alone."""
+
     input: str = setting("tokens", check=("tokens", "frames", "waveform"))  # what the model reads
-    num_layers: int = setting(12, check="positive")
-    hidden_size: int = setting(768, check="positive")  # encoder ssl: the layer after pooling (the model has its own)
-    num_heads: int = setting(12, check="positive")
-    intermediate_size: int = setting(3072, check="positive")
-    dropout: float = setting(0.1, check="fraction")
+    # the model's parts (model/parts.py checks the names against its registries)
+    # learned | decoded | decoded+learned (tokens input)
+    token_embedding: str = setting("learned", also_defines=PRETRAIN)
+    # sum | attention: how learned embeddings of several codebooks combine
+    codebook_fusion: str = setting("sum", also_defines=PRETRAIN)
+    # bert | conformer | cnn (cnn: frames input) | ssl (waveform input: spectrogram.ssl_model)
+    encoder: str = setting("bert", also_defines=PRETRAIN)
+    num_layers: int = setting(12, check="positive", also_defines=PRETRAIN)
+    # encoder ssl: the layer after pooling (the model has its own)
+    hidden_size: int = setting(768, check="positive", also_defines=PRETRAIN)
+    num_heads: int = setting(12, check="positive", also_defines=PRETRAIN)
+    intermediate_size: int = setting(3072, check="positive", also_defines=PRETRAIN)
+    dropout: float = setting(0.1, check="fraction", also_defines=PRETRAIN)
+    # frames per clip fed to the model; 0 = longest clip
+    max_length: int = setting(0, check="non_negative", also_defines=PRETRAIN)
+    pooling: str = "cls"  # cls | mean | attention
+    head: str = "linear"  # linear | am_softmax (single-label)
+    margin: float = setting(0.2, check="non_negative")  # am_softmax additive margin
+    scale: float = setting(30.0, check="positive")  # am_softmax logit scale
+
+
+@dataclass
+class TrainConfig:
+    """How the network is trained. `objective` is here: it picks the loss and the trainer; the class-mean head
+    that contrastive training classifies with has no weights of its own, its means are fitted by training."""
+
     epochs: int = setting(20, role=RESUMABLE, check="positive")
     batch_size: int = setting(16, check="positive")  # clips per batch (the cap when batch_frames is set)
     batch_frames: int = setting(0, check="non_negative")  # padded positions per batch; 0 = batch_size clips
@@ -148,26 +179,18 @@ class TrainConfig:
     mixup_alpha: float = setting(0.0, check="non_negative")  # frames input, multi-label: Beta(alpha, alpha)
     sampler: str = setting("shuffle", check=("shuffle", "balanced"))  # balanced: class-balanced draws
     learning_rate: float = setting(5e-5, check="non_negative")  # 0: weights never move (a control run)
-    weight_decay: float = setting(0.01, check="non_negative")
-    warmup_ratio: float = setting(0.1, check="unit")
+    # the optimiser's decay and warm-up serve a pre-training too (its learning rate and epochs are its own)
+    weight_decay: float = setting(0.01, check="non_negative", also_defines=PRETRAIN)
+    warmup_ratio: float = setting(0.1, check="unit", also_defines=PRETRAIN)
     grad_clip: float = setting(0.0, check="non_negative")  # 0 = off
     grad_accum: int = setting(1, check="positive")
-    max_length: int = setting(0, check="non_negative")  # frames per clip fed to the model; 0 = longest clip
     amp: bool = True  # bf16 where supported, else fp16 with a grad scaler (CUDA only)
     patience: int = setting(0, role=RESUMABLE, check="non_negative")  # early stopping; 0 = off
     threshold: float = setting(0.5, check="unit")
     seed: int = 0
     device: str = setting("auto", role=RUNTIME, check=("auto", "cuda", "mps", "cpu"))
     num_workers: int = setting(2, role=RUNTIME, check="non_negative")
-    # the model's parts (model/parts.py checks the names against its registries)
-    token_embedding: str = "learned"  # learned | decoded | decoded+learned (tokens input)
-    codebook_fusion: str = "sum"  # sum | attention: how learned embeddings of several codebooks combine
-    encoder: str = "bert"  # bert | conformer | cnn (cnn: frames input) | ssl (waveform input: spectrogram.ssl_model)
-    pooling: str = "cls"  # cls | mean | attention
-    head: str = "linear"  # linear | am_softmax (single-label)
     objective: str = setting("classify", check=("classify", "contrastive"))  # contrastive: training/contrastive.py
-    margin: float = setting(0.2, check="non_negative")  # am_softmax additive margin
-    scale: float = setting(30.0, check="positive")  # am_softmax logit scale
     init: str = ""  # start embedder and encoder from a pre-training (output/pretrain) or a bundle folder
     # "": the encoder's default (ssl: feature_encoder, else none) | none | feature_encoder (ssl) |
     # N: the embeddings and the lowest N encoder layers stay fixed
@@ -177,8 +200,9 @@ class TrainConfig:
 
 @dataclass
 class PretrainConfig:
-    manifest: str = setting("", role=FILE)  # unlabelled audio: CSV with a path column (sources/unlabelled.py)
-    folder: str = ""  # unlabelled audio: a folder tree of audio files
+    # unlabelled audio, listed in the split's catalogue: CSV with a path column (sources/unlabelled.py)
+    manifest: str = setting("", role=FILE, also_defines=SPLIT)
+    folder: str = setting("", also_defines=SPLIT)  # unlabelled audio: a folder tree of audio files
     objective: str = setting("mlm", check=("mlm", "masked_frames"))  # see training/pretrain.py
     mask_prob: float = setting(0.15, check="fraction")  # share of each clip's positions masked (in spans)
     span: int = setting(3, check="positive")  # positions per masked span
@@ -209,6 +233,7 @@ class Config:
     spectrogram: SpectrogramConfig = field(default_factory=SpectrogramConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
@@ -242,6 +267,16 @@ def keys_with_role(role: str, sections: Iterable[str] = SECTIONS) -> set[str]:
     return {f"{s}.{f.name}" for s in sections for f in _fields(s) if f.metadata.get("role") == role}
 
 
+def keys_also_defining(stage: str) -> tuple[str, ...]:
+    """`section.key` names of every key declared to define `stage`'s output from outside its sections."""
+    return tuple(f"{s}.{f.name}" for s in SECTIONS for f in _fields(s) if f.metadata.get("also_defines") == stage)
+
+
+# old `section.key` -> (new `section.key`, why it moved)
+MOVED = {f"train.{f.name}": (f"model.{f.name}", "the network's settings moved to [model]")
+         for f in dataclasses.fields(ModelConfig)}
+
+
 def frame_keys() -> tuple[str, ...]:
     """The spectrogram keys that define what a frame is (neither storage nor speed)."""
     return tuple(f.name for f in _fields("spectrogram") if not f.metadata.get("role"))
@@ -253,6 +288,9 @@ def _field_type(section: str, key: str) -> type:
 
 
 def _check_key(section: str, key: str) -> None:
+    if f"{section}.{key}" in MOVED:
+        new, why = MOVED[f"{section}.{key}"]
+        raise UserError(f"'{section}.{key}' is now '{new}': {why}")
     if section not in SECTIONS:
         raise UserError(f"unknown config section '{section}'; valid sections: {', '.join(SECTIONS)}")
     names = [f.name for f in _fields(section)]
@@ -350,10 +388,10 @@ def validate(config: Config) -> None:
     for section in SECTIONS:
         for f in _fields(section):
             check_value(f"{section}.{f.name}", getattr(getattr(config, section), f.name), f.metadata.get("check", ()))
-    train = config.train
-    if train.hidden_size % train.num_heads:
-        raise UserError(f"'train.hidden_size' ({train.hidden_size}) must be a multiple of "
-                        f"'train.num_heads' ({train.num_heads})")
+    model = config.model
+    if model.hidden_size % model.num_heads:
+        raise UserError(f"'model.hidden_size' ({model.hidden_size}) must be a multiple of "
+                        f"'model.num_heads' ({model.num_heads})")
     check_spectrogram(config.spectrogram)
 
 

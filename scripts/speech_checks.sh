@@ -7,7 +7,7 @@
 # For TASK in speaker, language:
 #   OUT_DIR/data/TASK        scripts/make_speech_data.sh (SPEAKERS x SPEAKER_CLIPS, LANGUAGES x LANGUAGE_CLIPS)
 #   OUT_DIR/TASK/tokens      every stage (split … evaluate, baseline) with CONFIG: the token model
-#   OUT_DIR/TASK/frames      the same model on the stored frames (train.input=frames); processed/ links to
+#   OUT_DIR/TASK/frames      the same model on the stored frames (model.input=frames); processed/ links to
 #                            tokens/processed, so split and spectrograms are shared, never recomputed
 #   OUT_DIR/TASK/compare     `audiotokens compare` of the two workdirs (baselines included)
 # The split is by group (the sentence: no sentence, nor its translation, on two sides) with
@@ -48,7 +48,7 @@ for task in "${tasks[@]}"; do
   mkdir -p "$frames"
   [ -e "$frames/processed" ] || ln -s "$(cd "$tokens" && pwd)/processed" "$frames/processed"
   SECONDS=0
-  audiotokens run "${common[@]}" --workdir "$frames" --from train --to evaluate --set train.input=frames
+  audiotokens run "${common[@]}" --workdir "$frames" --from train --to evaluate --set model.input=frames
   echo "── $task: frames control in ${SECONDS} s"
   audiotokens compare "$tokens" "$frames" --out "$out/$task/compare"
 done

@@ -6,7 +6,7 @@
 # A SPEC is NAME or NAME:key=value,key=value. NAME is a tokenizer kind (frame, stacked, subband,
 # residual, scalar) or `frames`, the control that feeds the stored frames to the same model (no
 # tokens). A key without a section is a [cluster] key (n_clusters, bands, stages, levels, stack, ...);
-# a dotted key is taken as is (e.g. train.token_embedding=decoded). With TOKEN_EMBEDDINGS set (e.g.
+# a dotted key is taken as is (e.g. model.token_embedding=decoded). With TOKEN_EMBEDDINGS set (e.g.
 # "learned decoded"), every tokenizer spec runs once per embedding. Each spec gets SWEEP_DIR/<spec>/,
 # whose processed/ links to SWEEP_DIR/base/processed (nothing recomputed). The MFCC baselines run once,
 # in base. Then `audiotokens compare` writes SWEEP_DIR/compare/: compare.md/.csv (tokenizer settings,
@@ -38,7 +38,7 @@ settings_of() {  # SPEC -> --set options
   local name=${1%%:*} rest="" key
   [[ $1 == *:* ]] && rest=${1#*:}
   if [ "$name" = frames ]; then
-    echo "--set train.input=frames"
+    echo "--set model.input=frames"
   else
     echo "--set cluster.tokenizer=$name"
   fi
@@ -56,12 +56,12 @@ for spec in "${specs[@]}"; do
     variants=("${embeddings[@]}")
   fi
   for embedding in "${variants[@]}"; do
-    name=$(echo "$spec${embedding:+_token_embedding=$embedding}" | sed 's/:/_/; s/,/_/g; s/train\.//g')
+    name=$(echo "$spec${embedding:+_token_embedding=$embedding}" | sed 's/:/_/; s/,/_/g; s/train\.//g; s/model\.//g')
     dir="$sweep/$name"
     mkdir -p "$dir"
     [ -e "$dir/processed" ] || ln -s "$(cd "$base" && pwd)/processed" "$dir/processed"
     read -r -a options <<< "$(settings_of "$spec" | tr '\n' ' ')"
-    [ -z "$embedding" ] || options+=(--set "train.token_embedding=$embedding")
+    [ -z "$embedding" ] || options+=(--set "model.token_embedding=$embedding")
     echo "== $name: ${options[*]}"
     from=cluster
     [ "${spec%%:*}" != frames ] || from=train  # the frames control needs no vocabulary

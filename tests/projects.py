@@ -24,11 +24,12 @@ workers = 1
 [cluster]
 n_clusters = 8
 niter = 5
-[train]
+[model]
 num_layers = 1
 hidden_size = 32
 num_heads = 2
 intermediate_size = 64
+[train]
 epochs = 2
 batch_size = 8
 learning_rate = 1e-3

@@ -68,6 +68,15 @@ def test_unknown_key_names_it_and_lists_the_valid_ones(project, tmp_path):
     assert "unknown config section 'trian'" in user_error("train", "--config", str(bad))
 
 
+def test_a_moved_key_names_its_new_place(project, tmp_path):
+    message = user_error("train", *common(project), "--set", "train.num_layers=2")
+    assert message == "error: 'train.num_layers' is now 'model.num_layers': the network's settings moved to [model]"
+    old = tmp_path / "old.toml"
+    old.write_text("[train]\nencoder = \"conformer\"\n")
+    message = user_error("run", "--config", str(old), "--workdir", str(tmp_path))
+    assert message == "error: 'train.encoder' is now 'model.encoder': the network's settings moved to [model]"
+
+
 def test_wrong_type_names_the_key_and_the_expected_type(project, tmp_path):
     message = user_error("train", *common(project), "--set", "train.epochs=three")
     assert "'train.epochs' must be int, got 'three'" in message

@@ -25,7 +25,7 @@ def test_seed_hyperparameters():
     assert (config.spectrogram.sample_rate, config.spectrogram.n_fft, config.spectrogram.hop_length,
             config.spectrogram.n_mels) == (22050, 1024, 512, 64)
     assert (config.cluster.n_clusters, config.cluster.niter) == (50, 20)
-    assert (config.train.num_layers, config.train.epochs, config.train.batch_size) == (12, 20, 16)
+    assert (config.model.num_layers, config.train.epochs, config.train.batch_size) == (12, 20, 16)
     assert config.train.learning_rate == 5e-5
 
 
@@ -53,6 +53,39 @@ def test_bad_overrides_name_the_key(override, pattern):
         load_config(overrides=[override])
 
 
+NETWORK_KEYS = ("input", "encoder", "num_layers", "hidden_size", "num_heads", "intermediate_size", "dropout",
+                "max_length", "token_embedding", "codebook_fusion", "pooling", "head", "margin", "scale")
+
+
+def test_the_network_is_the_model_section_and_how_it_trains_the_train_section():
+    config = load_config()
+    assert {f.name for f in dataclasses.fields(config.model)} == set(NETWORK_KEYS)
+    assert not {f.name for f in dataclasses.fields(config.train)} & set(NETWORK_KEYS)
+    assert {"epochs", "learning_rate", "objective", "init", "freeze", "crop_frames", "sampler"} <= {
+        f.name for f in dataclasses.fields(config.train)}
+
+
+@pytest.mark.parametrize("key", NETWORK_KEYS)
+def test_a_network_key_under_train_names_its_new_place_from_set_and_from_a_file(tmp_path, key):
+    expected = f"'train.{key}' is now 'model.{key}': the network's settings moved to [model]"
+    with pytest.raises(UserError) as caught:
+        load_config(overrides=[f"train.{key}=1"])
+    assert str(caught.value) == expected
+    path = tmp_path / "old.toml"
+    path.write_text(f"[train]\nepochs = 3\n{key} = 1\n")
+    with pytest.raises(UserError) as caught:
+        load_config(path)
+    assert str(caught.value) == expected
+
+
+def test_the_network_keys_load_from_the_model_section(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[model]\nencoder = "conformer"\nnum_layers = 3\n[train]\nepochs = 4\n')
+    config = load_config(path, ["model.pooling=mean"])
+    assert (config.model.encoder, config.model.num_layers, config.model.pooling) == ("conformer", 3, "mean")
+    assert config.train.epochs == 4
+
+
 def test_wrong_type_in_file(tmp_path):
     path = tmp_path / "c.toml"
     for text in ('[train]\nepochs = "many"\n', '[train]\nepochs = "8"\n', '[cluster]\nspherical = "yes"\n'):
@@ -69,11 +102,11 @@ def test_every_key_is_listed():
 
 
 @pytest.mark.parametrize("overrides, pattern", [
-    (["train.num_heads=0"], r"'train\.num_heads' must be positive, got 0"),
+    (["model.num_heads=0"], r"'model\.num_heads' must be positive, got 0"),
     (["cluster.n_clusters=1"], r"'cluster\.n_clusters' must be >= 2, got 1"),
     (["split.test_ratio=1.0"], r"'split\.test_ratio' must be in \[0, 1\), got 1\.0"),
     (["split.official_side=train"], r"'split\.official_side' must be one of validation, test"),
-    (["train.hidden_size=30", "train.num_heads=4"], r"'train\.hidden_size' \(30\) must be a multiple of"),
+    (["model.hidden_size=30", "model.num_heads=4"], r"'model\.hidden_size' \(30\) must be a multiple of"),
     (["spectrogram.hop_length=2048", "spectrogram.n_fft=1024"], r"'spectrogram\.hop_length' \(2048\) is larger"),
     (["spectrogram.sample_rate=16000", "spectrogram.fmax=9000"], r"fmax.*sample_rate / 2 \(8000\)"),
     (["spectrogram.fmin=5000", "spectrogram.fmax=4000"], r"0 <= fmin < fmax"),

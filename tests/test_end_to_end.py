@@ -51,11 +51,12 @@ validation_ratio = 0.25
 workers = 1
 [cluster]
 n_clusters = 8
-[train]
+[model]
 num_layers = 1
 hidden_size = 32
 num_heads = 2
 intermediate_size = 64
+[train]
 epochs = 3
 batch_size = 8
 learning_rate = 1e-3

@@ -13,7 +13,7 @@ digest of the model's config and weights, so frames of another checkpoint in the
 These frames then cluster, tokenize and train like mel frames.
 
 spectrogram.features = "waveform" stores the model's input instead, for fine-tuning the model itself
-(train.input = "waveform", train.encoder = "ssl"): the clip decoded, mixed down and resampled to the
+(model.input = "waveform", model.encoder = "ssl"): the clip decoded, mixed down and resampled to the
 model's rate, cut into rows of conv-stride samples (one row per output frame of the model; the samples
 after the last whole row are dropped). Rows go through the frame store, split views, crops, evaluation
 windows and frame budgets like frames. Its frame spec records the rate and stride, the model's receptive

@@ -1,7 +1,7 @@
 """The bundle's README.md: a Hugging Face-style model card written from provenance, never by hand.
 
 Everything on the card is read from what the run recorded: the bundle's own metadata and model spec, the
-split record (data source, strategy, clip counts), the vocabulary, the train settings and the training
+split record (data source, strategy, clip counts), the vocabulary, the train stage's settings and the training
 log (output/metrics.jsonl: the best epoch's validation figures and the test line). Evaluation reports
 (output/eval/<split>/metrics.json) are listed too when they are newer than the log (a card written again
 with write_model_card after `audiotokens evaluate`).
@@ -130,10 +130,11 @@ def model_card(bundle_dir: Path, layout: Layout, train_settings: dict[str, Any])
     ]
     summary = (f"A {spec['encoder']} classifier of audio as {what}, {len(classes)} classes, {kind}. This card was "
                "written by `audiotokens train` from the run's provenance records.") + _origin(spec)
-    settings = (_settings_rows("spectrogram.", frame_spec) + _tokenizer_rows(bundle_dir, meta)
-                + _settings_rows("model.", {k: v for k, v in spec.items() if k not in ("classes", "encoder_params")})
-                + _settings_rows("model.encoder_params.", _encoder_params(spec))
-                + _settings_rows("", train_settings))
+    built = (_settings_rows("model.", {k: v for k, v in spec.items() if k not in ("classes", "encoder_params")})
+             + _settings_rows("model.encoder_params.", _encoder_params(spec)))
+    shown = {name for name, _ in built}  # a [model] key the spec holds shows once, as built (head: class_means)
+    settings = (_settings_rows("spectrogram.", frame_spec) + _tokenizer_rows(bundle_dir, meta) + built
+                + _settings_rows("", {k: v for k, v in train_settings.items() if k not in shown}))
     lines = front + [
         "# audiotokens audio classifier", "", summary, "",
         "## Classes", "", ", ".join(f"`{name}`" for name in classes), "",

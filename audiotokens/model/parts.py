@@ -233,11 +233,11 @@ class Encoder(nn.Module):
 
     @classmethod
     def check(cls, spec: ModelSpec) -> None:
-        """Settings this encoder cannot work with, as one-line UserErrors naming the train keys."""
+        """Settings this encoder cannot work with, as one-line UserErrors naming the model keys."""
         heads = spec.encoder_params.get("num_heads", 1)
         if spec.hidden_size % heads:
-            raise UserError(f"'train.hidden_size' ({spec.hidden_size}) must be a multiple of "
-                            f"'train.num_heads' ({heads})")
+            raise UserError(f"'model.hidden_size' ({spec.hidden_size}) must be a multiple of "
+                            f"'model.num_heads' ({heads})")
 
 
 class BertEncoder(Encoder):
@@ -279,7 +279,7 @@ class ConformerEncoder(Encoder):
         super().check(spec)
         head_size = spec.hidden_size // spec.encoder_params.get("num_heads", 4)
         if head_size % 2:  # rotary positions rotate pairs of features
-            raise UserError(f"train.encoder=conformer needs an even train.hidden_size / train.num_heads, "
+            raise UserError(f"model.encoder=conformer needs an even model.hidden_size / model.num_heads, "
                             f"got {head_size}")
         if spec.encoder_params.get("kernel_size", 31) % 2 == 0:
             raise UserError("the conformer's convolution kernel_size must be odd")
@@ -371,10 +371,10 @@ class CnnEncoder(Encoder):
     @classmethod
     def check(cls, spec: ModelSpec) -> None:
         if spec.input != "frames":
-            raise UserError(f"train.encoder={spec.encoder} reads mel frames; set train.input=frames")
+            raise UserError(f"model.encoder={spec.encoder} reads mel frames; set model.input=frames")
         blocks = spec.encoder_params.get("num_layers", 4)
         if blocks > cls.MAX_BLOCKS:
-            raise UserError(f"train.encoder=cnn uses train.num_layers conv blocks, each halving time and "
+            raise UserError(f"model.encoder=cnn uses model.num_layers conv blocks, each halving time and "
                             f"frequency; use 1 to {cls.MAX_BLOCKS}, got {blocks}")
 
     def __init__(self, *, spec: ModelSpec, num_layers: int = 4, **_unused: Any):
@@ -424,11 +424,11 @@ class SpeechModelEncoder(Encoder):
     def check(cls, spec: ModelSpec) -> None:
         config = spec.encoder_params.get("speech_config")
         if not config:
-            raise UserError("train.encoder=ssl needs a speech model: set spectrogram.features=waveform and "
+            raise UserError("model.encoder=ssl needs a speech model: set spectrogram.features=waveform and "
                             "spectrogram.ssl_model to a local Hugging Face folder, then run `audiotokens spectrogram`")
         if config.get("add_adapter"):
             raise UserError(f"the speech model in {spec.encoder_params.get('pretrained', {}).get('path')} has an "
-                            "adapter after its encoder (add_adapter), which train.encoder=ssl does not support")
+                            "adapter after its encoder (add_adapter), which model.encoder=ssl does not support")
 
     def __init__(self, *, spec: ModelSpec, speech_config: dict[str, Any], normalize: bool = True,
                  pretrained: dict[str, str] | None = None):
@@ -644,34 +644,43 @@ SPEECH_ENCODER, WAVEFORM = "ssl", "waveform"  # a speech model reads waveforms, 
 POOLINGS: dict[str, type[nn.Module]] = {"cls": ClsPooling, "mean": MeanPooling, "attention": AttentionPooling}
 HEADS: dict[str, type[nn.Module]] = {
     "linear": LinearHead, "am_softmax": AmSoftmaxHead, "class_means": ClassMeanHead}
-CHOICES: dict[str, Sequence[str]] = {  # train.<key> -> the names it accepts
+CHOICES: dict[str, Sequence[str]] = {  # model.<key> -> the names it accepts
     "input": INPUTS, "token_embedding": TOKEN_EMBEDDINGS, "codebook_fusion": CODEBOOK_FUSIONS,
     "encoder": tuple(ENCODERS), "pooling": tuple(POOLINGS), "head": tuple(HEADS),
 }
 
 
 def check_input_encoder(input_kind: str, encoder: str) -> None:
-    """train.input = waveform and train.encoder = ssl go together."""
+    """model.input = waveform and model.encoder = ssl go together."""
     if (input_kind == WAVEFORM) != (encoder == SPEECH_ENCODER):
-        raise UserError(f"train.input={WAVEFORM} and train.encoder={SPEECH_ENCODER} go together (a speech model "
-                        f"fine-tuned on the waveform), got train.input={input_kind}, train.encoder={encoder}")
+        raise UserError(f"model.input={WAVEFORM} and model.encoder={SPEECH_ENCODER} go together (a speech model "
+                        f"fine-tuned on the waveform), got model.input={input_kind}, model.encoder={encoder}")
+
+
+def check_parts(parts: Any) -> None:
+    """The parts named exist and the input fits the encoder: of a ModelSpec, or of the [model] settings
+    (checked before the train stage reads any data; ranges are checked when the config is loaded)."""
+    for key, names in CHOICES.items():
+        if getattr(parts, key) not in names:
+            raise UserError(f"'model.{key}' must be one of {', '.join(names)}, got '{getattr(parts, key)}'")
+    check_input_encoder(parts.input, parts.encoder)
 
 
 def check_spec(spec: ModelSpec) -> None:
-    """Combinations of parts that cannot work, as one-line errors naming the train keys."""
-    for key, names in CHOICES.items():
-        if getattr(spec, key) not in names:
-            raise UserError(f"'train.{key}' must be one of {', '.join(names)}, got '{getattr(spec, key)}'")
-    check_input_encoder(spec.input, spec.encoder)
+    """Combinations of parts that cannot work, as one-line errors naming the model keys."""
+    check_parts(spec)
     encoder = ENCODERS[spec.encoder]
     encoder.check(spec)
     if not encoder.has_cls and POOLINGS[spec.pooling].needs_cls:
-        raise UserError(f"train.encoder={spec.encoder} has no [CLS] position; set train.pooling to mean or attention")
+        raise UserError(f"model.encoder={spec.encoder} has no [CLS] position; set model.pooling to mean or attention")
     if spec.input == "tokens" and not spec.codebook_sizes:
         raise UserError("a tokens model needs the codebook sizes of its vocabulary")
     if spec.decodes and spec.decode_combine not in DECODE_COMBINES:
         raise UserError(f"decoded embeddings combine codebooks by {' or '.join(DECODE_COMBINES)}, "
                         f"got '{spec.decode_combine}'")
+
+
+PRETRAINED_PARTS = ("embedder.", "encoder.")  # state-dict prefixes of what a pre-training trains and hands on
 
 
 class AudioClassifier(nn.Module):

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import Config
+from ..config import PRETRAIN, SPLIT, Config, keys_also_defining
 from .layout import Layout
 
 
@@ -30,7 +30,7 @@ class Stage:
     inputs: Callable[[Config], tuple[Input, ...]]  # may depend on the config (tokens or frames in)
     help: str
     flags: dict[str, str] = field(default_factory=dict)  # CLI option -> config key
-    keys: tuple[str, ...] = ()  # single `section.key`s of other sections that define the output too
+    keys: tuple[str, ...] = ()  # keys of other sections that define the output too (config: also_defines)
     in_run: Callable[[Config], bool] = lambda config: True  # whether `run` includes the stage
     data_parallel: bool = False  # runs as N processes under torchrun (distributed.py)
     sharded: bool = False  # its work can be cut into shards run anywhere, then assembled (shards.py)
@@ -47,7 +47,7 @@ def _fixed(*inputs: Input) -> Callable[[Config], tuple[Input, ...]]:
 
 
 def _train_inputs(config: Config) -> tuple[Input, ...]:
-    features = "tokenize" if config.train.input == "tokens" else "spectrogram"
+    features = "tokenize" if config.model.input == "tokens" else "spectrogram"
     return (Input("split"), Input(features)) + _pretrain_input(config)
 
 
@@ -71,20 +71,13 @@ def _pretrain_inputs(config: Config) -> tuple[Input, ...]:
     return (Input("split"), Input("tokenize"), *frames)
 
 
-UNLABELLED_KEYS = ("pretrain.manifest", "pretrain.folder")  # the catalogue's unlabelled audio (split stage)
-# the [train] keys that shape the pre-trained network and its optimisation (the rest are the classifier's)
-PRETRAIN_MODEL_KEYS = tuple(f"train.{key}" for key in (
-    "token_embedding", "codebook_fusion", "encoder", "num_layers", "hidden_size", "num_heads",
-    "intermediate_size", "dropout", "max_length", "weight_decay", "warmup_ratio"))
-
-
 STAGES: tuple[Stage, ...] = (
     Stage("split", "data.split:DatasetSplitter", ("data", "split"), _fixed(),
           "Assign clips to train, validation and test; writes processed/split.json.",
           {"--source": "data.source", "--manifest": "data.manifest", "--folder": "data.folder",
            "--audio-root": "data.audio_root", "--segments": "data.segments", "--strategy": "split.strategy",
            "--validation-ratio": "split.validation_ratio", "--test-ratio": "split.test_ratio",
-           "--seed": "split.seed"}, keys=UNLABELLED_KEYS),
+           "--seed": "split.seed"}, keys=keys_also_defining(SPLIT)),
     Stage("spectrogram", "features.spectrogram:SpectrogramProcessor", ("spectrogram",),
           _fixed(Input("split", ("data", "pretrain"))),
           "Mel-spectrogram frames of every clip, once per clip; writes processed/frames/.",
@@ -104,13 +97,14 @@ STAGES: tuple[Stage, ...] = (
     Stage("pretrain", "training.pretrain:Pretrainer", ("pretrain",), _pretrain_inputs,
           "Masked prediction of token ids on unlabelled and training clips; writes output/pretrain/.",
           {"--objective": "pretrain.objective"},
-          keys=PRETRAIN_MODEL_KEYS, in_run=lambda config: bool(_pretrain_input(config)), resumable=True),
-    Stage("train", "training.train:ModelBuilder", ("train",), _train_inputs,
+          keys=keys_also_defining(PRETRAIN), in_run=lambda config: bool(_pretrain_input(config)),
+          resumable=True),
+    Stage("train", "training.train:ModelBuilder", ("model", "train"), _train_inputs,
           "Train the classifier; writes output/model/ and output/metrics.jsonl.",
-          {"--input": "train.input", "--epochs": "train.epochs", "--batch-size": "train.batch_size",
-           "--learning-rate": "train.learning_rate", "--num-layers": "train.num_layers",
-           "--hidden-size": "train.hidden_size", "--num-heads": "train.num_heads",
-           "--max-length": "train.max_length", "--device": "train.device", "--amp/--no-amp": "train.amp",
+          {"--input": "model.input", "--epochs": "train.epochs", "--batch-size": "train.batch_size",
+           "--learning-rate": "train.learning_rate", "--num-layers": "model.num_layers",
+           "--hidden-size": "model.hidden_size", "--num-heads": "model.num_heads",
+           "--max-length": "model.max_length", "--device": "train.device", "--amp/--no-amp": "train.amp",
            "--patience": "train.patience", "--seed": "train.seed"}, data_parallel=True, resumable=True),
     Stage("evaluate", "evaluation.evaluate:Evaluator", ("evaluate",), _fixed(Input("train")),
           "Per-class report, threshold sweep and plots in output/eval/<name>/.",

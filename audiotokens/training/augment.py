@@ -186,15 +186,16 @@ class BatchAugmenter:
         self.mixup_alpha = mixup_alpha
 
     @classmethod
-    def from_settings(cls, settings: Any, objective: Objective) -> BatchAugmenter:
-        frames = settings.input == "frames"
+    def from_settings(cls, settings: Any, input_kind: str, objective: Objective) -> BatchAugmenter:
+        """The [train] augmentation keys for a model reading `input_kind` (model.input)."""
+        frames = input_kind == "frames"
         if settings.mask_freq and not frames:
-            raise UserError("'train.mask_freq' masks mel bands and needs train.input=frames; set it to 0")
+            raise UserError("'train.mask_freq' masks mel bands and needs model.input=frames; set it to 0")
         if settings.mixup_alpha and not (frames and objective.uses_threshold):
             raise UserError("'train.mixup_alpha' mixes frames of multi-label clips: it needs "
-                            f"train.input=frames and a multi-label task (this run: {settings.input}, "
+                            f"model.input=frames and a multi-label task (this run: {input_kind}, "
                             f"{objective.task}); set it to 0")
-        return cls(input_kind=settings.input, mask_time=settings.mask_time, mask_span=settings.mask_span,
+        return cls(input_kind=input_kind, mask_time=settings.mask_time, mask_span=settings.mask_span,
                    mask_freq=settings.mask_freq, mask_freq_width=settings.mask_freq_width,
                    mixup_alpha=settings.mixup_alpha, seed=settings.seed)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -29,21 +28,21 @@ CHANCE_SHARE, CHANCE_EPOCHS = 0.98, 3
 CLASS_MEANS_HEAD = "class_means"
 
 
-def head_for(settings: Any) -> str:
-    """The head a run's model gets: class means for the contrastive objective, else train.head."""
-    if settings.objective == "contrastive":
-        if settings.head not in ("linear", CLASS_MEANS_HEAD):
-            raise UserError(f"train.objective=contrastive classifies by class means and ignores train.head; "
-                            f"set train.head=linear (got '{settings.head}')")
+def head_for(objective: str, head: str) -> str:
+    """The head a run's model gets: class means for the contrastive train.objective, else model.head."""
+    if objective == "contrastive":
+        if head not in ("linear", CLASS_MEANS_HEAD):
+            raise UserError(f"train.objective=contrastive classifies by class means and ignores model.head; "
+                            f"set model.head=linear (got '{head}')")
         return CLASS_MEANS_HEAD
-    if settings.head == CLASS_MEANS_HEAD:
-        raise UserError("train.head=class_means is fitted by train.objective=contrastive; set that, "
+    if head == CLASS_MEANS_HEAD:
+        raise UserError("model.head=class_means is fitted by train.objective=contrastive; set that, "
                         "or another head")
-    return settings.head
+    return head
 
 
-def trainer_type(settings: Any) -> type[Trainer]:
-    return ContrastiveTrainer if settings.objective == "contrastive" else Trainer
+def trainer_type(objective: str) -> type[Trainer]:
+    return ContrastiveTrainer if objective == "contrastive" else Trainer
 
 
 class ContrastiveTrainer(Trainer):
@@ -81,8 +80,8 @@ class ContrastiveTrainer(Trainer):
             return
         self.warned = True
         log.warning("train.objective=contrastive: after %d epochs the SupCon loss (%.3f) is still at its chance "
-                    "level (%.3f): the embeddings are not separating. Try a lower train.dropout, "
-                    "train.pooling=mean or another train.learning_rate", self.epochs_done, loss, chance)
+                    "level (%.3f): the embeddings are not separating. Try a lower model.dropout, "
+                    "model.pooling=mean or another train.learning_rate", self.epochs_done, loss, chance)
 
     @torch.no_grad()
     def refit_means(self) -> None:

@@ -3,9 +3,9 @@
 train.init names output/pretrain (or any bundle folder): its embedder and encoder weights replace the
 fresh ones (pooling and head stay freshly initialised). It is refused in one line when it was made from
 other frames (frame spec digest) or, for a tokens model, with another vocabulary (digest), or when its
-network does not fit train.* (sizes, parts). Position embeddings of another length keep the rows both have.
+network does not fit model.* (sizes, parts). Position embeddings of another length keep the rows both have.
 
-A speech-model encoder (train.encoder = "ssl") first gets the weights of its local folder (recorded in the
+A speech-model encoder (model.encoder = "ssl") first gets the weights of its local folder (recorded in the
 model spec: path and digest), then train.init's when that is set too.
 
 train.freeze = N keeps the embedder, the encoder's own embeddings (a speech model's convolutional feature
@@ -29,12 +29,12 @@ from torch import nn
 
 from ..errors import UserError
 from ..model.bundle import METADATA, WEIGHTS
+from ..model.parts import PRETRAINED_PARTS
 from ..pipeline.files import read_json
 from ..pipeline.stores import spec_digest
 
 log = logging.getLogger("audiotokens")
 
-INIT_PARTS = ("embedder.", "encoder.")  # what a pre-training hands on (pretraining.PRETRAINED_PARTS)
 FEATURE_ENCODER = "feature_encoder"
 NOTHING = "none"
 
@@ -50,7 +50,7 @@ def read_pretrained(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own type for a damaged file
         raise UserError(f"{path / WEIGHTS} cannot be read ({type(exc).__name__}); re-run `audiotokens pretrain`") \
             from None
-    return ({k: v for k, v in weights.items() if k.startswith(INIT_PARTS)},
+    return ({k: v for k, v in weights.items() if k.startswith(PRETRAINED_PARTS)},
             read_json(path / METADATA, "a pre-training or bundle folder has one"))
 
 
@@ -67,11 +67,11 @@ def check_compatible(meta: dict[str, Any], path: Path, *, frame_spec: dict[str, 
 
 def load_pretrained(model: nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
     """Copy the embedder and encoder weights into `model`; position tables keep the rows both have."""
-    own = {k: v for k, v in model.state_dict().items() if k.startswith(INIT_PARTS)}
+    own = {k: v for k, v in model.state_dict().items() if k.startswith(PRETRAINED_PARTS)}
     missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
     if missing or unexpected:
         names = ", ".join((missing or unexpected)[:3])
-        raise UserError(f"'train.init' ({path}) has another network than train.* describes "
+        raise UserError(f"'train.init' ({path}) has another network than model.* describes "
                         f"({'missing' if missing else 'unexpected'} {names}); use the same parts and sizes")
     with torch.no_grad():
         for name, target in own.items():
@@ -85,7 +85,7 @@ def load_pretrained(model: nn.Module, weights: dict[str, torch.Tensor], path: Pa
                          name, len(source), len(target), rows)
             else:
                 raise UserError(f"'train.init' ({path}): {name} is {tuple(source.shape)}, the model's "
-                                f"{tuple(target.shape)}; use the train.* sizes of the pre-training")
+                                f"{tuple(target.shape)}; use the model.* sizes of the pre-training")
 
 
 def encoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -95,7 +95,7 @@ def encoder_layers(model: nn.Module) -> nn.ModuleList:
         return encoder.bert.encoder.layer
     if hasattr(encoder, "layers"):
         return encoder.layers
-    raise UserError(f"train.freeze = N needs a layered encoder (bert, conformer, ssl), got train.encoder="
+    raise UserError(f"train.freeze = N needs a layered encoder (bert, conformer, ssl), got model.encoder="
                     f"{model.spec.encoder}")
 
 

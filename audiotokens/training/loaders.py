@@ -26,7 +26,7 @@ from torch.utils.data import BatchSampler, DataLoader
 
 from ..errors import UserError
 from ..model.batching import FrameBudgetSampler, fill_greedily, worst_batch
-from ..model.parts import EXTRA_POSITIONS
+from ..model.parts import EXTRA_POSITIONS, ModelSpec
 from ..model.windows import eval_windows
 from ..pipeline.distributed import ONE_PROCESS, Ranks, RankShare, deal_batches
 from .augment import BalancedSampler
@@ -239,24 +239,24 @@ def estimate_run_peak(*, model: torch.nn.Module, settings: Any, positions: np.nd
     return estimate_peak_bytes(
         n_parameters=sum(p.numel() for p in parameters),
         trainable_parameters=sum(p.numel() for p in parameters if p.requires_grad),
-        batch_clips=clips, positions=longest, **encoder_shape(model, settings), n_classes=n_classes,
+        batch_clips=clips, positions=longest, **encoder_shape(model.spec), n_classes=n_classes,
         attention="sdpa", device_type=device.type, amp_dtype_bytes=2 if amp_dtype is not None else 4,
-        attention_dropout=settings.dropout > 0, input_features=input_features)
+        attention_dropout=model.spec.dropout > 0, input_features=input_features)
 
 
-def encoder_shape(model: torch.nn.Module, settings: Any) -> dict[str, int]:
+def encoder_shape(spec: ModelSpec) -> dict[str, int]:
     """Width, depth, heads and feed-forward size of the encoder: a speech model's own (its config in the model
-    spec; its frozen convolutional feature encoder keeps no activations), else train.*'s."""
-    speech = model.spec.encoder_params.get("speech_config")
+    spec; its frozen convolutional feature encoder keeps no activations), else the model.* sizes in the spec."""
+    speech = spec.encoder_params.get("speech_config")
     if speech:
         return {"hidden": speech["hidden_size"], "layers": speech["num_hidden_layers"],
                 "heads": speech["num_attention_heads"], "intermediate": speech["intermediate_size"]}
-    return {"hidden": settings.hidden_size, "layers": settings.num_layers, "heads": settings.num_heads,
-            "intermediate": settings.intermediate_size}
+    return {"hidden": spec.hidden_size, "layers": spec.encoder_params["num_layers"],
+            "heads": spec.encoder_params["num_heads"], "intermediate": spec.encoder_params["intermediate_size"]}
 
 
-def check_run_memory(*, model: torch.nn.Module, settings: Any, dataset: ClipDataset, ids: list[str],
-                     device: torch.device, amp_dtype: torch.dtype | None, n_classes: int,
+def check_run_memory(*, model: torch.nn.Module, settings: Any, max_length: int, dataset: ClipDataset,
+                     ids: list[str], device: torch.device, amp_dtype: torch.dtype | None, n_classes: int,
                      input_features: int) -> dict[str, int]:
     """Log the estimated peak for the worst training batch; stop with one line when it cannot fit."""
     started = time.perf_counter()
@@ -268,7 +268,7 @@ def check_run_memory(*, model: torch.nn.Module, settings: Any, dataset: ClipData
              available / GIB, device.type, time.perf_counter() - started)
     row = int(np.argmax(dataset.lengths))
     hint = (f"batch_frames={settings.batch_frames}, batch_size={settings.batch_size}, "
-            f"max_length={settings.max_length}, crop_frames={settings.crop_frames}")
+            f"max_length={max_length}, crop_frames={settings.crop_frames}")
     check_fits(estimate, available, longest_clip_id=ids[row], longest_frames=int(dataset.lengths[row]),
                settings_hint=hint)
     return estimate

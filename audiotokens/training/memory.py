@@ -38,7 +38,7 @@ from ..errors import UserError
 
 GIB = 2**30
 OPTIMIZER_STATES = {"adamw": 2, "adam": 2, "sgd": 0}
-FIX_SETTINGS = "train.batch_frames, train.max_length, train.crop_frames or spectrogram.max_duration"
+FIX_SETTINGS = "train.batch_frames, model.max_length, train.crop_frames or spectrogram.max_duration"
 
 
 def attention_is_quadratic(*, attention: str, device_type: str, attention_dropout: bool) -> bool:

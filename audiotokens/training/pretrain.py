@@ -25,6 +25,7 @@ resumed pre-training ends with the weights an uninterrupted one would have.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -43,7 +44,7 @@ from ..config import RUNTIME, Config, keys_with_role
 from ..errors import UserError
 from ..model.bundle import METADATA, SPEC, WEIGHTS
 from ..model.inputs import pack_frames, pack_sequences
-from ..model.parts import MASK, TOKEN_OFFSET, AudioClassifier, frame_special_ids
+from ..model.parts import MASK, PRETRAINED_PARTS, TOKEN_OFFSET, AudioClassifier, frame_special_ids
 from ..pipeline.files import atomic_dir, atomic_path, write_json
 from ..pipeline.layout import Layout
 from ..pipeline.provenance import package_versions, recorded_fingerprint, stage_params
@@ -59,7 +60,6 @@ log = logging.getLogger("audiotokens")
 IGNORE = -100  # label of positions that are not predicted (F.cross_entropy's ignore_index)
 REPLACE_MASK, REPLACE_RANDOM = 0.8, 0.1  # BERT's split of chosen positions; the rest stay unchanged
 HELD_OUT_SPLITS = ("validation", "test")  # never seen by pre-training
-PRETRAINED_PARTS = ("embedder.", "encoder.")  # the state-dict prefixes a pre-training hands on
 
 
 # ---------------------------------------------------------------- masking
@@ -116,7 +116,7 @@ class MaskedPredictor(nn.Module):
         super().__init__()
         if backbone.encoder.reads_raw_frames or not backbone.encoder.has_cls:
             raise UserError(f"pre-training needs an encoder with one output per position (bert or conformer), "
-                            f"got train.encoder={backbone.spec.encoder}")
+                            f"got model.encoder={backbone.spec.encoder}")
         self.backbone = backbone
         size = backbone.encoder.output_size
         self.heads = nn.ModuleList(nn.Linear(size, n) for n in codebook_sizes)
@@ -234,17 +234,17 @@ class Pretrainer:
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
 
-        settings, train = self.settings, self.config.train
+        settings = self.settings
         vocab = read_vocabulary(self.layout)
         fit_loader, held_loader, max_frames, counts = self._loaders(vocab)
         frames = settings.objective == "masked_frames"
         tables = []
-        if not frames and train.token_embedding.startswith("decoded"):
+        if not frames and self.config.model.token_embedding.startswith("decoded"):
             tables = decode_tables(vocab)
-        train_settings = _with_input(train, "frames" if frames else "tokens")
         columns = fit_loader.dataset.stores[0][0]
         sizes = SplitStore(name="train", path=columns, index=None, columns=self._columns(vocab, frames))
-        spec = model_spec(train_settings, ["[pretrain]"], max_frames, {"train": sizes}, vocab, tables)
+        spec = model_spec(_with_input(self.config, "frames" if frames else "tokens"), ["[pretrain]"], max_frames,
+                          {"train": sizes}, vocab, tables)
         torch.manual_seed(settings.seed)
         backbone = AudioClassifier(spec=spec, decode_tables=[torch.from_numpy(t) for t in tables])
         model = MaskedPredictor(backbone=backbone, codebook_sizes=list(vocab.codebook_sizes))
@@ -280,7 +280,7 @@ class Pretrainer:
         if not len(datasets["fit"][0][1]):
             raise UserError(f"no pre-training clip has tokens in {self.layout.tokens}; run `audiotokens tokenize`")
         lengths = {"fit": datasets["fit"][0][2], "heldout": datasets["heldout"][0][2]}
-        max_frames = _max_frames(self.config.train.max_length, np.concatenate(list(lengths.values())), model_length)
+        max_frames = _max_frames(self.config.model.max_length, np.concatenate(list(lengths.values())), model_length)
         fit = PretrainClips(stores=datasets["fit"], max_frames=max_frames)
         held = PretrainClips(stores=datasets["heldout"], max_frames=max_frames) if len(lengths["heldout"]) else None
         generator = torch.Generator().manual_seed(settings.seed)
@@ -399,10 +399,9 @@ class Pretrainer:
         log.info("pre-trained embedder and encoder written to %s", self.out_dir)
 
 
-def _with_input(settings, kind: str):
-    import dataclasses
-
-    return dataclasses.replace(settings, input=kind)
+def _with_input(config: Config, kind: str) -> Config:
+    """The config with model.input = kind: what the pre-training objective reads, whatever the classifier's."""
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, input=kind))
 
 
 def _max_frames(max_length: int, lengths: np.ndarray, model_length) -> int:

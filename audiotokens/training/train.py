@@ -1,8 +1,8 @@
 """The train stage (ModelBuilder): a classifier made of parts, trained from scratch on tokens or frames.
 
-Reads each split's view of tokenized/tokens.npy and output/vocabulary/ (train.input = "tokens"), or of
-processed/frames/frames.npy (train.input = "frames", or "waveform": rows of samples that a pretrained speech
-model, train.encoder = "ssl", is fine-tuned on); writes output/checkpoints/{last,best}.pt
+Reads each split's view of tokenized/tokens.npy and output/vocabulary/ (model.input = "tokens"), or of
+processed/frames/frames.npy (model.input = "frames", or "waveform": rows of samples that a pretrained speech
+model, model.encoder = "ssl", is fine-tuned on); writes output/checkpoints/{last,best}.pt
 every epoch, output/metrics.jsonl, output/curves.png and, from the best checkpoint, the portable bundle
 output/model/. The best epoch is chosen on validation; when a test split exists, the best checkpoint is
 scored on it once at the end, and those figures are reported as test.
@@ -32,14 +32,13 @@ from ..model.bundle import save_bundle
 from ..model.modelcard import write_model_card
 from ..model.objectives import Objective, objective_for
 from ..model.parts import (
-    CHOICES,
     EXTRA_POSITIONS,
     HEADS,
     SPEECH_ENCODER,
     WAVEFORM,
     AudioClassifier,
     ModelSpec,
-    check_input_encoder,
+    check_parts,
     check_spec,
 )
 from ..pipeline import distributed
@@ -134,11 +133,11 @@ def check_frame_kind(features: str, input_kind: str, path: Path) -> None:
     if (features == WAVEFORM) == (input_kind == WAVEFORM):
         return
     if input_kind == WAVEFORM:
-        raise UserError(f"train.input={WAVEFORM} reads waveform rows but {path} holds {features} frames; set "
+        raise UserError(f"model.input={WAVEFORM} reads waveform rows but {path} holds {features} frames; set "
                         f"spectrogram.features={WAVEFORM} (and spectrogram.ssl_model) and re-run `audiotokens "
                         "spectrogram`")
     raise UserError(f"{path} holds waveform rows (spectrogram.features={WAVEFORM}), which only "
-                    f"train.input={WAVEFORM} with train.encoder={SPEECH_ENCODER} reads; set those, or "
+                    f"model.input={WAVEFORM} with model.encoder={SPEECH_ENCODER} reads; set those, or "
                     "spectrogram.features to mel or ssl and re-run `audiotokens spectrogram`")
 
 
@@ -199,7 +198,7 @@ def run_identity(layout: Layout, config: Config, vocab, max_frames: int,
                  splits: dict[str, SplitStore]) -> dict[str, Any]:
     """What a checkpoint must share with the current run to be resumed."""
     params = {k: v for k, v in stage_params(config, "train").items() if k not in keys_with_role(RESUMABLE)}
-    source = "spectrogram" if config.train.input in FRAME_INPUTS else "tokenize"
+    source = "spectrogram" if config.model.input in FRAME_INPUTS else "tokenize"
     return {"params": params, source: recorded_fingerprint(layout, source),
             "split": recorded_fingerprint(layout, "split"),
             "vocabulary": vocab.digest if vocab is not None else None, "max_frames": max_frames,
@@ -210,12 +209,12 @@ def run_identity(layout: Layout, config: Config, vocab, max_frames: int,
 
 
 # Full attention over more positions than this is out of reach of one GPU; past it the user must choose
-# between cutting clips (train.max_length) and cropping audio (spectrogram.max_duration).
+# between cutting clips (model.max_length) and cropping audio (spectrogram.max_duration).
 MAX_AUTO_POSITIONS = 8192
 
 
 def model_length(splits: dict[str, SplitStore], max_length: int) -> int:
-    """Frames fed per clip: train.max_length, or (0) the longest clip of any split, so nothing is cut."""
+    """Frames fed per clip: model.max_length, or (0) the longest clip of any split, so nothing is cut."""
     if max_length > 0:
         return max_length
     name, split = max(splits.items(), key=lambda item: int(item[1].index.lengths.max()))
@@ -224,7 +223,7 @@ def model_length(splits: dict[str, SplitStore], max_length: int) -> int:
     if longest > MAX_AUTO_POSITIONS:
         raise UserError(
             f"clip '{split.index.ids[row]}' ({name}) has {longest} frames; sizing the model to it would need "
-            f"{longest} positions. Set train.max_length (e.g. 1024) to cut long clips (the cut is reported), "
+            f"{longest} positions. Set model.max_length (e.g. 1024) to cut long clips (the cut is reported), "
             "or spectrogram.max_duration to crop the audio")
     return max(longest, 1)
 
@@ -236,8 +235,8 @@ def report_truncation(splits: dict[str, SplitStore], max_frames: int) -> dict[st
         excess = split.index.lengths - max_frames
         clips, frames = int((excess > 0).sum()), int(excess[excess > 0].sum())
         if clips:
-            log.warning("train.max_length=%d cuts %d of %d %s clips (%d frames, %.1f%% of the split's frames); "
-                        "set train.max_length=0 to keep whole clips", max_frames, clips, len(split.index),
+            log.warning("model.max_length=%d cuts %d of %d %s clips (%d frames, %.1f%% of the split's frames); "
+                        "set model.max_length=0 to keep whole clips", max_frames, clips, len(split.index),
                         split.name, frames, 100 * frames / max(split.index.total_frames, 1))
         counts["truncated_clips"] += clips
         counts["truncated_frames"] += frames
@@ -268,19 +267,13 @@ def length_metadata(settings) -> dict[str, int]:
             "eval_hop": plan.eval_hop}
 
 
-def check_settings(settings) -> None:
-    """The model parts named in train.* exist and fit together (ranges are checked when the config is loaded)."""
-    for key, names in CHOICES.items():
-        if getattr(settings, key) not in names:
-            raise UserError(f"'train.{key}' must be one of {', '.join(names)}, got '{getattr(settings, key)}'")
-    check_input_encoder(settings.input, settings.encoder)
-
-
-def model_spec(settings, classes: list[str], max_frames: int, splits: dict[str, SplitStore],
+def model_spec(config: Config, classes: list[str], max_frames: int, splits: dict[str, SplitStore],
                vocab, tables: list[np.ndarray]) -> ModelSpec:
-    """The network the train.* settings describe, sized by the data (vocabulary, frame size, lengths)."""
+    """The network [model] describes (its head as train.objective has it), sized by the data (vocabulary,
+    frame size, lengths)."""
+    settings = config.model
     if settings.input == WAVEFORM:
-        return speech_model_spec(settings, classes, max_frames, splits["train"])
+        return speech_model_spec(config, classes, max_frames, splits["train"])
     columns = splits["train"].columns
     tokens = settings.input == "tokens"
     spec = ModelSpec(
@@ -291,39 +284,40 @@ def model_spec(settings, classes: list[str], max_frames: int, splits: dict[str, 
         encoder=settings.encoder, hidden_size=settings.hidden_size, dropout=settings.dropout,
         encoder_params={"num_layers": settings.num_layers, "num_heads": settings.num_heads,
                         "intermediate_size": settings.intermediate_size},
-        pooling=settings.pooling, head=head_for(settings), margin=settings.margin, scale=settings.scale,
-        max_positions=max_frames + EXTRA_POSITIONS)
+        pooling=settings.pooling, head=head_for(config.train.objective, settings.head), margin=settings.margin,
+        scale=settings.scale, max_positions=max_frames + EXTRA_POSITIONS)
     check_spec(spec)
     return spec
 
 
-def speech_model_spec(settings, classes: list[str], max_frames: int, train: SplitStore) -> ModelSpec:
+def speech_model_spec(config: Config, classes: list[str], max_frames: int, train: SplitStore) -> ModelSpec:
     """A pretrained speech model fine-tuned on waveform rows: its config (so the bundle needs no folder), its
     normalisation and where its weights come from (the folder and digest the frame spec recorded), mean
-    pooling, a hidden layer of train.hidden_size, the head."""
+    pooling, a hidden layer of model.hidden_size, the head."""
 
+    settings = config.model
     frame_spec = train.frame_spec or {}
     params = waveform_params_from_spec(frame_spec)
     speech_config, normalize = model_config(model_dir(params))
-    check_rows_cover_a_frame(settings, params.n_fft, params.hop_length)
+    check_rows_cover_a_frame(config, params.n_fft, params.hop_length)
     spec = ModelSpec(
         classes=list(classes), input=WAVEFORM, input_dim=train.columns, encoder=SPEECH_ENCODER,
         encoder_params={"speech_config": speech_config, "normalize": normalize,
                         "pretrained": {"path": frame_spec["ssl_model"], "digest": frame_spec["ssl_digest"]}},
         hidden_size=settings.hidden_size, hidden_layer=settings.hidden_size, dropout=settings.dropout,
-        pooling=settings.pooling, head=head_for(settings), margin=settings.margin, scale=settings.scale,
-        max_positions=max_frames + EXTRA_POSITIONS)
+        pooling=settings.pooling, head=head_for(config.train.objective, settings.head), margin=settings.margin,
+        scale=settings.scale, max_positions=max_frames + EXTRA_POSITIONS)
     check_spec(spec)
     return spec
 
 
-def check_rows_cover_a_frame(settings, receptive_field: int, stride: int) -> None:
+def check_rows_cover_a_frame(config: Config, receptive_field: int, stride: int) -> None:
     """Crops, windows and cuts of waveform rows must hold at least the samples of one output frame."""
     fewest = -(-receptive_field // stride)
-    for key in ("max_length", "crop_frames", "eval_window"):
-        value = getattr(settings, key)
+    for section, key in (("model", "max_length"), ("train", "crop_frames"), ("train", "eval_window")):
+        value = getattr(getattr(config, section), key)
         if 0 < value < fewest:
-            raise UserError(f"'train.{key}' ({value} rows of {stride} samples) is shorter than the speech model's "
+            raise UserError(f"'{section}.{key}' ({value} rows of {stride} samples) is shorter than the speech model's "
                             f"receptive field ({receptive_field} samples); use at least {fewest} rows")
 
 
@@ -362,6 +356,7 @@ class ModelBuilder:
     def __init__(self, config: Config, resume: bool = False):
         self.config = config
         self.settings = config.train
+        self.network = config.model
         self.resume = resume
         self.layout = Layout(config.workdir)
         self.ranks = distributed.launched()  # one process, or this one of torchrun's
@@ -401,25 +396,25 @@ class ModelBuilder:
 
     def _prepare(self) -> TrainingRun:
         """Check the inputs, then build the model, the loaders and the trainer (seeded)."""
-        settings = self.settings
-        check_settings(settings)
+        settings, network = self.settings, self.network
+        check_parts(network)
         if self.resume and not self._checkpoint_paths()[0].is_file():
             raise UserError(f"no checkpoint at {self._checkpoint_paths()[0]}; train without --resume to start")
-        splits, vocab = read_splits(self.layout, settings.input)
+        splits, vocab = read_splits(self.layout, network.input)
         for split in splits.values():
             if split.name != "train":
                 check_splits_agree(splits["train"], split)
         train = splits["train"]
         objective, classes = objective_for(train.index.task), train.index.classes
-        if HEADS[head_for(settings)].single_label_only and objective.uses_threshold:
-            raise UserError(f"train.head={settings.head} needs single-label data but the task is "
-                            f"{objective.task}; use train.head=linear")
-        max_frames = model_length(splits, settings.max_length)
+        if HEADS[head_for(settings.objective, network.head)].single_label_only and objective.uses_threshold:
+            raise UserError(f"model.head={network.head} needs single-label data but the task is "
+                            f"{objective.task}; use model.head=linear")
+        max_frames = model_length(splits, network.max_length)
         truncation = report_truncation(splits, max_frames)
-        decodes = settings.input == "tokens" and settings.token_embedding.startswith("decoded")
+        decodes = network.input == "tokens" and network.token_embedding.startswith("decoded")
         tables = decode_tables(vocab) if decodes else []
         plan = LengthPlan.from_settings(settings)
-        spec = model_spec(settings, classes, plan.model_frames(max_frames), splits, vocab, tables)
+        spec = model_spec(self.config, classes, plan.model_frames(max_frames), splits, vocab, tables)
 
         seed_everything(settings.seed)
         model = AudioClassifier(spec=spec, decode_tables=[torch.from_numpy(t) for t in tables])
@@ -427,25 +422,26 @@ class ModelBuilder:
         self.fine_tuning.initialise(model, frame_spec=vocab.frame_spec if vocab else read_frame_spec(self.layout),
                                     vocabulary_digest=vocab.digest if vocab else None)
         device = self._join(pick_device(settings.device))
-        loaders = {name: make_split_loader(split, settings.input, objective, max_frames, settings.batch_size,
+        loaders = {name: make_split_loader(split, network.input, objective, max_frames, settings.batch_size,
                                            settings.seed if name == "train" else None, settings.num_workers,
                                            device.type == "cuda", settings.seed, plan, self.ranks)
                    for name, split in splits.items()}
         steps_per_epoch = math.ceil(len(loaders["train"]) / settings.grad_accum)
-        trainer = trainer_type(settings)(
+        trainer = trainer_type(settings.objective)(
             model=model, objective=objective, device=device, learning_rate=settings.learning_rate,
             weight_decay=settings.weight_decay, warmup_ratio=settings.warmup_ratio,
             total_steps=planned_steps(loaders["train"], settings.epochs, settings.grad_accum),
             grad_clip=settings.grad_clip, grad_accum=settings.grad_accum, amp=settings.amp, ranks=self.ranks)
         if isinstance(trainer, ContrastiveTrainer):
-            trainer.reference = make_split_loader(train, settings.input, objective, max_frames, settings.batch_size,
+            trainer.reference = make_split_loader(train, network.input, objective, max_frames, settings.batch_size,
                                                   None, settings.num_workers, device.type == "cuda", settings.seed,
                                                   plan)
         self.fine_tuning.freeze_parts(model)
         self._log_setup(model, trainer, splits, objective, vocab)
-        check_run_memory(model=model, settings=settings, dataset=loaders["train"].dataset, ids=train.index.ids,
-                         device=device, amp_dtype=trainer.amp_dtype, n_classes=len(classes),
-                         input_features=train.columns if settings.input != "tokens" else 0)
+        check_run_memory(model=model, settings=settings, max_length=network.max_length,
+                         dataset=loaders["train"].dataset, ids=train.index.ids, device=device,
+                         amp_dtype=trainer.amp_dtype, n_classes=len(classes),
+                         input_features=train.columns if network.input != "tokens" else 0)
         reset_peak_memory(device)
         return TrainingRun(splits, objective, classes, max_frames, truncation, model, trainer, loaders,
                            steps_per_epoch, run_identity(self.layout, self.config, vocab, max_frames, splits))
@@ -464,7 +460,7 @@ class ModelBuilder:
                         else NoTrainingLog())
         samples, seconds = 0, 0.0
         train_loader = run.loaders["train"]
-        augmenter = BatchAugmenter.from_settings(self.settings, objective)
+        augmenter = BatchAugmenter.from_settings(self.settings, self.network.input, objective)
         log.info("per epoch, each figure as train | validation (train figures from the epoch's forward passes)")
         try:
             while not progress.finished and progress.epoch < epochs:
@@ -614,7 +610,7 @@ class ModelBuilder:
     def _write_bundle(self, run: TrainingRun) -> None:
         """The model with the vocabulary its tokens were made with (and through it the frame spec), or, for a
         frames model, the frame spec of the frames it read."""
-        vocab = read_vocabulary(self.layout) if self.settings.input == "tokens" else None
+        vocab = read_vocabulary(self.layout) if self.network.input == "tokens" else None
         save_bundle(run.model.cpu(), self.layout.model_dir, classes=run.classes, task=run.objective.task,
                     threshold=self.settings.threshold, max_frames=run.model.spec.max_frames, vocabulary=vocab,
                     spectrogram=vocab.frame_spec if vocab else read_frame_spec(self.layout),
@@ -640,7 +636,7 @@ class ModelBuilder:
             source = (f"{vocab.describe()} + 4 special tokens, {spec.token_embedding} embeddings"
                       if spec.input == "tokens" else f"frames of {train.columns}")
             log.info("model: %s encoder, %d layers x %d hidden, %s pooling, %s head, %.1fM parameters; %s; "
-                     "%d positions ([CLS] + %d frames + [SEP])", spec.encoder, self.settings.num_layers,
+                     "%d positions ([CLS] + %d frames + [SEP])", spec.encoder, self.network.num_layers,
                      spec.hidden_size, spec.pooling, spec.head, parameters / 1e6, source, spec.max_positions,
                      spec.max_positions - EXTRA_POSITIONS)  # what the model holds: the crop when cropping
         log.info("device %s, %s, batch %d x %d accumulation", trainer.device, trainer.precision,

@@ -1,7 +1,7 @@
 """Data-parallel training against one process: the train stage as users run it, side by side.
 
     python scripts/bench/ddp.py --config configs/bench_small.toml --workdir runs/bench [--nproc 2]
-        [--epochs 3] [--set train.input=frames ...]
+        [--epochs 3] [--set model.input=frames ...]
 
 The workdir must hold what train reads (split, tokens or frames). The stage runs `--rounds` times in each
 form, alternating: `audiotokens train` in one process with torch's default threads, the same with one
@@ -9,7 +9,7 @@ thread (OMP_NUM_THREADS=1), and `torchrun --nproc_per_node N -m audiotokens.cli 
 torchrun's one thread each, gloo on the CPU or NCCL on GPUs). On a CPU the one-thread row separates what
 the processes gain from what threads lose (to waiting, on a loaded machine). Reported per form: median training samples/s over every epoch after the first (from
 output/metrics.jsonl; every process's clips counted once), median wall time of the stage, and the last
-validation figure (the forms should agree to about 1e-5 when train.dropout = 0). Each run overwrites the
+validation figure (the forms should agree to about 1e-5 when model.dropout = 0). Each run overwrites the
 workdir's output/ (model, checkpoints, metrics).
 """
 from __future__ import annotations

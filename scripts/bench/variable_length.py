@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # the checkout's package, whatever the working directory
-MODEL = ["train.num_layers=2", "train.hidden_size=64", "train.num_heads=2", "train.intermediate_size=256",
+MODEL = ["model.num_layers=2", "model.hidden_size=64", "model.num_heads=2", "model.intermediate_size=256",
          "train.num_workers=0", "train.device=cpu", "train.epochs=1", "train.batch_size=16"]
 SETTINGS = {"batch of 16 clips": [], "batch_frames=2048": ["train.batch_frames=2048"],
             "batch_frames=2048 + crop 200": ["train.batch_frames=2048", "train.crop_frames=200"]}

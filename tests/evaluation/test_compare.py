@@ -18,10 +18,10 @@ BASE_PARAMS = {
     "spectrogram": {"spectrogram.sample_rate": 22050, "spectrogram.n_mels": 64, "spectrogram.normalize": True},
     "cluster": {"cluster.n_clusters": 50, "cluster.niter": 20, "cluster.spherical": False},
     "tokenize": {},
-    "train": {"train.num_layers": 12, "train.epochs": 20, "train.learning_rate": 5e-5},
+    "train": {"model.num_layers": 12, "train.epochs": 20, "train.learning_rate": 5e-5},
 }
 SECTION_STAGE = {"data": "split", "split": "split", "spectrogram": "spectrogram", "cluster": "cluster",
-                 "tokenize": "tokenize", "train": "train"}
+                 "tokenize": "tokenize", "model": "train", "train": "train"}
 
 
 def _fake_run(workdir: Path, changes: dict[str, object] | None = None, runtime_device: str = "cpu",
@@ -49,10 +49,10 @@ def _fake_run(workdir: Path, changes: dict[str, object] | None = None, runtime_d
 
 def test_compare_names_exactly_the_differing_settings(tmp_path):
     first = _fake_run(tmp_path / "k50", runtime_device="cpu")
-    second = _fake_run(tmp_path / "k500", {"cluster.n_clusters": 500, "train.num_layers": 2},
+    second = _fake_run(tmp_path / "k500", {"cluster.n_clusters": 500, "model.num_layers": 2},
                        runtime_device="cuda", train_time=30.0, mAP=0.8)
     comparison = compare_workdirs([first, second])
-    assert comparison.settings == ["cluster.n_clusters", "train.num_layers"]  # not train.device (runtime)
+    assert comparison.settings == ["cluster.n_clusters", "model.num_layers"]  # not train.device (runtime)
     assert comparison.runs == ["k50", "k500"]
     a, b = comparison.rows
     assert (a["cluster.n_clusters"], b["cluster.n_clusters"]) == (50, 500)
@@ -75,11 +75,12 @@ def test_identical_runs_show_no_setting_and_a_missing_key_counts_as_different(tm
 
 
 def test_a_run_without_a_section_does_not_make_its_settings_differ():
-    trained = {"split.seed": 0, "train.epochs": 10, "train.num_layers": 2}
+    trained = {"split.seed": 0, "train.epochs": 10, "model.num_layers": 2}
     baselines_only = {"split.seed": 0, "baseline.n_mfcc": 40}
-    assert differing_settings([baselines_only, trained, {**trained, "train.num_layers": 4}]) == ["train.num_layers"]
+    assert differing_settings([baselines_only, trained, {**trained, "model.num_layers": 4}]) == ["model.num_layers"]
     assert differing_settings([baselines_only, trained]) == []
-    assert differing_settings([trained, {"split.seed": 0, "train.epochs": 10}]) == ["train.num_layers"]
+    assert differing_settings([trained, {"split.seed": 0, "train.epochs": 10, "model.dropout": 0.1}]) == [
+        "model.num_layers", "model.dropout"]  # absent from a run that has the section: a difference
 
 
 def test_written_files(tmp_path):

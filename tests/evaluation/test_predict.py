@@ -125,7 +125,7 @@ def test_a_frames_model_predicts_and_shows_from_audio_alone(project, tmp_path, m
     from audiotokens.training.train import ModelBuilder
 
     own = copy_project(project, tmp_path / "own")
-    config = project_config(own, "train.input=frames", "train.pooling=mean")
+    config = project_config(own, "model.input=frames", "model.pooling=mean")
     ModelBuilder(config).run()
     bundle_dir = own / "work/output/model"
     assert load_bundle(bundle_dir).vocabulary is None and not (bundle_dir / "vocabulary").exists()
@@ -162,7 +162,7 @@ def test_a_decoded_model_of_two_codebooks_predicts_what_evaluate_scored(project,
     from audiotokens.tokens.vocabulary import load_vocabulary
 
     own = copy_project(project, tmp_path / "own")
-    config = project_config(own, *tokenizer.split(), "train.token_embedding=decoded")
+    config = project_config(own, *tokenizer.split(), "model.token_embedding=decoded")
     for stage in ("cluster", "tokenize", "train"):
         execute(stage, config)
     layout = Layout(own / "work")

@@ -132,4 +132,8 @@ def test_model_card_lists_the_recorded_metrics_and_data(project):
     assert all(f"`{name}`" in card for name in bundle.classes)
     for key in ("spectrogram.n_mels", "tokenizer.kind", "model.encoder", "train.learning_rate", "split.strategy"):
         assert f"| {key} |" in card
+    settings = card.split("## Settings that shaped the model")[1].split("## Evaluation")[0]
+    names = [line.split("|")[1].strip() for line in settings.splitlines() if line.startswith("| ")][1:]
+    assert "model.num_layers" in names and "model.max_length" in names
+    assert len(names) == len(set(names))  # a [model] key the spec holds too shows once
     assert "## Intended use and limits" in card and not re.search(r"\bnan\b", card, re.IGNORECASE)

@@ -29,9 +29,9 @@ from audiotokens.training.train import ModelBuilder
 from audiotokens.training.optimisation import Trainer, WarmupLinearSchedule, accumulation_dtype
 from audiotokens.tokens.vocabulary import Vocabulary, load_vocabulary, save_vocabulary
 
-TINY = ["train.num_layers=1", "train.hidden_size=16", "train.num_heads=2", "train.intermediate_size=32",
+TINY = ["model.num_layers=1", "model.hidden_size=16", "model.num_heads=2", "model.intermediate_size=32",
         "train.learning_rate=3e-3", "train.num_workers=0", "train.batch_size=16", "train.device=cpu",
-        "train.dropout=0.0", "train.warmup_ratio=0.0"]
+        "model.dropout=0.0", "train.warmup_ratio=0.0"]
 # the speech-model encoder reads waveforms through a pretrained model: test_waveform_finetune.py covers it
 GENERIC_ENCODERS = [encoder for encoder in ENCODERS if encoder != "ssl"]
 COMBINATIONS = [(encoder, pooling) for encoder in GENERIC_ENCODERS for pooling in POOLINGS
@@ -234,24 +234,24 @@ def test_a_bundle_whose_vocabulary_does_not_fit_its_embeddings_is_refused(tmp_pa
 
 
 def test_impossible_combinations_are_one_line_errors(tmp_path):
-    with pytest.raises(UserError, match="train.input=frames"):
+    with pytest.raises(UserError, match="model.input=frames"):
         AudioClassifier(spec=tiny_spec("cnn", "mean", input_kind="tokens"))
     with pytest.raises(UserError, match="no \\[CLS\\] position"):
         AudioClassifier(spec=tiny_spec("cnn", "cls"))
     with pytest.raises(UserError, match="use 1 to 6, got 12"):
         AudioClassifier(spec=tiny_spec("cnn", "mean", encoder_params={"num_layers": 12}))
-    with pytest.raises(UserError, match="even train.hidden_size / train.num_heads, got 9"):
+    with pytest.raises(UserError, match="even model.hidden_size / model.num_heads, got 9"):
         AudioClassifier(spec=tiny_spec("conformer", "mean", hidden_size=18))
     make_workdir(tmp_path, n_train=8, n_validation=4)
-    with pytest.raises(UserError, match="train.head=am_softmax needs single-label"):
-        ModelBuilder(load_config(overrides=[*TINY, "train.head=am_softmax"], workdir=tmp_path)).run()
+    with pytest.raises(UserError, match="model.head=am_softmax needs single-label"):
+        ModelBuilder(load_config(overrides=[*TINY, "model.head=am_softmax"], workdir=tmp_path)).run()
 
 
 @pytest.mark.parametrize("override, message", [
-    ("train.num_heads=0", "train.num_heads' must be positive"), ("train.hidden_size=0", "train.hidden_size"),
-    ("train.intermediate_size=0", "train.intermediate_size"), ("train.encoder=lstm", "train.encoder' must be one of"),
-    ("train.pooling=max", "train.pooling"), ("train.scale=0", "train.scale' must be positive"),
-    ("train.margin=-1", "train.margin"), ("train.input=waveform", "train.input")])
+    ("model.num_heads=0", "model.num_heads' must be positive"), ("model.hidden_size=0", "model.hidden_size"),
+    ("model.intermediate_size=0", "model.intermediate_size"), ("model.encoder=lstm", "model.encoder' must be one of"),
+    ("model.pooling=max", "model.pooling"), ("model.scale=0", "model.scale' must be positive"),
+    ("model.margin=-1", "model.margin"), ("model.input=waveform", "model.input")])
 def test_bad_model_settings_are_one_line_errors(tmp_path, override, message):
     make_workdir(tmp_path, n_train=8, n_validation=4)
     with pytest.raises(UserError, match=message) as error:
@@ -261,7 +261,7 @@ def test_bad_model_settings_are_one_line_errors(tmp_path, override, message):
 
 def test_frames_model_learns_and_its_bundle_needs_no_vocabulary(tmp_path):
     layout = make_frames_workdir(tmp_path)
-    config = load_config(overrides=[*TINY, "train.input=frames", "train.pooling=mean", "train.epochs=8"],
+    config = load_config(overrides=[*TINY, "model.input=frames", "model.pooling=mean", "train.epochs=8"],
                          workdir=tmp_path)
     counts = ModelBuilder(config).run()
     assert counts["best_validation_accuracy"] > 0.9
@@ -275,10 +275,10 @@ def test_frames_model_learns_and_its_bundle_needs_no_vocabulary(tmp_path):
 
 @pytest.mark.parametrize("encoder", ["conformer", "cnn"])
 def test_conformer_and_cnn_learn_a_separable_task(tmp_path, encoder):
-    overrides = [*TINY, f"train.encoder={encoder}", "train.pooling=mean", "train.epochs=8"]
+    overrides = [*TINY, f"model.encoder={encoder}", "model.pooling=mean", "train.epochs=8"]
     if encoder == "cnn":
         make_frames_workdir(tmp_path)
-        overrides += ["train.input=frames", "train.num_layers=2", "train.learning_rate=1e-2"]
+        overrides += ["model.input=frames", "model.num_layers=2", "train.learning_rate=1e-2"]
     else:
         make_workdir(tmp_path, task="singlelabel", n_train=96, n_validation=32)
     counts = ModelBuilder(load_config(overrides=overrides, workdir=tmp_path)).run()
@@ -287,7 +287,7 @@ def test_conformer_and_cnn_learn_a_separable_task(tmp_path, encoder):
 
 @pytest.mark.parametrize("encoder", GENERIC_ENCODERS)
 def test_resume_is_exact_for_every_encoder(tmp_path, monkeypatch, encoder):
-    overrides = [*TINY, f"train.encoder={encoder}", "train.pooling=mean", "train.epochs=2", "train.dropout=0.1",
+    overrides = [*TINY, f"model.encoder={encoder}", "model.pooling=mean", "train.epochs=2", "model.dropout=0.1",
                  "train.warmup_ratio=0.3", "train.batch_size=8"]
     runs = {}
     for name in ("straight", "resumed"):
@@ -295,7 +295,7 @@ def test_resume_is_exact_for_every_encoder(tmp_path, monkeypatch, encoder):
             make_frames_workdir(tmp_path / name, n_train=16, n_validation=4)
         else:
             make_workdir(tmp_path / name, n_train=16, n_validation=4)
-        runs[name] = load_config(overrides=[*overrides, *(["train.input=frames"] if encoder == "cnn" else [])],
+        runs[name] = load_config(overrides=[*overrides, *(["model.input=frames"] if encoder == "cnn" else [])],
                                  workdir=tmp_path / name)
     assert_resume_matches_straight(runs["straight"], runs["resumed"], monkeypatch)
 

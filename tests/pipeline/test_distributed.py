@@ -23,7 +23,7 @@ from audiotokens.training.optimisation import Trainer
 from audiotokens.training.loaders import CroppedBatches
 
 # no dropout: the two runs then differ only by the order in which gradients are summed
-DDP_SETTINGS = ("train.dropout=0", "train.batch_size=5", "train.grad_accum=2", "train.crop_frames=20",
+DDP_SETTINGS = ("model.dropout=0", "train.batch_size=5", "train.grad_accum=2", "train.crop_frames=20",
                 "train.epochs=2")
 
 

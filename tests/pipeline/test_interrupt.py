@@ -32,11 +32,12 @@ n_clusters = 8
 niter = 10
 [tokenize]
 batch_frames = 64
-[train]
+[model]
 num_layers = 1
 hidden_size = 32
 num_heads = 2
 intermediate_size = 64
+[train]
 epochs = 3
 batch_size = 4
 learning_rate = 1e-3

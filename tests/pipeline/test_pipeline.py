@@ -1,14 +1,16 @@
 """Stale detection and `run` planning, with stand-in stages so only the provenance logic is exercised."""
+import dataclasses
+
 import pytest
 from click.testing import CliRunner
 
 from audiotokens.pipeline import run as pipeline
 from audiotokens.pipeline.layout import Layout
 from audiotokens.cli import main
-from audiotokens.config import load_config
+from audiotokens.config import Config, load_config
 from audiotokens.errors import UserError
 from audiotokens.pipeline.provenance import stage_states
-from audiotokens.pipeline.stages import NAMES, Stage
+from audiotokens.pipeline.stages import NAMES, Stage, stage
 
 STAGES = [name for name in NAMES if name != "pretrain"]  # pretrain runs only for a train.init naming it
 
@@ -69,6 +71,8 @@ MODEL = ["train", "evaluate"]
     ("spectrogram.workers=3", []),
     ("cluster.gpu=true", []),
     ("train.learning_rate=0.001", MODEL),
+    ("model.num_layers=2", MODEL),  # the network: its own section, read by the train stage
+    ("model.pooling=mean", MODEL),
     ("evaluate.threshold=0.3", ["evaluate"]),
 ])
 def test_one_parameter_makes_its_stage_and_what_reads_it_stale(tmp_path, ran, override, expected_stale):
@@ -151,7 +155,24 @@ def test_pretrain_runs_only_when_train_init_names_it_and_sees_only_the_model_key
     assert "pretrain" not in pipeline.run(config(tmp_path))
     assert pipeline.run(config(tmp_path, init)) == ["pretrain", "train", "evaluate"]
     assert pipeline.run(config(tmp_path, init, "train.learning_rate=0.001")) == MODEL
-    assert pipeline.run(config(tmp_path, init, "train.learning_rate=0.001", "train.hidden_size=96",
-                               "train.num_heads=12")) == ["pretrain", *MODEL]
-    assert pipeline.run(config(tmp_path, init, "train.learning_rate=0.001", "train.hidden_size=96",
-                               "train.num_heads=12", "pretrain.span=5")) == ["pretrain", *MODEL]
+    assert pipeline.run(config(tmp_path, init, "train.learning_rate=0.001", "model.hidden_size=96",
+                               "model.num_heads=12")) == ["pretrain", *MODEL]
+    assert pipeline.run(config(tmp_path, init, "train.learning_rate=0.001", "model.hidden_size=96",
+                               "model.num_heads=12", "pretrain.span=5")) == ["pretrain", *MODEL]
+    # the classifier's own parts leave the pre-training fresh; the encoder's depth does not
+    changed = [init, "train.learning_rate=0.001", "model.hidden_size=96", "model.num_heads=12", "pretrain.span=5"]
+    assert pipeline.run(config(tmp_path, *changed, "model.pooling=mean", "model.head=am_softmax")) == MODEL
+    assert pipeline.run(config(tmp_path, *changed, "model.pooling=mean", "model.head=am_softmax",
+                               "model.num_layers=2")) == ["pretrain", *MODEL]
+
+
+def test_the_keys_a_stage_reads_from_other_sections_are_declared_on_the_settings():
+    assert stage("split").keys == ("pretrain.manifest", "pretrain.folder")
+    assert set(stage("pretrain").keys) == {
+        "model.token_embedding", "model.codebook_fusion", "model.encoder", "model.num_layers", "model.hidden_size",
+        "model.num_heads", "model.intermediate_size", "model.dropout", "model.max_length", "train.weight_decay",
+        "train.warmup_ratio"}
+    assert stage("train").sections == ("model", "train")
+    sections = [f.default_factory for f in dataclasses.fields(Config) if f.name != "workdir"]
+    declared = {key.metadata.get("also_defines") for section in sections for key in dataclasses.fields(section)}
+    assert declared - {"", None} <= set(NAMES)

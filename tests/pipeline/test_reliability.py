@@ -219,8 +219,8 @@ def test_a_single_class_is_refused_at_split(tmp_path):
 
 @pytest.mark.parametrize("override, key", [
     ("cluster.n_clusters=1", "cluster.n_clusters"), ("spectrogram.hop_length=2048", "spectrogram.hop_length"),
-    ("spectrogram.fmax=20000", "spectrogram.fmin"), ("train.num_heads=0", "train.num_heads"),
-    ("train.hidden_size=0", "train.hidden_size"), ("train.intermediate_size=0", "train.intermediate_size"),
+    ("spectrogram.fmax=20000", "spectrogram.fmin"), ("model.num_heads=0", "model.num_heads"),
+    ("model.hidden_size=0", "model.hidden_size"), ("model.intermediate_size=0", "model.intermediate_size"),
 ])
 def test_impossible_settings_fail_when_the_config_loads(override, key):
     with pytest.raises(UserError, match=key.replace(".", r"\.")):

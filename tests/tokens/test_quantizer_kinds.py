@@ -11,9 +11,9 @@ from audiotokens.pipeline.layout import Layout
 from audiotokens.config import load_config
 from audiotokens.pipeline.stages import stage
 
-TINY = ["train.num_layers=1", "train.hidden_size=32", "train.num_heads=2", "train.intermediate_size=64",
+TINY = ["model.num_layers=1", "model.hidden_size=32", "model.num_heads=2", "model.intermediate_size=64",
         "train.epochs=25", "train.batch_size=16", "train.learning_rate=3e-3", "train.device=cpu",
-        "train.num_workers=0", "train.pooling=mean", "cluster.n_clusters=2", "cluster.niter=10"]
+        "train.num_workers=0", "model.pooling=mean", "cluster.n_clusters=2", "cluster.niter=10"]
 
 
 def xor_of_two_bands(workdir, n_clips: int = 240, length: int = 4, seed: int = 0) -> None:
@@ -52,8 +52,8 @@ def best_validation_accuracy(workdir, *overrides: str) -> float:
 def test_two_codebooks_learn_what_one_codebook_of_the_same_size_cannot(tmp_path, embedding):
     xor_of_two_bands(tmp_path / "one")
     xor_of_two_bands(tmp_path / "two")
-    one = best_validation_accuracy(tmp_path / "one", "cluster.tokenizer=frame", f"train.token_embedding={embedding}")
+    one = best_validation_accuracy(tmp_path / "one", "cluster.tokenizer=frame", f"model.token_embedding={embedding}")
     two = best_validation_accuracy(tmp_path / "two", "cluster.tokenizer=subband", "cluster.bands=2",
-                                   f"train.token_embedding={embedding}")
+                                   f"model.token_embedding={embedding}")
     assert two >= 0.95, two
     assert one <= 0.75, one

@@ -12,7 +12,7 @@ from audiotokens.model.parts import CLS, MASK, SEP
 from audiotokens.model.inputs import pack_sequences
 from audiotokens.training.train import ModelBuilder
 
-SMALL = ["train.num_layers=1", "train.hidden_size=32", "train.num_heads=2", "train.intermediate_size=64",
+SMALL = ["model.num_layers=1", "model.hidden_size=32", "model.num_heads=2", "model.intermediate_size=64",
          "train.learning_rate=2e-3", "train.num_workers=0", "train.batch_size=8", "train.device=cpu"]
 
 
@@ -54,7 +54,7 @@ def test_settings_that_do_not_fit_the_input_or_task_are_refused(tmp_path):
 
 
 def test_resume_with_every_augmentation_matches_an_uninterrupted_run(tmp_path, monkeypatch):
-    overrides = [*SMALL, "train.input=frames", "train.epochs=2", "train.dropout=0.1", "train.mask_time=0.2",
+    overrides = [*SMALL, "model.input=frames", "train.epochs=2", "model.dropout=0.1", "train.mask_time=0.2",
                  "train.mask_span=2", "train.mask_freq=2", "train.mask_freq_width=3", "train.mixup_alpha=0.4",
                  "train.sampler=balanced", "train.crop_frames=14"]
     runs = {}

@@ -16,9 +16,9 @@ from audiotokens.errors import UserError
 from audiotokens.model.inputs import pack_frames
 from audiotokens.training.train import ModelBuilder
 
-SMALL = ["train.num_layers=1", "train.hidden_size=32", "train.num_heads=2", "train.intermediate_size=64",
+SMALL = ["model.num_layers=1", "model.hidden_size=32", "model.num_heads=2", "model.intermediate_size=64",
          "train.learning_rate=2e-3", "train.num_workers=0", "train.batch_size=16", "train.device=cpu",
-         "train.input=frames", "train.dropout=0.0"]
+         "model.input=frames", "model.dropout=0.0"]
 
 
 @pytest.fixture(scope="module")
@@ -60,15 +60,15 @@ def test_bundle_classifies_by_the_nearest_mean_of_training_embeddings(contrastiv
 
 def test_contrastive_refuses_another_head(tmp_path):
     make_frames_workdir(tmp_path, n_train=12, n_validation=6)
-    with pytest.raises(UserError, match="train.head=linear"):
-        ModelBuilder(load_config(overrides=[*SMALL, "train.objective=contrastive", "train.head=am_softmax"],
+    with pytest.raises(UserError, match="model.head=linear"):
+        ModelBuilder(load_config(overrides=[*SMALL, "train.objective=contrastive", "model.head=am_softmax"],
                                  workdir=tmp_path)).run()
 
 
 def test_contrastive_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     from audiotokens.training.contrastive import ContrastiveTrainer
 
-    overrides = [*SMALL, "train.objective=contrastive", "train.epochs=2", "train.dropout=0.1"]
+    overrides = [*SMALL, "train.objective=contrastive", "train.epochs=2", "model.dropout=0.1"]
     runs = {}
     for name in "ab":
         make_frames_workdir(tmp_path / name, n_train=32, n_validation=8)

@@ -16,11 +16,12 @@ from audiotokens.training.checkpoint import load_checkpoint
 from audiotokens.config import load_config
 from audiotokens.errors import UserError
 from audiotokens.model.objectives import objective_for
+from audiotokens.model.parts import ModelSpec
 from audiotokens.training.train import ModelBuilder, make_split_loader, read_split_tokens, read_vocabulary
 from audiotokens.training.optimisation import Trainer
-from audiotokens.training.loaders import LengthPlan, evaluate_split
+from audiotokens.training.loaders import LengthPlan, encoder_shape, evaluate_split
 
-SMALL = ["train.num_layers=1", "train.hidden_size=32", "train.num_heads=2", "train.intermediate_size=64",
+SMALL = ["model.num_layers=1", "model.hidden_size=32", "model.num_heads=2", "model.intermediate_size=64",
          "train.learning_rate=2e-3", "train.num_workers=0", "train.batch_size=8", "train.device=cpu"]
 BUDGET = 160  # positions: a few long clips or many short ones
 LENGTHS = (4, 60)
@@ -67,7 +68,7 @@ def test_schedule_ends_exactly_at_the_last_step_of_budget_epochs(tmp_path):
 
 @pytest.mark.parametrize("extra", [[], ["train.crop_frames=12"]], ids=["budget", "budget+crop"])
 def test_resume_with_budget_batches_matches_an_uninterrupted_run(tmp_path, monkeypatch, extra):
-    runs = {name: budget_run(tmp_path / name, "train.epochs=2", "train.dropout=0.1", *extra) for name in "ab"}
+    runs = {name: budget_run(tmp_path / name, "train.epochs=2", "model.dropout=0.1", *extra) for name in "ab"}
     straight, resumed = assert_resume_matches_straight(runs["a"], runs["b"], monkeypatch)
     assert straight["trainer"]["step"] == resumed["trainer"]["step"]
 
@@ -96,7 +97,14 @@ def test_over_the_memory_limit_stops_before_any_step(tmp_path, monkeypatch):
     index = read_split_tokens(Layout(tmp_path), "train", read_vocabulary(Layout(tmp_path))).index
     longest = index.ids[int(np.argmax(index.lengths))]
     assert "\n" not in message and longest in message and "train.batch_frames" in message
-    assert "spectrogram.max_duration" in message and "0.0 GiB is available" in message
+    assert "spectrogram.max_duration" in message and "model.max_length" in message
+    assert "0.0 GiB is available" in message
+
+
+def test_the_memory_estimate_sizes_the_encoder_by_its_model_spec():
+    spec = ModelSpec(classes=["a", "b"], input="frames", input_dim=8, encoder="bert", hidden_size=48,
+                     encoder_params={"num_layers": 3, "num_heads": 4, "intermediate_size": 96})
+    assert encoder_shape(spec) == {"hidden": 48, "layers": 3, "heads": 4, "intermediate": 96}
 
 
 def test_bundle_scores_by_budget_equal_scores_by_clip_count(tmp_path):

@@ -88,9 +88,9 @@ def test_check_fits_passes_when_the_estimate_fits():
 def test_check_fits_refuses_in_one_line_naming_clip_sizes_and_settings():
     with pytest.raises(UserError) as caught:
         check_fits({"total": 24 * GIB}, 3 * GIB, longest_clip_id="prompts/fr_0042.wav", longest_frames=3687,
-                   settings_hint="train.batch_size=32, train.max_length=4096")
+                   settings_hint="train.batch_size=32, model.max_length=4096")
     message = str(caught.value)
     assert "\n" not in message
     for expected in ("prompts/fr_0042.wav", "3687 frames", "24.0 GiB", "3.0 GiB", "train.batch_frames",
-                     "train.max_length", "train.crop_frames", "spectrogram.max_duration", "train.batch_size=32"):
+                     "model.max_length", "train.crop_frames", "spectrogram.max_duration", "train.batch_size=32"):
         assert expected in message

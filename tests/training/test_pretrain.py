@@ -21,8 +21,8 @@ from audiotokens.pipeline.stages import input_names
 from audiotokens.model.inputs import pack_sequences
 from audiotokens.training.train import ModelBuilder
 
-SMALL = ["train.num_layers=2", "train.hidden_size=32", "train.num_heads=2", "train.intermediate_size=64",
-         "train.num_workers=0", "train.batch_size=16", "train.device=cpu", "train.dropout=0.0",
+SMALL = ["model.num_layers=2", "model.hidden_size=32", "model.num_heads=2", "model.intermediate_size=64",
+         "train.num_workers=0", "train.batch_size=16", "train.device=cpu", "model.dropout=0.0",
          "pretrain.batch_size=16", "pretrain.learning_rate=3e-3"]
 
 
@@ -159,7 +159,7 @@ def test_mlm_loss_falls_on_a_repetitive_corpus_and_init_and_freeze(tmp_path):
 
 def test_an_interrupted_pretraining_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path, monkeypatch):
     """Dropout on (random states restored), no held-out pass (so each epoch is one _pass call)."""
-    settings = [*SMALL, "train.dropout=0.1", "pretrain.epochs=3", "pretrain.heldout=0"]
+    settings = [*SMALL, "model.dropout=0.1", "pretrain.epochs=3", "pretrain.heldout=0"]
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     for root in (straight, interrupted):
         _repetitive_workdir(root)
@@ -179,7 +179,7 @@ def test_an_interrupted_pretraining_resumes_to_the_weights_of_an_uninterrupted_o
         Pretrainer(load_config(overrides=[*settings, "pretrain.mask_prob=0.3"], workdir=interrupted),
                    resume=True).run()
     with pytest.raises(UserError, match="finished its learning-rate schedule"):
-        Pretrainer(load_config(overrides=[*SMALL, "train.dropout=0.1", "pretrain.epochs=4", "pretrain.heldout=0"],
+        Pretrainer(load_config(overrides=[*SMALL, "model.dropout=0.1", "pretrain.epochs=4", "pretrain.heldout=0"],
                                workdir=interrupted), resume=True).run()
 
 
@@ -238,7 +238,7 @@ def test_unlabelled_audio_joins_the_catalogue_in_no_split(tmp_path):
 
 def test_decoded_embeddings_pretrain_and_unfreeze_after_trains_frozen_parts_again(tmp_path):
     make_workdir(tmp_path, n_train=32, n_validation=8, lengths=(12, 20))
-    small = [*SMALL, "train.token_embedding=decoded"]
+    small = [*SMALL, "model.token_embedding=decoded"]
     Pretrainer(load_config(overrides=[*small, "pretrain.epochs=1", "pretrain.mask_prob=0.3"],
                            workdir=tmp_path)).run()
     out = tmp_path / "output" / "pretrain"

@@ -1,5 +1,5 @@
-"""Fine-tuning a pretrained speech model end to end (spectrogram.features = waveform, train.input = waveform,
-train.encoder = ssl) with tiny randomly initialised wav2vec2 / HuBERT models saved inside the test.
+"""Fine-tuning a pretrained speech model end to end (spectrogram.features = waveform, model.input = waveform,
+model.encoder = ssl) with tiny randomly initialised wav2vec2 / HuBERT models saved inside the test.
 
 These models are random and tiny: they prove the plumbing (rows, masks, freezing, bundle, scores), not that
 fine-tuning a real speech model works well.
@@ -183,12 +183,13 @@ test_ratio = 0.0
 features = "waveform"
 ssl_model = "{root / 'model'}"
 workers = 1
-[train]
+[model]
 input = "waveform"
 encoder = "ssl"
 pooling = "mean"
 hidden_size = 16
 num_heads = 2
+[train]
 epochs = 2
 batch_size = 4
 learning_rate = 1e-3
@@ -337,9 +338,9 @@ def test_a_missing_model_folder_is_one_line_from_the_cli(tmp_path):
 def test_waveform_input_and_the_speech_encoder_go_together(tmp_path):
     from audiotokens.training.train import ModelBuilder
 
-    for overrides in (["train.input=waveform"], ["train.encoder=ssl", "train.input=frames"]):
+    for overrides in (["model.input=waveform"], ["model.encoder=ssl", "model.input=frames"]):
         config = load_config(overrides=overrides, workdir=tmp_path)
-        with pytest.raises(UserError, match="train.input=waveform and train.encoder=ssl go together") as caught:
+        with pytest.raises(UserError, match="model.input=waveform and model.encoder=ssl go together") as caught:
             ModelBuilder(config).run()
         assert "\n" not in str(caught.value)
 
@@ -352,7 +353,7 @@ def test_frames_of_another_kind_are_refused(tmp_path):
     rng = np.random.default_rng(0)
     write_store(tmp_path, {"train": (rng.random((40, 8), dtype=np.float32), [20, 20]),
                            "validation": (rng.random((20, 8), dtype=np.float32), [10, 10])}, spec=frame_spec(8))
-    config = load_config(overrides=["train.input=waveform", "train.encoder=ssl", "train.pooling=mean",
+    config = load_config(overrides=["model.input=waveform", "model.encoder=ssl", "model.pooling=mean",
                                     "train.device=cpu"], workdir=tmp_path)
     with pytest.raises(UserError, match="reads waveform rows but .* holds mel frames.*spectrogram.features=waveform"):
         ModelBuilder(config).run()
@@ -379,8 +380,8 @@ def test_waveform_rows_feed_only_a_speech_model_and_crops_must_cover_a_frame(tra
 
     root, config = trained
     work = shutil.copytree(config.workdir, tmp_path / "work", ignore=shutil.ignore_patterns("checkpoints", "eval"))
-    as_frames = load_config(root / "run.toml", ["train.input=frames", "train.encoder=bert"], work)
-    with pytest.raises(UserError, match="holds waveform rows .* only train.input=waveform"):
+    as_frames = load_config(root / "run.toml", ["model.input=frames", "model.encoder=bert"], work)
+    with pytest.raises(UserError, match="holds waveform rows .* only model.input=waveform"):
         ModelBuilder(as_frames).run()
     fewest = -(-RECEPTIVE_FIELD // STRIDE)
     cropped = load_config(root / "run.toml", [f"train.crop_frames={fewest - 1}"], work)
@@ -399,19 +400,17 @@ def test_two_torchrun_processes_fine_tune_a_speech_model(tmp_path):
 
 
 def test_the_memory_check_sizes_a_speech_model_by_its_own_config(tmp_path):
-    """train.hidden_size sizes the layer after pooling, not the speech model the estimate must describe."""
+    """model.hidden_size sizes the layer after pooling, not the speech model the estimate must describe."""
     save_tiny("wav2vec2", tmp_path / "model")
     model = speech_classifier(tmp_path / "model")
-    settings = load_config(overrides=["train.hidden_size=16", "train.num_layers=12", "train.num_heads=2",
-                                      "train.intermediate_size=3072"]).train
     own = {"hidden": TINY["hidden_size"], "layers": TINY["num_hidden_layers"],
            "heads": TINY["num_attention_heads"], "intermediate": TINY["intermediate_size"]}
-    assert own != {"hidden": 16, "layers": 12, "heads": 2, "intermediate": 3072}
-    estimate = estimate_run_peak(model=model, settings=settings, positions=np.array([50, 80]),
+    assert own["hidden"] != model.spec.hidden_size == 16
+    estimate = estimate_run_peak(model=model, settings=load_config().train, positions=np.array([50, 80]),
                                  device=torch.device("cpu"), amp_dtype=None, n_classes=2, input_features=STRIDE)
     expected = estimate_peak_bytes(
         n_parameters=sum(p.numel() for p in model.parameters()),
         trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
         batch_clips=2, positions=80, **own, n_classes=2, attention="sdpa", device_type="cpu",
-        attention_dropout=settings.dropout > 0, input_features=STRIDE)
+        attention_dropout=model.spec.dropout > 0, input_features=STRIDE)
     assert estimate == expected
