@@ -11,6 +11,7 @@ import click
 
 from .config import load_config, valid_keys
 from .errors import UserError
+from .pipeline.layout import SHARDS_DIR, Layout
 from .pipeline.stages import BY_NAME, NAMES
 
 
@@ -162,8 +163,8 @@ def _resumable_command(name: str, checkpoint: str):
     return main.command(name)(common_options(name)(command))
 
 
-_resumable_command("pretrain", "output/checkpoints/pretrain.pt")
-_resumable_command("train", "output/checkpoints/last.pt")
+_resumable_command("pretrain", str(Layout().pretrain_checkpoint))
+_resumable_command("train", str(Layout().last_checkpoint))
 
 
 @main.command(help=BY_NAME["evaluate"].help)
@@ -227,7 +228,6 @@ def show(audio, model_dir, workdir, out_path):
 def status(config):
     """One line per stage: fresh, stale (and why), missing or failed; a missing stage that `run` skips under
     this config (pretrain without train.init, cluster and tokenize over waveform rows) says so."""
-    from .pipeline.layout import Layout
     from .pipeline.provenance import stage_states
 
     for name, state in stage_states(Layout(config.workdir), config).items():
@@ -240,8 +240,7 @@ def status(config):
 
 def _shard_lines(config) -> None:
     """Shards of a sharded stage computed and not yet assembled (the store is unchanged until then)."""
-    from .pipeline.layout import Layout
-    from .pipeline.shards import SHARDS_DIR, pending_line
+    from .pipeline.shards import pending_line
 
     layout = Layout(config.workdir)
     for name, folder in (("spectrogram", layout.frames_dir), ("tokenize", layout.tokenized)):
@@ -295,7 +294,6 @@ def compare_command(workdirs, out_dir):
 def export_command(fmt, model_dir, workdir, out_path):
     """The classifier as ONNX (scores out), its vocabulary and metadata beside it."""
     from .model.export import export_model
-    from .pipeline.layout import Layout
 
     _setup_logging(False)
     written = export_model(fmt, model_dir or Layout(workdir).model_dir, out_path)

@@ -14,11 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from ..pipeline.files import atomic_path
-from ..pipeline.layout import Layout
+from ..pipeline.layout import (
+    BUNDLE_CARD,
+    BUNDLE_METADATA,
+    BUNDLE_SPEC,
+    BUNDLE_VOCABULARY,
+    EVAL_METRICS,
+    VOCABULARY_METADATA,
+    Layout,
+)
 from ..pipeline.provenance import read_record
 from .objectives import objective_for
 
-CARD = "README.md"
 HIDDEN_PARAMS = ("#content", "#identity")  # digests in the split record: not settings a reader sets
 
 
@@ -67,7 +74,8 @@ def metrics_rows(layout: Layout) -> list[tuple[Any, ...]]:
     if test is not None:
         rows += _metric_rows("test", f"training log, epoch {test.get('epoch')}", test.get("test", {}))
     log_time = layout.metrics.stat().st_mtime if layout.metrics.is_file() else 0.0
-    for report in sorted(layout.eval_dir("").glob("*/metrics.json")):
+    for folder in layout.eval_reports():
+        report = folder / EVAL_METRICS
         if report.stat().st_mtime < log_time:
             continue  # from an earlier model
         try:
@@ -75,7 +83,7 @@ def metrics_rows(layout: Layout) -> list[tuple[Any, ...]]:
         except json.JSONDecodeError:
             continue
         flat = {k: v for k, v in values.items() if isinstance(v, (int, float))}
-        rows += _metric_rows(report.parent.name, f"`audiotokens evaluate` ({report.parent.name})", flat)
+        rows += _metric_rows(folder.name, f"`audiotokens evaluate` ({folder.name})", flat)
     return rows
 
 
@@ -107,8 +115,8 @@ def _data_section(layout: Layout) -> list[str]:
 
 def model_card(bundle_dir: Path, layout: Layout, train_settings: dict[str, Any]) -> str:
     """The card's text for the bundle at bundle_dir, trained in the workdir of `layout`."""
-    meta = json.loads((bundle_dir / "audiotokens.json").read_text())
-    spec = json.loads((bundle_dir / "model_spec.json").read_text())
+    meta = json.loads((bundle_dir / BUNDLE_METADATA).read_text())
+    spec = json.loads((bundle_dir / BUNDLE_SPEC).read_text())
     classes, task = meta["classes"], meta["task"]
     kind = (f"multi-label (sigmoid scores, threshold {_number(meta['threshold'])})"
             if objective_for(task).uses_threshold
@@ -172,7 +180,7 @@ def _encoder_params(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _tokenizer_rows(bundle_dir: Path, meta: dict[str, Any]) -> list[tuple[Any, ...]]:
-    path = bundle_dir / "vocabulary" / "vocabulary.json"
+    path = bundle_dir / BUNDLE_VOCABULARY / VOCABULARY_METADATA
     if not path.is_file():
         reads = "the waveform" if meta.get("input") == "waveform" else "frames"
         return [("tokenizer", f"none (the model reads {reads})")]
@@ -190,7 +198,7 @@ def _evaluation(layout: Layout) -> list[str]:
 
 def write_model_card(bundle_dir: str | Path, layout: Layout, train_settings: dict[str, Any]) -> Path:
     bundle_dir = Path(bundle_dir)
-    path = bundle_dir / CARD
+    path = bundle_dir / BUNDLE_CARD
     with atomic_path(path) as tmp:
         tmp.write_text(model_card(bundle_dir, layout, train_settings), encoding="utf-8")
     return path

@@ -26,6 +26,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..features.ssl import model_digest
+from ..pipeline.layout import HF_CONFIG
 from .contrastive import TEMPERATURE
 
 log = logging.getLogger("audiotokens")
@@ -463,9 +464,9 @@ class SpeechModelEncoder(Encoder):
 
 
         path = Path(self.pretrained.get("path", ""))
-        if not (path / "config.json").is_file():
+        if not (path / HF_CONFIG).is_file():
             raise UserError(f"'spectrogram.ssl_model' ({path}) is not a local Hugging Face model folder (no "
-                            "config.json); nothing is downloaded at run time: save the model there first")
+                            f"{HF_CONFIG}); nothing is downloaded at run time: save the model there first")
         digest = model_digest(path)
         if digest != self.pretrained.get("digest"):
             raise UserError(f"'spectrogram.ssl_model' ({path}) now holds another model (digest {digest}, waveform "

@@ -35,10 +35,9 @@ from ..pipeline.files import (
     usual_permissions,
     write_json,
 )
-from ..pipeline.layout import Layout
+from ..pipeline.layout import SHARD_META, SHARDS_DIR, Layout
 from ..pipeline.provenance import output_identity
 from ..pipeline.shards import (
-    SHARDS_DIR,
     Execution,
     Shard,
     all_shards,
@@ -52,7 +51,6 @@ from .vocabulary import load_vocabulary
 
 log = logging.getLogger("audiotokens")
 STAGE = "tokenize"  # the stage table's name of this stage (shard locks, messages)
-SHARD_META = "shard.json"  # written last in a shard's folder: the shard is finished
 
 
 def _load_matplotlib() -> None:
@@ -171,7 +169,7 @@ class SpecTokenizer:
         quantizer = vocab.quantizer
         log.info("tokenizing %d clips with the %s", len(store), vocab.describe())
         self.layout.tokenized.mkdir(parents=True, exist_ok=True)
-        tmp = staging_dir(self.layout.tokenized / "store")
+        tmp = staging_dir(self.layout.tokens_staging)
         try:
             tokens_index = self._token_index(store, quantizer)
             tokens = create_npy(tmp / self.layout.tokens.name, (tokens_index.total_frames, quantizer.n_codebooks),

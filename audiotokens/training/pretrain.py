@@ -45,7 +45,7 @@ from ..model.bundle import METADATA, SPEC, WEIGHTS
 from ..model.inputs import pack_frames, pack_sequences
 from ..model.parts import MASK, TOKEN_OFFSET, AudioClassifier, frame_special_ids
 from ..pipeline.files import atomic_dir, atomic_path, write_json
-from ..pipeline.layout import Layout
+from ..pipeline.layout import CURVES, METRICS_LOG, Layout
 from ..pipeline.provenance import package_versions, recorded_fingerprint, stage_params
 from ..pipeline.stores import ClipIndex, SplitPlan, open_store, read_frame_spec
 from .augment import content_positions, mask_time_spans
@@ -229,7 +229,7 @@ class Pretrainer:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.layout.checkpoints / "pretrain.pt"
+        return self.layout.pretrain_checkpoint
 
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
@@ -394,8 +394,8 @@ class Pretrainer:
                 "format": "audiotokens-pretrain", "objective": self.settings.objective, "input": spec.input,
                 "spectrogram": vocab.frame_spec if spec.input == "tokens" else read_frame_spec(self.layout),
                 "vocabulary_digest": vocab.digest, "versions": package_versions()})
-            (tmp / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in history))
-            _plot(history, tmp / "curves.png")
+            (tmp / METRICS_LOG).write_text("".join(json.dumps(row) + "\n" for row in history))
+            _plot(history, tmp / CURVES)
         log.info("pre-trained embedder and encoder written to %s", self.out_dir)
 
 

@@ -536,7 +536,7 @@ class ModelBuilder:
             save_checkpoint(last, state)
 
     def _checkpoint_paths(self) -> tuple[Path, Path]:
-        return self.layout.checkpoints / "last.pt", self.layout.checkpoints / "best.pt"
+        return self.layout.last_checkpoint, self.layout.best_checkpoint
 
     def _restore(self, run: TrainingRun) -> Progress:
         last, _ = self._checkpoint_paths()
