@@ -37,7 +37,7 @@ from .batching import fill_greedily
 from .inputs import PACKERS, as_frames_by_codebooks
 from .objectives import Objective, objective_for
 from .parts import EXTRA_POSITIONS, SPECIAL_TOKENS, TOKEN_OFFSET, AudioClassifier, ModelSpec
-from .windows import eval_windows
+from .windows import clip_windows, mean_over_windows
 
 log = logging.getLogger("audiotokens")
 
@@ -146,17 +146,9 @@ class Bundle:
         budget = self.batch_frames if batch_frames is None else batch_frames
         if not self.window:
             return self._score_pieces(sequences, batch_size, budget)
-        pieces, counts = [], []
-        for sequence in sequences:
-            windows = eval_windows(len(sequence), self.window, self.hop)
-            pieces += [sequence[start:stop] for start, stop in windows]
-            counts.append(len(windows))
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-        window_scores = self._score_pieces(pieces, batch_size, budget)
-        if not len(sequences):
-            return window_scores
-        means = np.add.reduceat(window_scores, starts, axis=0) / np.asarray(counts)[:, None]
-        return means.astype(np.float32)
+        items, counts = clip_windows([len(s) for s in sequences], self.window, self.hop)
+        window_scores = self._score_pieces([sequences[i][start:stop] for i, start, stop in items], batch_size, budget)
+        return mean_over_windows(window_scores, counts)
 
     @property
     def window(self) -> int:
