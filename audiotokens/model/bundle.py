@@ -33,7 +33,7 @@ from ..pipeline.layout import BUNDLE_SPEC as SPEC
 from ..pipeline.layout import BUNDLE_VOCABULARY as VOCABULARY
 from ..pipeline.layout import BUNDLE_WEIGHTS as WEIGHTS
 from ..tokens.vocabulary import load_vocabulary
-from .batching import fill_greedily
+from .batching import length_ordered_batches
 from .inputs import PACKERS, as_frames_by_codebooks
 from .objectives import Objective, objective_for
 from .parts import EXTRA_POSITIONS, SPECIAL_TOKENS, TOKEN_OFFSET, AudioClassifier, ModelSpec
@@ -172,10 +172,7 @@ class Bundle:
         """Longest first, so similar lengths batch together."""
         positions = np.array([min(len(s), self.max_frames) + EXTRA_POSITIONS for s in sequences],
                              dtype=np.int64)
-        order = np.argsort(-positions, kind="stable").tolist()
-        if batch_frames:
-            return fill_greedily(order, positions, batch_frames, batch_size)
-        return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+        return length_ordered_batches(positions, batch_size, batch_frames)
 
     def _as_rows(self, clip: np.ndarray) -> np.ndarray:
         return as_frames_by_codebooks(clip) if self.input == "tokens" else clip

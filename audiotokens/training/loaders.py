@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader
 
 from ..errors import UserError
-from ..model.batching import FrameBudgetSampler, fill_greedily, worst_batch
+from ..model.batching import FrameBudgetSampler, length_ordered_batches, worst_batch
 from ..model.parts import EXTRA_POSITIONS
 from ..model.windows import clip_windows, first_windows, mean_over_windows
 from ..pipeline.distributed import ONE_PROCESS, Ranks, RankShare, deal_batches
@@ -150,22 +150,14 @@ def _loader(dataset: ClipDataset, batch_sampler, num_workers: int, pin_memory: b
 # ---------------------------------------------------------------- evaluation batches
 
 
-def piece_batches(piece_lengths: np.ndarray, batch_size: int, batch_frames: int) -> list[list[int]]:
-    """Pieces (clips or windows) longest first, grouped by budget or by count."""
-    order = np.argsort(-np.asarray(piece_lengths), kind="stable").tolist()
-    if batch_frames:
-        return fill_greedily(order, positions(piece_lengths), batch_frames, batch_size)
-    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
-
-
 def evaluation_loader(dataset: ClipDataset, plan: LengthPlan, *, seed: int, num_workers: int,
                       pin_memory: bool, ranks: Ranks = ONE_PROCESS) -> DataLoader:
     """Longest first; clips longer than the window read as windows (`loader.window_counts` per clip);
     under torchrun, this process's whole batches (the pass's scores are gathered afterwards)."""
     items, counts = clip_windows(dataset.lengths, plan.eval_window, plan.eval_hop)
     piece_lengths = np.array([stop - start for _, start, stop in items], dtype=np.int64)
-    batches = [[items[k] for k in batch] for batch in piece_batches(piece_lengths, plan.batch_size,
-                                                                     plan.batch_frames)]
+    batches = [[items[k] for k in batch]
+               for batch in length_ordered_batches(positions(piece_lengths), plan.batch_size, plan.batch_frames)]
     batches = deal_batches(batches, ranks)
     loader = _loader(dataset, batches, num_workers, pin_memory, seed)
     loader.window_counts = counts

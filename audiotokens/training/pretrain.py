@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import RUNTIME, Config, keys_with_role
 from ..errors import UserError
+from ..model.batching import longest_first
 from ..model.bundle import METADATA, SPEC, WEIGHTS
 from ..model.inputs import pack_frames, pack_sequences
 from ..model.parts import MASK, TOKEN_OFFSET, AudioClassifier, frame_special_ids
@@ -50,7 +51,7 @@ from ..pipeline.provenance import package_versions, recorded_fingerprint, stage_
 from ..pipeline.stores import ClipIndex, SplitPlan, open_store, read_frame_spec
 from .augment import content_positions, mask_time_spans
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .datasets import EpochShuffleSampler, longest_first
+from .datasets import EpochShuffleSampler
 from .optimisation import Optimisation, pick_device
 from .train import SplitStore, check_token_ids, decode_tables, model_length, model_spec, read_vocabulary
 

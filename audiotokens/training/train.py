@@ -28,6 +28,7 @@ from tqdm import tqdm
 from ..config import RESUMABLE, Config, keys_with_role
 from ..errors import UserError
 from ..features.ssl import model_config, model_dir, waveform_params_from_spec
+from ..model.batching import longest_first
 from ..model.bundle import save_bundle
 from ..model.modelcard import write_model_card
 from ..model.objectives import Objective, objective_for
@@ -58,7 +59,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .contrastive import ContrastiveTrainer, head_for, trainer_type
-from .datasets import DATASETS, EpochShuffleSampler, longest_first, make_loader
+from .datasets import DATASETS, EpochShuffleSampler, make_loader
 from .epoch_log import NoTrainingLog, TrainingLog, epoch_line, finite_or_none, format_figure
 from .finetune import FineTuning
 from .loaders import (
