@@ -27,7 +27,7 @@ import numpy as np
 from ..data.sources.records import MULTILABEL
 from ..errors import UserError
 from ..model.objectives import OBJECTIVES, objective_for
-from ..pipeline.files import atomic_path, read_json, write_json
+from ..pipeline.files import atomic_path, read_json, read_jsonl, write_json
 from ..pipeline.layout import COMPARE_BITS_PLOT, COMPARE_FILES, EVAL_METRICS, KFOLD_SUMMARY, Layout
 from ..pipeline.provenance import read_record
 from ..pipeline.stages import NAMES
@@ -115,15 +115,7 @@ def _records(workdir: Path) -> list[dict[str, Any]]:
 
 def _best_epoch(path: Path) -> dict[str, Any] | None:
     """The last epoch marked best in metrics.jsonl (the checkpoint that was kept), else the last epoch."""
-    if not path.is_file():
-        return None
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise UserError(f"{path} line {number} is not valid JSON; re-run `audiotokens train`") from None
+    rows = read_jsonl(path, fix="re-run `audiotokens train`")
     best = [row for row in rows if row.get("best")]
     return (best or rows or [None])[-1]
 

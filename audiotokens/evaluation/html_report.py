@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..model.modelcard import read_training_log
-from ..pipeline.files import atomic_path
+from ..pipeline.files import atomic_path, read_json_or_none, read_jsonl
 from ..pipeline.layout import (
     EVAL_CONFUSION,
     EVAL_METRICS,
@@ -65,13 +65,6 @@ def image(path: Path, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 # ---------------------------------------------------------------- sections: (layout) -> HTML or None
 
 
@@ -98,7 +91,7 @@ def splits_section(layout: Layout) -> str | None:
 
 
 def tokens_section(layout: Layout) -> str | None:
-    stats = _json(layout.token_stats)
+    stats = read_json_or_none(layout.token_stats)
     if not isinstance(stats, dict) or "splits" not in stats:
         return None
     rows = []
@@ -117,11 +110,7 @@ def training_section(layout: Layout) -> str | None:
     if not layout.metrics.is_file():
         return None
     rows = []
-    for line in layout.metrics.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for entry in read_jsonl(layout.metrics):  # a line cut by a killed run is left out
         for split in ("train", "validation", "test"):
             if isinstance(entry.get(split), dict):
                 rows.append([entry.get("epoch"), split, *(entry[split].get(k) for k in _metric_names(entry[split])),
@@ -141,7 +130,7 @@ def _metric_names(values: dict[str, Any]) -> list[str]:
 def _report_folder(folder: Path, title: str) -> str:
     """One evaluate-style report folder: metrics, per-class table, threshold sweep, confusion matrix, plots."""
     parts = [f"<h3>{html.escape(title)}</h3>"]
-    metrics = _json(folder / EVAL_METRICS)
+    metrics = read_json_or_none(folder / EVAL_METRICS)
     if isinstance(metrics, dict):
         parts.append(table(["metric", "value"], [[k, v] for k, v in metrics.items() if not isinstance(v, dict)]))
     for name, caption in ((EVAL_PER_CLASS, "per-class table"), (EVAL_SWEEP, "threshold sweep"),

@@ -50,7 +50,7 @@ from tqdm import tqdm
 from ..config import Config, SpectrogramConfig, check_spectrogram, frame_keys
 from ..data.audio import BLOCK_FRAMES, RESAMPLE_QUALITY, AudioError, AudioStream, to_mono
 from ..errors import UserError
-from ..pipeline.files import atomic_path, create_npy, save_npy, write_json
+from ..pipeline.files import atomic_path, create_npy, read_json_or_none, save_npy, write_json
 from ..pipeline.layout import PART_ARRAY, PART_KEY, PART_META, SHARDS_DIR, Layout
 from ..pipeline.shards import (
     Execution,
@@ -58,7 +58,6 @@ from ..pipeline.shards import (
     all_shards,
     choose_count,
     finish_shards,
-    read_json_or_none,
 )
 from ..pipeline.stores import ClipIndex, SplitPlan, spec_digest
 from .ssl import (

@@ -14,7 +14,6 @@ without the original folder.
 """
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from collections.abc import Sequence
@@ -27,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
-from ..pipeline.files import atomic_dir, write_json
+from ..pipeline.files import atomic_dir, read_json, write_json
 from ..pipeline.layout import BUNDLE_METADATA as METADATA
 from ..pipeline.layout import BUNDLE_SPEC as SPEC
 from ..pipeline.layout import BUNDLE_VOCABULARY as VOCABULARY
@@ -198,13 +197,6 @@ class Bundle:
                         len(cut), len(sequences), self.max_frames, sum(cut))
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON ({exc}); {REBUILD}") from None
-
-
 def load_model_weights(bundle_dir: Path, spec: ModelSpec) -> AudioClassifier:
     """The network of `spec` with the bundle's weights (decoding tables included), in eval mode."""
     model = AudioClassifier(spec=spec)
@@ -229,12 +221,12 @@ def load_bundle(bundle_dir: str | Path, device: str | torch.device = "cpu") -> B
     if missing:
         raise UserError(f"{bundle_dir} is not a complete model bundle (missing {', '.join(missing)}); "
                         "run `audiotokens train` or point --model at a bundle directory")
-    metadata = _read_json(bundle_dir / METADATA)
+    metadata = read_json(bundle_dir / METADATA, fix=REBUILD)
     if not isinstance(metadata, dict) or metadata.get("format") != BUNDLE_FORMAT \
             or metadata.get("version") != BUNDLE_VERSION:
         raise UserError(f"{bundle_dir / METADATA} is not an audiotokens bundle of version {BUNDLE_VERSION}; "
                         "re-run `audiotokens train`")
-    spec = ModelSpec.from_json(_read_json(bundle_dir / SPEC))
+    spec = ModelSpec.from_json(read_json(bundle_dir / SPEC, fix=REBUILD))
     if spec.max_frames != metadata["max_frames"] or spec.classes != metadata["classes"]:
         raise UserError(f"{bundle_dir}: {SPEC} and {METADATA} disagree on the sequence length or the classes; "
                         "re-run `audiotokens train`")

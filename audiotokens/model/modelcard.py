@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..pipeline.files import atomic_path
+from ..pipeline.files import atomic_path, read_json, read_json_or_none, read_jsonl
 from ..pipeline.layout import (
     BUNDLE_CARD,
     BUNDLE_METADATA,
@@ -46,13 +46,7 @@ def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[str]:
 def read_training_log(path: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """(the best epoch's line, the test line) of a metrics.jsonl; None where absent."""
     best = test = None
-    if not path.is_file():
-        return None, None
-    for line in path.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a killed run
-            continue
+    for entry in read_jsonl(path):  # a line cut by a killed run is left out
         if entry.get("split") == "test":
             test = entry
         elif entry.get("best"):
@@ -78,9 +72,8 @@ def metrics_rows(layout: Layout) -> list[tuple[Any, ...]]:
         report = folder / EVAL_METRICS
         if report.stat().st_mtime < log_time:
             continue  # from an earlier model
-        try:
-            values = json.loads(report.read_text())
-        except json.JSONDecodeError:
+        values = read_json_or_none(report)
+        if not isinstance(values, dict):
             continue
         flat = {k: v for k, v in values.items() if isinstance(v, (int, float))}
         rows += _metric_rows(folder.name, f"`audiotokens evaluate` ({folder.name})", flat)
@@ -115,8 +108,8 @@ def _data_section(layout: Layout) -> list[str]:
 
 def model_card(bundle_dir: Path, layout: Layout, train_settings: dict[str, Any]) -> str:
     """The card's text for the bundle at bundle_dir, trained in the workdir of `layout`."""
-    meta = json.loads((bundle_dir / BUNDLE_METADATA).read_text())
-    spec = json.loads((bundle_dir / BUNDLE_SPEC).read_text())
+    meta = read_json(bundle_dir / BUNDLE_METADATA)
+    spec = read_json(bundle_dir / BUNDLE_SPEC)
     classes, task = meta["classes"], meta["task"]
     kind = (f"multi-label (sigmoid scores, threshold {_number(meta['threshold'])})"
             if objective_for(task).uses_threshold
@@ -184,7 +177,7 @@ def _tokenizer_rows(bundle_dir: Path, meta: dict[str, Any]) -> list[tuple[Any, .
     if not path.is_file():
         reads = "the waveform" if meta.get("input") == "waveform" else "frames"
         return [("tokenizer", f"none (the model reads {reads})")]
-    quantizer = json.loads(path.read_text())["quantizer"]
+    quantizer = read_json(path)["quantizer"]
     return _settings_rows("tokenizer.", {k: v for k, v in quantizer.items() if k != "format"}) + \
         [("tokenizer.digest", meta.get("vocabulary_digest"))]
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import json
 import logging
 import os
 import re
@@ -99,14 +98,6 @@ def missing_message(stage: str, count: int, missing: list[Shard]) -> str:
     listed = ", ".join(str(s.index) for s in missing[:20]) + (" …" if len(missing) > 20 else "")
     return (f"{stage}: {len(missing)} of {count} shards not finished (K = {listed}); run "
             f"`audiotokens {stage} --shard K/{count}` for each, then `audiotokens {stage} --assemble`")
-
-
-def read_json_or_none(path: Path) -> Any:
-    """A shard's metadata, or None when it is absent or half-written (the shard is not finished)."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 # ---------------------------------------------------------------- locks

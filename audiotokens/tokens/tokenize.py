@@ -30,6 +30,7 @@ from ..pipeline.files import (
     atomic_path,
     create_npy,
     disk_failure,
+    read_json_or_none,
     save_npy,
     staging_dir,
     usual_permissions,
@@ -43,7 +44,6 @@ from ..pipeline.shards import (
     all_shards,
     choose_count,
     finish_shards,
-    read_json_or_none,
 )
 from ..pipeline.stores import ClipIndex, SplitPlan, open_store, split_view
 from .kmeans import DEFAULT_BATCH, iter_batches, release_pages, token_statistics

@@ -25,7 +25,6 @@ resumed pre-training ends with the weights an uninterrupted one would have.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ from ..model.batching import longest_first
 from ..model.bundle import METADATA, SPEC, WEIGHTS
 from ..model.inputs import pack_frames, pack_sequences
 from ..model.parts import MASK, TOKEN_OFFSET, AudioClassifier, frame_special_ids
-from ..pipeline.files import atomic_dir, atomic_path, write_json
+from ..pipeline.files import atomic_dir, atomic_path, jsonl_text, write_json
 from ..pipeline.layout import CURVES, METRICS_LOG, Layout
 from ..pipeline.provenance import package_versions, recorded_fingerprint, stage_params
 from ..pipeline.stores import ClipIndex, SplitPlan, open_store, read_frame_spec
@@ -395,7 +394,7 @@ class Pretrainer:
                 "format": "audiotokens-pretrain", "objective": self.settings.objective, "input": spec.input,
                 "spectrogram": vocab.frame_spec if spec.input == "tokens" else read_frame_spec(self.layout),
                 "vocabulary_digest": vocab.digest, "versions": package_versions()})
-            (tmp / METRICS_LOG).write_text("".join(json.dumps(row) + "\n" for row in history))
+            (tmp / METRICS_LOG).write_text(jsonl_text(history))
             _plot(history, tmp / CURVES)
         log.info("pre-trained embedder and encoder written to %s", self.out_dir)
 
