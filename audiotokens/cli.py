@@ -1,7 +1,6 @@
 """Thin click layer: options -> Config -> stage. Heavy modules are imported only by the command that runs."""
 from __future__ import annotations
 
-import errno
 import functools
 import json
 import logging
@@ -11,6 +10,7 @@ import click
 
 from .config import load_config, valid_keys
 from .errors import UserError
+from .pipeline.files import DISK_REFUSED
 from .pipeline.layout import SHARDS_DIR, Layout
 from .pipeline.stages import BY_NAME, NAMES
 
@@ -57,10 +57,6 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-# A full, read-only or forbidden disk is the user's to fix: one line, not a traceback.
-DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
-
-
 class Group(click.Group):
     """Turns UserError (and disk errors) into one line on stderr and exit code 2."""
 
@@ -71,7 +67,7 @@ class Group(click.Group):
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
         except OSError as exc:
-            if exc.errno not in DISK_ERRNOS:
+            if exc.errno not in DISK_REFUSED:  # a full, read-only or forbidden disk is the user's to fix
                 raise
             where = exc.filename or "a file in the workdir"
             click.echo(f"error: {where}: {exc.strerror}; check the free space and permissions there, or "

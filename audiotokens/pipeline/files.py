@@ -20,9 +20,11 @@ import numpy as np
 
 from ..errors import UserError
 
-# Errors that mean the disk refused a write (as opposed to a bug): reported as UserError naming the file.
+# Errors that mean the disk refused a write (as opposed to a bug): reported as UserError naming the file,
+# or by the CLI as one line, never as a traceback.
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
+DISK_REFUSED = DISK_FULL | NOT_WRITABLE
 
 
 def write_error(path: str | Path, exc: OSError) -> UserError:
@@ -44,7 +46,7 @@ def disk_failure(path: str | Path, exc: BaseException) -> UserError | None:
     safetensors their own exception types), so any failure while the filesystem has almost no free
     space left counts as a full disk. Call it before removing the partial output, which frees space.
     """
-    if isinstance(exc, OSError) and exc.errno in DISK_FULL | NOT_WRITABLE:
+    if isinstance(exc, OSError) and exc.errno in DISK_REFUSED:
         return write_error(path, exc)
     if isinstance(exc, Exception) and _free_bytes(Path(path)) < LOW_SPACE:
         return write_error(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
@@ -279,7 +281,7 @@ def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
             os.replace(final_dir, old)
         os.replace(tmp_dir, final_dir)
     except OSError as exc:
-        if exc.errno in DISK_FULL | NOT_WRITABLE:
+        if exc.errno in DISK_REFUSED:
             raise write_error(final_dir, exc) from None
         raise
     shutil.rmtree(old, ignore_errors=True)
