@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -77,7 +78,7 @@ class ModelSpec:
 
     @property
     def decodes(self) -> bool:
-        return self.input == "tokens" and self.token_embedding.startswith("decoded")
+        return decodes_tokens(self.input, self.token_embedding)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -146,6 +147,21 @@ class FrameEmbedder(nn.Module):
 
     def forward(self, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.frames(inputs.float(), frame_special_ids(mask))
+
+
+def decodes_tokens(input_kind: str, token_embedding: str) -> bool:
+    """Whether the embedding decodes token ids through the vocabulary: a tokens model whose token_embedding is
+    decoded or decoded+learned, over any quantizer kind (each decodes its ids to vectors)."""
+    return input_kind == "tokens" and token_embedding.startswith("decoded")
+
+
+def decode_tables(input_kind: str, token_embedding: str, vocab) -> list[np.ndarray]:
+    """What a decoding embedding needs: the vectors each codebook's ids decode to (combined by the vocabulary's
+    quantizer.combine into a frame); [] for any other model. Copies, as the quantizer's codebooks are read-only
+    and torch wraps only writable arrays without a warning."""
+    if not decodes_tokens(input_kind, token_embedding):
+        return []
+    return [np.array(book, dtype=np.float32) for book in vocab.quantizer.codebooks]
 
 
 class TokenEmbedder(nn.Module):

@@ -43,7 +43,7 @@ from ..errors import UserError
 from ..model.batching import longest_first
 from ..model.bundle import METADATA, SPEC, WEIGHTS
 from ..model.inputs import pack_frames, pack_sequences
-from ..model.parts import MASK, TOKEN_OFFSET, AudioClassifier, frame_special_ids
+from ..model.parts import MASK, TOKEN_OFFSET, AudioClassifier, decode_tables, frame_special_ids
 from ..pipeline.files import atomic_dir, atomic_path, jsonl_text, write_json
 from ..pipeline.layout import CURVES, METRICS_LOG, Layout
 from ..pipeline.provenance import package_versions, recorded_fingerprint, stage_params
@@ -52,7 +52,7 @@ from .augment import content_positions, mask_time_spans
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .datasets import EpochShuffleSampler
 from .optimisation import Optimisation, pick_device
-from .train import SplitStore, check_token_ids, decode_tables, model_length, model_spec, read_vocabulary
+from .train import SplitStore, check_token_ids, model_length, model_spec, read_vocabulary
 
 log = logging.getLogger("audiotokens")
 
@@ -238,10 +238,8 @@ class Pretrainer:
         vocab = read_vocabulary(self.layout)
         fit_loader, held_loader, max_frames, counts = self._loaders(vocab)
         frames = settings.objective == "masked_frames"
-        tables = []
-        if not frames and train.token_embedding.startswith("decoded"):
-            tables = decode_tables(vocab)
         train_settings = _with_input(train, "frames" if frames else "tokens")
+        tables = decode_tables(train_settings.input, train_settings.token_embedding, vocab)
         columns = fit_loader.dataset.stores[0][0]
         sizes = SplitStore(name="train", path=columns, index=None, columns=self._columns(vocab, frames))
         spec = model_spec(train_settings, ["[pretrain]"], max_frames, {"train": sizes}, vocab, tables)

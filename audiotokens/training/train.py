@@ -42,6 +42,7 @@ from ..model.parts import (
     ModelSpec,
     check_input_encoder,
     check_spec,
+    decode_tables,
 )
 from ..pipeline import distributed
 from ..pipeline.distributed import ONE_PROCESS, Ranks
@@ -188,12 +189,6 @@ def check_token_ids(path: Path, vocab) -> None:
     if len(tokens) and (int(tokens.min()) < 0 or (tokens.max(axis=0) >= sizes).any()):
         raise UserError(f"{path} holds ids outside the codebook sizes {sizes.tolist()} of {vocab.path}; "
                         "re-run `audiotokens tokenize`")
-
-
-def decode_tables(vocab) -> list[np.ndarray]:
-    """The vectors each codebook's ids decode to (combined by vocab.quantizer.combine into a frame); copies,
-    as the quantizer's codebooks are read-only and torch wraps only writable arrays without a warning."""
-    return [np.array(book, dtype=np.float32) for book in vocab.quantizer.codebooks]
 
 
 def run_identity(layout: Layout, config: Config, vocab, max_frames: int,
@@ -417,8 +412,7 @@ class ModelBuilder:
                             f"{objective.task}; use train.head=linear")
         max_frames = model_length(splits, settings.max_length)
         truncation = report_truncation(splits, max_frames)
-        decodes = settings.input == "tokens" and settings.token_embedding.startswith("decoded")
-        tables = decode_tables(vocab) if decodes else []
+        tables = decode_tables(settings.input, settings.token_embedding, vocab)
         plan = LengthPlan.from_settings(settings)
         spec = model_spec(settings, classes, plan.model_frames(max_frames), splits, vocab, tables)
 
