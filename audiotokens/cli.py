@@ -6,7 +6,6 @@ and shell completion then start in a fraction of a second instead of loading tor
 """
 from __future__ import annotations
 
-import errno
 import functools
 import json
 import logging
@@ -17,7 +16,8 @@ import click
 
 from .config import load_config, valid_keys
 from .errors import UserError
-from .pipeline.layout import Layout
+from .pipeline.files import DISK_REFUSED
+from .pipeline.layout import SHARDS_DIR, Layout
 from .pipeline.stages import BY_NAME, NAMES
 
 
@@ -63,10 +63,6 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-# A full, read-only or forbidden disk is the user's to fix: one line, not a traceback.
-DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
-
-
 class Group(click.Group):
     """Turns UserError (and disk errors) into one line on stderr and exit code 2."""
 
@@ -77,7 +73,7 @@ class Group(click.Group):
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
         except OSError as exc:
-            if exc.errno not in DISK_ERRNOS:
+            if exc.errno not in DISK_REFUSED:  # a full, read-only or forbidden disk is the user's to fix
                 raise
             where = exc.filename or "a file in the workdir"
             click.echo(f"error: {where}: {exc.strerror}; check the free space and permissions there, or "
@@ -227,7 +223,7 @@ def status(config):
 
 def _shard_lines(config) -> None:
     """Shards of a sharded stage computed and not yet assembled (the store is unchanged until then)."""
-    from .pipeline.shards import SHARDS_DIR, pending_line  # on use: start-up time
+    from .pipeline.shards import pending_line  # on use: start-up time
 
     layout = Layout(config.workdir)
     for name, folder in (("spectrogram", layout.frames_dir), ("tokenize", layout.tokenized)):

@@ -32,7 +32,8 @@ py=${PYTHON:-$(sed -n '1s/^#!//p' "$(command -v audiotokens)")}
 import sys
 from pathlib import Path
 
-from audiotokens.evaluation.compare import KFOLD_SUMMARY, format_kfold, write_kfold_summary
+from audiotokens.evaluation.compare import format_kfold, write_kfold_summary
+from audiotokens.pipeline.layout import KFOLD_SUMMARY
 
 directory, folds = Path(sys.argv[1]), int(sys.argv[2])
 summary = write_kfold_summary(directory, [directory / f"fold_{k}" for k in range(folds)])

@@ -23,8 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-from audiotokens.pipeline.lock import LOCK_NAME
-
 _CONTEXT = multiprocessing.get_context("forkserver")
 _CONTEXT.set_forkserver_preload(["audiotokens.cli", "audiotokens.pipeline.run", "audiotokens.features.spectrogram",
                                  "audiotokens.tokens.cluster", "audiotokens.tokens.tokenize",
@@ -118,7 +116,7 @@ def is_temporary(path: Path, root: Path) -> bool:
     """Temporary names are hidden (`.name.<pid>.<random>.tmp`, `.split.tmp/`, `.model.old`); the workdir's
     lock file is hidden too but stays (the kernel releases the lock, the file is left empty)."""
     relative = path.relative_to(root)
-    if relative.parts == (LOCK_NAME,):
+    if relative.parts == (".audiotokens.lock",):
         return False
     return any(part.startswith(".") for part in relative.parts)
 

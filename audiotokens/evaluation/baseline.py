@@ -55,7 +55,7 @@ from ..errors import UserError
 from ..features.spectrogram import MelPower, _cpu_count, _init_worker
 from ..model.objectives import objective_for
 from ..pipeline.files import atomic_path, write_json
-from ..pipeline.layout import Layout
+from ..pipeline.layout import BASELINE_ESTIMATOR, BASELINE_FIT, Layout
 from ..pipeline.stores import SplitPlan
 from .evaluate import Scored, write_reports
 
@@ -409,8 +409,8 @@ class BaselineRunner:
                               n_jobs=self.n_jobs)
         summary = {**fitted.describe(), "fit_time_s": round(time.perf_counter() - started, 3),
                    "features": f"{train.features.shape[1]} MFCC statistics (mean, std)"}
-        write_json(self.out_dir / model / "fit.json", summary)
-        save_estimator(self.out_dir / model / "model.joblib", fitted)
+        write_json(self.out_dir / model / BASELINE_FIT, summary)
+        save_estimator(self.out_dir / model / BASELINE_ESTIMATOR, fitted)
         for name, split in self.splits.items():
             if not len(split.ids):
                 log.warning("%s: no usable clip in %s; no report written", model, name)

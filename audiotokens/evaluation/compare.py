@@ -27,17 +27,14 @@ import numpy as np
 from ..data.sources.records import MULTILABEL
 from ..errors import UserError
 from ..model.objectives import OBJECTIVES, objective_for
-from ..pipeline.files import atomic_path, read_json, write_json
-from ..pipeline.layout import Layout
+from ..pipeline.files import atomic_path, read_json, read_jsonl, write_json
+from ..pipeline.layout import COMPARE_BITS_PLOT, COMPARE_FILES, EVAL_METRICS, KFOLD_SUMMARY, Layout
 from ..pipeline.provenance import read_record
 from ..pipeline.stages import NAMES
 from . import reports
-from .html_report import REPORT
 
-KFOLD_SUMMARY = "kfold_summary.json"
 TRAIN_TIME = "train time (s)"
 TOTAL_TIME = "total time (s)"
-FILES = {"markdown": "compare.md", "csv": "compare.csv", "plot": "compare.png"}
 
 
 @dataclass(kw_only=True)
@@ -92,10 +89,10 @@ def run_metrics(workdir: Path) -> dict[str, float | int | None]:
     for key in TOKEN_FIGURES:  # what the tokens keep: bits per frame and reconstruction error
         if tokens.get(key) is not None:
             found[key.replace("_", " ")] = tokens[key]
-    for path in sorted((layout.output / "eval").glob("*/metrics.json")):
-        found.update(_headline(f"eval/{path.parent.name}", read_json(path)))
-    for path in sorted(layout.baselines.glob("*/*/metrics.json")):
-        found.update(_headline(f"{path.parent.parent.name}/{path.parent.name}", read_json(path)))
+    for folder in layout.eval_reports():
+        found.update(_headline(f"eval/{folder.name}", read_json(folder / EVAL_METRICS)))
+    for folder in layout.baseline_reports():
+        found.update(_headline(f"{folder.parent.name}/{folder.name}", read_json(folder / EVAL_METRICS)))
     return found
 
 
@@ -118,15 +115,7 @@ def _records(workdir: Path) -> list[dict[str, Any]]:
 
 def _best_epoch(path: Path) -> dict[str, Any] | None:
     """The last epoch marked best in metrics.jsonl (the checkpoint that was kept), else the last epoch."""
-    if not path.is_file():
-        return None
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise UserError(f"{path} line {number} is not valid JSON; re-run `audiotokens train`") from None
+    rows = read_jsonl(path, fix="re-run `audiotokens train`")
     best = [row for row in rows if row.get("best")]
     return (best or rows or [None])[-1]
 
@@ -156,8 +145,8 @@ def compare_workdirs(workdirs: list[Path]) -> Comparison:
     comparison = Comparison(runs=labels, settings=differing,
                             metrics=_union([*metrics[label], *kfolds[label]] for label in labels),
                             with_std=_union(list(k) for k in kfolds.values()),
-                            reports={label: str(Layout(w).output / REPORT) for label, w in zip(labels, workdirs)
-                                     if (Layout(w).output / REPORT).is_file()})
+                            reports={label: str(Layout(w).html_report) for label, w in zip(labels, workdirs)
+                                     if Layout(w).html_report.is_file()})
     for label, workdir in zip(labels, workdirs):
         row: dict[str, Any] = {"run": label, **{key: settings[label].get(key) for key in differing},
                                **metrics[label], **run_times(workdir)}
@@ -205,7 +194,7 @@ def _kfold_metrics(workdir: Path) -> dict[str, dict[str, Any]]:
 def write_comparison(comparison: Comparison, out_dir: str | Path) -> dict[str, Path]:
     """compare.md, compare.csv and compare.png (the primary metrics of every run) into out_dir."""
     out_dir = Path(out_dir)
-    paths = {kind: out_dir / name for kind, name in FILES.items()}
+    paths = {kind: out_dir / name for kind, name in COMPARE_FILES.items()}
     with atomic_path(paths["csv"]) as tmp:
         reports.write_csv(tmp, comparison.rows, comparison.columns())
     with atomic_path(paths["markdown"]) as tmp:
@@ -213,7 +202,7 @@ def write_comparison(comparison: Comparison, out_dir: str | Path) -> dict[str, P
     with atomic_path(paths["plot"]) as tmp:
         plot_comparison(comparison, tmp)
     if any(isinstance(row.get(BITS), (int, float)) for row in comparison.rows):
-        paths["bits"] = out_dir / "compare_bits.png"
+        paths["bits"] = out_dir / COMPARE_BITS_PLOT
         with atomic_path(paths["bits"]) as tmp:
             plot_against_bits(comparison, tmp)
     return paths

@@ -29,7 +29,20 @@ from ..errors import UserError
 from ..model.audio_tokenizer import AudioTokenizer
 from ..model.objectives import Objective
 from ..pipeline.files import atomic_dir, read_json, save_npy, write_json
-from ..pipeline.layout import Layout
+from ..pipeline.layout import (
+    EVAL_AP_PLOT,
+    EVAL_CLASS_SWEEP,
+    EVAL_CLIPS,
+    EVAL_CONFUSION,
+    EVAL_CONFUSION_PLOT,
+    EVAL_METRICS,
+    EVAL_PER_CLASS,
+    EVAL_PER_CLASS_TABLE,
+    EVAL_PR_PLOT,
+    EVAL_SCORES,
+    EVAL_SWEEP,
+    Layout,
+)
 from ..pipeline.stores import ClipIndex, SplitPlan, open_split, spec_digest
 from . import reports
 from .predict import load_model, score_files
@@ -75,7 +88,8 @@ class Evaluator:
         if self.manifest:
             return self._report(bundle, self.manifest.stem, self._score_manifest(bundle), str(self.manifest))
         names = [self.split] if self.split else [n for n in SplitPlan.load(self.layout).names() if n != "train"]
-        store = "tokenized" if bundle.input == "tokens" else "processed/frames"
+        relative = Layout()  # the store as the workdir names it
+        store = relative.tokenized if bundle.input == "tokens" else relative.frames_dir
         results = {name: self._report(bundle, name, self._score_split(bundle, name), f"the {name} split of {store}/")
                    for name in names}
         return results[names[0]] if len(names) == 1 else results
@@ -240,30 +254,30 @@ def _write_all(folder: Path, scored: Scored, classes: list[str], objective: Obje
     metrics = objective.metrics(metric_targets, scores, threshold)
     at_threshold = reports.counts_at(targets, objective.decisions(scores, threshold))
     rows = reports.per_class_table(targets, scores, classes, objective, threshold)
-    files = ["metrics.json", "per_class.csv", "per_class.md", "sweep.csv", "per_class_ap.png", "pr_curves.png",
-             "scores.npy", "clips.json"]
+    files = [EVAL_METRICS, EVAL_PER_CLASS, EVAL_PER_CLASS_TABLE, EVAL_SWEEP, EVAL_AP_PLOT, EVAL_PR_PLOT, EVAL_SCORES,
+             EVAL_CLIPS]
 
-    reports.write_csv(folder / "per_class.csv", rows, reports.PER_CLASS_COLUMNS)
+    reports.write_csv(folder / EVAL_PER_CLASS, rows, reports.PER_CLASS_COLUMNS)
     decision = f"at threshold {threshold}" if objective.uses_threshold else "of the arg-max class"
-    (folder / "per_class.md").write_text(
+    (folder / EVAL_PER_CLASS_TABLE).write_text(
         f"# {about['name']}: per-class results ({len(scored.ids)} clips, sorted by AP)\n\n"
         f"precision, recall and F1 {decision}; best_f1 at best_threshold is each class's optimum.\n\n"
         + reports.markdown_table(rows, reports.PER_CLASS_COLUMNS))
-    reports.write_csv(folder / "sweep.csv", reports.threshold_sweep(targets, scores), reports.SWEEP_COLUMNS)
+    reports.write_csv(folder / EVAL_SWEEP, reports.threshold_sweep(targets, scores), reports.SWEEP_COLUMNS)
     if sweep_class is not None:
-        name = f"sweep_{safe_name(classes[sweep_class])}.csv"
+        name = EVAL_CLASS_SWEEP.format(name=safe_name(classes[sweep_class]))
         reports.write_csv(folder / name, reports.threshold_sweep(targets[:, sweep_class], scores[:, sweep_class]),
                           reports.SWEEP_COLUMNS)
         files.append(name)
     if not objective.uses_threshold:  # one class per clip: a confusion matrix is defined
         matrix = reports.confusion_matrix(metric_targets, scores.argmax(axis=1), len(classes))
-        reports.write_confusion_csv(folder / "confusion.csv", matrix, classes)
-        reports.plot_confusion(folder / "confusion.png", matrix, classes)
-        files += ["confusion.csv", "confusion.png"]
-    reports.plot_ap_bars(folder / "per_class_ap.png", rows, f"{about['name']}: per-class AP")
-    reports.plot_pr_curves(folder / "pr_curves.png", targets, scores, classes, rows)
-    save_npy(folder / "scores.npy", scores.astype(np.float32))
-    write_json(folder / "clips.json", {"ids": scored.ids, "classes": classes})
+        reports.write_confusion_csv(folder / EVAL_CONFUSION, matrix, classes)
+        reports.plot_confusion(folder / EVAL_CONFUSION_PLOT, matrix, classes)
+        files += [EVAL_CONFUSION, EVAL_CONFUSION_PLOT]
+    reports.plot_ap_bars(folder / EVAL_AP_PLOT, rows, f"{about['name']}: per-class AP")
+    reports.plot_pr_curves(folder / EVAL_PR_PLOT, targets, scores, classes, rows)
+    save_npy(folder / EVAL_SCORES, scores.astype(np.float32))
+    write_json(folder / EVAL_CLIPS, {"ids": scored.ids, "classes": classes})
 
     result = {
         **about,
@@ -282,7 +296,7 @@ def _write_all(folder: Path, scored: Scored, classes: list[str], objective: Obje
         "skipped_clips": scored.skipped,
         "files": files,
     }
-    write_json(folder / "metrics.json", result)
+    write_json(folder / EVAL_METRICS, result)
     return result
 
 

@@ -18,12 +18,19 @@ from typing import Any
 
 from ..errors import UserError
 from ..model.modelcard import read_training_log
-from ..pipeline.files import atomic_path
-from ..pipeline.layout import Layout
+from ..pipeline.files import atomic_path, read_json_or_none, read_jsonl
+from ..pipeline.layout import (
+    EVAL_CONFUSION,
+    EVAL_METRICS,
+    EVAL_PER_CLASS,
+    EVAL_SWEEP,
+    ROBUSTNESS_PLOT,
+    ROBUSTNESS_TABLE,
+    Layout,
+)
 from ..pipeline.provenance import read_record
 from ..pipeline.stages import NAMES
 
-REPORT = "report.html"
 MAX_TABLE_ROWS = 200  # a sweep or per-class table of a 527-class model stays readable
 STYLE = """body{font-family:sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px;
@@ -58,13 +65,6 @@ def image(path: Path, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 # ---------------------------------------------------------------- sections: (layout) -> HTML or None
 
 
@@ -91,7 +91,7 @@ def splits_section(layout: Layout) -> str | None:
 
 
 def tokens_section(layout: Layout) -> str | None:
-    stats = _json(layout.token_stats)
+    stats = read_json_or_none(layout.token_stats)
     if not isinstance(stats, dict) or "splits" not in stats:
         return None
     rows = []
@@ -110,11 +110,7 @@ def training_section(layout: Layout) -> str | None:
     if not layout.metrics.is_file():
         return None
     rows = []
-    for line in layout.metrics.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for entry in read_jsonl(layout.metrics):  # a line cut by a killed run is left out
         for split in ("train", "validation", "test"):
             if isinstance(entry.get(split), dict):
                 rows.append([entry.get("epoch"), split, *(entry[split].get(k) for k in _metric_names(entry[split])),
@@ -134,11 +130,11 @@ def _metric_names(values: dict[str, Any]) -> list[str]:
 def _report_folder(folder: Path, title: str) -> str:
     """One evaluate-style report folder: metrics, per-class table, threshold sweep, confusion matrix, plots."""
     parts = [f"<h3>{html.escape(title)}</h3>"]
-    metrics = _json(folder / "metrics.json")
+    metrics = read_json_or_none(folder / EVAL_METRICS)
     if isinstance(metrics, dict):
         parts.append(table(["metric", "value"], [[k, v] for k, v in metrics.items() if not isinstance(v, dict)]))
-    for name, caption in (("per_class.csv", "per-class table"), ("sweep.csv", "threshold sweep"),
-                          ("confusion.csv", "confusion matrix")):
+    for name, caption in ((EVAL_PER_CLASS, "per-class table"), (EVAL_SWEEP, "threshold sweep"),
+                          (EVAL_CONFUSION, "confusion matrix")):
         if (folder / name).is_file():
             parts.append(f'<h4 class="{name.split(".")[0]}">{caption}</h4>' + csv_table(folder / name))
     parts += [image(png, png.stem) for png in sorted(folder.glob("*.png"))]
@@ -146,23 +142,20 @@ def _report_folder(folder: Path, title: str) -> str:
 
 
 def evaluation_section(layout: Layout) -> str | None:
-    folders = [f for f in sorted(layout.eval_dir("").glob("*")) if (f / "metrics.json").is_file()]
-    return "".join(_report_folder(f, f"{f.name} split") for f in folders) or None
+    return "".join(_report_folder(f, f"{f.name} split") for f in layout.eval_reports()) or None
 
 
 def robustness_section(layout: Layout) -> str | None:
     parts = []
-    for csv_path in sorted(layout.eval_dir("").glob("*/robustness/*/robustness.csv")):
-        folder = csv_path.parent
+    for folder in layout.robustness_reports():
+        plot = folder / ROBUSTNESS_PLOT
         parts.append(f"<h3>{html.escape(folder.parent.parent.name)}: {html.escape(folder.name)}</h3>"
-                     + csv_table(csv_path)
-                     + (image(folder / "robustness.png", "robustness") if (folder / "robustness.png").is_file() else ""))
+                     + csv_table(folder / ROBUSTNESS_TABLE) + (image(plot, "robustness") if plot.is_file() else ""))
     return "".join(parts) or None
 
 
 def baselines_section(layout: Layout) -> str | None:
-    folders = sorted(p.parent for p in layout.baselines.glob("*/*/metrics.json"))
-    return "".join(_report_folder(f, f"{f.parent.name} on {f.name}") for f in folders) or None
+    return "".join(_report_folder(f, f"{f.parent.name} on {f.name}") for f in layout.baseline_reports()) or None
 
 
 SECTIONS: tuple[tuple[str, str, Callable[[Layout], str | None]], ...] = (
@@ -191,7 +184,7 @@ def render(layout: Layout) -> str:
 
 def write_report(workdir: str | Path = ".", out_path: str | Path | None = None) -> Path:
     layout = Layout(workdir)
-    path = Path(out_path) if out_path else layout.output / REPORT
+    path = Path(out_path) if out_path else layout.html_report
     text = render(layout)
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -21,7 +21,7 @@ from ..data.sources.audio_files import describe_passed, scan_audio
 from ..errors import UserError
 from ..model.audio_tokenizer import AudioTokenizer, Tokenized
 from ..model.bundle import load_bundle
-from ..pipeline.layout import Layout
+from ..pipeline.layout import TOKEN_PICTURE, Layout
 from ..training.optimisation import pick_device
 from .reports import pyplot
 
@@ -201,7 +201,7 @@ def show_cli(audio: str, model_dir: str | None, workdir: str, out_path: str | No
     tokens = tokenizer.frames_to_tokens(frames) if tokenizer.vocabulary is not None else None
     scores = bundle.scores([tokenizer.model_input(frames)])[0]
     top = chosen_classes(scores, bundle.classes, top_k, None)
-    path = Path(out_path) if out_path else Path.cwd() / f"{Path(audio).stem}.tokens.png"
+    path = Path(out_path) if out_path else Path.cwd() / TOKEN_PICTURE.format(stem=Path(audio).stem)
     draw_tokens_picture(path, frames.astype(np.float32), tokens, top, tokenizer.params, title=Path(audio).name,
                         n_clusters=max(bundle.vocabulary.codebook_sizes) if bundle.vocabulary is not None else 0)
     print(f"wrote {path}")

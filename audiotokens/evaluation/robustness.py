@@ -23,7 +23,16 @@ from ..model.audio_tokenizer import AudioTokenizer
 from ..model.metrics import per_class_average_precision
 from ..model.objectives import objective_for
 from ..pipeline.files import atomic_dir, write_json
-from ..pipeline.layout import Layout
+from ..pipeline.layout import (
+    ROBUSTNESS_BASELINE,
+    ROBUSTNESS_JSON,
+    ROBUSTNESS_MODEL,
+    ROBUSTNESS_PER_CLASS,
+    ROBUSTNESS_PLOT,
+    ROBUSTNESS_TABLE,
+    ROBUSTNESS_TABLE_MD,
+    Layout,
+)
 from ..pipeline.stores import SplitPlan
 from ..training.epoch_log import finite_or_none
 from . import reports
@@ -50,12 +59,13 @@ def write_robustness(out_dir: str | Path, *, conditions: dict[str, Scored], clas
     columns = ["condition", "clips", *objective_for(task).headline, f"{primary} change"]
     per_class = per_class_rows(conditions, names, classes)
     with atomic_dir(out_dir) as folder:
-        reports.write_csv(folder / "robustness.csv", rows, columns)
-        (folder / "robustness.md").write_text(
+        reports.write_csv(folder / ROBUSTNESS_TABLE, rows, columns)
+        (folder / ROBUSTNESS_TABLE_MD).write_text(
             f"# Robustness: {primary} clean and under each corruption\n\n" + reports.markdown_table(rows, columns))
-        reports.write_csv(folder / "per_class.csv", per_class, ["class", "positives", *[f"ap {n}" for n in names]])
-        _plot(folder / "robustness.png", rows, primary)
-        write_json(folder / "robustness.json", {"task": task, "threshold": threshold, "conditions": rows})
+        reports.write_csv(folder / ROBUSTNESS_PER_CLASS, per_class,
+                          ["class", "positives", *[f"ap {n}" for n in names]])
+        _plot(folder / ROBUSTNESS_PLOT, rows, primary)
+        write_json(folder / ROBUSTNESS_JSON, {"task": task, "threshold": threshold, "conditions": rows})
     return rows
 
 
@@ -103,15 +113,15 @@ def evaluate_robustness(config, split: str, specs: list[str], model_dir: Path | 
     by_id = {clip["id"]: clip for clip in plan.clips}
     clips = [by_id[clip_id] for clip_id in plan.ids(split)]
     bundle = load_model(model_dir or layout.model_dir, device=config.train.device)
-    out = layout.eval_dir(split) / "robustness"
+    out = layout.robustness_dir(split)
     conditions = {CLEAN: _model_scores(bundle, clips, None, plan.classes, config.split.seed)}
     for corruption in corruptions:
         conditions[corruption.name] = _model_scores(bundle, clips, corruption, plan.classes, config.split.seed)
-    results = {"model": write_robustness(out / "model", conditions=conditions, classes=bundle.classes,
+    results = {"model": write_robustness(out / ROBUSTNESS_MODEL, conditions=conditions, classes=bundle.classes,
                                          task=bundle.task, threshold=bundle.threshold)}
-    for saved in sorted(layout.baselines.glob("*/model.joblib")):
+    for saved in layout.baseline_estimators():
         results[saved.parent.name] = _baseline_robustness(config, saved, clips, corruptions, plan,
-                                                          out / f"baseline_{saved.parent.name}")
+                                                          out / ROBUSTNESS_BASELINE.format(name=saved.parent.name))
     primary = objective_for(plan.task).primary_metric
     for name, rows in results.items():
         log.info("robustness of %s on the %s split (%s): %s", name, split, primary,

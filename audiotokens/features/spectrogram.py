@@ -54,16 +54,14 @@ from tqdm import tqdm
 from ..config import Config, SpectrogramConfig, check_spectrogram, frame_keys
 from ..data.audio import BLOCK_FRAMES, RESAMPLE_QUALITY, AudioError, AudioStream, to_mono
 from ..errors import UserError
-from ..pipeline.files import atomic_path, create_npy, save_npy, write_json
-from ..pipeline.layout import Layout
+from ..pipeline.files import atomic_path, create_npy, read_json_or_none, save_npy, write_json
+from ..pipeline.layout import PART_ARRAY, PART_KEY, PART_META, SHARDS_DIR, Layout
 from ..pipeline.shards import (
-    SHARDS_DIR,
     Execution,
     Shard,
     all_shards,
     choose_count,
     finish_shards,
-    read_json_or_none,
 )
 from ..pipeline.stores import ClipIndex, SplitPlan, spec_digest
 from .frame_kind import FrameKind
@@ -465,12 +463,12 @@ class PartStore:
 
     def matches_key(self) -> bool:
         """Whether the folder holds parts written under this key (without touching it)."""
-        stored = read_json_or_none(self.folder / "key.json")
+        stored = read_json_or_none(self.folder / PART_KEY)
         return bool(stored) and stored.get("key") == self.key
 
     def open(self) -> None:
         """Keep parts written under the same key; discard everything else."""
-        key_file = self.folder / "key.json"
+        key_file = self.folder / PART_KEY
         if self.folder.is_dir() and not self.matches_key():
             log.info("discarding %s: frame parameters or the split changed since it was written", self.folder)
             shutil.rmtree(self.folder)
@@ -485,10 +483,10 @@ class PartStore:
         return metas[-1]["stop"] if metas else self.first
 
     def array_path(self, number: int) -> Path:
-        return self.folder / f"part-{number:05d}.npy"
+        return self.folder / PART_ARRAY.format(number=number)
 
     def meta_path(self, number: int) -> Path:
-        return self.folder / f"part-{number:05d}.json"
+        return self.folder / PART_META.format(number=number)
 
     def finished(self) -> list[dict[str, Any]]:
         """Metadata of the finished parts, in order: each starts where the previous one stopped."""

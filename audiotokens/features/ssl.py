@@ -36,6 +36,7 @@ import torch
 from ..config import SpectrogramConfig, check_spectrogram
 from ..data.audio import AudioError, load_mono
 from ..errors import UserError
+from ..pipeline.layout import HF_CONFIG, HF_PREPROCESSOR
 from .frame_kind import FrameKind
 
 DEFAULT_RATE = 16000  # wav2vec2 / HuBERT / WavLM checkpoints without a preprocessor_config.json
@@ -50,9 +51,9 @@ def model_dir(params: SpectrogramConfig) -> Path:
         raise UserError(f"spectrogram.features = {params.features} needs 'spectrogram.ssl_model', a local Hugging "
                         "Face model folder (wav2vec2, HuBERT or WavLM)")
     path = Path(params.ssl_model).expanduser()
-    if not (path / "config.json").is_file():
+    if not (path / HF_CONFIG).is_file():
         raise UserError(f"'spectrogram.ssl_model' ({path}) is not a local Hugging Face model folder (no "
-                        "config.json); nothing is downloaded at run time: save the model there first")
+                        f"{HF_CONFIG}); nothing is downloaded at run time: save the model there first")
     return path.absolute()
 
 
@@ -61,7 +62,7 @@ def _file_state(path: Path) -> tuple:
 
 
 def _model_files(path: Path) -> list[Path]:
-    return sorted([path / "config.json", *(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES)])
+    return sorted([path / HF_CONFIG, *(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES)])
 
 
 def model_digest(path: Path) -> str:
@@ -83,8 +84,8 @@ def _digest(path: Path, state: tuple) -> str:
 @functools.lru_cache(maxsize=4)
 def _model_facts(path: Path) -> dict[str, Any]:
     """Rate, stride, hidden size, layers and normalisation of the model, from its config files."""
-    config = json.loads((path / "config.json").read_text())
-    preprocessor = path / "preprocessor_config.json"
+    config = json.loads((path / HF_CONFIG).read_text())
+    preprocessor = path / HF_PREPROCESSOR
     extractor = json.loads(preprocessor.read_text()) if preprocessor.is_file() else {}
     if "conv_stride" not in config or "hidden_size" not in config:
         raise UserError(f"'spectrogram.ssl_model' ({path}) is not a wav2vec2-style speech model (its config.json "
@@ -106,7 +107,7 @@ def receptive_field(kernels, strides) -> int:
 
 def model_config(path: Path) -> dict[str, Any]:
     """The speech model's config.json and whether its feature extractor normalises each clip (do_normalize)."""
-    return json.loads((path / "config.json").read_text()), _model_facts(path)["normalize"]
+    return json.loads((path / HF_CONFIG).read_text()), _model_facts(path)["normalize"]
 
 
 def check_layer(params: SpectrogramConfig, layers: int) -> int:

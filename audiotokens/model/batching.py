@@ -60,6 +60,22 @@ def fill_greedily(order: Sequence[int], lengths: np.ndarray, batch_frames: int, 
     return batches
 
 
+def longest_first(lengths: Sequence[int] | np.ndarray) -> list[int]:
+    """Indices from the longest clip to the shortest, equal lengths in their own order: the evaluation order
+    that keeps similar lengths together, so that little compute goes to padding."""
+    return np.argsort(-np.asarray(lengths), kind="stable").tolist()
+
+
+def length_ordered_batches(lengths: Sequence[int] | np.ndarray, batch_size: int,
+                           batch_frames: int = 0) -> list[list[int]]:
+    """Longest first, grouped into batches of at most `batch_size` clips and, when `batch_frames` is set, at
+    most that many padded positions (fill_greedily). The same batches every time."""
+    order = longest_first(lengths)
+    if batch_frames:
+        return fill_greedily(order, np.asarray(lengths), batch_frames, batch_size)
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 def worst_batch(lengths: Sequence[int], *, batch_frames: int | None, max_clips: int) -> tuple[int, int]:
     """(clips, positions) of the batch that needs the most memory: the longest clip with as many others as fit.
 
@@ -114,8 +130,7 @@ class FrameBudgetSampler(Sampler[list[int]]):
         return [batches[b] for b in rng.permutation(len(batches))]
 
     def _evaluation_batches(self) -> list[list[int]]:
-        order = np.argsort(-self.lengths, kind="stable").tolist()
-        return fill_greedily(order, self.lengths, self.batch_frames, self.max_clips)
+        return length_ordered_batches(self.lengths, self.max_clips, self.batch_frames)
 
     def __len__(self) -> int:
         return len(self.batches())

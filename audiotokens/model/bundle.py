@@ -14,7 +14,6 @@ without the original folder.
 """
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from collections.abc import Sequence
@@ -27,17 +26,17 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
-from ..pipeline.files import atomic_dir, write_json
+from ..pipeline.files import atomic_dir, read_json, write_json
 from ..pipeline.layout import BUNDLE_METADATA as METADATA
 from ..pipeline.layout import BUNDLE_SPEC as SPEC
 from ..pipeline.layout import BUNDLE_VOCABULARY as VOCABULARY
 from ..pipeline.layout import BUNDLE_WEIGHTS as WEIGHTS
 from ..tokens.vocabulary import load_vocabulary
-from .batching import fill_greedily
+from .batching import length_ordered_batches
 from .inputs import PACKERS, as_frames_by_codebooks
 from .objectives import Objective, objective_for
 from .parts import EXTRA_POSITIONS, SPECIAL_TOKENS, TOKEN_OFFSET, AudioClassifier, ModelSpec
-from .windows import eval_windows
+from .windows import clip_windows, mean_over_windows
 
 log = logging.getLogger("audiotokens")
 
@@ -146,17 +145,9 @@ class Bundle:
         budget = self.batch_frames if batch_frames is None else batch_frames
         if not self.window:
             return self._score_pieces(sequences, batch_size, budget)
-        pieces, counts = [], []
-        for sequence in sequences:
-            windows = eval_windows(len(sequence), self.window, self.hop)
-            pieces += [sequence[start:stop] for start, stop in windows]
-            counts.append(len(windows))
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-        window_scores = self._score_pieces(pieces, batch_size, budget)
-        if not len(sequences):
-            return window_scores
-        means = np.add.reduceat(window_scores, starts, axis=0) / np.asarray(counts)[:, None]
-        return means.astype(np.float32)
+        items, counts = clip_windows([len(s) for s in sequences], self.window, self.hop)
+        window_scores = self._score_pieces([sequences[i][start:stop] for i, start, stop in items], batch_size, budget)
+        return mean_over_windows(window_scores, counts)
 
     @property
     def window(self) -> int:
@@ -180,10 +171,7 @@ class Bundle:
         """Longest first, so similar lengths batch together."""
         positions = np.array([min(len(s), self.max_frames) + EXTRA_POSITIONS for s in sequences],
                              dtype=np.int64)
-        order = np.argsort(-positions, kind="stable").tolist()
-        if batch_frames:
-            return fill_greedily(order, positions, batch_frames, batch_size)
-        return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+        return length_ordered_batches(positions, batch_size, batch_frames)
 
     def _as_rows(self, clip: np.ndarray) -> np.ndarray:
         return as_frames_by_codebooks(clip) if self.input == "tokens" else clip
@@ -207,13 +195,6 @@ class Bundle:
         if cut and not self.window:
             log.warning("%d of %d clips are longer than the model's %d frames; %d frames were cut",
                         len(cut), len(sequences), self.max_frames, sum(cut))
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON ({exc}); {REBUILD}") from None
 
 
 def load_model_weights(bundle_dir: Path, spec: ModelSpec) -> AudioClassifier:
@@ -240,12 +221,12 @@ def load_bundle(bundle_dir: str | Path, device: str | torch.device = "cpu") -> B
     if missing:
         raise UserError(f"{bundle_dir} is not a complete model bundle (missing {', '.join(missing)}); "
                         "run `audiotokens train` or point --model at a bundle directory")
-    metadata = _read_json(bundle_dir / METADATA)
+    metadata = read_json(bundle_dir / METADATA, fix=REBUILD)
     if not isinstance(metadata, dict) or metadata.get("format") != BUNDLE_FORMAT \
             or metadata.get("version") != BUNDLE_VERSION:
         raise UserError(f"{bundle_dir / METADATA} is not an audiotokens bundle of version {BUNDLE_VERSION}; "
                         "re-run `audiotokens train`")
-    spec = ModelSpec.from_json(_read_json(bundle_dir / SPEC))
+    spec = ModelSpec.from_json(read_json(bundle_dir / SPEC, fix=REBUILD))
     if spec.max_frames != metadata["max_frames"] or spec.classes != metadata["classes"]:
         raise UserError(f"{bundle_dir}: {SPEC} and {METADATA} disagree on the sequence length or the classes; "
                         "re-run `audiotokens train`")

@@ -21,6 +21,7 @@ import torch
 
 from ..errors import UserError
 from ..pipeline.files import atomic_path, write_json
+from ..pipeline.layout import ONNX_GRAPH, ONNX_METADATA, ONNX_VOCABULARY
 from .bundle import load_bundle
 from .inputs import PACKERS
 
@@ -98,12 +99,13 @@ def export_onnx(model_dir: str | Path, out_path: str | Path) -> Path:
 
 
 def _write_companions(bundle, out_path: Path, input_name: str) -> None:
-    vocabulary_dir = out_path.with_name(f"{out_path.stem}.vocabulary")
+    vocabulary_dir = out_path.with_name(ONNX_VOCABULARY.format(stem=out_path.stem))
     if vocabulary_dir.exists():
         shutil.rmtree(vocabulary_dir)
     if bundle.vocabulary is not None:
         shutil.copytree(bundle.vocabulary.path, vocabulary_dir)
-    write_json(out_path.with_name(f"{out_path.name}.json"), companion_metadata(bundle, input_name, vocabulary_dir))
+    write_json(out_path.with_name(ONNX_METADATA.format(name=out_path.name)),
+               companion_metadata(bundle, input_name, vocabulary_dir))
 
 
 def companion_metadata(bundle, input_name: str, vocabulary_dir: Path) -> dict[str, Any]:
@@ -118,5 +120,5 @@ def companion_metadata(bundle, input_name: str, vocabulary_dir: Path) -> dict[st
 def export_model(fmt: str, model_dir: str | Path, out_path: str | Path | None) -> Path:
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
-    out = Path(out_path) if out_path else Path(model_dir).parent / "model.onnx"
+    out = Path(out_path) if out_path else Path(model_dir).parent / ONNX_GRAPH
     return export_onnx(model_dir, out)

@@ -13,12 +13,19 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..pipeline.files import atomic_path
-from ..pipeline.layout import Layout
+from ..pipeline.files import atomic_path, read_json, read_json_or_none, read_jsonl
+from ..pipeline.layout import (
+    BUNDLE_CARD,
+    BUNDLE_METADATA,
+    BUNDLE_SPEC,
+    BUNDLE_VOCABULARY,
+    EVAL_METRICS,
+    VOCABULARY_METADATA,
+    Layout,
+)
 from ..pipeline.provenance import read_record
 from .objectives import objective_for
 
-CARD = "README.md"
 HIDDEN_PARAMS = ("#content", "#identity")  # digests in the split record: not settings a reader sets
 
 
@@ -39,13 +46,7 @@ def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[str]:
 def read_training_log(path: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """(the best epoch's line, the test line) of a metrics.jsonl; None where absent."""
     best = test = None
-    if not path.is_file():
-        return None, None
-    for line in path.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a killed run
-            continue
+    for entry in read_jsonl(path):  # a line cut by a killed run is left out
         if entry.get("split") == "test":
             test = entry
         elif entry.get("best"):
@@ -67,15 +68,15 @@ def metrics_rows(layout: Layout) -> list[tuple[Any, ...]]:
     if test is not None:
         rows += _metric_rows("test", f"training log, epoch {test.get('epoch')}", test.get("test", {}))
     log_time = layout.metrics.stat().st_mtime if layout.metrics.is_file() else 0.0
-    for report in sorted(layout.eval_dir("").glob("*/metrics.json")):
+    for folder in layout.eval_reports():
+        report = folder / EVAL_METRICS
         if report.stat().st_mtime < log_time:
             continue  # from an earlier model
-        try:
-            values = json.loads(report.read_text())
-        except json.JSONDecodeError:
+        values = read_json_or_none(report)
+        if not isinstance(values, dict):
             continue
         flat = {k: v for k, v in values.items() if isinstance(v, (int, float))}
-        rows += _metric_rows(report.parent.name, f"`audiotokens evaluate` ({report.parent.name})", flat)
+        rows += _metric_rows(folder.name, f"`audiotokens evaluate` ({folder.name})", flat)
     return rows
 
 
@@ -107,8 +108,8 @@ def _data_section(layout: Layout) -> list[str]:
 
 def model_card(bundle_dir: Path, layout: Layout, train_settings: dict[str, Any]) -> str:
     """The card's text for the bundle at bundle_dir, trained in the workdir of `layout`."""
-    meta = json.loads((bundle_dir / "audiotokens.json").read_text())
-    spec = json.loads((bundle_dir / "model_spec.json").read_text())
+    meta = read_json(bundle_dir / BUNDLE_METADATA)
+    spec = read_json(bundle_dir / BUNDLE_SPEC)
     classes, task = meta["classes"], meta["task"]
     kind = (f"multi-label (sigmoid scores, threshold {_number(meta['threshold'])})"
             if objective_for(task).uses_threshold
@@ -173,11 +174,11 @@ def _encoder_params(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _tokenizer_rows(bundle_dir: Path, meta: dict[str, Any]) -> list[tuple[Any, ...]]:
-    path = bundle_dir / "vocabulary" / "vocabulary.json"
+    path = bundle_dir / BUNDLE_VOCABULARY / VOCABULARY_METADATA
     if not path.is_file():
         reads = "the waveform" if meta.get("input") == "waveform" else "frames"
         return [("tokenizer", f"none (the model reads {reads})")]
-    quantizer = json.loads(path.read_text())["quantizer"]
+    quantizer = read_json(path)["quantizer"]
     return _settings_rows("tokenizer.", {k: v for k, v in quantizer.items() if k != "format"}) + \
         [("tokenizer.digest", meta.get("vocabulary_digest"))]
 
@@ -191,7 +192,7 @@ def _evaluation(layout: Layout) -> list[str]:
 
 def write_model_card(bundle_dir: str | Path, layout: Layout, train_settings: dict[str, Any]) -> Path:
     bundle_dir = Path(bundle_dir)
-    path = bundle_dir / CARD
+    path = bundle_dir / BUNDLE_CARD
     with atomic_path(path) as tmp:
         tmp.write_text(model_card(bundle_dir, layout, train_settings), encoding="utf-8")
     return path

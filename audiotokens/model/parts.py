@@ -20,12 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
 from ..features.ssl import model_digest
+from ..pipeline.layout import HF_CONFIG
 from .contrastive import TEMPERATURE
 
 log = logging.getLogger("audiotokens")
@@ -76,7 +78,7 @@ class ModelSpec:
 
     @property
     def decodes(self) -> bool:
-        return self.input == "tokens" and self.token_embedding.startswith("decoded")
+        return decodes_tokens(self.input, self.token_embedding)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -145,6 +147,21 @@ class FrameEmbedder(nn.Module):
 
     def forward(self, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.frames(inputs.float(), frame_special_ids(mask))
+
+
+def decodes_tokens(input_kind: str, token_embedding: str) -> bool:
+    """Whether the embedding decodes token ids through the vocabulary: a tokens model whose token_embedding is
+    decoded or decoded+learned, over any quantizer kind (each decodes its ids to vectors)."""
+    return input_kind == "tokens" and token_embedding.startswith("decoded")
+
+
+def decode_tables(input_kind: str, token_embedding: str, vocab) -> list[np.ndarray]:
+    """What a decoding embedding needs: the vectors each codebook's ids decode to (combined by the vocabulary's
+    quantizer.combine into a frame); [] for any other model. Copies, as the quantizer's codebooks are read-only
+    and torch wraps only writable arrays without a warning."""
+    if not decodes_tokens(input_kind, token_embedding):
+        return []
+    return [np.array(book, dtype=np.float32) for book in vocab.quantizer.codebooks]
 
 
 class TokenEmbedder(nn.Module):
@@ -463,9 +480,9 @@ class SpeechModelEncoder(Encoder):
 
 
         path = Path(self.pretrained.get("path", ""))
-        if not (path / "config.json").is_file():
+        if not (path / HF_CONFIG).is_file():
             raise UserError(f"'spectrogram.ssl_model' ({path}) is not a local Hugging Face model folder (no "
-                            "config.json); nothing is downloaded at run time: save the model there first")
+                            f"{HF_CONFIG}); nothing is downloaded at run time: save the model there first")
         digest = model_digest(path)
         if digest != self.pretrained.get("digest"):
             raise UserError(f"'spectrogram.ssl_model' ({path}) now holds another model (digest {digest}, waveform "

@@ -1,9 +1,14 @@
-"""Windowed scoring: the windows a long clip is scored in and the mean of their scores."""
+"""Windowed scoring: the windows a long clip is scored in and the mean of their scores.
+
+A model trained on crops scores a longer clip as the mean of its windows' scores. Validation during
+training (training/loaders.py) and inference (model/bundle.py) both cut clips with `clip_windows` and
+average with `mean_over_windows`, so a clip gets the same score in both.
+"""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 
-import torch
+import numpy as np
 
 
 def eval_windows(length: int, window: int, hop: int) -> list[tuple[int, int]]:
@@ -16,16 +21,29 @@ def eval_windows(length: int, window: int, hop: int) -> list[tuple[int, int]]:
     return windows
 
 
-def mean_window_scores(
-    score_fn: Callable[[list[torch.Tensor]], torch.Tensor], sequence: torch.Tensor, window: int, hop: int,
-    *, windows_per_call: int = 16,
-) -> torch.Tensor:
-    """Mean over windows of `score_fn` for one clip's (frames, ...) sequence -> (n_classes,).
+def clip_windows(lengths: Sequence[int] | np.ndarray, window: int,
+                 hop: int) -> tuple[list[tuple[int, int, int]], np.ndarray]:
+    """Every clip's (clip, start, stop) windows, clip by clip, and the number of windows of each clip;
+    with `window` 0, each clip whole."""
+    items, counts = [], np.zeros(len(lengths), dtype=np.int64)
+    for i, length in enumerate(lengths):
+        pieces = eval_windows(int(length), window, hop) if window else [(0, int(length))]
+        items += [(i, start, stop) for start, stop in pieces]
+        counts[i] = len(pieces)
+    return items, counts
 
-    `score_fn` takes a list of window slices (each (frames, ...)) and returns (len(list), n_classes) scores;
-    give it probabilities so the mean is a mean of probabilities. Windows go to it in groups of
-    `windows_per_call` so a long clip never becomes one huge batch.
-    """
-    slices = [sequence[start:stop] for start, stop in eval_windows(len(sequence), window, hop)]
-    scores = [score_fn(slices[i:i + windows_per_call]) for i in range(0, len(slices), windows_per_call)]
-    return torch.cat(scores).mean(dim=0)
+
+def first_windows(counts: np.ndarray) -> np.ndarray:
+    """The row of each clip's first window among windows listed clip by clip."""
+    return np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+
+
+def mean_over_windows(window_scores: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """(clips, classes): each clip's mean of its windows' scores, from the scores of the windows listed clip
+    by clip (as `clip_windows` lists them) and the number of windows of each clip. Give it probabilities,
+    so that the mean is a mean of probabilities."""
+    counts = np.asarray(counts)
+    if not len(counts):
+        return window_scores
+    means = np.add.reduceat(window_scores, first_windows(counts), axis=0) / counts[:, None]
+    return means.astype(window_scores.dtype)

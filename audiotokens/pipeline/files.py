@@ -1,4 +1,8 @@
-"""Writing artifacts safely: atomic files and folders, JSON and .npy helpers, disk errors."""
+"""Writing artifacts safely: atomic files and folders, JSON and .npy helpers, disk errors.
+
+Every JSON artifact is written and read here: `json_text` is the one format (indented, numpy values as
+JSON numbers and lists, a final newline), JSON-lines logs (metrics.jsonl) are one compact object a line.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -8,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +20,11 @@ import numpy as np
 
 from ..errors import UserError
 
-# Errors that mean the disk refused a write (as opposed to a bug): reported as UserError naming the file.
+# Errors that mean the disk refused a write (as opposed to a bug): reported as UserError naming the file,
+# or by the CLI as one line, never as a traceback.
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
+DISK_REFUSED = DISK_FULL | NOT_WRITABLE
 
 
 def write_error(path: str | Path, exc: OSError) -> UserError:
@@ -40,7 +46,7 @@ def disk_failure(path: str | Path, exc: BaseException) -> UserError | None:
     safetensors their own exception types), so any failure while the filesystem has almost no free
     space left counts as a full disk. Call it before removing the partial output, which frees space.
     """
-    if isinstance(exc, OSError) and exc.errno in DISK_FULL | NOT_WRITABLE:
+    if isinstance(exc, OSError) and exc.errno in DISK_REFUSED:
         return write_error(path, exc)
     if isinstance(exc, Exception) and _free_bytes(Path(path)) < LOW_SPACE:
         return write_error(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
@@ -167,12 +173,19 @@ def _fsync(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
+def json_text(obj: Any) -> str:
+    """The text of a JSON artifact (for a plain write inside a staging folder; elsewhere use write_json)."""
+    return json.dumps(obj, indent=1, default=_json_default) + "\n"
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=1, default=_json_default) + "\n")
+        tmp.write_text(json_text(obj))
 
 
-def read_json(path: str | Path, what: str = "") -> Any:
+def read_json(path: str | Path, what: str = "", fix: str = "re-run the stage that writes it") -> Any:
+    """The JSON at `path`; a missing or damaged file is a UserError (`what` says what the file is, `fix` what
+    to do about damage)."""
     path = Path(path)
     if not path.is_file():
         hint = f" ({what})" if what else ""
@@ -180,7 +193,49 @@ def read_json(path: str | Path, what: str = "") -> Any:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON ({exc}); re-run the stage that writes it") from None
+        raise UserError(f"{path} is not valid JSON ({exc}); {fix}") from None
+
+
+def read_json_or_none(path: str | Path) -> Any:
+    """The JSON at `path`, or None when it is absent, half-written or damaged (e.g. a shard's metadata: the
+    shard is not finished; a report a page shows only when it is there)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def jsonl_text(rows: Iterable[Any]) -> str:
+    """JSON lines: one compact object a line."""
+    return "".join(json.dumps(row, default=_json_default) + "\n" for row in rows)
+
+
+def write_jsonl(path: str | Path, rows: Iterable[Any]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(jsonl_text(rows))
+
+
+def append_jsonl(path: str | Path, row: Any) -> None:
+    with open(path, "a") as handle:
+        handle.write(jsonl_text([row]))
+
+
+def read_jsonl(path: str | Path, fix: str | None = None) -> list[Any]:
+    """The rows of a JSON-lines file ([] when it is absent); blank lines are skipped. A line that does not
+    parse (cut by a killed writer) is skipped too, or, given `fix`, a UserError naming it and saying that."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if fix is not None:
+                raise UserError(f"{path} line {number} is not valid JSON; {fix}") from None
+    return rows
 
 
 def save_npy(path: str | Path, array: np.ndarray) -> None:
@@ -226,18 +281,14 @@ def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
             os.replace(final_dir, old)
         os.replace(tmp_dir, final_dir)
     except OSError as exc:
-        if exc.errno in DISK_FULL | NOT_WRITABLE:
+        if exc.errno in DISK_REFUSED:
             raise write_error(final_dir, exc) from None
         raise
     shutil.rmtree(old, ignore_errors=True)
 
 
 def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
+    if isinstance(obj, (np.generic, np.ndarray)):  # numpy numbers, booleans and arrays as JSON values
         return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)

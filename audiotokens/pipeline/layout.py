@@ -15,14 +15,20 @@ Layout under a workdir:
   tokenized/index.json              per clip: id, offset, length; vocabulary and frame spec digests
   tokenized/stats.json, tokenized/histogram_<split>.png
   tokenized/shards/N-K/             until assembled: tokens.npy + shard.json of shard K of N
-  output/model/                     portable bundle (save_pretrained + audiotokens.json + vocabulary)
-  output/checkpoints/{last,best}.pt training state for --resume
+  output/model/                     portable bundle (save_pretrained + audiotokens.json + vocabulary + README.md)
+  output/pretrain/                  pre-trained embedder and encoder, with its metrics.jsonl and curves.png
+  output/checkpoints/{last,best}.pt training state for --resume (pretrain.pt: pre-training's)
   output/metrics.jsonl, output/curves.png, output/tensorboard/ (when tensorboard is installed)
-  output/eval/<name>/               evaluation reports
-  logs/<stage>.log                  the log of each stage's latest run
-  output/baselines/<model>/<split>/ the MFCC baselines' reports (and <model>/fit.json)
+  output/eval/<name>/               evaluation reports (EVAL_* below)
+  output/eval/<split>/robustness/<model | baseline_<name>>/   robustness reports (ROBUSTNESS_* below)
+  output/baselines/<model>/<split>/ the MFCC baselines' reports (and <model>/fit.json, <model>/model.joblib)
+  output/report.html                `audiotokens report`
+  logs/<stage>.log                  the log of each stage's latest run (logs/<stage>.shard-N-K.log: a shard's)
+  .audiotokens.lock                 the workdir lock; .audiotokens.shards/<stage>-N-K.lock: each shard's
 A split is a view: the ids listed for it in split.json over a store (open_split). Each stage also writes
-a provenance record at `Layout.record(stage)`.
+a provenance record at `Layout.record(stage)`. Paths under a workdir are Layout's properties and methods;
+names inside a folder that may sit anywhere (a bundle, a vocabulary, a report folder, a shard) are the
+constants below. Tests spell the names out, as the documentation does, and so check this module.
 """
 from __future__ import annotations
 
@@ -35,10 +41,67 @@ BUNDLE_METADATA = "audiotokens.json"
 BUNDLE_SPEC = "model_spec.json"
 BUNDLE_WEIGHTS = "model.safetensors"
 BUNDLE_VOCABULARY = "vocabulary"
+BUNDLE_CARD = "README.md"  # the model card (model/modelcard.py)
 # inside a vocabulary folder (output/vocabulary/, and the bundle's copy)
 VOCABULARY_METADATA = "vocabulary.json"
 VOCABULARY_ARRAYS = "codebooks.npz"
 VOCABULARY_REPORT = "report.json"
+
+# a training log: in output/ for train, in output/pretrain/ for pretrain
+METRICS_LOG = "metrics.jsonl"  # one JSON line per epoch
+CURVES = "curves.png"
+
+# inside an evaluation report folder (output/eval/<name>/, output/baselines/<model>/<split>/)
+EVAL_METRICS = "metrics.json"
+EVAL_PER_CLASS = "per_class.csv"
+EVAL_PER_CLASS_TABLE = "per_class.md"
+EVAL_SWEEP = "sweep.csv"
+EVAL_CLASS_SWEEP = "sweep_{name}.csv"  # the sweep of one class (evaluate --class)
+EVAL_CONFUSION = "confusion.csv"
+EVAL_CONFUSION_PLOT = "confusion.png"
+EVAL_AP_PLOT = "per_class_ap.png"
+EVAL_PR_PLOT = "pr_curves.png"
+EVAL_SCORES = "scores.npy"
+EVAL_CLIPS = "clips.json"
+
+# output/eval/<split>/robustness/ holds one folder per scorer, each with the ROBUSTNESS_* files
+ROBUSTNESS_DIR = "robustness"
+ROBUSTNESS_MODEL = "model"
+ROBUSTNESS_BASELINE = "baseline_{name}"
+ROBUSTNESS_TABLE = "robustness.csv"
+ROBUSTNESS_TABLE_MD = "robustness.md"
+ROBUSTNESS_PER_CLASS = "per_class.csv"
+ROBUSTNESS_PLOT = "robustness.png"
+ROBUSTNESS_JSON = "robustness.json"
+
+# inside output/baselines/<model>/, beside its <split>/ report folders
+BASELINE_FIT = "fit.json"
+BASELINE_ESTIMATOR = "model.joblib"
+
+# `audiotokens compare` (into its --out folder) and a k-fold workdir's summary (scripts/kfold.sh)
+COMPARE_FILES = {"markdown": "compare.md", "csv": "compare.csv", "plot": "compare.png"}
+COMPARE_BITS_PLOT = "compare_bits.png"
+KFOLD_SUMMARY = "kfold_summary.json"
+
+# sharded stages: <store folder>/shards/N-K/ (pipeline/shards.py)
+SHARDS_DIR = "shards"
+SHARD_META = "shard.json"  # tokenize: written last in a shard's folder, so the shard is finished
+PART_KEY = "key.json"  # spectrogram: the key the shard's parts were written under
+PART_ARRAY = "part-{number:05d}.npy"  # spectrogram: frames of one part's kept clips
+PART_META = "part-{number:05d}.json"
+
+# `audiotokens export` (beside the bundle folder unless --out says otherwise); beside <name>.onnx go
+# <name>.onnx.json (what a runtime needs) and <name>.vocabulary/ (tokens models)
+ONNX_GRAPH = "model.onnx"
+ONNX_METADATA = "{name}.json"
+ONNX_VOCABULARY = "{stem}.vocabulary"
+
+# `audiotokens predict --picture` (in the current folder unless --out says otherwise)
+TOKEN_PICTURE = "{stem}.tokens.png"
+
+# a local Hugging Face speech model folder (spectrogram.ssl_model)
+HF_CONFIG = "config.json"
+HF_PREPROCESSOR = "preprocessor_config.json"
 
 # an audio location inside a parquet shard in the clip catalogue: "<shard path>::<row>"
 PARQUET_ROW_SEPARATOR = "::"
@@ -124,6 +187,11 @@ class Layout:
         """(array, index) of the frames or tokens store."""
         return {"frames": (self.frames, self.frames_index), "tokens": (self.tokens, self.tokens_index)}[kind]
 
+    @property
+    def tokens_staging(self) -> Path:
+        """Where a new token store is written before it replaces tokenized/'s files (a hidden folder beside)."""
+        return self.tokenized / "store"
+
     # train
     @property
     def model_dir(self) -> Path:
@@ -135,15 +203,27 @@ class Layout:
 
     def resume_checkpoint(self, stage: str) -> Path:
         """The training state `--resume` continues from (the pretrain or train stage's)."""
-        return self.checkpoints / {"pretrain": "pretrain.pt", "train": "last.pt"}[stage]
+        return {"pretrain": self.pretrain_checkpoint, "train": self.last_checkpoint}[stage]
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.checkpoints / "best.pt"
+
+    @property
+    def pretrain_checkpoint(self) -> Path:
+        return self.checkpoints / "pretrain.pt"
 
     @property
     def metrics(self) -> Path:
-        return self.output / "metrics.jsonl"
+        return self.output / METRICS_LOG
 
     @property
     def curves(self) -> Path:
-        return self.output / "curves.png"
+        return self.output / CURVES
 
     @property
     def tensorboard(self) -> Path:
@@ -153,13 +233,42 @@ class Layout:
     def pretrain_dir(self) -> Path:
         return self.output / "pretrain"
 
+    # evaluate
+    @property
+    def evaluations(self) -> Path:
+        return self.output / "eval"
+
+    def eval_dir(self, name: str) -> Path:
+        return self.evaluations / name
+
+    def eval_reports(self) -> list[Path]:
+        """Every evaluation report folder (output/eval/<name>/ with its metrics.json), by name."""
+        return [path.parent for path in sorted(self.evaluations.glob(f"*/{EVAL_METRICS}"))]
+
+    def robustness_dir(self, split: str) -> Path:
+        return self.eval_dir(split) / ROBUSTNESS_DIR
+
+    def robustness_reports(self) -> list[Path]:
+        """Every robustness report folder (output/eval/<split>/robustness/<scorer>/ with its table)."""
+        return [path.parent for path in sorted(self.evaluations.glob(f"*/{ROBUSTNESS_DIR}/*/{ROBUSTNESS_TABLE}"))]
+
+    # baseline
     @property
     def baselines(self) -> Path:
         return self.output / "baselines"
 
-    # evaluate
-    def eval_dir(self, name: str) -> Path:
-        return self.output / "eval" / name
+    def baseline_reports(self) -> list[Path]:
+        """Every baseline report folder (output/baselines/<model>/<split>/ with its metrics.json)."""
+        return [path.parent for path in sorted(self.baselines.glob(f"*/*/{EVAL_METRICS}"))]
+
+    def baseline_estimators(self) -> list[Path]:
+        """The saved estimator of every fitted baseline (output/baselines/<model>/model.joblib)."""
+        return sorted(self.baselines.glob(f"*/{BASELINE_ESTIMATOR}"))
+
+    # report
+    @property
+    def html_report(self) -> Path:
+        return self.output / "report.html"
 
     # provenance
     def record(self, stage: str) -> Path:
@@ -176,13 +285,31 @@ class Layout:
             "pretrain": (pretrained / BUNDLE_WEIGHTS, pretrained / BUNDLE_SPEC),
             "train": (bundle / BUNDLE_WEIGHTS, bundle / BUNDLE_SPEC, bundle / BUNDLE_METADATA,
                       bundle / BUNDLE_VOCABULARY / VOCABULARY_METADATA),
-            "evaluate": (self.eval_dir("validation") / "metrics.json",),
+            "evaluate": (self.eval_dir("validation") / EVAL_METRICS,),
             "baseline": (self.baselines,),
         }[stage]
 
+    # runs
     def stage_log(self, stage: str) -> Path:
         """The log of a stage's latest run (what `status` quotes when a run was killed)."""
         return self.workdir / "logs" / f"{stage}.log"
+
+    def shard_log(self, stage: str, shard: str) -> Path:
+        """The log of one shard's run (`shard` as Shard.name, N-K)."""
+        return self.stage_log(stage).with_name(f"{stage}.shard-{shard}.log")
+
+    @property
+    def lock(self) -> Path:
+        """The workdir lock (pipeline/lock.py)."""
+        return self.workdir / ".audiotokens.lock"
+
+    @property
+    def shard_locks(self) -> Path:
+        return self.workdir / ".audiotokens.shards"
+
+    def shard_lock(self, stage: str, shard: str) -> Path:
+        """The lock of one shard of a stage (`shard` as Shard.name, N-K)."""
+        return self.shard_locks / f"{stage}-{shard}.lock"
 
     def failure(self, stage: str) -> Path:
         return self.record(stage).with_name(f"{stage}.failed.json")

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from ..errors import UserError
 from .files import write_error
+from .layout import Layout
 
-LOCK_NAME = ".audiotokens.lock"
 _held: dict[Path, int] = {}  # workdir -> nesting depth in this process
 
 
@@ -36,7 +36,7 @@ def workdir_lock(workdir: str | Path, what: str) -> Iterator[None]:
         return
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        handle = open(workdir / LOCK_NAME, "a+")  # noqa: SIM115 - held open for the lock's lifetime below
+        handle = open(Layout(workdir).lock, "a+")  # noqa: SIM115 - held open for the lock's lifetime below
     except OSError as exc:
         raise write_error(workdir, exc) from None
     with handle:  # closing releases the flock
@@ -45,7 +45,7 @@ def workdir_lock(workdir: str | Path, what: str) -> Iterator[None]:
         except BlockingIOError:
             handle.seek(0)
             # shard processes share the lock without naming themselves here (shards.shard_lock)
-            holder = handle.read().strip() or "another process (shard processes? see .audiotokens.shards/)"
+            holder = handle.read().strip() or f"another process (shard processes? see {Layout().shard_locks}/)"
             raise UserError(f"workdir {workdir} is in use by {holder}; wait for it to finish, or give this "
                             "run its own --workdir") from None
         handle.seek(0)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import json
 import logging
 import os
 import re
@@ -33,13 +32,10 @@ from ..config import Config
 from ..errors import UserError
 from . import stages as stage_table
 from .layout import Layout
-from .lock import LOCK_NAME
 from .run import check_inputs, stage_log
 
 log = logging.getLogger("audiotokens")
 
-SHARDS_DIR = "shards"  # beside a store's files: <store>/shards/N-K/
-LOCKS_DIR = ".audiotokens.shards"  # in the workdir: one lock file per stage and shard
 _NAME = re.compile(r"^(\d+)-(\d+)$")
 
 
@@ -104,14 +100,6 @@ def missing_message(stage: str, count: int, missing: list[Shard]) -> str:
             f"`audiotokens {stage} --shard K/{count}` for each, then `audiotokens {stage} --assemble`")
 
 
-def read_json_or_none(path: Path) -> Any:
-    """A shard's metadata, or None when it is absent or half-written (the shard is not finished)."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 # ---------------------------------------------------------------- locks
 
 
@@ -124,16 +112,16 @@ def shard_lock(workdir: str | Path, stage: str, shard: Shard, share_workdir: boo
     its coordinator already holds the workdir lock exclusively.
     """
     workdir = Path(workdir).resolve()
-    folder = workdir / LOCKS_DIR
-    folder.mkdir(parents=True, exist_ok=True)
+    layout = Layout(workdir)
+    layout.shard_locks.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         if share_workdir:
-            handle = stack.enter_context(open(workdir / LOCK_NAME, "a+"))
+            handle = stack.enter_context(open(layout.lock, "a+"))
             if not _try_flock(handle, fcntl.LOCK_SH):
                 handle.seek(0)
                 holder = handle.read().strip() or "another process"
                 raise UserError(f"workdir {workdir} is in use by {holder}; shards run once it has finished")
-        own = stack.enter_context(open(folder / f"{stage}-{shard.name}.lock", "a+"))
+        own = stack.enter_context(open(layout.shard_lock(stage, shard.name), "a+"))
         if not _try_flock(own, fcntl.LOCK_EX):
             own.seek(0)
             holder = own.read().strip() or "another process"
@@ -163,7 +151,7 @@ def run_shard(stage: str, config: Config, shard: Shard, strict: bool = False) ->
     layout = Layout(config.workdir)
     with shard_lock(config.workdir, stage, shard):
         check_inputs(layout, config, stage, strict)
-        with stage_log(layout.stage_log(stage).with_name(f"{stage}.shard-{shard.name}.log")):
+        with stage_log(layout.shard_log(stage, shard.name)):
             return stage_table.stage(stage).runner_class()(config, shard=shard).run()
 
 

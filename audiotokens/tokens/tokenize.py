@@ -30,21 +30,20 @@ from ..pipeline.files import (
     atomic_path,
     create_npy,
     disk_failure,
+    read_json_or_none,
     save_npy,
     staging_dir,
     usual_permissions,
     write_json,
 )
-from ..pipeline.layout import Layout
+from ..pipeline.layout import SHARD_META, SHARDS_DIR, Layout
 from ..pipeline.provenance import output_identity
 from ..pipeline.shards import (
-    SHARDS_DIR,
     Execution,
     Shard,
     all_shards,
     choose_count,
     finish_shards,
-    read_json_or_none,
 )
 from ..pipeline.stores import ClipIndex, SplitPlan, open_store, split_view
 from .kmeans import DEFAULT_BATCH, iter_batches, release_pages, token_statistics
@@ -52,7 +51,6 @@ from .vocabulary import load_vocabulary
 
 log = logging.getLogger("audiotokens")
 STAGE = "tokenize"  # the stage table's name of this stage (shard locks, messages)
-SHARD_META = "shard.json"  # written last in a shard's folder: the shard is finished
 
 
 def _load_matplotlib() -> None:
@@ -171,7 +169,7 @@ class SpecTokenizer:
         quantizer = vocab.quantizer
         log.info("tokenizing %d clips with the %s", len(store), vocab.describe())
         self.layout.tokenized.mkdir(parents=True, exist_ok=True)
-        tmp = staging_dir(self.layout.tokenized / "store")
+        tmp = staging_dir(self.layout.tokens_staging)
         try:
             tokens_index = self._token_index(store, quantizer)
             tokens = create_npy(tmp / self.layout.tokens.name, (tokens_index.total_frames, quantizer.n_codebooks),

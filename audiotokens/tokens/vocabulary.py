@@ -8,7 +8,6 @@ vocabulary or frame spec other than the ones its tokens were made with.
 """
 from __future__ import annotations
 
-import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,17 +16,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
-from ..pipeline.files import atomic_dir, read_json
+from ..pipeline.files import atomic_dir, json_text, read_json
 from ..pipeline.layout import VOCABULARY_ARRAYS as ARRAYS
 from ..pipeline.layout import VOCABULARY_METADATA as METADATA
 from ..pipeline.layout import VOCABULARY_REPORT as REPORT
 from ..pipeline.stores import spec_digest
 from .quantizers import Quantizer
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars and arrays in a report, as JSON numbers and lists."""
-    return value.tolist() if hasattr(value, "tolist") else str(value)
 
 
 @dataclass(frozen=True)
@@ -62,11 +56,10 @@ def save_vocabulary(folder: Path, quantizer: Quantizer, frame_spec: dict[str, An
         with open(tmp / ARRAYS, "wb") as handle:
             np.savez(handle, **arrays)
         # plain writes inside the staging folder: a refused write is then reported for the final folder
-        (tmp / METADATA).write_text(json.dumps({"quantizer": meta, "digest": quantizer.digest(),
-                                                "frame_spec": frame_spec, "frame_spec_digest": spec_digest(frame_spec)},
-                                               indent=1) + "\n")
+        (tmp / METADATA).write_text(json_text({"quantizer": meta, "digest": quantizer.digest(),
+                                               "frame_spec": frame_spec, "frame_spec_digest": spec_digest(frame_spec)}))
         if report is not None:
-            (tmp / REPORT).write_text(json.dumps(report, indent=1, default=_plain) + "\n")
+            (tmp / REPORT).write_text(json_text(report))
 
 
 def load_vocabulary(folder: str | Path, hint: str = "re-run `audiotokens cluster`") -> Vocabulary:

@@ -112,11 +112,6 @@ class EpochShuffleSampler(Sampler[int]):
         return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist())
 
 
-def longest_first(lengths: np.ndarray) -> list[int]:
-    """Evaluation order that keeps similar lengths together, so little compute goes to padding."""
-    return np.argsort(-np.asarray(lengths), kind="stable").tolist()
-
-
 def make_loader(
     dataset: ClipDataset,
     batch_size: int,

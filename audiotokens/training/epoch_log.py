@@ -1,14 +1,13 @@
 """Per-epoch training records: output/metrics.jsonl, TensorBoard (when installed) and output/curves.png."""
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
 from typing import Any
 
 from ..model.objectives import Objective
-from ..pipeline.files import atomic_path
+from ..pipeline.files import append_jsonl, atomic_path, write_jsonl
 from ..pipeline.layout import Layout
 
 log = logging.getLogger("audiotokens")
@@ -33,15 +32,13 @@ class TrainingLog:
     def __init__(self, layout: Layout, objective: Objective, history: list[dict[str, Any]]):
         self.layout, self.objective = layout, objective
         self.history = list(history)
-        with atomic_path(layout.metrics) as tmp:
-            tmp.write_text("".join(json.dumps(row) + "\n" for row in self.history))
+        write_jsonl(layout.metrics, self.history)
         self.writer = _tensorboard_writer(layout.tensorboard)
 
     def record(self, row: dict[str, Any]) -> None:
         row = finite_or_none(row)
         self.history.append(row)
-        with open(self.layout.metrics, "a") as handle:
-            handle.write(json.dumps(row) + "\n")
+        append_jsonl(self.layout.metrics, row)
         if self.writer is not None:
             for side in ("train", "validation"):
                 for name, value in row[side].items():
@@ -54,8 +51,7 @@ class TrainingLog:
     @staticmethod
     def append_result(layout: Layout, row: dict[str, Any]) -> None:
         """A line that is not an epoch (e.g. the test split's figures), after the epochs it summarises."""
-        with open(layout.metrics, "a") as handle:
-            handle.write(json.dumps(finite_or_none(row)) + "\n")
+        append_jsonl(layout.metrics, finite_or_none(row))
 
     def close(self) -> None:
         if self.writer is not None:

@@ -6,7 +6,8 @@ Owns how the train stage turns `train.batch_frames`, `train.crop_frames`, `train
 random crop per clip drawn from (seed, epoch); evaluation: longest first, clips longer than the window
 scored as the mean of their windows' scores), how many optimizer steps a run plans when the number of
 batches changes between epochs, the peak-memory estimate for the worst batch before the first step
-(memory.py) and the measured peak after each epoch. batching.py, augment.py and memory.py do the arithmetic.
+(memory.py) and the measured peak after each epoch. batching.py, windows.py, augment.py and memory.py do the
+arithmetic.
 """
 from __future__ import annotations
 
@@ -25,9 +26,9 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader
 
 from ..errors import UserError
-from ..model.batching import FrameBudgetSampler, fill_greedily, worst_batch
+from ..model.batching import FrameBudgetSampler, length_ordered_batches, worst_batch
 from ..model.parts import EXTRA_POSITIONS, ModelSpec
-from ..model.windows import eval_windows
+from ..model.windows import clip_windows, first_windows, mean_over_windows
 from ..pipeline.distributed import ONE_PROCESS, Ranks, RankShare, deal_batches
 from .augment import BalancedSampler
 from .datasets import ClipDataset, EpochShuffleSampler
@@ -149,32 +150,14 @@ def _loader(dataset: ClipDataset, batch_sampler, num_workers: int, pin_memory: b
 # ---------------------------------------------------------------- evaluation batches
 
 
-def window_items(lengths: np.ndarray, window: int, hop: int) -> tuple[list[tuple[int, int, int]], np.ndarray]:
-    """Every clip's (clip, start, stop) windows, clip by clip, and the number of windows of each clip."""
-    items, counts = [], np.zeros(len(lengths), dtype=np.int64)
-    for i, length in enumerate(lengths):
-        pieces = eval_windows(int(length), window, hop) if window else [(0, int(length))]
-        items += [(i, start, stop) for start, stop in pieces]
-        counts[i] = len(pieces)
-    return items, counts
-
-
-def piece_batches(piece_lengths: np.ndarray, batch_size: int, batch_frames: int) -> list[list[int]]:
-    """Pieces (clips or windows) longest first, grouped by budget or by count."""
-    order = np.argsort(-np.asarray(piece_lengths), kind="stable").tolist()
-    if batch_frames:
-        return fill_greedily(order, positions(piece_lengths), batch_frames, batch_size)
-    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
-
-
 def evaluation_loader(dataset: ClipDataset, plan: LengthPlan, *, seed: int, num_workers: int,
                       pin_memory: bool, ranks: Ranks = ONE_PROCESS) -> DataLoader:
     """Longest first; clips longer than the window read as windows (`loader.window_counts` per clip);
     under torchrun, this process's whole batches (the pass's scores are gathered afterwards)."""
-    items, counts = window_items(dataset.lengths, plan.eval_window, plan.eval_hop)
+    items, counts = clip_windows(dataset.lengths, plan.eval_window, plan.eval_hop)
     piece_lengths = np.array([stop - start for _, start, stop in items], dtype=np.int64)
-    batches = [[items[k] for k in batch] for batch in piece_batches(piece_lengths, plan.batch_size,
-                                                                     plan.batch_frames)]
+    batches = [[items[k] for k in batch]
+               for batch in length_ordered_batches(positions(piece_lengths), plan.batch_size, plan.batch_frames)]
     batches = deal_batches(batches, ranks)
     loader = _loader(dataset, batches, num_workers, pin_memory, seed)
     loader.window_counts = counts
@@ -188,10 +171,8 @@ def evaluate_split(trainer: Trainer, loader: DataLoader) -> PassResult:
     if counts is None or (counts == 1).all():
         return result
     # the pass returns pieces sorted by clip index (stable), so each clip's windows are consecutive
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    scores = np.add.reduceat(result.scores, starts, axis=0) / counts[:, None]
-    return PassResult(result.loss, result.targets[starts], scores.astype(result.scores.dtype), len(counts),
-                      result.seconds)
+    return PassResult(result.loss, result.targets[first_windows(counts)], mean_over_windows(result.scores, counts),
+                      len(counts), result.seconds)
 
 
 # ---------------------------------------------------------------- steps and epochs

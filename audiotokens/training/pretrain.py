@@ -26,7 +26,6 @@ resumed pre-training ends with the weights an uninterrupted one would have.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -42,18 +41,26 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import RUNTIME, Config, keys_with_role
 from ..errors import UserError
+from ..model.batching import longest_first
 from ..model.bundle import METADATA, SPEC, WEIGHTS
 from ..model.inputs import pack_frames, pack_sequences
-from ..model.parts import MASK, PRETRAINED_PARTS, TOKEN_OFFSET, AudioClassifier, frame_special_ids
-from ..pipeline.files import atomic_dir, atomic_path, write_json
-from ..pipeline.layout import Layout
+from ..model.parts import (
+    MASK,
+    PRETRAINED_PARTS,
+    TOKEN_OFFSET,
+    AudioClassifier,
+    decode_tables,
+    frame_special_ids,
+)
+from ..pipeline.files import atomic_dir, atomic_path, jsonl_text, write_json
+from ..pipeline.layout import CURVES, METRICS_LOG, Layout
 from ..pipeline.provenance import package_versions, recorded_fingerprint, stage_params
 from ..pipeline.stores import ClipIndex, SplitPlan, open_store, read_frame_spec
 from .augment import content_positions, mask_time_spans
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .datasets import EpochShuffleSampler, longest_first
+from .datasets import EpochShuffleSampler
 from .optimisation import Optimisation, pick_device
-from .train import SplitStore, check_token_ids, decode_tables, model_length, model_spec, read_vocabulary
+from .train import SplitStore, check_token_ids, model_length, model_spec, read_vocabulary
 
 log = logging.getLogger("audiotokens")
 
@@ -229,7 +236,7 @@ class Pretrainer:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.layout.resume_checkpoint("pretrain")
+        return self.layout.pretrain_checkpoint
 
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
@@ -238,9 +245,7 @@ class Pretrainer:
         vocab = read_vocabulary(self.layout)
         fit_loader, held_loader, max_frames, counts = self._loaders(vocab)
         frames = settings.objective == "masked_frames"
-        tables = []
-        if not frames and self.config.model.token_embedding.startswith("decoded"):
-            tables = decode_tables(vocab)
+        tables = decode_tables("frames" if frames else "tokens", self.config.model.token_embedding, vocab)
         columns = fit_loader.dataset.stores[0][0]
         sizes = SplitStore(name="train", path=columns, index=None, columns=self._columns(vocab, frames))
         spec = model_spec(_with_input(self.config, "frames" if frames else "tokens"), ["[pretrain]"], max_frames,
@@ -394,8 +399,8 @@ class Pretrainer:
                 "format": "audiotokens-pretrain", "objective": self.settings.objective, "input": spec.input,
                 "spectrogram": vocab.frame_spec if spec.input == "tokens" else read_frame_spec(self.layout),
                 "vocabulary_digest": vocab.digest, "versions": package_versions()})
-            (tmp / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in history))
-            _plot(history, tmp / "curves.png")
+            (tmp / METRICS_LOG).write_text(jsonl_text(history))
+            _plot(history, tmp / CURVES)
         log.info("pre-trained embedder and encoder written to %s", self.out_dir)
 
 

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from ..config import RESUMABLE, Config, keys_with_role
 from ..errors import UserError
 from ..features.ssl import model_config, model_dir, waveform_params_from_spec
+from ..model.batching import longest_first
 from ..model.bundle import save_bundle
 from ..model.modelcard import write_model_card
 from ..model.objectives import Objective, objective_for
@@ -40,6 +41,7 @@ from ..model.parts import (
     ModelSpec,
     check_parts,
     check_spec,
+    decode_tables,
 )
 from ..pipeline import distributed
 from ..pipeline.distributed import ONE_PROCESS, Ranks
@@ -57,7 +59,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .contrastive import ContrastiveTrainer, head_for, trainer_type
-from .datasets import DATASETS, EpochShuffleSampler, longest_first, make_loader
+from .datasets import DATASETS, EpochShuffleSampler, make_loader
 from .epoch_log import NoTrainingLog, TrainingLog, epoch_line, finite_or_none, format_figure
 from .finetune import FineTuning
 from .loaders import (
@@ -186,12 +188,6 @@ def check_token_ids(path: Path, vocab) -> None:
     if len(tokens) and (int(tokens.min()) < 0 or (tokens.max(axis=0) >= sizes).any()):
         raise UserError(f"{path} holds ids outside the codebook sizes {sizes.tolist()} of {vocab.path}; "
                         "re-run `audiotokens tokenize`")
-
-
-def decode_tables(vocab) -> list[np.ndarray]:
-    """The vectors each codebook's ids decode to (combined by vocab.quantizer.combine into a frame); copies,
-    as the quantizer's codebooks are read-only and torch wraps only writable arrays without a warning."""
-    return [np.array(book, dtype=np.float32) for book in vocab.quantizer.codebooks]
 
 
 def run_identity(layout: Layout, config: Config, vocab, max_frames: int,
@@ -411,8 +407,7 @@ class ModelBuilder:
                             f"{objective.task}; use model.head=linear")
         max_frames = model_length(splits, network.max_length)
         truncation = report_truncation(splits, max_frames)
-        decodes = network.input == "tokens" and network.token_embedding.startswith("decoded")
-        tables = decode_tables(vocab) if decodes else []
+        tables = decode_tables(network.input, network.token_embedding, vocab)
         plan = LengthPlan.from_settings(settings)
         spec = model_spec(self.config, classes, plan.model_frames(max_frames), splits, vocab, tables)
 
@@ -532,7 +527,7 @@ class ModelBuilder:
             save_checkpoint(last, state)
 
     def _checkpoint_paths(self) -> tuple[Path, Path]:
-        return self.layout.resume_checkpoint("train"), self.layout.checkpoints / "best.pt"
+        return self.layout.last_checkpoint, self.layout.best_checkpoint
 
     def _restore(self, run: TrainingRun) -> Progress:
         last, _ = self._checkpoint_paths()

@@ -3,6 +3,7 @@ bundle's ModelSpec, frames input, resume per encoder, the schedule on resume, th
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,7 +22,18 @@ from audiotokens.model.bundle import load_bundle, save_bundle
 from audiotokens.config import load_config
 from audiotokens.errors import UserError
 from audiotokens.evaluation.evaluate import Evaluator
-from audiotokens.model.parts import CLS, ENCODERS, MASK, PAD, POOLINGS, SEP, TOKEN_OFFSET, AudioClassifier, ModelSpec
+from audiotokens.model.parts import (
+    CLS,
+    ENCODERS,
+    MASK,
+    PAD,
+    POOLINGS,
+    SEP,
+    TOKEN_OFFSET,
+    AudioClassifier,
+    ModelSpec,
+    decode_tables,
+)
 from audiotokens.model.objectives import objective_for
 from audiotokens.tokens.quantizers import Quantizer
 from audiotokens.model.inputs import pack_frames, pack_sequences
@@ -135,6 +147,21 @@ def test_decoded_embeddings_are_the_projection_of_the_decoded_frames(combine):
     expected = torch.stack([special[CLS], W @ frames[0] + b, W @ frames[1] + b, special[SEP], special[PAD],
                             special[MASK]])
     torch.testing.assert_close(embedder(ids, torch.ones(1, 6, dtype=torch.long))[0], expected)
+
+
+def test_only_a_tokens_model_with_decoded_embeddings_gets_decode_tables():
+    books = [np.arange(6, dtype=np.float64).reshape(3, 2), np.ones((4, 2))]
+    for book in books:
+        book.flags.writeable = False  # as a loaded quantizer's codebooks are
+    vocab = SimpleNamespace(quantizer=SimpleNamespace(codebooks=books))
+    for embedding in ("decoded", "decoded+learned"):
+        tables = decode_tables("tokens", embedding, vocab)
+        assert [t.dtype for t in tables] == [np.float32, np.float32] and all(t.flags.writeable for t in tables)
+        assert all(np.array_equal(t, book) for t, book in zip(tables, books))
+        assert tiny_spec(token_embedding=embedding).decodes
+    assert decode_tables("tokens", "learned", vocab) == [] and not tiny_spec(token_embedding="learned").decodes
+    assert decode_tables("frames", "decoded", None) == []  # a frames model reads frames: no vocabulary needed
+    assert not ModelSpec(classes=["a"], input="frames", token_embedding="decoded", input_dim=4).decodes
 
 
 def test_decoded_plus_learned_starts_at_the_decoded_embedding_and_learns_per_id():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from audiotokens.training.augment import BalancedSampler, apply_frame_mask, apply_token_mask, content_positions, crop_starts, mask_freq_bands, mask_time_spans, mix_masks, mixup, random_crop
-from audiotokens.model.windows import eval_windows, mean_window_scores
+from audiotokens.model.windows import clip_windows, eval_windows, mean_over_windows
 from audiotokens.model.parts import CLS, MASK, PAD, SEP
 from audiotokens.model.inputs import pack_sequences
 
@@ -104,22 +104,23 @@ def test_eval_windows_cover_the_clip_to_its_end(length, window, hop):
 
 
 def test_window_averaged_scores_equal_the_mean_of_windows_scored_one_by_one():
-    torch.manual_seed(0)
-    weights = torch.randn(4, 3)
+    rng = np.random.default_rng(0)
+    weights = rng.normal(size=(4, 3))
 
-    def score_batch(windows):  # padded batch, masked mean pooling: padding must not change a window's score
-        width = max(len(w) for w in windows)
-        padded = torch.zeros(len(windows), width, 4)
-        mask = torch.zeros(len(windows), width, 1)
-        for i, w in enumerate(windows):
-            padded[i, :len(w)], mask[i, :len(w)] = w, 1
-        pooled = (padded * mask).sum(1) / mask.sum(1)
-        return torch.softmax(pooled @ weights, dim=-1)
+    def score(window):  # mean pooling, softmax: probabilities of one window
+        logits = window.mean(axis=0) @ weights
+        return np.exp(logits) / np.exp(logits).sum()
 
-    sequence = torch.randn(101, 4)
-    averaged = mean_window_scores(score_batch, sequence, window=30, hop=20, windows_per_call=2)
-    one_by_one = [score_batch([sequence[a:b]])[0] for a, b in eval_windows(101, 30, 20)]
-    torch.testing.assert_close(averaged, torch.stack(one_by_one).mean(0))
+    clips = [rng.normal(size=(length, 4)).astype(np.float32) for length in (101, 30, 7, 64)]
+    items, counts = clip_windows([len(clip) for clip in clips], 30, 20)
+    assert [i for i, _, _ in items] == sorted(i for i, _, _ in items)  # clip by clip
+    window_scores = np.stack([score(clips[i][start:stop]) for i, start, stop in items]).astype(np.float32)
+    averaged = mean_over_windows(window_scores, counts)
+    one_by_one = [np.mean([score(clip[a:b]) for a, b in eval_windows(len(clip), 30, 20)], axis=0) for clip in clips]
+    assert averaged.dtype == np.float32 and counts.tolist() == [5, 1, 1, 3]
+    np.testing.assert_allclose(averaged, one_by_one, rtol=1e-6)
+    whole, ones = clip_windows([101, 7], 0, 0)
+    assert whole == [(0, 0, 101), (1, 0, 7)] and ones.tolist() == [1, 1]
 
 
 def test_mixup_mixes_targets_with_the_same_weights_as_inputs():

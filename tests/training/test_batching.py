@@ -5,7 +5,7 @@ import pytest
 from stores import make_workdir
 from torch.utils.data import DataLoader
 
-from audiotokens.model.batching import FrameBudgetSampler, padded_fraction, worst_batch
+from audiotokens.model.batching import FrameBudgetSampler, length_ordered_batches, padded_fraction, worst_batch
 from audiotokens.errors import UserError
 from audiotokens.model.objectives import objective_for
 from audiotokens.training.datasets import TokenClipDataset
@@ -75,6 +75,12 @@ def test_evaluation_order_is_longest_first_and_fixed():
     assert list(sampler) == batches
     flat = [i for b in batches for i in b]
     assert list(lengths[flat]) == sorted(lengths, reverse=True)
+
+
+def test_length_ordered_batches_by_count_and_by_budget():
+    lengths = [3, 9, 5, 9, 1]
+    assert length_ordered_batches(lengths, batch_size=2) == [[1, 3], [2, 0], [4]]  # ties keep their order
+    assert length_ordered_batches(lengths, batch_size=8, batch_frames=18) == [[1, 3], [2, 0, 4]]  # 2 x 9, 3 x 5
 
 
 def test_less_padding_than_random_batches_of_the_same_clip_count():
