@@ -8,15 +8,15 @@ import time
 
 import numpy as np
 import pytest
+from spectrogram_workdirs import clip, count_processed, distinct_clips, interrupt_after, write_split
 from stores import write_store, write_vocabulary
-from test_spectrogram import clip, count_processed, distinct_clips, interrupt_after, write_split
 
-from audiotokens.pipeline.layout import Layout
 from audiotokens.config import load_config
 from audiotokens.errors import UserError
+from audiotokens.features.spectrogram import SpectrogramProcessor
+from audiotokens.pipeline.layout import Layout
 from audiotokens.pipeline.lock import workdir_lock
 from audiotokens.pipeline.shards import Shard, dask_client, local_cluster, shard_lock
-from audiotokens.features.spectrogram import SpectrogramProcessor
 from audiotokens.tokens.tokenize import SpecTokenizer
 
 STORE_FILES = ("frames", "frames_index", "frame_spec", "frames_report")
