@@ -108,12 +108,12 @@ class SpectrogramConfig:
     ssl_layer: int = -1  # ssl: hidden state index (0 = the feature projection, -1 = the last layer)
 
 
-TOKENIZERS = ("frame", "stacked", "subband", "residual", "scalar")
+QUANTIZERS = ("frame", "stacked", "subband", "residual", "scalar")
 
 
 @dataclass
 class ClusterConfig:
-    tokenizer: str = setting("frame", check=TOKENIZERS)
+    quantizer: str = setting("frame", check=QUANTIZERS)  # the kind of codebook (tokens/quantizer_kinds.py)
     n_clusters: int = setting(50, check="at_least_2")  # per codebook
     niter: int = setting(20, check="positive")
     seed: int = 0
@@ -275,6 +275,7 @@ def keys_also_defining(stage: str) -> tuple[str, ...]:
 # old `section.key` -> (new `section.key`, why it moved)
 MOVED = {f"train.{f.name}": (f"model.{f.name}", "the network's settings moved to [model]")
          for f in dataclasses.fields(ModelConfig)}
+MOVED["cluster.tokenizer"] = ("cluster.quantizer", "a quantizer is the kind of codebook the vocabulary is made of")
 
 
 def frame_keys() -> tuple[str, ...]:

@@ -40,7 +40,7 @@ settings_of() {  # SPEC -> --set options
   if [ "$name" = frames ]; then
     echo "--set model.input=frames"
   else
-    echo "--set cluster.tokenizer=$name"
+    echo "--set cluster.quantizer=$name"
   fi
   IFS=, read -r -a pairs <<< "$rest"
   for key in "${pairs[@]}"; do

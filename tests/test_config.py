@@ -78,6 +78,20 @@ def test_a_network_key_under_train_names_its_new_place_from_set_and_from_a_file(
     assert str(caught.value) == expected
 
 
+def test_the_tokenizer_key_names_its_new_name_from_set_and_from_a_file(tmp_path):
+    expected = ("'cluster.tokenizer' is now 'cluster.quantizer': a quantizer is the kind of codebook the "
+                "vocabulary is made of")
+    with pytest.raises(UserError) as caught:
+        load_config(overrides=["cluster.tokenizer=subband"])
+    assert str(caught.value) == expected
+    path = tmp_path / "old.toml"
+    path.write_text('[cluster]\ntokenizer = "subband"\n')
+    with pytest.raises(UserError) as caught:
+        load_config(path)
+    assert str(caught.value) == expected
+    assert load_config(overrides=["cluster.quantizer=subband"]).cluster.quantizer == "subband"
+
+
 def test_the_network_keys_load_from_the_model_section(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('[model]\nencoder = "conformer"\nnum_layers = 3\n[train]\nepochs = 4\n')

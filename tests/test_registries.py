@@ -35,7 +35,7 @@ def assert_same_names(offered, registered, offered_by: str, registry: str) -> No
 
 
 @pytest.mark.parametrize(("key", "registry", "registry_name"), [
-    ("cluster.tokenizer", KINDS, "tokens.quantizer_kinds.KINDS"),
+    ("cluster.quantizer", KINDS, "tokens.quantizer_kinds.KINDS"),
     ("spectrogram.features", FRAME_KINDS, "features.spectrogram.FRAME_KINDS"),
     ("data.source", SOURCES, "data.sources.SOURCES"),
 ], ids=["quantizer kinds", "frame kinds", "data sources"])
@@ -50,7 +50,7 @@ def test_the_config_offers_exactly_the_registered_kinds(key, registry, registry_
 
 
 def test_tokenizers_is_the_quantizer_registry():
-    assert_same_names(config.TOKENIZERS, KINDS, "config.TOKENIZERS", "tokens.quantizer_kinds.KINDS")
+    assert_same_names(config.QUANTIZERS, KINDS, "config.QUANTIZERS", "tokens.quantizer_kinds.KINDS")
 
 
 @pytest.mark.parametrize("kind", KINDS.values(), ids=list(KINDS))

@@ -87,7 +87,7 @@ STAGES: tuple[Stage, ...] = (
            "--workers": "spectrogram.workers"}, sharded=True),
     Stage("cluster", "tokens.cluster:ClusterCreator", ("cluster",), _fixed(Input("split"), Input("spectrogram")),
           "Fit the tokenizer (k-means vocabulary) on training frames; writes output/vocabulary/.",
-          {"--tokenizer": "cluster.tokenizer", "--n-clusters": "cluster.n_clusters", "--niter": "cluster.niter",
+          {"--quantizer": "cluster.quantizer", "--n-clusters": "cluster.n_clusters", "--niter": "cluster.niter",
            "--seed": "cluster.seed", "--max-frames": "cluster.max_frames",
            "--spherical/--no-spherical": "cluster.spherical", "--gpu/--no-gpu": "cluster.gpu"},
           in_run=_quantises),

@@ -1,4 +1,4 @@
-"""`audiotokens cluster`: fit the tokenizer (cluster.tokenizer) on training-split frames only.
+"""`audiotokens cluster`: fit the tokenizer (cluster.quantizer) on training-split frames only.
 
 Which vectors train it is explicit: all training vectors (frames, or windows of `stack` frames) when they
 fit `cluster.memory_budget_gb` as float32 (or `cluster.max_frames` of them), else a uniform random sample

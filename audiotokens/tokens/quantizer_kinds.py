@@ -1,4 +1,4 @@
-"""Quantizer kinds (`cluster.tokenizer`): one registered class per kind of codebook, and `KINDS`, the registry.
+"""Quantizer kinds (`cluster.quantizer`): one registered class per kind of codebook, and `KINDS`, the registry.
 
 A kind is a small frozen dataclass whose fields are the [cluster] keys it reads besides the k-means
 settings every kind shares (`KMeansSettings`: n_clusters, niter, seed, spherical, gpu). The class says
@@ -6,7 +6,7 @@ how its codebooks combine into a vector (`combine`), whether it may be spherical
 it, how frames are grouped into the vectors that get a token (`geometry`), how it checks its settings
 (on construction), a training sample (`check_sample`) and a fitted quantizer read back from disk
 (`check_fitted`), how it fits (`fit`) and how a codebook is searched (`searcher`). A new kind is one class
-here plus one entry in KINDS; config.TOKENIZERS (the user-facing choice list, which config.py cannot take
+here plus one entry in KINDS; config.QUANTIZERS (the user-facing choice list, which config.py cannot take
 from here) names the same kinds, and tests/test_registries.py keeps the two equal. Whatever the kind, the
 fitted result is a `quantizers.Quantizer`, whose saved state names its kind.
 
@@ -253,7 +253,7 @@ def quantizer_kind(name: str, **settings: Any) -> QuantizerKind:
     kind reads is a TypeError (a misspelt setting would otherwise fall back to its default unnoticed).
     """
     if name not in KINDS:
-        raise UserError(f"cluster.tokenizer = {name!r} is not a tokenizer; choose one of {', '.join(KINDS)}")
+        raise UserError(f"cluster.quantizer = {name!r} is not a quantizer kind; choose one of {', '.join(KINDS)}")
     unknown = sorted(set(settings) - set(setting_keys()))
     if unknown:
         raise TypeError(f"no quantizer kind reads {', '.join(unknown)}; known: {', '.join(setting_keys())}")
@@ -262,8 +262,8 @@ def quantizer_kind(name: str, **settings: Any) -> QuantizerKind:
 
 
 def kind_from_config(cluster: ClusterConfig) -> QuantizerKind:
-    """The kind cluster.tokenizer names, with its settings from the [cluster] section."""
-    return quantizer_kind(cluster.tokenizer, **{key: getattr(cluster, key) for key in setting_keys()})
+    """The kind cluster.quantizer names, with its settings from the [cluster] section."""
+    return quantizer_kind(cluster.quantizer, **{key: getattr(cluster, key) for key in setting_keys()})
 
 
 def setting_keys() -> tuple[str, ...]:

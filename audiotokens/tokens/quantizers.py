@@ -2,7 +2,7 @@
 
 This module owns what a fitted token is: how frames are grouped into the vectors that get a token, how
 those vectors are encoded to ids and decoded back to quantised vectors, and how a fitted quantizer is
-saved and fingerprinted. The kinds of quantizer (`cluster.tokenizer`: frame, stacked, subband, residual,
+saved and fingerprinted. The kinds of quantizer (`cluster.quantizer`: frame, stacked, subband, residual,
 scalar), what each reads from [cluster] and how each fits, are classes in quantizer_kinds.py, looked up in
 its registry `KINDS`; `fit_quantizer` fits one. This module reads and writes no files; the cluster and
 tokenize stages do that with `Quantizer.state()` / `Quantizer.from_state()`.

@@ -302,8 +302,8 @@ class Pretrainer:
     def _check_aligned(self, frames_index: ClipIndex, tokens_index: ClipIndex) -> None:
         tokens = dict(zip(tokens_index.ids, tokens_index.lengths.tolist()))
         if any(tokens.get(i) not in (None, n) for i, n in zip(frames_index.ids, frames_index.lengths.tolist())):
-            raise UserError("pretrain.objective=masked_frames needs one token per frame; cluster.tokenizer "
-                            f"'{self.config.cluster.tokenizer}' makes tokens of several frames; use mlm")
+            raise UserError("pretrain.objective=masked_frames needs one token per frame; cluster.quantizer "
+                            f"'{self.config.cluster.quantizer}' makes tokens of several frames; use mlm")
 
     def _fit(self, model: MaskedPredictor, fit_loader: DataLoader, held_loader: DataLoader | None,
              vocab) -> list[dict[str, Any]]:

@@ -150,8 +150,8 @@ def test_listed_classes_say_whether_the_model_predicts_them(project):
     assert all(t["predicted"] for t in json.loads(text)[0]["top"])
 
 
-@pytest.mark.parametrize("tokenizer", ["cluster.tokenizer=subband cluster.bands=2",
-                                       "cluster.tokenizer=residual cluster.stages=2"], ids=["subband", "residual"])
+@pytest.mark.parametrize("tokenizer", ["cluster.quantizer=subband cluster.bands=2",
+                                       "cluster.quantizer=residual cluster.stages=2"], ids=["subband", "residual"])
 def test_a_decoded_model_of_two_codebooks_predicts_what_evaluate_scored(project, tmp_path, tokenizer):
     """Decoded embeddings over a two-codebook vocabulary (concatenated or summed entries): the bundle carries
     that vocabulary, its decoding tables are the codebooks, and predict on the audio gives evaluate's scores."""

@@ -274,10 +274,10 @@ def test_dead_codes_are_named(tmp_path):
 
 @pytest.mark.parametrize(("overrides", "expected"), [
     ([], ("frame", 1, 1, [DIM], [4])),
-    (["cluster.tokenizer=stacked", "cluster.stack=3", "cluster.stack_stride=2"], ("stacked", 3, 2, [3 * DIM], [4])),
-    (["cluster.tokenizer=subband", "cluster.bands=3"], ("subband", 1, 1, [3, 3, 2], [4] * 3)),
-    (["cluster.tokenizer=residual", "cluster.stages=2"], ("residual", 1, 1, [DIM, DIM], [4, 4])),
-    (["cluster.tokenizer=scalar", "cluster.levels=5"], ("scalar", 1, 1, [1] * DIM, [5] * DIM)),
+    (["cluster.quantizer=stacked", "cluster.stack=3", "cluster.stack_stride=2"], ("stacked", 3, 2, [3 * DIM], [4])),
+    (["cluster.quantizer=subband", "cluster.bands=3"], ("subband", 1, 1, [3, 3, 2], [4] * 3)),
+    (["cluster.quantizer=residual", "cluster.stages=2"], ("residual", 1, 1, [DIM, DIM], [4, 4])),
+    (["cluster.quantizer=scalar", "cluster.levels=5"], ("scalar", 1, 1, [1] * DIM, [5] * DIM)),
 ], ids=["frame", "stacked", "subband", "residual", "scalar"])
 def test_each_tokenizer_reads_its_own_cluster_keys(corpus, overrides, expected):
     workdir = corpus[0]
@@ -289,5 +289,5 @@ def test_each_tokenizer_reads_its_own_cluster_keys(corpus, overrides, expected):
 
 def test_a_stride_longer_than_the_stack_is_refused_before_any_frame_is_read(tmp_path):
     with pytest.raises(UserError, match=r"cluster\.stack_stride = 5 must be between 1 and cluster\.stack = 4"):
-        ClusterCreator(config_for(tmp_path, "cluster.tokenizer=stacked", "cluster.stack=4",
+        ClusterCreator(config_for(tmp_path, "cluster.quantizer=stacked", "cluster.stack=4",
                                   "cluster.stack_stride=5")).run()

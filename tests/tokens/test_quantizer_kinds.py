@@ -52,8 +52,8 @@ def best_validation_accuracy(workdir, *overrides: str) -> float:
 def test_two_codebooks_learn_what_one_codebook_of_the_same_size_cannot(tmp_path, embedding):
     xor_of_two_bands(tmp_path / "one")
     xor_of_two_bands(tmp_path / "two")
-    one = best_validation_accuracy(tmp_path / "one", "cluster.tokenizer=frame", f"model.token_embedding={embedding}")
-    two = best_validation_accuracy(tmp_path / "two", "cluster.tokenizer=subband", "cluster.bands=2",
+    one = best_validation_accuracy(tmp_path / "one", "cluster.quantizer=frame", f"model.token_embedding={embedding}")
+    two = best_validation_accuracy(tmp_path / "two", "cluster.quantizer=subband", "cluster.bands=2",
                                    f"model.token_embedding={embedding}")
     assert two >= 0.95, two
     assert one <= 0.75, one

@@ -334,7 +334,7 @@ KMEANS_KEYS = ("n_clusters", "spherical")  # fit_quantizer's; the other options 
 
 
 @pytest.mark.parametrize(("kind", "options", "key"), [
-    ("tokens", {}, "cluster.tokenizer"),
+    ("tokens", {}, "cluster.quantizer"),
     ("frame", {"n_clusters": 301}, "cluster.n_clusters"),  # one more than the sample has rows
     ("residual", {"n_clusters": 0}, "cluster.n_clusters"),
     ("subband", {"bands": N_MELS + 1}, "cluster.bands"),
