@@ -192,7 +192,6 @@ def assign(dataset: Dataset, config: Config, strategy: str) -> tuple[np.ndarray,
         chosen = carve(dataset, pool, share, split.seed, method, notes)
         sides[pool[chosen]] = VALIDATION
     elif strategy == "kfold":
-
         fold_of = kfold_sides([clips[i].labels for i in pool], len(dataset.classes),
                               [clips[i].group for i in pool] if grouped else None,
                               [clips[i].id for i in pool], split.folds, split.seed)

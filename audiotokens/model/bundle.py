@@ -232,7 +232,6 @@ def load_bundle(bundle_dir: str | Path, device: str | torch.device = "cpu") -> B
                         "re-run `audiotokens train`")
     vocabulary = None
     if spec.input == "tokens":
-
         vocabulary = load_vocabulary(bundle_dir / VOCABULARY, REBUILD)
         if vocabulary.digest != metadata.get("vocabulary_digest"):
             raise UserError(f"{bundle_dir / VOCABULARY} is not the vocabulary the model was trained with; {REBUILD}")
