@@ -285,11 +285,15 @@ def export_command(config, fmt, model_dir, out_path):
 @common_options()
 @click.option("--out", "out_path", default=None, type=click.Path(dir_okay=False),
               help="HTML file to write (default: <workdir>/output/report.html).")
-def report_command(config, out_path):
-    """One self-contained HTML page of the run: settings, splits, tokens, training, evaluation, baselines."""
+@click.option("--compare", "compare", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Workdir of another run (a frames control, a CNN, a sweep) whose model joins the answer table "
+                   "(repeatable).")
+def report_command(config, out_path, compare):
+    """One self-contained HTML page of the run: the answer first (models vs baselines, validation and test),
+    then splits, tokens, training, evaluation, robustness, baselines, and the settings folded away."""
     from .evaluation.html_report import write_report  # on use: start-up time
 
-    click.echo(f"wrote {write_report(config.workdir, out_path)}")
+    click.echo(f"wrote {write_report(config.workdir, out_path, compare)}")
 
 
 @main.command("config")
