@@ -93,6 +93,24 @@ def test_wrong_type_names_the_key_and_the_expected_type(project, tmp_path):
     assert "'spectrogram.hop_length' (4096) is larger than 'spectrogram.n_fft' (1024)" in message
 
 
+@pytest.mark.parametrize("override, expected", [
+    ("evaluate.threshold=nan", "'evaluate.threshold' must be a finite number, got nan"),
+    ("train.learning_rate=inf", "'train.learning_rate' must be a finite number, got inf"),
+    ("cluster.memory_budget_gb=inf", "'cluster.memory_budget_gb' must be a finite number, got inf"),
+    ("train.mixup_alpha=inf", "'train.mixup_alpha' must be a finite number, got inf"),
+    ("model.margin=inf", "'model.margin' must be a finite number, got inf"),
+    ("model.scale=inf", "'model.scale' must be a finite number, got inf"),
+    ("split.seed=-1", "'split.seed' must be in [0, 2**31 - 1], got -1"),
+    ("train.seed=-1", "'train.seed' must be in [0, 2**31 - 1], got -1"),
+    ("cluster.seed=4294967296", "'cluster.seed' must be in [0, 2**31 - 1], got 4294967296"),
+])
+def test_non_finite_floats_and_seeds_out_of_range_are_one_line_before_any_stage(tmp_path, override, expected):
+    section = override.split(".")[0]
+    stage = {"split": "split", "cluster": "cluster", "evaluate": "evaluate"}.get(section, "train")
+    assert user_error(stage, "--workdir", str(tmp_path), "--set", override) == f"error: {expected}"
+    assert not any(tmp_path.iterdir())  # nothing ran
+
+
 def test_more_clusters_than_training_frames(own_project):
     message = user_error("cluster", *common(own_project), "--set", "cluster.n_clusters=100000")
     assert "cluster.n_clusters = 100000" in message and "lower cluster.n_clusters" in message

@@ -152,3 +152,41 @@ def test_roles_separate_what_a_frame_is_from_storage_and_speed():
     assert {"spectrogram.workers", "tokenize.batch_frames", "cluster.gpu", "train.device"} <= runtime
     assert not runtime & {"cluster.n_clusters", "split.seed", "train.epochs"}
     assert {"data.manifest", "split.test_list", "split.validation_list"} <= keys_with_role(FILE)
+
+
+FLOAT_KEYS = [f"{s.name}.{f.name}" for s in dataclasses.fields(Config) if s.name != "workdir"
+              for f in dataclasses.fields(s.default_factory) if f.type in (float, "float")]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+def test_every_float_key_refuses_non_finite_values_from_set_and_from_a_file(tmp_path, key, value):
+    with pytest.raises(UserError) as caught:
+        load_config(overrides=[f"{key}={value}"])
+    assert str(caught.value) == f"'{key}' must be a finite number, got {float(value)}"
+    section, name = key.split(".")
+    path = tmp_path / "c.toml"
+    path.write_text(f"[{section}]\n{name} = {value}\n")  # TOML's own nan and inf
+    with pytest.raises(UserError, match=f"'{key}' must be a finite number"):
+        load_config(path)
+
+
+def test_the_float_keys_include_those_that_passed_their_range_when_infinite():
+    assert {"evaluate.threshold", "train.learning_rate", "cluster.memory_budget_gb", "train.mixup_alpha",
+            "model.margin", "model.scale", "train.weight_decay"} <= set(FLOAT_KEYS)
+
+
+SEED_KEYS = [key for key in valid_keys() if key.endswith(".seed")]
+
+
+@pytest.mark.parametrize("value", [-1, 2**31, 2**32])
+@pytest.mark.parametrize("key", SEED_KEYS)
+def test_seeds_outside_what_every_random_generator_takes_are_refused(key, value):
+    with pytest.raises(UserError) as caught:
+        load_config(overrides=[f"{key}={value}"])
+    assert str(caught.value) == f"'{key}' must be in [0, 2**31 - 1], got {value}"
+
+
+def test_the_largest_seed_is_accepted_and_every_stage_has_one():
+    assert {"split.seed", "cluster.seed", "train.seed", "pretrain.seed", "baseline.seed"} <= set(SEED_KEYS)
+    assert load_config(overrides=[f"{key}={2**31 - 1}" for key in SEED_KEYS]).cluster.seed == 2**31 - 1
