@@ -64,6 +64,7 @@ from .epoch_log import NoTrainingLog, TrainingLog, epoch_line, finite_or_none, f
 from .finetune import FineTuning
 from .loaders import (
     LengthPlan,
+    check_model_size,
     check_run_memory,
     evaluate_split,
     evaluation_loader,
@@ -411,6 +412,7 @@ class ModelBuilder:
         plan = LengthPlan.from_settings(settings)
         spec = model_spec(self.config, classes, plan.model_frames(max_frames), splits, vocab, tables)
 
+        check_model_size(spec=spec, tables=tables, device=pick_device(settings.device), network=network)
         seed_everything(settings.seed)
         model = AudioClassifier(spec=spec, decode_tables=[torch.from_numpy(t) for t in tables])
         self.fine_tuning = FineTuning.from_settings(settings)
