@@ -111,6 +111,14 @@ def test_non_finite_floats_and_seeds_out_of_range_are_one_line_before_any_stage(
     assert not any(tmp_path.iterdir())  # nothing ran
 
 
+@pytest.mark.parametrize("spec, expected", [
+    ("noise:snr=-1000", "snr must be in [-60, 120] dB, got -1000"),
+    ("reverb:rt60=1e7", "rt60 must be in (0, 30] seconds, got 1e+07"),
+])
+def test_corruptions_beyond_their_range_are_one_line(project, spec, expected):
+    assert user_error("evaluate", *common(project), "--corrupt", spec) == f"error: --corrupt {spec}: {expected}"
+
+
 def test_more_clusters_than_training_frames(own_project):
     message = user_error("cluster", *common(own_project), "--set", "cluster.n_clusters=100000")
     assert "cluster.n_clusters = 100000" in message and "lower cluster.n_clusters" in message
