@@ -406,6 +406,27 @@ def validate(config: Config) -> None:
         raise UserError(f"'model.hidden_size' ({model.hidden_size}) must be a multiple of "
                         f"'model.num_heads' ({model.num_heads})")
     check_spectrogram(config.spectrogram)
+    _check_split_shares(config.split)
+    _check_evaluation_windows(config.train)
+
+
+def _check_split_shares(split: SplitConfig) -> None:
+    """Validation and test shares of the same clips must leave some for training (test_ratio applies unless a
+    list or the official side names the test split)."""
+    draws_test = not split.test_list and not (split.strategy == "official" and split.official_side == "test")
+    if draws_test and split.validation_ratio + split.test_ratio >= 1:
+        raise UserError(f"'split.validation_ratio' ({split.validation_ratio:g}) + 'split.test_ratio' "
+                        f"({split.test_ratio:g}) = {split.validation_ratio + split.test_ratio:g} leaves no clip "
+                        "for training; keep their sum below 1")
+
+
+def _check_evaluation_windows(train: TrainConfig) -> None:
+    """Windows further apart than their length would leave frames between them unscored."""
+    window = train.eval_window or train.crop_frames
+    if window and train.eval_hop > window:
+        raise UserError(f"'train.eval_hop' ({train.eval_hop}) is larger than the evaluation window ({window} "
+                        "frames: train.eval_window, or train.crop_frames when it is 0): frames between windows "
+                        "would never be scored; use eval_hop <= the window")
 
 
 def check_spectrogram(spec: SpectrogramConfig) -> None:

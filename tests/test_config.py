@@ -125,12 +125,25 @@ def test_every_key_is_listed():
     (["spectrogram.sample_rate=16000", "spectrogram.fmax=9000"], r"fmax.*sample_rate / 2 \(8000\)"),
     (["spectrogram.fmin=5000", "spectrogram.fmax=4000"], r"0 <= fmin < fmax"),
     (["spectrogram.n_fft=64", "spectrogram.hop_length=32"], r"'spectrogram\.n_mels' \(64\) is more than the 33"),
+    (["split.validation_ratio=0.6", "split.test_ratio=0.5"],
+     r"'split\.validation_ratio' \(0\.6\) \+ 'split\.test_ratio' \(0\.5\) = 1\.1 leaves no clip for training"),
+    (["split.validation_ratio=0.5", "split.test_ratio=0.5"], r"= 1 leaves no clip for training"),
+    (["train.eval_window=100", "train.eval_hop=150"],
+     r"'train\.eval_hop' \(150\) is larger than the evaluation window \(100 frames"),
+    (["train.crop_frames=64", "train.eval_hop=65"], r"'train\.eval_hop' \(65\) is larger than the evaluation window \(64"),
 ])
 def test_values_that_would_fail_deep_inside_a_stage_are_one_line_errors_at_load(overrides, pattern):
     """Caught when the config is read (before any stage runs), as one line naming the key."""
     with pytest.raises(UserError, match=pattern) as caught:
         load_config(overrides=overrides)
     assert "\n" not in str(caught.value)
+
+
+def test_shares_and_windows_that_fit_are_accepted():
+    load_config(overrides=["split.validation_ratio=0.5", "split.test_ratio=0.49"])
+    load_config(overrides=["split.validation_ratio=0.95", "split.test_list=ids.txt"])  # the list replaces the ratio
+    load_config(overrides=["train.eval_window=100", "train.eval_hop=100"])
+    load_config(overrides=["train.eval_hop=500"])  # no window: whole clips, the hop is unused
 
 
 def test_checks_apply_to_values_from_a_file_too(tmp_path):
