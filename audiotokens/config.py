@@ -220,7 +220,7 @@ class PretrainConfig:
 @dataclass
 class BaselineConfig:
     models: str = "svm,logreg"  # comma-separated: svm, logreg; or all
-    n_mfcc: int = setting(40, check="positive")
+    n_mfcc: int = setting(0, check="non_negative")  # 0 = min(40, spectrogram.n_mels)
     seed: int = setting(0, check="seed")
     workers: int = setting(0, role=RUNTIME, check="non_negative")  # 0 = number of cores
 
@@ -406,6 +406,10 @@ def validate(config: Config) -> None:
         raise UserError(f"'model.hidden_size' ({model.hidden_size}) must be a multiple of "
                         f"'model.num_heads' ({model.num_heads})")
     check_spectrogram(config.spectrogram)
+    if config.baseline.n_mfcc > config.spectrogram.n_mels:
+        raise UserError(f"'baseline.n_mfcc' ({config.baseline.n_mfcc}) is more than 'spectrogram.n_mels' "
+                        f"({config.spectrogram.n_mels}) the MFCCs are computed from; lower baseline.n_mfcc, or "
+                        "set it to 0 for min(40, n_mels)")
     _check_split_shares(config.split)
     _check_evaluation_windows(config.train)
 

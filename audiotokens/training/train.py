@@ -358,6 +358,11 @@ class ModelBuilder:
         self.layout = Layout(config.workdir)
         self.ranks = distributed.launched()  # one process, or this one of torchrun's
 
+    @staticmethod
+    def check_settings(config: Config) -> None:
+        """What the config alone says is wrong with the network (pipeline.run checks it before any stage)."""
+        check_parts(config.model)
+
     def run(self) -> dict[str, Any]:
         try:
             return self._run()
