@@ -3,8 +3,9 @@
 Everything here is a thin layer over the modules the CLI uses (model.audio_tokenizer, bundle, predict,
 pipeline), so a score, a token or an error is the same from Python as from the shell; they are imported on
 use, so `import audiotokens` stays quick. Audio in memory is a
-(waveform, sample_rate) pair: a numpy array or torch tensor, either mono (n,) or (channels, n); channels
-are averaged, then the waveform is resampled to the model's rate, exactly as a file would be.
+(waveform, sample_rate) pair: a numpy array or torch tensor, either mono (n,) or (channels, n) (torchaudio's
+layout) or (n, channels) (soundfile's: the longer axis is taken as time); channels are averaged, then the
+waveform is resampled to the model's rate, exactly as a file would be.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from .errors import UserError
 
-Waveform = Any  # numpy array or torch tensor, (n,) or (channels, n)
+Waveform = Any  # numpy array or torch tensor, (n,), (channels, n) or (n, channels)
 Item = str | Path | tuple[Waveform, int]
 
 

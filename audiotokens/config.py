@@ -10,7 +10,8 @@ Each key may carry, beside its default:
                      the frame spec)
            FILE      names a file whose content is part of the stage's identity (hashed into the fingerprint)
            RESUMABLE may change between a training run and its --resume
-  check    a range ("positive", "non_negative", "unit", "fraction") or a tuple of allowed choices
+  check    a range ("positive", "non_negative", "unit", "fraction", "seed") or a tuple of allowed choices;
+           every float key must also be finite (no nan or inf), whatever its check
   also_defines  a stage outside the key's own section whose output the key defines too (that stage's
            `keys`): the network a pre-training hands on, the unlabelled audio the split catalogues
 
@@ -19,6 +20,7 @@ Keys that moved to another section are refused in one line naming their new plac
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +42,8 @@ RANGES = {
     "unit": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "at_least_2": (lambda v: v >= 2, ">= 2"),
+    # numpy's legacy seeding and scikit-learn take [0, 2**32); faiss's k-means seed is a C int
+    "seed": (lambda v: 0 <= v < 2**31, "in [0, 2**31 - 1]"),
 }
 
 
@@ -81,7 +85,7 @@ class SplitConfig:
     test_list: str = setting("", role=FILE)  # file of test ids (one per line) or a segments CSV
     folds: int = setting(5, check="at_least_2")  # kfold: number of folds
     fold: int = setting(0, check="non_negative")  # kfold: the fold used as validation
-    seed: int = 0
+    seed: int = setting(0, check="seed")
 
 
 @dataclass
@@ -116,7 +120,7 @@ class ClusterConfig:
     quantizer: str = setting("frame", check=QUANTIZERS)  # the kind of codebook (tokens/quantizer_kinds.py)
     n_clusters: int = setting(50, check="at_least_2")  # per codebook
     niter: int = setting(20, check="positive")
-    seed: int = 0
+    seed: int = setting(0, check="seed")
     max_frames: int = setting(0, check="non_negative")  # 0 = all training frames within memory_budget_gb
     memory_budget_gb: float = setting(4.0, check="positive")
     spherical: bool = False
@@ -187,7 +191,7 @@ class TrainConfig:
     amp: bool = True  # bf16 where supported, else fp16 with a grad scaler (CUDA only)
     patience: int = setting(0, role=RESUMABLE, check="non_negative")  # early stopping; 0 = off
     threshold: float = setting(0.5, check="unit")
-    seed: int = 0
+    seed: int = setting(0, check="seed")
     device: str = setting("auto", role=RUNTIME, check=("auto", "cuda", "mps", "cpu"))
     num_workers: int = setting(2, role=RUNTIME, check="non_negative")
     objective: str = setting("classify", check=("classify", "contrastive"))  # contrastive: training/contrastive.py
@@ -210,14 +214,14 @@ class PretrainConfig:
     batch_size: int = setting(16, check="positive")
     learning_rate: float = setting(1e-4, check="positive")
     heldout: float = setting(0.1, check="fraction")  # clips held out to report loss and masked accuracy
-    seed: int = 0
+    seed: int = setting(0, check="seed")
 
 
 @dataclass
 class BaselineConfig:
     models: str = "svm,logreg"  # comma-separated: svm, logreg; or all
-    n_mfcc: int = setting(40, check="positive")
-    seed: int = 0
+    n_mfcc: int = setting(0, check="non_negative")  # 0 = min(40, spectrogram.n_mels)
+    seed: int = setting(0, check="seed")
     workers: int = setting(0, role=RUNTIME, check="non_negative")  # 0 = number of cores
 
 
@@ -384,16 +388,49 @@ def check_value(name: str, value: Any, check: str | tuple) -> None:
         raise UserError(f"'{name}' must be {wording}, got {value}")
 
 
+def check_finite(name: str, value: Any) -> None:
+    """Refuse nan and inf for every float key, from a file (TOML's nan, inf) or from --set alike: inf passes
+    the open-ended ranges and nan any key without a range, and either ends deep inside a stage."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"'{name}' must be a finite number, got {value}")
+
+
 def validate(config: Config) -> None:
     """Every declared check, then the cross-field ones a wrong value would turn into a deep traceback."""
     for section in SECTIONS:
         for f in _fields(section):
+            check_finite(f"{section}.{f.name}", getattr(getattr(config, section), f.name))
             check_value(f"{section}.{f.name}", getattr(getattr(config, section), f.name), f.metadata.get("check", ()))
     model = config.model
     if model.hidden_size % model.num_heads:
         raise UserError(f"'model.hidden_size' ({model.hidden_size}) must be a multiple of "
                         f"'model.num_heads' ({model.num_heads})")
     check_spectrogram(config.spectrogram)
+    if config.baseline.n_mfcc > config.spectrogram.n_mels:
+        raise UserError(f"'baseline.n_mfcc' ({config.baseline.n_mfcc}) is more than 'spectrogram.n_mels' "
+                        f"({config.spectrogram.n_mels}) the MFCCs are computed from; lower baseline.n_mfcc, or "
+                        "set it to 0 for min(40, n_mels)")
+    _check_split_shares(config.split)
+    _check_evaluation_windows(config.train)
+
+
+def _check_split_shares(split: SplitConfig) -> None:
+    """Validation and test shares of the same clips must leave some for training (test_ratio applies unless a
+    list or the official side names the test split)."""
+    draws_test = not split.test_list and not (split.strategy == "official" and split.official_side == "test")
+    if draws_test and split.validation_ratio + split.test_ratio >= 1:
+        raise UserError(f"'split.validation_ratio' ({split.validation_ratio:g}) + 'split.test_ratio' "
+                        f"({split.test_ratio:g}) = {split.validation_ratio + split.test_ratio:g} leaves no clip "
+                        "for training; keep their sum below 1")
+
+
+def _check_evaluation_windows(train: TrainConfig) -> None:
+    """Windows further apart than their length would leave frames between them unscored."""
+    window = train.eval_window or train.crop_frames
+    if window and train.eval_hop > window:
+        raise UserError(f"'train.eval_hop' ({train.eval_hop}) is larger than the evaluation window ({window} "
+                        "frames: train.eval_window, or train.crop_frames when it is 0): frames between windows "
+                        "would never be scored; use eval_hop <= the window")
 
 
 def check_spectrogram(spec: SpectrogramConfig) -> None:

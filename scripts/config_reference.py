@@ -50,9 +50,10 @@ epochs = 40
 ```
 
 **Columns.** *allowed* is checked when the configuration is loaded: a list of choices, or a range
-(*positive* means > 0). A few checks span several keys (frame settings that only make sense together,
-sizes that must divide each other); their messages name the keys. *role* says how a key takes part in
-deciding what is stale (see [the pipeline](pipeline.md#re-running-one-stage)):
+(*positive* means > 0); every float must be a finite number (`nan` and `inf` are refused). A few checks
+span several keys (frame settings that only make sense together, sizes that must divide each other); their
+messages name the keys. *role* says how a key takes part in deciding what is stale (see
+[the pipeline](pipeline.md#re-running-one-stage)):
 
 | role | meaning |
 |---|---|

@@ -106,6 +106,12 @@ def build_corpus(folder: Path, hour: bool = True) -> dict[str, Case]:
     short = folder / "short.wav"
     sf.write(short, tone(0.02, 1000.0), RATE)  # 320 samples -> 441 at 22050 Hz < n_fft 1024
     add("too_short", short, "too short", "20 ms, fewer samples than n_fft")
+    one_hertz = folder / "one_hertz.wav"
+    sf.write(one_hertz, tone(64.0, 0.1, rate=1), 1)  # a header saying 1 Hz: not audio at 22,050-fold upsampling
+    add("one_hertz", one_hertz, "implausible sample rate", "wav whose header declares 1 Hz")
+    low = folder / "low_rate.wav"
+    sf.write(low, tone(1.0, 100.0, rate=999), 999)
+    add("999_hz", low, "implausible sample rate", "wav at 999 Hz, just under the lowest rate taken")
     if hour:
         add("one_hour", write_hour(folder / "hour.wav"), None, f"{HOUR_SECONDS} s int16 wav at {HOUR_RATE} Hz")
     surround = folder / "surround.wav"

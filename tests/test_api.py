@@ -81,6 +81,9 @@ def test_in_memory_audio_at_another_rate_equals_the_cli_on_the_same_audio_as_a_f
     expected = as_dicts(cli_json([path], project, top_k=3))[0]
     for waveform in (stereo, torch.from_numpy(stereo)):
         assert_same_predictions(model.predict([(waveform, OTHER_RATE)], top_k=3), [expected])
+    np.testing.assert_array_equal(model.scores([(stereo.T, OTHER_RATE)]),  # soundfile's (n, channels)
+                                  model.scores([(stereo, OTHER_RATE)]))
+    assert_same_predictions(model.predict([sf.read(path, dtype="float32")], top_k=3), [expected])
     mono_path = tmp_path / "mono.wav"
     sf.write(mono_path, stereo[0], OTHER_RATE, subtype="FLOAT")
     np.testing.assert_allclose(model.scores([(stereo[0], OTHER_RATE)]), model.scores([mono_path]), atol=1e-6)
@@ -116,7 +119,9 @@ def test_a_frames_model_scores_like_the_cli(project, tmp_path):
 def test_bad_items_are_user_errors(model, tmp_path):
     with pytest.raises(audiotokens.UserError, match="sample rate"):
         model.scores([(np.zeros(20000, dtype=np.float32), 0)])
-    with pytest.raises(audiotokens.UserError, match=r"\(channels, n\)"):
+    with pytest.raises(audiotokens.UserError, match="at least 1000 Hz, got 1"):  # not upsampled 16,000-fold
+        model.scores([(np.zeros(20000, dtype=np.float32), 1)])
+    with pytest.raises(audiotokens.UserError, match=r"\(channels, n\) or \(n, channels\)"):
         model.scores([(np.zeros((1, 2, 20000), dtype=np.float32), 16000)])
     with pytest.raises(audiotokens.UserError, match="too short"):
         model.scores([(np.zeros(100, dtype=np.float32), 16000)])

@@ -93,6 +93,39 @@ def test_wrong_type_names_the_key_and_the_expected_type(project, tmp_path):
     assert "'spectrogram.hop_length' (4096) is larger than 'spectrogram.n_fft' (1024)" in message
 
 
+BAD_VALUES = [  # (command, arguments, the exact error): values that once ended in a traceback or were taken
+    ("evaluate", ["--set", "evaluate.threshold=nan"], "'evaluate.threshold' must be a finite number, got nan"),
+    ("train", ["--set", "train.learning_rate=inf"], "'train.learning_rate' must be a finite number, got inf"),
+    ("cluster", ["--set", "cluster.memory_budget_gb=inf"],
+     "'cluster.memory_budget_gb' must be a finite number, got inf"),
+    ("train", ["--set", "train.mixup_alpha=inf"], "'train.mixup_alpha' must be a finite number, got inf"),
+    ("train", ["--set", "model.head=am_softmax", "--set", "model.margin=inf"],
+     "'model.margin' must be a finite number, got inf"),
+    ("train", ["--set", "model.head=am_softmax", "--set", "model.scale=inf"],
+     "'model.scale' must be a finite number, got inf"),
+    ("split", ["--set", "split.seed=-1"], "'split.seed' must be in [0, 2**31 - 1], got -1"),
+    ("train", ["--set", "train.seed=-1"], "'train.seed' must be in [0, 2**31 - 1], got -1"),
+    ("cluster", ["--set", "cluster.seed=4294967296"], "'cluster.seed' must be in [0, 2**31 - 1], got 4294967296"),
+    ("train", ["--set", "model.hidden_size=1048576"], "hidden_size=1048576"),  # terabytes of weights
+    ("train", ["--set", "model.max_length=1000000000"], "max_length=1000000000"),
+    ("evaluate", ["--corrupt", "noise:snr=-1000"], "--corrupt noise:snr=-1000: snr must be in [-60, 120] dB, got -1000"),
+    ("evaluate", ["--corrupt", "reverb:rt60=1e7"],
+     "--corrupt reverb:rt60=1e7: rt60 must be in (0, 30] seconds, got 1e+07"),
+]
+
+
+@pytest.mark.parametrize("command, arguments, expected", BAD_VALUES, ids=[" ".join(a) for _, a, _ in BAD_VALUES])
+def test_bad_values_are_one_line_naming_the_key_and_the_trained_model_stays(own_project, command, arguments,
+                                                                             expected):
+    bundle = own_project / "work/output/model"
+    before = {path.name: path.read_bytes() for path in bundle.iterdir() if path.is_file()}
+    message = user_error(command, *common(own_project), *arguments)  # exit code 2, one line, no traceback
+    assert expected in message
+    if "--set" in arguments:
+        assert arguments[-1].split("=")[0] in message
+    assert {path.name: path.read_bytes() for path in bundle.iterdir() if path.is_file()} == before
+
+
 def test_more_clusters_than_training_frames(own_project):
     message = user_error("cluster", *common(own_project), "--set", "cluster.n_clusters=100000")
     assert "cluster.n_clusters = 100000" in message and "lower cluster.n_clusters" in message

@@ -125,12 +125,25 @@ def test_every_key_is_listed():
     (["spectrogram.sample_rate=16000", "spectrogram.fmax=9000"], r"fmax.*sample_rate / 2 \(8000\)"),
     (["spectrogram.fmin=5000", "spectrogram.fmax=4000"], r"0 <= fmin < fmax"),
     (["spectrogram.n_fft=64", "spectrogram.hop_length=32"], r"'spectrogram\.n_mels' \(64\) is more than the 33"),
+    (["split.validation_ratio=0.6", "split.test_ratio=0.5"],
+     r"'split\.validation_ratio' \(0\.6\) \+ 'split\.test_ratio' \(0\.5\) = 1\.1 leaves no clip for training"),
+    (["split.validation_ratio=0.5", "split.test_ratio=0.5"], r"= 1 leaves no clip for training"),
+    (["train.eval_window=100", "train.eval_hop=150"],
+     r"'train\.eval_hop' \(150\) is larger than the evaluation window \(100 frames"),
+    (["train.crop_frames=64", "train.eval_hop=65"], r"'train\.eval_hop' \(65\) is larger than the evaluation window \(64"),
 ])
 def test_values_that_would_fail_deep_inside_a_stage_are_one_line_errors_at_load(overrides, pattern):
     """Caught when the config is read (before any stage runs), as one line naming the key."""
     with pytest.raises(UserError, match=pattern) as caught:
         load_config(overrides=overrides)
     assert "\n" not in str(caught.value)
+
+
+def test_shares_and_windows_that_fit_are_accepted():
+    load_config(overrides=["split.validation_ratio=0.5", "split.test_ratio=0.49"])
+    load_config(overrides=["split.validation_ratio=0.95", "split.test_list=ids.txt"])  # the list replaces the ratio
+    load_config(overrides=["train.eval_window=100", "train.eval_hop=100"])
+    load_config(overrides=["train.eval_hop=500"])  # no window: whole clips, the hop is unused
 
 
 def test_checks_apply_to_values_from_a_file_too(tmp_path):
@@ -152,3 +165,41 @@ def test_roles_separate_what_a_frame_is_from_storage_and_speed():
     assert {"spectrogram.workers", "tokenize.batch_frames", "cluster.gpu", "train.device"} <= runtime
     assert not runtime & {"cluster.n_clusters", "split.seed", "train.epochs"}
     assert {"data.manifest", "split.test_list", "split.validation_list"} <= keys_with_role(FILE)
+
+
+FLOAT_KEYS = [f"{s.name}.{f.name}" for s in dataclasses.fields(Config) if s.name != "workdir"
+              for f in dataclasses.fields(s.default_factory) if f.type in (float, "float")]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+def test_every_float_key_refuses_non_finite_values_from_set_and_from_a_file(tmp_path, key, value):
+    with pytest.raises(UserError) as caught:
+        load_config(overrides=[f"{key}={value}"])
+    assert str(caught.value) == f"'{key}' must be a finite number, got {float(value)}"
+    section, name = key.split(".")
+    path = tmp_path / "c.toml"
+    path.write_text(f"[{section}]\n{name} = {value}\n")  # TOML's own nan and inf
+    with pytest.raises(UserError, match=f"'{key}' must be a finite number"):
+        load_config(path)
+
+
+def test_the_float_keys_include_those_that_passed_their_range_when_infinite():
+    assert {"evaluate.threshold", "train.learning_rate", "cluster.memory_budget_gb", "train.mixup_alpha",
+            "model.margin", "model.scale", "train.weight_decay"} <= set(FLOAT_KEYS)
+
+
+SEED_KEYS = [key for key in valid_keys() if key.endswith(".seed")]
+
+
+@pytest.mark.parametrize("value", [-1, 2**31, 2**32])
+@pytest.mark.parametrize("key", SEED_KEYS)
+def test_seeds_outside_what_every_random_generator_takes_are_refused(key, value):
+    with pytest.raises(UserError) as caught:
+        load_config(overrides=[f"{key}={value}"])
+    assert str(caught.value) == f"'{key}' must be in [0, 2**31 - 1], got {value}"
+
+
+def test_the_largest_seed_is_accepted_and_every_stage_has_one():
+    assert {"split.seed", "cluster.seed", "train.seed", "pretrain.seed", "baseline.seed"} <= set(SEED_KEYS)
+    assert load_config(overrides=[f"{key}={2**31 - 1}" for key in SEED_KEYS]).cluster.seed == 2**31 - 1

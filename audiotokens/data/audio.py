@@ -35,6 +35,9 @@ BLOCK_FRAMES = 2**20  # samples per channel decoded at a time: 22 s at 48 kHz, 8
 # samples), so MP3 blocks are whole multiples of 1152.
 MP3_BLOCK_MULTIPLE = 1152
 _DECODER_ERRORS = (sf.LibsndfileError, RuntimeError, ValueError, TypeError, EOFError)
+# Below this a declared rate is a damaged header or not sound: 1 Hz would be upsampled 22,050-fold into
+# minutes of a few interpolated values. The lowest real rates (old telephony, 2-8 kHz) stay above it.
+MIN_SAMPLE_RATE = 1000
 
 
 class AudioError(Exception):
@@ -86,6 +89,7 @@ class AudioStream:
         self.frames = min(self.declared, int(max_duration * self.rate)) if max_duration > 0 else self.declared
         self.read = 0  # samples per channel decoded so far
         try:
+            check_sample_rate(self.rate)
             self._check_complete(ogg)
         except BaseException:
             self.close()
@@ -126,6 +130,12 @@ class AudioStream:
         if expected is not None and self.declared + 1 < expected:  # Opus: rescaled from 48 kHz, allow 1
             raise AudioError("truncated", f"only {self.declared} of the {expected} samples its last Ogg page "
                              "declares can be decoded (damaged data)")
+
+
+def check_sample_rate(rate: int) -> None:
+    if rate < MIN_SAMPLE_RATE:
+        raise AudioError("implausible sample rate", f"the file declares {rate} Hz; audio needs at least "
+                         f"{MIN_SAMPLE_RATE} Hz (a damaged header, or not a sound recording)")
 
 
 def to_mono(samples: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ A spec names one corruption:
   noise:dir=PATH,snr=10         the user's noise recordings (one drawn per clip, looped or cropped)
   reverb:rt60=0.6               a synthetic room: exponentially decaying noise impulse response
   reverb:dir=PATH               the user's recorded impulse responses (one drawn per clip)
+snr is bounded to [-60, 120] dB and rt60 to (0, 30] seconds (SNR_RANGE_DB, MAX_RT60: why beside them).
 SNR is exact over the whole clip: 10 log10(mean(signal^2) / mean(noise^2)). Reverb is a causal
 convolution (scipy.signal.fftconvolve) cropped to the input's length; every impulse response is
 scaled to unit energy, so the level of broadband input is kept. Everything random comes from the
@@ -30,6 +31,11 @@ from .sources.audio_files import is_audio_file
 NOISE_KINDS = ("white", "pink")
 SPEC_KEYS = {"noise": ("snr", "kind", "dir"), "reverb": ("rt60", "dir")}
 DECAY_DB = 60.0  # RT60: the time the response takes to fall by 60 dB
+# below -60 dB the noise swamps the clip by a factor of 1000 and its power overflows float32 spectrograms long
+# before the float32 samples do; above 120 dB it is under float32's resolution of the clip, so nothing changes
+SNR_RANGE_DB = (-60.0, 120.0)
+# the longest reverberation of real rooms is around 10 s; the response is rt60 seconds of float64 samples
+MAX_RT60 = 30.0
 
 
 @dataclass(kw_only=True)
@@ -199,8 +205,11 @@ def _noise_spec(spec: str, values: dict[str, str], folder: Path | None, files: l
         raise UserError(f"--corrupt {spec}: kind must be one of {', '.join(NOISE_KINDS)}, got '{noise}'")
     if folder is not None and "kind" in values:
         raise UserError(f"--corrupt {spec}: give either kind or dir, not both")
-    return Corruption(spec=spec, kind="noise", snr=_number(spec, "snr", values["snr"]), noise=noise,
-                      folder=folder, files=files)
+    snr = _number(spec, "snr", values["snr"])
+    low, high = SNR_RANGE_DB
+    if not low <= snr <= high:
+        raise UserError(f"--corrupt {spec}: snr must be in [{low:g}, {high:g}] dB, got {snr:g}")
+    return Corruption(spec=spec, kind="noise", snr=snr, noise=noise, folder=folder, files=files)
 
 
 def _reverb_spec(spec: str, values: dict[str, str], folder: Path | None, files: list[Path]) -> Corruption:
@@ -209,6 +218,6 @@ def _reverb_spec(spec: str, values: dict[str, str], folder: Path | None, files: 
     if folder is not None:
         return Corruption(spec=spec, kind="reverb", folder=folder, files=files)
     rt60 = _number(spec, "rt60", values["rt60"])
-    if rt60 <= 0:
-        raise UserError(f"--corrupt {spec}: rt60 must be positive, got {rt60:g}")
+    if not 0 < rt60 <= MAX_RT60:
+        raise UserError(f"--corrupt {spec}: rt60 must be in (0, {MAX_RT60:g}] seconds, got {rt60:g}")
     return Corruption(spec=spec, kind="reverb", rt60=rt60)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,8 @@ log = logging.getLogger("audiotokens")
 TRAIN, VALIDATION, TEST = 0, 1, 2
 TABLE_MAX_CLASSES = 30
 LIST_MAX = 20
+UNKNOWN_SHOWN = 3  # unknown ids of a list named in its error
+MAX_VALIDATION_SHARE = 0.9  # of the clips outside the test split: training keeps at least the rest
 
 
 class DatasetSplitter:
@@ -169,12 +172,12 @@ def assign(dataset: Dataset, config: Config, strategy: str) -> tuple[np.ndarray,
     pool = np.arange(len(clips))
     official_test = strategy == "official" and split.official_side == "test"
     if strategy == "official":
-        official = _official(dataset, split.validation_list, notes)
+        official = _official(dataset, split.validation_list)
         sides[official] = TEST if official_test else VALIDATION
         pool = np.flatnonzero(sides == TRAIN)
     if split.test_list:
-        wanted = read_id_list(split.test_list, "split.test_list")
-        sides[[i for i, clip in enumerate(dataset.all_clips()) if clip.id in wanted and sides[i] >= 0]] = TEST
+        usable = [i for i in range(len(sides)) if sides[i] >= 0]
+        sides[listed_positions(dataset, usable, split.test_list, "split.test_list")] = TEST
     elif not official_test and split.test_ratio > 0:
         method = "random" if strategy == "random" else "group" if grouped else "stratified"
         sides[pool[carve(dataset, pool, split.test_ratio, split.seed + 1, method)]] = TEST
@@ -188,7 +191,12 @@ def assign(dataset: Dataset, config: Config, strategy: str) -> tuple[np.ndarray,
             raise UserError(f"'split.validation_ratio' must be between 0 and 1 (exclusive), got "
                             f"{split.validation_ratio}")
         method = "stratified" if official_test and not grouped else "group" if official_test else strategy
-        share = min(split.validation_ratio / max(len(pool) / max(len(clips), 1), 1e-9), 0.9)
+        share = split.validation_ratio / max(len(pool) / max(len(clips), 1), 1e-9)
+        if share > MAX_VALIDATION_SHARE:
+            log.warning("split.validation_ratio=%g of all clips would leave under %.0f %% of the %d clips outside "
+                        "the test split for training; validation takes %.0f %% of them", split.validation_ratio,
+                        100 * (1 - MAX_VALIDATION_SHARE), len(pool), 100 * MAX_VALIDATION_SHARE)
+            share = MAX_VALIDATION_SHARE
         chosen = carve(dataset, pool, share, split.seed, method, notes)
         sides[pool[chosen]] = VALIDATION
     elif strategy == "kfold":
@@ -350,24 +358,35 @@ def _cover_both_sides(side: np.ndarray, labels: list[list[int]], by_class: list[
     return unmet
 
 
-def _official(dataset: Dataset, validation_list: str, notes: dict[str, Any]) -> np.ndarray:
+def _official(dataset: Dataset, validation_list: str) -> np.ndarray:
     """Positions (in dataset.all_clips()) of the official side."""
     if dataset.eval_clips is not None:
         return np.arange(len(dataset.clips), len(dataset.clips) + len(dataset.eval_clips))
-    wanted = read_id_list(validation_list, "split.validation_list")
-    chosen = np.asarray([i for i, clip in enumerate(dataset.clips) if clip.id in wanted], dtype=np.int64)
-    known = {clip.id for clip in dataset.clips} | {m.id for m in dataset.missing}
-    unknown = sorted(wanted - known)
-    if unknown:
-        log.warning("%d of %d ids in %s are not in the source (first: %s)", len(unknown), len(wanted),
-                    validation_list, unknown[0])
-        notes["validation_list_ids_not_in_source"] = unknown
+    chosen = np.asarray(listed_positions(dataset, range(len(dataset.clips)), validation_list,
+                                         "split.validation_list"), dtype=np.int64)
     if not len(chosen):
         raise UserError(f"no clip id of the source is listed in {validation_list} (split.validation_list); "
                         f"ids look like '{dataset.clips[0].id}'")
     if len(chosen) == len(dataset.clips):
         raise UserError(f"every clip is listed in {validation_list} (split.validation_list); nothing is left "
                         "for training")
+    return chosen
+
+
+def listed_positions(dataset: Dataset, candidates: Iterable[int], path: str, key: str) -> list[int]:
+    """Positions (in dataset.all_clips(), among `candidates`) of the clips a list of ids names.
+
+    Every id must be a candidate clip or a clip the source lists without audio (reported as missing): an id
+    that matches nothing (a typo, another data set's list) would silently leave its clip out of the split.
+    """
+    wanted = read_id_list(path, key)
+    clips = dataset.all_clips()
+    chosen = [i for i in candidates if clips[i].id in wanted]
+    unknown = sorted(wanted - {clips[i].id for i in chosen} - {m.id for m in dataset.missing})
+    if unknown:
+        shown = ", ".join(unknown[:UNKNOWN_SHOWN]) + (", ..." if len(unknown) > UNKNOWN_SHOWN else "")
+        raise UserError(f"{len(unknown)} of {len(wanted)} ids in {path} ({key}) match no clip of the source: "
+                        f"{shown}; clip ids look like '{clips[0].id}': correct or remove them")
     return chosen
 
 

@@ -6,7 +6,7 @@ is computed with the stage's own STFT and Slaney mel filterbank (same sample_rat
 n_mels, fmin, fmax; spectrogram.MelPower). Where the stored frames continue
 with dB (spectrogram.top_db) and a per-clip [0, 1] scaling, the MFCCs continue as librosa.feature.mfcc
 does: power_to_db (ref 1, amin 1e-10, top_db 80), then a type-II orthonormal DCT over the mel axis,
-keeping the first n_mfcc (40) coefficients; no per-clip scaling. A clip's feature vector is the mean
+keeping the first n_mfcc coefficients (baseline.n_mfcc; 0: min(40, n_mels)); no per-clip scaling. A clip's feature vector is the mean
 and the standard deviation of each coefficient over time (2 * n_mfcc values), standardised over the
 training clips inside the model (StandardScaler).
 
@@ -66,6 +66,21 @@ N_MFCC = 40
 C_GRID = (0.1, 1.0, 10.0, 100.0)
 CV_FOLDS = 5
 LOGREG_MAX_ITER = 5000  # lbfgs on standardised MFCC statistics converges well before this
+
+
+def model_names(text: str) -> tuple[str, ...]:
+    """baseline.models: comma-separated names of MODELS, or all."""
+    models = MODELS if text == "all" else tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in models if m not in MODELS]
+    if unknown or not models:
+        raise UserError(f"'baseline.models' names unknown model '{unknown[0] if unknown else text}'; use one or "
+                        f"more of {', '.join(MODELS)} (comma-separated) or all")
+    return models
+
+
+def mfcc_count(n_mfcc: int, n_mels: int) -> int:
+    """The MFCCs the baseline keeps: baseline.n_mfcc, or (0) N_MFCC when there are that many mel bands."""
+    return n_mfcc or min(N_MFCC, n_mels)
 
 
 # ---------------------------------------------------------------- features
@@ -447,13 +462,21 @@ class BaselineBuilder:
         self.config = config
         self.layout = Layout(config.workdir)
 
+    @staticmethod
+    def check_settings(config) -> None:
+        """What the config alone says is wrong with the baselines (pipeline.run checks it before any stage)."""
+        model_names(config.baseline.models)
+
     def run(self) -> dict[str, Any]:
         settings = self.config.baseline
-        models = MODELS if settings.models == "all" else tuple(m.strip() for m in settings.models.split(",") if m)
+        models = model_names(settings.models)
+        n_mfcc = mfcc_count(settings.n_mfcc, self.config.spectrogram.n_mels)
+        log.info("baseline features: mean and standard deviation of %d MFCCs%s", n_mfcc,
+                 "" if settings.n_mfcc else f" (baseline.n_mfcc = 0: min({N_MFCC}, spectrogram.n_mels))")
         plan = SplitPlan.load(self.layout)
         by_id = {clip["id"]: clip for clip in plan.clips}
         features = {name: split_features([by_id[i] for i in plan.ids(name)], len(plan.classes),
-                                         self.config.spectrogram, settings.workers, settings.n_mfcc)
+                                         self.config.spectrogram, settings.workers, n_mfcc)
                     for name in plan.names()}
         runner = BaselineRunner(train=features["train"], validation=features["validation"],
                                 test=features.get("test"), task=plan.task, classes=plan.classes,

@@ -36,7 +36,7 @@ from ..pipeline.layout import (
 from ..pipeline.stores import SplitPlan
 from ..training.epoch_log import finite_or_none
 from . import reports
-from .baseline import score_baseline, split_features
+from .baseline import mfcc_count, score_baseline, split_features
 from .evaluate import Scored
 from .predict import load_model
 
@@ -161,7 +161,8 @@ def _baseline_robustness(config, saved: Path, clips: list[dict], corruptions, pl
     conditions = {}
     for corruption in (None, *corruptions):
         features = split_features(clips, len(plan.classes), config.spectrogram, config.baseline.workers,
-                                  config.baseline.n_mfcc, corruption=corruption, seed=config.split.seed)
+                                  mfcc_count(config.baseline.n_mfcc, config.spectrogram.n_mels),
+                                  corruption=corruption, seed=config.split.seed)
         conditions[CLEAN if corruption is None else corruption.name] = Scored(
             features.ids, features.targets, score_baseline(fitted, features.features), features.skipped)
     return write_robustness(out, conditions=conditions, classes=plan.classes, task=plan.task,

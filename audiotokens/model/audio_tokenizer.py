@@ -19,14 +19,14 @@ import faiss
 import numpy as np
 import torch
 
-from ..data.audio import AudioError, resample, to_mono
+from ..data.audio import MIN_SAMPLE_RATE, AudioError, resample, to_mono
 from ..errors import UserError
 from ..features.spectrogram import frame_width, frames_from_samples, frames_of, params_from_dict
 from ..pipeline.layout import Layout
 from ..tokens.vocabulary import load_vocabulary
 from .bundle import load_bundle
 
-Waveform = Any  # numpy array or torch tensor, (n,) or (channels, n)
+Waveform = Any  # numpy array or torch tensor, (n,), (channels, n) or (n, channels)
 
 
 @contextlib.contextmanager
@@ -63,13 +63,16 @@ def _as_numpy(waveform: Waveform) -> np.ndarray:
     if samples.ndim == 1:
         return samples[None, :]
     if samples.ndim != 2:
-        raise UserError(f"a waveform must be (n,) or (channels, n), got shape {samples.shape}")
-    return samples
+        raise UserError(f"a waveform must be (n,), (channels, n) or (n, channels), got shape {samples.shape}")
+    # a clip has more samples than channels: the longer axis is time, so soundfile's and torchaudio's
+    # layouts both work (read the other way, a stereo clip would be 2 samples of n channels)
+    return samples.T if samples.shape[0] > samples.shape[1] else samples
 
 
 def _check_rate(sample_rate: Any) -> int:
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
-        raise UserError(f"a sample rate must be a positive integer (Hz), got {sample_rate!r}")
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) \
+            or sample_rate < MIN_SAMPLE_RATE:
+        raise UserError(f"a sample rate must be an integer of at least {MIN_SAMPLE_RATE} Hz, got {sample_rate!r}")
     return int(sample_rate)
 
 

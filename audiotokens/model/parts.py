@@ -241,6 +241,7 @@ class Encoder(nn.Module):
     """(batch, positions, hidden) + mask -> (batch, positions', output_size) + mask'."""
 
     reads_raw_frames = False  # True: takes RawFrames' output instead of embeddings
+    frames_only = False  # True: reads mel frames as an image, so model.input must be frames
     has_cls = True  # position 0 of the output is the [CLS] position
     # True: a training step may leave some parameters without a gradient (LayerDrop, masking vectors), which
     # data-parallel training must then look for after every step
@@ -382,13 +383,12 @@ class CnnEncoder(Encoder):
     """
 
     reads_raw_frames = True
+    frames_only = True
     has_cls = False
     MAX_BLOCKS = 6  # each block halves time and frequency
 
     @classmethod
     def check(cls, spec: ModelSpec) -> None:
-        if spec.input != "frames":
-            raise UserError(f"model.encoder={spec.encoder} reads mel frames; set model.input=frames")
         blocks = spec.encoder_params.get("num_layers", 4)
         if blocks > cls.MAX_BLOCKS:
             raise UserError(f"model.encoder=cnn uses model.num_layers conv blocks, each halving time and "
@@ -681,15 +681,16 @@ def check_parts(parts: Any) -> None:
         if getattr(parts, key) not in names:
             raise UserError(f"'model.{key}' must be one of {', '.join(names)}, got '{getattr(parts, key)}'")
     check_input_encoder(parts.input, parts.encoder)
+    if ENCODERS[parts.encoder].frames_only and parts.input != "frames":
+        raise UserError(f"model.encoder={parts.encoder} reads mel frames; set model.input=frames")
+    if not ENCODERS[parts.encoder].has_cls and POOLINGS[parts.pooling].needs_cls:
+        raise UserError(f"model.encoder={parts.encoder} has no [CLS] position; set model.pooling to mean or attention")
 
 
 def check_spec(spec: ModelSpec) -> None:
     """Combinations of parts that cannot work, as one-line errors naming the model keys."""
     check_parts(spec)
-    encoder = ENCODERS[spec.encoder]
-    encoder.check(spec)
-    if not encoder.has_cls and POOLINGS[spec.pooling].needs_cls:
-        raise UserError(f"model.encoder={spec.encoder} has no [CLS] position; set model.pooling to mean or attention")
+    ENCODERS[spec.encoder].check(spec)
     if spec.input == "tokens" and not spec.codebook_sizes:
         raise UserError("a tokens model needs the codebook sizes of its vocabulary")
     if spec.decodes and spec.decode_combine not in DECODE_COMBINES:

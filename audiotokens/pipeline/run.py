@@ -6,7 +6,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +44,21 @@ def execute(stage: str, config: Config, strict: bool = False, **options: Any) ->
     Under torchrun, process 0 does all of that; the others only compute their share (no lock, no record,
     no log file, warnings only on the console)."""
     distributed.check_stage(stage, stage_table.stage(stage).data_parallel)
+    check_settings([stage], config)
     if not distributed.launched().writer:
         log.setLevel(logging.WARNING)
         return _runner(stage, config, options).run() or {}
     with workdir_lock(config.workdir, stage):
         return _execute(stage, config, strict, **options)
+
+
+def check_settings(stages: Iterable[str], config: Config) -> None:
+    """Each stage's checks of what the config alone can tell (its runner's `check_settings`), all before the
+    first stage starts: a setting only a late stage reads must not fail after hours of the earlier ones."""
+    for name in stages:
+        check = getattr(stage_table.stage(name).runner_class(), "check_settings", None)
+        if check is not None:
+            check(config)
 
 
 def _runner(stage: str, config: Config, options: dict[str, Any]):
@@ -120,6 +130,7 @@ def run(config: Config, start: str | None = None, stop: str | None = None, force
     """
     ran: list[str] = []
     distributed.check_stage("run", data_parallel=False)
+    check_settings(plan(config, start, stop, force=True), config)
     with workdir_lock(config.workdir, "run"):
         for stage in plan(config, start, stop, force=True):
             if force or stage in plan(config, stage, stage, ran=ran):

@@ -109,6 +109,11 @@ class ClusterCreator:
         self.cluster = config.cluster
         self.layout = Layout(config.workdir)
 
+    @staticmethod
+    def check_settings(config: Config) -> None:
+        """What the config alone says is wrong with the quantizer (pipeline.run checks it before any stage)."""
+        kind_from_config(config.cluster)
+
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
         kind = kind_from_config(self.cluster)

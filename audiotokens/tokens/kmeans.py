@@ -33,7 +33,8 @@ def use_gpu(requested: bool) -> bool:
 def train_kmeans(x: np.ndarray, k: int, niter: int, seed: int, spherical: bool, gpu: bool) -> faiss.Kmeans:
     """faiss k-means on exactly the rows of x: no internal subsampling, no faiss warning."""
     kmeans = faiss.Kmeans(
-        x.shape[1], k, niter=niter, seed=seed, spherical=spherical, gpu=gpu,  # True: every GPU of the machine
+        # faiss's seed is a C int: cluster.seed + codebook index wraps below 2**31 instead of overflowing
+        x.shape[1], k, niter=niter, seed=seed % 2**31, spherical=spherical, gpu=gpu,  # True: every GPU
         max_points_per_centroid=math.ceil(len(x) / k) + 1,  # k * this >= len(x): faiss keeps every row
         min_points_per_centroid=1,  # the too-few-frames warning is ours (log + report)
         verbose=log.isEnabledFor(logging.DEBUG),

@@ -27,12 +27,12 @@ from torch.utils.data import BatchSampler, DataLoader
 
 from ..errors import UserError
 from ..model.batching import FrameBudgetSampler, length_ordered_batches, worst_batch
-from ..model.parts import EXTRA_POSITIONS, ModelSpec
+from ..model.parts import EXTRA_POSITIONS, AudioClassifier, ModelSpec
 from ..model.windows import clip_windows, first_windows, mean_over_windows
 from ..pipeline.distributed import ONE_PROCESS, Ranks, RankShare, deal_batches
 from .augment import BalancedSampler
 from .datasets import ClipDataset, EpochShuffleSampler
-from .memory import GIB, available_bytes, check_fits, describe, estimate_peak_bytes
+from .memory import GIB, available_bytes, check_fits, check_weights_fit, describe, estimate_peak_bytes
 from .optimisation import PassResult, Trainer
 
 log = logging.getLogger("audiotokens")
@@ -234,6 +234,20 @@ def encoder_shape(spec: ModelSpec) -> dict[str, int]:
                 "heads": speech["num_attention_heads"], "intermediate": speech["intermediate_size"]}
     return {"hidden": spec.hidden_size, "layers": spec.encoder_params["num_layers"],
             "heads": spec.encoder_params["num_heads"], "intermediate": spec.encoder_params["intermediate_size"]}
+
+
+def check_model_size(*, spec: ModelSpec, tables: list[np.ndarray], device: torch.device, network: Any) -> None:
+    """Before any weight exists: stop with one line when the model's weights alone cannot fit on `device`.
+
+    The model is built on the meta device (shapes, no storage) to count its parameters, so sizes such as
+    model.hidden_size = 2**20 or model.max_length = 10**9 are refused instead of failing inside an allocation.
+    """
+    with torch.device("meta"):
+        shapes = AudioClassifier(spec=spec, decode_tables=[torch.from_numpy(t) for t in tables])
+    n_parameters = sum(p.numel() for p in shapes.parameters())
+    hint = (f"hidden_size={network.hidden_size}, intermediate_size={network.intermediate_size}, "
+            f"num_layers={network.num_layers}, max_length={network.max_length}")
+    check_weights_fit(n_parameters, available_bytes(device), settings_hint=hint)
 
 
 def check_run_memory(*, model: torch.nn.Module, settings: Any, max_length: int, dataset: ClipDataset,

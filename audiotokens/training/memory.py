@@ -39,6 +39,7 @@ from ..errors import UserError
 GIB = 2**30
 OPTIMIZER_STATES = {"adamw": 2, "adam": 2, "sgd": 0}
 FIX_SETTINGS = "train.batch_frames, model.max_length, train.crop_frames or spectrogram.max_duration"
+SIZE_SETTINGS = "model.hidden_size, model.intermediate_size, model.num_layers or model.max_length"
 
 
 def attention_is_quadratic(*, attention: str, device_type: str, attention_dropout: bool) -> bool:
@@ -137,3 +138,14 @@ def check_fits(
         f"training would need about {estimate['total'] / GIB:.1f} GiB for the batch holding the longest clip "
         f"{longest_clip_id} ({longest_frames} frames) but {available / GIB:.1f} GiB is available; "
         f"lower {FIX_SETTINGS} (now {settings_hint})")
+
+
+def check_weights_fit(n_parameters: int, available: int, *, settings_hint: str) -> None:
+    """Stop before any weight is allocated, with one line, when the fp32 weights alone would not fit (a lower
+    bound of the step's peak: check_fits, once the model exists, counts the rest)."""
+    weights = 4 * n_parameters
+    if weights <= available:
+        return
+    raise UserError(
+        f"the model would have {n_parameters:.3g} parameters, {weights / GIB:.1f} GiB of weights alone, but "
+        f"{available / GIB:.1f} GiB is available; lower {SIZE_SETTINGS} (now {settings_hint})")

@@ -59,6 +59,7 @@ from ..pipeline.stores import ClipIndex, SplitPlan, open_store, read_frame_spec
 from .augment import content_positions, mask_time_spans
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .datasets import EpochShuffleSampler
+from .loaders import check_model_size
 from .optimisation import Optimisation, pick_device
 from .train import SplitStore, check_token_ids, model_length, model_spec, read_vocabulary
 
@@ -250,6 +251,8 @@ class Pretrainer:
         sizes = SplitStore(name="train", path=columns, index=None, columns=self._columns(vocab, frames))
         spec = model_spec(_with_input(self.config, "frames" if frames else "tokens"), ["[pretrain]"], max_frames,
                           {"train": sizes}, vocab, tables)
+        check_model_size(spec=spec, tables=tables, device=pick_device(self.config.train.device),
+                         network=self.config.model)
         torch.manual_seed(settings.seed)
         backbone = AudioClassifier(spec=spec, decode_tables=[torch.from_numpy(t) for t in tables])
         model = MaskedPredictor(backbone=backbone, codebook_sizes=list(vocab.codebook_sizes))

@@ -64,6 +64,7 @@ from .epoch_log import NoTrainingLog, TrainingLog, epoch_line, finite_or_none, f
 from .finetune import FineTuning
 from .loaders import (
     LengthPlan,
+    check_model_size,
     check_run_memory,
     evaluate_split,
     evaluation_loader,
@@ -357,6 +358,11 @@ class ModelBuilder:
         self.layout = Layout(config.workdir)
         self.ranks = distributed.launched()  # one process, or this one of torchrun's
 
+    @staticmethod
+    def check_settings(config: Config) -> None:
+        """What the config alone says is wrong with the network (pipeline.run checks it before any stage)."""
+        check_parts(config.model)
+
     def run(self) -> dict[str, Any]:
         try:
             return self._run()
@@ -411,6 +417,7 @@ class ModelBuilder:
         plan = LengthPlan.from_settings(settings)
         spec = model_spec(self.config, classes, plan.model_frames(max_frames), splits, vocab, tables)
 
+        check_model_size(spec=spec, tables=tables, device=pick_device(settings.device), network=network)
         seed_everything(settings.seed)
         model = AudioClassifier(spec=spec, decode_tables=[torch.from_numpy(t) for t in tables])
         self.fine_tuning = FineTuning.from_settings(settings)

@@ -128,6 +128,7 @@ def test_each_broken_clip_is_skipped_with_its_reason(runs):
     assert "permission denied" in details["unreadable"]
     assert "samples" in details["truncated_flac"] and "Ogg page" in details["truncated_ogg"]
     assert "n_fft 1024" in details["too_short"] and "NaN" in details["nan"]
+    assert "declares 1 Hz" in details["one_hertz"] and "at least 1000 Hz" in details["999_hz"]
     assert runs["counts"]["skipped"] == sum(1 for clips in runs["splits"].values() for c in clips
                                             if case_of(c["id"]) in cases and cases[case_of(c["id"])].skip_reason)
 

@@ -126,14 +126,24 @@ def test_names_for_tables():
     ("noise:snr=10,level=3", "unknown key 'level'"),
     ("noise:snr", "'snr' is not key=value"),
     ("reverb:", "exactly one of rt60"),
-    ("reverb:rt60=-1", "rt60 must be positive"),
+    ("reverb:rt60=-1", r"rt60 must be in \(0, 30\] seconds, got -1"),
     ("reverb:dir=/nonexistent/rooms", "is not a folder"),
     ("noise:snr=nan", "must be finite"),
+    ("noise:snr=-1000", r"snr must be in \[-60, 120\] dB, got -1000"),
+    ("noise:snr=500,kind=pink", r"snr must be in \[-60, 120\] dB, got 500"),
+    ("reverb:rt60=1e7", r"rt60 must be in \(0, 30\] seconds, got 1e\+07"),
 ])
 def test_bad_specs_are_one_line_user_errors_naming_the_spec(spec, message):
     with pytest.raises(UserError, match=message) as error:
         parse_corruption(spec)
     assert spec in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("spec", ["noise:snr=-60", "noise:snr=120,kind=pink", "reverb:rt60=30"])
+def test_the_ends_of_the_ranges_give_finite_clips_of_the_same_length(spec):
+    clean = np.sin(2 * np.pi * 440 * np.arange(RATE) / RATE).astype(np.float32)
+    corrupted = parse_corruption(spec).apply(clean, RATE, seed=0)
+    assert corrupted.shape == clean.shape and corrupted.dtype == clean.dtype and np.isfinite(corrupted).all()
 
 
 def test_folder_without_audio_is_refused(tmp_path):

@@ -248,12 +248,11 @@ def test_stratified_on_real_audioset_labels():
 def test_official_with_a_validation_list(tmp_path):
     rows = multilabel_rows(30, 3, seed=5)
     manifest = write_manifest(tmp_path / "data", rows)
-    listed = [rows[3][0], rows[7][0], "not_in_source.wav"]
+    listed = [rows[3][0], rows[7][0]]
     (tmp_path / "val.txt").write_text("\n".join(listed) + "\n")
     _, split, report = run_split(tmp_path / "w", *manifest_settings(
         manifest, "split.strategy=official", f"split.validation_list={tmp_path / 'val.txt'}", "split.test_ratio=0"))
-    assert ids(split, "validation") == listed[:2] and len(ids(split, "train")) == 28
-    assert report["validation_list_ids_not_in_source"] == ["not_in_source.wav"]
+    assert ids(split, "validation") == listed and len(ids(split, "train")) == 28
     # a segments-style CSV works as a list too
     (tmp_path / "val.csv").write_text(f"# header\n{rows[5][0]}, 0.0, 10.0, \"x\"\n")
     _, split, _ = run_split(tmp_path / "w", *manifest_settings(
@@ -359,6 +358,37 @@ def test_test_list_names_the_test_split(tmp_path):
     assert ids(split, "test") == listed  # the list replaces test_ratio (default 0.1 would give 4)
     assert not set(listed) & (set(ids(split, "train")) | set(ids(split, "validation")))
     assert counts["validation"] == 10 and counts["train"] == 27
+
+
+@pytest.mark.parametrize("key, extra", [("split.test_list", ["split.strategy=random"]),
+                                        ("split.validation_list", ["split.strategy=official", "split.test_ratio=0"])])
+@pytest.mark.parametrize("typos", [1, 5])
+def test_ids_of_a_list_that_match_no_clip_are_an_error_naming_them(tmp_path, key, extra, typos):
+    """A misspelt id would silently leave its clip out of the split; all of them misspelt, the split itself."""
+    rows = single_label_rows({"cat": 20, "dog": 20})
+    manifest = write_manifest(tmp_path / "data", rows)
+    misspelt = [f"kat{i:03d}.wav" for i in range(typos)]
+    lines = [rows[1][0], rows[25][0], *misspelt] if typos == 1 else misspelt  # partly / all unknown
+    (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError) as caught:
+        run_split(tmp_path / "w", *manifest_settings(manifest, *extra, f"{key}={tmp_path / 'list.txt'}"))
+    message = str(caught.value)
+    assert f"{typos} of {len(lines)} ids in {tmp_path / 'list.txt'} ({key}) match no clip" in message
+    assert all(name in message for name in misspelt[:3])
+    assert typos <= 3 or (misspelt[3] not in message and ", ..." in message)  # the first few only
+    assert "cat000.wav" in message and "\n" not in message  # what ids look like
+    assert not (tmp_path / "w" / "processed" / "split.json").exists()
+
+
+def test_listed_ids_whose_audio_is_missing_are_reported_not_refused(tmp_path):
+    rows = single_label_rows({"cat": 20, "dog": 20})
+    manifest = write_manifest(tmp_path / "data", rows)
+    (tmp_path / "data" / rows[2][0]).unlink()  # listed by the source, audio gone
+    (tmp_path / "test.txt").write_text(f"{rows[1][0]}\n{rows[2][0]}\n{rows[25][0]}\n")
+    counts, split, report = run_split(tmp_path / "w", *manifest_settings(
+        manifest, "split.strategy=random", f"split.test_list={tmp_path / 'test.txt'}"))
+    assert ids(split, "test") == [rows[1][0], rows[25][0]] and counts["missing"] == 1
+    assert [entry["id"] for entry in report["missing"]] == [rows[2][0]]
 
 
 def test_official_side_test_draws_validation_from_the_training_clips(tmp_path):
@@ -474,3 +504,12 @@ def test_open_split_refusals(tmp_path):
     np.save(layout.frames, np.zeros((3, 3), np.float32))  # rows the index does not account for
     with pytest.raises(UserError, match="incomplete"):
         open_split(layout, "frames", "train")
+
+
+def test_a_validation_share_that_would_starve_training_is_capped_and_said(tmp_path, caplog):
+    manifest = write_manifest(tmp_path / "data", single_label_rows({"cat": 50, "dog": 50}))
+    with caplog.at_level("WARNING", logger="audiotokens"):
+        counts, _, _ = run_split(tmp_path / "w", *manifest_settings(
+            manifest, "split.strategy=random", "split.validation_ratio=0.5", "split.test_ratio=0.49"))
+    assert counts["train"] >= 5 and counts["validation"] == 46  # 90 % of the 51 clips outside the test split
+    assert any("split.validation_ratio=0.5" in r.getMessage() and "90 %" in r.getMessage() for r in caplog.records)

@@ -14,7 +14,7 @@ import soundfile as sf
 from sklearn.metrics import accuracy_score, average_precision_score
 from sklearn.preprocessing import StandardScaler
 
-from audiotokens.evaluation.baseline import C_GRID, BaselineRunner, SplitFeatures, clip_features, fit_baseline, mfcc_features, score_baseline, split_features
+from audiotokens.evaluation.baseline import C_GRID, BaselineRunner, SplitFeatures, clip_features, fit_baseline, mfcc_count, mfcc_features, score_baseline, split_features
 from audiotokens.config import SpectrogramConfig
 
 
@@ -199,6 +199,15 @@ def test_split_features_keeps_labels_aligned_with_decoded_clips(tmp_path):
     assert result.targets.tolist() == [[1, 0, 0], [0, 0, 1]]
     assert result.groups == ["g1", None]
     assert result.skipped[0]["id"] == "b" and result.skipped[0]["reason"].startswith("missing")
+
+
+def test_the_default_mfcc_count_fits_fewer_mel_bands_than_forty(tmp_path):
+    params = SpectrogramConfig(sample_rate=16000, n_fft=512, hop_length=256, n_mels=32)
+    sf.write(tmp_path / "a.wav", _fixture_signal(16000, 0.5, 0), 16000)
+    clips = [{"id": "a", "audio": str(tmp_path / "a.wav"), "labels": [0]}]
+    result = split_features(clips, 1, params, workers=1, n_mfcc=mfcc_count(0, params.n_mels))
+    assert result.features.shape == (1, 64) and not result.skipped
+    assert (mfcc_count(0, 64), mfcc_count(0, 128), mfcc_count(13, 32)) == (40, 40, 13)
 
 
 def test_corrupted_features_are_those_of_the_corrupted_clip(tmp_path):

@@ -176,3 +176,56 @@ def test_the_keys_a_stage_reads_from_other_sections_are_declared_on_the_settings
     sections = [f.default_factory for f in dataclasses.fields(Config) if f.name != "workdir"]
     declared = {key.metadata.get("also_defines") for section in sections for key in dataclasses.fields(section)}
     assert declared - {"", None} <= set(NAMES)
+
+
+def test_a_late_stage_setting_is_refused_before_the_first_stage_runs(tmp_path, ran, monkeypatch):
+    """`run` asks every stage in its range to check the config first; a refusal leaves nothing run or written."""
+    fakes = {}
+
+    def with_checks(stage):
+        if stage.name not in fakes:
+            class Checked:
+                def __init__(self, config, **options):
+                    self.config = config
+
+                @staticmethod
+                def check_settings(config):
+                    if stage.name == "baseline" and config.baseline.models == "xgb":
+                        raise UserError("'baseline.models' names unknown model 'xgb'")
+
+                def run(self):
+                    ran.append(stage.name)
+                    return {}
+
+            fakes[stage.name] = Checked
+        return fakes[stage.name]
+
+    monkeypatch.setattr(Stage, "runner_class", with_checks)
+    with pytest.raises(UserError, match="xgb"):
+        pipeline.run(config(tmp_path, "baseline.models=xgb"))
+    assert ran == [] and not any(tmp_path.iterdir())
+    with pytest.raises(UserError, match="xgb"):  # a single stage checks its own settings before it starts
+        pipeline.execute("baseline", config(tmp_path, "baseline.models=xgb"))
+    assert ran == [] and not any(tmp_path.iterdir())
+    assert pipeline.run(config(tmp_path, "baseline.models=xgb"), stop="evaluate") == STAGES[:-1]  # out of range
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["baseline.models=svm,xgb"], "'baseline.models' names unknown model 'xgb'"),
+    (["model.input=tokens", "model.encoder=cnn"], "model.input"),
+    (["model.input=frames", "model.encoder=cnn"], "model.encoder=cnn has no [CLS] position"),
+    (["model.pooling=max"], "'model.pooling' must be one of"),
+    (["cluster.quantizer=stacked", "cluster.stack=4", "cluster.stack_stride=5"], "cluster.stack_stride = 5"),
+])
+def test_the_stages_own_checks_of_the_config_run_before_anything(tmp_path, overrides, message):
+    """With the real stage classes: run refuses before split (which, with no data source, would fail itself)."""
+    with pytest.raises(UserError) as caught:
+        pipeline.run(config(tmp_path, *overrides))
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_baseline_mfccs_must_fit_the_mel_bands_and_the_default_does(tmp_path):
+    with pytest.raises(UserError, match=r"'baseline\.n_mfcc' \(40\) is more than 'spectrogram\.n_mels' \(32\)"):
+        config(tmp_path, "baseline.n_mfcc=40", "spectrogram.n_mels=32")
+    assert config(tmp_path, "spectrogram.n_mels=32").baseline.n_mfcc == 0  # min(40, n_mels) when it runs

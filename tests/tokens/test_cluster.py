@@ -291,3 +291,10 @@ def test_a_stride_longer_than_the_stack_is_refused_before_any_frame_is_read(tmp_
     with pytest.raises(UserError, match=r"cluster\.stack_stride = 5 must be between 1 and cluster\.stack = 4"):
         ClusterCreator(config_for(tmp_path, "cluster.quantizer=stacked", "cluster.stack=4",
                                   "cluster.stack_stride=5")).run()
+
+
+def test_the_largest_seed_fits_every_codebook_of_a_subband_vocabulary(corpus):
+    """Codebook c is seeded cluster.seed + c; faiss takes a C int, so the largest valid seed must still work."""
+    workdir = corpus[0]
+    ClusterCreator(config_for(workdir, "cluster.quantizer=subband", "cluster.bands=3", f"cluster.seed={2**31 - 1}")).run()
+    assert load_vocabulary(Layout(workdir).vocabulary).quantizer.codebook_sizes == [4] * 3

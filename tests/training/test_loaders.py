@@ -85,7 +85,8 @@ def test_memory_estimate_is_logged_and_peaks_recorded(tmp_path, caplog):
 
 def test_over_the_memory_limit_stops_before_any_step(tmp_path, monkeypatch):
     config = budget_run(tmp_path, "train.epochs=1")
-    monkeypatch.setattr("audiotokens.training.loaders.available_bytes", lambda device: 1000)
+    # room for the weights (about 47 kB, checked before they exist) but not for a training step
+    monkeypatch.setattr("audiotokens.training.loaders.available_bytes", lambda device: 100_000)
 
     def no_step(*args, **kwargs):
         raise AssertionError("a training step ran")
@@ -99,6 +100,18 @@ def test_over_the_memory_limit_stops_before_any_step(tmp_path, monkeypatch):
     assert "\n" not in message and longest in message and "train.batch_frames" in message
     assert "spectrogram.max_duration" in message and "model.max_length" in message
     assert "0.0 GiB is available" in message
+
+
+@pytest.mark.parametrize("size", ["model.hidden_size=1048576", "model.max_length=1000000000000"])
+def test_a_model_whose_weights_cannot_fit_is_refused_before_any_allocation(tmp_path, size):
+    """Terabytes of weights: refused from the parameter count of a shapes-only model, never allocated."""
+    config = budget_run(tmp_path, "train.epochs=1", size)
+    with pytest.raises(UserError) as caught:
+        ModelBuilder(config).run()
+    message = str(caught.value)
+    assert "\n" not in message and "GiB of weights alone" in message and "GiB is available" in message
+    assert "model.hidden_size" in message and "model.max_length" in message
+    assert size.removeprefix("model.") in message
 
 
 def test_the_memory_estimate_sizes_the_encoder_by_its_model_spec():
