@@ -158,6 +158,24 @@ def baselines_section(layout: Layout) -> str | None:
     return "".join(_report_folder(f, f"{f.parent.name} on {f.name}") for f in layout.baseline_reports()) or None
 
 
+def tune_section(layout: Layout) -> str | None:
+    """`audiotokens tune`'s outcome, per study the workdir holds: the best trial, its validation and test
+    figures, Optuna's plots and the table of trials."""
+    parts = []
+    for study in layout.studies():
+        summary = read_json_or_none(study.summary)
+        if not summary:
+            continue
+        best, metric, figures = summary["best"], summary["metric"], summary.get("evaluation", {})
+        parts.append(f"<h3>study {html.escape(study.name)}</h3><p>best trial {best['trial']} of "
+                     f"{sum(summary['trials'].values())}; its configuration: <code>{html.escape(best['config'])}</code></p>")
+        parts.append(table(["split", metric], [[split, figures[split].get(metric)] for split in ("validation", "test")
+                                               if split in figures]))
+        parts += [image(path, path.stem) for path in (study.history_plot, study.importance_plot) if path.is_file()]
+        parts.append(csv_table(study.trials("csv")) if study.trials("csv").is_file() else "")
+    return "".join(parts) or None
+
+
 SECTIONS: tuple[tuple[str, str, Callable[[Layout], str | None]], ...] = (
     ("settings", "Settings", settings_section),
     ("splits", "Split sizes", splits_section),
@@ -166,6 +184,7 @@ SECTIONS: tuple[tuple[str, str, Callable[[Layout], str | None]], ...] = (
     ("evaluation", "Evaluation", evaluation_section),
     ("robustness", "Robustness", robustness_section),
     ("baselines", "Baselines", baselines_section),
+    ("tune", "Tuning", tune_section),
 )
 
 
