@@ -19,6 +19,7 @@ from .errors import UserError
 from .pipeline.files import DISK_REFUSED
 from .pipeline.layout import SHARDS_DIR, Layout
 from .pipeline.stages import BY_NAME, NAMES
+from .tuning import DEFAULT_STUDY
 
 
 def _flag_options(stage: str):
@@ -294,6 +295,30 @@ def report_command(config, out_path, compare):
     from .evaluation.html_report import write_report  # on use: start-up time
 
     click.echo(f"wrote {write_report(config.workdir, out_path, compare)}")
+
+
+@main.command("tune")
+@common_options()
+@click.option("--space", "space_path", required=True, type=click.Path(dir_okay=False),
+              help="TOML file whose [space] table gives config keys their choices or ranges.")
+@click.option("--trials", default=20, show_default=True, type=int,
+              help="Finished trials the study should have (earlier runs and other processes included).")
+@click.option("--storage", default=None, metavar="URL",
+              help="Database of the study, e.g. postgresql://host/db for several machines "
+                   "(default: sqlite in <workdir>/tune/study.db).")
+@click.option("--study", "study_name", default=DEFAULT_STUDY, show_default=True,
+              help="Name of the study; its files go in <workdir>/tune/<study>/.")
+@click.option("--timeout", default=None, type=float, metavar="SECONDS",
+              help="Start no trial after this many seconds.")
+def tune_command(config, space_path, trials, storage, study_name, timeout):
+    """Search the settings of --space with Optuna; each trial a workdir under <workdir>/tune/, picked on
+    validation (test is scored once, for the best trial); writes tune/best.toml, the trials table and plots."""
+    from .tuning import require_optuna  # on use: start-up time
+
+    require_optuna()
+    from .tuning.tune import tune
+
+    tune(config, space_path, trials, storage, study_name, timeout)
 
 
 @main.command("config")

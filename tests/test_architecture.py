@@ -8,7 +8,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "audiotokens"
 # lowest first: a module may import from its own wing and the wings before it, never from a later one
 WINGS = ("errors", "config", "pipeline", "data", "features", "tokens", "model", "training", "evaluation",
-         "api", "cli", "__init__")
+         "tuning", "api", "cli", "__init__")
 DOORS = ("api", "cli", "__init__")
 
 

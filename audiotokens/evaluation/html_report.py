@@ -397,8 +397,26 @@ def answer_section(layout: Layout, compare: Sequence[Path] = ()) -> str | None:
 # ---------------------------------------------------------------- the page
 
 ANSWER = ("answer", "Answer")
+def tune_section(layout: Layout) -> str | None:
+    """`audiotokens tune`'s outcome, per study the workdir holds: the best trial, its validation and test
+    figures, Optuna's plots and the table of trials."""
+    parts = []
+    for study in layout.studies():
+        summary = read_json_or_none(study.summary)
+        if not summary:
+            continue
+        best, metric, figures = summary["best"], summary["metric"], summary.get("evaluation", {})
+        parts.append(f"<h3>study {html.escape(study.name)}</h3><p>best trial {best['trial']} of "
+                     f"{sum(summary['trials'].values())}; its configuration: <code>{html.escape(best['config'])}</code></p>")
+        parts.append(table(["split", metric], [[split, figures[split].get(metric)] for split in ("validation", "test")
+                                               if split in figures]))
+        parts += [image(path, path.stem) for path in (study.history_plot, study.importance_plot) if path.is_file()]
+        parts.append(csv_table(study.trials("csv")) if study.trials("csv").is_file() else "")
+    return "".join(parts) or None
+
+
 SECTIONS: tuple[tuple[str, str, Callable[[Layout], str | None]], ...] = (
-    # `audiotokens tune`'s section (the study: trials, best configuration) goes here, right after the answer
+    ("tune", "Tuning", tune_section),  # the study, right after the answer
     ("splits", "Split sizes", splits_section),
     ("tokens", "Token statistics", tokens_section),
     ("training", "Training", training_section),

@@ -23,6 +23,10 @@ Layout under a workdir:
   output/eval/<split>/robustness/<model | baseline_<name>>/   robustness reports (ROBUSTNESS_* below)
   output/baselines/<model>/<split>/ the MFCC baselines' reports (and <model>/fit.json, <model>/model.joblib)
   output/report.html                `audiotokens report`
+  tune/study.db                     `audiotokens tune`: the Optuna studies (SQLite); tune/<study>/: best.toml,
+                                    trials.csv/.md, history.png, importance.png, summary.json, and a workdir per
+                                    trial, trial-N/ (its config.toml beside processed/, tokenized/, output/), or
+                                    with split.strategy = "kfold" trial-N/fold-K/, one per fold
   logs/<stage>.log                  the log of each stage's latest run (logs/<stage>.shard-N-K.log: a shard's)
   .audiotokens.lock                 the workdir lock; .audiotokens.shards/<stage>-N-K.lock: each shard's
 A split is a view: the ids listed for it in split.json over a store (open_split). Each stage also writes
@@ -102,6 +106,12 @@ TOKEN_PICTURE = "{stem}.tokens.png"
 # a local Hugging Face speech model folder (spectrogram.ssl_model)
 HF_CONFIG = "config.json"
 HF_PREPROCESSOR = "preprocessor_config.json"
+
+# `audiotokens tune`: in tune/<study>/ (StudyLayout below); inside a trial's workdir (tune/<study>/trial-N/),
+# the configuration the trial ran with; a k-fold trial has one workdir per fold inside it
+TUNE_SUMMARY = "summary.json"
+TRIAL_CONFIG = "config.toml"
+TRIAL_FOLD = "fold-{fold}"
 
 # an audio location inside a parquet shard in the clip catalogue: "<shard path>::<row>"
 PARQUET_ROW_SEPARATOR = "::"
@@ -289,6 +299,39 @@ class Layout:
             "baseline": (self.baselines,),
         }[stage]
 
+    def stage_outputs(self, stage: str) -> tuple[Path, ...]:
+        """Everything a stage writes (files and folders) that another workdir may take over whole (tune
+        links a stage's outputs and record into a trial's workdir instead of computing them again)."""
+        return {
+            "split": (self.split_json, self.split_report),
+            "spectrogram": (self.frames_dir,),
+            "cluster": (self.vocabulary,),
+            "tokenize": (self.tokenized,),
+            "pretrain": (self.pretrain_dir,),
+        }[stage]
+
+    # tune
+    @property
+    def tune_dir(self) -> Path:
+        return self.workdir / "tune"
+
+    @property
+    def tune_database(self) -> Path:
+        """The SQLite database of the workdir's studies (unless --storage names another database)."""
+        return self.tune_dir / "study.db"
+
+    def study(self, name: str) -> StudyLayout:
+        return StudyLayout(self.tune_dir / name)
+
+    def studies(self) -> list[StudyLayout]:
+        """The studies whose outcome is written (summary.json), by name."""
+        return [StudyLayout(path.parent) for path in sorted(self.tune_dir.glob(f"*/{TUNE_SUMMARY}"))]
+
+    def trial_workdirs(self) -> list[Path]:
+        """Every trial's workdir and its folds' workdirs, of every study, in trial order within a study."""
+        folders = sorted(path for path in self.tune_dir.glob("*") if path.is_dir())
+        return [workdir for folder in folders for workdir in StudyLayout(folder).workdirs()]
+
     # runs
     def stage_log(self, stage: str) -> Path:
         """The log of a stage's latest run (what `status` quotes when a run was killed)."""
@@ -313,3 +356,49 @@ class Layout:
 
     def failure(self, stage: str) -> Path:
         return self.record(stage).with_name(f"{stage}.failed.json")
+
+
+class StudyLayout:
+    """The files of one `audiotokens tune` study: tune/<study>/ (the database is the workdir's, shared)."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    @property
+    def best(self) -> Path:
+        """The best trial's configuration, for `audiotokens run --config`."""
+        return self.folder / "best.toml"
+
+    def trials(self, suffix: str) -> Path:
+        """The table of trials: suffix csv or md."""
+        return self.folder / f"trials.{suffix}"
+
+    @property
+    def history_plot(self) -> Path:
+        return self.folder / "history.png"
+
+    @property
+    def importance_plot(self) -> Path:
+        return self.folder / "importance.png"
+
+    @property
+    def summary(self) -> Path:
+        """The study's outcome: metric, best trial, its values, validation and test figures."""
+        return self.folder / TUNE_SUMMARY
+
+    def trial_workdir(self, number: int, fold: int | None = None) -> Path:
+        """A trial's workdir, or (split.strategy = "kfold") the workdir of one of its folds."""
+        trial = self.folder / f"trial-{number}"
+        return trial if fold is None else trial / TRIAL_FOLD.format(fold=fold)
+
+    def workdirs(self) -> list[Path]:
+        """Every trial's workdir and its folds' workdirs, in trial order."""
+        found = [path for path in self.folder.glob("trial-*") if path.name[6:].isdigit() and path.is_dir()]
+        trials = sorted(found, key=lambda path: int(path.name[6:]))
+        return [workdir for trial in trials
+                for workdir in (trial, *sorted(trial.glob(TRIAL_FOLD.format(fold="*"))))]
+

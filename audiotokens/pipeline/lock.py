@@ -6,7 +6,8 @@ the out-of-memory killer included): nothing is left behind to clean up. The file
 pid and what it is doing, so a second run can say who holds the workdir. Re-entrant within a process
 (`run` holds it across its stages, each of which takes it again). Shard processes of the spectrogram and
 tokenize stages hold it shared instead (shards.shard_lock), so that many run at once and none beside
-another stage.
+another stage. `wait=True` waits for the holder instead of refusing (several tune processes preparing
+one workdir).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ _held: dict[Path, int] = {}  # workdir -> nesting depth in this process
 
 
 @contextlib.contextmanager
-def workdir_lock(workdir: str | Path, what: str) -> Iterator[None]:
+def workdir_lock(workdir: str | Path, what: str, wait: bool = False) -> Iterator[None]:
     workdir = Path(workdir).resolve()
     if _held.get(workdir):
         _held[workdir] += 1
@@ -41,7 +42,7 @@ def workdir_lock(workdir: str | Path, what: str) -> Iterator[None]:
         raise write_error(workdir, exc) from None
     with handle:  # closing releases the flock
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             handle.seek(0)
             # shard processes share the lock without naming themselves here (shards.shard_lock)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -349,12 +350,24 @@ class TrainingRun:
     identity: dict[str, Any]
 
 
+EpochCallback = Callable[[int, float | None], None]
+
+
 class ModelBuilder:
-    def __init__(self, config: Config, resume: bool = False):
+    """Runner options beside `resume`, for a caller that trains many runs (audiotokens tune):
+    `epoch_callback(epoch, validation score)` after every epoch, the score being the figure the best epoch is
+    chosen on (None when undefined); an exception it raises stops training (a pruned trial). With
+    `score_test=False` no loader is made for the test split and it is never scored (its clip lengths still
+    size the model, as in any run, so that a tuned run and a plain one build the same network)."""
+
+    def __init__(self, config: Config, resume: bool = False, epoch_callback: EpochCallback | None = None,
+                 score_test: bool = True):
         self.config = config
         self.settings = config.train
         self.network = config.model
         self.resume = resume
+        self.epoch_callback = epoch_callback
+        self.score_test = score_test
         self.layout = Layout(config.workdir)
         self.ranks = distributed.launched()  # one process, or this one of torchrun's
 
@@ -427,7 +440,7 @@ class ModelBuilder:
         loaders = {name: make_split_loader(split, network.input, objective, max_frames, settings.batch_size,
                                            settings.seed if name == "train" else None, settings.num_workers,
                                            device.type == "cuda", settings.seed, plan, self.ranks)
-                   for name, split in splits.items()}
+                   for name, split in splits.items() if self.score_test or name != TEST_SPLIT}
         steps_per_epoch = math.ceil(len(loaders["train"]) / settings.grad_accum)
         trainer = trainer_type(settings.objective)(
             model=model, objective=objective, device=device, learning_rate=settings.learning_rate,
@@ -480,6 +493,8 @@ class ModelBuilder:
                 self._checkpoint(run.model, run.trainer, progress, run.identity, improved=row["best"])
                 training_log.record(row)
                 log.info(epoch_line(row, epochs, objective))
+                if self.epoch_callback is not None:
+                    self.epoch_callback(progress.epoch, row["validation"].get(objective.primary_metric))
         finally:
             training_log.close()
         return samples, seconds
@@ -595,7 +610,7 @@ class ModelBuilder:
 
     def _score_test(self, run: TrainingRun, progress: Progress) -> dict[str, Any]:
         """The best checkpoint scored once on the test split (never used to choose anything)."""
-        if TEST_SPLIT not in run.splits:
+        if TEST_SPLIT not in run.loaders:
             return {}
         result = evaluate_split(run.trainer, run.loaders[TEST_SPLIT])
         metrics = finite_or_none({"loss": result.loss, **run.objective.metrics(result.targets, result.scores,
