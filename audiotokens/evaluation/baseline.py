@@ -56,7 +56,7 @@ from ..features.spectrogram import MelPower, _cpu_count, _init_worker
 from ..model.objectives import objective_for
 from ..pipeline.files import atomic_path, write_json
 from ..pipeline.layout import BASELINE_ESTIMATOR, BASELINE_FIT, Layout
-from ..pipeline.stores import SplitPlan
+from ..pipeline.stores import NOTHING_LEFT_OUT, LeftOut, SplitPlan
 from .evaluate import Scored, write_reports
 
 log = logging.getLogger("audiotokens")
@@ -407,7 +407,7 @@ class BaselineRunner:
     def __init__(self, *, train: SplitFeatures, validation: SplitFeatures, test: SplitFeatures | None = None,
                  task: str, classes: list[str], out_dir: str | Path, models: tuple[str, ...] = MODELS,
                  seed: int = 0, threshold: float = 0.5, n_jobs: int | None = None,
-                 features: dict[str, Any] | None = None):
+                 features: dict[str, Any] | None = None, left_out: dict[str, LeftOut] | None = None):
         unknown = [m for m in models if m not in MODELS]
         if unknown:
             raise UserError(f"unknown baseline model '{unknown[0]}'; use one of {', '.join(MODELS)} or all")
@@ -417,6 +417,7 @@ class BaselineRunner:
         self.task, self.classes, self.out_dir = task, list(classes), Path(out_dir)
         self.models, self.seed, self.threshold, self.n_jobs = tuple(models), seed, threshold, n_jobs
         self.features = features  # feature_settings() of the features given, saved with each fitted model
+        self.left_out = left_out or {}  # per split: clips and classes it lost to classes without training clips
 
     def run(self) -> dict[str, Any]:
         """Per model: C, cross-validation, fit time and the headline metrics of each split."""
@@ -440,8 +441,10 @@ class BaselineRunner:
             metrics = write_reports(self.out_dir / model / name, scored, self.classes, objective_for(self.task),
                                     self.threshold,
                                     None, {"name": f"{model} {name}", "source": f"{name} (MFCC features)",
-                                           "model": model, "C": fitted.C})
-            summary[name] = {key: metrics.get(key) for key in ("clips", *objective_for(self.task).headline)}
+                                           "model": model, "C": fitted.C},
+                                    self.left_out.get(name, NOTHING_LEFT_OUT))
+            summary[name] = {key: metrics.get(key)
+                             for key in ("clips", "left_out_clips", *objective_for(self.task).headline)}
         return summary
 
 
@@ -480,11 +483,15 @@ class BaselineBuilder:
                                 test=features.get("test"), task=plan.task, classes=plan.classes,
                                 out_dir=self.layout.baselines, models=models, seed=settings.seed,
                                 threshold=self.config.train.threshold,
-                                features=feature_settings(self.config.spectrogram, settings.n_mfcc))
+                                features=feature_settings(self.config.spectrogram, settings.n_mfcc),
+                                left_out={name: plan.left_out(name) for name in plan.names()})
         results = runner.run()
         for model, summary in results.items():
             figures = ", ".join(f"{split} {key} {value:.4f}" for split in ("validation", "test")
                                 for key, value in (summary.get(split) or {}).items()
                                 if key == objective_for(plan.task).primary_metric and value is not None)
             log.info("baseline %s (C = %s): %s", model, summary.get("C"), figures)
+        for name in plan.names():
+            if plan.left_out(name):
+                log.warning("baselines, %s: %s", name, plan.left_out(name).note())
         return {model: {split: summary.get(split) for split in plan.names()} for model, summary in results.items()}

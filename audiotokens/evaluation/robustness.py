@@ -22,7 +22,7 @@ from ..data.corrupt import clip_seed, parse_corruption
 from ..data.sources.manifest import read_manifest
 from ..errors import UserError
 from ..model.audio_tokenizer import AudioTokenizer, single_threaded
-from ..model.metrics import per_class_average_precision
+from ..model.metrics import count_left_out, per_class_average_precision
 from ..model.objectives import objective_for
 from ..pipeline.files import atomic_dir, write_json
 from ..pipeline.layout import (
@@ -35,7 +35,7 @@ from ..pipeline.layout import (
     ROBUSTNESS_TABLE_MD,
     Layout,
 )
-from ..pipeline.stores import SplitPlan
+from ..pipeline.stores import NOTHING_LEFT_OUT, LeftOut, SplitPlan
 from ..training.epoch_log import finite_or_none
 from . import reports
 from .baseline import fitted_feature_settings, score_baseline, split_features
@@ -48,12 +48,16 @@ CLEAN = "clean"
 
 
 def write_robustness(out_dir: str | Path, *, conditions: dict[str, Scored], classes: list[str], task: str,
-                     threshold: float) -> list[dict[str, Any]]:
-    """The tables and the plot into out_dir (replaced whole); returns the per-condition rows."""
+                     threshold: float, left_out: LeftOut = NOTHING_LEFT_OUT) -> list[dict[str, Any]]:
+    """The tables and the plot into out_dir (replaced whole); returns the per-condition rows.
+
+    `left_out`: what the split lost to classes without a training clip; accuracy counts those clips as
+    errors, as evaluate's metrics.json does, and robustness.json states it.
+    """
     if CLEAN not in conditions:
         raise ValueError("the robustness table needs the clean condition to compare against")
     names = [CLEAN, *[name for name in conditions if name != CLEAN]]
-    rows = [condition_row(name, conditions[name], task, threshold) for name in names]
+    rows = [condition_row(name, conditions[name], task, threshold, len(left_out.clips)) for name in names]
     primary = objective_for(task).primary_metric
     for row in rows:
         clean, value = rows[0][primary], row[primary]
@@ -62,19 +66,22 @@ def write_robustness(out_dir: str | Path, *, conditions: dict[str, Scored], clas
     per_class = per_class_rows(conditions, names, classes)
     with atomic_dir(out_dir) as folder:
         reports.write_csv(folder / ROBUSTNESS_TABLE, rows, columns)
+        note = f"{left_out.note()}.\n\n" if left_out else ""
         (folder / ROBUSTNESS_TABLE_MD).write_text(
-            f"# Robustness: {primary} clean and under each corruption\n\n" + reports.markdown_table(rows, columns))
+            f"# Robustness: {primary} clean and under each corruption\n\n{note}" + reports.markdown_table(rows, columns))
         reports.write_csv(folder / ROBUSTNESS_PER_CLASS, per_class,
                           ["class", "positives", *[f"ap {n}" for n in names]])
         _plot(folder / ROBUSTNESS_PLOT, rows, primary)
-        write_json(folder / ROBUSTNESS_JSON, {"task": task, "threshold": threshold, "conditions": rows})
+        write_json(folder / ROBUSTNESS_JSON, {"task": task, "threshold": threshold, **left_out.counts(),
+                                              "left_out_note": left_out.note(), "conditions": rows})
     return rows
 
 
-def condition_row(name: str, scored: Scored, task: str, threshold: float) -> dict[str, Any]:
+def condition_row(name: str, scored: Scored, task: str, threshold: float, left_out_clips: int = 0) -> dict[str, Any]:
     """Headline metrics of one condition's scores (None where undefined, never NaN)."""
     objective = objective_for(task)
-    metrics = objective.metrics(objective.metric_targets(scored.targets), scored.scores, threshold)
+    metrics = count_left_out(objective.metrics(objective.metric_targets(scored.targets), scored.scores, threshold),
+                             len(scored.ids), left_out_clips)
     return finite_or_none({"condition": name, "clips": len(scored.ids),
                            **{key: metrics[key] for key in objective.headline}})
 
@@ -114,10 +121,12 @@ def evaluate_robustness(config, split: str | None, specs: list[str], model_dir: 
     corruptions = [parse_corruption(spec) for spec in specs]
     bundle = load_model(model_dir or layout.model_dir, device=config.train.device)
     plan = SplitPlan.load(layout) if manifest is None or layout.split_json.is_file() else None
+    left_out = NOTHING_LEFT_OUT
     if manifest is not None:
         name, clips = Path(manifest).stem, manifest_clips(Path(manifest), bundle, config.data.label_delimiter)
     else:
         name, clips = split or "validation", split_clips(plan, split or "validation", bundle, layout)
+        left_out = plan.left_out(name)
     out = layout.robustness_dir(name)
     conditions = {}
     for number, corruption in enumerate((None, *corruptions), 1):
@@ -126,14 +135,14 @@ def evaluate_robustness(config, split: str | None, specs: list[str], model_dir: 
                  len(corruptions) + 1, len(clips))
         conditions[condition] = _model_scores(bundle, clips, corruption, config.split.seed, condition)
     results = {"model": write_robustness(out / ROBUSTNESS_MODEL, conditions=conditions, classes=bundle.classes,
-                                         task=bundle.task, threshold=bundle.threshold)}
+                                         task=bundle.task, threshold=bundle.threshold, left_out=left_out)}
     for saved in layout.baseline_estimators():
         if plan is None or list(plan.classes) != list(bundle.classes):
             log.info("the baselines in %s were fitted on other classes than the model's; not scored on %s",
                      layout.baselines, name)
             break
         rows = _baseline_robustness(config, saved, clips, corruptions, plan,
-                                    out / ROBUSTNESS_BASELINE.format(name=saved.parent.name))
+                                    out / ROBUSTNESS_BASELINE.format(name=saved.parent.name), left_out)
         if rows is not None:
             results[saved.parent.name] = rows
     primary = objective_for(bundle.task).primary_metric
@@ -191,7 +200,8 @@ def _model_scores(bundle, clips: list[dict], corruption, seed: int, condition: s
     return Scored(ids, np.stack(targets) if targets else np.zeros((0, classes), np.float32), scores, skipped)
 
 
-def _baseline_robustness(config, saved: Path, clips: list[dict], corruptions, plan, out: Path):
+def _baseline_robustness(config, saved: Path, clips: list[dict], corruptions, plan, out: Path,
+                         left_out: LeftOut):
     """A saved baseline's table, its features computed with the settings it was fitted with (not the
     current config's); None, with a warning, for a baseline saved before those were recorded."""
     import joblib
@@ -210,4 +220,4 @@ def _baseline_robustness(config, saved: Path, clips: list[dict], corruptions, pl
         conditions[CLEAN if corruption is None else corruption.name] = Scored(
             features.ids, features.targets, score_baseline(fitted, features.features), features.skipped)
     return write_robustness(out, conditions=conditions, classes=plan.classes, task=plan.task,
-                            threshold=config.train.threshold)
+                            threshold=config.train.threshold, left_out=left_out)

@@ -30,6 +30,7 @@ from ..errors import UserError
 from ..features.ssl import model_config, model_dir, waveform_params_from_spec
 from ..model.batching import longest_first
 from ..model.bundle import save_bundle
+from ..model.metrics import count_left_out
 from ..model.modelcard import write_model_card
 from ..model.objectives import Objective, objective_for
 from ..model.parts import (
@@ -47,7 +48,7 @@ from ..pipeline import distributed
 from ..pipeline.distributed import ONE_PROCESS, Ranks
 from ..pipeline.layout import Layout
 from ..pipeline.provenance import package_versions, recorded_fingerprint, stage_params
-from ..pipeline.stores import ClipIndex, SplitPlan, open_split, read_frame_spec
+from ..pipeline.stores import NOTHING_LEFT_OUT, ClipIndex, LeftOut, SplitPlan, open_split, read_frame_spec
 from ..tokens.vocabulary import load_vocabulary
 from .augment import BatchAugmenter
 from .checkpoint import (
@@ -94,6 +95,7 @@ class SplitStore:
     index: ClipIndex
     columns: int
     frame_spec: dict[str, Any] | None = None  # of the frame store (frames and waveform inputs)
+    left_out: LeftOut = NOTHING_LEFT_OUT  # what the split lost to classes without a training clip
 
 
 def read_vocabulary(layout: Layout):
@@ -173,10 +175,13 @@ def read_splits(layout: Layout, input_kind: str) -> tuple[dict[str, SplitStore],
         plan.ids(required)  # a one-line UserError naming split.json when the split has no clips
     names = plan.names()
     if input_kind in FRAME_INPUTS:
-        return {name: read_split_frames(layout, name, input_kind) for name in names}, None
-    vocab = read_vocabulary(layout)
-    splits = {name: read_split_tokens(layout, name, vocab) for name in names}
-    check_token_ids(layout.tokens, vocab)
+        splits, vocab = {name: read_split_frames(layout, name, input_kind) for name in names}, None
+    else:
+        vocab = read_vocabulary(layout)
+        splits = {name: read_split_tokens(layout, name, vocab) for name in names}
+        check_token_ids(layout.tokens, vocab)
+    for name, split in splits.items():
+        split.left_out = plan.left_out(name)
     return splits, vocab
 
 
@@ -199,6 +204,16 @@ def run_identity(layout: Layout, config: Config, vocab, max_frames: int,
             "split": recorded_fingerprint(layout, "split"),
             "vocabulary": vocab.digest if vocab is not None else None, "max_frames": max_frames,
             "clips": {name: len(s.index) for name, s in splits.items()}}
+
+
+def split_figures(objective: Objective, result: PassResult, threshold: float, left_out: LeftOut) -> dict[str, Any]:
+    """A held-out split's metrics, with the numbers it lost to classes without a training clip (accuracy counts
+    those clips as errors, as evaluate's metrics.json does; the setup lines name the classes)."""
+    metrics = count_left_out(objective.metrics(result.targets, result.scores, threshold), len(result.targets),
+                             len(left_out.clips))
+    if not left_out:
+        return metrics
+    return {**metrics, "left_out_clips": len(left_out.clips), "left_out_positives": left_out.positives}
 
 
 # ---------------------------------------------------------------- sizes and settings
@@ -467,7 +482,8 @@ class ModelBuilder:
                 fit = run.trainer.train_epoch(batches, len(train_loader))
                 checked = evaluate_split(run.trainer, run.loaders["validation"])
                 samples, seconds = samples + fit.samples, seconds + fit.seconds
-                row = self._epoch_row(progress, run.trainer, objective, fit, checked)
+                row = self._epoch_row(progress, run.trainer, objective, fit, checked,
+                                      run.splits["validation"].left_out)
                 record_peak_memory(row, run.trainer.device)
                 self._advance(progress, row, objective)
                 self._checkpoint(run.model, run.trainer, progress, run.identity, improved=row["best"])
@@ -480,14 +496,14 @@ class ModelBuilder:
     # ------------------------------------------------------------ epochs
 
     def _epoch_row(self, progress: Progress, trainer: Trainer, objective: Objective, fit: PassResult,
-                   checked: PassResult) -> dict[str, Any]:
+                   checked: PassResult, left_out: LeftOut) -> dict[str, Any]:
         threshold = self.settings.threshold
         return finite_or_none({
             "epoch": progress.epoch + 1,
             "step": trainer.step,
             "lr": trainer.scheduler.get_last_lr()[0],
             "train": {"loss": fit.loss, **objective.metrics(fit.targets, fit.scores, threshold)},
-            "validation": {"loss": checked.loss, **objective.metrics(checked.targets, checked.scores, threshold)},
+            "validation": {"loss": checked.loss, **split_figures(objective, checked, threshold, left_out)},
             "train_samples_per_s": fit.samples / fit.seconds if fit.seconds else 0.0,
             "epoch_time_s": fit.seconds + checked.seconds,
         })
@@ -591,15 +607,17 @@ class ModelBuilder:
         if TEST_SPLIT not in run.splits:
             return {}
         result = evaluate_split(run.trainer, run.loaders[TEST_SPLIT])
-        metrics = finite_or_none({"loss": result.loss, **run.objective.metrics(result.targets, result.scores,
-                                                                              self.settings.threshold)})
+        left_out = run.splits[TEST_SPLIT].left_out
+        metrics = finite_or_none({"loss": result.loss,
+                                  **split_figures(run.objective, result, self.settings.threshold, left_out)})
         headline = {f"test_{name}": metrics.get(name) for name in ("loss", *run.objective.headline)}
         if self.ranks.writer:
             TrainingLog.append_result(self.layout, {"split": TEST_SPLIT, "epoch": progress.best_epoch,
-                                                    TEST_SPLIT: metrics})
+                                                    TEST_SPLIT: {**metrics, **(left_out.counts() if left_out else {})}})
             figures = "  ".join(f"{name[5:]} {format_figure(value)}" for name, value in headline.items())
-            log.info("test (%d clips, best epoch %d by validation): %s", len(run.splits[TEST_SPLIT].index),
-                     progress.best_epoch, figures)
+            lost = f" + {len(left_out.clips)} left out, counted as errors" if left_out.clips else ""
+            log.info("test (%d clips%s, best epoch %d by validation): %s", len(run.splits[TEST_SPLIT].index),
+                     lost, progress.best_epoch, figures)
         return headline
 
     def _write_bundle(self, run: TrainingRun) -> None:
@@ -619,6 +637,9 @@ class ModelBuilder:
         train, validation = splits["train"], splits["validation"]
         sizes = ", ".join(f"{name}: {len(s.index)} clips" for name, s in splits.items())
         log.info("%s, %d classes (%s)", sizes, len(train.index.classes), objective.task)
+        for name, split in splits.items():
+            if split.left_out:
+                log.warning("%s: %s", name, split.left_out.note())
         spec = model.spec
         if spec.input == WAVEFORM:
             speech = spec.encoder_params["speech_config"]

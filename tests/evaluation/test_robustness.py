@@ -17,6 +17,7 @@ from audiotokens.evaluation.evaluate import Scored
 from audiotokens.evaluation.robustness import evaluate_robustness, write_robustness
 from audiotokens.pipeline.layout import Layout
 from audiotokens.pipeline.run import execute
+from audiotokens.pipeline.stores import LeftOut
 
 
 def _scored(targets: np.ndarray, noise: float, seed: int) -> Scored:
@@ -57,6 +58,22 @@ def test_singlelabel_accuracy_and_clean_is_required(tmp_path):
     with pytest.raises(ValueError, match="clean"):
         write_robustness(tmp_path / "other", conditions={"x": conditions["clean"]}, classes=["x", "y", "z"],
                          task="singlelabel", threshold=0.5)
+
+
+def test_clips_of_classes_without_training_clips_count_as_errors_and_are_stated(tmp_path):
+    """A split that lost 10 single-label clips of class 'w' (no training clip): every condition's accuracy
+    counts them as errors, as evaluate's metrics.json does, and robustness.json says so."""
+    ids = np.random.default_rng(6).integers(0, 3, 30)
+    targets = np.eye(3, dtype=np.float32)[ids]
+    conditions = {"clean": _scored(targets, 0.05, 4), "noise_white_snr5": _scored(targets, 0.6, 5)}
+    left_out = LeftOut(clips=tuple(f"w{i}" for i in range(10)), classes=("w",), positives=10)
+    rows = write_robustness(tmp_path / "rob", conditions=conditions, classes=["x", "y", "z"], task="singlelabel",
+                            threshold=0.5, left_out=left_out)
+    for row, scored in zip(rows, conditions.values()):
+        assert row["accuracy"] == pytest.approx(accuracy_score(ids, scored.scores.argmax(1)) * 30 / 40)
+    stated = json.loads((tmp_path / "rob" / "robustness.json").read_text())
+    assert (stated["left_out_clips"], stated["left_out_classes"]) == (10, ["w"])
+    assert "10 clips of 1 class without a training clip (w)" in (tmp_path / "rob" / "robustness.md").read_text()
 
 
 # ---------------------------------------------------------------- scoring a trained project's audio

@@ -315,3 +315,20 @@ def test_a_clip_too_long_for_full_attention_asks_for_a_limit(tmp_path, monkeypat
     counts = ModelBuilder(load_config(overrides=[*SMALL, "train.epochs=1", "model.max_length=20"],
                                       workdir=tmp_path)).run()
     assert counts["truncated_clips"] > 0
+
+
+def test_the_log_states_clips_of_classes_without_training_clips(tmp_path_factory, tmp_path, caplog):
+    """Class 'c' is only in the test split: the setup and test lines say so, and metrics.jsonl's test line
+    counts its 2 clips as errors, as evaluate does."""
+    from projects import copy_project, left_out_project, project_config
+
+    root = copy_project(left_out_project(tmp_path_factory), tmp_path / "copy")
+    with caplog.at_level(logging.INFO, logger="audiotokens"):
+        counts = ModelBuilder(project_config(root)).run()
+    assert "test: 2 clips of 1 class without a training clip (c) left the split" in caplog.text
+    assert re.search(r"test \(4 clips \+ 2 left out, counted as errors, best epoch \d by validation\)", caplog.text)
+    rows = [json.loads(line) for line in Layout(root / "work").metrics.read_text().splitlines()]
+    test = rows[-1]["test"]
+    assert (test["left_out_clips"], test["left_out_classes"]) == (2, ["c"])
+    assert test["accuracy"] == pytest.approx(test["accuracy_kept_classes"] * 4 / 6) == counts["test_accuracy"]
+    assert "left_out_clips" not in rows[0]["validation"]  # validation lost nothing
