@@ -5,7 +5,9 @@ processed/frames/frames.npy (model.input = "frames", or "waveform": rows of samp
 model, model.encoder = "ssl", is fine-tuned on); writes output/checkpoints/{last,best}.pt
 every epoch, output/metrics.jsonl, output/curves.png and, from the best checkpoint, the portable bundle
 output/model/. The best epoch is chosen on validation; when a test split exists, the best checkpoint is
-scored on it once at the end, and those figures are reported as test.
+scored on it once at the end, and those figures are reported as test. Under split.strategy = "kfold" the
+validation split is the held-out fold, whose figures are the fold's result: it chooses nothing, the kept
+epoch is the last (train.epochs, no early stop), so the figures reported on it are not selected on it.
 
 Train-side metrics come from the epoch's own forward passes (dropout on, weights moving during the
 epoch); they cost nothing extra and are the usual way to watch over-fitting, but are not a clean
@@ -96,6 +98,7 @@ class SplitStore:
     columns: int
     frame_spec: dict[str, Any] | None = None  # of the frame store (frames and waveform inputs)
     left_out: LeftOut = NOTHING_LEFT_OUT  # what the split lost to classes without a training clip
+    held_out_fold: bool = False  # the validation split of a k-fold split: reported on, never chosen on
 
 
 def read_vocabulary(layout: Layout):
@@ -182,6 +185,7 @@ def read_splits(layout: Layout, input_kind: str) -> tuple[dict[str, SplitStore],
         check_token_ids(layout.tokens, vocab)
     for name, split in splits.items():
         split.left_out = plan.left_out(name)
+    splits["validation"].held_out_fold = plan.raw.get("strategy") == "kfold"
     return splits, vocab
 
 
@@ -485,7 +489,7 @@ class ModelBuilder:
                 row = self._epoch_row(progress, run.trainer, objective, fit, checked,
                                       run.splits["validation"].left_out)
                 record_peak_memory(row, run.trainer.device)
-                self._advance(progress, row, objective)
+                self._advance(progress, row, objective, chooses=not run.splits["validation"].held_out_fold)
                 self._checkpoint(run.model, run.trainer, progress, run.identity, improved=row["best"])
                 training_log.record(row)
                 log.info(epoch_line(row, epochs, objective))
@@ -508,17 +512,20 @@ class ModelBuilder:
             "epoch_time_s": fit.seconds + checked.seconds,
         })
 
-    def _advance(self, progress: Progress, row: dict[str, Any], objective: Objective) -> None:
+    def _advance(self, progress: Progress, row: dict[str, Any], objective: Objective,
+                 chooses: bool = True) -> None:
+        """Count the epoch; `row["best"]`: it is the epoch kept so far (the best on validation, or, where
+        validation must not choose, the latest)."""
         score = row["validation"][objective.primary_metric]
         score = -math.inf if score is None or math.isnan(score) else score
-        row["best"] = progress.best_epoch == 0 or score > progress.best_score
+        row["best"] = not chooses or progress.best_epoch == 0 or score > progress.best_score
         progress.epoch += 1
         progress.history.append(row)
         if row["best"]:
             progress.best_score, progress.best_epoch, progress.stale_epochs = score, progress.epoch, 0
         else:
             progress.stale_epochs += 1
-        patience = self.settings.patience
+        patience = self.settings.patience if chooses else 0
         if patience > 0 and progress.stale_epochs >= patience and progress.epoch < self.settings.epochs:
             log.info("early stop: validation %s has not improved for %d epochs (best %.4f at epoch %d)",
                      objective.primary_metric, patience, progress.best_score, progress.best_epoch)
@@ -616,8 +623,9 @@ class ModelBuilder:
                                                     TEST_SPLIT: {**metrics, **(left_out.counts() if left_out else {})}})
             figures = "  ".join(f"{name[5:]} {format_figure(value)}" for name, value in headline.items())
             lost = f" + {len(left_out.clips)} left out, counted as errors" if left_out.clips else ""
-            log.info("test (%d clips%s, best epoch %d by validation): %s", len(run.splits[TEST_SPLIT].index),
-                     lost, progress.best_epoch, figures)
+            kept = "last epoch %d" if run.splits["validation"].held_out_fold else "best epoch %d by validation"
+            log.info("test (%d clips%s, " + kept + "): %s", len(run.splits[TEST_SPLIT].index), lost,
+                     progress.best_epoch, figures)
         return headline
 
     def _write_bundle(self, run: TrainingRun) -> None:
@@ -640,6 +648,10 @@ class ModelBuilder:
         for name, split in splits.items():
             if split.left_out:
                 log.warning("%s: %s", name, split.left_out.note())
+        if validation.held_out_fold:
+            log.info("k-fold: validation is the held-out fold, so it chooses nothing: the bundle is the last epoch "
+                     "(train.epochs = %d)%s", self.settings.epochs,
+                     ", train.patience is not used" if self.settings.patience else "")
         spec = model.spec
         if spec.input == WAVEFORM:
             speech = spec.encoder_params["speech_config"]

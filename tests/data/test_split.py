@@ -163,6 +163,13 @@ def test_same_seed_same_split_and_other_seed_differs(tmp_path, strategy):
     assert ids(first, "test") and ids(first, "test") != ids(other, "test")  # split.seed draws the test split too
 
 
+def test_a_kfold_split_says_so_for_the_train_stage(tmp_path):
+    """The train stage keeps the last epoch when validation is a held-out fold: split.json must name the strategy."""
+    manifest = write_manifest(tmp_path / "data", multilabel_rows(60, 4, seed=1))
+    _, split, _ = run_split(tmp_path / "w", *manifest_settings(manifest, "split.strategy=kfold", "split.folds=3"))
+    assert split["strategy"] == "kfold" and ids(split, "validation") and ids(split, "train")
+
+
 def test_random_ratio(tmp_path):
     manifest = write_manifest(tmp_path / "data", multilabel_rows(200, 5, seed=2))
     counts, split, _ = run_split(tmp_path, *manifest_settings(manifest, "split.strategy=random",

@@ -301,6 +301,24 @@ def test_early_stopping_and_resuming_a_finished_run(tmp_path):
     assert again["epochs_run"] == 0 and again["epochs_completed"] == 3
 
 
+def test_a_kfold_split_keeps_the_last_epoch_never_one_chosen_on_the_held_out_fold(tmp_path, caplog):
+    """Under split.strategy = kfold validation is the held-out fold that the k-fold figures report: the run
+    that early-stops at epoch 3 with epoch 1 kept (previous test) trains every epoch and keeps the last."""
+    layout = make_workdir(tmp_path, n_train=32, n_validation=8)
+    plan = json.loads(layout.split_json.read_text())
+    layout.split_json.write_text(json.dumps({**plan, "strategy": "kfold"}))
+    config = load_config(overrides=[*SMALL, "train.epochs=5", "train.patience=2", "train.learning_rate=0"],
+                         workdir=tmp_path)
+    with caplog.at_level(logging.INFO, logger="audiotokens"):
+        counts = ModelBuilder(config).run()
+    assert (counts["epochs_run"], counts["best_epoch"]) == (5, 5)
+    assert load_checkpoint(layout.checkpoints / "best.pt")["epoch"] == 5
+    rows = [json.loads(line) for line in layout.metrics.read_text().splitlines()]
+    assert [row["best"] for row in rows] == [True] * 5  # each epoch replaces the kept one
+    assert "k-fold: validation is the held-out fold, so it chooses nothing" in caplog.text
+    assert "train.patience is not used" in caplog.text
+
+
 @pytest.mark.parametrize("override", ["model.dropout=1.0", "train.warmup_ratio=2", "train.num_workers=-1"])
 def test_out_of_range_settings_name_the_key(tmp_path, override):
     with pytest.raises(UserError, match=re.escape(f"'{override.split('=')[0]}'")):
