@@ -163,8 +163,9 @@ for _name in NAMES:
 @click.option("--model", "model_dir", default=None,
               help="Another model bundle (default: <workdir>/output/model; then no provenance record).")
 @click.option("--corrupt", "corruptions", multiple=True, metavar="SPEC",
-              help="Also score the split's audio under this corruption (repeatable), e.g. noise:snr=10, "
-                   "noise:snr=5,kind=pink, noise:dir=PATH,snr=10, reverb:rt60=0.6, reverb:dir=PATH.")
+              help="Also score the audio (the split's, or the manifest's) under this corruption "
+                   "(repeatable), e.g. noise:snr=10, noise:snr=5,kind=pink, noise:dir=PATH,snr=10, "
+                   "reverb:rt60=0.6, reverb:dir=PATH.")
 @click.option("--strict", is_flag=True, help="Refuse to run on stale inputs.")
 def evaluate(config, split_name, manifest, class_name, model_dir, strict, corruptions):
     from .pipeline.run import execute  # on use: start-up time
@@ -178,7 +179,7 @@ def evaluate(config, split_name, manifest, class_name, model_dir, strict, corrup
     if corruptions:
         from .evaluation.robustness import evaluate_robustness  # on use: start-up time
 
-        evaluate_robustness(config, split_name or "validation", list(corruptions), model_dir)
+        evaluate_robustness(config, split_name, list(corruptions), model_dir, manifest)
 
 
 @main.command()

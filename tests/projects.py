@@ -84,6 +84,34 @@ def trained_project(tmp_path_factory, task: str) -> Path:
     return _PROJECTS[task]
 
 
+def build_left_out_project(root: Path) -> Path:
+    """A single-label tone project whose class 'c' is only in the test split (split.test_list): 'c' has no
+    training clip, so it is no model output and its 2 clips leave the test split (6 listed, 4 scored).
+    Every stage runs, the logistic-regression baseline too."""
+    rows = ["path,label"]
+    for i in range(20):
+        label = list(TONES)[i % 3] if i < 18 else "c"
+        write_tone(root / "audio" / f"clip{i:02d}.wav", [list(TONES)[i % 3]], i)
+        rows.append(f"audio/clip{i:02d}.wav,{label}")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    test_list = root / "test_ids.txt"
+    test_list.write_text("".join(f"audio/clip{i:02d}.wav\n" for i in (0, 1, 2, 3, 18, 19)))
+    settings = RUN_SETTINGS.replace("[split]\n", f'[split]\ntest_list = "{test_list}"\n')
+    (root / "run.toml").write_text(f'[data]\nmanifest = "{root / "manifest.csv"}"\n' + settings)
+    config = project_config(root)
+    for stage in ("split", "spectrogram", "cluster", "tokenize", "train", "evaluate"):
+        execute(stage, config)
+    execute("baseline", project_config(root, "baseline.models=logreg", "baseline.workers=1"))
+    return root
+
+
+def left_out_project(tmp_path_factory) -> Path:
+    """build_left_out_project, built on first use and shared by every test module of the session."""
+    if "left_out" not in _PROJECTS:
+        _PROJECTS["left_out"] = build_left_out_project(tmp_path_factory.mktemp("project_left_out"))
+    return _PROJECTS["left_out"]
+
+
 def copy_project(root: Path, destination: Path) -> Path:
     """A private copy for tests that change artifacts (paths in run.toml still name the original audio)."""
     shutil.copytree(root, destination)

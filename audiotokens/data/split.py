@@ -16,7 +16,8 @@ split.test_ratio of the clips drawn before validation (whole groups when the cli
 stratified, or random with the random strategy); 0 means no test split.
 
 Classes without a training clip are dropped from the model's class list (listed in the report) unless
-data.keep_unused_classes; a single-label clip of a dropped class leaves its split.
+data.keep_unused_classes; a single-label clip of a dropped class leaves its split, a multi-label positive
+of one is stripped, and split.json's "left_out" records both per split for every metrics file to state.
 Writes processed/split.json (the catalogue, read by the spectrogram stage, and the ids of each split) and
 processed/split_report.json (clips left out with reasons, per-class counts per split).
 """
@@ -35,6 +36,7 @@ from ..errors import UserError
 from ..pipeline.files import write_json
 from ..pipeline.layout import SPLITS, Layout
 from ..pipeline.provenance import file_stat
+from ..pipeline.stores import LeftOut
 from . import sources
 from .folds import fold_split, kfold_sides
 from .sources import Clip, Dataset
@@ -70,8 +72,9 @@ class DatasetSplitter:
         splits = {name: [clip for clip, side in zip(dataset.clips + (dataset.eval_clips or []), sides)
                          if side == number] for number, name in enumerate(SPLITS)}
         kept, dropped = model_classes(dataset, splits["train"], data.keep_unused_classes)
+        left_out = left_out_of_splits(dataset, splits, dropped)
         splits = _leave_out_unpredictable(dataset, splits, kept, notes)
-        self._write(dataset, strategy, splits, kept, dropped, notes)
+        self._write(dataset, strategy, splits, kept, dropped, notes, left_out)
         print_summary(dataset, strategy, splits, kept, dropped, self.layout.split_report)
         counts = {"clips": sum(len(c) for c in splits.values()), **{n: len(c) for n, c in splits.items()},
                   "missing": len(dataset.missing), "classes": len(kept), "classes_dropped": len(dropped)}
@@ -79,10 +82,11 @@ class DatasetSplitter:
         return counts
 
     def _write(self, dataset: Dataset, strategy: str, splits: dict[str, list[Clip]], kept: list[int],
-               dropped: list[int], notes: dict[str, Any]) -> None:
+               dropped: list[int], notes: dict[str, Any], left_out: dict[str, LeftOut]) -> None:
         plan = {"source": dataset.source, "strategy": strategy, "task": dataset.task,
                 "classes": [dataset.classes[c] for c in kept],
-                "dropped_classes": [dataset.classes[c] for c in dropped]}
+                "dropped_classes": [dataset.classes[c] for c in dropped],
+                "left_out": {name: entry.to_json() for name, entry in left_out.items()}}
         if dataset.class_ids is not None:
             plan["class_ids"] = [dataset.class_ids[c] for c in kept]
         model_id = {source: model for model, source in enumerate(kept)}
@@ -145,6 +149,23 @@ def model_classes(dataset: Dataset, train: list[Clip], keep_unused: bool) -> tup
         raise UserError(f"only {len(kept)} class has training clips; a classifier needs at least two — "
                         "check the split (split.strategy, ratios) and the labels")
     return kept, dropped
+
+
+def left_out_of_splits(dataset: Dataset, splits: dict[str, list[Clip]], dropped: list[int]) -> dict[str, LeftOut]:
+    """Per split, what the classes without a training clip take from its figures: their single-label clips
+    (which leave the split) or their multi-label positives (which are stripped). Every metrics file states it."""
+    unpredictable = set(dropped)
+    left_out = {}
+    for name, clips in splits.items():
+        hits = [(clip, [c for c in clip.labels if c in unpredictable]) for clip in clips]
+        hits = [(clip, labels) for clip, labels in hits if labels]
+        if not hits:
+            continue
+        classes = sorted({c for _, labels in hits for c in labels})
+        left_out[name] = LeftOut(
+            clips=tuple(clip.id for clip, _ in hits) if dataset.task == sources.SINGLELABEL else (),
+            classes=tuple(dataset.classes[c] for c in classes), positives=sum(len(labels) for _, labels in hits))
+    return left_out
 
 
 def _leave_out_unpredictable(dataset: Dataset, splits: dict[str, list[Clip]], kept: list[int],

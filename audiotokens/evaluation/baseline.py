@@ -56,7 +56,7 @@ from ..features.spectrogram import MelPower, _cpu_count, _init_worker
 from ..model.objectives import objective_for
 from ..pipeline.files import atomic_path, write_json
 from ..pipeline.layout import BASELINE_ESTIMATOR, BASELINE_FIT, Layout
-from ..pipeline.stores import SplitPlan
+from ..pipeline.stores import NOTHING_LEFT_OUT, LeftOut, SplitPlan
 from .evaluate import Scored, write_reports
 
 log = logging.getLogger("audiotokens")
@@ -227,11 +227,29 @@ class FittedBaseline:
     C: float | None = None
     cv_scores: dict[str, float | None] = field(default_factory=dict)  # str(C) -> mean fold score
     cv: str = ""  # how C was chosen
+    # what its features were computed with (feature_settings); None in baselines saved before it was recorded
+    features: dict[str, Any] | None = None
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.model, "task": self.task, "C": self.C, "cv": self.cv,
                 "cv_metric": objective_for(self.task).primary_metric, "cv_scores": self.cv_scores,
-                "modelled_classes": len(self.columns), "classes": self.n_classes}
+                "modelled_classes": len(self.columns), "classes": self.n_classes,
+                "feature_settings": self.features}
+
+
+FEATURE_KEYS = ("sample_rate", "n_fft", "hop_length", "n_mels", "fmin", "fmax", "max_duration")
+
+
+def feature_settings(params: SpectrogramConfig, n_mfcc: int) -> dict[str, Any]:
+    """The settings that make a clip's MFCC statistics: decoding, STFT, mel filterbank and n_mfcc."""
+    return {"spectrogram": {key: getattr(params, key) for key in FEATURE_KEYS}, "n_mfcc": n_mfcc}
+
+
+def fitted_feature_settings(fitted: FittedBaseline) -> tuple[SpectrogramConfig, int] | None:
+    """(spectrogram settings, n_mfcc) the baseline was fitted with; None when they were not recorded."""
+    if not fitted.features:
+        return None
+    return SpectrogramConfig(**fitted.features["spectrogram"]), int(fitted.features["n_mfcc"])
 
 
 def fit_baseline(model: str, X_train: np.ndarray, Y_train: np.ndarray, task: str, groups: list | None,
@@ -403,7 +421,8 @@ class BaselineRunner:
 
     def __init__(self, *, train: SplitFeatures, validation: SplitFeatures, test: SplitFeatures | None = None,
                  task: str, classes: list[str], out_dir: str | Path, models: tuple[str, ...] = MODELS,
-                 seed: int = 0, threshold: float = 0.5, n_jobs: int | None = None):
+                 seed: int = 0, threshold: float = 0.5, n_jobs: int | None = None,
+                 features: dict[str, Any] | None = None, left_out: dict[str, LeftOut] | None = None):
         unknown = [m for m in models if m not in MODELS]
         if unknown:
             raise UserError(f"unknown baseline model '{unknown[0]}'; use one of {', '.join(MODELS)} or all")
@@ -412,6 +431,8 @@ class BaselineRunner:
         self.splits = {"train": train, "validation": validation, **({"test": test} if test is not None else {})}
         self.task, self.classes, self.out_dir = task, list(classes), Path(out_dir)
         self.models, self.seed, self.threshold, self.n_jobs = tuple(models), seed, threshold, n_jobs
+        self.features = features  # feature_settings() of the features given, saved with each fitted model
+        self.left_out = left_out or {}  # per split: clips and classes it lost to classes without training clips
 
     def run(self) -> dict[str, Any]:
         """Per model: C, cross-validation, fit time and the headline metrics of each split."""
@@ -422,6 +443,7 @@ class BaselineRunner:
         started = time.perf_counter()
         fitted = fit_baseline(model, train.features, train.targets, self.task, train.groups, self.seed,
                               n_jobs=self.n_jobs)
+        fitted.features = self.features
         summary = {**fitted.describe(), "fit_time_s": round(time.perf_counter() - started, 3),
                    "features": f"{train.features.shape[1]} MFCC statistics (mean, std)"}
         write_json(self.out_dir / model / BASELINE_FIT, summary)
@@ -434,8 +456,10 @@ class BaselineRunner:
             metrics = write_reports(self.out_dir / model / name, scored, self.classes, objective_for(self.task),
                                     self.threshold,
                                     None, {"name": f"{model} {name}", "source": f"{name} (MFCC features)",
-                                           "model": model, "C": fitted.C})
-            summary[name] = {key: metrics.get(key) for key in ("clips", *objective_for(self.task).headline)}
+                                           "model": model, "C": fitted.C},
+                                    self.left_out.get(name, NOTHING_LEFT_OUT))
+            summary[name] = {key: metrics.get(key)
+                             for key in ("clips", "left_out_clips", *objective_for(self.task).headline)}
         return summary
 
 
@@ -481,11 +505,16 @@ class BaselineBuilder:
         runner = BaselineRunner(train=features["train"], validation=features["validation"],
                                 test=features.get("test"), task=plan.task, classes=plan.classes,
                                 out_dir=self.layout.baselines, models=models, seed=settings.seed,
-                                threshold=self.config.train.threshold)
+                                threshold=self.config.train.threshold,
+                                features=feature_settings(self.config.spectrogram, n_mfcc),
+                                left_out={name: plan.left_out(name) for name in plan.names()})
         results = runner.run()
         for model, summary in results.items():
             figures = ", ".join(f"{split} {key} {value:.4f}" for split in ("validation", "test")
                                 for key, value in (summary.get(split) or {}).items()
                                 if key == objective_for(plan.task).primary_metric and value is not None)
             log.info("baseline %s (C = %s): %s", model, summary.get("C"), figures)
+        for name in plan.names():
+            if plan.left_out(name):
+                log.warning("baselines, %s: %s", name, plan.left_out(name).note())
         return {model: {split: summary.get(split) for split in plan.names()} for model, summary in results.items()}

@@ -11,7 +11,9 @@ that section at all (a run that never trained, e.g. the baselines' base of a swe
 settings out of the comparison instead of making every one of them differ). Metric columns are each metrics file's headline
 figures (each objective's headline), named "<source> <metric>", e.g. "eval/validation mAP",
 "svm/test accuracy", "train log validation mAP" (the kept epoch). A k-fold directory is one run whose
-metrics are the means over its folds, with "<metric> std" beside them. The CSV has one row per run;
+metrics are the means over its folds, with "<metric> std" beside them. "<split> left out" states the
+clips (single-label) or positives (multi-label) of classes without a training clip that a split's
+figures do not cover (split.json; per fold in a k-fold summary). The CSV has one row per run;
 the Markdown one column per run (settings, then metrics, then times), which stays readable.
 """
 from __future__ import annotations
@@ -31,6 +33,7 @@ from ..pipeline.files import atomic_path, read_json, read_jsonl, write_json
 from ..pipeline.layout import COMPARE_BITS_PLOT, COMPARE_FILES, EVAL_METRICS, KFOLD_SUMMARY, Layout
 from ..pipeline.provenance import read_record
 from ..pipeline.stages import NAMES
+from ..pipeline.stores import SplitPlan
 from . import reports
 
 TRAIN_TIME = "train time (s)"
@@ -93,7 +96,23 @@ def run_metrics(workdir: Path) -> dict[str, float | int | None]:
         found.update(_headline(f"eval/{folder.name}", read_json(folder / EVAL_METRICS)))
     for folder in layout.baseline_reports():
         found.update(_headline(f"{folder.parent.name}/{folder.name}", read_json(folder / EVAL_METRICS)))
+    found.update({f"{split} {LEFT_OUT}": text for split, text in left_out_of_run(layout).items()})
     return found
+
+
+LEFT_OUT = "left out"
+
+
+def left_out_of_run(layout: Layout) -> dict[str, str]:
+    """Per split, the clips or positives its figures leave out (classes without a training clip), as split.json
+    records them; nothing for a workdir without a readable split."""
+    if not layout.split_json.is_file():
+        return {}
+    try:
+        plan = SplitPlan.load(layout)
+    except UserError:
+        return {}
+    return {split: plan.left_out(split).summary() for split in plan.names() if plan.left_out(split)}
 
 
 def run_times(workdir: Path) -> dict[str, float | None]:
@@ -137,19 +156,21 @@ def compare_workdirs(workdirs: list[Path]) -> Comparison:
     settings = {label: run_settings(w) for label, w in zip(labels, workdirs)}
     metrics = {label: run_metrics(w) for label, w in zip(labels, workdirs)}
     kfolds = {label: _kfold_metrics(w) for label, w in zip(labels, workdirs)}
+    kfold_left_out = {label: _kfold_left_out(w) for label, w in zip(labels, workdirs)}
     empty = [str(w) for label, w in zip(labels, workdirs) if not settings[label] and not metrics[label]
              and not kfolds[label]]
     if empty:
         raise UserError(f"{empty[0]} holds no provenance records or metrics; is it a workdir of a run?")
     differing = differing_settings(list(settings.values()))
     comparison = Comparison(runs=labels, settings=differing,
-                            metrics=_union([*metrics[label], *kfolds[label]] for label in labels),
+                            metrics=_union([*metrics[label], *kfolds[label], *kfold_left_out[label]]
+                                           for label in labels),
                             with_std=_union(list(k) for k in kfolds.values()),
                             reports={label: str(Layout(w).html_report) for label, w in zip(labels, workdirs)
                                      if Layout(w).html_report.is_file()})
     for label, workdir in zip(labels, workdirs):
         row: dict[str, Any] = {"run": label, **{key: settings[label].get(key) for key in differing},
-                               **metrics[label], **run_times(workdir)}
+                               **metrics[label], **kfold_left_out[label], **run_times(workdir)}
         for name, summary in kfolds[label].items():
             row[name], row[f"{name} std"] = summary["mean"], summary["std"]
         comparison.rows.append(row)
@@ -186,6 +207,17 @@ def _kfold_metrics(workdir: Path) -> dict[str, dict[str, Any]]:
     if not path.is_file():
         return {}
     return dict(read_json(path).get("metrics", {}))
+
+
+def _kfold_left_out(workdir: Path) -> dict[str, str]:
+    """Per split, what each fold's figures leave out: "fold_2: 2 clips of c; fold_4: ..."."""
+    path = workdir / KFOLD_SUMMARY
+    by_fold = read_json(path).get("left_out", {}) if path.is_file() else {}
+    cells: dict[str, list[str]] = {}
+    for fold, splits in by_fold.items():
+        for split, text in splits.items():
+            cells.setdefault(f"{split} {LEFT_OUT}", []).append(f"{Path(fold).name}: {text}")
+    return {column: "; ".join(texts) for column, texts in cells.items()}
 
 
 # ---------------------------------------------------------------- output files
@@ -305,6 +337,7 @@ def kfold_summary(workdirs: list[Path]) -> dict[str, Any]:
         raise UserError("no fold workdirs to summarise")
     per_fold = [run_metrics(w) for w in workdirs]
     metrics = {}
+    left_out = {str(w): lost for w in workdirs if (lost := left_out_of_run(Layout(w)))}
     for name in _union(list(m) for m in per_fold):
         values = [m[name] for m in per_fold if isinstance(m.get(name), (int, float)) and math.isfinite(m[name])]
         if values:
@@ -317,6 +350,7 @@ def kfold_summary(workdirs: list[Path]) -> dict[str, Any]:
     return {
         "folds": [str(w) for w in workdirs],
         "metrics": metrics,
+        "left_out": left_out,  # fold -> split -> what its figures leave out (classes without a training clip)
         "settings": {k: v for k, v in settings[0].items() if k not in differing},
         "times": {key: round(sum(t[key] for t in times if t.get(key) is not None), 3)
                   if any(t.get(key) is not None for t in times) else None for key in (TRAIN_TIME, TOTAL_TIME)},
@@ -330,6 +364,9 @@ def format_kfold(summary: dict[str, Any]) -> str:
     for name, figures in summary["metrics"].items():
         std = "" if figures["std"] is None else f" ± {figures['std']:.4f}"
         lines.append(f"  {name:<{width}}  {figures['mean']:.4f}{std}  (n={figures['n']})")
+    for fold, splits in summary.get("left_out", {}).items():
+        lines.append(f"  left out (classes without a training clip), {fold}: "
+                     + "; ".join(f"{split} {text}" for split, text in splits.items()))
     return "\n".join(lines)
 
 

@@ -3,7 +3,8 @@ or on a manifest of audio files. The decision threshold is the bundle's (train.t
 evaluate.threshold / --threshold sets one.
 
 Writes output/eval/<name>/ (name = the split or the manifest's stem), swapped in whole:
-  metrics.json               the training metrics (same code), counts, skipped clips
+  metrics.json               the training metrics (same code), counts, skipped clips, and the clips and
+                             classes left out because their class has no training clip (split.json)
   per_class.csv, .md         class, positives, AP, precision/recall/F1 at the threshold, best-F1 threshold
   sweep.csv                  micro precision/recall/F1/FP/FN at thresholds 0.05 … 0.95
   sweep_<class>.csv          the same for the class given with --class
@@ -27,6 +28,7 @@ from ..config import Config
 from ..data.sources.manifest import read_manifest
 from ..errors import UserError
 from ..model.audio_tokenizer import AudioTokenizer
+from ..model.metrics import count_left_out
 from ..model.objectives import Objective
 from ..pipeline.files import atomic_dir, read_json, save_npy, write_json
 from ..pipeline.layout import (
@@ -43,7 +45,7 @@ from ..pipeline.layout import (
     EVAL_SWEEP,
     Layout,
 )
-from ..pipeline.stores import ClipIndex, SplitPlan, open_split, spec_digest
+from ..pipeline.stores import NOTHING_LEFT_OUT, ClipIndex, LeftOut, SplitPlan, open_split, spec_digest
 from . import reports
 from .predict import load_model, score_files
 
@@ -87,21 +89,25 @@ class Evaluator:
         bundle = load_model(self.model_dir, device=self.config.train.device)
         if self.manifest:
             return self._report(bundle, self.manifest.stem, self._score_manifest(bundle), str(self.manifest))
-        names = [self.split] if self.split else [n for n in SplitPlan.load(self.layout).names() if n != "train"]
+        plan = SplitPlan.load(self.layout)
+        names = [self.split] if self.split else [n for n in plan.names() if n != "train"]
         relative = Layout()  # the store as the workdir names it
         store = relative.tokenized if bundle.input == "tokens" else relative.frames_dir
-        results = {name: self._report(bundle, name, self._score_split(bundle, name), f"the {name} split of {store}/")
+        results = {name: self._report(bundle, name, self._score_split(bundle, name), f"the {name} split of {store}/",
+                                      plan.left_out(name))
                    for name in names}
         return results[names[0]] if len(names) == 1 else results
 
-    def _report(self, bundle, name: str, scored: Scored, source: str) -> dict[str, Any]:
+    def _report(self, bundle, name: str, scored: Scored, source: str,
+                left_out: LeftOut = NOTHING_LEFT_OUT) -> dict[str, Any]:
         sweep_class = resolve_class(self.class_name, bundle.classes) if self.class_name else None
         out_dir = self.layout.eval_dir(name)
         threshold = self.threshold if self.threshold >= 0 else bundle.threshold
         metrics = write_reports(out_dir, scored, bundle.classes, bundle.objective, threshold, sweep_class,
-                                {"name": name, "source": source, "model": str(self.model_dir)})
+                                {"name": name, "source": source, "model": str(self.model_dir)}, left_out)
         log_headline(name, metrics, out_dir, bundle.objective)
-        return {key: metrics[key] for key in ("clips", "skipped", "task", "threshold", *bundle.objective.headline)}
+        return {key: metrics[key] for key in ("clips", "skipped", "left_out_clips", "task", "threshold",
+                                              *bundle.objective.headline)}
 
     # ------------------------------------------------------------ a split of the stores
 
@@ -235,23 +241,28 @@ def safe_name(name: str) -> str:
 
 
 def write_reports(out_dir: Path, scored: Scored, classes: list[str], objective: Objective, threshold: float,
-                  sweep_class: int | None, about: dict[str, Any]) -> dict[str, Any]:
-    """Every report file into a temporary directory that then replaces out_dir; returns metrics.json."""
+                  sweep_class: int | None, about: dict[str, Any], left_out: LeftOut = NOTHING_LEFT_OUT) -> dict[str, Any]:
+    """Every report file into a temporary directory that then replaces out_dir; returns metrics.json.
+
+    `left_out`: what the split lost to classes without a training clip; metrics.json states it, and
+    accuracy counts its clips as errors (model.metrics.count_left_out).
+    """
     with atomic_dir(out_dir) as tmp:
-        metrics = _write_all(tmp, scored, classes, objective, threshold, sweep_class, about)
+        metrics = _write_all(tmp, scored, classes, objective, threshold, sweep_class, about, left_out)
     metrics["files"] = {name: str(out_dir / name) for name in metrics["files"]}
     return metrics
 
 
 def _write_all(folder: Path, scored: Scored, classes: list[str], objective: Objective, threshold: float,
-               sweep_class: int | None, about: dict[str, Any]) -> dict[str, Any]:
+               sweep_class: int | None, about: dict[str, Any], left_out: LeftOut) -> dict[str, Any]:
     targets, scores = scored.targets, scored.scores
     for row, labels in enumerate(targets):
         problem = objective.label_problem(np.flatnonzero(labels).tolist())
         if problem:
             raise UserError(f"{about['source']}: clip {scored.ids[row]} {problem}")
     metric_targets = objective.metric_targets(targets)
-    metrics = objective.metrics(metric_targets, scores, threshold)
+    metrics = count_left_out(objective.metrics(metric_targets, scores, threshold), len(scored.ids),
+                             len(left_out.clips))
     at_threshold = reports.counts_at(targets, objective.decisions(scores, threshold))
     rows = reports.per_class_table(targets, scores, classes, objective, threshold)
     files = [EVAL_METRICS, EVAL_PER_CLASS, EVAL_PER_CLASS_TABLE, EVAL_SWEEP, EVAL_AP_PLOT, EVAL_PR_PLOT, EVAL_SCORES,
@@ -285,6 +296,8 @@ def _write_all(folder: Path, scored: Scored, classes: list[str], objective: Obje
         "threshold": threshold,
         "clips": len(scored.ids),
         "skipped": len(scored.skipped),
+        **left_out.counts(),
+        "left_out_note": left_out.note(),
         "classes": len(classes),
         "classes_with_positives": int((targets.sum(axis=0) > 0).sum()),
         **{key: _finite(value) for key, value in metrics.items()},
@@ -306,6 +319,10 @@ def log_headline(name: str, metrics: dict[str, Any], out_dir: Path, objective: O
         return "n/a" if value is None else f"{value:.4f}"
 
     skipped = f", {metrics['skipped']} skipped" if metrics["skipped"] else ""
+    if metrics.get("left_out_note"):
+        log.warning("%s: %s", name, metrics["left_out_note"])
+    if metrics.get("left_out_clips"):
+        skipped += f", {metrics['left_out_clips']} left out (counted as errors)"
     if objective.uses_threshold:
         excluded = metrics.get("classes_excluded", 0)
         note = f" ({excluded} classes without positives excluded)" if excluded else ""

@@ -128,16 +128,15 @@ def tokens_section(layout: Layout) -> str | None:
 def training_section(layout: Layout) -> str | None:
     if not layout.metrics.is_file():
         return None
-    rows = []
-    for entry in read_jsonl(layout.metrics):  # a line cut by a killed run is left out
-        for split in ("train", "validation", "test"):
-            if isinstance(entry.get(split), dict):
-                rows.append([entry.get("epoch"), split, *(entry[split].get(k) for k in _metric_names(entry[split])),
-                             entry.get("best", "")])
     best, _ = read_training_log(layout.metrics)
     names = _metric_names(best["validation"]) if best else []
     header = ["epoch", "split", *names, "best"]
-    rows = [row for row in rows if len(row) == len(header)]
+    rows = []
+    for entry in read_jsonl(layout.metrics):  # a line cut by a killed run is left out
+        for split in ("train", "validation", "test"):
+            # by name: validation and test lines may hold figures train lines lack (e.g. left_out_clips)
+            if isinstance(entry.get(split), dict) and set(entry[split]) & set(names):
+                rows.append([entry.get("epoch"), split, *(entry[split].get(k) for k in names), entry.get("best", "")])
     curves = '<p>The training curves are in <a href="#answer">the answer</a>.</p>' if layout.curves.is_file() else ""
     return curves + table(header, rows)
 

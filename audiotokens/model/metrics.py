@@ -65,3 +65,20 @@ def _macro_f1(targets: np.ndarray, predicted: np.ndarray) -> float:
     if targets.shape[1] == 0:
         return float("nan")
     return float(f1_score(targets, predicted, average="macro", zero_division=0))
+
+
+def count_left_out(metrics: dict[str, float], clips: int, left_out_clips: int) -> dict[str, float]:
+    """Figures of a split that lost `left_out_clips` single-label clips of classes the model does not predict.
+
+    Accuracy counts them as errors (the model can never name their class), so it stays the share of the
+    split's clips the model gets right; `accuracy_kept_classes` is the figure over the `clips` scored. The
+    per-class figures are left as they are: they cover the classes the model predicts.
+    """
+    if not left_out_clips or "accuracy" not in metrics:
+        return metrics
+    kept = metrics["accuracy"]
+    correct = kept * clips if clips else 0.0
+    figures = dict(metrics)
+    figures["accuracy"] = float(correct / (clips + left_out_clips))
+    figures["accuracy_kept_classes"] = kept
+    return figures

@@ -27,6 +27,7 @@ from ..pipeline.provenance import read_record
 from .objectives import objective_for
 
 HIDDEN_PARAMS = ("#content", "#identity")  # digests in the split record: not settings a reader sets
+COUNTS = ("classes_excluded", "left_out_clips", "left_out_positives")  # in metrics files, not figures
 
 
 def _number(value: Any) -> str:
@@ -56,7 +57,7 @@ def read_training_log(path: Path) -> tuple[dict[str, Any] | None, dict[str, Any]
 
 def _metric_rows(split: str, source: str, metrics: dict[str, Any]) -> list[tuple[Any, ...]]:
     return [(split, name, f"{value:.4f}" if math.isfinite(value) else "n/a", source) for name, value in metrics.items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and name != "classes_excluded"]
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and name not in COUNTS]
 
 
 def metrics_rows(layout: Layout) -> list[tuple[Any, ...]]:

@@ -113,6 +113,62 @@ def read_frame_spec(layout: Layout) -> dict[str, Any]:
     return read_json(layout.frame_spec, "run `audiotokens spectrogram` first")
 
 
+@dataclass(frozen=True)
+class LeftOut:
+    """What a split's figures cannot cover. A class without a training clip is no model output: its
+    single-label clips left the split (`clips`), its multi-label positives were stripped (`positives`)."""
+
+    clips: tuple[str, ...] = ()
+    classes: tuple[str, ...] = ()  # the classes without a training clip that this split holds
+    positives: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.classes)
+
+    @classmethod
+    def from_json(cls, raw: Any) -> LeftOut:
+        raw = raw if isinstance(raw, dict) else {}
+
+        def names(key: str) -> tuple[str, ...]:
+            value = raw.get(key)
+            return tuple(map(str, value)) if isinstance(value, list) else ()
+
+        positives = raw.get("positives")
+        return cls(names("clips"), names("classes"), positives if isinstance(positives, int) else 0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"clips": list(self.clips), "classes": list(self.classes), "positives": self.positives}
+
+    def counts(self) -> dict[str, Any]:
+        """The metrics files' statement: left_out_clips, left_out_positives, left_out_classes."""
+        return {"left_out_clips": len(self.clips), "left_out_positives": self.positives,
+                "left_out_classes": list(self.classes)}
+
+    def summary(self) -> str:
+        """A table cell: what was left out, of which classes."""
+        what = _count(len(self.clips), "clip") if self.clips else _count(self.positives, "positive")
+        return f"{what} of {', '.join(self.classes)}" if self else ""
+
+    def note(self) -> str:
+        """One sentence for logs and metrics files; empty when nothing was left out."""
+        if not self:
+            return ""
+        names = ", ".join(self.classes[:10]) + (", …" if len(self.classes) > 10 else "")
+        about = f"{_count(len(self.classes), 'class', 'classes')} without a training clip ({names})"
+        if self.clips:
+            return (f"{_count(len(self.clips), 'clip')} of {about} left the split: accuracy counts them as errors "
+                    "(accuracy_kept_classes leaves them out); per-class figures cover the classes the model predicts")
+        return (f"{_count(self.positives, 'positive')} of {about} {'was' if self.positives == 1 else 'were'} "
+                "stripped: the figures cover the classes the model predicts")
+
+
+def _count(n: int, one: str, many: str = "") -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
+NOTHING_LEFT_OUT = LeftOut()
+
+
 @dataclass
 class SplitPlan:
     """processed/split.json: the clip catalogue, the classes and task, and the ids of each split."""
@@ -143,6 +199,10 @@ class SplitPlan:
     def names(self) -> list[str]:
         """The splits that have clips, in SPLITS order."""
         return [name for name in SPLITS if self.splits.get(name)]
+
+    def left_out(self, split: str) -> LeftOut:
+        """The clips and positives of `split` left out because their class has no training clip."""
+        return LeftOut.from_json((self.raw.get("left_out") or {}).get(split))
 
     def ids(self, split: str) -> list[str]:
         ids = self.splits.get(split) or []

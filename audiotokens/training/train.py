@@ -5,7 +5,9 @@ processed/frames/frames.npy (model.input = "frames", or "waveform": rows of samp
 model, model.encoder = "ssl", is fine-tuned on); writes output/checkpoints/{last,best}.pt
 every epoch, output/metrics.jsonl, output/curves.png and, from the best checkpoint, the portable bundle
 output/model/. The best epoch is chosen on validation; when a test split exists, the best checkpoint is
-scored on it once at the end, and those figures are reported as test.
+scored on it once at the end, and those figures are reported as test. Under split.strategy = "kfold" the
+validation split is the held-out fold, whose figures are the fold's result: it chooses nothing, the kept
+epoch is the last (train.epochs, no early stop), so the figures reported on it are not selected on it.
 
 Train-side metrics come from the epoch's own forward passes (dropout on, weights moving during the
 epoch); they cost nothing extra and are the usual way to watch over-fitting, but are not a clean
@@ -31,6 +33,7 @@ from ..errors import UserError
 from ..features.ssl import model_config, model_dir, waveform_params_from_spec
 from ..model.batching import longest_first
 from ..model.bundle import save_bundle
+from ..model.metrics import count_left_out
 from ..model.modelcard import write_model_card
 from ..model.objectives import Objective, objective_for
 from ..model.parts import (
@@ -48,7 +51,7 @@ from ..pipeline import distributed
 from ..pipeline.distributed import ONE_PROCESS, Ranks
 from ..pipeline.layout import Layout
 from ..pipeline.provenance import package_versions, recorded_fingerprint, stage_params
-from ..pipeline.stores import ClipIndex, SplitPlan, open_split, read_frame_spec
+from ..pipeline.stores import NOTHING_LEFT_OUT, ClipIndex, LeftOut, SplitPlan, open_split, read_frame_spec
 from ..tokens.vocabulary import load_vocabulary
 from .augment import BatchAugmenter
 from .checkpoint import (
@@ -96,6 +99,8 @@ class SplitStore:
     index: ClipIndex
     columns: int
     frame_spec: dict[str, Any] | None = None  # of the frame store (frames and waveform inputs)
+    left_out: LeftOut = NOTHING_LEFT_OUT  # what the split lost to classes without a training clip
+    held_out_fold: bool = False  # the validation split of a k-fold split: reported on, never chosen on
 
 
 def read_vocabulary(layout: Layout):
@@ -175,10 +180,14 @@ def read_splits(layout: Layout, input_kind: str) -> tuple[dict[str, SplitStore],
         plan.ids(required)  # a one-line UserError naming split.json when the split has no clips
     names = plan.names()
     if input_kind in FRAME_INPUTS:
-        return {name: read_split_frames(layout, name, input_kind) for name in names}, None
-    vocab = read_vocabulary(layout)
-    splits = {name: read_split_tokens(layout, name, vocab) for name in names}
-    check_token_ids(layout.tokens, vocab)
+        splits, vocab = {name: read_split_frames(layout, name, input_kind) for name in names}, None
+    else:
+        vocab = read_vocabulary(layout)
+        splits = {name: read_split_tokens(layout, name, vocab) for name in names}
+        check_token_ids(layout.tokens, vocab)
+    for name, split in splits.items():
+        split.left_out = plan.left_out(name)
+    splits["validation"].held_out_fold = plan.raw.get("strategy") == "kfold"
     return splits, vocab
 
 
@@ -201,6 +210,16 @@ def run_identity(layout: Layout, config: Config, vocab, max_frames: int,
             "split": recorded_fingerprint(layout, "split"),
             "vocabulary": vocab.digest if vocab is not None else None, "max_frames": max_frames,
             "clips": {name: len(s.index) for name, s in splits.items()}}
+
+
+def split_figures(objective: Objective, result: PassResult, threshold: float, left_out: LeftOut) -> dict[str, Any]:
+    """A held-out split's metrics, with the numbers it lost to classes without a training clip (accuracy counts
+    those clips as errors, as evaluate's metrics.json does; the setup lines name the classes)."""
+    metrics = count_left_out(objective.metrics(result.targets, result.scores, threshold), len(result.targets),
+                             len(left_out.clips))
+    if not left_out:
+        return metrics
+    return {**metrics, "left_out_clips": len(left_out.clips), "left_out_positives": left_out.positives}
 
 
 # ---------------------------------------------------------------- sizes and settings
@@ -487,9 +506,10 @@ class ModelBuilder:
                 fit = run.trainer.train_epoch(batches, len(train_loader))
                 checked = evaluate_split(run.trainer, run.loaders["validation"])
                 samples, seconds = samples + fit.samples, seconds + fit.seconds
-                row = self._epoch_row(progress, run.trainer, objective, fit, checked)
+                row = self._epoch_row(progress, run.trainer, objective, fit, checked,
+                                      run.splits["validation"].left_out)
                 record_peak_memory(row, run.trainer.device)
-                self._advance(progress, row, objective)
+                self._advance(progress, row, objective, chooses=not run.splits["validation"].held_out_fold)
                 self._checkpoint(run.model, run.trainer, progress, run.identity, improved=row["best"])
                 training_log.record(row)
                 log.info(epoch_line(row, epochs, objective))
@@ -502,29 +522,32 @@ class ModelBuilder:
     # ------------------------------------------------------------ epochs
 
     def _epoch_row(self, progress: Progress, trainer: Trainer, objective: Objective, fit: PassResult,
-                   checked: PassResult) -> dict[str, Any]:
+                   checked: PassResult, left_out: LeftOut) -> dict[str, Any]:
         threshold = self.settings.threshold
         return finite_or_none({
             "epoch": progress.epoch + 1,
             "step": trainer.step,
             "lr": trainer.scheduler.get_last_lr()[0],
             "train": {"loss": fit.loss, **objective.metrics(fit.targets, fit.scores, threshold)},
-            "validation": {"loss": checked.loss, **objective.metrics(checked.targets, checked.scores, threshold)},
+            "validation": {"loss": checked.loss, **split_figures(objective, checked, threshold, left_out)},
             "train_samples_per_s": fit.samples / fit.seconds if fit.seconds else 0.0,
             "epoch_time_s": fit.seconds + checked.seconds,
         })
 
-    def _advance(self, progress: Progress, row: dict[str, Any], objective: Objective) -> None:
+    def _advance(self, progress: Progress, row: dict[str, Any], objective: Objective,
+                 chooses: bool = True) -> None:
+        """Count the epoch; `row["best"]`: it is the epoch kept so far (the best on validation, or, where
+        validation must not choose, the latest)."""
         score = row["validation"][objective.primary_metric]
         score = -math.inf if score is None or math.isnan(score) else score
-        row["best"] = progress.best_epoch == 0 or score > progress.best_score
+        row["best"] = not chooses or progress.best_epoch == 0 or score > progress.best_score
         progress.epoch += 1
         progress.history.append(row)
         if row["best"]:
             progress.best_score, progress.best_epoch, progress.stale_epochs = score, progress.epoch, 0
         else:
             progress.stale_epochs += 1
-        patience = self.settings.patience
+        patience = self.settings.patience if chooses else 0
         if patience > 0 and progress.stale_epochs >= patience and progress.epoch < self.settings.epochs:
             log.info("early stop: validation %s has not improved for %d epochs (best %.4f at epoch %d)",
                      objective.primary_metric, patience, progress.best_score, progress.best_epoch)
@@ -613,14 +636,17 @@ class ModelBuilder:
         if TEST_SPLIT not in run.loaders:
             return {}
         result = evaluate_split(run.trainer, run.loaders[TEST_SPLIT])
-        metrics = finite_or_none({"loss": result.loss, **run.objective.metrics(result.targets, result.scores,
-                                                                              self.settings.threshold)})
+        left_out = run.splits[TEST_SPLIT].left_out
+        metrics = finite_or_none({"loss": result.loss,
+                                  **split_figures(run.objective, result, self.settings.threshold, left_out)})
         headline = {f"test_{name}": metrics.get(name) for name in ("loss", *run.objective.headline)}
         if self.ranks.writer:
             TrainingLog.append_result(self.layout, {"split": TEST_SPLIT, "epoch": progress.best_epoch,
-                                                    TEST_SPLIT: metrics})
+                                                    TEST_SPLIT: {**metrics, **(left_out.counts() if left_out else {})}})
             figures = "  ".join(f"{name[5:]} {format_figure(value)}" for name, value in headline.items())
-            log.info("test (%d clips, best epoch %d by validation): %s", len(run.splits[TEST_SPLIT].index),
+            lost = f" + {len(left_out.clips)} left out, counted as errors" if left_out.clips else ""
+            kept = "last epoch %d" if run.splits["validation"].held_out_fold else "best epoch %d by validation"
+            log.info("test (%d clips%s, " + kept + "): %s", len(run.splits[TEST_SPLIT].index), lost,
                      progress.best_epoch, figures)
         return headline
 
@@ -641,6 +667,13 @@ class ModelBuilder:
         train, validation = splits["train"], splits["validation"]
         sizes = ", ".join(f"{name}: {len(s.index)} clips" for name, s in splits.items())
         log.info("%s, %d classes (%s)", sizes, len(train.index.classes), objective.task)
+        for name, split in splits.items():
+            if split.left_out:
+                log.warning("%s: %s", name, split.left_out.note())
+        if validation.held_out_fold:
+            log.info("k-fold: validation is the held-out fold, so it chooses nothing: the bundle is the last epoch "
+                     "(train.epochs = %d)%s", self.settings.epochs,
+                     ", train.patience is not used" if self.settings.patience else "")
         spec = model.spec
         if spec.input == WAVEFORM:
             speech = spec.encoder_params["speech_config"]

@@ -163,6 +163,13 @@ def test_same_seed_same_split_and_other_seed_differs(tmp_path, strategy):
     assert ids(first, "test") and ids(first, "test") != ids(other, "test")  # split.seed draws the test split too
 
 
+def test_a_kfold_split_says_so_for_the_train_stage(tmp_path):
+    """The train stage keeps the last epoch when validation is a held-out fold: split.json must name the strategy."""
+    manifest = write_manifest(tmp_path / "data", multilabel_rows(60, 4, seed=1))
+    _, split, _ = run_split(tmp_path / "w", *manifest_settings(manifest, "split.strategy=kfold", "split.folds=3"))
+    assert split["strategy"] == "kfold" and ids(split, "validation") and ids(split, "train")
+
+
 def test_random_ratio(tmp_path):
     manifest = write_manifest(tmp_path / "data", multilabel_rows(200, 5, seed=2))
     counts, split, _ = run_split(tmp_path, *manifest_settings(manifest, "split.strategy=random",
@@ -424,6 +431,8 @@ def test_a_class_without_a_training_clip_is_dropped(tmp_path):
     # a single-label clip of a dropped class has no right answer: it leaves its split
     assert ids(split, "validation") == [rows[0][0], rows[12][0]]
     assert report["clips_of_dropped_classes"] == {"validation": rare}
+    # split.json records it, for every metrics file of the split to state
+    assert split["left_out"] == {"validation": {"clips": rare, "classes": ["rare"], "positives": 2}}
     assert all(clip_entry(split, path)["labels"] == [0] for path, label, _ in rows if label == "cat")
     assert all(clip_entry(split, path)["labels"] == [1] for path, label, _ in rows if label == "dog")
     # kept on request: the class stays a model output and its clips stay in validation
@@ -442,6 +451,7 @@ def test_multilabel_clips_lose_only_the_dropped_label(tmp_path):
         manifest, "split.strategy=official", f"split.validation_list={tmp_path / 'val.txt'}", "split.test_ratio=0"))
     assert split["classes"] == ["a", "b"] and report["classes_dropped_no_training_clip"] == ["c"]
     assert "only_c.wav" in ids(split, "validation") and clip_entry(split, "only_c.wav")["labels"] == [0]
+    assert split["left_out"] == {"validation": {"clips": [], "classes": ["c"], "positives": 1}}
 
 
 def test_a_source_of_one_class_is_a_one_line_error(tmp_path):

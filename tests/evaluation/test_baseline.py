@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
+from projects import left_out_project
 from sklearn.metrics import accuracy_score, average_precision_score
 from sklearn.preprocessing import StandardScaler
 
@@ -224,3 +225,15 @@ def test_corrupted_features_are_those_of_the_corrupted_clip(tmp_path):
                              16000, n_fft=512, hop_length=256, n_mels=64, fmin=0.0, fmax=0.0)
     np.testing.assert_array_equal(noisy.features[0], expected)
     assert not np.allclose(noisy.features, clean.features, atol=1.0)
+
+
+def test_baseline_metrics_state_the_clips_of_classes_without_training_clips(tmp_path_factory):
+    """Class 'c' is only in the test split: the baseline's test figures say so and count its clips as errors."""
+    out = left_out_project(tmp_path_factory) / "work/output/baselines/logreg/test"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["clips"], metrics["left_out_clips"], metrics["left_out_classes"]) == (4, 2, ["c"])
+    clips = json.loads((out / "clips.json").read_text())
+    split = json.loads((out.parents[3] / "processed/split.json").read_text())
+    labels = {clip["id"]: clip["labels"][0] for clip in split["clips"] if clip["labels"]}
+    kept = accuracy_score([labels[i] for i in clips["ids"]], np.load(out / "scores.npy").argmax(axis=1))
+    assert metrics["accuracy"] == pytest.approx(kept * 4 / 6)

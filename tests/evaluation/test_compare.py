@@ -121,3 +121,17 @@ def test_not_a_workdir_is_a_user_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no provenance records"):
         compare_workdirs([tmp_path / "empty"])
+
+
+def test_compare_and_the_kfold_summary_state_clips_left_out(tmp_path_factory, tmp_path):
+    """Class 'c' is only in the test split of the project: compare and a k-fold summary over it say so."""
+    from projects import left_out_project
+
+    work = left_out_project(tmp_path_factory) / "work"
+    comparison = compare_workdirs([work])
+    assert comparison.rows[0]["test left out"] == "2 clips of c" and "validation left out" not in comparison.rows[0]
+    assert "| test left out | 2 clips of c |" in write_comparison(comparison, tmp_path / "out")["markdown"].read_text()
+    summary = write_kfold_summary(tmp_path / "kfold", [work])
+    assert summary["left_out"] == {str(work): {"test": "2 clips of c"}}
+    assert f"left out (classes without a training clip), {work}: test 2 clips of c" in format_kfold(summary)
+    assert compare_workdirs([tmp_path / "kfold"]).rows[0]["test left out"] == "work: 2 clips of c"

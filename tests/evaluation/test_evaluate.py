@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from projects import copy_project, project_config, trained_project
+from projects import copy_project, left_out_project, project_config, trained_project
 from sklearn.metrics import accuracy_score, average_precision_score, f1_score, precision_score, recall_score
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
@@ -331,3 +331,20 @@ def test_cli_prints_headline_and_paths(multilabel, tmp_path):
     assert record["counts"]["test"]["mAP"] == test["mAP"] and "test: " in result.output
     result = CliRunner().invoke(main, ["evaluate", "--workdir", str(root / "work"), "--split", "nope"])
     assert result.exit_code == 2 and "split 'nope' has no clips in processed/split.json" in result.output
+
+
+def test_clips_of_a_class_without_training_clips_are_stated_and_count_as_errors(tmp_path_factory):
+    """Class 'c' is only in the test split: its 2 clips left it (6 listed, 4 scored), and the figures say so."""
+    layout = Layout(left_out_project(tmp_path_factory) / "work")
+    out = layout.eval_dir("test")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["clips"], metrics["skipped"], metrics["left_out_clips"]) == (4, 0, 2)
+    assert metrics["left_out_classes"] == ["c"] and "2 clips of 1 class without a training clip (c)" in \
+        metrics["left_out_note"]
+    _, index = open_split(layout, "tokens", "test")
+    kept = accuracy_score([labels[0] for labels in index.labels], np.load(out / "scores.npy").argmax(axis=1))
+    assert metrics["accuracy_kept_classes"] == pytest.approx(kept)
+    assert metrics["accuracy"] == pytest.approx(kept * 4 / 6)  # the left-out clips count as errors
+    validation = json.loads((layout.eval_dir("validation") / "metrics.json").read_text())
+    assert validation["left_out_clips"] == 0 and validation["left_out_classes"] == []
+    assert "accuracy_kept_classes" not in validation

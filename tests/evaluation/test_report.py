@@ -330,3 +330,16 @@ def test_compare_links_each_runs_report(full_run, tmp_path):
     markdown = comparison_markdown(compare_workdirs([full_run, other]))
     links = markdown.split("Reports: ", 1)[1]
     assert str(full_run / "output/report.html") in links and str(other) not in links
+
+
+def test_the_training_table_keeps_the_test_line_that_states_clips_left_out(tmp_path_factory, tmp_path):
+    """The test line of metrics.jsonl carries figures the epoch lines lack (accuracy_kept_classes,
+    left_out_clips): it still shows, beside every epoch's train and validation rows."""
+    from projects import left_out_project
+
+    work = left_out_project(tmp_path_factory) / "work"
+    lines = [json.loads(line) for line in (work / "output/metrics.jsonl").read_text().splitlines()]
+    epochs, test = [row for row in lines if "train" in row], lines[-1]["test"]
+    assert test["left_out_clips"] == 2 and "left_out_clips" not in epochs[0]["validation"]
+    cells = parse_file(write_report(work, tmp_path / "report.html")).section_cells["training"]
+    assert (cells.count("train"), cells.count("validation"), cells.count("test")) == (len(epochs), len(epochs), 1)

@@ -301,6 +301,24 @@ def test_early_stopping_and_resuming_a_finished_run(tmp_path):
     assert again["epochs_run"] == 0 and again["epochs_completed"] == 3
 
 
+def test_a_kfold_split_keeps_the_last_epoch_never_one_chosen_on_the_held_out_fold(tmp_path, caplog):
+    """Under split.strategy = kfold validation is the held-out fold that the k-fold figures report: the run
+    that early-stops at epoch 3 with epoch 1 kept (previous test) trains every epoch and keeps the last."""
+    layout = make_workdir(tmp_path, n_train=32, n_validation=8)
+    plan = json.loads(layout.split_json.read_text())
+    layout.split_json.write_text(json.dumps({**plan, "strategy": "kfold"}))
+    config = load_config(overrides=[*SMALL, "train.epochs=5", "train.patience=2", "train.learning_rate=0"],
+                         workdir=tmp_path)
+    with caplog.at_level(logging.INFO, logger="audiotokens"):
+        counts = ModelBuilder(config).run()
+    assert (counts["epochs_run"], counts["best_epoch"]) == (5, 5)
+    assert load_checkpoint(layout.checkpoints / "best.pt")["epoch"] == 5
+    rows = [json.loads(line) for line in layout.metrics.read_text().splitlines()]
+    assert [row["best"] for row in rows] == [True] * 5  # each epoch replaces the kept one
+    assert "k-fold: validation is the held-out fold, so it chooses nothing" in caplog.text
+    assert "train.patience is not used" in caplog.text
+
+
 @pytest.mark.parametrize("override", ["model.dropout=1.0", "train.warmup_ratio=2", "train.num_workers=-1"])
 def test_out_of_range_settings_name_the_key(tmp_path, override):
     with pytest.raises(UserError, match=re.escape(f"'{override.split('=')[0]}'")):
@@ -315,3 +333,20 @@ def test_a_clip_too_long_for_full_attention_asks_for_a_limit(tmp_path, monkeypat
     counts = ModelBuilder(load_config(overrides=[*SMALL, "train.epochs=1", "model.max_length=20"],
                                       workdir=tmp_path)).run()
     assert counts["truncated_clips"] > 0
+
+
+def test_the_log_states_clips_of_classes_without_training_clips(tmp_path_factory, tmp_path, caplog):
+    """Class 'c' is only in the test split: the setup and test lines say so, and metrics.jsonl's test line
+    counts its 2 clips as errors, as evaluate does."""
+    from projects import copy_project, left_out_project, project_config
+
+    root = copy_project(left_out_project(tmp_path_factory), tmp_path / "copy")
+    with caplog.at_level(logging.INFO, logger="audiotokens"):
+        counts = ModelBuilder(project_config(root)).run()
+    assert "test: 2 clips of 1 class without a training clip (c) left the split" in caplog.text
+    assert re.search(r"test \(4 clips \+ 2 left out, counted as errors, best epoch \d by validation\)", caplog.text)
+    rows = [json.loads(line) for line in Layout(root / "work").metrics.read_text().splitlines()]
+    test = rows[-1]["test"]
+    assert (test["left_out_clips"], test["left_out_classes"]) == (2, ["c"])
+    assert test["accuracy"] == pytest.approx(test["accuracy_kept_classes"] * 4 / 6) == counts["test_accuracy"]
+    assert "left_out_clips" not in rows[0]["validation"]  # validation lost nothing

@@ -297,6 +297,59 @@ def test_predict_and_the_api_score_audio_like_evaluate_without_the_model_folder(
         hidden.rename(root / "model")
 
 
+def test_robustness_frames_audio_as_the_speech_model_bundle_does(trained, tmp_path, monkeypatch):
+    """`evaluate --corrupt` on a waveform bundle: its clean scores are evaluate's, from the bundle's own rows."""
+    from audiotokens.evaluation import robustness
+
+    root, config = trained
+    work = shutil.copytree(config.workdir, tmp_path / "work")
+    captured = {}
+    original = robustness.write_robustness
+
+    def capture(out_dir, *, conditions, **options):
+        captured.update(conditions)
+        return original(out_dir, conditions=conditions, **options)
+
+    monkeypatch.setattr(robustness, "write_robustness", capture)
+    rows = robustness.evaluate_robustness(load_config(root / "run.toml", [], work), "validation",
+                                          ["noise:snr=20"])["model"]
+    evaluated = Layout(work).eval_dir("validation")
+    assert [row["clips"] for row in rows] == [3, 3] and not captured["clean"].skipped
+    assert captured["clean"].ids == json.loads((evaluated / "clips.json").read_text())["ids"]
+    np.testing.assert_allclose(captured["clean"].scores, np.load(evaluated / "scores.npy"), atol=1e-5)
+    assert not np.allclose(captured["noise_white_snr20"].scores, captured["clean"].scores, atol=1e-5)
+
+
+def test_robustness_frames_audio_as_a_speech_model_frames_bundle_does(tmp_path, monkeypatch):
+    """`evaluate --corrupt` on a model of speech-model frames (spectrogram.features = ssl, model.input = frames):
+    its clean row is evaluate's, from the speech model's hidden states (mel frames have another width)."""
+    from audiotokens.evaluation import robustness
+
+    write_project(tmp_path, clips=9)
+    run_toml = tmp_path / "run.toml"
+    run_toml.write_text(run_toml.read_text().replace('features = "waveform"', 'features = "ssl"')
+                        .replace('input = "waveform"\nencoder = "ssl"', 'input = "frames"\nencoder = "bert"\nnum_layers = 1')
+                        .replace("epochs = 2", "epochs = 1"))
+    result = CliRunner().invoke(main, ["run", "--config", str(run_toml), "--workdir", str(tmp_path / "work"),
+                                       "--to", "evaluate"])
+    assert result.exit_code == 0, result.output
+    config = load_config(run_toml, [], tmp_path / "work")
+    captured = {}
+    original = robustness.write_robustness
+
+    def capture(out_dir, *, conditions, **options):
+        captured.update(conditions)
+        return original(out_dir, conditions=conditions, **options)
+
+    monkeypatch.setattr(robustness, "write_robustness", capture)
+    rows = robustness.evaluate_robustness(config, "validation", ["noise:snr=20"])["model"]
+    evaluated = Layout(config.workdir).eval_dir("validation")
+    ids = json.loads((evaluated / "clips.json").read_text())["ids"]
+    assert [row["clips"] for row in rows] == [len(ids)] * 2 and not captured["clean"].skipped
+    assert captured["clean"].ids == ids
+    np.testing.assert_allclose(captured["clean"].scores, np.load(evaluated / "scores.npy"), atol=1e-5)
+
+
 def test_a_hubert_model_with_a_layer_norm_feature_encoder_fine_tunes_too(tmp_path):
     write_project(tmp_path, kind="hubert", norm="layer")
     config = load_config(tmp_path / "run.toml", ["train.epochs=1"], tmp_path / "work")
