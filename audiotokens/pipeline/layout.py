@@ -15,7 +15,7 @@ Layout under a workdir:
   tokenized/index.json              per clip: id, offset, length; vocabulary and frame spec digests
   tokenized/stats.json, tokenized/histogram_<split>.png
   tokenized/shards/N-K/             until assembled: tokens.npy + shard.json of shard K of N
-  output/model/                     portable bundle (save_pretrained + audiotokens.json + vocabulary + README.md)
+  output/model/                     portable bundle (weights, JSON files, vocabulary, manifest.json, README.md)
   output/pretrain/                  pre-trained embedder and encoder, with its metrics.jsonl and curves.png
   output/checkpoints/{last,best}.pt training state for --resume (pretrain.pt: pre-training's)
   output/metrics.jsonl, output/curves.png, output/tensorboard/ (when tensorboard is installed)
@@ -42,6 +42,7 @@ BUNDLE_SPEC = "model_spec.json"
 BUNDLE_WEIGHTS = "model.safetensors"
 BUNDLE_VOCABULARY = "vocabulary"
 BUNDLE_CARD = "README.md"  # the model card (model/modelcard.py)
+BUNDLE_MANIFEST = "manifest.json"  # digests of the bundle's other files but the card, written last
 # inside a vocabulary folder (output/vocabulary/, and the bundle's copy)
 VOCABULARY_METADATA = "vocabulary.json"
 VOCABULARY_ARRAYS = "codebooks.npz"
@@ -284,7 +285,7 @@ class Layout:
             "tokenize": (self.tokens, self.tokens_index),
             "pretrain": (pretrained / BUNDLE_WEIGHTS, pretrained / BUNDLE_SPEC),
             "train": (bundle / BUNDLE_WEIGHTS, bundle / BUNDLE_SPEC, bundle / BUNDLE_METADATA,
-                      bundle / BUNDLE_VOCABULARY / VOCABULARY_METADATA),
+                      bundle / BUNDLE_VOCABULARY / VOCABULARY_METADATA, bundle / BUNDLE_MANIFEST),
             "evaluate": (self.eval_dir("validation") / EVAL_METRICS,),
             "baseline": (self.baselines,),
         }[stage]

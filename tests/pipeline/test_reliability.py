@@ -118,7 +118,7 @@ def test_a_damaged_bundle_is_stale_and_refused_in_one_line(project, tmp_path):
     assert state.state == "stale" and "output/model/model.safetensors changed since the stage wrote it" in state.line()
     result = CliRunner().invoke(main, ["predict", "--workdir", str(own / "work"), str(own / "audio" / "clip00.wav")])
     assert result.exit_code == 2 and "Traceback" not in result.output
-    assert f"{weights} cannot be read" in result.stderr
+    assert "the bundle's files do not match its manifest: model.safetensors changed" in result.stderr
 
 
 def test_changed_or_deleted_audio_makes_the_split_stale_and_the_frames_recomputed(tmp_path):
