@@ -276,19 +276,34 @@ class Layout:
         return self.workdir / RECORDS[stage]
 
     def stage_artifacts(self, stage: str) -> tuple[Path, ...]:
-        """The files whose digests a stage's record keeps, so that `status` sees a damaged or replaced one."""
+        """The files and report folders a stage writes (a folder stands for every file in it: stage_files)."""
         bundle, pretrained = self.model_dir, self.pretrain_dir
         return {
             "split": (self.split_json,),
             "spectrogram": (self.frames, self.frames_index, self.frame_spec),
             "cluster": (self.vocabulary / VOCABULARY_METADATA, self.vocabulary / VOCABULARY_ARRAYS),
-            "tokenize": (self.tokens, self.tokens_index),
+            "tokenize": (self.tokens, self.tokens_index, self.token_stats),
             "pretrain": (pretrained / BUNDLE_WEIGHTS, pretrained / BUNDLE_SPEC),
             "train": (bundle / BUNDLE_WEIGHTS, bundle / BUNDLE_SPEC, bundle / BUNDLE_METADATA,
                       bundle / BUNDLE_VOCABULARY / VOCABULARY_METADATA, bundle / BUNDLE_MANIFEST),
-            "evaluate": (self.eval_dir("validation") / EVAL_METRICS,),
+            "evaluate": tuple(self.eval_dir(split) for split in SPLITS if split != "train"),
             "baseline": (self.baselines,),
         }[stage]
+
+    def stage_files(self, stage: str) -> list[Path]:
+        """The files whose digests a stage's record keeps, so that `status` sees a damaged, removed or replaced
+        one: the stage's artifacts, each report folder as the files in it, but robustness reports (written
+        later by `evaluate --corrupt`) and hidden temporary files."""
+        files = []
+        for artifact in self.stage_artifacts(stage):
+            if not artifact.is_dir():
+                files.append(artifact)
+                continue
+            for path in sorted(artifact.rglob("*")):
+                inside = path.relative_to(artifact).parts
+                if path.is_file() and ROBUSTNESS_DIR not in inside[:-1] and not inside[-1].startswith("."):
+                    files.append(path)
+        return files
 
     # runs
     def stage_log(self, stage: str) -> Path:
