@@ -62,6 +62,7 @@ from ..pipeline.shards import (
     all_shards,
     choose_count,
     finish_shards,
+    stale_shards,
 )
 from ..pipeline.stores import ClipIndex, SplitPlan, spec_digest
 from .frame_kind import FrameKind
@@ -562,7 +563,8 @@ class SpectrogramProcessor:
         current = functools.partial(self._is_current, clips, key)
         count = finish_shards(STAGE, self.config, choose_count(root, self.shard_count, current), self.execution,
                               unfinished=functools.partial(self._unfinished, clips, key),
-                              compute=functools.partial(self._compute_shards, clips, key))
+                              compute=functools.partial(self._compute_shards, clips, key),
+                              stale=lambda: stale_shards(root, lambda shard: not current(shard)))
         counts = self._assemble(clips, [self._shard_store(clips, key, shard) for shard in all_shards(count)])
         shutil.rmtree(root, ignore_errors=True)
         return counts
