@@ -328,6 +328,8 @@ def check_metadata(metadata: Any, path: Path) -> None:
     for key in OPTIONAL_COUNTS:
         if metadata.get(key) is not None:
             _check_type(metadata, key, (int,), path)
+            if metadata[key] < 0:  # 0: none (no budget, no crop, whole clips)
+                raise UserError(f"{path}: '{key}' must be 0 or more, got {metadata[key]}; {REBUILD}")
     if not metadata["classes"] or not all(isinstance(name, str) for name in metadata["classes"]):
         raise UserError(f"{path}: 'classes' must be a list of class names; {REBUILD}")
     objective_for(metadata["task"])
@@ -379,7 +381,19 @@ def spec_from_json(raw: Any, path: Path) -> ModelSpec:
     bad = next((name for name, value in sizes.items() if value < 1), None)
     if bad is not None or any(size < 1 for size in raw.get("codebook_sizes", [])):
         raise UserError(f"{path}: '{bad or 'codebook_sizes'}' must be positive; {REBUILD}")
+    _check_ranges(raw, path)
     return ModelSpec.from_json(raw)
+
+
+def _check_ranges(raw: dict[str, Any], path: Path) -> None:
+    """Numbers torch would refuse with a traceback, or take and score NaN with (an infinite scale)."""
+    for field in dataclasses.fields(ModelSpec):
+        if str(field.type) == "float" and field.name in raw and not math.isfinite(raw[field.name]):
+            raise UserError(f"{path}: '{field.name}' must be a finite number, got {raw[field.name]}; {REBUILD}")
+    if not 0 <= raw.get("dropout", 0) < 1:
+        raise UserError(f"{path}: 'dropout' must be in [0, 1), got {raw['dropout']}; {REBUILD}")
+    if raw.get("hidden_layer", 0) < 0:
+        raise UserError(f"{path}: 'hidden_layer' must be 0 (none) or more, got {raw['hidden_layer']}; {REBUILD}")
 
 
 def _first_difference(ours: dict[str, Any], theirs: dict[str, Any]) -> str:

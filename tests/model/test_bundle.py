@@ -65,6 +65,10 @@ EDITS = {
     "spec as a list": ("model_spec.json", lambda spec: [spec], "is not a JSON object"),
     "hidden size as text": ("model_spec.json", lambda spec: {**spec, "hidden_size": "16"},
                             "'hidden_size' must be an integer"),
+    "dropout 5": ("model_spec.json", lambda spec: {**spec, "dropout": 5}, r"'dropout' must be in \[0, 1\)"),
+    "hidden_layer -1": ("model_spec.json", lambda spec: {**spec, "hidden_layer": -1}, "'hidden_layer' must be 0"),
+    "scale inf": ("model_spec.json", lambda spec: {**spec, "scale": float("inf")}, "'scale' must be a finite number"),
+    "eval_hop -1": ("audiotokens.json", lambda meta: {**meta, "eval_hop": -1}, "'eval_hop' must be 0 or more"),
 }
 
 
