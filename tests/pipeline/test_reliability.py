@@ -174,7 +174,7 @@ def evaluated(project, tmp_path_factory) -> Path:
     ("output/eval/validation/per_class.csv", "evaluate", "output/eval/validation/per_class.csv is missing"),
     ("tokenized/stats.json", "tokenize", "tokenized/stats.json is missing"),
 ])
-def test_a_removed_report_makes_its_stage_stale_and_run_redoes_it(evaluated, tmp_path, damage, stage, said):
+def test_a_removed_report_makes_its_stage_stale_and_run_plans_it(evaluated, tmp_path, damage, stage, said):
     own = copy_project(evaluated, tmp_path / "project")
     config = project_config(own, "baseline.workers=1")
     assert {state.state for state in stage_states(Layout(config.workdir), config).values()} == {"fresh", "missing"}
@@ -183,6 +183,18 @@ def test_a_removed_report_makes_its_stage_stale_and_run_redoes_it(evaluated, tmp
     state = stage_states(Layout(config.workdir), config)[stage]
     assert state.state == "stale" and said in state.line(), state.line()
     assert stage in plan(config)
+
+
+def test_run_redoes_exactly_the_stages_whose_reports_were_removed(evaluated, tmp_path):
+    own = copy_project(evaluated, tmp_path / "project")
+    config = project_config(own, "baseline.workers=1")
+    layout = Layout(config.workdir)
+    (layout.baselines / "svm" / "model.joblib").unlink()
+    shutil.rmtree(layout.eval_dir("test"))
+    assert run(config) == ["evaluate", "baseline"]
+    assert (layout.baselines / "svm" / "model.joblib").is_file() and (layout.eval_dir("test") / "metrics.json").is_file()
+    assert {state.state for state in stage_states(layout, config).values()} == {"fresh", "missing"}
+    assert run(config) == []
 
 
 def test_reports_of_a_split_that_no_longer_exists_are_removed_when_the_stages_run(evaluated, tmp_path):
