@@ -121,6 +121,16 @@ def test_a_stale_shard_among_current_ones_is_named_stale(tmp_path, corpus):
     assert_same_store(tmp_path, reference)
 
 
+def test_a_shard_killed_before_its_first_part_is_unfinished_not_stale(tmp_path, corpus):
+    clips, _ = corpus
+    write_split(tmp_path, {"train": clips[2:], "validation": clips[:2]})
+    SpectrogramProcessor(config(tmp_path), shard=Shard(index=0, count=2)).run()
+    (Layout(tmp_path).frames_dir / "shards" / Shard(index=1, count=2).name).mkdir()  # no part, no key yet
+    with pytest.raises(UserError, match=r"1 of 2 shards not finished \(K = 1\)") as error:
+        SpectrogramProcessor(config(tmp_path), assemble=True).run()
+    assert "stale" not in str(error.value)
+
+
 def _try_shard_lock(workdir, shard: str) -> subprocess.CompletedProcess:
     code = ("import sys; from audiotokens.pipeline.shards import Shard, dask_client, local_cluster, shard_lock\n"
             f"with shard_lock({str(workdir)!r}, 'spectrogram', Shard.parse({shard!r})): print('held')")
