@@ -54,8 +54,8 @@ from ..data.corrupt import Corruption, clip_seed
 from ..errors import UserError
 from ..features.spectrogram import MelPower, _cpu_count, _init_worker
 from ..model.objectives import objective_for
-from ..pipeline.files import atomic_path, write_json
-from ..pipeline.layout import BASELINE_ESTIMATOR, BASELINE_FIT, Layout
+from ..pipeline.files import atomic_path, remove_dir, write_json
+from ..pipeline.layout import BASELINE_ESTIMATOR, BASELINE_FIT, SPLITS, Layout
 from ..pipeline.stores import NOTHING_LEFT_OUT, LeftOut, SplitPlan
 from .evaluate import Scored, write_reports
 
@@ -435,8 +435,19 @@ class BaselineRunner:
         self.left_out = left_out or {}  # per split: clips and classes it lost to classes without training clips
 
     def run(self) -> dict[str, Any]:
-        """Per model: C, cross-validation, fit time and the headline metrics of each split."""
-        return {model: self._run_model(model) for model in self.models}
+        """Per model: C, cross-validation, fit time and the headline metrics of each split.
+
+        Reports of a model no longer asked for, or of a split without usable clips (test, after
+        split.test_ratio = 0), are removed once the new ones are written: they would read as this run's."""
+        results = {model: self._run_model(model) for model in self.models}
+        for model in MODELS:
+            if model not in self.models:
+                remove_dir(self.out_dir / model)
+        for model in self.models:
+            for split in SPLITS:
+                if split not in results[model]:
+                    remove_dir(self.out_dir / model / split)
+        return results
 
     def _run_model(self, model: str) -> dict[str, Any]:
         train = self.splits["train"]

@@ -3,7 +3,8 @@
 Reads only provenance records (every `*.meta.json` under a workdir: `params`, `wall_time_s`) and
 metrics files: output/metrics.jsonl (the best epoch's train and validation figures),
 output/eval/<name>/metrics.json, output/baselines/<model>/<split>/metrics.json and a k-fold
-summary (kfold_summary.json, written by scripts/kfold.sh) where present. It runs nothing.
+summary (kfold_summary.json, written by scripts/kfold.sh) where present. It runs nothing. Reports of a
+split that processed/split.json no longer has (test, after split.test_ratio = 0) are left out.
 
 The table's setting columns are the parameters whose values are not the same in every run that recorded
 their section: a parameter a run lacks counts as a different value, unless the run has no parameter of
@@ -30,7 +31,7 @@ from ..data.sources.records import MULTILABEL
 from ..errors import UserError
 from ..model.objectives import OBJECTIVES, objective_for
 from ..pipeline.files import atomic_path, read_json, read_jsonl, write_json
-from ..pipeline.layout import COMPARE_BITS_PLOT, COMPARE_FILES, EVAL_METRICS, KFOLD_SUMMARY, Layout
+from ..pipeline.layout import COMPARE_BITS_PLOT, COMPARE_FILES, EVAL_METRICS, KFOLD_SUMMARY, SPLITS, Layout
 from ..pipeline.provenance import read_record
 from ..pipeline.stages import NAMES
 from ..pipeline.stores import SplitPlan
@@ -92,10 +93,13 @@ def run_metrics(workdir: Path) -> dict[str, float | int | None]:
     for key in TOKEN_FIGURES:  # what the tokens keep: bits per frame and reconstruction error
         if tokens.get(key) is not None:
             found[key.replace("_", " ")] = tokens[key]
+    gone = _splits_gone(layout)
     for folder in layout.eval_reports():
-        found.update(_headline(f"eval/{folder.name}", read_json(folder / EVAL_METRICS)))
+        if folder.name not in gone:
+            found.update(_headline(f"eval/{folder.name}", read_json(folder / EVAL_METRICS)))
     for folder in layout.baseline_reports():
-        found.update(_headline(f"{folder.parent.name}/{folder.name}", read_json(folder / EVAL_METRICS)))
+        if folder.name not in gone:
+            found.update(_headline(f"{folder.parent.name}/{folder.name}", read_json(folder / EVAL_METRICS)))
     found.update({f"{split} {LEFT_OUT}": text for split, text in left_out_of_run(layout).items()})
     return found
 
@@ -113,6 +117,15 @@ def left_out_of_run(layout: Layout) -> dict[str, str]:
     except UserError:
         return {}
     return {split: plan.left_out(split).summary() for split in plan.names() if plan.left_out(split)}
+
+
+def _splits_gone(layout: Layout) -> set[str]:
+    """Splits the workdir's split.json has no clips in: a report of one is another split's (test, before
+    split.test_ratio = 0), never this run's figures; none when split.json cannot be read (a copied workdir)."""
+    try:
+        return set(SPLITS) - set(SplitPlan.load(layout).names())
+    except (UserError, TypeError):
+        return set()
 
 
 def run_times(workdir: Path) -> dict[str, float | None]:

@@ -30,7 +30,7 @@ from ..errors import UserError
 from ..model.audio_tokenizer import AudioTokenizer
 from ..model.metrics import count_left_out
 from ..model.objectives import Objective
-from ..pipeline.files import atomic_dir, read_json, save_npy, write_json
+from ..pipeline.files import atomic_dir, read_json, remove_dir, save_npy, write_json
 from ..pipeline.layout import (
     EVAL_AP_PLOT,
     EVAL_CLASS_SWEEP,
@@ -43,6 +43,7 @@ from ..pipeline.layout import (
     EVAL_PR_PLOT,
     EVAL_SCORES,
     EVAL_SWEEP,
+    SPLITS,
     Layout,
 )
 from ..pipeline.stores import NOTHING_LEFT_OUT, ClipIndex, LeftOut, SplitPlan, open_split, spec_digest
@@ -96,7 +97,17 @@ class Evaluator:
         results = {name: self._report(bundle, name, self._score_split(bundle, name), f"the {name} split of {store}/",
                                       plan.left_out(name))
                    for name in names}
+        if not self.split:
+            self._remove_reports_of_absent_splits(names)
         return results[names[0]] if len(names) == 1 else results
+
+    def _remove_reports_of_absent_splits(self, names: list[str]) -> None:
+        """A report of a split the split no longer has (test, after split.test_ratio = 0) would read as this
+        model's figures; removed once the current reports are written, so a failed run keeps them all."""
+        for name in SPLITS:
+            if name != "train" and name not in names and self.layout.eval_dir(name).is_dir():
+                log.info("removing %s: the split has no %s clips any more", self.layout.eval_dir(name), name)
+                remove_dir(self.layout.eval_dir(name))
 
     def _report(self, bundle, name: str, scored: Scored, source: str,
                 left_out: LeftOut = NOTHING_LEFT_OUT) -> dict[str, Any]:

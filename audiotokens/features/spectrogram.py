@@ -62,6 +62,7 @@ from ..pipeline.shards import (
     all_shards,
     choose_count,
     finish_shards,
+    stale_shards,
 )
 from ..pipeline.stores import ClipIndex, SplitPlan, spec_digest
 from .frame_kind import FrameKind
@@ -466,6 +467,11 @@ class PartStore:
         stored = read_json_or_none(self.folder / PART_KEY)
         return bool(stored) and stored.get("key") == self.key
 
+    def has_other_key(self) -> bool:
+        """Whether the folder holds parts written under another key (a folder without a key is unfinished)."""
+        stored = read_json_or_none(self.folder / PART_KEY)
+        return bool(stored) and stored.get("key") != self.key
+
     def open(self) -> None:
         """Keep parts written under the same key; discard everything else."""
         key_file = self.folder / PART_KEY
@@ -562,7 +568,8 @@ class SpectrogramProcessor:
         current = functools.partial(self._is_current, clips, key)
         count = finish_shards(STAGE, self.config, choose_count(root, self.shard_count, current), self.execution,
                               unfinished=functools.partial(self._unfinished, clips, key),
-                              compute=functools.partial(self._compute_shards, clips, key))
+                              compute=functools.partial(self._compute_shards, clips, key),
+                              stale=lambda: stale_shards(root, functools.partial(self._is_stale, clips, key)))
         counts = self._assemble(clips, [self._shard_store(clips, key, shard) for shard in all_shards(count)])
         shutil.rmtree(root, ignore_errors=True)
         return counts
@@ -593,6 +600,9 @@ class SpectrogramProcessor:
 
     def _is_current(self, clips: list[dict], key: str, shard: Shard) -> bool:
         return self._shard_store(clips, key, shard).matches_key()
+
+    def _is_stale(self, clips: list[dict], key: str, shard: Shard) -> bool:
+        return self._shard_store(clips, key, shard).has_other_key()
 
     def _unfinished(self, clips: list[dict], key: str, count: int) -> list[Shard]:
         def finished(shard: Shard) -> bool:

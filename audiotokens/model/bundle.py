@@ -7,6 +7,12 @@
   vocabulary/                       the tokenizer that turns frames into token ids, with the frame spec
                                     it was fitted on (vocabulary.py; tokens input only: a frames model
                                     reads frames directly)
+  manifest.json                     the SHA-256 of every file above, written last
+
+load_bundle checks the manifest before it reads anything, then the schema of the two JSON files and that
+they agree with each other and with the vocabulary: a hand-edited or damaged bundle (another pooling,
+another sample rate, a missing key) is refused in one line instead of loading with other scores. The
+model card (README.md) is documentation, written after the manifest and not in it.
 
 A fine-tuned speech model (waveform input) is the same: its weights are in model.safetensors, its config
 and origin (the local folder and the digest of its weights) in model_spec.json, so the bundle loads
@@ -14,7 +20,10 @@ without the original folder.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
+import math
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,10 +36,13 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
 from ..pipeline.files import atomic_dir, read_json, write_json
+from ..pipeline.layout import BUNDLE_CARD as CARD
+from ..pipeline.layout import BUNDLE_MANIFEST as MANIFEST
 from ..pipeline.layout import BUNDLE_METADATA as METADATA
 from ..pipeline.layout import BUNDLE_SPEC as SPEC
 from ..pipeline.layout import BUNDLE_VOCABULARY as VOCABULARY
 from ..pipeline.layout import BUNDLE_WEIGHTS as WEIGHTS
+from ..pipeline.stores import spec_digest
 from ..tokens.vocabulary import load_vocabulary
 from .batching import length_ordered_batches
 from .inputs import PACKERS, as_frames_by_codebooks
@@ -41,8 +53,9 @@ from .windows import clip_windows, mean_over_windows
 log = logging.getLogger("audiotokens")
 
 BUNDLE_FORMAT = "audiotokens-bundle"
-BUNDLE_VERSION = 2
+BUNDLE_VERSION = 3  # 3: manifest.json
 REBUILD = "re-run `audiotokens train`, or copy the whole bundle directory"
+MANIFEST_FORMAT = "audiotokens-bundle-manifest"
 
 
 def save_weights(model: AudioClassifier, path: Path) -> None:
@@ -93,6 +106,27 @@ def save_bundle(
             "versions": versions,
             **(extra or {}),
         })
+        write_manifest(tmp)
+
+
+def write_manifest(bundle_dir: Path) -> None:
+    """manifest.json: the SHA-256 of every file of the bundle but the model card."""
+    bundle_dir = Path(bundle_dir)
+    files = {name: _sha256(bundle_dir / name) for name in _listed_files(bundle_dir)}
+    write_json(bundle_dir / MANIFEST, {"format": MANIFEST_FORMAT, "files": files})
+
+
+def _listed_files(bundle_dir: Path) -> list[str]:
+    names = (path.relative_to(bundle_dir).as_posix() for path in bundle_dir.rglob("*") if path.is_file())
+    return sorted(name for name in names if name not in (MANIFEST, CARD))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass
@@ -221,15 +255,14 @@ def load_bundle(bundle_dir: str | Path, device: str | torch.device = "cpu") -> B
     if missing:
         raise UserError(f"{bundle_dir} is not a complete model bundle (missing {', '.join(missing)}); "
                         "run `audiotokens train` or point --model at a bundle directory")
+    check_manifest(bundle_dir)
     metadata = read_json(bundle_dir / METADATA, fix=REBUILD)
-    if not isinstance(metadata, dict) or metadata.get("format") != BUNDLE_FORMAT \
-            or metadata.get("version") != BUNDLE_VERSION:
-        raise UserError(f"{bundle_dir / METADATA} is not an audiotokens bundle of version {BUNDLE_VERSION}; "
-                        "re-run `audiotokens train`")
-    spec = ModelSpec.from_json(read_json(bundle_dir / SPEC, fix=REBUILD))
-    if spec.max_frames != metadata["max_frames"] or spec.classes != metadata["classes"]:
-        raise UserError(f"{bundle_dir}: {SPEC} and {METADATA} disagree on the sequence length or the classes; "
-                        "re-run `audiotokens train`")
+    check_metadata(metadata, bundle_dir / METADATA)
+    spec = spec_from_json(read_json(bundle_dir / SPEC, fix=REBUILD), bundle_dir / SPEC)
+    if spec.max_frames != metadata["max_frames"] or spec.classes != metadata["classes"] \
+            or spec.input != metadata["input"]:
+        raise UserError(f"{bundle_dir}: {SPEC} and {METADATA} disagree on the input, the sequence length or the "
+                        "classes; re-run `audiotokens train`")
     vocabulary = None
     if spec.input == "tokens":
         vocabulary = load_vocabulary(bundle_dir / VOCABULARY, REBUILD)
@@ -238,6 +271,10 @@ def load_bundle(bundle_dir: str | Path, device: str | torch.device = "cpu") -> B
         if vocabulary.codebook_sizes != spec.codebook_sizes:
             raise UserError(f"{bundle_dir / VOCABULARY} has codebooks of sizes {vocabulary.codebook_sizes}, the model's "
                             f"embeddings {spec.codebook_sizes}; {REBUILD}")
+        if spec_digest(metadata["spectrogram"]) != vocabulary.frame_spec_digest:
+            raise UserError(f"{bundle_dir / METADATA}: its spectrogram settings differ from those its vocabulary was "
+                            f"fitted on ({_first_difference(metadata['spectrogram'], vocabulary.frame_spec)}); "
+                            f"{REBUILD}")
     return Bundle(
         model=load_model_weights(bundle_dir, spec).to(device),
         vocabulary=vocabulary,
@@ -248,3 +285,117 @@ def load_bundle(bundle_dir: str | Path, device: str | torch.device = "cpu") -> B
         max_frames=metadata["max_frames"],
         metadata=metadata,
     )
+
+
+def check_manifest(bundle_dir: Path) -> None:
+    """Every file the manifest lists is there with the digest it lists, the JSON files and weights among them."""
+    path = bundle_dir / MANIFEST
+    if not path.is_file():
+        raise UserError(f"{bundle_dir} has no {MANIFEST}: a bundle of an older format (or a damaged one); "
+                        "re-run `audiotokens train`")
+    manifest = read_json(path, fix=REBUILD)
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or manifest.get("format") != MANIFEST_FORMAT \
+            or not all(isinstance(name, str) and isinstance(digest, str) for name, digest in files.items()):
+        raise UserError(f"{path} is not a bundle manifest; {REBUILD}")
+    problems = [f"{name} is not listed" for name in (METADATA, SPEC, WEIGHTS) if name not in files]
+    for name, digest in files.items():
+        if not (bundle_dir / name).is_file():
+            problems.append(f"{name} is missing")
+        elif _sha256(bundle_dir / name) != digest:
+            problems.append(f"{name} changed")
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UserError(f"{bundle_dir}: the bundle's files do not match its manifest: {problems[0]}{more}; {REBUILD}")
+
+
+_NUMBER = (int, float)
+METADATA_SCHEMA: dict[str, tuple[type, ...]] = {  # what load_bundle reads from audiotokens.json
+    "format": (str,), "version": (int,), "classes": (list,), "task": (str,), "threshold": _NUMBER,
+    "input": (str,), "max_frames": (int,), "spectrogram": (dict,),
+}
+OPTIONAL_COUNTS = ("batch_frames", "crop_frames", "eval_window", "eval_hop")  # train.length_metadata
+
+
+def check_metadata(metadata: Any, path: Path) -> None:
+    """audiotokens.json holds what inference reads, each of its type, in its range."""
+    if not isinstance(metadata, dict):
+        raise UserError(f"{path} is not a JSON object; {REBUILD}")
+    if metadata.get("format") != BUNDLE_FORMAT or metadata.get("version") != BUNDLE_VERSION:
+        raise UserError(f"{path} is not an audiotokens bundle of version {BUNDLE_VERSION}; re-run `audiotokens train`")
+    for key, types in METADATA_SCHEMA.items():
+        _check_type(metadata, key, types, path)
+    for key in OPTIONAL_COUNTS:
+        if metadata.get(key) is not None:
+            _check_type(metadata, key, (int,), path)
+            if metadata[key] < 0:  # 0: none (no budget, no crop, whole clips)
+                raise UserError(f"{path}: '{key}' must be 0 or more, got {metadata[key]}; {REBUILD}")
+    if not metadata["classes"] or not all(isinstance(name, str) for name in metadata["classes"]):
+        raise UserError(f"{path}: 'classes' must be a list of class names; {REBUILD}")
+    objective_for(metadata["task"])
+    if not (math.isfinite(metadata["threshold"]) and 0 <= metadata["threshold"] <= 1):
+        raise UserError(f"{path}: 'threshold' must be between 0 and 1, got {metadata['threshold']}; {REBUILD}")
+    if metadata["max_frames"] < 1:
+        raise UserError(f"{path}: 'max_frames' must be positive, got {metadata['max_frames']}; {REBUILD}")
+    if not isinstance(metadata.get("vocabulary_digest"), (str, type(None))):
+        raise UserError(f"{path}: 'vocabulary_digest' must be a string; {REBUILD}")
+
+
+def _check_type(data: dict[str, Any], key: str, types: tuple[type, ...], path: Path, label: str = "") -> None:
+    label = label or key
+    if key not in data:
+        raise UserError(f"{path} lacks '{label}'; {REBUILD}")
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, types):
+        kind = {int: "an integer", str: "a string", list: "a list", dict: "an object", float: "a number"}[types[-1]]
+        raise UserError(f"{path}: '{label}' must be {kind}, got {value!r}; {REBUILD}")
+
+
+SPEC_TYPES = {"str": (str,), "int": (int,), "float": _NUMBER}  # annotations of ModelSpec's plain fields
+ENCODER_SIZES = ("num_layers", "num_heads", "intermediate_size")
+
+
+def spec_from_json(raw: Any, path: Path) -> ModelSpec:
+    """The ModelSpec of model_spec.json: every field of its type, sizes positive (the parts check the rest)."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{path} is not a JSON object; {REBUILD}")
+    for field in dataclasses.fields(ModelSpec):
+        annotation = str(field.type)
+        if field.name not in raw and field.default is dataclasses.MISSING \
+                and field.default_factory is dataclasses.MISSING:
+            raise UserError(f"{path} lacks '{field.name}'; {REBUILD}")
+        if field.name not in raw:
+            continue
+        outer = annotation.split("[", 1)[0]
+        _check_type(raw, field.name, SPEC_TYPES.get(outer) or ({"list": (list,), "dict": (dict,)}[outer]), path)
+        if annotation in ("list[str]", "list[int]"):
+            inner = str if annotation == "list[str]" else int
+            if not all(isinstance(item, inner) and not isinstance(item, bool) for item in raw[field.name]):
+                raise UserError(f"{path}: '{field.name}' must be a list of {inner.__name__}; {REBUILD}")
+    params = raw.get("encoder_params", {})
+    for key in ENCODER_SIZES:
+        if key in params:
+            _check_type(params, key, (int,), path, f"encoder_params.{key}")
+    sizes = {"hidden_size": raw.get("hidden_size", 1), "max_positions": raw.get("max_positions", 3) - EXTRA_POSITIONS,
+             **{f"encoder_params.{key}": params[key] for key in ENCODER_SIZES if key in params}}
+    bad = next((name for name, value in sizes.items() if value < 1), None)
+    if bad is not None or any(size < 1 for size in raw.get("codebook_sizes", [])):
+        raise UserError(f"{path}: '{bad or 'codebook_sizes'}' must be positive; {REBUILD}")
+    _check_ranges(raw, path)
+    return ModelSpec.from_json(raw)
+
+
+def _check_ranges(raw: dict[str, Any], path: Path) -> None:
+    """Numbers torch would refuse with a traceback, or take and score NaN with (an infinite scale)."""
+    for field in dataclasses.fields(ModelSpec):
+        if str(field.type) == "float" and field.name in raw and not math.isfinite(raw[field.name]):
+            raise UserError(f"{path}: '{field.name}' must be a finite number, got {raw[field.name]}; {REBUILD}")
+    if not 0 <= raw.get("dropout", 0) < 1:
+        raise UserError(f"{path}: 'dropout' must be in [0, 1), got {raw['dropout']}; {REBUILD}")
+    if raw.get("hidden_layer", 0) < 0:
+        raise UserError(f"{path}: 'hidden_layer' must be 0 (none) or more, got {raw['hidden_layer']}; {REBUILD}")
+
+
+def _first_difference(ours: dict[str, Any], theirs: dict[str, Any]) -> str:
+    key = next((k for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)), None)
+    return f"{key}: {ours.get(key)!r} here, {theirs.get(key)!r} in the vocabulary" if key else "the same keys"

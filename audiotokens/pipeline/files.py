@@ -287,6 +287,18 @@ def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def remove_dir(folder: Path) -> None:
+    """Remove a folder so that no reader sees part of it: renamed aside in one step, then deleted."""
+    if not folder.is_dir():
+        return
+    aside = folder.with_name(f"{temp_prefix(folder)}gone")
+    try:
+        os.replace(folder, aside)
+    except OSError as exc:
+        raise write_error(folder, exc) from None
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, (np.generic, np.ndarray)):  # numpy numbers, booleans and arrays as JSON values
         return obj.tolist()

@@ -15,7 +15,7 @@ Layout under a workdir:
   tokenized/index.json              per clip: id, offset, length; vocabulary and frame spec digests
   tokenized/stats.json, tokenized/histogram_<split>.png
   tokenized/shards/N-K/             until assembled: tokens.npy + shard.json of shard K of N
-  output/model/                     portable bundle (save_pretrained + audiotokens.json + vocabulary + README.md)
+  output/model/                     portable bundle (weights, JSON files, vocabulary, manifest.json, README.md)
   output/pretrain/                  pre-trained embedder and encoder, with its metrics.jsonl and curves.png
   output/checkpoints/{last,best}.pt training state for --resume (pretrain.pt: pre-training's)
   output/metrics.jsonl, output/curves.png, output/tensorboard/ (when tensorboard is installed)
@@ -46,6 +46,7 @@ BUNDLE_SPEC = "model_spec.json"
 BUNDLE_WEIGHTS = "model.safetensors"
 BUNDLE_VOCABULARY = "vocabulary"
 BUNDLE_CARD = "README.md"  # the model card (model/modelcard.py)
+BUNDLE_MANIFEST = "manifest.json"  # digests of the bundle's other files but the card, written last
 # inside a vocabulary folder (output/vocabulary/, and the bundle's copy)
 VOCABULARY_METADATA = "vocabulary.json"
 VOCABULARY_ARRAYS = "codebooks.npz"
@@ -285,19 +286,34 @@ class Layout:
         return self.workdir / RECORDS[stage]
 
     def stage_artifacts(self, stage: str) -> tuple[Path, ...]:
-        """The files whose digests a stage's record keeps, so that `status` sees a damaged or replaced one."""
+        """The files and report folders a stage writes (a folder stands for every file in it: stage_files)."""
         bundle, pretrained = self.model_dir, self.pretrain_dir
         return {
             "split": (self.split_json,),
             "spectrogram": (self.frames, self.frames_index, self.frame_spec),
             "cluster": (self.vocabulary / VOCABULARY_METADATA, self.vocabulary / VOCABULARY_ARRAYS),
-            "tokenize": (self.tokens, self.tokens_index),
+            "tokenize": (self.tokens, self.tokens_index, self.token_stats),
             "pretrain": (pretrained / BUNDLE_WEIGHTS, pretrained / BUNDLE_SPEC),
             "train": (bundle / BUNDLE_WEIGHTS, bundle / BUNDLE_SPEC, bundle / BUNDLE_METADATA,
-                      bundle / BUNDLE_VOCABULARY / VOCABULARY_METADATA),
-            "evaluate": (self.eval_dir("validation") / EVAL_METRICS,),
+                      bundle / BUNDLE_VOCABULARY / VOCABULARY_METADATA, bundle / BUNDLE_MANIFEST),
+            "evaluate": tuple(self.eval_dir(split) for split in SPLITS if split != "train"),
             "baseline": (self.baselines,),
         }[stage]
+
+    def stage_files(self, stage: str) -> list[Path]:
+        """The files whose digests a stage's record keeps, so that `status` sees a damaged, removed or replaced
+        one: the stage's artifacts, each report folder as the files in it, but robustness reports (written
+        later by `evaluate --corrupt`) and hidden temporary files."""
+        files = []
+        for artifact in self.stage_artifacts(stage):
+            if not artifact.is_dir():
+                files.append(artifact)
+                continue
+            for path in sorted(artifact.rglob("*")):
+                inside = path.relative_to(artifact).parts
+                if path.is_file() and ROBUSTNESS_DIR not in inside[:-1] and not inside[-1].startswith("."):
+                    files.append(path)
+        return files
 
     def stage_outputs(self, stage: str) -> tuple[Path, ...]:
         """Everything a stage writes (files and folders) that another workdir may take over whole (tune

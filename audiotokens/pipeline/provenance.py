@@ -77,10 +77,15 @@ def audio_changes(layout: Layout) -> list[str]:
 
 
 def _catalogue(layout: Layout) -> list[dict[str, Any]] | None:
+    """The clips of split.json; None when it is absent or not a catalogue (cut short, edited)."""
     try:
-        return read_json(layout.split_json)["clips"] if layout.split_json.is_file() else None
+        clips = read_json(layout.split_json)["clips"] if layout.split_json.is_file() else None
     except (UserError, KeyError, TypeError):
         return None
+    if not isinstance(clips, list) or not all(isinstance(clip, dict) and isinstance(clip.get("audio"), str)
+                                              for clip in clips):
+        return None
+    return clips
 
 
 def output_identity(path: Path) -> str:
@@ -94,8 +99,7 @@ def output_identity(path: Path) -> str:
 
 
 def _outputs(layout: Layout, stage: str) -> dict[str, str]:
-    return {str(path.relative_to(layout.workdir)): output_identity(path)
-            for path in layout.stage_artifacts(stage)}
+    return {str(path.relative_to(layout.workdir)): output_identity(path) for path in layout.stage_files(stage)}
 
 
 def input_fingerprint(params: dict[str, Any], inputs: dict[str, str], sections: tuple[str, ...]) -> str:
@@ -241,10 +245,8 @@ def _judge(layout, stage, params, expected_inputs, states) -> StageState:
         return state("stale", damaged) if damaged else state("fresh", [])
     reasons = _param_changes(record.get("params", {}), params)
     if stage == "split" and record.get("params", {}).get(AUDIO_IDENTITY) != params.get(AUDIO_IDENTITY):
-        changed = audio_changes(layout)
         reasons = [r for r in reasons if not r.startswith(AUDIO_IDENTITY)]
-        reasons.append(f"{len(changed)} clips' audio changed or is gone since the split"
-                       + (f" (first: {changed[0]})" if changed else ""))
+        reasons.append(_audio_change(layout))
     for name, fp in expected_inputs.items():
         if record.get("inputs", {}).get(name) != fp:
             if states[name].state == "fresh":
@@ -252,6 +254,18 @@ def _judge(layout, stage, params, expected_inputs, states) -> StageState:
             else:
                 reasons.append(f"{name} is {states[name].state}")
     return state("stale", reasons or ["fingerprint changed"])
+
+
+def _audio_change(layout: Layout) -> str:
+    """Why the audio identity of the split differs: its catalogue is gone or damaged, or the audio changed."""
+    name = layout.split_json.relative_to(layout.workdir)
+    if not layout.split_json.is_file():
+        return f"{name} is missing"
+    if _catalogue(layout) is None:  # the identity of the audio cannot even be computed
+        return f"{name} is damaged (not a readable clip catalogue); run `audiotokens split` again"
+    changed = audio_changes(layout)
+    return f"{len(changed)} clips' audio changed or is gone since the split" + (
+        f" (first: {changed[0]})" if changed else "")
 
 
 def _unfinished(layout: Layout, stage: str, failure: dict[str, Any], state) -> StageState:
@@ -276,14 +290,19 @@ def last_line(path: Path) -> str:
     return lines[-1].strip() if lines else ""
 
 
+DAMAGE_LISTED = 3  # damaged files named in a status line; the rest are counted
+
+
 def _damaged_outputs(layout: Layout, record: dict[str, Any]) -> list[str]:
     """Artifacts of a stage that are gone or differ from what the stage wrote."""
     reasons = []
-    for name, identity in record.get("outputs", {}).items():
+    for name, identity in sorted(record.get("outputs", {}).items()):
         now = output_identity(layout.workdir / name)
         if now != identity:
             reasons.append(f"{name} is missing" if not now else f"{name} changed since the stage wrote it "
                            "(damaged or replaced)")
+    if len(reasons) > DAMAGE_LISTED:
+        reasons[DAMAGE_LISTED:] = [f"and {len(reasons) - DAMAGE_LISTED} more of its files"]
     return reasons
 
 

@@ -10,8 +10,8 @@ the stage assembles the parts in clip order into the one store, byte for byte wh
   exclusive lock of its own shard (a second process on the same shard is refused).
 - `audiotokens STAGE` (no --shard) takes the workdir lock, computes every shard not finished yet (of the
   N already on disk, or N = 1), assembles, writes the record and removes the shard parts.
-- `audiotokens STAGE --assemble` only assembles, refusing while a shard is missing (the step after a
-  Slurm job array).
+- `audiotokens STAGE --assemble` only assembles, refusing while a shard is missing or stale (made under
+  other settings or inputs) (the step after a Slurm job array).
 - `--executor dask` runs the unfinished shards as tasks on a dask.distributed cluster, then assembles.
 """
 from __future__ import annotations
@@ -92,6 +92,19 @@ def pending_line(stage: str, count: int, missing: list[Shard]) -> str:
         return f"{stage} shards: all {count} finished, not assembled; run `audiotokens {stage} --assemble`"
     listed = ", ".join(str(s.index) for s in missing[:20]) + (" …" if len(missing) > 20 else "")
     return f"{stage} shards: {count - len(missing)} of {count} finished, not yet K = {listed}"
+
+
+def stale_shards(root: Path, is_stale: Callable[[Shard], bool]) -> list[Shard]:
+    """Shards on disk, of any N, whose work was done under other settings or inputs than the current ones."""
+    return [shard for count, indexes in sorted(shards_on_disk(root).items())
+            for shard in (Shard(index=k, count=count) for k in indexes) if is_stale(shard)]
+
+
+def stale_message(stage: str, stale: list[Shard]) -> str:
+    listed = ", ".join(f"{s.index}/{s.count}" for s in stale[:20]) + (" …" if len(stale) > 20 else "")
+    return (f"{stage}: shards {listed} on disk were made with other settings or inputs than the current ones "
+            f"(stale), so they are not assembled; run `audiotokens {stage}` without --assemble to compute them "
+            f"again, or re-run each `audiotokens {stage} --shard K/N` with the current config, then --assemble")
 
 
 def missing_message(stage: str, count: int, missing: list[Shard]) -> str:
@@ -230,10 +243,13 @@ class Execution:
 
 
 def finish_shards(stage: str, config: Config, count: int, execution: Execution, *,
-                  unfinished: Callable[[int], list[Shard]], compute: Callable[[list[Shard]], Any]) -> int:
-    """Get every shard of N finished: here (`compute`), as dask tasks, or (assemble only) refuse with the
-    missing K. `count` is the N chosen from disk (0: none there, so 1 here or two per dask worker thread);
-    returns N once `unfinished(N)` is empty."""
+                  unfinished: Callable[[int], list[Shard]], compute: Callable[[list[Shard]], Any],
+                  stale: Callable[[], list[Shard]] = list) -> int:
+    """Get every shard of N finished: here (`compute`), as dask tasks, or (assemble only) refuse, naming the
+    shards on disk that are `stale` (made under other settings) else the missing K. `count` is the N chosen
+    from disk (0: none there, so 1 here or two per dask worker thread); returns N once `unfinished(N)` is
+    empty."""
+    chosen = count
     if execution.executor == "dask" and not execution.assemble_only:
         with dask_client(execution.scheduler) as client:
             count = count or default_dask_count(client)
@@ -244,7 +260,8 @@ def finish_shards(stage: str, config: Config, count: int, execution: Execution, 
         count = count or 1
         todo = unfinished(count)
         if todo and execution.assemble_only:
-            raise UserError(missing_message(stage, count, todo))
+            old = [shard for shard in stale() if shard in todo or not chosen]
+            raise UserError(stale_message(stage, old) if old else missing_message(stage, count, todo))
         if todo:
             compute(todo)
     missing = unfinished(count)

@@ -44,6 +44,7 @@ from ..pipeline.shards import (
     all_shards,
     choose_count,
     finish_shards,
+    stale_shards,
 )
 from ..pipeline.stores import ClipIndex, SplitPlan, open_store, split_view
 from .kmeans import DEFAULT_BATCH, iter_batches, release_pages, token_statistics
@@ -152,7 +153,8 @@ class SpecTokenizer:
                 self._compute_shard(frames, store, vocab.quantizer, key, shard)
 
         count = finish_shards(STAGE, self.config, count, self.execution, compute=compute,
-                              unfinished=lambda n: [s for s in all_shards(n) if not self._finished(store, key, s)])
+                              unfinished=lambda n: [s for s in all_shards(n) if not self._finished(store, key, s)],
+                              stale=lambda: stale_shards(self.shards_root, lambda s: self._stale(store, key, s)))
         counts = self._write_store(vocab, store, functools.partial(self._copy_shards, store, count))
         shutil.rmtree(self.shards_root, ignore_errors=True)
         return counts
@@ -253,6 +255,13 @@ class SpecTokenizer:
             return np.load(folder / self.layout.tokens.name, mmap_mode="r").shape[0] == meta["rows"]
         except (OSError, ValueError):
             return False
+
+    def _stale(self, store: ClipIndex, key: str, shard: Shard) -> bool:
+        """Finished under another vocabulary or frames store (or another cut of the clips): not assembled."""
+        span, folder = self._shard_span(store, shard)
+        meta = read_json_or_none(folder / SHARD_META)
+        return bool(meta) and (meta.get("key") != key or [meta.get("start"), meta.get("stop")] != [span.start,
+                                                                                                   span.stop])
 
     def _compute_shard(self, frames: np.ndarray, store: ClipIndex, quantizer, key: str,
                        shard: Shard) -> dict[str, Any]:

@@ -74,6 +74,21 @@ def test_identical_runs_show_no_setting_and_a_missing_key_counts_as_different(tm
     assert compare_workdirs([first, second]).settings == ["cluster.gpu_batch"]
 
 
+def test_reports_of_a_split_the_split_no_longer_has_are_not_this_runs_figures(tmp_path):
+    """After split.test_ratio = 0 the test reports of the previous split may still be on disk (a stage that
+    did not run yet): compare must not show them as this run's."""
+    layout = Layout(_fake_run(tmp_path / "run"))
+    for folder in (layout.eval_dir("test"), layout.output / "baselines" / "svm" / "test"):
+        write_json(folder / "metrics.json", {"task": "multilabel", "mAP": 0.9, "micro_f1": 0.6, "macro_f1": 0.5})
+    with_test = {"train": ["a", "b"], "validation": ["c"], "test": ["d"]}
+    write_json(layout.split_json, {"classes": ["x"], "task": "multilabel", "clips": [], "splits": with_test})
+    assert {"eval/test mAP", "svm/test mAP"} <= set(compare_workdirs([layout.workdir]).rows[0])
+    write_json(layout.split_json, {"classes": ["x"], "task": "multilabel", "clips": [],
+                                   "splits": {**with_test, "test": []}})
+    row = compare_workdirs([layout.workdir]).rows[0]
+    assert not [key for key in row if "test" in key] and row["eval/validation mAP"] == 0.7
+
+
 def test_a_run_without_a_section_does_not_make_its_settings_differ():
     trained = {"split.seed": 0, "train.epochs": 10, "model.num_layers": 2}
     baselines_only = {"split.seed": 0, "baseline.n_mfcc": 40}

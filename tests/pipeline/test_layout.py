@@ -31,11 +31,23 @@ def test_workdir_paths_are_the_documented_ones():
         (layout.record("evaluate"), "output/eval/validation.meta.json"),
     ]
     assert [path for path, _ in expected] == [Path("w", relative) for _, relative in expected]
-    assert layout.stage_artifacts("evaluate") == (Path("w/output/eval/validation/metrics.json"),)
+    assert layout.stage_artifacts("evaluate") == (Path("w/output/eval/validation"), Path("w/output/eval/test"))
+
+
+def test_a_report_folder_is_recorded_as_its_files_but_robustness_reports_and_temporary_files(tmp_path):
+    layout = Layout(tmp_path)
+    kept = [layout.eval_dir("validation") / "metrics.json", layout.eval_dir("test") / "scores.npy",
+            layout.baselines / "svm" / "model.joblib", layout.baselines / "svm" / "test" / "metrics.json"]
+    left = [layout.robustness_dir("test") / "model" / "robustness.csv", layout.baselines / "svm" / ".fit.json.1.tmp"]
+    for path in kept + left:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    assert layout.stage_files("evaluate") == kept[:2] and layout.stage_files("baseline") == kept[2:]
 
 
 def test_names_inside_folders_are_the_documented_ones():
     assert (names.BUNDLE_CARD, names.BASELINE_FIT, names.BASELINE_ESTIMATOR) == ("README.md", "fit.json", "model.joblib")
+    assert names.BUNDLE_MANIFEST == "manifest.json"
     assert [names.EVAL_METRICS, names.EVAL_PER_CLASS, names.EVAL_SWEEP, names.EVAL_SCORES, names.EVAL_CLIPS] == \
         ["metrics.json", "per_class.csv", "sweep.csv", "scores.npy", "clips.json"]
     assert names.EVAL_CLASS_SWEEP.format(name="Dog") == "sweep_Dog.csv"

@@ -6,6 +6,7 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -14,17 +15,19 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from projects import copy_project, trained_project, write_tone
+from projects import copy_project, project_config, trained_project, write_tone
 
-from audiotokens.pipeline.layout import Layout
-from audiotokens.pipeline.files import atomic_dir
 from audiotokens.cli import main
 from audiotokens.config import load_config
-from audiotokens.errors import UserError
-from audiotokens.pipeline.lock import workdir_lock
-from audiotokens.pipeline.run import execute
-from audiotokens.pipeline.provenance import stage_states, write_failure
 from audiotokens.data.sources import load_folder, load_manifest
+from audiotokens.errors import UserError
+from audiotokens.evaluation.compare import run_metrics
+from audiotokens.pipeline.files import atomic_dir
+from audiotokens.pipeline.layout import Layout
+from audiotokens.pipeline.lock import workdir_lock
+from audiotokens.pipeline.provenance import stage_states, write_failure
+from audiotokens.pipeline.run import execute, plan, run
+from audiotokens.pipeline.stores import SplitPlan
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +121,7 @@ def test_a_damaged_bundle_is_stale_and_refused_in_one_line(project, tmp_path):
     assert state.state == "stale" and "output/model/model.safetensors changed since the stage wrote it" in state.line()
     result = CliRunner().invoke(main, ["predict", "--workdir", str(own / "work"), str(own / "audio" / "clip00.wav")])
     assert result.exit_code == 2 and "Traceback" not in result.output
-    assert f"{weights} cannot be read" in result.stderr
+    assert "the bundle's files do not match its manifest: model.safetensors changed" in result.stderr
 
 
 def test_changed_or_deleted_audio_makes_the_split_stale_and_the_frames_recomputed(tmp_path):
@@ -140,6 +143,72 @@ def test_changed_or_deleted_audio_makes_the_split_stale_and_the_frames_recompute
     assert layout.frames.read_bytes() != before
     (tmp_path / "audio" / "c5.wav").unlink()
     assert "1 clips' audio changed or is gone" in stage_states(layout, config)["split"].line()
+
+
+def test_a_truncated_split_is_named_damaged_not_changed_audio(tmp_path):
+    config = small_config(tmp_path)
+    execute("split", config)
+    layout = Layout(config.workdir)
+    text = layout.split_json.read_text()
+    layout.split_json.write_text(text[:len(text) // 2])
+    line = stage_states(layout, config)["split"].line()
+    assert line.startswith("split: stale — processed/split.json is damaged")
+    assert "run `audiotokens split` again" in line and "audio changed" not in line
+    layout.split_json.unlink()
+    assert stage_states(layout, config)["split"].line() == "split: stale — processed/split.json is missing"
+
+
+@pytest.fixture(scope="module")
+def evaluated(project, tmp_path_factory) -> Path:
+    """The trained project with its baselines fitted too: every stage has validation and test reports."""
+    own = copy_project(project, tmp_path_factory.mktemp("evaluated") / "project")
+    execute("baseline", project_config(own, "baseline.workers=1"))
+    return own
+
+
+@pytest.mark.parametrize("damage, stage, said", [
+    ("output/baselines", "baseline", "output/baselines/logreg/fit.json is missing"),
+    ("output/baselines/svm/model.joblib", "baseline", "output/baselines/svm/model.joblib is missing"),
+    ("output/baselines/svm/test", "baseline", "output/baselines/svm/test/clips.json is missing"),
+    ("output/eval/test", "evaluate", "output/eval/test/clips.json is missing"),
+    ("output/eval/validation/per_class.csv", "evaluate", "output/eval/validation/per_class.csv is missing"),
+    ("tokenized/stats.json", "tokenize", "tokenized/stats.json is missing"),
+])
+def test_a_removed_report_makes_its_stage_stale_and_run_plans_it(evaluated, tmp_path, damage, stage, said):
+    own = copy_project(evaluated, tmp_path / "project")
+    config = project_config(own, "baseline.workers=1")
+    assert {state.state for state in stage_states(Layout(config.workdir), config).values()} == {"fresh", "missing"}
+    target = config.workdir / damage
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    state = stage_states(Layout(config.workdir), config)[stage]
+    assert state.state == "stale" and said in state.line(), state.line()
+    assert stage in plan(config)
+
+
+def test_run_redoes_exactly_the_stages_whose_reports_were_removed(evaluated, tmp_path):
+    own = copy_project(evaluated, tmp_path / "project")
+    config = project_config(own, "baseline.workers=1")
+    layout = Layout(config.workdir)
+    (layout.baselines / "svm" / "model.joblib").unlink()
+    shutil.rmtree(layout.eval_dir("test"))
+    assert run(config) == ["evaluate", "baseline"]
+    assert (layout.baselines / "svm" / "model.joblib").is_file() and (layout.eval_dir("test") / "metrics.json").is_file()
+    assert {state.state for state in stage_states(layout, config).values()} == {"fresh", "missing"}
+    assert run(config) == []
+
+
+def test_reports_of_a_split_that_no_longer_exists_are_removed_when_the_stages_run(evaluated, tmp_path):
+    own = copy_project(evaluated, tmp_path / "project")
+    layout = Layout(own / "work")
+    assert (layout.eval_dir("test") / "metrics.json").is_file() and (layout.baselines / "svm/test").is_dir()
+    assert "eval/test accuracy" in run_metrics(layout.workdir) and "svm/test accuracy" in run_metrics(layout.workdir)
+    config = project_config(own, "split.test_ratio=0", "baseline.models=svm", "baseline.workers=1")
+    run(config)
+    assert "test" not in SplitPlan.load(layout).names()
+    assert not layout.eval_dir("test").exists() and not list(layout.baselines.glob("*/test"))
+    assert not (layout.baselines / "logreg").exists()  # a baseline no longer asked for goes too
+    assert not [key for key in run_metrics(layout.workdir) if "test" in key or key.startswith("logreg")]
+    assert {state.state for state in stage_states(layout, config).values()} == {"fresh", "missing"}
 
 
 def test_a_killed_run_is_reported_with_its_last_log_line(tmp_path):

@@ -97,6 +97,40 @@ def test_shards_on_disk_under_another_key_are_recomputed(tmp_path, monkeypatch, 
     assert_same_store(tmp_path, reference)
 
 
+def test_assembling_shards_made_with_other_settings_names_them_stale(tmp_path, corpus):
+    clips, _ = corpus
+    write_split(tmp_path, {"train": clips[2:], "validation": clips[:2]})
+    for k in range(2):
+        SpectrogramProcessor(config(tmp_path, "spectrogram.n_mels=32"), shard=Shard(index=k, count=2)).run()
+    with pytest.raises(UserError, match=r"spectrogram: shards 0/2, 1/2 on disk were made with other settings") \
+            as error:
+        SpectrogramProcessor(config(tmp_path), assemble=True).run()
+    assert "not finished" not in str(error.value) and "run `audiotokens spectrogram` without --assemble" in \
+        str(error.value)
+    SpectrogramProcessor(config(tmp_path, "spectrogram.n_mels=32"), assemble=True).run()  # their own settings
+
+
+def test_a_stale_shard_among_current_ones_is_named_stale(tmp_path, corpus):
+    clips, reference = corpus
+    write_split(tmp_path, {"train": clips[2:], "validation": clips[:2]})
+    SpectrogramProcessor(config(tmp_path), shard=Shard(index=0, count=2)).run()
+    SpectrogramProcessor(config(tmp_path, "spectrogram.n_mels=32"), shard=Shard(index=1, count=2)).run()
+    with pytest.raises(UserError, match=r"shards 1/2 on disk were made with other settings"):
+        SpectrogramProcessor(config(tmp_path), assemble=True).run()
+    SpectrogramProcessor(config(tmp_path)).run()  # recomputes the stale shard, keeps the current one
+    assert_same_store(tmp_path, reference)
+
+
+def test_a_shard_killed_before_its_first_part_is_unfinished_not_stale(tmp_path, corpus):
+    clips, _ = corpus
+    write_split(tmp_path, {"train": clips[2:], "validation": clips[:2]})
+    SpectrogramProcessor(config(tmp_path), shard=Shard(index=0, count=2)).run()
+    (Layout(tmp_path).frames_dir / "shards" / Shard(index=1, count=2).name).mkdir()  # no part, no key yet
+    with pytest.raises(UserError, match=r"1 of 2 shards not finished \(K = 1\)") as error:
+        SpectrogramProcessor(config(tmp_path), assemble=True).run()
+    assert "stale" not in str(error.value)
+
+
 def _try_shard_lock(workdir, shard: str) -> subprocess.CompletedProcess:
     code = ("import sys; from audiotokens.pipeline.shards import Shard, dask_client, local_cluster, shard_lock\n"
             f"with shard_lock({str(workdir)!r}, 'spectrogram', Shard.parse({shard!r})): print('held')")
@@ -233,8 +267,10 @@ def test_token_shards_of_another_vocabulary_are_not_assembled(tmp_path, token_co
     for k in range(2):
         SpecTokenizer(config(tmp_path), shard=Shard(index=k, count=2)).run()
     write_vocabulary(tmp_path, centroids)  # the vocabulary changed after the shards were written
-    with pytest.raises(UserError, match="2 of 2 shards not finished"):
+    with pytest.raises(UserError, match=r"tokenize: shards 0/2, 1/2 on disk were made with other settings"):
         SpecTokenizer(config(tmp_path), assemble=True, shards=2).run()
+    with pytest.raises(UserError, match=r"tokenize: shards 0/2, 1/2 on disk were made with other settings"):
+        SpecTokenizer(config(tmp_path), assemble=True).run()  # N taken from the disk: the same stale shards
     SpecTokenizer(config(tmp_path)).run()
     assert_same_tokens(tmp_path, reference)
 
