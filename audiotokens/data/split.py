@@ -96,6 +96,8 @@ class DatasetSplitter:
         plan["clips"] = [{**clip.to_json(), "labels": [model_id[c] for c in clip.labels if c in model_id],
                           "stat": file_stat(clip.audio)} for clip in dataset.all_clips()]
         plan["splits"] = {name: [clip.id for clip in clips] for name, clips in splits.items() if clips}
+        if "validation_fold" in notes:  # a column of folds: validation is a held-out fold, as with kfold
+            plan["validation_fold"] = notes["validation_fold"]
         pretrain = self.config.pretrain  # unlabelled audio: in the catalogue, in no split (sources/unlabelled.py)
         plan["clips"] += catalogue_entries(pretrain.manifest, pretrain.folder, {c["id"] for c in plan["clips"]},
                                            file_stat)

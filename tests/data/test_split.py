@@ -557,6 +557,7 @@ def test_a_column_of_side_names_is_the_split(tmp_path):
         assert ids(split, name) == [p for p, _, v in rows if side[v.lower()] == name and p != "clip05.wav"]
     assert [m["id"] for m in report["missing"]] == ["clip05.wav"]
     assert split["strategy"] == "column" and report["column"] == "split" and report["column_values"] == "sides"
+    assert "validation_fold" not in split  # named sides: validation chooses the epoch as usual
     assert counts["clips"] == 39
 
 
@@ -576,6 +577,7 @@ def test_a_column_of_folds_is_k_fold_over_its_values(tmp_path):
         assert ids(split, "validation") == clips_of[fold]
         assert ids(split, "train") == [p for p, _, v in rows if v != fold] and not ids(split, "test")
         assert report["folds"] == folds and report["validation_fold"] == fold and report["test_fold"] is None
+        assert split["validation_fold"] == fold  # the train stage then keeps the last epoch, as with kfold
         held_out += ids(split, "validation")
     assert sorted(held_out) == sorted(p for p, _, _ in rows)  # every clip validated exactly once
 
