@@ -275,11 +275,14 @@ def compare_command(config, workdirs, out_dir):
 @click.option("--model", "model_dir", default=None, help="Model bundle (default: <workdir>/output/model).")
 @click.option("--out", "out_path", default=None, type=click.Path(dir_okay=False),
               help="File to write (default: model.onnx beside the bundle).")
-def export_command(config, fmt, model_dir, out_path):
+@click.option("--input", "graph_input", type=click.Choice(["tokens", "frames"]), default=None,
+              help="What the graph reads (default: what the model reads); frames puts a tokens model's "
+                   "quantizer in the graph.")
+def export_command(config, fmt, model_dir, out_path, graph_input):
     """The classifier as ONNX (scores out), its vocabulary and metadata beside it."""
     from .model.export import export_model  # on use: start-up time
 
-    written = export_model(fmt, model_dir or Layout(config.workdir).model_dir, out_path)
+    written = export_model(fmt, model_dir or Layout(config.workdir).model_dir, out_path, graph_input)
     click.echo(f"wrote {written}")
 
 

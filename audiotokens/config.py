@@ -71,7 +71,7 @@ class DataConfig:
     keep_unused_classes: bool = False  # keep classes without a training clip as model outputs
 
 
-SPLIT_STRATEGIES = ("auto", "prefix", "random", "group", "stratified", "official", "kfold")
+SPLIT_STRATEGIES = ("auto", "prefix", "random", "group", "stratified", "official", "kfold", "column")
 
 
 @dataclass
@@ -84,7 +84,9 @@ class SplitConfig:
     test_ratio: float = setting(0.1, check="fraction")  # share of the clips held out as the test split
     test_list: str = setting("", role=FILE)  # file of test ids (one per line) or a segments CSV
     folds: int = setting(5, check="at_least_2")  # kfold: number of folds
-    fold: int = setting(0, check="non_negative")  # kfold: the fold used as validation
+    fold: int = setting(0, check="non_negative")  # kfold, column: the fold used as validation (counted from 0)
+    column: str = "fold"  # column: the manifest column giving each clip's side (train/validation/test) or fold
+    test_fold: str = ""  # column of folds: the fold held out as the test split ("": no test split)
     seed: int = setting(0, check="seed")
 
 
@@ -417,7 +419,8 @@ def validate(config: Config) -> None:
 def _check_split_shares(split: SplitConfig) -> None:
     """Validation and test shares of the same clips must leave some for training (test_ratio applies unless a
     list or the official side names the test split)."""
-    draws_test = not split.test_list and not (split.strategy == "official" and split.official_side == "test")
+    draws_test = not split.test_list and not (split.strategy == "official" and split.official_side == "test") \
+        and split.strategy != "column"
     if draws_test and split.validation_ratio + split.test_ratio >= 1:
         raise UserError(f"'split.validation_ratio' ({split.validation_ratio:g}) + 'split.test_ratio' "
                         f"({split.test_ratio:g}) = {split.validation_ratio + split.test_ratio:g} leaves no clip "

@@ -17,6 +17,7 @@ from audiotokens import config
 from audiotokens.data.sources import SOURCES
 from audiotokens.features.spectrogram import FRAME_KINDS, params_to_dict
 from audiotokens.model import parts
+from audiotokens.model.frames_graph import GRAPHS
 from audiotokens.pipeline import stages
 from audiotokens.tokens.quantizer_kinds import KINDS
 
@@ -51,6 +52,10 @@ def test_the_config_offers_exactly_the_registered_kinds(key, registry, registry_
 
 def test_tokenizers_is_the_quantizer_registry():
     assert_same_names(config.QUANTIZERS, KINDS, "config.QUANTIZERS", "tokens.quantizer_kinds.KINDS")
+
+
+def test_every_quantizer_kind_has_a_frames_graph():
+    assert_same_names(GRAPHS, KINDS, "model.frames_graph.GRAPHS", "tokens.quantizer_kinds.KINDS")
 
 
 @pytest.mark.parametrize("kind", KINDS.values(), ids=list(KINDS))

@@ -11,6 +11,8 @@ Strategies (split.strategy) choose the validation side:
   official    the side given by data.eval_segments / data.eval_parquet, or the ids in split.validation_list;
               split.official_side says whether it is the validation or the test split
   kfold       split.folds folds (group-aware, stratified where labels allow); fold split.fold is validation
+  column      a manifest column (split.column) names each clip's side, or its predefined fold: fold
+              split.fold is validation, split.test_fold (if set) test (column_split.py)
 The test split is split.test_list, or the official side when split.official_side = "test", or else
 split.test_ratio of the clips drawn before validation (whole groups when the clips have groups, else
 stratified, or random with the random strategy); 0 means no test split.
@@ -38,6 +40,7 @@ from ..pipeline.layout import SPLITS, Layout
 from ..pipeline.provenance import file_stat
 from ..pipeline.stores import LeftOut
 from . import sources
+from .column_split import column_sides
 from .folds import fold_split, kfold_sides
 from .sources import Clip, Dataset
 from .sources.unlabelled import catalogue_entries
@@ -93,6 +96,8 @@ class DatasetSplitter:
         plan["clips"] = [{**clip.to_json(), "labels": [model_id[c] for c in clip.labels if c in model_id],
                           "stat": file_stat(clip.audio)} for clip in dataset.all_clips()]
         plan["splits"] = {name: [clip.id for clip in clips] for name, clips in splits.items() if clips}
+        if "validation_fold" in notes:  # a column of folds: validation is a held-out fold, as with kfold
+            plan["validation_fold"] = notes["validation_fold"]
         pretrain = self.config.pretrain  # unlabelled audio: in the catalogue, in no split (sources/unlabelled.py)
         plan["clips"] += catalogue_entries(pretrain.manifest, pretrain.folder, {c["id"] for c in plan["clips"]},
                                            file_stat)
@@ -190,6 +195,10 @@ def assign(dataset: Dataset, config: Config, strategy: str) -> tuple[np.ndarray,
     notes: dict[str, Any] = {}
     sides = np.full(len(dataset.all_clips()), -1, dtype=np.int8)
     sides[:len(clips)] = TRAIN
+    if strategy == "column":  # the column names every side, the test split included
+        sides[:len(clips)], notes = column_sides(dataset, config)
+        _check_not_empty(sides, dataset, config, strategy)
+        return sides, notes
     pool = np.arange(len(clips))
     official_test = strategy == "official" and split.official_side == "test"
     if strategy == "official":
@@ -260,6 +269,9 @@ def _check_not_empty(sides: np.ndarray, dataset: Dataset, config: Config, strate
     elif strategy == "group":
         hint = (f"split.validation_ratio={split.validation_ratio} puts every group on the {full} side; "
                 "change split.validation_ratio or give more groups")
+    elif strategy == "column":
+        hint = (f"column '{split.column}' of {config.data.manifest} puts no clip whose audio exists on the "
+                f"{empty} side; check its values (and split.fold, split.test_fold)")
     elif strategy == "official":
         hint = ("the official list matches every clip" if not train else "the official list matches no clip id")
         hint += "; check split.validation_list against the clip ids in the source"

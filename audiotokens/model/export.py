@@ -7,6 +7,11 @@ The graph takes exactly what Bundle.scores packs (inputs.PACKERS): for a tokens 
 probabilities, the same numbers as `audiotokens predict`. Batch and positions are dynamic; positions
 must not exceed the model's max_frames + 2. Beside the .onnx file: `<name>.vocabulary/` (tokens models)
 and `<name>.onnx.json` with the classes, task, threshold, token layout and frame spec a runtime needs.
+
+`--input frames` puts a tokens model's quantizer in front of it (frames_graph.py): the graph then reads
+`frames` laid out as for a frames model, so a deployment computes frames as the frame spec says and calls
+one graph. Frames that are a speech model's hidden states (spectrogram.features = ssl) still come from
+that model in Python; the export says so.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from ..errors import UserError
 from ..pipeline.files import atomic_path, write_json
 from ..pipeline.layout import ONNX_GRAPH, ONNX_METADATA, ONNX_VOCABULARY
 from .bundle import load_bundle
+from .frames_graph import TokensFromFrames
 from .inputs import PACKERS
 
 log = logging.getLogger("audiotokens")
@@ -57,19 +63,62 @@ class ScoringGraph(torch.nn.Module):
         return self.objective.scores(self.model(inputs, mask))
 
 
-def example_inputs(bundle) -> tuple[torch.Tensor, torch.Tensor]:
-    """A small packed batch of the bundle's input kind (valid ids or frames)."""
+class FramesScoringGraph(torch.nn.Module):
+    """The quantizer, then the classifier and its probabilities: frames in, scores out."""
+
+    def __init__(self, bundle):
+        super().__init__()
+        self.tokens = TokensFromFrames(bundle.vocabulary.quantizer, bundle.max_frames)
+        self.scoring = ScoringGraph(bundle)
+
+    def forward(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.scoring(*self.tokens(frames, mask))
+
+
+def example_inputs(bundle, graph_input: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A small packed batch of what the graph reads (valid ids or frames)."""
     spec = bundle.spec
     lengths = [min(n, bundle.max_frames) for n in EXAMPLE_LENGTHS]
-    if bundle.input == "tokens":
+    if graph_input == "tokens":
         clips = [np.zeros((n, len(spec.codebook_sizes)), dtype=np.int64) for n in lengths]
     else:
-        clips = [np.zeros((n, spec.input_dim), dtype=np.float32) for n in lengths]
-    return PACKERS[bundle.input](clips)
+        width = bundle.vocabulary.quantizer.n_mels if bundle.input == "tokens" else spec.input_dim
+        clips = [np.zeros((n, width), dtype=np.float32) for n in lengths]
+    return PACKERS[graph_input](clips)
 
 
-def export_onnx(model_dir: str | Path, out_path: str | Path) -> Path:
-    """Write the ONNX graph to out_path (atomically), the vocabulary and a metadata file beside it."""
+def scoring_graph(bundle, model_dir: str | Path, graph_input: str | None) -> tuple[torch.nn.Module, str]:
+    """The module to trace and what it reads: the model's own input, or frames before a tokens model."""
+    if bundle.input not in INPUT_NAMES:
+        raise UserError(f"{model_dir} is a fine-tuned speech model ({bundle.input} input); ONNX export covers "
+                        f"{' and '.join(INPUT_NAMES)} models only: the speech model stays in Python")
+    graph_input = graph_input or bundle.input
+    if graph_input not in INPUT_NAMES:
+        raise UserError(f"--input {graph_input}: choose {' or '.join(INPUT_NAMES)}")
+    if graph_input == "tokens" and bundle.input == "frames":
+        raise UserError(f"{model_dir} reads frames, not token ids; export it with --input frames "
+                        "(the default)")
+    if graph_input == "frames":
+        log.info(frames_origin(bundle.spectrogram))
+    if graph_input == "frames" and bundle.input == "tokens":
+        return FramesScoringGraph(bundle).eval(), graph_input
+    return ScoringGraph(bundle).eval(), graph_input
+
+
+def frames_origin(frame_spec: dict[str, Any]) -> str:
+    """One line: which part of making the graph's input stays outside the graph."""
+    if frame_spec.get("features") == "ssl":
+        return (f"the graph reads hidden states (layer {frame_spec.get('ssl_layer')}) of the speech model "
+                f"{frame_spec.get('ssl_model')}: that model stays in Python (AudioTokenizer.frames computes them)")
+    return ("the graph reads mel frames made as the frame spec in the .onnx.json says (AudioTokenizer.frames "
+            "in Python); everything after them is in the graph")
+
+
+def export_onnx(model_dir: str | Path, out_path: str | Path, graph_input: str | None = None) -> Path:
+    """Write the ONNX graph to out_path (atomically), the vocabulary and a metadata file beside it.
+
+    graph_input: what the graph reads — the model's own input (None), or "frames" for a tokens model,
+    whose quantizer then runs in the graph."""
     require_onnx()
 
     bundle = load_bundle(model_dir, "cpu")
@@ -77,16 +126,14 @@ def export_onnx(model_dir: str | Path, out_path: str | Path) -> Path:
     if out_path.suffix != ".onnx":
         raise UserError(f"--out {out_path} should end in .onnx")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    if bundle.input not in INPUT_NAMES:
-        raise UserError(f"{model_dir} is a fine-tuned speech model ({bundle.input} input); ONNX export covers "
-                        f"{' and '.join(INPUT_NAMES)} models only")
-    input_name = INPUT_NAMES[bundle.input]
-    graph = ScoringGraph(bundle).eval()
+    graph, graph_input = scoring_graph(bundle, model_dir, graph_input)
+    input_name = INPUT_NAMES[graph_input]
     with atomic_path(out_path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on Python control flow are not the user's concern
         try:
             torch.onnx.export(
-                graph, example_inputs(bundle), str(tmp), input_names=[input_name, MASK], output_names=[OUTPUT],
+                graph, example_inputs(bundle, graph_input), str(tmp), input_names=[input_name, MASK],
+                output_names=[OUTPUT],
                 dynamic_axes={input_name: {0: "batch", 1: "positions"}, MASK: {0: "batch", 1: "positions"},
                               OUTPUT: {0: "batch"}},
                 opset_version=OPSET, dynamo=False)
@@ -114,11 +161,13 @@ def companion_metadata(bundle, input_name: str, vocabulary_dir: Path) -> dict[st
     return {**{key: bundle.metadata.get(key) for key in keys},
             "inputs": [input_name, MASK], "output": OUTPUT, "opset": OPSET,
             "max_positions": bundle.max_frames + 2,
+            "quantizer_in_graph": input_name == INPUT_NAMES["frames"] and bundle.input == "tokens",
             "vocabulary": vocabulary_dir.name if bundle.vocabulary is not None else None}
 
 
-def export_model(fmt: str, model_dir: str | Path, out_path: str | Path | None) -> Path:
+def export_model(fmt: str, model_dir: str | Path, out_path: str | Path | None,
+                 graph_input: str | None = None) -> Path:
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
     out = Path(out_path) if out_path else Path(model_dir).parent / ONNX_GRAPH
-    return export_onnx(model_dir, out)
+    return export_onnx(model_dir, out, graph_input)

@@ -196,6 +196,11 @@ class SplitPlan:
         return cls(raw["classes"], raw["task"], raw["clips"],
                    {name: list(ids) for name, ids in raw["splits"].items()}, raw)
 
+    @property
+    def held_out_fold(self) -> bool:
+        """Whether validation is one fold of a k-fold split (split.strategy kfold, or a column of folds)."""
+        return self.raw.get("strategy") == "kfold" or "validation_fold" in self.raw
+
     def names(self) -> list[str]:
         """The splits that have clips, in SPLITS order."""
         return [name for name in SPLITS if self.splits.get(name)]

@@ -5,9 +5,10 @@ processed/frames/frames.npy (model.input = "frames", or "waveform": rows of samp
 model, model.encoder = "ssl", is fine-tuned on); writes output/checkpoints/{last,best}.pt
 every epoch, output/metrics.jsonl, output/curves.png and, from the best checkpoint, the portable bundle
 output/model/. The best epoch is chosen on validation; when a test split exists, the best checkpoint is
-scored on it once at the end, and those figures are reported as test. Under split.strategy = "kfold" the
-validation split is the held-out fold, whose figures are the fold's result: it chooses nothing, the kept
-epoch is the last (train.epochs, no early stop), so the figures reported on it are not selected on it.
+scored on it once at the end, and those figures are reported as test. Under split.strategy = "kfold" (or
+"column" with a column of folds) the validation split is the held-out fold, whose figures are the fold's
+result: it chooses nothing, the kept epoch is the last (train.epochs, no early stop), so the figures
+reported on it are not selected on it.
 
 Train-side metrics come from the epoch's own forward passes (dropout on, weights moving during the
 epoch); they cost nothing extra and are the usual way to watch over-fitting, but are not a clean
@@ -187,7 +188,7 @@ def read_splits(layout: Layout, input_kind: str) -> tuple[dict[str, SplitStore],
         check_token_ids(layout.tokens, vocab)
     for name, split in splits.items():
         split.left_out = plan.left_out(name)
-    splits["validation"].held_out_fold = plan.raw.get("strategy") == "kfold"
+    splits["validation"].held_out_fold = plan.held_out_fold
     return splits, vocab
 
 

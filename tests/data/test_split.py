@@ -1,6 +1,9 @@
 """`audiotokens split`: every strategy, the artifacts it writes, and the CLI."""
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -523,3 +526,143 @@ def test_a_validation_share_that_would_starve_training_is_capped_and_said(tmp_pa
             manifest, "split.strategy=random", "split.validation_ratio=0.5", "split.test_ratio=0.49"))
     assert counts["train"] >= 5 and counts["validation"] == 46  # 90 % of the 51 clips outside the test split
     assert any("split.validation_ratio=0.5" in r.getMessage() and "90 %" in r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------- split.strategy = column
+
+
+def write_column_manifest(root: Path, column: str, rows: list[tuple[str, str, str]], absent: tuple[str, ...] = ()
+                          ) -> Path:
+    """A manifest path,label,<column>; the files of `absent` are listed but not created."""
+    root.mkdir(parents=True, exist_ok=True)
+    lines = [f"path,label,{column}"]
+    for path, label, value in rows:
+        if path not in absent:
+            (root / path).touch()
+        lines.append(f"{path},{label},{value}")
+    manifest = root / "manifest.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+def test_a_column_of_side_names_is_the_split(tmp_path):
+    names = ["train", "Train", "validation", "val", "dev", "test", "training", "valid"]
+    side = {"train": "train", "training": "train", "validation": "validation", "val": "validation",
+            "dev": "validation", "valid": "validation", "test": "test"}
+    rows = [(f"clip{i:02d}.wav", "cat" if i % 2 else "dog", names[i % len(names)]) for i in range(40)]
+    manifest = write_column_manifest(tmp_path / "data", "split", rows, absent=("clip05.wav",))
+    counts, split, report = run_split(tmp_path / "w", *manifest_settings(
+        manifest, "split.strategy=column", "split.column=split", "split.test_ratio=0.3"))
+    for name in ("train", "validation", "test"):  # the test ratio does not apply: the column names the test side
+        assert ids(split, name) == [p for p, _, v in rows if side[v.lower()] == name and p != "clip05.wav"]
+    assert [m["id"] for m in report["missing"]] == ["clip05.wav"]
+    assert split["strategy"] == "column" and report["column"] == "split" and report["column_values"] == "sides"
+    assert "validation_fold" not in split  # named sides: validation chooses the epoch as usual
+    assert counts["clips"] == 39
+
+
+def fold_rows(n: int, folds: list[str]) -> list[tuple[str, str, str]]:
+    return [(f"clip{i:02d}.wav", "abc"[i % 3], folds[i % len(folds)]) for i in range(n)]
+
+
+def test_a_column_of_folds_is_k_fold_over_its_values(tmp_path):
+    folds = ["fold1", "fold2", "fold3", "fold10"]  # natural order: fold10 is the last
+    rows = fold_rows(48, folds)
+    manifest = write_column_manifest(tmp_path / "data", "fold", rows)
+    clips_of = {fold: [p for p, _, v in rows if v == fold] for fold in folds}
+    held_out = []
+    for k, fold in enumerate(folds):
+        _, split, report = run_split(tmp_path / f"w{k}", *manifest_settings(
+            manifest, "split.strategy=column", f"split.fold={k}"))
+        assert ids(split, "validation") == clips_of[fold]
+        assert ids(split, "train") == [p for p, _, v in rows if v != fold] and not ids(split, "test")
+        assert report["folds"] == folds and report["validation_fold"] == fold and report["test_fold"] is None
+        assert split["validation_fold"] == fold  # the train stage then keeps the last epoch, as with kfold
+        held_out += ids(split, "validation")
+    assert sorted(held_out) == sorted(p for p, _, _ in rows)  # every clip validated exactly once
+
+
+def test_a_fixed_test_fold_leaves_the_others_to_rotate(tmp_path):
+    folds = ["1", "2", "3", "4", "5"]
+    rows = fold_rows(50, folds)
+    manifest = write_column_manifest(tmp_path / "data", "fold", rows)
+    for k, fold in enumerate(["1", "2", "4", "5"]):
+        _, split, report = run_split(tmp_path / f"w{k}", *manifest_settings(
+            manifest, "split.strategy=column", "split.test_fold=3", f"split.fold={k}"))
+        assert ids(split, "test") == [p for p, _, v in rows if v == "3"]
+        assert ids(split, "validation") == [p for p, _, v in rows if v == fold]
+        assert ids(split, "train") == [p for p, _, v in rows if v not in ("3", fold)]
+        assert report["folds"] == ["1", "2", "4", "5"] and report["test_fold"] == "3"
+
+
+@pytest.mark.parametrize("header, values, settings, fragments", [
+    ("fold", ["1", "2"], ["split.column=split"], ["no column 'split'", "manifest.csv", "split.column"]),
+    ("fold", ["1", ""], [], ["line 3: empty 'fold' value for clip01.wav", "manifest.csv"]),
+    ("fold", ["train", "1"], [], ["mixes side names (train) with other values (1)", "column 'fold'"]),
+    ("fold", ["1", "2", "3"], ["split.test_fold=9"], ["split.test_fold = '9' is not a fold", "1, 2, 3"]),
+    ("fold", ["1", "2", "3"], ["split.fold=3"], ["split.fold = 3", "3 folds to rotate", "use 0 … 2"]),
+    ("fold", ["1", "2"], ["split.test_fold=2"], ["1 fold(s) besides the test fold", "column 'fold'"]),
+    ("split", ["train", "test"], ["split.column=split"], ["empty validation split", "column 'split'"]),
+    ("split", ["train", "val"], ["split.column=split", "split.test_fold=1"], ["names sides"]),
+    ("fold", ["1", "2"], ["split.test_list=ids.txt"], ["split.test_list and split.strategy=column"]),
+])
+def test_a_column_that_cannot_split_is_one_line(tmp_path, header, values, settings, fragments):
+    rows = [(f"clip{i:02d}.wav", "xy"[i % 2], values[i % len(values)]) for i in range(6)]
+    manifest = write_column_manifest(tmp_path / "data", header, rows)
+    with pytest.raises(UserError) as error:
+        run_split(tmp_path / "w", *manifest_settings(manifest, "split.strategy=column", *settings))
+    message = str(error.value)
+    assert "\n" not in message and all(fragment in message for fragment in fragments), message
+    assert not (tmp_path / "w" / "processed" / "split.json").exists()
+
+
+def test_column_strategy_on_a_folder_source_is_refused(tmp_path):
+    for name in ("cat", "dog"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        (tmp_path / "data" / name / "a.wav").touch()
+    with pytest.raises(UserError, match="data.source = folder has none"):
+        run_split(tmp_path / "w", "data.source=folder", f"data.folder={tmp_path / 'data'}", "split.strategy=column")
+
+
+def test_kfold_script_rotates_over_the_column_folds(tmp_path):
+    """scripts/kfold.sh CONFIG DIR column: the split stage runs for real, each fold's run is recorded."""
+    rows = fold_rows(30, ["1", "2", "3", "4", "5"])
+    manifest = write_column_manifest(tmp_path / "data", "fold", rows)
+    config = tmp_path / "config.toml"
+    config.write_text(f'[data]\nsource = "manifest"\nmanifest = "{manifest}"\n[split]\ntest_fold = "5"\n')
+    stub = tmp_path / "bin" / "audiotokens"  # `run --to spectrogram` splits for real, any other run is logged
+    stub.parent.mkdir()
+    stub.write_text(f"""#!{sys.executable}
+import sys
+args = sys.argv[1:]
+if "--to" in args:
+    from audiotokens.cli import main
+    at = args.index("--to")
+    main(["split", *args[1:at], *args[at + 2:]], standalone_mode=False)
+else:
+    with open({str(tmp_path / 'runs.txt')!r}, "a") as log:
+        log.write(" ".join(args) + "\\n")
+""")
+    stub.chmod(0o755)
+    env = {**os.environ, "PATH": f"{stub.parent}:{os.environ['PATH']}", "PYTHON": sys.executable,
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run(["bash", str(Path(__file__).resolve().parents[2] / "scripts" / "kfold.sh"), str(config),
+                           str(tmp_path / "cv"), "column"], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    runs = (tmp_path / "runs.txt").read_text().splitlines()
+    assert len(runs) == 4  # folds 1-4; fold 5 is the fixed test fold
+    for k, run in enumerate(runs):
+        assert f"--workdir {tmp_path / 'cv'}/fold_{k}" in run
+        assert "--set split.strategy=column" in run and f"--set split.fold={k}" in run
+    report = json.loads((tmp_path / "cv" / "base" / "processed" / "split_report.json").read_text())
+    assert report["folds"] == ["1", "2", "3", "4"]
+    assert len(json.loads((tmp_path / "cv" / "kfold_summary.json").read_text())["folds"]) == 4
+
+
+def test_cli_column_error_is_one_line(tmp_path):
+    manifest = write_column_manifest(tmp_path / "data", "fold", fold_rows(6, ["1", "2"]))
+    result = CliRunner().invoke(main, ["split", "--workdir", str(tmp_path / "w"), "--set", "data.source=manifest",
+                                       "--set", f"data.manifest={manifest}", "--strategy", "column",
+                                       "--set", "split.column=official_fold"])
+    assert result.exit_code == 2 and result.output.strip().count("\n") == 0, result.output
+    assert "no column 'official_fold'" in result.output and str(manifest) in result.output

@@ -301,12 +301,14 @@ def test_early_stopping_and_resuming_a_finished_run(tmp_path):
     assert again["epochs_run"] == 0 and again["epochs_completed"] == 3
 
 
-def test_a_kfold_split_keeps_the_last_epoch_never_one_chosen_on_the_held_out_fold(tmp_path, caplog):
+@pytest.mark.parametrize("held_out", [{"strategy": "kfold"}, {"strategy": "column", "validation_fold": "2"}],
+                         ids=["kfold", "column of folds"])
+def test_a_kfold_split_keeps_the_last_epoch_never_one_chosen_on_the_held_out_fold(tmp_path, caplog, held_out):
     """Under split.strategy = kfold validation is the held-out fold that the k-fold figures report: the run
     that early-stops at epoch 3 with epoch 1 kept (previous test) trains every epoch and keeps the last."""
     layout = make_workdir(tmp_path, n_train=32, n_validation=8)
     plan = json.loads(layout.split_json.read_text())
-    layout.split_json.write_text(json.dumps({**plan, "strategy": "kfold"}))
+    layout.split_json.write_text(json.dumps({**plan, **held_out}))
     config = load_config(overrides=[*SMALL, "train.epochs=5", "train.patience=2", "train.learning_rate=0"],
                          workdir=tmp_path)
     with caplog.at_level(logging.INFO, logger="audiotokens"):

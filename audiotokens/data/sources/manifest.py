@@ -91,6 +91,30 @@ def _parse_rows(path: Path, reader, delimiter: str) -> list[ManifestRow]:
     return rows
 
 
+def read_column(path: str | Path, column: str, key: str) -> dict[str, tuple[str, int]]:
+    """Each clip's value in one more column of a manifest that read_manifest accepted: {clip id: (value,
+    line)}; a missing column or an empty value is a one-line error naming the manifest, the column and `key`."""
+    path = Path(path)
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = next(reader)
+        columns = [name.strip().lower() for name in header]
+        if column.strip().lower() not in columns:
+            raise UserError(f"manifest {path} has no column '{column}' ({key}); its columns are "
+                            f"{', '.join(name.strip() for name in header)}")
+        at, where = columns.index(column.strip().lower()), columns.index("path")
+        values: dict[str, tuple[str, int]] = {}
+        for cells in reader:
+            if not any(cell.strip() for cell in cells):
+                continue
+            value = cells[at].strip() if at < len(cells) else ""
+            if not value:
+                raise UserError(f"manifest {path} line {reader.line_num}: empty '{column}' value for "
+                                f"{cells[where].strip()} ({key}); give every clip one")
+            values[cells[where].strip()] = (value, reader.line_num)
+    return values
+
+
 def _split_labels(cell: str, delimiter: str) -> list[str]:
     labels: list[str] = []
     for part in cell.split(delimiter):
