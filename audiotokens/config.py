@@ -119,8 +119,8 @@ QUANTIZERS = ("frame", "stacked", "subband", "residual", "scalar")
 
 @dataclass
 class ClusterConfig:
-    quantizer: str = setting("frame", check=QUANTIZERS)  # the kind of codebook (tokens/quantizer_kinds.py)
-    n_clusters: int = setting(50, check="at_least_2")  # per codebook
+    quantizer: str = setting("subband", check=QUANTIZERS)  # the kind of codebook (tokens/quantizer_kinds.py)
+    n_clusters: int = setting(256, check="at_least_2")  # per codebook
     niter: int = setting(20, check="positive")
     seed: int = setting(0, check="seed")
     max_frames: int = setting(0, check="non_negative")  # 0 = all training frames within memory_budget_gb
@@ -152,15 +152,15 @@ class ModelConfig:
     codebook_fusion: str = setting("sum", also_defines=PRETRAIN)
     # bert | conformer | cnn (cnn: frames input) | ssl (waveform input: spectrogram.ssl_model)
     encoder: str = setting("bert", also_defines=PRETRAIN)
-    num_layers: int = setting(12, check="positive", also_defines=PRETRAIN)
+    num_layers: int = setting(2, check="positive", also_defines=PRETRAIN)
     # encoder ssl: the layer after pooling (the model has its own)
-    hidden_size: int = setting(768, check="positive", also_defines=PRETRAIN)
-    num_heads: int = setting(12, check="positive", also_defines=PRETRAIN)
-    intermediate_size: int = setting(3072, check="positive", also_defines=PRETRAIN)
+    hidden_size: int = setting(128, check="positive", also_defines=PRETRAIN)
+    num_heads: int = setting(4, check="positive", also_defines=PRETRAIN)
+    intermediate_size: int = setting(512, check="positive", also_defines=PRETRAIN)
     dropout: float = setting(0.1, check="fraction", also_defines=PRETRAIN)
     # frames per clip fed to the model; 0 = longest clip
     max_length: int = setting(0, check="non_negative", also_defines=PRETRAIN)
-    pooling: str = "cls"  # cls | mean | attention
+    pooling: str = "mean"  # cls | mean | attention
     head: str = "linear"  # linear | am_softmax (single-label)
     margin: float = setting(0.2, check="non_negative")  # am_softmax additive margin
     scale: float = setting(30.0, check="positive")  # am_softmax logit scale
@@ -172,7 +172,7 @@ class TrainConfig:
     that contrastive training classifies with has no weights of its own, its means are fitted by training."""
 
     epochs: int = setting(20, role=RESUMABLE, check="positive")
-    batch_size: int = setting(16, check="positive")  # clips per batch (the cap when batch_frames is set)
+    batch_size: int = setting(32, check="positive")  # clips per batch (the cap when batch_frames is set)
     batch_frames: int = setting(0, check="non_negative")  # padded positions per batch; 0 = batch_size clips
     crop_frames: int = setting(0, check="non_negative")  # training: random crops of this many frames; 0 = off
     eval_window: int = setting(0, check="non_negative")  # evaluation windows in frames; 0 = crop_frames
@@ -184,7 +184,7 @@ class TrainConfig:
     mask_freq_width: int = setting(8, check="positive")  # widest band, in mel channels
     mixup_alpha: float = setting(0.0, check="non_negative")  # frames input, multi-label: Beta(alpha, alpha)
     sampler: str = setting("shuffle", check=("shuffle", "balanced"))  # balanced: class-balanced draws
-    learning_rate: float = setting(5e-5, check="non_negative")  # 0: weights never move (a control run)
+    learning_rate: float = setting(1e-3, check="non_negative")  # 0: weights never move (a control run)
     # the optimiser's decay and warm-up serve a pre-training too (its learning rate and epochs are its own)
     weight_decay: float = setting(0.01, check="non_negative", also_defines=PRETRAIN)
     warmup_ratio: float = setting(0.1, check="unit", also_defines=PRETRAIN)

@@ -39,7 +39,8 @@ Every setting has a default; a TOML file given with `--config FILE` overrides an
 by section, and `--set SECTION.KEY=VALUE` (repeatable) overrides the file. Unknown sections or keys and
 values of the wrong type are refused in one line that lists the valid keys. `audiotokens config` prints
 every resolved value; `configs/default.toml` holds the defaults below (a test keeps the two equal), and
-`configs/` holds starting points (`small_data.toml`, `demo.toml`, `bench_small.toml`).
+`configs/` holds `seed.toml` (the first release), `large_data.toml` (the recipe for tens of thousands of clips),
+`demo.toml` and `bench_small.toml`; [recipes](recipes.md) says which to use.
 
 ```toml
 [cluster]

@@ -14,14 +14,14 @@
 # VALIDATION_RATIO and TEST_RATIO of the clips. The table (printed, and OUT_DIR/speech_checks.md) gives
 # validation and test accuracy and macro F1 per task and run, with the split sizes.
 #
-# Environment: CONFIG (configs/small_data.toml), SPEAKERS (10), SPEAKER_CLIPS (40), LANGUAGES (8),
+# Environment: CONFIG (configs/default.toml, the recommended recipe), SPEAKERS (10), SPEAKER_CLIPS (40), LANGUAGES (8),
 # LANGUAGE_CLIPS (40), VALIDATION_RATIO (0.2), TEST_RATIO (0.2), TASKS ("speaker language"); extra
 # `audiotokens` options (e.g. --set train.epochs=5) in AUDIOTOKENS_ARGS; PYTHON names an interpreter
 # that imports audiotokens (default: the one the audiotokens command uses).
 set -euo pipefail
 out=${1:?usage: speech_checks.sh OUT_DIR}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-config=${CONFIG:-$here/../configs/small_data.toml}
+config=${CONFIG:-$here/../configs/default.toml}
 extra=(${AUDIOTOKENS_ARGS:-})
 py=${PYTHON:-$(sed -n '1s/^#!//p' "$(command -v audiotokens)")}
 export PYTHON=${py:-python3}

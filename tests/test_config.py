@@ -20,13 +20,23 @@ def test_default_toml_mirrors_dataclass_defaults():
     assert table == defaults
 
 
-def test_seed_hyperparameters():
-    config = load_config()
+def test_seed_toml_states_every_key_with_the_seeds_values():
+    """configs/seed.toml stays the seed's configuration whatever the defaults become: every key is stated."""
+    table = tomllib.loads((ROOT / "configs" / "seed.toml").read_text())
+    assert {section: set(keys) for section, keys in table.items()} == \
+        {section: set(keys) for section, keys in Config().to_dict().items()}
+    config = load_config(ROOT / "configs" / "seed.toml")
     assert (config.spectrogram.sample_rate, config.spectrogram.n_fft, config.spectrogram.hop_length,
-            config.spectrogram.n_mels) == (22050, 1024, 512, 64)
-    assert (config.cluster.n_clusters, config.cluster.niter) == (50, 20)
-    assert (config.model.num_layers, config.train.epochs, config.train.batch_size) == (12, 20, 16)
-    assert config.train.learning_rate == 5e-5
+            config.spectrogram.n_mels, config.spectrogram.normalize) == (22050, 1024, 512, 64, True)
+    assert (config.cluster.quantizer, config.cluster.n_clusters, config.cluster.niter) == ("frame", 50, 20)
+    assert (config.model.num_layers, config.model.hidden_size, config.model.num_heads,
+            config.model.intermediate_size, config.model.pooling) == (12, 768, 12, 3072, "cls")
+    assert (config.train.epochs, config.train.batch_size, config.train.learning_rate) == (20, 16, 5e-5)
+
+
+def test_presets_only_name_known_keys():
+    for preset in ("small_data", "large_data", "demo", "bench_small"):
+        load_config(ROOT / "configs" / f"{preset}.toml")
 
 
 def test_file_then_overrides(tmp_path):

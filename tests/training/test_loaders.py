@@ -203,13 +203,6 @@ def test_validation_by_windows_scores_like_the_bundle(cropped):
     np.testing.assert_allclose(result.scores, bundle.scores(clips), rtol=1e-5, atol=1e-6)
 
 
-def test_small_data_config_loads_with_known_keys():
-    from pathlib import Path
-
-    config = load_config(Path(__file__).resolve().parents[2] / "configs" / "small_data.toml")
-    assert config.train.crop_frames > 0 and config.train.patience > 0 and config.train.batch_frames > 0
-
-
 def test_the_model_holds_what_training_feeds():
     assert LengthPlan(batch_size=1, eval_window=20).model_frames(300) == 300  # whole clips in training
     assert LengthPlan(batch_size=1, crop_frames=50).model_frames(300) == 50
