@@ -52,7 +52,8 @@ def setting(default: Any, *, role: str = "", check: str | tuple = (), also_defin
     return field(default=default, metadata={"role": role, "check": check, "also_defines": also_defines})
 
 
-PRETRAIN, SPLIT = "pretrain", "split"  # the stages that read keys of another section (also_defines)
+# the stages that read keys of another section (also_defines)
+PRETRAIN, SPLIT, SPECTROGRAM = "pretrain", "split", "spectrogram"
 
 
 @dataclass
@@ -114,6 +115,37 @@ class SpectrogramConfig:
     ssl_layer: int = -1  # ssl: hidden state index (0 = the feature projection, -1 = the last layer)
 
 
+@dataclass
+class AugmentConfig:
+    """Corrupted copies of the training clips (data/corrupt.py): the spectrogram stage stores `copies` of each
+    training clip beside its frames, each a chain of the corruptions below drawn from (seed, copy, clip);
+    tokenize gives them tokens with the same vocabulary, and training reads, per epoch and clip, the clean
+    clip or one of its copies. Validation and test stay clean."""
+
+    copies: int = setting(0, check="non_negative", also_defines=SPECTROGRAM)  # per training clip; 0 = off
+    seed: int = setting(0, check="seed", also_defines=SPECTROGRAM)  # with the copy number and clip id, seeds each copy
+    # additive noise at an SNR drawn from [snr_low, snr_high] dB, of a kind drawn from noise_kinds and the
+    # recordings in noise_dir
+    noise_probability: float = setting(0.8, check="unit", also_defines=SPECTROGRAM)  # share of copies
+    snr_low: float = setting(5.0, also_defines=SPECTROGRAM)
+    snr_high: float = setting(30.0, also_defines=SPECTROGRAM)
+    noise_kinds: str = setting("white,pink,brown", also_defines=SPECTROGRAM)  # comma-separated; "" = none
+    noise_dir: str = setting("", also_defines=SPECTROGRAM)  # folder of noise recordings (looped or cropped)
+    # reverberation: a synthetic room of RT60 drawn from [rt60_low, rt60_high] s, or a recorded response
+    reverb_probability: float = setting(0.3, check="unit", also_defines=SPECTROGRAM)  # share of copies
+    rt60_low: float = setting(0.2, check="positive", also_defines=SPECTROGRAM)
+    rt60_high: float = setting(1.0, check="positive", also_defines=SPECTROGRAM)
+    ir_dir: str = setting("", also_defines=SPECTROGRAM)  # folder of impulse responses (replaces the room)
+    # level: gain drawn from [gain_low, gain_high] dB
+    gain_probability: float = setting(0.5, check="unit", also_defines=SPECTROGRAM)  # share of copies
+    gain_low: float = setting(-6.0, also_defines=SPECTROGRAM)
+    gain_high: float = setting(6.0, also_defines=SPECTROGRAM)
+    # colour: spectral tilt drawn from [tilt_low, tilt_high] dB per octave around 1 kHz, mean power kept
+    eq_probability: float = setting(0.3, check="unit", also_defines=SPECTROGRAM)  # share of copies
+    tilt_low: float = setting(-2.0, also_defines=SPECTROGRAM)
+    tilt_high: float = setting(2.0, also_defines=SPECTROGRAM)
+
+
 QUANTIZERS = ("frame", "stacked", "subband", "residual", "scalar")
 
 
@@ -131,6 +163,7 @@ class ClusterConfig:
     bands: int = setting(8, check="positive")  # subband: contiguous mel bands, one codebook each
     stages: int = setting(4, check="positive")  # residual: rounds of k-means on the residual
     levels: int = setting(16, check="at_least_2")  # scalar: uniform levels per mel bin
+    fit_on_copies: bool = False  # also fit on the training clips' corrupted copies (augment.copies)
     gpu: bool = setting(False, role=RUNTIME)
 
 
@@ -237,6 +270,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     spectrogram: SpectrogramConfig = field(default_factory=SpectrogramConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -414,6 +448,7 @@ def validate(config: Config) -> None:
                         "set it to 0 for min(40, n_mels)")
     _check_split_shares(config.split)
     _check_evaluation_windows(config.train)
+    check_ranges(config.augment)
 
 
 def _check_split_shares(split: SplitConfig) -> None:
@@ -434,6 +469,15 @@ def _check_evaluation_windows(train: TrainConfig) -> None:
         raise UserError(f"'train.eval_hop' ({train.eval_hop}) is larger than the evaluation window ({window} "
                         "frames: train.eval_window, or train.crop_frames when it is 0): frames between windows "
                         "would never be scored; use eval_hop <= the window")
+
+
+def check_ranges(augment: AugmentConfig) -> None:
+    """Each [augment] range must have its low end at or below its high end."""
+    for low, high in (("snr_low", "snr_high"), ("rt60_low", "rt60_high"), ("gain_low", "gain_high"),
+                      ("tilt_low", "tilt_high")):
+        if getattr(augment, low) > getattr(augment, high):
+            raise UserError(f"'augment.{low}' ({getattr(augment, low)}) must be <= 'augment.{high}' "
+                            f"({getattr(augment, high)})")
 
 
 def check_spectrogram(spec: SpectrogramConfig) -> None:

@@ -74,9 +74,9 @@ def count_processed(monkeypatch) -> list[int]:
     seen: list[int] = []
     original = spectrogram_module.process_clip
 
-    def counted(params, task):
+    def counted(params, task, **options):
         seen.append(task[0])
-        return original(params, task)
+        return original(params, task, **options)
 
     monkeypatch.setattr(spectrogram_module, "process_clip", counted)
     return seen

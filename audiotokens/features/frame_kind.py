@@ -15,6 +15,10 @@ import numpy as np
 
 from ..config import SpectrogramConfig
 
+# a frame spec's record of the [augment] settings its store's corrupted training copies were made with: part of
+# the spec (and its digest), never a setting of the frames themselves
+AUGMENT = "augment"
+
 
 class FrameKind(ABC):
     """One kind of frame with the settings it is made with."""

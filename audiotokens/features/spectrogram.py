@@ -17,6 +17,11 @@ clips; a finished part is kept on disk, so an interrupted run resumes after the 
 Parts carry a key of the frame parameters and the clip list and are discarded when either changes.
 The store is assembled from every shard's parts in catalogue order, so it is the same whatever N.
 Splits are views over the one store (artifacts.open_split), so a new split never recomputes frames.
+
+With augment.copies = K > 0 each training clip also gets K corrupted copies (data/corrupt.py's
+RandomCorruption, seeded by augment.seed, the copy's number and the clip id), framed like the clip from its
+decoded audio and stored right after it (stores.copy_id names them); the frame spec records the [augment]
+settings. Clips of other splits are computed exactly as without copies.
 """
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +57,8 @@ import torch
 from tqdm import tqdm
 
 from ..config import Config, SpectrogramConfig, check_spectrogram, frame_keys
-from ..data.audio import BLOCK_FRAMES, RESAMPLE_QUALITY, AudioError, AudioStream, to_mono
+from ..data.audio import BLOCK_FRAMES, RESAMPLE_QUALITY, AudioError, AudioStream, load_mono, to_mono
+from ..data.corrupt import RandomCorruption
 from ..errors import UserError
 from ..pipeline.files import atomic_path, create_npy, read_json_or_none, save_npy, write_json
 from ..pipeline.layout import PART_ARRAY, PART_KEY, PART_META, SHARDS_DIR, Layout
@@ -64,8 +70,8 @@ from ..pipeline.shards import (
     finish_shards,
     stale_shards,
 )
-from ..pipeline.stores import ClipIndex, SplitPlan, spec_digest
-from .frame_kind import FrameKind
+from ..pipeline.stores import COPY_MARK, ClipIndex, SplitPlan, copy_id, spec_digest
+from .frame_kind import AUGMENT, FrameKind
 from .ssl import SpeechModelFrames, WaveformRows
 
 log = logging.getLogger("audiotokens")
@@ -142,6 +148,7 @@ def params_to_dict(params: SpectrogramConfig) -> dict[str, Any]:
 def params_from_dict(values: dict[str, Any]) -> SpectrogramConfig:
     """Inverse of params_to_dict (other keys keep their defaults); rejects unknown keys. A spec without
     "features" is of mel frames (the frame spec before other kinds existed)."""
+    values = {key: value for key, value in values.items() if key != AUGMENT}  # how training copies were made
     features = values.get("features", MelFrames.name)
     if features not in FRAME_KINDS:
         first, *others = FRAME_KINDS
@@ -378,22 +385,52 @@ class ClipResult:
     frames: np.ndarray | None
     reason: str = ""  # AudioError.kind when skipped
     detail: str = ""
+    copies: list[np.ndarray] = field(default_factory=list)  # frames of its corrupted copies, copy 1 first
+    copies_reason: str = ""  # AudioError.kind when its copies could not be made (the clip itself is kept)
+    copies_detail: str = ""
 
 
-def process_clip(params: SpectrogramConfig, task: tuple[int, str, str]) -> ClipResult:
-    """Frames of one clip in the storage dtype, or the reason it is skipped. No state outlives a call."""
-    position, clip_id, location = task
+def process_clip(params: SpectrogramConfig, task: tuple[int, str, str, int],
+                 augment: RandomCorruption | None = None) -> ClipResult:
+    """Frames of one clip in the storage dtype (and of `copies` corrupted copies of it), or the reason it is
+    skipped. No state outlives a call."""
+    position, clip_id, location, copies = task
     try:
-        frames = frames_of(location, params)
-        with np.errstate(over="ignore"):  # an overflow to inf is caught just below
-            frames = frames.astype(params.dtype, copy=False)
-        if not np.isfinite(frames).all():
-            raise AudioError("non-finite frames", f"values overflow {params.dtype}; use dtype float32")
-        return ClipResult(position, clip_id, frames)
+        result = ClipResult(position, clip_id, _storable(frames_of(location, params), params))
     except AudioError as exc:
         return ClipResult(position, clip_id, None, exc.kind, exc.detail)
     except Exception as exc:  # noqa: BLE001 - an odd file must cost one clip, not the whole run
         return ClipResult(position, clip_id, None, "unexpected error", f"{type(exc).__name__}: {exc}")
+    if copies:
+        try:  # a UserError (an unreadable noise recording) is the same for every clip: it stops the stage
+            result.copies = corrupted_copies(params, augment, clip_id, location, copies, len(result.frames))
+        except AudioError as exc:
+            result.copies_reason, result.copies_detail = exc.kind, exc.detail
+    return result
+
+
+def corrupted_copies(params: SpectrogramConfig, augment: RandomCorruption, clip_id: str, location: str,
+                     count: int, length: int) -> list[np.ndarray]:
+    """Frames of copies 1..count of a clip: its decoded audio through augment's chain for each copy's seed,
+    framed as the clean clip (`length` frames)."""
+    mono = load_mono(location, params.sample_rate, params.max_duration)
+    copies = []
+    for number in range(1, count + 1):
+        corrupted = augment.apply(mono, params.sample_rate, augment.copy_seed(clip_id, number))
+        frames = _storable(frames_from_samples(corrupted, params), params)
+        if len(frames) != length:
+            raise AudioError("copy length", f"a copy has {len(frames)} frames, the clip {length}")
+        copies.append(frames)
+    return copies
+
+
+def _storable(frames: np.ndarray, params: SpectrogramConfig) -> np.ndarray:
+    """Frames in the storage dtype; AudioError when they overflow it."""
+    with np.errstate(over="ignore"):  # an overflow to inf is caught just below
+        frames = frames.astype(params.dtype, copy=False)
+    if not np.isfinite(frames).all():
+        raise AudioError("non-finite frames", f"values overflow {params.dtype}; use dtype float32")
+    return frames
 
 
 def _init_worker() -> None:
@@ -451,7 +488,8 @@ class _Pool(multiprocessing.pool.Pool):
 
 
 class PartStore:
-    """Finished parts of one shard of the catalogue: part-NNNNN.npy (frames of its kept clips) + part-NNNNN.json.
+    """Finished parts of one shard of the catalogue: part-NNNNN.npy (frames of its kept clips, each followed
+    by its corrupted copies) + part-NNNNN.json.
 
     Parts cover consecutive clips from the shard's first one (`first`) and are written in order, so the
     finished ones always form a prefix of the shard: a re-run continues after the last one.
@@ -510,24 +548,33 @@ class PartStore:
             rows = np.load(self.array_path(number), mmap_mode="r").shape[0]
         except (ValueError, OSError):
             return False
-        return rows == sum(meta["lengths"])
+        return rows == sum(n * (1 + c) for n, c in zip(meta["lengths"], part_copies(meta)))
 
     def write(self, number: int, results: list[ClipResult], n_mels: int, dtype: str) -> None:
         """Frames first, then the json that marks the part finished (each replaced atomically)."""
         kept = [r for r in results if r.frames is not None]
-        frames = np.concatenate([r.frames for r in kept]) if kept else np.zeros((0, n_mels), dtype=dtype)
+        rows = [frames for r in kept for frames in (r.frames, *r.copies)]
+        frames = np.concatenate(rows) if rows else np.zeros((0, n_mels), dtype=dtype)
         _check_finite(frames, self.array_path(number))
         save_npy(self.array_path(number), frames)
         write_json(self.meta_path(number), {
             "start": results[0].position, "stop": results[-1].position + 1,
             "positions": [r.position for r in kept],
             "lengths": [int(r.frames.shape[0]) for r in kept],
+            "copies": [len(r.copies) for r in kept],
+            "copies_skipped": [{"position": r.position, "id": r.clip_id, "reason": r.copies_reason,
+                                "detail": r.copies_detail} for r in kept if r.copies_reason],
             "skipped": [{"position": r.position, "id": r.clip_id, "reason": r.reason, "detail": r.detail}
                         for r in results if r.frames is None],
         })
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def part_copies(meta: dict[str, Any]) -> list[int]:
+    """Copies stored after each kept clip of a part (none in parts written before copies existed)."""
+    return meta.get("copies") or [0] * len(meta["lengths"])
 
 
 def _check_finite(frames: np.ndarray, where: Path) -> None:
@@ -558,6 +605,8 @@ class SpectrogramProcessor:
         self.shard = shard
         self.execution = Execution(executor=executor, scheduler=scheduler, assemble_only=assemble)
         self.shard_count = shards  # 0: the N of the shards on disk, else 1 (local) or per dask worker
+        self.augment = RandomCorruption.from_settings(config.augment) if config.augment.copies else None
+        self.train_ids: set[str] = set()  # the clips that get corrupted copies (read with the catalogue)
 
     def run(self) -> dict[str, Any]:
         clips = self._read_clips()
@@ -584,13 +633,29 @@ class SpectrogramProcessor:
     # -- input
 
     def _read_clips(self) -> list[dict]:
-        clips = SplitPlan.load(self.layout).clips
+        plan = SplitPlan.load(self.layout)
+        clips = plan.clips
         counts = Counter(str(clip["id"]) for clip in clips)
         duplicate = next((clip_id for clip_id, n in counts.items() if n > 1), None)
         if duplicate is not None:
             raise UserError(f"{self.layout.split_json} lists clip id '{duplicate}' more than once; "
                             "re-run `audiotokens split`")
+        if self.augment is not None:
+            self.train_ids = set(map(str, plan.splits.get("train") or []))
+            marked = next((clip_id for clip_id in counts if COPY_MARK in clip_id), None)
+            if marked is not None:
+                raise UserError(f"clip id '{marked}' contains '{COPY_MARK}', which names corrupted copies in "
+                                "the frame store; rename the clip or set augment.copies = 0")
         return clips
+
+    def _copies(self, clip_id: str) -> int:
+        """Corrupted copies the clip gets: augment.copies for a training clip, else none."""
+        return self.augment.settings.copies if self.augment is not None and clip_id in self.train_ids else 0
+
+    def frame_spec(self) -> dict[str, Any]:
+        """The frame spec of the store: the frame kind's, and the [augment] settings when copies are made."""
+        spec = params_to_dict(self.params)
+        return {**spec, AUGMENT: self.augment.record()} if self.augment is not None else spec
 
     # -- shards of the store
 
@@ -628,7 +693,8 @@ class SpectrogramProcessor:
         start = store.done_until(finished)
         if start > span.start:
             log.info("resuming, %d of %d clips already done", start - span.start, len(span))
-        tasks = ((i, str(clips[i]["id"]), str(clips[i]["audio"])) for i in range(start, span.stop))
+        tasks = ((i, str(clips[i]["id"]), str(clips[i]["audio"]), self._copies(str(clips[i]["id"])))
+                 for i in range(start, span.stop))
         number, batch, batch_frames = len(finished), [], 0
         desc = "spectrogram" if shard.count == 1 else f"spectrogram {shard.index}/{shard.count}"
         with tqdm(total=len(span), initial=start - span.start, unit="clip", desc=desc) as bar:
@@ -644,9 +710,11 @@ class SpectrogramProcessor:
                     number, batch, batch_frames = number + 1, [], 0
 
     def _parts_key(self, clips: list[dict]) -> str:
-        blob = json.dumps({"format": PART_FORMAT, "params": params_to_dict(self.params), "dtype": self.params.dtype,
-                           "clips": [[str(c["id"]), str(c["audio"]), c.get("stat")] for c in clips]},
-                          sort_keys=True)
+        key = {"format": PART_FORMAT, "params": params_to_dict(self.params), "dtype": self.params.dtype,
+               "clips": [[str(c["id"]), str(c["audio"]), c.get("stat")] for c in clips]}
+        if self.augment is not None:  # copies depend on the settings and on which clips are training clips
+            key[AUGMENT] = {"settings": self.augment.record(), "train": sorted(self.train_ids)}
+        blob = json.dumps(key, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def _assemble(self, clips: list[dict], stores: list[PartStore]) -> dict[str, int]:
@@ -657,24 +725,35 @@ class SpectrogramProcessor:
             raise RuntimeError(f"parts do not cover the {len(clips)} clips")
         positions = [p for meta in metas for p in meta["positions"]]
         lengths = [n for meta in metas for n in meta["lengths"]]
+        copies = [c for meta in metas for c in part_copies(meta)]
         skipped = [{**s, "audio": clips[s["position"]]["audio"]} for meta in metas for s in meta["skipped"]]
-        total = int(sum(lengths))
-        spec = params_to_dict(self.params)
+        ids, entry_lengths = [], []
+        for position, length, count in zip(positions, lengths, copies):  # each clip, then its copies
+            clip_id = str(clips[position]["id"])
+            ids += [clip_id, *(copy_id(clip_id, number) for number in range(1, count + 1))]
+            entry_lengths += [length] * (1 + count)
+        total = int(sum(entry_lengths))
+        spec = self.frame_spec()
         self._write_frames([path for path, _ in parts], total)
         write_json(self.layout.frame_spec, spec)  # after the frames it describes, before the index
-        index = ClipIndex.from_lengths([str(clips[p]["id"]) for p in positions], lengths,
-                                       [[] for _ in positions], [], "")
+        index = ClipIndex.from_lengths(ids, entry_lengths, [[] for _ in ids], [], "")
         index.extra = {"frame_spec_digest": spec_digest(spec), "dtype": self.params.dtype}
+        report = {"listed": len(clips), "kept": len(positions), "frames": total,
+                  "skipped_count": len(skipped), "reasons": {}, "skipped": skipped}
+        if self.augment is not None:
+            index.extra["copies"] = self.augment.settings.copies
+            report["copies"] = int(sum(copies))
+            report["copies_skipped"] = [{**s, "audio": clips[s["position"]]["audio"]} for meta in metas
+                                        for s in meta.get("copies_skipped", [])]
         index.save(self.layout.frames_index)
         reasons = Counter(s["reason"] for s in skipped)
-        write_json(self.layout.frames_report, {
-            "listed": len(clips), "kept": len(positions), "frames": total,
-            "skipped_count": len(skipped), "reasons": dict(reasons.most_common()), "skipped": skipped,
-        })
-        self._log_summary(len(clips), len(positions), total, reasons)
+        report["reasons"] = dict(reasons.most_common())
+        write_json(self.layout.frames_report, report)
+        self._log_summary(len(clips), len(positions), total, reasons, report)
         if clips and not positions:
             raise UserError(f"no usable clip ({_describe(reasons)}); see {self.layout.frames_report}")
-        return {"clips": len(positions), "frames": total, "skipped": len(skipped)}
+        counts = {"clips": len(positions), "frames": total, "skipped": len(skipped)}
+        return {**counts, "copies": report["copies"]} if self.augment is not None else counts
 
     def _write_frames(self, part_paths: list[Path], total: int) -> None:
         path = self.layout.frames
@@ -696,8 +775,16 @@ class SpectrogramProcessor:
             out.flush()
             del out
 
-    def _log_summary(self, listed: int, kept: int, frames: int, reasons: Counter) -> None:
+    def _log_summary(self, listed: int, kept: int, frames: int, reasons: Counter,
+                     report: dict[str, Any]) -> None:
         log.info("%d of %d clips, %d frames -> %s", kept, listed, frames, self.layout.frames)
+        if "copies" in report:
+            log.info("%d corrupted copies of training clips among them (augment.copies = %d)",
+                     report["copies"], self.augment.settings.copies)
+        if report.get("copies_skipped"):
+            why = Counter(s["reason"] for s in report["copies_skipped"])
+            log.warning("no copies of %d training clips (%s); see %s", len(report["copies_skipped"]),
+                        _describe(why), self.layout.frames_report)
         if reasons:
             log.warning("skipped %d clips (%s); see %s", sum(reasons.values()), _describe(reasons),
                         self.layout.frames_report)
@@ -709,7 +796,10 @@ class SpectrogramProcessor:
         """An ordered map of process_clip over tasks: a process pool, or in-process for one worker."""
         # a speech model runs in this process (on the GPU when there is one), not once per worker
         workers = 1 if frame_kind(self.params).in_process else self.params.workers
-        with clip_map(functools.partial(process_clip, self.params), n_tasks, workers) as mapper:
+        work = functools.partial(process_clip, self.params)
+        if self.augment is not None:
+            work = functools.partial(process_clip, self.params, augment=self.augment)
+        with clip_map(work, n_tasks, workers) as mapper:
             yield mapper
 
 

@@ -37,7 +37,7 @@ from ..config import SpectrogramConfig, check_spectrogram
 from ..data.audio import AudioError, load_mono
 from ..errors import UserError
 from ..pipeline.layout import HF_CONFIG, HF_PREPROCESSOR
-from .frame_kind import FrameKind
+from .frame_kind import AUGMENT, FrameKind
 
 DEFAULT_RATE = 16000  # wav2vec2 / HuBERT / WavLM checkpoints without a preprocessor_config.json
 WAVEFORM = "waveform"
@@ -204,7 +204,7 @@ def waveform_params_from_spec(spec: dict[str, Any]) -> SpectrogramConfig:
     """The settings of a recorded waveform spec, without the model folder (a bundle carries its own weights)."""
     keys = ("ssl_model", "sample_rate", "hop_length", "receptive_field", "max_duration")
     missing = [key for key in keys if key not in spec]
-    unknown = sorted(set(spec) - {"features", "ssl_digest", *keys})
+    unknown = sorted(set(spec) - {"features", "ssl_digest", AUGMENT, *keys})
     if missing or unknown:
         raise UserError(f"a waveform frame spec needs {', '.join(keys)} (missing {missing}, unknown {unknown})")
     return replace(SpectrogramConfig(), features=WAVEFORM, ssl_model=spec["ssl_model"],

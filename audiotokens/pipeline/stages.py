@@ -3,7 +3,8 @@
 cli, pipeline, provenance and Layout iterate over STAGES; a new stage is one entry here plus its class.
 An input is another stage's output, optionally seen through some of its sections only: spectrogram
 reads the clip catalogue of `split` (its [data] settings), not the assignment of clips to splits, so
-changing the split re-runs cluster, tokenize and train but keeps the frames.
+changing the split re-runs cluster, tokenize and train but keeps the frames (unless augment.copies makes
+corrupted copies of the training clips: then the assignment defines the frames too).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import PRETRAIN, SPLIT, Config, keys_also_defining
+from ..config import PRETRAIN, SPECTROGRAM, SPLIT, Config, keys_also_defining
 from .layout import Layout
 
 
@@ -61,6 +62,11 @@ def _pretrain_input(config: Config) -> tuple[Input, ...]:
     return (Input("pretrain"),) if init.resolve() == own.resolve() else ()
 
 
+def _spectrogram_inputs(config: Config) -> tuple[Input, ...]:
+    """The clip catalogue; with corrupted copies (augment.copies) also which clips are training clips."""
+    return (Input("split") if config.augment.copies else Input("split", ("data", "pretrain")),)
+
+
 def _quantises(config: Config) -> bool:
     """Whether `run` fits and applies a vocabulary: not over waveform rows (a speech model reads those)."""
     return config.spectrogram.features != "waveform"
@@ -78,13 +84,12 @@ STAGES: tuple[Stage, ...] = (
            "--audio-root": "data.audio_root", "--segments": "data.segments", "--strategy": "split.strategy",
            "--validation-ratio": "split.validation_ratio", "--test-ratio": "split.test_ratio",
            "--seed": "split.seed"}, keys=keys_also_defining(SPLIT)),
-    Stage("spectrogram", "features.spectrogram:SpectrogramProcessor", ("spectrogram",),
-          _fixed(Input("split", ("data", "pretrain"))),
+    Stage("spectrogram", "features.spectrogram:SpectrogramProcessor", ("spectrogram",), _spectrogram_inputs,
           "Mel-spectrogram frames of every clip, once per clip; writes processed/frames/.",
           {"--sample-rate": "spectrogram.sample_rate", "--n-fft": "spectrogram.n_fft",
            "--hop-length": "spectrogram.hop_length", "--n-mels": "spectrogram.n_mels",
            "--dtype": "spectrogram.dtype", "--max-duration": "spectrogram.max_duration",
-           "--workers": "spectrogram.workers"}, sharded=True),
+           "--workers": "spectrogram.workers"}, keys=keys_also_defining(SPECTROGRAM), sharded=True),
     Stage("cluster", "tokens.cluster:ClusterCreator", ("cluster",), _fixed(Input("split"), Input("spectrogram")),
           "Fit the tokenizer (k-means vocabulary) on training frames; writes output/vocabulary/.",
           {"--quantizer": "cluster.quantizer", "--n-clusters": "cluster.n_clusters", "--niter": "cluster.niter",

@@ -1,4 +1,10 @@
-"""Stores of per-clip rows (frames or tokens) and the splits seen over them: memmap + index."""
+"""Stores of per-clip rows (frames or tokens) and the splits seen over them: memmap + index.
+
+A store may also hold corrupted copies of training clips (augment.copies): entries of their own, right after
+their clip, under copy_id(clip id, 1..copies), with the clip's length; the index's "copies" says how many
+were made per clip. No split lists them, so a split's view reads clean clips only; the view of a split
+whose clips have copies carries their offsets (ClipIndex.copies), which only training reads.
+"""
 from __future__ import annotations
 
 import json
@@ -30,6 +36,9 @@ class ClipIndex:
     task: str  # sources.records.MULTILABEL or SINGLELABEL; objectives.objective_for gives its meaning
     split: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # a view's (clips, augment.copies) offsets of each clip's stored corrupted copies, those present first,
+    # -1 after them; None when its clips have none
+    copies: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -217,8 +226,42 @@ class SplitPlan:
         return ids
 
 
+COPY_MARK = "#copy"  # a copy's id: the clip's id, COPY_MARK and the copy's number (1, 2, ...)
+
+
+def copy_id(clip_id: str, number: int) -> str:
+    """The store id of corrupted copy `number` (1, 2, ...) of a clip."""
+    return f"{clip_id}{COPY_MARK}{number}"
+
+
+def copy_offsets(store: ClipIndex, row: dict[str, int], ids: list[str]) -> np.ndarray | None:
+    """(len(ids), copies) offsets in the store of each clip's copies, present ones first and -1 after them;
+    None when none of these clips has a copy. `row` is store.row_of()."""
+    count = int(store.extra.get("copies", 0))
+    offsets = np.full((len(ids), count), -1, dtype=np.int64)
+    for i, clip_id in enumerate(ids):
+        present = [store.offsets[row[name]] for name in (copy_id(clip_id, k) for k in range(1, count + 1))
+                   if name in row]
+        offsets[i, :len(present)] = present
+    return offsets if (offsets >= 0).any() else None
+
+
+def with_copies(view: ClipIndex) -> ClipIndex:
+    """The view's clips followed by every stored copy of them, as clips of their own (with their clip's
+    labels)."""
+    if view.copies is None:
+        return view
+    clip, number = np.nonzero(view.copies >= 0)
+    return ClipIndex([*view.ids, *(copy_id(view.ids[c], int(k) + 1) for c, k in zip(clip, number))],
+                     np.concatenate([view.offsets, view.copies[clip, number]]),
+                     np.concatenate([view.lengths, view.lengths[clip]]),
+                     [*view.labels, *(list(view.labels[c]) for c in clip)], view.classes, view.task,
+                     view.split, dict(view.extra))
+
+
 def split_view(store: ClipIndex, plan: SplitPlan, split: str) -> ClipIndex:
-    """The clips of `split` that the store holds, with their rows in the store and their labels."""
+    """The clips of `split` that the store holds, with their rows in the store and their labels (and the
+    offsets of their corrupted copies, when the store has any)."""
     row = store.row_of()
     labels = {clip["id"]: clip["labels"] for clip in plan.clips}
     ids = [clip_id for clip_id in plan.ids(split) if clip_id in row]
@@ -226,7 +269,7 @@ def split_view(store: ClipIndex, plan: SplitPlan, split: str) -> ClipIndex:
     return ClipIndex(ids, store.offsets[rows] if len(rows) else np.zeros(0, np.int64),
                      store.lengths[rows] if len(rows) else np.zeros(0, np.int64),
                      [list(labels[clip_id]) for clip_id in ids], list(plan.classes), plan.task, split,
-                     dict(store.extra))
+                     dict(store.extra), copy_offsets(store, row, ids))
 
 
 def open_split(layout: Layout, kind: str, split: str) -> tuple[np.ndarray, ClipIndex]:

@@ -5,7 +5,8 @@ fit `cluster.memory_budget_gb` as float32 (or `cluster.max_frames` of them), els
 across all training clips, read from the memmap in sorted order. faiss is told to use every vector it is
 given (`max_points_per_centroid`), so the count in the log and the report is what it trained on. The
 result is the vocabulary artifact (vocabulary.py), whose report.json also holds the reconstruction error
-on the validation split.
+on the validation split. With cluster.fit_on_copies the training vectors include those of the training
+clips' corrupted copies (augment.copies), so the cells are drawn around noisy frames too.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import numpy as np
 from ..config import ClusterConfig, Config
 from ..errors import UserError
 from ..pipeline.layout import Layout
-from ..pipeline.stores import ClipIndex, SplitPlan, open_split, read_frame_spec
+from ..pipeline.stores import ClipIndex, SplitPlan, open_split, read_frame_spec, with_copies
 from .kmeans import release_pages
 from .quantizer_kinds import QuantizerKind, kind_from_config
 from .quantizers import fit_quantizer, reconstruction_mse
@@ -122,7 +123,7 @@ class ClusterCreator:
             raise UserError(f"{self.layout.frames} holds waveform rows (spectrogram.features = waveform) for "
                             "fine-tuning a speech model, not frames to quantise; set spectrogram.features to mel "
                             "or ssl and re-run `audiotokens spectrogram`")
-        frames, index = open_split(self.layout, "frames", "train")
+        frames, index = self._training_frames()
         if frames.ndim != 2:
             raise UserError(f"{self.layout.frames} must be a (frames, dim) matrix, found shape {frames.shape}; "
                             "re-run `audiotokens spectrogram`")
@@ -155,6 +156,17 @@ class ClusterCreator:
                 "dim": dim, "frames_used": used, "frames_available": available, "dead_codes": dead,
                 "validation_reconstruction_mse": report["validation_reconstruction_mse"]}
 
+    def _training_frames(self) -> tuple[np.ndarray, ClipIndex]:
+        """The training split's frames, with its clips' corrupted copies when cluster.fit_on_copies is set."""
+        frames, index = open_split(self.layout, "frames", "train")
+        if not self.cluster.fit_on_copies:
+            return frames, index
+        if index.copies is None:
+            raise UserError(f"cluster.fit_on_copies = true but {self.layout.frames} holds no corrupted copies "
+                            "of training clips; set augment.copies > 0 and re-run `audiotokens spectrogram`, or "
+                            "set cluster.fit_on_copies = false")
+        return frames, with_copies(index)
+
     def _check_counts(self, kind: QuantizerKind, used: int, available: int) -> list[str]:
         k = self.cluster.n_clusters
         if not kind.uses_kmeans:
@@ -174,7 +186,8 @@ class ClusterCreator:
                   warnings: list[str], dtype) -> dict[str, Any]:
         return {"split": "train", "niter": self.cluster.niter, "seed": self.cluster.seed,
                 "vectors_available": available, "vectors_used": used, "sampling": reason,
-                "clips_available": len(index), "frames_dtype": str(dtype), "warnings": warnings}
+                "clips_available": len(index), "fit_on_copies": self.cluster.fit_on_copies,
+                "frames_dtype": str(dtype), "warnings": warnings}
 
     def _validation_mse(self, quantizer, reconstruction_mse) -> float | None:
         """Reconstruction error on (a uniform sample of) the validation split: what the tokens lose."""

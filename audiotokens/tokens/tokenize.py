@@ -5,7 +5,9 @@ rows; ids go straight into a memory-mapped tokenized/tokens.npy of shape (tokens
 directory that replaces tokenized/ only once complete. With one token per frame the token index has the
 frames index's offsets; a stacked tokenizer gives one token per window, so its clips are shorter. The
 index records the digests of the vocabulary and frame spec the tokens were made with. Token usage is
-reported per split view (tokenized/stats.json, one histogram per split and codebook 0).
+reported per split view (tokenized/stats.json, one histogram per split and codebook 0). Corrupted copies of
+training clips (augment.copies) are entries of the frame store like any clip, so they get their tokens here
+with the same vocabulary, whatever the quantizer; the statistics count clean clips only.
 """
 from __future__ import annotations
 
@@ -182,6 +184,8 @@ class SpecTokenizer:
             tokens_index.extra = {"vocabulary_digest": vocab.digest, "frame_spec_digest": vocab.frame_spec_digest,
                                   "codebook_sizes": quantizer.codebook_sizes, "stack": quantizer.stack,
                                   "stride": quantizer.stride}
+            if store.extra.get("copies"):  # the training clips' corrupted copies, tokenized like every clip
+                tokens_index.extra["copies"] = store.extra["copies"]
             tokens_index.save(tmp / self.layout.tokens_index.name)
             stats = self._statistics(tmp, tokens_index, quantizer.codebook_sizes)
             write_json(tmp / self.layout.token_stats.name, stats)

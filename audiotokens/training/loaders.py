@@ -3,7 +3,8 @@ and the memory check.
 
 Owns how the train stage turns `train.batch_frames`, `train.crop_frames`, `train.eval_window` and
 `train.eval_hop` into loaders (training: shuffled by (seed, epoch), buckets of lengths when by budget, a
-random crop per clip drawn from (seed, epoch); evaluation: longest first, clips longer than the window
+random crop per clip drawn from (seed, epoch), the clean clip or one of its corrupted copies (augment.copies)
+drawn from (seed, epoch) too; evaluation: longest first, clips longer than the window
 scored as the mean of their windows' scores), how many optimizer steps a run plans when the number of
 batches changes between epochs, the peak-memory estimate for the worst batch before the first step
 (memory.py) and the measured peak after each epoch. batching.py, windows.py, augment.py and memory.py do the
@@ -31,7 +32,7 @@ from ..model.parts import EXTRA_POSITIONS, AudioClassifier, ModelSpec
 from ..model.windows import clip_windows, first_windows, mean_over_windows
 from ..pipeline.distributed import ONE_PROCESS, Ranks, RankShare, deal_batches
 from .augment import BalancedSampler
-from .datasets import ClipDataset, EpochShuffleSampler
+from .datasets import ClipDataset, CopyChoice, EpochShuffleSampler
 from .memory import GIB, available_bytes, check_fits, check_weights_fit, describe, estimate_peak_bytes
 from .optimisation import PassResult, Trainer
 
@@ -112,8 +113,9 @@ class CroppedBatches:
 
 def training_loader(dataset: ClipDataset, plan: LengthPlan, *, seed: int, num_workers: int,
                     pin_memory: bool, ranks: Ranks = ONE_PROCESS) -> DataLoader:
-    """Shuffled by (seed, epoch): by frame budget (length buckets) or batch_size clips, crops when set;
-    under torchrun, this process's share of each of those global batches."""
+    """Shuffled by (seed, epoch): by frame budget (length buckets) or batch_size clips, crops when set, each
+    clip's clean rows or one of its corrupted copies when the store has copies; under torchrun, this
+    process's share of each of those global batches."""
     lengths = plan.training_lengths(dataset.lengths)
     if plan.sampler == "balanced":
         if plan.batch_frames:
@@ -130,6 +132,11 @@ def training_loader(dataset: ClipDataset, plan: LengthPlan, *, seed: int, num_wo
         batches = BatchSampler(EpochShuffleSampler(len(dataset), seed), plan.batch_size, drop_last=False)
     if plan.crop_frames:
         batches = CroppedBatches(inner=batches, lengths=dataset.lengths, crop=plan.crop_frames, seed=seed)
+    if dataset.copies is not None:
+        counts = dataset.copy_counts()
+        log.info("each epoch reads every training clip clean or as one of its corrupted copies (%d copies of "
+                 "%d of the %d clips)", int(counts.sum()), int((counts > 0).sum()), len(counts))
+        batches = CopyChoice(inner=batches, copies=counts, seed=seed)
     if ranks.active:
         batches = RankShare(batches, ranks)
     return _loader(dataset, batches, num_workers, pin_memory, seed)

@@ -14,9 +14,11 @@ cluster ids only, so no special token is ever a target.
 The pre-training set is every clip of the catalogue (processed/split.json) that is in neither the
 validation nor the test split: the training split plus clips in no split (unlabelled audio). A held-out
 share (pretrain.heldout) of the unlabelled clips (of the training clips when there are none) reports loss
-and masked accuracy after each epoch. output/pretrain/ holds the embedder and encoder weights in a bundle's
-file names (model.safetensors, model_spec.json, audiotokens.json with the frame spec and the vocabulary
-digest), metrics.jsonl and curves.png; `train.init` starts a classifier from it (finetune.py).
+and masked accuracy after each epoch. Training clips with corrupted copies (augment.copies) are read, per
+(seed, epoch, clip), clean or as one of their copies, as in the train stage; held-out clips are always
+clean. output/pretrain/ holds the embedder and encoder weights in a bundle's file names (model.safetensors,
+model_spec.json, audiotokens.json with the frame spec and the vocabulary digest), metrics.jsonl and
+curves.png; `train.init` starts a classifier from it (finetune.py).
 
 The optimisation is the train stage's (trainer.Optimisation: AdamW, warm-up/decay, autocast on CUDA when train.amp). After every epoch the whole
 state (weights, optimizer, schedule, scaler, random states, history) goes to output/checkpoints/pretrain.pt;
@@ -37,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from ..config import RUNTIME, Config, keys_with_role
 from ..errors import UserError
@@ -55,11 +57,11 @@ from ..model.parts import (
 from ..pipeline.files import atomic_dir, atomic_path, jsonl_text, write_json
 from ..pipeline.layout import CURVES, METRICS_LOG, Layout
 from ..pipeline.provenance import package_versions, recorded_fingerprint, stage_params
-from ..pipeline.stores import ClipIndex, SplitPlan, open_store, read_frame_spec
+from ..pipeline.stores import ClipIndex, SplitPlan, copy_offsets, open_store, read_frame_spec
 from .augment import content_positions, mask_time_spans
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .datasets import EpochShuffleSampler
-from .loaders import check_model_size
+from .datasets import CopyChoice, EpochShuffleSampler
+from .loaders import check_model_size, set_loader_epoch
 from .optimisation import Optimisation, pick_device
 from .train import SplitStore, check_token_ids, model_length, model_spec, read_vocabulary
 
@@ -180,19 +182,25 @@ def hold_out(train_ids: list[str], unlabelled: list[str], share: float, seed: in
     return [i for i in train_ids + unlabelled if i not in held], [i for i in pool if i in held]
 
 
-def rows_of(index: ClipIndex, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets, lengths) of the listed clips that the store holds."""
+def rows_of(index: ClipIndex, ids: list[str], copies: bool = False) -> tuple[np.ndarray, np.ndarray,
+                                                                          np.ndarray | None]:
+    """(offsets, lengths, offsets of their corrupted copies or None) of the listed clips that the store holds;
+    copies only when asked for (stores.copy_offsets)."""
     row = index.row_of()
-    kept = np.asarray([row[i] for i in ids if i in row], dtype=np.int64)
-    return index.offsets[kept], index.lengths[kept]
+    kept_ids = [i for i in ids if i in row]
+    kept = np.asarray([row[i] for i in kept_ids], dtype=np.int64)
+    return index.offsets[kept], index.lengths[kept], copy_offsets(index, row, kept_ids) if copies else None
 
 
 class PretrainClips(Dataset):
-    """Clips of one or two stores (tokens; frames and tokens) cut to max_frames; no labels."""
+    """Clips of one or two stores (tokens; frames and tokens) cut to max_frames; no labels. Item N*v + i is
+    version v of clip i (0 clean, else its copy v), as in datasets.ClipDataset."""
 
-    def __init__(self, *, stores: list[tuple[Path, np.ndarray, np.ndarray]], max_frames: int):
-        self.stores = stores  # (array path, offsets, lengths) each, clips in the same order
+    def __init__(self, *, stores: list[tuple[Path, np.ndarray, np.ndarray, np.ndarray | None]],
+                 max_frames: int):
+        self.stores = stores  # (array path, offsets, lengths, copies' offsets) each, clips in the same order
         self.lengths = np.minimum(stores[0][2], max_frames)
+        self.copies = stores[0][3]
         self._arrays: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -203,10 +211,12 @@ class PretrainClips(Dataset):
 
     def __getitem__(self, i: int) -> list[np.ndarray]:
         if self._arrays is None:
-            self._arrays = [np.load(path, mmap_mode="r") for path, _, _ in self.stores]
-        n = int(self.lengths[i])
-        return [np.array(array[int(offsets[i]):int(offsets[i]) + n]) for array, (_, offsets, _)
-                in zip(self._arrays, self.stores)]
+            self._arrays = [np.load(path, mmap_mode="r") for path, *_ in self.stores]
+        version, clip = divmod(i, len(self.lengths))
+        n = int(self.lengths[clip])
+        starts = [int(offsets[clip] if version == 0 else copies[clip, version - 1]) for _, offsets, _, copies
+                  in self.stores]
+        return [np.array(array[start:start + n]) for array, start in zip(self._arrays, starts)]
 
     @staticmethod
     def collate(items: list[list[np.ndarray]]) -> dict[str, torch.Tensor]:
@@ -283,8 +293,7 @@ class Pretrainer:
             stores.insert(0, (self.layout.frames, frames_index))
         datasets = {}
         for name, ids in (("fit", fit_ids), ("heldout", held_ids)):
-            parts = [(path, *rows_of(index, ids)) for path, index in stores]
-            datasets[name] = parts
+            datasets[name] = [(path, *rows_of(index, ids, copies=name == "fit")) for path, index in stores]
         if not len(datasets["fit"][0][1]):
             raise UserError(f"no pre-training clip has tokens in {self.layout.tokens}; run `audiotokens tokenize`")
         lengths = {"fit": datasets["fit"][0][2], "heldout": datasets["heldout"][0][2]}
@@ -292,8 +301,15 @@ class Pretrainer:
         fit = PretrainClips(stores=datasets["fit"], max_frames=max_frames)
         held = PretrainClips(stores=datasets["heldout"], max_frames=max_frames) if len(lengths["heldout"]) else None
         generator = torch.Generator().manual_seed(settings.seed)
-        fit_loader = DataLoader(fit, batch_size=settings.batch_size, sampler=EpochShuffleSampler(len(fit), settings.seed),
-                                collate_fn=PretrainClips.collate, generator=generator)
+        order = EpochShuffleSampler(len(fit), settings.seed)
+        if fit.copies is None:
+            fit_loader = DataLoader(fit, batch_size=settings.batch_size, sampler=order,
+                                    collate_fn=PretrainClips.collate, generator=generator)
+        else:  # each training clip clean or as one of its corrupted copies, per (seed, epoch, clip)
+            batches = CopyChoice(inner=BatchSampler(order, settings.batch_size, drop_last=False),
+                                 copies=(fit.copies >= 0).sum(axis=1), seed=settings.seed)
+            fit_loader = DataLoader(fit, batch_sampler=batches, collate_fn=PretrainClips.collate,
+                                    generator=generator)
         held_loader = None if held is None else DataLoader(
             held, batch_size=settings.batch_size, sampler=longest_first(held.lengths), collate_fn=PretrainClips.collate)
         counts = {"train_clips": len(train_ids), "unlabelled_clips": len(unlabelled), "fit_clips": len(fit),
@@ -319,7 +335,7 @@ class Pretrainer:
                              total_steps=total_steps)
         history = self._restore(model, steps, total_steps) if self.resume else []
         for epoch in range(len(history), settings.epochs):
-            fit_loader.sampler.set_epoch(epoch)
+            set_loader_epoch(fit_loader, epoch)
             generator = torch.Generator().manual_seed(settings.seed * 1000 + epoch + 1)
             tic = time.perf_counter()
             fit = self._pass(model, fit_loader, vocab, generator, steps)

@@ -269,7 +269,8 @@ def make_split_loader(split: SplitStore, input_kind: str, objective: Objective, 
     batches between torchrun processes (training/loaders.py); the plain loaders below are the one-process ones."""
     dataset = DATASETS[input_kind](store_path=split.path, index=split.index, max_frames=max_frames,
                                    objective=objective)
-    if plan is not None and (not plan.plain or ranks.active):
+    copies = shuffle_seed is not None and dataset.copies is not None  # training reads corrupted copies too
+    if plan is not None and (not plan.plain or ranks.active or copies):
         build = training_loader if shuffle_seed is not None else evaluation_loader
         return build(dataset, plan, seed=seed if shuffle_seed is None else shuffle_seed, num_workers=num_workers,
                      pin_memory=pin_memory, ranks=ranks)

@@ -1,4 +1,5 @@
-"""Corruptions: measured SNR, pink spectrum, reproducible draws, causal length-preserving reverb, specs."""
+"""Corruptions: measured SNR, pink and brown spectra, gain, tilt, reproducible draws, causal length-preserving
+reverb, specs, and the random chains of noisy training (RandomCorruption)."""
 from __future__ import annotations
 
 import numpy as np
@@ -56,14 +57,44 @@ def test_same_seed_same_signal_other_seed_other_signal():
         assert not np.array_equal(first, corruption.apply(clean, RATE, seed=43)), spec
 
 
-def test_pink_noise_power_falls_as_one_over_f():
-    from audiotokens.data.corrupt import pink_noise
+@pytest.mark.parametrize("kind, exponent", [("pink", 1.0), ("brown", 2.0)])
+def test_coloured_noise_power_falls_as_a_power_of_f(kind, exponent):
+    from audiotokens.data.corrupt import COLOURED
 
-    noise = pink_noise(2**18, np.random.default_rng(0))
+    noise = COLOURED[kind](2**18, np.random.default_rng(0))
     frequencies, power = scipy.signal.welch(noise, fs=1.0, nperseg=4096)
     band = (frequencies > 1e-3) & (frequencies < 0.4)
     slope = np.polyfit(np.log10(frequencies[band]), np.log10(power[band]), 1)[0]
-    assert abs(slope + 1.0) < 0.1
+    assert abs(slope + exponent) < 0.1
+
+
+def test_brown_noise_spec_hits_its_snr():
+    clean = _tone()
+    corrupted = parse_corruption("noise:snr=8,kind=brown").apply(clean, RATE, seed=3)
+    assert abs(_measured_snr(clean, corrupted) - 8) < 0.05
+
+
+def test_gain_scales_the_level_exactly():
+    clean = _tone()
+    quieter = parse_corruption("gain:db=-6").apply(clean, RATE, seed=0)
+    assert quieter.dtype == clean.dtype
+    level = 10 * np.log10(np.mean(quieter.astype(np.float64) ** 2) / np.mean(clean.astype(np.float64) ** 2))
+    assert abs(level + 6) < 1e-4
+
+
+def test_eq_tilt_changes_colour_by_its_db_per_octave_and_keeps_the_power():
+    rng = np.random.default_rng(0)
+    white = (0.1 * rng.standard_normal(4 * RATE)).astype(np.float32)
+    tilted = parse_corruption("eq:tilt=3").apply(white, RATE, seed=0)
+    assert tilted.shape == white.shape
+    power = [np.mean(x.astype(np.float64) ** 2) for x in (white, tilted)]
+    assert np.isclose(*power, rtol=1e-4)
+    frequencies, before = scipy.signal.welch(white, fs=RATE, nperseg=2048)
+    _, after = scipy.signal.welch(tilted, fs=RATE, nperseg=2048)
+    gain_db = 10 * np.log10(after / before)
+    band = (frequencies >= 100) & (frequencies <= 6000)
+    slope = np.polyfit(np.log2(frequencies[band]), gain_db[band], 1)[0]  # dB per octave
+    assert abs(slope - 3) < 0.1
 
 
 def test_reverb_preserves_length_and_is_causal():
@@ -116,13 +147,18 @@ def test_names_for_tables():
     assert parse_corruption("noise:snr=5,kind=pink").name == "noise_pink_snr5"
     assert parse_corruption("noise:snr=20").name == "noise_white_snr20"
     assert parse_corruption("reverb:rt60=0.6").name == "reverb_rt60_0.6"
+    assert parse_corruption("noise:snr=10,kind=brown").name == "noise_brown_snr10"
+    assert parse_corruption("gain:db=-6").name == "gain_db-6"
+    assert parse_corruption("eq:tilt=2").name == "eq_tilt2"
 
 
 @pytest.mark.parametrize("spec, message", [
     ("echo:delay=3", "unknown corruption 'echo'"),
     ("noise:kind=pink", "noise needs snr"),
     ("noise:snr=loud", "snr must be a number"),
-    ("noise:snr=10,kind=brown", "kind must be one of white, pink"),
+    ("noise:snr=10,kind=blue", "kind must be one of white, pink, brown"),
+    ("gain:", "gain needs db"),
+    ("eq:tilt=steep", "tilt must be a number"),
     ("noise:snr=10,level=3", "unknown key 'level'"),
     ("noise:snr", "'snr' is not key=value"),
     ("reverb:", "exactly one of rt60"),
@@ -157,3 +193,95 @@ def test_clip_seed_depends_on_run_seed_and_clip_id_only():
 
     assert clip_seed(0, "clip1") == clip_seed(0, "clip1")
     assert len({clip_seed(0, "clip1"), clip_seed(1, "clip1"), clip_seed(0, "clip2")}) == 3
+
+
+# ---------------------------------------------------------------- random chains ([augment])
+
+
+def _augment(**values):
+    import dataclasses
+
+    from audiotokens.config import AugmentConfig
+    from audiotokens.data.corrupt import RandomCorruption
+
+    off = {f"{step}_probability": 0.0 for step in ("noise", "reverb", "gain", "eq")}
+    return RandomCorruption.from_settings(dataclasses.replace(AugmentConfig(), copies=1, **{**off, **values}))
+
+
+def test_training_copies_hit_the_requested_snr_range_measured_on_the_waveform():
+    augment = _augment(noise_probability=1.0, snr_low=4.0, snr_high=16.0)
+    clean = _tone(1.0)
+    seeds = [augment.copy_seed(f"clip{i}", 1) for i in range(40)]
+    measured = [_measured_snr(clean, augment.apply(clean, RATE, seed)) for seed in seeds]
+    assert min(measured) > 4.0 - 0.05 and max(measured) < 16.0 + 0.05
+    assert min(measured) < 6.0 and max(measured) > 14.0  # drawn over the whole range, not one value
+    kinds = {augment.chain(seed)[0][0].noise for seed in seeds}
+    assert kinds == {"white", "pink", "brown"}
+
+
+def test_training_copies_reverberate_within_the_requested_rt60_range():
+    augment = _augment(reverb_probability=1.0, rt60_low=0.3, rt60_high=0.6)
+    impulse = np.zeros(RATE, dtype=np.float32)
+    impulse[0] = 1.0
+    measured = []
+    for i in range(12):
+        response = augment.apply(impulse, RATE, augment.copy_seed(f"clip{i}", 1)).astype(np.float64)
+        tail = response[1:] ** 2  # the room's response to the impulse, without the direct path
+        decay = 10 * np.log10(np.cumsum(tail[::-1])[::-1] / tail.sum())
+        fit = (decay < -5) & (decay > -35)
+        measured.append(-60.0 / np.polyfit(np.flatnonzero(fit) / RATE, decay[fit], 1)[0])
+    assert 0.3 * 0.95 < min(measured) and max(measured) < 0.6 * 1.05
+    assert max(measured) - min(measured) > 0.1
+
+
+def test_probabilities_pick_how_many_copies_get_each_corruption_and_every_copy_is_reproducible():
+    augment = _augment(noise_probability=0.5, gain_probability=1.0)
+    chains = [augment.chain(augment.copy_seed(f"clip{i}", number)) for i in range(200) for number in (1, 2)]
+    noisy = sum(any(c.kind == "noise" for c, _ in chain) for chain in chains)
+    assert 160 < noisy < 240 and all(chain[-1][0].kind == "gain" for chain in chains)
+    clean = _tone(0.5)
+    first = augment.apply(clean, RATE, augment.copy_seed("clip1", 1))
+    assert np.array_equal(first, _augment(noise_probability=0.5, gain_probability=1.0).apply(
+        clean, RATE, augment.copy_seed("clip1", 1)))
+    pairs = (("clip1", 1), ("clip1", 2), ("clip2", 1))
+    assert len({augment.copy_seed(clip, number) for clip, number in pairs}) == 3
+
+
+def test_recorded_noise_and_responses_are_drawn_from_the_folders(tmp_path):
+    noises, rooms = tmp_path / "noises", tmp_path / "rooms"
+    noises.mkdir()
+    rooms.mkdir()
+    hum = 0.2 * np.random.default_rng(1).standard_normal(RATE)
+    sf.write(noises / "hum.wav", hum.astype(np.float32), RATE)
+    response = np.zeros(2000, dtype=np.float32)
+    response[0], response[700] = 1.0, 0.5
+    sf.write(rooms / "room.wav", response, RATE)
+    augment = _augment(noise_probability=1.0, noise_kinds="", noise_dir=str(noises), snr_low=10.0,
+                       snr_high=10.0)
+    clean = _tone(1.0)
+    assert abs(_measured_snr(clean, augment.apply(clean, RATE, 5)) - 10) < 0.05
+    echo = _augment(reverb_probability=1.0, ir_dir=str(rooms))
+    impulse = np.zeros(RATE, dtype=np.float32)
+    impulse[10] = 1.0
+    assert np.flatnonzero(np.abs(echo.apply(impulse, RATE, 0)) > 1e-3).tolist() == [10, 710]
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"noise_kinds": "white,blue"}, r"'augment.noise_kinds' lists 'blue'"),
+    ({"noise_kinds": "", "noise_probability": 0.5}, r"'augment.noise_probability' > 0 needs a noise source"),
+    ({"noise_dir": "/nonexistent/noises"}, r"'augment.noise_dir': dir /nonexistent/noises is not a folder"),
+    ({"ir_dir": "/nonexistent/rooms"}, r"'augment.ir_dir': dir /nonexistent/rooms is not a folder"),
+])
+def test_bad_augment_settings_are_one_line_errors_naming_the_key(values, message):
+    with pytest.raises(UserError, match=message) as error:
+        _augment(**values)
+    assert "\n" not in str(error.value)
+
+
+def test_augment_ranges_are_checked_when_the_config_is_loaded():
+    from audiotokens.config import load_config
+
+    with pytest.raises(UserError, match=r"'augment.snr_low' \(20.0\) must be <= 'augment.snr_high' \(10.0\)"):
+        load_config(overrides=["augment.snr_low=20", "augment.snr_high=10"])
+    with pytest.raises(UserError, match="'augment.rt60_low' must be positive"):
+        load_config(overrides=["augment.rt60_low=0"])

@@ -374,6 +374,23 @@ def test_resume_is_exact(tmp_path, monkeypatch):
     assert_resume_matches_straight(runs["straight"], runs["resumed"], monkeypatch)
 
 
+def test_a_speech_model_fine_tunes_on_corrupted_copies_of_its_training_clips(tmp_path, monkeypatch):
+    from audiotokens.training.datasets import ClipDataset
+
+    write_project(tmp_path, clips=6)
+    config = load_config(tmp_path / "run.toml", ["augment.copies=1", "train.epochs=1"], tmp_path / "work")
+    execute("split", config)
+    assert execute("spectrogram", config)["copies"] == len(open_split(Layout(config.workdir), "frames", "train")[1])
+    read = []
+    original = ClipDataset.locate
+    monkeypatch.setattr(ClipDataset, "locate", lambda self, item: read.append((len(self.offsets), item))
+                        or original(self, item))
+    assert execute("train", config)["epochs_completed"] == 1
+    assert any(item >= n for n, item in read)  # the waveform rows of a copy were read
+    meta = json.loads((Layout(config.workdir).model_dir / "audiotokens.json").read_text())
+    assert meta["spectrogram"]["augment"]["copies"] == 1
+
+
 # ---------------------------------------------------------------- refusals
 
 
