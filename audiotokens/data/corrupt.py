@@ -16,6 +16,7 @@ baselines hear the very same corrupted clip. A silent clip is returned unchanged
 from __future__ import annotations
 
 import math
+import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +92,20 @@ class Corruption:
             samples = samples[int(np.argmax(np.abs(samples))):]
             samples = samples / np.sqrt(np.sum(samples ** 2))
         return samples
+
+
+NOISE_NAME = re.compile(r"noise_(?P<source>.+)_snr(?P<snr>-?[0-9.e+-]+)")  # Corruption.name of a noise
+
+
+def noise_of(name: str) -> tuple[str, float] | None:
+    """(noise source, SNR in dB) of a noise condition's name (Corruption.name); None for any other name."""
+    match = NOISE_NAME.fullmatch(name)
+    if match is None:
+        return None
+    try:
+        return match["source"], float(match["snr"])
+    except ValueError:
+        return None
 
 
 def clip_seed(seed: int, clip_id: str) -> int:
