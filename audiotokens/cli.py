@@ -170,6 +170,12 @@ for _name in NAMES:
 def evaluate(config, split_name, manifest, class_name, model_dir, strict, corruptions):
     from .pipeline.run import execute  # on use: start-up time
 
+    if corruptions:
+        from .evaluation.robustness import baselines_only, evaluate_robustness  # on use: start-up time
+
+        if manifest is None and baselines_only(config, model_dir):  # no model: the baselines alone
+            evaluate_robustness(config, split_name or "validation", list(corruptions))
+            return
     if split_name is None and manifest is None and model_dir is None:
         execute("evaluate", config, strict=strict, class_name=class_name)
     else:

@@ -16,6 +16,8 @@ Each key may carry, beside its default:
            `keys`): the network a pre-training hands on, the unlabelled audio the split catalogues
 
 Keys that moved to another section are refused in one line naming their new place (MOVED), never aliased.
+A key that became a choice reads its old values as the choice they meant (OLD_VALUES: spectrogram.normalize
+true and false are clip and none), in config files, --set and recorded frame specs alike.
 """
 from __future__ import annotations
 
@@ -91,6 +93,9 @@ class SplitConfig:
     seed: int = setting(0, check="seed")
 
 
+NORMALIZE = ("clip", "fixed", "pcen", "none")  # spectrogram.normalize: how frame values are scaled
+
+
 @dataclass
 class SpectrogramConfig:
     sample_rate: int = setting(22050, check="positive")
@@ -101,7 +106,12 @@ class SpectrogramConfig:
     fmax: float = setting(0.0, check="non_negative")  # 0 = sample_rate / 2
     db: bool = True
     top_db: float = setting(80.0, check="non_negative")  # floor this many dB below the peak; 0 = no floor
-    normalize: bool = True  # each spectrogram linearly scaled to [0, 1]
+    # clip: each spectrogram scaled to [0, 1] from its own range | fixed: the absolute dB range floor_db ..
+    # ceiling_db scaled to [0, 1], no per-clip peak or top_db | pcen: librosa's PCEN of the mel magnitude
+    # (instead of dB and top_db) | none: as computed. true and false (before the choices) mean clip and none
+    normalize: str = setting("clip", check=NORMALIZE)
+    floor_db: float = -80.0  # fixed: dB (ref 1, samples in [-1, 1]) mapped to 0; lower values are clipped
+    ceiling_db: float = 40.0  # fixed: dB mapped to 1 (a full-scale sine peaks near 30); higher ones clipped
     dtype: str = setting("float32", role=STORAGE, check=("float32", "float16"))
     max_duration: float = setting(0.0, check="non_negative")  # seconds kept per clip; 0 = whole clip
     workers: int = setting(0, role=RUNTIME, check="non_negative")  # 0 = number of cores
@@ -317,6 +327,20 @@ MOVED = {f"train.{f.name}": (f"model.{f.name}", "the network's settings moved to
          for f in dataclasses.fields(ModelConfig)}
 MOVED["cluster.tokenizer"] = ("cluster.quantizer", "a quantizer is the kind of codebook the vocabulary is made of")
 
+# `section.key` -> {value it took before it became a choice: the choice that means the same}, so old configs,
+# frame specs and bundles keep their meaning
+OLD_VALUES = {"spectrogram.normalize": {True: "clip", False: "none"}}
+
+
+def current_value(name: str, value: Any, from_text: bool = False) -> Any:
+    """What an old value of key `name` (OLD_VALUES) means today; any other value as it is."""
+    meanings = OLD_VALUES.get(name)
+    if not meanings:
+        return value
+    if from_text and isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        value = value.strip().lower() == "true"
+    return meanings[value] if isinstance(value, bool) else value
+
 
 def frame_keys() -> tuple[str, ...]:
     """The spectrogram keys that define what a frame is (neither storage nor speed)."""
@@ -376,6 +400,7 @@ def _coerce(section: str, key: str, value: Any, from_text: bool) -> Any:
 
 def _apply(config: Config, section: str, key: str, value: Any, from_text: bool = False) -> None:
     _check_key(section, key)
+    value = current_value(f"{section}.{key}", value, from_text)
     setattr(getattr(config, section), key, _coerce(section, key, value, from_text))
 
 
@@ -490,6 +515,12 @@ def check_spectrogram(spec: SpectrogramConfig) -> None:
     if spec.hop_length > spec.n_fft:
         raise UserError(f"'spectrogram.hop_length' ({spec.hop_length}) is larger than 'spectrogram.n_fft' "
                         f"({spec.n_fft}): samples between windows would be skipped; use hop_length <= n_fft")
+    if spec.normalize == "fixed" and not spec.db:
+        raise UserError("'spectrogram.normalize' = fixed scales a fixed dB range: set 'spectrogram.db' = "
+                        "true, or choose another normalize")
+    if spec.normalize == "fixed" and not spec.floor_db < spec.ceiling_db:
+        raise UserError(f"'spectrogram.floor_db' ({spec.floor_db}) must be below 'spectrogram.ceiling_db' "
+                        f"({spec.ceiling_db})")
     if spec.n_mels > spec.n_fft // 2 + 1:
         raise UserError(f"'spectrogram.n_mels' ({spec.n_mels}) is more than the {spec.n_fft // 2 + 1} frequency "
                         f"bins of n_fft = {spec.n_fft}: some mel bands would be empty; lower n_mels or raise n_fft")

@@ -87,7 +87,7 @@ def test_wrong_type_names_the_key_and_the_expected_type(project, tmp_path):
     message = user_error("spectrogram", "--config", str(bad))
     assert str(bad) in message and "'spectrogram' must be a [section]" in message
     message = user_error("spectrogram", *common(project), "--set", "spectrogram.normalize=maybe")
-    assert "'spectrogram.normalize' must be true or false" in message
+    assert "'spectrogram.normalize' must be one of clip, fixed, pcen, none, got 'maybe'" in message
     assert "'cluster.n_clusters' must be >= 2, got 0" in user_error("cluster", "--set", "cluster.n_clusters=0")
     message = user_error("spectrogram", *common(project), "--set", "spectrogram.hop_length=4096")
     assert "'spectrogram.hop_length' (4096) is larger than 'spectrogram.n_fft' (1024)" in message

@@ -27,7 +27,7 @@ def test_seed_toml_states_every_key_with_the_seeds_values():
         {section: set(keys) for section, keys in Config().to_dict().items()}
     config = load_config(ROOT / "configs" / "seed.toml")
     assert (config.spectrogram.sample_rate, config.spectrogram.n_fft, config.spectrogram.hop_length,
-            config.spectrogram.n_mels, config.spectrogram.normalize) == (22050, 1024, 512, 64, True)
+            config.spectrogram.n_mels, config.spectrogram.normalize) == (22050, 1024, 512, 64, "clip")
     assert (config.cluster.quantizer, config.cluster.n_clusters, config.cluster.niter) == ("frame", 50, 20)
     assert (config.model.num_layers, config.model.hidden_size, config.model.num_heads,
             config.model.intermediate_size, config.model.pooling) == (12, 768, 12, 3072, "cls")
@@ -61,6 +61,31 @@ def test_file_then_overrides(tmp_path):
 def test_bad_overrides_name_the_key(override, pattern):
     with pytest.raises(UserError, match=pattern):
         load_config(overrides=[override])
+
+
+def test_normalize_is_a_choice_and_its_old_true_and_false_mean_clip_and_none(tmp_path):
+    path = tmp_path / "old.toml"
+    for old, meaning in ((True, "clip"), (False, "none")):
+        path.write_text(f"[spectrogram]\nnormalize = {str(old).lower()}\n")
+        assert load_config(path).spectrogram.normalize == meaning
+        override = f"spectrogram.normalize={str(old).lower()}"
+        assert load_config(overrides=[override]).spectrogram.normalize == meaning
+    assert load_config().spectrogram.normalize == "clip"
+    assert load_config(overrides=["spectrogram.normalize=pcen"]).spectrogram.normalize == "pcen"
+    with pytest.raises(UserError, match=r"'spectrogram\.normalize' must be one of clip, fixed, pcen, none, "
+                                        r"got 'loud'"):
+        load_config(overrides=["spectrogram.normalize=loud"])
+
+
+@pytest.mark.parametrize("overrides, pattern", [
+    (["spectrogram.normalize=fixed", "spectrogram.db=false"], r"normalize' = fixed scales a fixed dB range"),
+    (["spectrogram.normalize=fixed", "spectrogram.floor_db=0", "spectrogram.ceiling_db=-10"],
+     r"'spectrogram\.floor_db' \(0\.0\) must be below 'spectrogram\.ceiling_db' \(-10\.0\)"),
+])
+def test_a_fixed_range_needs_db_and_a_floor_below_its_ceiling(overrides, pattern):
+    with pytest.raises(UserError, match=pattern):
+        load_config(overrides=overrides)
+    load_config(overrides=overrides[1:])  # the same values mean nothing without normalize = fixed
 
 
 NETWORK_KEYS = ("input", "encoder", "num_layers", "hidden_size", "num_heads", "intermediate_size", "dropout",

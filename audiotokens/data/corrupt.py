@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +123,20 @@ class Corruption:
             samples = samples[int(np.argmax(np.abs(samples))):]
             samples = samples / np.sqrt(np.sum(samples ** 2))
         return samples
+
+
+NOISE_NAME = re.compile(r"noise_(?P<source>.+)_snr(?P<snr>-?[0-9.e+-]+)")  # Corruption.name of a noise
+
+
+def noise_of(name: str) -> tuple[str, float] | None:
+    """(noise source, SNR in dB) of a noise condition's name (Corruption.name); None for any other name."""
+    match = NOISE_NAME.fullmatch(name)
+    if match is None:
+        return None
+    try:
+        return match["source"], float(match["snr"])
+    except ValueError:
+        return None
 
 
 def clip_seed(seed: int, clip_id: str) -> int:

@@ -16,6 +16,13 @@ metrics are the means over its folds, with "<metric> std" beside them. "<split> 
 clips (single-label) or positives (multi-label) of classes without a training clip that a split's
 figures do not cover (split.json; per fold in a k-fold summary). The CSV has one row per run;
 the Markdown one column per run (settings, then metrics, then times), which stays readable.
+
+Robustness (runs where `evaluate --corrupt` wrote output/eval/<split>/robustness/, the model's and each
+baseline's): one more table, compare_robustness.csv (one row per model, split and condition: the primary
+metric, its change against clean, the token change and frame change) and compare_robustness.md (one row
+per model and split: the metric clean and under each corruption, with the token and frame change beside
+it), and compare_snr.png, the metric against the noise SNR per model (clean at the right). A model is the
+run's label; a baseline is named by itself (svm, logreg), with its run in brackets when several runs have it.
 """
 from __future__ import annotations
 
@@ -27,11 +34,24 @@ from typing import Any
 
 import numpy as np
 
+from ..config import current_value
+from ..data.corrupt import noise_of
 from ..data.sources.records import MULTILABEL
 from ..errors import UserError
 from ..model.objectives import OBJECTIVES, objective_for
 from ..pipeline.files import atomic_path, read_json, read_jsonl, write_json
-from ..pipeline.layout import COMPARE_BITS_PLOT, COMPARE_FILES, EVAL_METRICS, KFOLD_SUMMARY, SPLITS, Layout
+from ..pipeline.layout import (
+    COMPARE_BITS_PLOT,
+    COMPARE_FILES,
+    COMPARE_ROBUSTNESS,
+    EVAL_METRICS,
+    KFOLD_SUMMARY,
+    ROBUSTNESS_BASELINE,
+    ROBUSTNESS_JSON,
+    ROBUSTNESS_MODEL,
+    SPLITS,
+    Layout,
+)
 from ..pipeline.provenance import read_record
 from ..pipeline.stages import NAMES
 from ..pipeline.stores import SplitPlan
@@ -51,6 +71,7 @@ class Comparison:
     rows: list[dict[str, Any]] = field(default_factory=list)
     with_std: list[str] = field(default_factory=list)  # metrics that some run (k-fold) has "<metric> std" of
     reports: dict[str, str] = field(default_factory=dict)  # run -> its `audiotokens report` page, where written
+    robustness: list[dict[str, Any]] = field(default_factory=list)  # ROBUSTNESS_COLUMNS rows, where measured
 
     def columns(self) -> list[str]:
         """CSV columns: run, settings, metrics (each followed by its std where a k-fold run has one), times."""
@@ -67,6 +88,7 @@ def run_settings(workdir: Path) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for record in _records(workdir):
         for key, value in record.get("params", {}).items():
+            value = current_value(key, value)  # a record from before a key became a choice: its meaning
             settings.setdefault(key, set()).add(json.dumps(value, sort_keys=True, default=str))
             values[key] = value
     if not settings and (workdir / KFOLD_SUMMARY).is_file():
@@ -181,6 +203,7 @@ def compare_workdirs(workdirs: list[Path]) -> Comparison:
                             with_std=_union(list(k) for k in kfolds.values()),
                             reports={label: str(Layout(w).html_report) for label, w in zip(labels, workdirs)
                                      if Layout(w).html_report.is_file()})
+    comparison.robustness = robustness_rows(labels, workdirs)
     for label, workdir in zip(labels, workdirs):
         row: dict[str, Any] = {"run": label, **{key: settings[label].get(key) for key in differing},
                                **metrics[label], **kfold_left_out[label], **run_times(workdir)}
@@ -250,6 +273,8 @@ def write_comparison(comparison: Comparison, out_dir: str | Path) -> dict[str, P
         paths["bits"] = out_dir / COMPARE_BITS_PLOT
         with atomic_path(paths["bits"]) as tmp:
             plot_against_bits(comparison, tmp)
+    if comparison.robustness:
+        paths.update(write_robustness_comparison(comparison.robustness, out_dir))
     return paths
 
 
@@ -335,6 +360,115 @@ def plot_comparison(comparison: Comparison, path: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
+
+
+# ---------------------------------------------------------------- robustness
+
+TOKEN_CHANGE, FRAME_CHANGE = "token change", "frame change"  # as evaluation/robustness.py writes them
+ROBUSTNESS_COLUMNS = ["model", "run", "split", "condition", "metric", "value", "change", TOKEN_CHANGE,
+                      FRAME_CHANGE]
+
+
+def robustness_rows(labels: list[str], workdirs: list[Path]) -> list[dict[str, Any]]:
+    """Every robustness table of the runs, one row per model, split and condition (ROBUSTNESS_COLUMNS)."""
+    found = [(label, *scored) for label, workdir in zip(labels, workdirs)
+             for scored in _robustness_tables(workdir)]
+    baseline_runs: dict[str, set[str]] = {}
+    for label, scorer, _, _ in found:
+        if scorer != ROBUSTNESS_MODEL:
+            baseline_runs.setdefault(scorer, set()).add(label)
+    rows = []
+    for label, scorer, split, table in found:
+        name = label if scorer == ROBUSTNESS_MODEL else _baseline_name(scorer)
+        if scorer != ROBUSTNESS_MODEL and len(baseline_runs[scorer]) > 1:
+            name = f"{name} ({label})"
+        metric = objective_for(table.get("task", MULTILABEL)).primary_metric
+        rows += [{"model": name, "run": label, "split": split, "condition": row["condition"],
+                  "metric": metric, "value": row.get(metric), "change": row.get(f"{metric} change"),
+                  TOKEN_CHANGE: row.get(TOKEN_CHANGE), FRAME_CHANGE: row.get(FRAME_CHANGE)}
+                 for row in table.get("conditions", [])]
+    return rows
+
+
+def _robustness_tables(workdir: Path) -> list[tuple[str, str, dict[str, Any]]]:
+    """(scorer folder, split, robustness.json) of each robustness report of a workdir."""
+    return [(folder.name, folder.parent.parent.name, read_json(folder / ROBUSTNESS_JSON))
+            for folder in Layout(workdir).robustness_reports() if (folder / ROBUSTNESS_JSON).is_file()]
+
+
+def _baseline_name(scorer: str) -> str:
+    return scorer.removeprefix(ROBUSTNESS_BASELINE.format(name=""))
+
+
+def write_robustness_comparison(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
+    """compare_robustness.csv and .md, and compare_snr.png when any condition is a noise at some SNR."""
+    paths = {kind: out_dir / name for kind, name in COMPARE_ROBUSTNESS.items()}
+    with atomic_path(paths["robustness_csv"]) as tmp:
+        reports.write_csv(tmp, rows, ROBUSTNESS_COLUMNS)
+    with atomic_path(paths["robustness_markdown"]) as tmp:
+        tmp.write_text(robustness_markdown(rows))
+    if any(noise_of(row["condition"]) for row in rows):
+        with atomic_path(paths["snr_plot"]) as tmp:
+            plot_against_snr(rows, tmp)
+    else:
+        del paths["snr_plot"]
+    return paths
+
+
+def robustness_markdown(rows: list[dict[str, Any]]) -> str:
+    """One row per model and split: the metric clean and under each corruption, each corruption's token and
+    frame change beside it (— where the model has none: no tokens, or a baseline)."""
+    conditions = _union([[row["condition"] for row in rows]])
+    metrics = {row["metric"] for row in rows}
+    metric = metrics.pop() if len(metrics) == 1 else "score"
+    columns = ["model", "split"]
+    for condition in conditions:
+        columns.append(f"{condition} {metric}")
+        if condition != "clean":
+            columns += [f"{condition} {TOKEN_CHANGE}", f"{condition} {FRAME_CHANGE}"]
+    table: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        line = table.setdefault((row["model"], row["split"]), {"model": row["model"], "split": row["split"]})
+        line[f"{row['condition']} {metric}"] = row["value"]
+        line[f"{row['condition']} {TOKEN_CHANGE}"] = row[TOKEN_CHANGE]
+        line[f"{row['condition']} {FRAME_CHANGE}"] = row[FRAME_CHANGE]
+    return (f"# Robustness of {len(table)} models\n\n{metric} clean and under each corruption; token "
+            "change: the share of token positions whose id changes (all codebooks); frame change: "
+            "||corrupted - clean|| / ||clean|| of the frames, mean over clips.\n\n"
+            + reports.markdown_table(list(table.values()), columns))
+
+
+def plot_against_snr(rows: list[dict[str, Any]], path: str | Path) -> None:
+    """The metric against the noise SNR: one line per model and split, one panel per noise, clean at right."""
+    plt = reports.pyplot()
+    sources = _union([[noise[0] for row in rows if (noise := noise_of(row["condition"]))]])
+    snrs = [noise[1] for row in rows if (noise := noise_of(row["condition"]))]
+    clean_at = max(snrs) + max(5.0, (max(snrs) - min(snrs)) / 4)
+    fig, axes = plt.subplots(1, len(sources), figsize=(6 * len(sources), 4.5), squeeze=False)
+    for ax, source in zip(axes[0], sources):
+        for (model, split), points in _snr_lines(rows, source, clean_at).items():
+            x, y = zip(*sorted(points))
+            ax.plot(x, y, "o-", label=model if len({r["split"] for r in rows}) == 1 else f"{model} ({split})")
+        ticks = sorted({snr for snr in snrs})
+        ax.set_xticks([*ticks, clean_at], [f"{snr:g}" for snr in ticks] + ["clean"])
+        ax.set_xlabel("SNR (dB)")
+        ax.set_ylabel(rows[0]["metric"] if len({r["metric"] for r in rows}) == 1 else "score")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{source} noise", fontsize=10)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)
+
+
+def _snr_lines(rows: list[dict[str, Any]], source: str, clean_at: float) -> dict[tuple[str, str], list]:
+    lines: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for row in rows:
+        noise = noise_of(row["condition"])
+        x = clean_at if row["condition"] == "clean" else noise[1] if noise and noise[0] == source else None
+        if x is not None and isinstance(row["value"], (int, float)):
+            lines.setdefault((row["model"], row["split"]), []).append((x, row["value"]))
+    return {key: points for key, points in lines.items() if len(points) > 1}
 
 
 # ---------------------------------------------------------------- k-fold

@@ -5,11 +5,16 @@ What a frame is made of is the frame kind that spectrogram.features names, looke
 frame_kind.py says what every kind provides.
 
 `compute_frames` is the one definition of a frame (also used by predict): librosa's melspectrogram
-(Hann window, center=True with zero padding, power 2, Slaney mel filterbank) -> power_to_db (ref 1.0,
-amin 1e-10, top_db) -> min-max scaling of the whole clip to [0, 1]. The STFT is librosa's computation
-(float64 FFT stored as complex64); `MelPower` runs it in blocks of frames. `clip_frames`
-decodes, resamples and transforms a file block by block, so memory does not grow with a recording's
-length beyond its mel frames; its frames equal those of `compute_frames` on the whole decoded clip.
+(Hann window, center=True with zero padding, power 2, Slaney mel filterbank) -> the scaling that
+spectrogram.normalize names (SCALINGS): clip = power_to_db (ref 1.0, amin 1e-10, top_db) -> min-max
+scaling of the whole clip to [0, 1]; fixed = power_to_db (ref 1.0, amin 1e-10) clipped to the absolute
+range [floor_db, ceiling_db] and mapped linearly to [0, 1], so a frame's values do not depend on the
+rest of its clip; pcen = librosa.pcen with its documented defaults (PCEN) on the mel magnitude (power 1)
+of samples scaled to 32-bit integer range, as its documentation asks; none = power_to_db (top_db) only.
+The STFT is librosa's computation (float64 FFT stored as complex64); `MelPower` runs it in blocks of
+frames. `clip_frames` decodes, resamples and transforms a file block by block, so memory does not grow
+with a recording's length beyond its mel frames; its frames equal those of `compute_frames` on the whole
+decoded clip.
 
 The stage works through the clip catalogue of processed/split.json, whatever the split, in shards
 (shards.py: processed/frames/shards/N-K/, N = 1 unless asked) and within a shard in parts of consecutive
@@ -56,7 +61,7 @@ import soxr
 import torch
 from tqdm import tqdm
 
-from ..config import Config, SpectrogramConfig, check_spectrogram, frame_keys
+from ..config import Config, SpectrogramConfig, check_spectrogram, current_value, frame_keys
 from ..data.audio import BLOCK_FRAMES, RESAMPLE_QUALITY, AudioError, AudioStream, load_mono, to_mono
 from ..data.corrupt import RandomCorruption
 from ..errors import UserError
@@ -82,6 +87,10 @@ AMIN = 1e-10  # power floor before log10, as librosa.power_to_db
 FFT_BLOCK = 128  # frames per FFT and mel product call (see MelPower); ~1 MiB of float64 windows
 RESULT_PIPE_BYTES = 2**20  # workers' result pipe (Linux's limit for unprivileged processes)
 MEL_GROUPS = 4  # products the mel filterbank is cut into (see _mel_groups): fewer multiply more zeros
+# normalize = pcen: librosa.pcen's documented defaults, fixed here so a librosa release cannot change a frame;
+# its input is the mel magnitude of samples scaled from [-1, 1] to 32-bit integers (PCEN_INPUT_SCALE)
+PCEN = {"gain": 0.98, "bias": 2.0, "power": 0.5, "time_constant": 0.4, "eps": 1e-6}
+PCEN_INPUT_SCALE = 2.0 ** 31
 PART_FORMAT = 3  # bump when the part files' layout or the frame computation changes, so old parts are discarded
 
 
@@ -89,6 +98,9 @@ PART_FORMAT = 3  # bump when the part files' layout or the frame computation cha
 
 
 SSL_KEYS = ("ssl_model", "ssl_layer")  # frame keys that only speech-model frames have
+# frame keys a mel frame does not depend on under each spectrogram.normalize: left out of its frame spec
+UNUSED_KEYS = {"clip": ("floor_db", "ceiling_db"), "none": ("floor_db", "ceiling_db"),
+               "fixed": ("top_db",), "pcen": ("db", "top_db", "floor_db", "ceiling_db")}
 
 
 class MelFrames(FrameKind):
@@ -98,11 +110,14 @@ class MelFrames(FrameKind):
 
     def spec(self) -> dict[str, Any]:
         values = asdict(self.params)
-        return {"features": self.name, **{key: values[key] for key in frame_keys() if key not in SSL_KEYS}}
+        unused = (*SSL_KEYS, *UNUSED_KEYS.get(self.params.normalize, ()))
+        return {"features": self.name, **{key: values[key] for key in frame_keys() if key not in unused}}
 
     @classmethod
     def params_from_spec(cls, spec: dict[str, Any]) -> SpectrogramConfig:
-        values = {key: value for key, value in spec.items() if key != "features"}
+        # a spec written before normalize became a choice says true or false
+        values = {key: current_value(f"spectrogram.{key}", value)
+                  for key, value in spec.items() if key != "features"}
         known = {f.name for f in fields(SpectrogramConfig)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -170,6 +185,9 @@ def check_params(params: SpectrogramConfig) -> None:
             raise UserError(f"'spectrogram.{key}' must be >= 0, got {getattr(params, key)}")
     if params.dtype not in ("float32", "float16"):
         raise UserError(f"'spectrogram.dtype' must be float32 or float16, got '{params.dtype}'")
+    if params.normalize not in SCALINGS:
+        raise UserError(f"'spectrogram.normalize' must be one of {', '.join(SCALINGS)}, "
+                        f"got {params.normalize!r}")
     frame_kind(params).check()
 
 
@@ -251,6 +269,41 @@ def scale_to_unit(values: np.ndarray) -> np.ndarray:
     return (values - low) / span
 
 
+def fixed_range(power: np.ndarray, floor_db: float, ceiling_db: float) -> np.ndarray:
+    """normalize = fixed: 10 log10(max(power, amin)) (ref 1.0) in [floor_db, ceiling_db], mapped to [0, 1]."""
+    db = power_to_db(power, top_db=0.0)
+    np.clip(db, np.float32(floor_db), np.float32(ceiling_db), out=db)
+    return (db - np.float32(floor_db)) / np.float32(ceiling_db - floor_db)
+
+
+def pcen(magnitude: np.ndarray, params: SpectrogramConfig) -> np.ndarray:
+    """normalize = pcen: librosa.pcen (PCEN) over time of the mel magnitude (frames, n_mels)."""
+    return librosa.pcen(magnitude * np.float32(PCEN_INPUT_SCALE), sr=params.sample_rate,
+                        hop_length=params.hop_length, axis=0, **PCEN)
+
+
+def _scale_clip(power: np.ndarray, params: SpectrogramConfig) -> np.ndarray:
+    return scale_to_unit(power_to_db(power, params.top_db) if params.db else power)
+
+
+def _scale_none(power: np.ndarray, params: SpectrogramConfig) -> np.ndarray:
+    return power_to_db(power, params.top_db) if params.db else power
+
+
+# spectrogram.normalize -> mel power (pcen: magnitude) of a whole clip -> its stored values
+SCALINGS: dict[str, Callable[[np.ndarray, SpectrogramConfig], np.ndarray]] = {
+    "clip": _scale_clip,
+    "fixed": lambda power, params: fixed_range(power, params.floor_db, params.ceiling_db),
+    "pcen": pcen,
+    "none": _scale_none,
+}
+
+
+def mel_magnitude(params: SpectrogramConfig) -> bool:
+    """Whether the frames start from the mel magnitude (power 1) rather than the mel power (power 2)."""
+    return params.normalize == "pcen"
+
+
 def compute_frames(mono: np.ndarray, params: SpectrogramConfig) -> np.ndarray:
     """Frames of one mono clip at params.sample_rate: (frames, n_mels) float32.
 
@@ -258,17 +311,14 @@ def compute_frames(mono: np.ndarray, params: SpectrogramConfig) -> np.ndarray:
     """
     if mono.shape[-1] < params.n_fft:
         raise AudioError("too short", f"{mono.shape[-1]} samples at {params.sample_rate} Hz < n_fft {params.n_fft}")
-    mel = MelPower(length=mono.shape[-1], params=params)
+    mel = MelPower(length=mono.shape[-1], params=params, magnitude=mel_magnitude(params))
     mel.add(mono, last=True)
     return finish_frames(mel.frames, params)
 
 
 def finish_frames(frames: np.ndarray, params: SpectrogramConfig) -> np.ndarray:
-    """Mel power of a whole clip -> stored frames: dB with the top_db floor, then [0, 1] scaling."""
-    if params.db:
-        frames = power_to_db(frames, params.top_db)
-    if params.normalize:
-        frames = scale_to_unit(frames)
+    """Mel power (pcen: magnitude) of a whole clip -> stored frames, scaled as spectrogram.normalize says."""
+    frames = SCALINGS[params.normalize](frames, params)
     if not np.isfinite(frames).all():
         raise AudioError("non-finite frames", "the spectrogram holds NaN or infinite values")
     return np.ascontiguousarray(frames, dtype=np.float32)
@@ -291,7 +341,7 @@ def _streamed_mel_power(stream: AudioStream, params: SpectrogramConfig, block_fr
     rate = params.sample_rate
     # librosa.resample's length, ceil(n * ratio); a short stream is padded with zeros, a long one cut
     length = stream.frames if stream.rate == rate else math.ceil(stream.frames * float(rate) / stream.rate)
-    mel = MelPower(length=length, params=params)
+    mel = MelPower(length=length, params=params, magnitude=mel_magnitude(params))
     resampler = None
     for block in stream.blocks(block_frames):
         mono, last = to_mono(block), stream.read == stream.frames
@@ -318,12 +368,14 @@ class MelPower:
     A block is librosa.stft + melspectrogram: Hann-windowed frames and their real FFT in float64 (a float32
     FFT shifts quiet bins by up to ~1e-4 after dB scaling and normalisation), stored as complex64, squared
     float32 magnitude, float32 mel product (_mel_groups). The FFT is torch's (MKL) where librosa uses numpy's; rounded
-    to complex64 the two agree but for rare one-ulp differences.
+    to complex64 the two agree but for rare one-ulp differences. With magnitude=True the magnitude is not
+    squared: the mel magnitude, librosa's melspectrogram with power=1.
     """
 
-    def __init__(self, *, length: int, params: SpectrogramConfig):
+    def __init__(self, *, length: int, params: SpectrogramConfig, magnitude: bool = False):
         self.length = length  # samples of the clip; more are cut, fewer padded with zeros
         self.received = 0
+        self._squared = not magnitude
         self._n_fft, self._hop = params.n_fft, params.hop_length
         self._mel = _mel_groups(params.sample_rate, params.n_fft, params.n_mels, params.fmin, params.fmax)
         # (1 + length // hop) frames of center=True; allocated once: small pieces kept between large
@@ -361,7 +413,8 @@ class MelPower:
         # its float64 FFT with the windowing is ~30 % faster than numpy's here
         spectrum = torch.fft.rfft(span.unfold(0, n_fft, hop) * _hann(n_fft), dim=1).numpy().astype(np.complex64)
         power = np.abs(spectrum, out=self._power[:stop - first])  # numpy's complex64 abs, as librosa's
-        np.square(power, out=power)
+        if self._squared:
+            np.square(power, out=power)
         power = torch.from_numpy(power)
         for bins, bands, weights in self._mel:
             self.frames[first:stop, bands] = torch.mm(power[:, bins], weights).numpy()

@@ -78,6 +78,7 @@ ROBUSTNESS_TABLE_MD = "robustness.md"
 ROBUSTNESS_PER_CLASS = "per_class.csv"
 ROBUSTNESS_PLOT = "robustness.png"
 ROBUSTNESS_JSON = "robustness.json"
+ROBUSTNESS_TOKEN_CHANGE = "token_change.csv"  # token models: the share of changed tokens per codebook
 
 # inside output/baselines/<model>/, beside its <split>/ report folders
 BASELINE_FIT = "fit.json"
@@ -86,6 +87,9 @@ BASELINE_ESTIMATOR = "model.joblib"
 # `audiotokens compare` (into its --out folder) and a k-fold workdir's summary (scripts/kfold.sh)
 COMPARE_FILES = {"markdown": "compare.md", "csv": "compare.csv", "plot": "compare.png"}
 COMPARE_BITS_PLOT = "compare_bits.png"
+# where some run has robustness tables
+COMPARE_ROBUSTNESS = {"robustness_csv": "compare_robustness.csv",
+                      "robustness_markdown": "compare_robustness.md", "snr_plot": "compare_snr.png"}
 KFOLD_SUMMARY = "kfold_summary.json"
 
 # sharded stages: <store folder>/shards/N-K/ (pipeline/shards.py)

@@ -7,7 +7,7 @@ import pytest
 import scipy.signal
 import soundfile as sf
 
-from audiotokens.data.corrupt import parse_corruption
+from audiotokens.data.corrupt import noise_of, parse_corruption
 from audiotokens.errors import UserError
 
 RATE = 16000
@@ -150,6 +150,14 @@ def test_names_for_tables():
     assert parse_corruption("noise:snr=10,kind=brown").name == "noise_brown_snr10"
     assert parse_corruption("gain:db=-6").name == "gain_db-6"
     assert parse_corruption("eq:tilt=2").name == "eq_tilt2"
+
+
+@pytest.mark.parametrize("spec, noise", [
+    ("noise:snr=20", ("white", 20.0)), ("noise:snr=-5,kind=pink", ("pink", -5.0)),
+    ("noise:snr=2.5", ("white", 2.5)), ("noise:snr=1e-7", ("white", 1e-7)), ("reverb:rt60=0.3", None),
+])
+def test_a_noise_name_gives_back_its_source_and_snr(spec, noise):
+    assert noise_of(parse_corruption(spec).name) == noise
 
 
 @pytest.mark.parametrize("spec, message", [

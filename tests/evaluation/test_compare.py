@@ -5,8 +5,11 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from audiotokens.evaluation.evaluate import Scored
+from audiotokens.evaluation.robustness import Stability, write_robustness
 from audiotokens.pipeline.layout import Layout
 from audiotokens.pipeline.files import write_json
 from audiotokens.evaluation.compare import TRAIN_TIME, compare_workdirs, differing_settings, format_kfold, kfold_summary, write_comparison, write_kfold_summary
@@ -98,6 +101,14 @@ def test_a_run_without_a_section_does_not_make_its_settings_differ():
         "model.num_layers", "model.dropout"]  # absent from a run that has the section: a difference
 
 
+def test_a_record_from_before_normalize_was_a_choice_compares_by_its_meaning(tmp_path):
+    old = _fake_run(tmp_path / "old")  # its spectrogram record says normalize = true
+    new = _fake_run(tmp_path / "new", {"spectrogram.normalize": "clip"})
+    other = _fake_run(tmp_path / "pcen", {"spectrogram.normalize": "pcen"})
+    assert compare_workdirs([old, new]).settings == []
+    assert [row["spectrogram.normalize"] for row in compare_workdirs([old, other]).rows] == ["clip", "pcen"]
+
+
 def test_written_files(tmp_path):
     comparison = compare_workdirs([_fake_run(tmp_path / "a"), _fake_run(tmp_path / "b", {"split.seed": 1})])
     paths = write_comparison(comparison, tmp_path / "out")
@@ -150,3 +161,52 @@ def test_compare_and_the_kfold_summary_state_clips_left_out(tmp_path_factory, tm
     assert summary["left_out"] == {str(work): {"test": "2 clips of c"}}
     assert f"left out (classes without a training clip), {work}: test 2 clips of c" in format_kfold(summary)
     assert compare_workdirs([tmp_path / "kfold"]).rows[0]["test left out"] == "work: 2 clips of c"
+
+
+def _robustness_tables(workdir: Path, scorer: str, noise: float, stability: bool) -> list[dict]:
+    """Robustness tables as `evaluate --corrupt` writes them: clean and white noise at 20 and 5 dB SNR."""
+    rng = np.random.default_rng(len(scorer))
+    targets = (rng.random((30, 3)) < 0.5).astype(np.float32)
+    levels = {"clean": 0.05, "noise_white_snr20": noise, "noise_white_snr5": 2 * noise}
+    conditions = {name: Scored([f"c{i}" for i in range(30)], targets,
+                               np.clip(targets * 0.6 + 0.2 + level * rng.standard_normal(targets.shape), 0, 1))
+                  for name, level in levels.items()}
+    moved = {"noise_white_snr20": Stability(np.array([10.0, 20.0]), 100, [0.1, 0.3]),
+             "noise_white_snr5": Stability(np.array([40.0, 60.0]), 100, [0.5, 0.7])}
+    return write_robustness(Layout(workdir).robustness_dir("test") / scorer, conditions=conditions,
+                            classes=["x", "y", "z"], task="multilabel", threshold=0.5,
+                            stability=moved if stability else None)
+
+
+def test_robustness_of_every_run_and_baseline_in_one_table_and_a_plot_against_snr(tmp_path):
+    base, tokens = _fake_run(tmp_path / "base"), _fake_run(tmp_path / "subband", {"cluster.n_clusters": 256})
+    baseline = _robustness_tables(base, "baseline_svm", 0.1, stability=False)
+    model = _robustness_tables(tokens, "model", 0.3, stability=True)
+    comparison = compare_workdirs([base, tokens])
+    rows = {(row["model"], row["condition"]): row for row in comparison.robustness}
+    assert set(rows) == {(name, condition) for name in ("svm", "subband")
+                         for condition in ("clean", "noise_white_snr20", "noise_white_snr5")}
+    assert rows["svm", "noise_white_snr5"]["value"] == baseline[2]["mAP"]
+    assert rows["svm", "clean"]["run"] == "base"
+    assert rows["subband", "noise_white_snr20"]["value"] == model[1]["mAP"]
+    assert rows["subband", "noise_white_snr20"]["token change"] == pytest.approx(0.15)  # (10 + 20) / 200
+    assert rows["subband", "noise_white_snr5"]["frame change"] == pytest.approx(0.6)
+    assert rows["subband", "clean"]["token change"] == 0.0
+    assert rows["svm", "noise_white_snr5"]["token change"] is None  # a baseline has no tokens
+
+    paths = write_comparison(comparison, tmp_path / "out")
+    with open(paths["robustness_csv"]) as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == 6 and table[0]["metric"] == "mAP" and table[0]["split"] == "test"
+    markdown = paths["robustness_markdown"].read_text()
+    assert "| model | split | clean mAP | noise_white_snr20 mAP | noise_white_snr20 token change |" \
+        in markdown
+    assert "| subband | test |" in markdown
+    assert "| 0.1500 | 0.2000 |" in markdown  # token and frame change at 20 dB
+    assert paths["snr_plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_run_without_robustness_tables_writes_no_robustness_files(tmp_path):
+    paths = write_comparison(compare_workdirs([_fake_run(tmp_path / "a")]), tmp_path / "out")
+    assert not {"robustness_csv", "robustness_markdown", "snr_plot"} & set(paths)
+    assert not (tmp_path / "out" / "compare_robustness.md").exists()

@@ -183,3 +183,33 @@ def test_a_decoded_model_of_two_codebooks_predicts_what_evaluate_scored(project,
     assert code == 0
     predicted = np.array([[{t["class"]: t["score"] for t in r["top"]}[c] for c in classes] for r in json.loads(text)])
     np.testing.assert_allclose(predicted, np.load(out / "scores.npy"), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("normalize, model_input", [("fixed", "tokens"), ("pcen", "frames")])
+def test_a_bundle_frames_new_audio_with_its_own_normalize(project, tmp_path, normalize, model_input):
+    """Frames scaled to a fixed dB range or by PCEN: the bundle's frame spec carries the setting, so
+    predict on the audio alone (under the default config) gives the scores evaluate computed from the store."""
+    from projects import copy_project
+
+    from audiotokens.model.bundle import load_bundle
+    from audiotokens.pipeline.run import execute
+
+    own = copy_project(project, tmp_path / "own")
+    config = project_config(own, f"spectrogram.normalize={normalize}", f"model.input={model_input}",
+                            "model.pooling=mean")
+    stages = ("spectrogram", "cluster", "tokenize", "train") if model_input == "tokens" else \
+        ("spectrogram", "train")
+    for stage in stages:
+        execute(stage, config)
+    layout = Layout(own / "work")
+    assert load_bundle(layout.model_dir).spectrogram["normalize"] == normalize
+    Evaluator(config, split="validation").run()
+    out = layout.eval_dir("validation")
+    ids, classes = (json.loads((out / "clips.json").read_text())[key] for key in ("ids", "classes"))
+    audio = {clip["id"]: clip["audio"] for clip in SplitPlan.load(layout).clips}
+    code, text = run_predict([audio[i] for i in ids], shutil.copytree(layout.model_dir, tmp_path / "bundle"),
+                             tmp_path, threshold=0.0)
+    assert code == 0
+    predicted = np.array([[{t["class"]: t["score"] for t in r["top"]}[c] for c in classes]
+                          for r in json.loads(text)])
+    np.testing.assert_allclose(predicted, np.load(out / "scores.npy"), atol=1e-5, rtol=0)

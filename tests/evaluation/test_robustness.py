@@ -1,24 +1,44 @@
-"""Robustness tables: metrics per condition against scikit-learn, change against clean, per-class AP."""
+"""Robustness tables: metrics per condition against scikit-learn, change against clean, per-class AP; how far
+the model's input (tokens, frames) moves under each corruption."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import soundfile as sf
 from click.testing import CliRunner
 from projects import copy_project, project_config, trained_project
 from sklearn.metrics import accuracy_score, average_precision_score
 
 from audiotokens.cli import main
+from audiotokens.config import SpectrogramConfig
+from audiotokens.data.corrupt import Corruption
 from audiotokens.evaluation import robustness
 from audiotokens.evaluation.baseline import mfcc_count
 from audiotokens.evaluation.evaluate import Scored
-from audiotokens.evaluation.robustness import evaluate_robustness, write_robustness
+from audiotokens.evaluation.robustness import (
+    FRAME_CHANGE,
+    PER_CODEBOOK,
+    TOKEN_CHANGE,
+    evaluate_robustness,
+    frame_change,
+    model_conditions,
+    token_change,
+    write_robustness,
+)
+from audiotokens.features.spectrogram import params_to_dict
 from audiotokens.pipeline.layout import Layout
 from audiotokens.pipeline.run import execute
 from audiotokens.pipeline.stores import LeftOut
+from audiotokens.tokens.quantizers import Quantizer
+from audiotokens.tokens.vocabulary import Vocabulary
+from audiotokens.training.train import ModelBuilder
 
 
 def _scored(targets: np.ndarray, noise: float, seed: int) -> Scored:
@@ -119,7 +139,7 @@ def test_corrupting_a_manifest_scores_the_manifests_clips(multilabel, tmp_path, 
     np.testing.assert_allclose(clean.scores, np.load(out / "scores.npy"), atol=1e-5)
     assert table[0]["mAP"] == pytest.approx(json.loads((out / "metrics.json").read_text())["mAP"], abs=1e-6)
     assert not Layout(root / "work").robustness_dir("validation").exists()
-    assert bars == ["robustness clean", "robustness noise_white_snr5"]  # a progress bar per condition
+    assert bars == ["robustness, 2 conditions"]  # one progress bar over the clips, every condition per clip
 
 
 def test_baselines_are_scored_with_the_settings_they_were_fitted_with(multilabel, tmp_path, monkeypatch):
@@ -137,3 +157,114 @@ def test_baselines_are_scored_with_the_settings_they_were_fitted_with(multilabel
     clean = captured["baseline_logreg"]["clean"]
     assert clean.ids == json.loads((saved / "validation/clips.json").read_text())["ids"]
     np.testing.assert_allclose(clean.scores, np.load(saved / "validation/scores.npy"), atol=1e-6)
+
+
+# ---------------------------------------------------------------- how far the model's input moves
+
+
+def test_token_change_is_per_codebook_share_of_changed_positions():
+    clean = np.array([[1, 5], [2, 5], [3, 5], [4, 5]])
+    assert token_change(clean, clean).tolist() == [0.0, 0.0]
+    assert token_change(clean, clean + 1).tolist() == [1.0, 1.0]
+    assert token_change(clean, np.array([[1, 5], [2, 6], [0, 5], [4, 5]])).tolist() == [0.25, 0.25]
+    assert frame_change(np.ones((3, 2)), np.ones((3, 2))) == 0.0
+    assert frame_change(np.ones((3, 2)), np.full((3, 2), 1.5)) == pytest.approx(0.5)
+    assert frame_change(np.zeros((3, 2)), np.zeros((3, 2))) == 0.0
+    assert frame_change(np.zeros(2), np.ones(2)) is None  # no scale to measure against
+
+
+QUIET = 1e-6  # a sine this quiet is below spectrogram.floor_db (-80 dB) in every mel band: fixed frames of 0
+
+
+def _quiet_clip(tmp_path) -> dict:
+    t = np.arange(22050) / 22050
+    path = tmp_path / "quiet.wav"
+    sf.write(path, (QUIET * np.sin(2 * np.pi * 440 * t + 0.3)).astype(np.float32), 22050, subtype="FLOAT")
+    return {"id": "quiet", "audio": str(path), "labels": [0]}
+
+
+def _bundle_of(vocabulary: Vocabulary) -> SimpleNamespace:
+    """What robustness reads of a bundle: its frame spec, vocabulary and scores (constant here)."""
+    return SimpleNamespace(spectrogram=vocabulary.frame_spec, vocabulary=vocabulary,
+                           spec=SimpleNamespace(input_dim=None),
+                           scores=lambda clips: np.full((len(clips), 2), 0.5, np.float32))
+
+
+def test_stability_is_0_for_identical_audio_and_1_when_every_token_changes(tmp_path):
+    """A hand-built vocabulary: every mel band to 0 or 0.5 (scalar, 16 codebooks) over fixed-range frames.
+    The quiet clip's frames are 0 (id 0 everywhere); noise at -80 dB SNR lifts every band to about 0.4
+    (id 1 everywhere); at 300 dB SNR the float32 samples, and so frames and tokens, are the clean ones."""
+    params = dataclasses.replace(SpectrogramConfig(), n_mels=16, normalize="fixed")
+    levels = np.array([[0.0], [0.5]], np.float32)
+    quantizer = Quantizer(kind="scalar", codebooks=[levels] * 16, combine="concat")
+    bundle = _bundle_of(Vocabulary(quantizer, params_to_dict(params), tmp_path))
+    # beyond the range --corrupt accepts, built directly: far below float32's resolution, and far above the clip
+    corruptions = [Corruption(spec="noise:snr=300", kind="noise", snr=300.0),
+                   Corruption(spec="noise:snr=-80", kind="noise", snr=-80.0)]
+    conditions, stability = model_conditions(bundle, [_quiet_clip(tmp_path)], corruptions, ["a", "b"], seed=0)
+    assert list(conditions) == ["clean", "noise_white_snr300", "noise_white_snr-80"]
+    identical, every = stability["noise_white_snr300"].row(), stability["noise_white_snr-80"].row()
+    assert identical[TOKEN_CHANGE] == 0.0 and identical[PER_CODEBOOK] == [0.0] * 16
+    assert identical[FRAME_CHANGE] == 0.0
+    assert every[TOKEN_CHANGE] == 1.0 and every[PER_CODEBOOK] == [1.0] * 16
+    assert every[FRAME_CHANGE] is None  # clean frames all zero: no scale to compare the change against
+
+    rows = write_robustness(tmp_path / "rob", conditions=conditions, classes=["a", "b"], task="multilabel",
+                            threshold=0.5, stability=stability)
+    assert [row[TOKEN_CHANGE] for row in rows] == [0.0, 0.0, 1.0]
+    with open(tmp_path / "rob" / "token_change.csv") as handle:
+        per_codebook = list(csv.DictReader(handle))
+    assert len(per_codebook) == 3 and float(per_codebook[2]["codebook 15"]) == 1.0
+    with open(tmp_path / "rob" / "robustness.csv") as handle:
+        table = list(csv.DictReader(handle))
+    assert [row["token change"] for row in table] == ["0.0", "0.0", "1.0"] and table[2]["frame change"] == ""
+    saved = json.loads((tmp_path / "rob" / "robustness.json").read_text())["conditions"]
+    assert saved[2][PER_CODEBOOK] == [1.0] * 16
+    assert "NaN" not in (tmp_path / "rob" / "robustness.json").read_text()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    return trained_project(tmp_path_factory, "multilabel")
+
+
+def test_a_token_model_and_a_frames_model_report_their_input_change(project, tmp_path):
+    """Through real bundles: tokens change under noise and not at all for (bit-)identical audio; a frames
+    model reports its frames' relative change and no token change."""
+    config = project_config(project)
+    evaluate_robustness(config, "validation", ["noise:snr=0", "gain:db=0"])
+    rows = json.loads((Layout(project / "work").robustness_dir("validation") / "model/robustness.json")
+                      .read_text())["conditions"]
+    clean, noisy, identical = rows
+    assert clean[TOKEN_CHANGE] == 0.0 and clean[FRAME_CHANGE] == 0.0
+    assert 0.0 < noisy[TOKEN_CHANGE] <= 1.0 and noisy[FRAME_CHANGE] > 0.01
+    assert identical[TOKEN_CHANGE] == 0.0 and identical[FRAME_CHANGE] == 0.0
+
+    own = copy_project(project, tmp_path / "own")
+    config = project_config(own, "model.input=frames", "model.pooling=mean")
+    ModelBuilder(config).run()
+    evaluate_robustness(config, "validation", ["noise:snr=0"])
+    rows = json.loads((Layout(own / "work").robustness_dir("validation") / "model/robustness.json")
+                      .read_text())["conditions"]
+    assert [row[TOKEN_CHANGE] for row in rows] == [None, None] and rows[1][FRAME_CHANGE] > 0.01
+    assert not (Layout(own / "work").robustness_dir("validation") / "model/token_change.csv").exists()
+
+
+def test_evaluate_corrupt_scores_the_baselines_alone_where_no_model_was_trained(project, tmp_path):
+    """A tokenizer sweep's base workdir: frames and baselines, no model bundle."""
+    own = copy_project(project, tmp_path / "own")
+    config = project_config(own, "baseline.models=logreg", "baseline.workers=1")
+    execute("baseline", config)
+    for folder in ("model", "eval"):
+        shutil.rmtree(own / "work/output" / folder)
+    arguments = ["evaluate", "--config", str(own / "run.toml"), "--workdir", str(own / "work"), "--split",
+                 "validation", "--corrupt", "noise:snr=5"]
+    result = CliRunner().invoke(main, [*arguments, "--set", "baseline.models=logreg"])
+    assert result.exit_code == 0, result.output
+    out = Layout(own / "work").robustness_dir("validation")
+    assert [path.name for path in out.iterdir()] == ["baseline_logreg"]
+    rows = json.loads((out / "baseline_logreg/robustness.json").read_text())["conditions"]
+    assert [row["condition"] for row in rows] == ["clean", "noise_white_snr5"]
+    shutil.rmtree(own / "work/output/baselines")
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code != 0 and "not a complete model bundle" in result.output

@@ -1,5 +1,6 @@
 """Spectrogram stage: librosa is the oracle for every stored frame; skips, resume and storage options."""
 import dataclasses
+import functools
 import io
 import json
 from pathlib import Path
@@ -43,13 +44,26 @@ TOLERANCE = 1e-5
 
 
 def oracle(source, params: SpectrogramConfig, duration: float | None = None) -> np.ndarray:
-    """What the seed computed: librosa.load + melspectrogram + power_to_db + min-max, as (frames, n_mels)."""
-    y, sr = librosa.load(source, sr=params.sample_rate, duration=duration)
-    spec = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=params.n_fft, hop_length=params.hop_length,
-                                          n_mels=params.n_mels, fmin=params.fmin, fmax=params.fmax or None)
+    """librosa.load + melspectrogram + the scaling spectrogram.normalize names, as (frames, n_mels): the
+    seed's power_to_db + min-max (clip), an absolute dB range (fixed) or librosa's PCEN example (pcen)."""
+    y, _ = librosa.load(source, sr=params.sample_rate, duration=duration)
+    return librosa_frames(y, params)
+
+
+def librosa_frames(y: np.ndarray, params: SpectrogramConfig) -> np.ndarray:
+    mel = functools.partial(librosa.feature.melspectrogram, y=y, sr=params.sample_rate, n_fft=params.n_fft,
+                            hop_length=params.hop_length, n_mels=params.n_mels, fmin=params.fmin,
+                            fmax=params.fmax or None)
+    if params.normalize == "pcen":  # librosa.pcen's example: magnitude mel of samples scaled to int32 range
+        return librosa.pcen(mel(power=1.0) * 2**31, sr=params.sample_rate, hop_length=params.hop_length).T
+    spec = mel()
+    if params.normalize == "fixed":
+        db = librosa.power_to_db(spec, ref=1.0, amin=1e-10, top_db=None)
+        return ((np.clip(db, params.floor_db, params.ceiling_db) - params.floor_db)
+                / (params.ceiling_db - params.floor_db)).T
     if params.db:
         spec = librosa.power_to_db(spec, ref=1.0, amin=1e-10, top_db=params.top_db or None)
-    if params.normalize:
+    if params.normalize == "clip":
         span = spec.max() - spec.min()
         spec = (spec - spec.min()) / span if span > 0 else np.zeros_like(spec)
     return spec.T
@@ -154,7 +168,8 @@ def test_the_frame_spec_holds_what_defines_a_frame_and_nothing_else():
         assert params_to_dict(dataclasses.replace(SpectrogramConfig(), **{key: value})) == base
     # every setting that changes a frame changes the spec's digest
     for key, value in (("n_mels", 32), ("hop_length", 256), ("fmin", 20.0), ("db", False), ("top_db", 60.0),
-                       ("normalize", False), ("max_duration", 2.0), ("sample_rate", 16000), ("n_fft", 2048)):
+                       ("normalize", "none"), ("normalize", "fixed"), ("normalize", "pcen"),
+                       ("max_duration", 2.0), ("sample_rate", 16000), ("n_fft", 2048)):
         changed = params_to_dict(dataclasses.replace(SpectrogramConfig(), **{key: value}))
         assert spec_digest(changed) != spec_digest(base), key
 
@@ -163,8 +178,12 @@ def test_the_frame_spec_holds_what_defines_a_frame_and_nothing_else():
     {},
     {"fmin": 50.0, "fmax": 6000.0, "n_mels": 40},
     {"db": False},
-    {"normalize": False},
-    {"db": True, "top_db": 0.0, "normalize": False},
+    {"normalize": "none"},
+    {"db": True, "top_db": 0.0, "normalize": "none"},
+    {"normalize": "fixed"},
+    {"normalize": "fixed", "floor_db": -60.0, "ceiling_db": 0.0, "n_mels": 40},
+    {"normalize": "pcen"},
+    {"normalize": "pcen", "n_fft": 512, "hop_length": 128, "sample_rate": 16000},
     {"n_fft": 512, "hop_length": 128, "sample_rate": 16000},
 ])
 def test_compute_frames_matches_librosa_for_parameter_variants(tmp_path, overrides):
@@ -220,6 +239,64 @@ def test_several_fft_blocks_match_librosa(tmp_path):
     want = oracle(str(path), params)
     assert want.shape[0] > 3 * FFT_BLOCK
     assert np.abs(compute_frames(load_mono(str(path), params.sample_rate), params) - want).max() <= TOLERANCE
+
+
+# ---------------------------------------------------------------- normalize: clip | fixed | pcen | none
+
+
+@pytest.mark.parametrize("normalize", ["fixed", "pcen"])
+def test_the_stage_stores_librosa_frames_for_fixed_and_pcen(tmp_path, normalize):
+    """Decoded, resampled and framed block by block (clip_frames), as librosa computes them from the file."""
+    sf.write(tmp_path / "a.wav", tone(44100, 2.0, 310.0, 2), 44100)
+    sf.write(tmp_path / "b.flac", 0.05 * tone(16000, 1.5, 520.0, seed=3), 16000)  # low in the fixed range
+    clips = [clip("a", tmp_path / "a.wav"), clip("b", tmp_path / "b.flac")]
+    write_split(tmp_path, {"train": clips})
+    run_stage(tmp_path, f"spectrogram.normalize={normalize}", "spectrogram.workers=1")
+    array, index = stored(tmp_path)
+    params = dataclasses.replace(SpectrogramConfig(), normalize=normalize)
+    for c in clips:
+        want = oracle(c["audio"], params)
+        scale = max(1.0, np.abs(want).max())
+        assert np.abs(frames_of(array, index, c["id"]) - want).max() <= TOLERANCE * scale
+    spec = json.loads(Layout(tmp_path).frame_spec.read_text())
+    assert spec["normalize"] == normalize and params_from_dict(spec) == params
+
+
+def test_fixed_and_pcen_frames_ignore_what_comes_later_in_the_clip():
+    """Clip scaling takes each clip's own peak, so a loud event anywhere moves every frame of the clip; a
+    fixed dB range and PCEN (a causal filter) leave the frames before it as they were."""
+    y = tone(22050, 3.0, 300.0)[:, 0]
+    loud = y.copy()
+    loud[2 * 22050:] += np.sin(2 * np.pi * 1000 * np.arange(22050) / 22050).astype(np.float32)  # a new peak
+    before = 2 * 22050 // 512 - 2  # frames whose window ends before the loud second
+    frames = {}
+    for normalize in ("clip", "fixed", "pcen"):
+        params = dataclasses.replace(SpectrogramConfig(), normalize=normalize)
+        frames[normalize] = compute_frames(y, params)[:before], compute_frames(loud, params)[:before]
+    assert np.abs(np.subtract(*frames["clip"])).max() > 0.05
+    np.testing.assert_array_equal(*frames["fixed"])
+    np.testing.assert_allclose(*frames["pcen"], rtol=1e-6, atol=1e-6)
+
+
+def test_the_frame_spec_holds_the_settings_of_its_normalize_only():
+    fixed = params_to_dict(dataclasses.replace(SpectrogramConfig(), normalize="fixed"))
+    assert fixed["normalize"] == "fixed" and (fixed["floor_db"], fixed["ceiling_db"]) == (-80.0, 40.0)
+    assert "top_db" not in fixed  # no per-clip peak to floor against
+    pcen = params_to_dict(dataclasses.replace(SpectrogramConfig(), normalize="pcen"))
+    assert not {"db", "top_db", "floor_db", "ceiling_db"} & set(pcen)
+    clip_spec = params_to_dict(SpectrogramConfig())
+    assert clip_spec["normalize"] == "clip" and "floor_db" not in clip_spec
+    for normalize, spec in (("fixed", fixed), ("clip", clip_spec)):
+        other = params_to_dict(dataclasses.replace(SpectrogramConfig(), normalize=normalize, floor_db=-70.0))
+        assert (spec_digest(other) != spec_digest(spec)) == (normalize == "fixed")
+
+
+def test_a_frame_spec_written_before_normalize_was_a_choice_keeps_its_meaning():
+    old = {key: value for key, value in params_to_dict(SpectrogramConfig()).items()}
+    assert params_from_dict({**old, "normalize": True}) == SpectrogramConfig()
+    assert params_from_dict({**old, "normalize": False}).normalize == "none"
+    with pytest.raises(UserError, match="normalize"):
+        params_from_dict({**old, "normalize": "loud"})
 
 
 def test_silent_clip_gives_zeros_not_nan(tmp_path):
@@ -433,7 +510,7 @@ def test_float16_overflow_is_skipped_not_stored_as_inf(tmp_path):
     sf.write(tmp_path / "loud.wav", 200 * tone(16000, 1.0, 400.0), 16000, subtype="FLOAT")  # float WAV > 1.0
     clips.insert(1, clip("loud", tmp_path / "loud.wav"))
     write_split(tmp_path, {"train": clips})
-    run_stage(tmp_path, "spectrogram.dtype=float16", "spectrogram.db=false", "spectrogram.normalize=false",
+    run_stage(tmp_path, "spectrogram.dtype=float16", "spectrogram.db=false", "spectrogram.normalize=none",
               "spectrogram.workers=1")
     array, index = stored(tmp_path)
     assert index.ids == ["clip000", "clip001"] and np.isfinite(array).all()
