@@ -33,6 +33,7 @@ from ..model.bundle import save_bundle
 from ..model.modelcard import write_model_card
 from ..model.objectives import Objective, objective_for
 from ..model.parts import (
+    ENCODERS,
     EXTRA_POSITIONS,
     HEADS,
     SPEECH_ENCODER,
@@ -80,6 +81,7 @@ log = logging.getLogger("audiotokens")
 FIT_SPLITS = ("train", "validation")  # training and model selection; any other split is only reported
 TEST_SPLIT = "test"
 FRAME_INPUTS = ("frames", WAVEFORM)  # inputs read from the frame store (the rest from the token store)
+LENGTH_KEYS = (("model", "max_length"), ("train", "crop_frames"), ("train", "eval_window"))  # what a clip is cut to
 
 
 # ---------------------------------------------------------------- inputs (tokens, frames, vocabulary)
@@ -283,7 +285,30 @@ def model_spec(config: Config, classes: list[str], max_frames: int, splits: dict
         pooling=settings.pooling, head=head_for(config.train.objective, settings.head), margin=settings.margin,
         scale=settings.scale, max_positions=max_frames + EXTRA_POSITIONS)
     check_spec(spec)
+    check_lengths_reach(config, spec)
     return spec
+
+
+def check_lengths_reach(config: Config, spec: ModelSpec) -> None:
+    """Cuts, crops and windows hold at least the frames the encoder needs to tell clips apart (a CNN's time
+    axis halves in every block)."""
+    fewest = ENCODERS[spec.encoder].min_frames(spec)
+    for section, key in LENGTH_KEYS:
+        value = getattr(getattr(config, section), key)
+        if 0 < value < fewest:
+            raise UserError(f"'{section}.{key}' ({value}) is shorter than the {fewest} frames model.encoder="
+                            f"{spec.encoder} reads with model.num_layers={config.model.num_layers}; use at "
+                            f"least {fewest}")
+
+
+def report_short_clips(splits: dict[str, SplitStore], spec: ModelSpec) -> None:
+    """Clips shorter than the encoder reads are padded with zero frames (CnnEncoder): said once, counted."""
+    fewest = ENCODERS[spec.encoder].min_frames(spec)
+    short = {name: int((split.index.lengths < fewest).sum()) for name, split in splits.items()}
+    if any(short.values()):
+        counts = ", ".join(f"{count} of {len(splits[name].index)} {name}" for name, count in short.items() if count)
+        log.warning("%s clips are shorter than the %d frames model.encoder=%s reads; they are padded with zero "
+                    "frames to %d", counts, fewest, spec.encoder, fewest)
 
 
 def speech_model_spec(config: Config, classes: list[str], max_frames: int, train: SplitStore) -> ModelSpec:
@@ -310,7 +335,7 @@ def speech_model_spec(config: Config, classes: list[str], max_frames: int, train
 def check_rows_cover_a_frame(config: Config, receptive_field: int, stride: int) -> None:
     """Crops, windows and cuts of waveform rows must hold at least the samples of one output frame."""
     fewest = -(-receptive_field // stride)
-    for section, key in (("model", "max_length"), ("train", "crop_frames"), ("train", "eval_window")):
+    for section, key in LENGTH_KEYS:
         value = getattr(getattr(config, section), key)
         if 0 < value < fewest:
             raise UserError(f"'{section}.{key}' ({value} rows of {stride} samples) is shorter than the speech model's "
@@ -410,6 +435,7 @@ class ModelBuilder:
         tables = decode_tables(network.input, network.token_embedding, vocab)
         plan = LengthPlan.from_settings(settings)
         spec = model_spec(self.config, classes, plan.model_frames(max_frames), splits, vocab, tables)
+        report_short_clips(splits, spec)
 
         seed_everything(settings.seed)
         model = AudioClassifier(spec=spec, decode_tables=[torch.from_numpy(t) for t in tables])
