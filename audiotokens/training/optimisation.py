@@ -111,6 +111,7 @@ class Optimisation:
         self.scheduler = LambdaLR(self.optimizer, self.schedule)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.step = 0
+        self.first_nonfinite_step: torch.Tensor | None = None  # on the device: the host never waits per step
 
     @property
     def precision(self) -> str:
@@ -136,6 +137,22 @@ class Optimisation:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
 
+    def watch_loss(self, loss: torch.Tensor) -> None:
+        """Remember the first optimizer step (1-based) whose loss was NaN or infinite, without a host sync."""
+        if self.first_nonfinite_step is None:
+            self.first_nonfinite_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+        first = self.first_nonfinite_step
+        self.first_nonfinite_step = torch.where(~torch.isfinite(loss.detach()) & (first < 0), self.step + 1, first)
+
+    def nonfinite(self) -> tuple[str, int] | None:
+        """("loss", step) when a watched loss was not finite, ("weights", step) when a weight is NaN or infinite
+        now (the step the weights last changed); None while training is numerically sound."""
+        if self.first_nonfinite_step is not None and (step := int(self.first_nonfinite_step.item())) >= 0:
+            return "loss", step
+        if not torch.stack([torch.isfinite(p).all() for p in self.parameters]).all():
+            return "weights", self.step
+        return None
+
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "step": self.step}
@@ -157,6 +174,29 @@ class Optimisation:
                             f"more epochs would not change the weights; {restart} to start over")
         self.schedule.extend(self.step, total_steps)
         return True
+
+
+def divergence_hint(*, learning_rate: float, learning_rate_key: str, weight_decay: float,
+                    grad_clip: float | None, precision: str) -> str:
+    """The setting most likely to blame for a run whose numbers became NaN or infinite (grad_clip None: the
+    run has no train.grad_clip to suggest)."""
+    lr, decay = learning_rate, weight_decay
+    if not math.isfinite(lr) or lr >= 1:  # an Adam step moves each weight by about lr
+        return f"{learning_rate_key} ({lr:g}) is far too high; lower it (e.g. 1e-4)"
+    if not math.isfinite(decay) or lr * decay >= 1:  # AdamW scales the weights by 1 - lr·decay each step
+        return (f"train.weight_decay ({decay:g}) times {learning_rate_key} ({lr:g}) must stay well below 1; "
+                "lower train.weight_decay")
+    if precision == "fp16":
+        return f"fp16 autocast overflowed, likely; set train.amp=false or lower {learning_rate_key}"
+    clip = " or set train.grad_clip (e.g. 1.0)" if grad_clip == 0 else ""
+    return f"{learning_rate_key} ({lr:g}) is likely too high; lower it{clip}"
+
+
+def divergence_error(found: tuple[str, int], *, epoch: int, hint: str, kept: Path) -> UserError:
+    """One line for a run stopped on NaN or infinite numbers: where, the likely setting, what was kept."""
+    what, step = found
+    return UserError(f"training diverged in epoch {epoch}, step {step}: the {what} became NaN or infinite; "
+                     f"{hint}; {kept} was left as it was")
 
 
 class Trainer(Optimisation):
@@ -213,6 +253,7 @@ class Trainer(Optimisation):
             steps = position - group_start + 1 == group_size
             with self.parallel.accumulating(syncing=steps):
                 loss, logits, targets = self.forward(batch)
+                self.watch_loss(loss)
                 self.scaler.scale(self.weighted(loss, batch["indices"]) / group_size).backward()
             if steps:
                 self.optimizer_step()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +60,7 @@ from ..pipeline.stores import ClipIndex, SplitPlan, open_store, read_frame_spec
 from .augment import content_positions, mask_time_spans
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .datasets import EpochShuffleSampler
-from .optimisation import Optimisation, pick_device
+from .optimisation import Optimisation, divergence_error, divergence_hint, pick_device
 from .train import SplitStore, check_token_ids, model_length, model_spec, read_vocabulary
 
 log = logging.getLogger("audiotokens")
@@ -320,12 +321,15 @@ class Pretrainer:
             generator = torch.Generator().manual_seed(settings.seed * 1000 + epoch + 1)
             tic = time.perf_counter()
             fit = self._pass(model, fit_loader, vocab, generator, steps)
+            self._stop_if_diverged(steps, epoch, steps.nonfinite())
             row = {"epoch": epoch + 1, "lr": steps.scheduler.get_last_lr()[0], "train": fit,
                    "epoch_time_s": round(time.perf_counter() - tic, 3)}
             if held_loader is not None:
                 with torch.no_grad():  # the same masks every epoch, so the figures compare
                     row["heldout"] = self._pass(model, held_loader, vocab, torch.Generator().manual_seed(settings.seed),
                                                 steps, training=False)
+                if not math.isfinite(row["heldout"]["loss"]):
+                    self._stop_if_diverged(steps, epoch, ("held-out loss", steps.step))
             history.append(row)
             self._checkpoint(model, steps, history)
             held = row.get("heldout", {})
@@ -343,11 +347,21 @@ class Pretrainer:
                 logits = model(masked.inputs.to(steps.device), mask, masked.where.to(steps.device))
             loss, right, n = masked_loss([part.float() for part in logits], masked.labels.to(steps.device))
             if training:
+                steps.watch_loss(loss)
                 steps.scaler.scale(loss).backward()
                 steps.optimizer_step()
             loss_sum, batches, correct, count = loss_sum + float(loss.detach()), batches + 1, correct + right, count + n
         return {"loss": loss_sum / max(batches, 1), "masked_accuracy": correct / count if count else None,
                 "masked_positions": count}
+
+    def _stop_if_diverged(self, steps: Optimisation, epoch: int, found: tuple[str, int] | None) -> None:
+        """NaN or infinite numbers end the pre-training before the epoch's checkpoint: output/pretrain stays."""
+        if found is not None:
+            hint = divergence_hint(learning_rate=self.settings.learning_rate,
+                                   learning_rate_key="pretrain.learning_rate",
+                                   weight_decay=self.config.train.weight_decay, grad_clip=None,
+                                   precision=steps.precision)
+            raise divergence_error(found, epoch=epoch + 1, hint=hint, kept=self.out_dir)
 
     # ------------------------------------------------------------ checkpoints
 

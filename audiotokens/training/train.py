@@ -74,7 +74,7 @@ from .loaders import (
     set_loader_epoch,
     training_loader,
 )
-from .optimisation import PassResult, Trainer, pick_device
+from .optimisation import PassResult, Trainer, divergence_error, divergence_hint, pick_device
 
 log = logging.getLogger("audiotokens")
 
@@ -491,7 +491,9 @@ class ModelBuilder:
                                desc=f"epoch {progress.epoch + 1}", leave=False,
                                disable=None if self.ranks.writer else True)
                 fit = run.trainer.train_epoch(batches, len(train_loader))
+                self._stop_if_diverged(run.trainer, progress)
                 checked = evaluate_split(run.trainer, run.loaders["validation"])
+                self._stop_if_diverged(run.trainer, progress, checked)
                 samples, seconds = samples + fit.samples, seconds + fit.seconds
                 row = self._epoch_row(progress, run.trainer, objective, fit, checked)
                 record_peak_memory(row, run.trainer.device)
@@ -504,6 +506,19 @@ class ModelBuilder:
         return samples, seconds
 
     # ------------------------------------------------------------ epochs
+
+    def _stop_if_diverged(self, trainer: Trainer, progress: Progress, checked: PassResult | None = None) -> None:
+        """A NaN or infinite loss, weight or validation score ends the run in one line, before anything of
+        the epoch is written: the bundle and the checkpoints stay those of the last sound run."""
+        found = trainer.nonfinite()
+        if found is None and checked is not None and not np.isfinite(checked.scores).all():
+            found = ("validation scores", trainer.step)
+        if found is not None:
+            settings = self.settings
+            hint = divergence_hint(learning_rate=settings.learning_rate, learning_rate_key="train.learning_rate",
+                                   weight_decay=settings.weight_decay, grad_clip=settings.grad_clip,
+                                   precision=trainer.precision)
+            raise divergence_error(found, epoch=progress.epoch + 1, hint=hint, kept=self.layout.model_dir)
 
     def _epoch_row(self, progress: Progress, trainer: Trainer, objective: Objective, fit: PassResult,
                    checked: PassResult) -> dict[str, Any]:

@@ -206,6 +206,16 @@ def test_masked_frames_predicts_token_ids_from_frames(tmp_path):
     assert set(input_names("pretrain", config)) == {"split", "tokenize", "spectrogram"}
 
 
+def test_a_diverging_pretraining_stops_in_one_line_and_writes_nothing(tmp_path):
+    make_workdir(tmp_path, n_train=16, n_validation=4)
+    # AdamW scales the weights by 1 - lr·weight_decay: after the warm-up step they are ~1e25, the scores overflow
+    config = load_config(overrides=[*SMALL, "pretrain.epochs=2", "train.weight_decay=1e30"], workdir=tmp_path)
+    with pytest.raises(UserError, match=r"training diverged in epoch 2, step 2: the held-out loss became NaN or "
+                                        r"infinite; train.weight_decay \(1e\+30\) times pretrain.learning_rate"):
+        Pretrainer(config).run()
+    assert not (tmp_path / "output" / "pretrain").exists()
+
+
 def test_unlabelled_audio_joins_the_catalogue_in_no_split(tmp_path):
     import soundfile as sf
 
