@@ -2,9 +2,9 @@
 
 Reads each split's view of tokenized/tokens.npy and output/vocabulary/ (model.input = "tokens"), or of
 processed/frames/frames.npy (model.input = "frames", or "waveform": rows of samples that a pretrained speech
-model, model.encoder = "ssl", is fine-tuned on); writes output/checkpoints/{last,best}.pt
-every epoch, output/metrics.jsonl, output/curves.png and, from the best checkpoint, the portable bundle
-output/model/. The best epoch is chosen on validation; when a test split exists, the best checkpoint is
+model, model.encoder = "ssl", is fine-tuned on); writes checkpoints/{last,best}.pt every epoch,
+metrics.jsonl, curves.png and, from the best checkpoint, the portable bundle output/model/. The run's files
+stay in output/train.partial/ until its bundle is written, then replace output/'s (run_files.py). The best epoch is chosen on validation; when a test split exists, the best checkpoint is
 scored on it once at the end, and those figures are reported as test.
 
 Train-side metrics come from the epoch's own forward passes (dropout on, weights moving during the
@@ -75,6 +75,7 @@ from .loaders import (
     training_loader,
 )
 from .optimisation import PassResult, Trainer, divergence_error, divergence_hint, pick_device
+from .run_files import adopt, publish, resumable_runs, start_afresh
 
 log = logging.getLogger("audiotokens")
 
@@ -380,6 +381,7 @@ class ModelBuilder:
         self.network = config.model
         self.resume = resume
         self.layout = Layout(config.workdir)
+        self.files = self.layout.staged_run_files  # this run's log, curves and checkpoints, until its bundle
         self.ranks = distributed.launched()  # one process, or this one of torchrun's
 
     def run(self) -> dict[str, Any]:
@@ -391,6 +393,8 @@ class ModelBuilder:
     def _run(self) -> dict[str, Any]:
         started = time.perf_counter()
         run = self._prepare()
+        if not self.resume and self.ranks.writer:
+            start_afresh(self.files)
         progress = self._restore(run) if self.resume else Progress()
         epochs_at_start = progress.epoch
         samples, seconds = self._fit(run, progress)
@@ -398,6 +402,7 @@ class ModelBuilder:
         test = self._score_test(run, progress)
         if self.ranks.writer:
             self._write_bundle(run)
+            publish(self.files, self.layout.run_files)
         primary = run.objective.primary_metric
         return {
             "epochs_run": progress.epoch - epochs_at_start,
@@ -419,8 +424,9 @@ class ModelBuilder:
         """Check the inputs, then build the model, the loaders and the trainer (seeded)."""
         settings, network = self.settings, self.network
         check_parts(network)
-        if self.resume and not self._checkpoint_paths()[0].is_file():
-            raise UserError(f"no checkpoint at {self._checkpoint_paths()[0]}; train without --resume to start")
+        if self.resume and not resumable_runs(self.layout):
+            raise UserError(f"no checkpoint at {self.files.last_checkpoint} or {self.layout.last_checkpoint}; "
+                            "train without --resume to start")
         splits, vocab = read_splits(self.layout, network.input)
         for split in splits.values():
             if split.name != "train":
@@ -477,7 +483,7 @@ class ModelBuilder:
     def _fit(self, run: TrainingRun, progress: Progress) -> tuple[int, float]:
         """Epochs until done, early-stopped or interrupted; returns (training samples, training seconds)."""
         epochs, objective = self.settings.epochs, run.objective
-        training_log = (TrainingLog(self.layout, objective, progress.history) if self.ranks.writer
+        training_log = (TrainingLog(self.files, objective, progress.history) if self.ranks.writer
                         else NoTrainingLog())
         samples, seconds = 0, 0.0
         train_loader = run.loaders["train"]
@@ -568,15 +574,24 @@ class ModelBuilder:
             save_checkpoint(last, state)
 
     def _checkpoint_paths(self) -> tuple[Path, Path]:
-        return self.layout.last_checkpoint, self.layout.best_checkpoint
+        return self.files.last_checkpoint, self.files.best_checkpoint
+
+    def _resumable_state(self, identity: dict[str, Any]) -> tuple[dict[str, Any], Path]:
+        """The checkpoint --resume continues: of the run under way, else of the finished run (then copied
+        aside), the first one written with this run's settings."""
+        refusals = []
+        for files in resumable_runs(self.layout):
+            state = load_checkpoint(files.last_checkpoint)
+            differences = _differences(state.get("identity", {}), identity)
+            if not differences:
+                if files != self.files and self.ranks.writer:
+                    adopt(files, self.files)
+                return state, files.last_checkpoint
+            refusals.append(f"{files.last_checkpoint} was written by a different run ({'; '.join(differences)})")
+        raise UserError(f"{refusals[0]}; train without --resume to start over")
 
     def _restore(self, run: TrainingRun) -> Progress:
-        last, _ = self._checkpoint_paths()
-        state = load_checkpoint(last)
-        differences = _differences(state.get("identity", {}), run.identity)
-        if differences:
-            raise UserError(f"{last} was written by a different run ({'; '.join(differences)}); "
-                            "train without --resume to start over")
+        state, last = self._resumable_state(run.identity)
         trainer = run.trainer
         trainer.model.load_state_dict(state["model"])
         trainer.load_state_dict(state["trainer"])
@@ -636,7 +651,7 @@ class ModelBuilder:
                                                                               self.settings.threshold)})
         headline = {f"test_{name}": metrics.get(name) for name in ("loss", *run.objective.headline)}
         if self.ranks.writer:
-            TrainingLog.append_result(self.layout, {"split": TEST_SPLIT, "epoch": progress.best_epoch,
+            TrainingLog.append_result(self.files, {"split": TEST_SPLIT, "epoch": progress.best_epoch,
                                                     TEST_SPLIT: metrics})
             figures = "  ".join(f"{name[5:]} {format_figure(value)}" for name, value in headline.items())
             log.info("test (%d clips, best epoch %d by validation): %s", len(run.splits[TEST_SPLIT].index),
@@ -651,7 +666,8 @@ class ModelBuilder:
                     threshold=self.settings.threshold, max_frames=run.model.spec.max_frames, vocabulary=vocab,
                     spectrogram=vocab.frame_spec if vocab else read_frame_spec(self.layout),
                     versions=package_versions(), extra=length_metadata(self.settings))
-        write_model_card(self.layout.model_dir, self.layout, stage_params(self.config, "train"))
+        write_model_card(self.layout.model_dir, self.layout, stage_params(self.config, "train"),
+                         training_log=self.files.metrics)
         log.info("model bundle (best epoch) written to %s", self.layout.model_dir)
 
     def _log_setup(self, model: AudioClassifier, trainer: Trainer, splits: dict[str, SplitStore],

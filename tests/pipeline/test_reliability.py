@@ -130,6 +130,8 @@ def test_a_diverging_train_stops_in_one_line_and_keeps_the_bundle(project, tmp_p
     own = copy_project(project, tmp_path / "project")
     layout = Layout(own / "work")
     bundle = files_of(layout.model_dir)
+    run_files = {path: path.read_bytes() for path in (layout.metrics, layout.curves, layout.last_checkpoint,
+                                                      layout.best_checkpoint)}
     # AdamW multiplies the weights by 1 - lr·weight_decay: they overflow within the first epoch
     result = CliRunner().invoke(main, ["train", "--config", str(own / "run.toml"), "--workdir", str(own / "work"),
                                        "--set", "train.weight_decay=1e30"])
@@ -138,6 +140,7 @@ def test_a_diverging_train_stops_in_one_line_and_keeps_the_bundle(project, tmp_p
     assert re.match(r"error: training diverged in epoch 1, step \d+: the (loss|weights|validation scores) became NaN or infinite; "
                     r"train\.weight_decay \(1e\+30\) times train\.learning_rate", error), error
     assert files_of(layout.model_dir) == bundle
+    assert {path: path.read_bytes() for path in run_files} == run_files  # the good run's log and checkpoints
     config = load_config(own / "run.toml", ["train.weight_decay=1e30"], own / "work")
     state = stage_states(layout, config)["train"]
     assert state.state == "failed" and "diverged in epoch 1" in state.line()
