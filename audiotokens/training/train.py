@@ -59,7 +59,7 @@ from .checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from .contrastive import ContrastiveTrainer, head_for, trainer_type
+from .contrastive import ContrastiveTrainer, check_positive_pairs, head_for, trainer_type
 from .datasets import DATASETS, EpochShuffleSampler, make_loader
 from .epoch_log import NoTrainingLog, TrainingLog, epoch_line, finite_or_none, format_figure
 from .finetune import FineTuning
@@ -433,6 +433,8 @@ class ModelBuilder:
                 check_splits_agree(splits["train"], split)
         train = splits["train"]
         objective, classes = objective_for(train.index.task), train.index.classes
+        if settings.objective == "contrastive":
+            check_positive_pairs(settings.batch_size, train.index.labels)
         if HEADS[head_for(settings.objective, network.head)].single_label_only and objective.uses_threshold:
             raise UserError(f"model.head={network.head} needs single-label data but the task is "
                             f"{objective.task}; use model.head=linear")
