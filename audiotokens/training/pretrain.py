@@ -46,6 +46,7 @@ from ..model.batching import longest_first
 from ..model.bundle import METADATA, SPEC, WEIGHTS
 from ..model.inputs import pack_frames, pack_sequences
 from ..model.parts import (
+    ENCODERS,
     MASK,
     PRETRAINED_PARTS,
     TOKEN_OFFSET,
@@ -114,6 +115,15 @@ def mlm_corrupt(ids: torch.Tensor, attention_mask: torch.Tensor, *, codebook_siz
 # ---------------------------------------------------------------- the model
 
 
+def check_pretrainable(encoder: str) -> None:
+    """Masked prediction needs one encoder output per input position: refused first, before the model spec's
+    checks of a classifier (which would ask for another model.input) name a reason that does not apply."""
+    kind = ENCODERS.get(encoder)  # an unknown name: the model spec's check names the valid ones
+    if kind is not None and (kind.reads_raw_frames or not kind.has_cls):
+        raise UserError(f"pre-training needs an encoder with one output per position (bert or conformer), "
+                        f"got model.encoder={encoder}")
+
+
 class MaskedPredictor(nn.Module):
     """An AudioClassifier's embedder and encoder, with one linear head per codebook over every position.
 
@@ -122,9 +132,7 @@ class MaskedPredictor(nn.Module):
 
     def __init__(self, *, backbone: AudioClassifier, codebook_sizes: list[int]):
         super().__init__()
-        if backbone.encoder.reads_raw_frames or not backbone.encoder.has_cls:
-            raise UserError(f"pre-training needs an encoder with one output per position (bert or conformer), "
-                            f"got model.encoder={backbone.spec.encoder}")
+        check_pretrainable(backbone.spec.encoder)
         self.backbone = backbone
         size = backbone.encoder.output_size
         self.heads = nn.ModuleList(nn.Linear(size, n) for n in codebook_sizes)
@@ -243,6 +251,7 @@ class Pretrainer:
         started = time.perf_counter()
 
         settings = self.settings
+        check_pretrainable(self.config.model.encoder)
         vocab = read_vocabulary(self.layout)
         fit_loader, held_loader, max_frames, counts = self._loaders(vocab)
         frames = settings.objective == "masked_frames"

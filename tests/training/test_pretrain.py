@@ -216,6 +216,15 @@ def test_a_diverging_pretraining_stops_in_one_line_and_writes_nothing(tmp_path):
     assert not (tmp_path / "output" / "pretrain").exists()
 
 
+@pytest.mark.parametrize("encoder", ["cnn", "ssl"])
+def test_an_encoder_without_one_output_per_position_is_named_as_the_reason(tmp_path, encoder):
+    make_workdir(tmp_path, n_train=8, n_validation=4)
+    config = load_config(overrides=[*SMALL, f"model.encoder={encoder}"], workdir=tmp_path)
+    with pytest.raises(UserError, match=f"^pre-training needs an encoder with one output per position \\(bert or "
+                                        f"conformer\\), got model.encoder={encoder}$"):
+        Pretrainer(config).run()
+
+
 def test_unlabelled_audio_joins_the_catalogue_in_no_split(tmp_path):
     import soundfile as sf
 
