@@ -225,6 +225,18 @@ def test_an_encoder_without_one_output_per_position_is_named_as_the_reason(tmp_p
         Pretrainer(config).run()
 
 
+def test_init_from_a_pretraining_with_other_heads_is_refused_in_one_line(tmp_path):
+    """Q/K/V matrices have the same shapes whatever model.num_heads: the model specs are compared."""
+    make_workdir(tmp_path, n_train=16, n_validation=4)
+    Pretrainer(load_config(overrides=[*SMALL, "pretrain.epochs=1"], workdir=tmp_path)).run()
+    out = tmp_path / "output" / "pretrain"
+    config = load_config(overrides=[*SMALL, "model.num_heads=4", "train.epochs=1", f"train.init={out}"],
+                         workdir=tmp_path)
+    with pytest.raises(UserError, match=r"^'train.init' \(.*pretrain\) has another network than model.\* describes "
+                                        r"\(model.num_heads 2 there, 4 here\); use the model.\* settings"):
+        ModelBuilder(config).run()
+
+
 def test_unlabelled_audio_joins_the_catalogue_in_no_split(tmp_path):
     import soundfile as sf
 
