@@ -12,6 +12,7 @@ arithmetic.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import resource
@@ -69,6 +70,12 @@ class LengthPlan:
         if not self.crop_frames:
             return data_frames
         return min(data_frames, max(self.crop_frames, self.eval_window))
+
+    def within(self, model_frames: int) -> LengthPlan:
+        """Evaluation windows no longer than the model holds, as the bundle cuts them (model/bundle.py)."""
+        if self.eval_window <= model_frames:
+            return self
+        return dataclasses.replace(self, eval_window=model_frames)
 
     def training_lengths(self, lengths: np.ndarray) -> np.ndarray:
         return np.minimum(lengths, self.crop_frames) if self.crop_frames else np.asarray(lengths)

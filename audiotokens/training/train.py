@@ -227,10 +227,13 @@ def model_length(splits: dict[str, SplitStore], max_length: int) -> int:
     return max(longest, 1)
 
 
-def report_truncation(splits: dict[str, SplitStore], max_frames: int) -> dict[str, int]:
-    """Count and loudly log what max_frames cuts; nothing is truncated silently."""
+def report_truncation(splits: dict[str, SplitStore], max_frames: int, windowed: bool = False) -> dict[str, int]:
+    """Count and loudly log what max_frames cuts; nothing is truncated silently. Scored in windows
+    (`windowed`), validation and test clips are read whole: only training clips are cut."""
     counts = {"truncated_clips": 0, "truncated_frames": 0}
     for split in splits.values():
+        if windowed and split.name != "train":
+            continue
         excess = split.index.lengths - max_frames
         clips, frames = int((excess > 0).sum()), int(excess[excess > 0].sum())
         if clips:
@@ -257,6 +260,12 @@ def make_split_loader(split: SplitStore, input_kind: str, objective: Objective, 
     sampler = (EpochShuffleSampler(len(dataset), shuffle_seed) if shuffle_seed is not None
                else longest_first(dataset.lengths))
     return make_loader(dataset, batch_size, sampler, num_workers, pin_memory, seed)
+
+
+def scored_frames(split: SplitStore, scoring: LengthPlan, max_frames: int) -> int:
+    """Frames of each clip a validation or test pass reads: whole clips when it scores windows (as the bundle
+    does, whatever model.max_length), else the first max_frames."""
+    return max(int(split.index.lengths.max(initial=1)), 1) if scoring.eval_window else max_frames
 
 
 def length_metadata(settings) -> dict[str, int]:
@@ -439,10 +448,11 @@ class ModelBuilder:
             raise UserError(f"model.head={network.head} needs single-label data but the task is "
                             f"{objective.task}; use model.head=linear")
         max_frames = model_length(splits, network.max_length)
-        truncation = report_truncation(splits, max_frames)
-        tables = decode_tables(network.input, network.token_embedding, vocab)
         plan = LengthPlan.from_settings(settings)
+        truncation = report_truncation(splits, max_frames, windowed=bool(plan.eval_window))
+        tables = decode_tables(network.input, network.token_embedding, vocab)
         spec = model_spec(self.config, classes, plan.model_frames(max_frames), splits, vocab, tables)
+        scoring = plan.within(spec.max_frames)  # validation and test windows: the bundle's
         report_short_clips(splits, spec)
 
         seed_everything(settings.seed)
@@ -452,8 +462,12 @@ class ModelBuilder:
                                     vocabulary_digest=vocab.digest if vocab else None)
         device = self._join(pick_device(settings.device))
         loaders = {name: make_split_loader(split, network.input, objective, max_frames, settings.batch_size,
-                                           settings.seed if name == "train" else None, settings.num_workers,
-                                           device.type == "cuda", settings.seed, plan, self.ranks)
+                                           settings.seed, settings.num_workers, device.type == "cuda",
+                                           settings.seed, plan, self.ranks)
+                   if name == "train" else
+                   make_split_loader(split, network.input, objective, scored_frames(split, scoring, max_frames),
+                                     settings.batch_size, None, settings.num_workers, device.type == "cuda",
+                                     settings.seed, scoring, self.ranks)
                    for name, split in splits.items()}
         steps_per_epoch = math.ceil(len(loaders["train"]) / settings.grad_accum)
         trainer = trainer_type(settings.objective)(

@@ -190,6 +190,29 @@ def test_validation_by_windows_scores_like_the_bundle(cropped):
     np.testing.assert_allclose(result.scores, bundle.scores(clips), rtol=1e-5, atol=1e-6)
 
 
+def test_with_max_length_validation_windows_cover_whole_clips_as_the_bundle_does(tmp_path):
+    layout = make_workdir(tmp_path, n_train=16, n_validation=8, lengths=(30, 60))
+    config = load_config(overrides=[*SMALL, "model.max_length=20", f"train.crop_frames={CROP}", "train.epochs=1"],
+                         workdir=tmp_path)
+    counts = ModelBuilder(config).run()
+    train = read_split_tokens(layout, "train", read_vocabulary(layout))
+    assert counts["truncated_clips"] == len(train.index)  # training reads the first 20 frames; scoring all
+    bundle = load_bundle(layout.model_dir)
+    run = ModelBuilder(config)._prepare()
+    run.model.load_state_dict(bundle.model.state_dict())
+    loader = run.loaders["validation"]
+    split = run.splits["validation"]
+    ends = {}
+    for batch in loader.batch_sampler:
+        for i, _, stop in batch:
+            ends[i] = max(ends.get(i, 0), stop)
+    assert ends == {i: int(n) for i, n in enumerate(split.index.lengths)}
+    tokens = np.load(layout.tokens, mmap_mode="r")
+    clips = [np.array(tokens[o:o + n]) for o, n in zip(split.index.offsets, split.index.lengths)]
+    np.testing.assert_allclose(evaluate_split(run.trainer, loader).scores, bundle.scores(clips), rtol=1e-5,
+                               atol=1e-6)
+
+
 def test_small_data_config_loads_with_known_keys():
     from pathlib import Path
 
