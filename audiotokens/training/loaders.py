@@ -172,14 +172,16 @@ def evaluation_loader(dataset: ClipDataset, plan: LengthPlan, *, seed: int, num_
 
 
 def evaluate_split(trainer: Trainer, loader: DataLoader) -> PassResult:
-    """One eval pass; a clip read as windows gets the mean of its windows' scores (and of their losses)."""
+    """One eval pass; a clip read as windows gets the mean of its windows' scores and of their losses, and
+    the pass's loss is the mean over clips."""
     result = trainer.evaluate(loader)
     counts = getattr(loader, "window_counts", None)
     if counts is None or (counts == 1).all():
         return result
     # the pass returns pieces sorted by clip index (stable), so each clip's windows are consecutive
-    return PassResult(result.loss, result.targets[first_windows(counts)], mean_over_windows(result.scores, counts),
-                      len(counts), result.seconds)
+    clip_losses = mean_over_windows(result.clip_losses[:, None], counts)[:, 0]
+    return PassResult(float(clip_losses.mean()), result.targets[first_windows(counts)],
+                      mean_over_windows(result.scores, counts), len(counts), result.seconds, clip_losses)
 
 
 # ---------------------------------------------------------------- steps and epochs

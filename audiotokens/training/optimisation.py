@@ -86,13 +86,15 @@ class WarmupLinearSchedule:
 
 @dataclass
 class PassResult:
-    """One pass over a split: mean loss and the scores of every clip, in index order."""
+    """One pass over a split: mean loss and the scores of every clip, in index order (an evaluation pass:
+    each clip's or window's own loss too)."""
 
     loss: float
     targets: np.ndarray
     scores: np.ndarray
     samples: int
     seconds: float
+    clip_losses: np.ndarray | None = None
 
 
 class Optimisation:
@@ -275,7 +277,7 @@ class Trainer(Optimisation):
         started = time.perf_counter()
         for batch in batches:
             loss, logits, targets = self.forward(batch)
-            collector.add(loss, logits, targets, batch["indices"])
+            collector.add(loss, logits, targets, batch["indices"], self.objective.clip_losses(logits, targets))
         return collector.result(started)
 
 
@@ -300,15 +302,20 @@ class ScoreCollector:
         self.samples = 0
         self.batches = 0
 
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor):
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor,
+            clip_losses: torch.Tensor | None = None):
+        """One batch; `clip_losses` (each row's loss) are kept when given, for every batch of the pass."""
         if self.ranks.active:
             real = indices >= 0
             logits, targets, indices = logits[real.to(logits.device)], targets[real.to(targets.device)], indices[real]
+            if clip_losses is not None:
+                clip_losses = clip_losses[real.to(clip_losses.device)]
         self.loss_sum += loss.to(self.loss_sum.dtype) * len(indices)
         self.samples += len(indices)
         batch = torch.full((len(indices),), self.batches, dtype=torch.long)
         self.batches += 1
-        self.pending.append((self.objective.scores(logits), targets, indices, batch))
+        rows = (self.objective.scores(logits), targets, indices, batch)
+        self.pending.append(rows if clip_losses is None else (*rows, clip_losses.to(self.loss_sum.dtype)))
         if len(self.pending) >= FLUSH_EVERY:
             self.flush()
 
@@ -328,7 +335,8 @@ class ScoreCollector:
             parts = distributed.gather((loss_sum, samples, rows), self.ranks)
             loss_sum, samples = sum(p[0] for p in parts), sum(p[1] for p in parts)
             rows = [np.concatenate(column) for column in zip(*(p[2] for p in parts if p[2]))]
-        scores, targets, indices, batches = rows
+        scores, targets, indices, batches, *clip_losses = rows
         order = np.lexsort((batches, indices))  # by clip, then by pass order (a clip's windows)
         seconds = time.perf_counter() - started
-        return PassResult(loss_sum / max(samples, 1), targets[order], scores[order], samples, seconds)
+        return PassResult(loss_sum / max(samples, 1), targets[order], scores[order], samples, seconds,
+                          clip_losses[0][order] if clip_losses else None)
