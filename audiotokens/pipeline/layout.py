@@ -247,8 +247,8 @@ class Layout:
         return self.run_files.checkpoints
 
     def resume_checkpoint(self, stage: str) -> Path:
-        """The training state `--resume` continues from (the pretrain or train stage's; train's own run under
-        way comes first, see training/run_files.py)."""
+        """The training state `--resume` continues from (the pretrain or train stage's; for train, the
+        finished run's, unless a run under way in output/train.partial/ matches: training/run_files.py)."""
         return {"pretrain": self.pretrain_checkpoint, "train": self.last_checkpoint}[stage]
 
     @property

@@ -26,8 +26,8 @@ log = logging.getLogger("audiotokens")
 # A SupCon loss within this share of its chance level after this many epochs means the embeddings have not
 # started to separate (seen with cls pooling and dropout 0.2 on a small speaker set: no epoch ever left it)
 CHANCE_SHARE, CHANCE_EPOCHS = 0.98, 3
-# Batches without two clips of a class add nothing to the loss; past this share of an epoch's batches it is said
-# (a last short batch of one clip alone is common and harmless)
+# Batches without two clips of a class add nothing to the loss; past this share of an epoch's batches it is
+# said (a last short batch of one clip alone is common and harmless)
 PAIRLESS_SHARE = 0.1
 
 CLASS_MEANS_HEAD = "class_means"
@@ -55,8 +55,8 @@ def check_positive_pairs(batch_size: int, labels: Sequence[Sequence[int]]) -> No
                         "train.batch_size >= 2 (e.g. 16)")
     clips_per_class = Counter(label for clip in labels for label in set(clip))
     if not any(count >= 2 for count in clips_per_class.values()):
-        raise UserError("train.objective=contrastive learns from pairs of clips of a class, but no class has two "
-                        "training clips; add clips or use train.objective=classify")
+        raise UserError("train.objective=contrastive learns from pairs of clips of a class, but no class has "
+                        "two training clips; add clips or use train.objective=classify")
 
 
 def trainer_type(objective: str) -> type[Trainer]:
@@ -101,14 +101,14 @@ class ContrastiveTrainer(Trainer):
         """No batch of the epoch held two clips of a class: the loss was exactly 0 throughout, refused; many
         such batches: said once."""
         if n_batches and pairless == n_batches:
-            raise UserError("train.objective=contrastive: no batch of the epoch held two clips of a class, so "
-                            "every loss was 0 and nothing was learned; raise train.batch_size or "
+            raise UserError("train.objective=contrastive: no batch of the epoch held two clips of a class, "
+                            "so every loss was 0 and nothing was learned; raise train.batch_size or "
                             "train.batch_frames (batches of more clips), or set train.sampler=balanced")
         if not self.warned_pairless and pairless > PAIRLESS_SHARE * n_batches:
             self.warned_pairless = True
-            log.warning("train.objective=contrastive: %d of %d batches of an epoch held no two clips of a class "
-                        "and added nothing to the loss; a larger train.batch_size (or train.batch_frames) or "
-                        "train.sampler=balanced gives more pairs", pairless, n_batches)
+            log.warning("train.objective=contrastive: %d of %d batches of an epoch held no two clips of a "
+                        "class and added nothing to the loss; a larger train.batch_size (or "
+                        "train.batch_frames) or train.sampler=balanced gives more pairs", pairless, n_batches)
 
     def warn_at_chance(self, loss: float, chance: float) -> None:
         if self.warned or self.epochs_done < CHANCE_EPOCHS or loss < CHANCE_SHARE * chance:

@@ -83,8 +83,8 @@ def check_same_network(theirs: dict[str, Any], mine: ModelSpec, path: Path) -> N
                     if params[0].get(key) != params[1].get(key)]
     if differences:
         listed = "; ".join(f"{name} {old!r} there, {new!r} here" for name, old, new in differences[:3])
-        raise UserError(f"'train.init' ({path}) has another network than model.* describes ({listed}); use the "
-                        "model.* settings of the pre-training")
+        raise UserError(f"'train.init' ({path}) has another network than model.* describes ({listed}); use "
+                        "the model.* settings of the pre-training")
 
 
 def load_pretrained(model: nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
@@ -174,7 +174,8 @@ class FineTuning:
         path = Path(self.init)
         weights, meta = read_pretrained(path)
         check_compatible(meta, path, frame_spec=frame_spec, vocabulary_digest=vocabulary_digest)
-        check_same_network(read_json(path / SPEC, "a pre-training or bundle folder has one"), model.spec, path)
+        spec = read_json(path / SPEC, "a pre-training or bundle folder has one")
+        check_same_network(spec, model.spec, path)
         load_pretrained(model, weights, path)
         log.info("embedder and encoder start from %s (%s)", path, meta.get("objective", "a trained bundle"))
 

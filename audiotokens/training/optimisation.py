@@ -144,11 +144,12 @@ class Optimisation:
         if self.first_nonfinite_step is None:
             self.first_nonfinite_step = torch.full((), -1, dtype=torch.long, device=loss.device)
         first = self.first_nonfinite_step
-        self.first_nonfinite_step = torch.where(~torch.isfinite(loss.detach()) & (first < 0), self.step + 1, first)
+        bad = ~torch.isfinite(loss.detach()) & (first < 0)
+        self.first_nonfinite_step = torch.where(bad, self.step + 1, first)
 
     def nonfinite(self) -> tuple[str, int] | None:
-        """("loss", step) when a watched loss was not finite, ("weights", step) when a weight is NaN or infinite
-        now (the step the weights last changed); None while training is numerically sound."""
+        """("loss", step) when a watched loss was not finite, ("weights", step) when a weight is NaN or
+        infinite now (the step the weights last changed); None while training is numerically sound."""
         if self.first_nonfinite_step is not None and (step := int(self.first_nonfinite_step.item())) >= 0:
             return "loss", step
         if not torch.stack([torch.isfinite(p).all() for p in self.parameters]).all():
@@ -277,7 +278,8 @@ class Trainer(Optimisation):
         started = time.perf_counter()
         for batch in batches:
             loss, logits, targets = self.forward(batch)
-            collector.add(loss, logits, targets, batch["indices"], self.objective.clip_losses(logits, targets))
+            clip_losses = self.objective.clip_losses(logits, targets)
+            collector.add(loss, logits, targets, batch["indices"], clip_losses)
         return collector.result(started)
 
 

@@ -364,7 +364,8 @@ class Pretrainer:
                 "masked_positions": count}
 
     def _stop_if_diverged(self, steps: Optimisation, epoch: int, found: tuple[str, int] | None) -> None:
-        """NaN or infinite numbers end the pre-training before the epoch's checkpoint: output/pretrain stays."""
+        """NaN or infinite numbers end the pre-training before the epoch's checkpoint: output/pretrain
+        stays as it was."""
         if found is not None:
             hint = divergence_hint(learning_rate=self.settings.learning_rate,
                                    learning_rate_key="pretrain.learning_rate",

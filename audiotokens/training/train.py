@@ -4,8 +4,9 @@ Reads each split's view of tokenized/tokens.npy and output/vocabulary/ (model.in
 processed/frames/frames.npy (model.input = "frames", or "waveform": rows of samples that a pretrained speech
 model, model.encoder = "ssl", is fine-tuned on); writes checkpoints/{last,best}.pt every epoch,
 metrics.jsonl, curves.png and, from the best checkpoint, the portable bundle output/model/. The run's files
-stay in output/train.partial/ until its bundle is written, then replace output/'s (run_files.py). The best epoch is chosen on validation; when a test split exists, the best checkpoint is
-scored on it once at the end, and those figures are reported as test.
+stay in output/train.partial/ until its bundle is written, then replace output/'s (run_files.py). The best
+epoch is chosen on validation; when a test split exists, the best checkpoint is scored on it once at the
+end, and those figures are reported as test.
 
 Train-side metrics come from the epoch's own forward passes (dropout on, weights moving during the
 epoch); they cost nothing extra and are the usual way to watch over-fitting, but are not a clean
@@ -227,7 +228,8 @@ def model_length(splits: dict[str, SplitStore], max_length: int) -> int:
     return max(longest, 1)
 
 
-def report_truncation(splits: dict[str, SplitStore], max_frames: int, windowed: bool = False) -> dict[str, int]:
+def report_truncation(splits: dict[str, SplitStore], max_frames: int,
+                      windowed: bool = False) -> dict[str, int]:
     """Count and loudly log what max_frames cuts; nothing is truncated silently. Scored in windows
     (`windowed`), validation and test clips are read whole: only training clips are cut."""
     counts = {"truncated_clips": 0, "truncated_frames": 0}
@@ -434,8 +436,8 @@ class ModelBuilder:
         settings, network = self.settings, self.network
         check_parts(network)
         if self.resume and not resumable_runs(self.layout):
-            raise UserError(f"no checkpoint at {self.files.last_checkpoint} or {self.layout.last_checkpoint}; "
-                            "train without --resume to start")
+            raise UserError(f"no checkpoint at {self.files.last_checkpoint} or "
+                            f"{self.layout.last_checkpoint}; train without --resume to start")
         splits, vocab = read_splits(self.layout, network.input)
         for split in splits.values():
             if split.name != "train":
@@ -461,13 +463,14 @@ class ModelBuilder:
         self.fine_tuning.initialise(model, frame_spec=vocab.frame_spec if vocab else read_frame_spec(self.layout),
                                     vocabulary_digest=vocab.digest if vocab else None)
         device = self._join(pick_device(settings.device))
+        pin = device.type == "cuda"
         loaders = {name: make_split_loader(split, network.input, objective, max_frames, settings.batch_size,
-                                           settings.seed, settings.num_workers, device.type == "cuda",
-                                           settings.seed, plan, self.ranks)
+                                           settings.seed, settings.num_workers, pin, settings.seed, plan,
+                                           self.ranks)
                    if name == "train" else
-                   make_split_loader(split, network.input, objective, scored_frames(split, scoring, max_frames),
-                                     settings.batch_size, None, settings.num_workers, device.type == "cuda",
-                                     settings.seed, scoring, self.ranks)
+                   make_split_loader(split, network.input, objective,
+                                     scored_frames(split, scoring, max_frames), settings.batch_size, None,
+                                     settings.num_workers, pin, settings.seed, scoring, self.ranks)
                    for name, split in splits.items()}
         steps_per_epoch = math.ceil(len(loaders["train"]) / settings.grad_accum)
         trainer = trainer_type(settings.objective)(
@@ -529,7 +532,8 @@ class ModelBuilder:
 
     # ------------------------------------------------------------ epochs
 
-    def _stop_if_diverged(self, trainer: Trainer, progress: Progress, checked: PassResult | None = None) -> None:
+    def _stop_if_diverged(self, trainer: Trainer, progress: Progress,
+                          checked: PassResult | None = None) -> None:
         """A NaN or infinite loss, weight or validation score ends the run in one line, before anything of
         the epoch is written: the bundle and the checkpoints stay those of the last sound run."""
         found = trainer.nonfinite()
@@ -537,7 +541,8 @@ class ModelBuilder:
             found = ("validation scores", trainer.step)
         if found is not None:
             settings = self.settings
-            hint = divergence_hint(learning_rate=settings.learning_rate, learning_rate_key="train.learning_rate",
+            hint = divergence_hint(learning_rate=settings.learning_rate,
+                                   learning_rate_key="train.learning_rate",
                                    weight_decay=settings.weight_decay, grad_clip=settings.grad_clip,
                                    precision=trainer.precision)
             raise divergence_error(found, epoch=progress.epoch + 1, hint=hint, kept=self.layout.model_dir)
@@ -603,7 +608,8 @@ class ModelBuilder:
                 if files != self.files and self.ranks.writer:
                     adopt(files, self.files)
                 return state, files.last_checkpoint
-            refusals.append(f"{files.last_checkpoint} was written by a different run ({'; '.join(differences)})")
+            changes = "; ".join(differences)
+            refusals.append(f"{files.last_checkpoint} was written by a different run ({changes})")
         raise UserError(f"{refusals[0]}; train without --resume to start over")
 
     def _restore(self, run: TrainingRun) -> Progress:

@@ -123,7 +123,8 @@ def test_a_damaged_bundle_is_stale_and_refused_in_one_line(project, tmp_path):
 
 
 def files_of(folder: Path) -> dict[str, bytes]:
-    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*"))
+            if path.is_file()}
 
 
 def test_a_diverging_train_stops_in_one_line_and_keeps_the_bundle(project, tmp_path):
@@ -133,12 +134,13 @@ def test_a_diverging_train_stops_in_one_line_and_keeps_the_bundle(project, tmp_p
     run_files = {path: path.read_bytes() for path in (layout.metrics, layout.curves, layout.last_checkpoint,
                                                       layout.best_checkpoint)}
     # AdamW multiplies the weights by 1 - lr·weight_decay: they overflow within the first epoch
-    result = CliRunner().invoke(main, ["train", "--config", str(own / "run.toml"), "--workdir", str(own / "work"),
-                                       "--set", "train.weight_decay=1e30"])
+    result = CliRunner().invoke(main, ["train", "--config", str(own / "run.toml"), "--workdir",
+                                       str(own / "work"), "--set", "train.weight_decay=1e30"])
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     error = result.stderr.strip().splitlines()[-1]
-    assert re.match(r"error: training diverged in epoch 1, step \d+: the (loss|weights|validation scores) became NaN or infinite; "
-                    r"train\.weight_decay \(1e\+30\) times train\.learning_rate", error), error
+    assert re.match(r"error: training diverged in epoch 1, step \d+: the (loss|weights|validation scores) "
+                    r"became NaN or infinite; train\.weight_decay \(1e\+30\) times train\.learning_rate",
+                    error), error
     assert files_of(layout.model_dir) == bundle
     assert {path: path.read_bytes() for path in run_files} == run_files  # the good run's log and checkpoints
     config = load_config(own / "run.toml", ["train.weight_decay=1e30"], own / "work")

@@ -99,14 +99,14 @@ def test_batches_that_cannot_hold_a_pair_of_a_class_are_refused(tmp_path):
     with pytest.raises(UserError, match=r"train.batch_size=1 makes batches of one clip, which hold none"):
         ModelBuilder(load_config(overrides=[*contrastive, "train.batch_size=1"], workdir=tmp_path)).run()
     # a budget of 30 positions holds one clip of 22-26 positions: every loss would be exactly 0
-    with pytest.raises(UserError, match="no batch of the epoch held two clips of a class, so every loss was 0"):
+    with pytest.raises(UserError, match="no batch of the epoch held two clips of a class, so every loss"):
         ModelBuilder(load_config(overrides=[*contrastive, "train.batch_frames=30"], workdir=tmp_path)).run()
 
     one_each = tmp_path / "one_each"
     ids = {"train": ["a", "b", "c"], "validation": ["d", "e"]}
     write_plan(one_each, ids, {"a": [0], "b": [1], "c": [2], "d": [0], "e": [1]}, ["x", "y", "z"])
     write_frames(one_each, [(i, np.ones((8, 4), dtype=np.float32)) for i in "abcde"])
-    with pytest.raises(UserError, match="no class has two training clips; add clips or use train.objective=classify"):
+    with pytest.raises(UserError, match="no class has two training clips; add clips or use train.objective"):
         ModelBuilder(load_config(overrides=contrastive, workdir=one_each)).run()
 
 

@@ -222,8 +222,8 @@ def test_the_windowed_validation_loss_is_a_mean_over_clips(cropped):
 
 def test_with_max_length_validation_windows_cover_whole_clips_as_the_bundle_does(tmp_path):
     layout = make_workdir(tmp_path, n_train=16, n_validation=8, lengths=(30, 60))
-    config = load_config(overrides=[*SMALL, "model.max_length=20", f"train.crop_frames={CROP}", "train.epochs=1"],
-                         workdir=tmp_path)
+    config = load_config(overrides=[*SMALL, "model.max_length=20", f"train.crop_frames={CROP}",
+                                    "train.epochs=1"], workdir=tmp_path)
     counts = ModelBuilder(config).run()
     train = read_split_tokens(layout, "train", read_vocabulary(layout))
     assert counts["truncated_clips"] == len(train.index)  # training reads the first 20 frames; scoring all

@@ -255,8 +255,8 @@ def test_a_failed_run_leaves_the_finished_runs_files_and_resumes_aside(tmp_path,
     assert load_checkpoint(layout.last_checkpoint)["epoch"] == 3
     rows = [json.loads(line) for line in layout.metrics.read_text().splitlines()]
     assert [row["epoch"] for row in rows] == [1, 2, 3]
-    assert load_checkpoint(layout.best_checkpoint)["epoch"] == max(rows, key=lambda r: (r["validation"]["mAP"],
-                                                                                          -r["epoch"]))["epoch"]
+    best = max(rows, key=lambda row: (row["validation"]["mAP"], -row["epoch"]))
+    assert load_checkpoint(layout.best_checkpoint)["epoch"] == best["epoch"]
     model_card = (layout.model_dir / "README.md").read_text()
     assert f"best epoch {counts['best_epoch']}" in model_card
 
