@@ -187,6 +187,16 @@ def test_validation_clips_all_skipped_at_training(own_project):
     assert "no clip of split 'validation'" in message and str(layout.tokens) in message
 
 
+@pytest.mark.parametrize(("command", "settings", "expected"), [
+    ("train", ["train.objective=contrastive", "train.batch_size=1"],
+     "train.batch_size=1 makes batches of one clip, which hold none; use train.batch_size >= 2"),
+    ("pretrain", ["model.encoder=cnn"], "pre-training needs an encoder with one output per position"),
+])
+def test_settings_that_cannot_train_name_the_reason(own_project, command, settings, expected):
+    message = user_error(command, *common(own_project), *(part for s in settings for part in ("--set", s)))
+    assert expected in message
+
+
 def test_label_not_in_the_class_list(project, tmp_path):
     manifest = write_manifest(tmp_path / "eval.csv", "path,label",
                               [f"{project / 'audio/clip00.wav'},low", f"{project / 'audio/clip01.wav'},violin"])

@@ -91,7 +91,7 @@ MEL_GROUPS = 4  # products the mel filterbank is cut into (see _mel_groups): few
 # its input is the mel magnitude of samples scaled from [-1, 1] to 32-bit integers (PCEN_INPUT_SCALE)
 PCEN = {"gain": 0.98, "bias": 2.0, "power": 0.5, "time_constant": 0.4, "eps": 1e-6}
 PCEN_INPUT_SCALE = 2.0 ** 31
-PART_FORMAT = 3  # bump when the part files' layout or the frame computation changes, so old parts are discarded
+PART_FORMAT = 5  # bump when the part files' layout or the frame computation changes, so old parts are discarded
 
 
 # ---------------------------------------------------------------- parameters
@@ -378,9 +378,9 @@ class MelPower:
         self._squared = not magnitude
         self._n_fft, self._hop = params.n_fft, params.hop_length
         self._mel = _mel_groups(params.sample_rate, params.n_fft, params.n_mels, params.fmin, params.fmax)
-        # (1 + length // hop) frames of center=True; allocated once: small pieces kept between large
-        # temporaries would fragment the heap and grow the process by several times the frames' size
-        self.frames = np.empty((1 + length // self._hop, params.n_mels), dtype=np.float32)
+        # allocated once: small pieces kept between large temporaries would fragment the heap and grow the
+        # process by several times the frames' size
+        self.frames = np.empty((frame_count(length, self._n_fft, self._hop), params.n_mels), dtype=np.float32)
         self._power = _aligned_empty((min(FFT_BLOCK, len(self.frames)), 1 + self._n_fft // 2), np.float32)
         self._pending = np.zeros(self._n_fft // 2)  # float64 samples from padded position _start
         self._start = 0
@@ -402,6 +402,8 @@ class MelPower:
                 break  # the block's last window is not complete yet
             self._block(self._done, stop)
             self._done = stop
+        if last and self._done < len(self.frames):  # frames is np.empty: an uncomputed row would be garbage
+            raise RuntimeError(f"MelPower computed {self._done} of {len(self.frames)} frames")
         cut = self._done * self._hop - self._start
         self._pending, self._start = self._pending[cut:], self._start + cut
 
@@ -418,6 +420,12 @@ class MelPower:
         power = torch.from_numpy(power)
         for bins, bands, weights in self._mel:
             self.frames[first:stop, bands] = torch.mm(power[:, bins], weights).numpy()
+
+
+def frame_count(length: int, n_fft: int, hop: int) -> int:
+    """Frames of librosa.stft with center=True: windows of n_fft every hop over the clip padded by n_fft // 2
+    on each side; one fewer than 1 + length // hop for an odd n_fft when the hop divides the length."""
+    return 1 + (length + 2 * (n_fft // 2) - n_fft) // hop
 
 
 def _aligned_empty(shape: tuple[int, int], dtype: type) -> np.ndarray:

@@ -47,7 +47,7 @@ from ..tokens.vocabulary import load_vocabulary
 from .batching import length_ordered_batches
 from .inputs import PACKERS, as_frames_by_codebooks
 from .objectives import Objective, objective_for
-from .parts import EXTRA_POSITIONS, SPECIAL_TOKENS, TOKEN_OFFSET, AudioClassifier, ModelSpec
+from .parts import ENCODERS, EXTRA_POSITIONS, SPECIAL_TOKENS, TOKEN_OFFSET, AudioClassifier, ModelSpec
 from .windows import clip_windows, mean_over_windows
 
 log = logging.getLogger("audiotokens")
@@ -225,6 +225,11 @@ class Bundle:
             if len(sequence) and (sequence.min() < 0 or (sequence.max(axis=0) >= sizes).any()):
                 raise UserError(f"token sequence {i} holds ids outside the codebook sizes {sizes.tolist()}; "
                                 "tokenize with the bundle's vocabulary")
+        fewest = ENCODERS[spec.encoder].min_frames(spec)
+        short = sum(len(s) < fewest for s in sequences)
+        if short:
+            log.warning("%d of %d clips are shorter than the %d frames model.encoder=%s reads; they are padded "
+                        "with zero frames to %d", short, len(sequences), fewest, spec.encoder, fewest)
         cut = [len(s) - self.max_frames for s in sequences if len(s) > self.max_frames]
         if cut and not self.window:
             log.warning("%d of %d clips are longer than the model's %d frames; %d frames were cut",

@@ -60,15 +60,17 @@ def _metric_rows(split: str, source: str, metrics: dict[str, Any]) -> list[tuple
             if isinstance(value, (int, float)) and not isinstance(value, bool) and name not in COUNTS]
 
 
-def metrics_rows(layout: Layout) -> list[tuple[Any, ...]]:
-    """(split, metric, value, where from) for the best epoch, the test split and newer evaluation reports."""
-    best, test = read_training_log(layout.metrics)
+def metrics_rows(layout: Layout, training_log: Path | None = None) -> list[tuple[Any, ...]]:
+    """(split, metric, value, where from) for the best epoch, the test split and newer evaluation reports;
+    `training_log`: the run's metrics.jsonl when it is not yet output/'s."""
+    training_log = training_log or layout.metrics
+    best, test = read_training_log(training_log)
     rows: list[tuple[Any, ...]] = []
     if best is not None:
         rows += _metric_rows("validation", f"training log, best epoch {best['epoch']}", best.get("validation", {}))
     if test is not None:
         rows += _metric_rows("test", f"training log, epoch {test.get('epoch')}", test.get("test", {}))
-    log_time = layout.metrics.stat().st_mtime if layout.metrics.is_file() else 0.0
+    log_time = training_log.stat().st_mtime if training_log.is_file() else 0.0
     for folder in layout.eval_reports():
         report = folder / EVAL_METRICS
         if report.stat().st_mtime < log_time:
@@ -107,7 +109,8 @@ def _data_section(layout: Layout) -> list[str]:
     return lines
 
 
-def model_card(bundle_dir: Path, layout: Layout, train_settings: dict[str, Any]) -> str:
+def model_card(bundle_dir: Path, layout: Layout, train_settings: dict[str, Any],
+               training_log: Path | None = None) -> str:
     """The card's text for the bundle at bundle_dir, trained in the workdir of `layout`."""
     meta = read_json(bundle_dir / BUNDLE_METADATA)
     spec = read_json(bundle_dir / BUNDLE_SPEC)
@@ -146,7 +149,7 @@ def model_card(bundle_dir: Path, layout: Layout, train_settings: dict[str, Any])
         "or `audiotokens predict --model path/to/this/folder clip.wav`.", "",
         *_data_section(layout),
         "## Settings that shaped the model", "", *_table(("setting", "value"), settings),
-        "## Evaluation", "", *_evaluation(layout),
+        "## Evaluation", "", *_evaluation(layout, training_log),
         "## Intended use and limits", "", *limits, "",
         "## Versions", "", *_table(("package", "version"), list(meta.get("versions", {}).items())),
     ]
@@ -184,16 +187,17 @@ def _tokenizer_rows(bundle_dir: Path, meta: dict[str, Any]) -> list[tuple[Any, .
         [("tokenizer.digest", meta.get("vocabulary_digest"))]
 
 
-def _evaluation(layout: Layout) -> list[str]:
-    rows = metrics_rows(layout)
+def _evaluation(layout: Layout, training_log: Path | None) -> list[str]:
+    rows = metrics_rows(layout, training_log)
     if not rows:
         return ["No metrics were recorded.", ""]
     return _table(("split", "metric", "value", "from"), rows)
 
 
-def write_model_card(bundle_dir: str | Path, layout: Layout, train_settings: dict[str, Any]) -> Path:
+def write_model_card(bundle_dir: str | Path, layout: Layout, train_settings: dict[str, Any],
+                     training_log: Path | None = None) -> Path:
     bundle_dir = Path(bundle_dir)
     path = bundle_dir / BUNDLE_CARD
     with atomic_path(path) as tmp:
-        tmp.write_text(model_card(bundle_dir, layout, train_settings), encoding="utf-8")
+        tmp.write_text(model_card(bundle_dir, layout, train_settings, training_log), encoding="utf-8")
     return path

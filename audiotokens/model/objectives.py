@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..data.sources.records import MULTILABEL, SINGLELABEL
@@ -30,6 +31,10 @@ class Objective(ABC):
 
     @abstractmethod
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+
+    @abstractmethod
+    def clip_losses(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(batch,) the loss of each clip (or window): `loss` is their mean."""
 
     @abstractmethod
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
@@ -70,6 +75,9 @@ class MultiLabel(Objective):
     def loss(self, logits, targets):
         return self._loss(logits, targets)
 
+    def clip_losses(self, logits, targets):
+        return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(dim=1)
+
     def scores(self, logits):
         return torch.sigmoid(logits.float())
 
@@ -102,6 +110,9 @@ class SingleLabel(Objective):
 
     def loss(self, logits, targets):
         return self._loss(logits, targets)
+
+    def clip_losses(self, logits, targets):
+        return F.cross_entropy(logits, targets, reduction="none")
 
     def scores(self, logits):
         return torch.softmax(logits.float(), dim=-1)

@@ -250,6 +250,11 @@ class Encoder(nn.Module):
     output_size: int
 
     @classmethod
+    def min_frames(cls, spec: ModelSpec) -> int:
+        """The fewest frames a clip must have to give an output that depends on it (shorter ones are padded)."""
+        return 1
+
+    @classmethod
     def check(cls, spec: ModelSpec) -> None:
         """Settings this encoder cannot work with, as one-line UserErrors naming the model keys."""
         heads = spec.encoder_params.get("num_heads", 1)
@@ -379,23 +384,31 @@ class CnnEncoder(Encoder):
     """A small PANNs-style CNN over the mel frames as an image (time x mel), frames input only.
 
     Blocks double the channels up to hidden_size; the output is one vector per remaining time step
-    (mean over the remaining mel bins), pooled by mean or attention pooling.
+    (mean over the remaining mel bins), pooled by mean or attention pooling. A clip shorter than
+    2 ** blocks frames would pool to no time step at all, and every such clip would get the same output:
+    it is read as if followed by zero frames up to that length, alone or in a batch alike.
     """
 
     reads_raw_frames = True
     frames_only = True
     has_cls = False
     MAX_BLOCKS = 6  # each block halves time and frequency
+    DEFAULT_BLOCKS = 4
+
+    @classmethod
+    def min_frames(cls, spec: ModelSpec) -> int:
+        return 2 ** spec.encoder_params.get("num_layers", cls.DEFAULT_BLOCKS)
 
     @classmethod
     def check(cls, spec: ModelSpec) -> None:
-        blocks = spec.encoder_params.get("num_layers", 4)
+        blocks = spec.encoder_params.get("num_layers", cls.DEFAULT_BLOCKS)
         if blocks > cls.MAX_BLOCKS:
             raise UserError(f"model.encoder=cnn uses model.num_layers conv blocks, each halving time and "
                             f"frequency; use 1 to {cls.MAX_BLOCKS}, got {blocks}")
 
-    def __init__(self, *, spec: ModelSpec, num_layers: int = 4, **_unused: Any):
+    def __init__(self, *, spec: ModelSpec, num_layers: int = DEFAULT_BLOCKS, **_unused: Any):
         super().__init__()
+        self.fewest = 2 ** num_layers
         channels = [max(spec.hidden_size // 2 ** (num_layers - 1 - i), 1) for i in range(num_layers)]
         blocks, frequency, previous = [], spec.input_dim, 1
         for width in channels:
@@ -407,7 +420,12 @@ class CnnEncoder(Encoder):
         self.output_size = channels[-1]
 
     def forward(self, frames, mask):
-        x, lengths = frames[:, None], mask.sum(dim=1)
+        # padded frames are zeros already; the batch grows to `fewest` frames when shorter. Padding by
+        # `fewest` and cutting to max(positions, fewest), not padding by the shortfall, keeps the ONNX
+        # trace's padding dynamic (a Python max of the traced length would be frozen at the example's)
+        keep = torch.clamp(torch.as_tensor(frames.shape[1]), min=self.fewest)
+        x = F.pad(frames, (0, 0, 0, self.fewest))[:, :keep][:, None]
+        lengths = mask.sum(dim=1).clamp(min=self.fewest)
         for block in self.blocks:
             x, lengths = block(x, lengths)
         hidden = self.dropout(x.mean(dim=3).transpose(1, 2))

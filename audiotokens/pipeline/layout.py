@@ -19,6 +19,8 @@ Layout under a workdir:
   output/pretrain/                  pre-trained embedder and encoder, with its metrics.jsonl and curves.png
   output/checkpoints/{last,best}.pt training state for --resume (pretrain.pt: pre-training's)
   output/metrics.jsonl, output/curves.png, output/tensorboard/ (when tensorboard is installed)
+  output/train.partial/             a train run under way: its metrics.jsonl, curves.png, tensorboard/ and
+                                    checkpoints/, swapped in for the files above with its bundle (RunFiles)
   output/eval/<name>/               evaluation reports (EVAL_* below)
   output/eval/<split>/robustness/<model | baseline_<name>>/   robustness reports (ROBUSTNESS_* below)
   output/baselines/<model>/<split>/ the MFCC baselines' reports (and <model>/fit.json, <model>/model.joblib)
@@ -36,6 +38,7 @@ constants below. Tests spell the names out, as the documentation does, and so ch
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 SPLITS = ("train", "validation", "test")  # test is optional: a split with no clips is absent
@@ -134,6 +137,38 @@ RECORDS = {
 }
 
 
+@dataclass(frozen=True)
+class RunFiles:
+    """A train run's log, curves, TensorBoard events and checkpoints, under one folder: output/ for the run
+    whose bundle is output/model/, output/train.partial/ for a run under way (training/run_files.py)."""
+
+    folder: Path
+
+    @property
+    def metrics(self) -> Path:
+        return self.folder / METRICS_LOG
+
+    @property
+    def curves(self) -> Path:
+        return self.folder / CURVES
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.folder / "tensorboard"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.folder / "checkpoints"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.checkpoints / "best.pt"
+
+
 class Layout:
     """Paths of every artifact under one workdir."""
 
@@ -213,20 +248,31 @@ class Layout:
         return self.output / "model"
 
     @property
+    def run_files(self) -> RunFiles:
+        """The files of the run whose bundle is output/model/."""
+        return RunFiles(self.output)
+
+    @property
+    def staged_run_files(self) -> RunFiles:
+        """The files of a train run under way (or failed, or interrupted: what --resume continues)."""
+        return RunFiles(self.output / "train.partial")
+
+    @property
     def checkpoints(self) -> Path:
-        return self.output / "checkpoints"
+        return self.run_files.checkpoints
 
     def resume_checkpoint(self, stage: str) -> Path:
-        """The training state `--resume` continues from (the pretrain or train stage's)."""
+        """The training state `--resume` continues from (the pretrain or train stage's; for train, the
+        finished run's, unless a run under way in output/train.partial/ matches: training/run_files.py)."""
         return {"pretrain": self.pretrain_checkpoint, "train": self.last_checkpoint}[stage]
 
     @property
     def last_checkpoint(self) -> Path:
-        return self.checkpoints / "last.pt"
+        return self.run_files.last_checkpoint
 
     @property
     def best_checkpoint(self) -> Path:
-        return self.checkpoints / "best.pt"
+        return self.run_files.best_checkpoint
 
     @property
     def pretrain_checkpoint(self) -> Path:
@@ -234,15 +280,15 @@ class Layout:
 
     @property
     def metrics(self) -> Path:
-        return self.output / METRICS_LOG
+        return self.run_files.metrics
 
     @property
     def curves(self) -> Path:
-        return self.output / CURVES
+        return self.run_files.curves
 
     @property
     def tensorboard(self) -> Path:
-        return self.output / "tensorboard"
+        return self.run_files.tensorboard
 
     @property
     def pretrain_dir(self) -> Path:

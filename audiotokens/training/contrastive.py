@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
+from collections.abc import Sequence
 
 import torch
 from torch.utils.data import DataLoader
 
 from ..errors import UserError
-from ..model.contrastive import class_means, supervised_contrastive_loss
+from ..model.contrastive import class_means, positive_pairs, supervised_contrastive_loss
 from .optimisation import PassResult, Trainer
 
 log = logging.getLogger("audiotokens")
@@ -24,6 +26,9 @@ log = logging.getLogger("audiotokens")
 # A SupCon loss within this share of its chance level after this many epochs means the embeddings have not
 # started to separate (seen with cls pooling and dropout 0.2 on a small speaker set: no epoch ever left it)
 CHANCE_SHARE, CHANCE_EPOCHS = 0.98, 3
+# Batches without two clips of a class add nothing to the loss; past this share of an epoch's batches it is
+# said (a last short batch of one clip alone is common and harmless)
+PAIRLESS_SHARE = 0.1
 
 CLASS_MEANS_HEAD = "class_means"
 
@@ -41,6 +46,19 @@ def head_for(objective: str, head: str) -> str:
     return head
 
 
+def check_positive_pairs(batch_size: int, labels: Sequence[Sequence[int]]) -> None:
+    """SupCon learns from clips of a class that meet in a batch: refuse settings and training data where
+    no batch can hold such a pair (every loss would be exactly 0 and the run would learn nothing)."""
+    if batch_size < 2:
+        raise UserError(f"train.objective=contrastive learns from pairs of clips of a class within a batch; "
+                        f"train.batch_size={batch_size} makes batches of one clip, which hold none; use "
+                        "train.batch_size >= 2 (e.g. 16)")
+    clips_per_class = Counter(label for clip in labels for label in set(clip))
+    if not any(count >= 2 for count in clips_per_class.values()):
+        raise UserError("train.objective=contrastive learns from pairs of clips of a class, but no class has "
+                        "two training clips; add clips or use train.objective=classify")
+
+
 def trainer_type(objective: str) -> type[Trainer]:
     return ContrastiveTrainer if objective == "contrastive" else Trainer
 
@@ -54,7 +72,9 @@ class ContrastiveTrainer(Trainer):
     reference: DataLoader | None = None
     epochs_done = 0
     warned = False
+    warned_pairless = False
     chance_sum = 0.0  # the epoch's chance-level loss, summed like the loss (times each batch's clips)
+    pairless: torch.Tensor | int = 0  # the epoch's batches without two clips of a class (on the device)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if not self.model.training:
@@ -65,15 +85,30 @@ class ContrastiveTrainer(Trainer):
             embeddings = self.model.embed(inputs, mask)
         logits = self.model.head(embeddings.float()).float()
         self.chance_sum += chance_level(len(targets)) * len(targets)
+        self.pairless = self.pairless + (~positive_pairs(targets).any()).long()
         return supervised_contrastive_loss(embeddings, targets), logits, targets
 
     def train_epoch(self, batches, n_batches: int) -> PassResult:
-        self.chance_sum = 0.0
+        self.chance_sum, self.pairless = 0.0, 0
         result = super().train_epoch(batches, n_batches)
+        self.check_pairs(int(self.pairless), n_batches)
         self.refit_means()
         self.epochs_done += 1
         self.warn_at_chance(result.loss, self.chance_sum / max(result.samples, 1))
         return result
+
+    def check_pairs(self, pairless: int, n_batches: int) -> None:
+        """No batch of the epoch held two clips of a class: the loss was exactly 0 throughout, refused; many
+        such batches: said once."""
+        if n_batches and pairless == n_batches:
+            raise UserError("train.objective=contrastive: no batch of the epoch held two clips of a class, "
+                            "so every loss was 0 and nothing was learned; raise train.batch_size or "
+                            "train.batch_frames (batches of more clips), or set train.sampler=balanced")
+        if not self.warned_pairless and pairless > PAIRLESS_SHARE * n_batches:
+            self.warned_pairless = True
+            log.warning("train.objective=contrastive: %d of %d batches of an epoch held no two clips of a "
+                        "class and added nothing to the loss; a larger train.batch_size (or "
+                        "train.batch_frames) or train.sampler=balanced gives more pairs", pairless, n_batches)
 
     def warn_at_chance(self, loss: float, chance: float) -> None:
         if self.warned or self.epochs_done < CHANCE_EPOCHS or loss < CHANCE_SHARE * chance:

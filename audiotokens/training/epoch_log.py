@@ -1,4 +1,5 @@
-"""Per-epoch training records: output/metrics.jsonl, TensorBoard (when installed) and output/curves.png."""
+"""Per-epoch training records: metrics.jsonl, TensorBoard (when installed) and curves.png of a run's files
+(layout.RunFiles: output/train.partial/ while the run is under way)."""
 from __future__ import annotations
 
 import logging
@@ -8,7 +9,7 @@ from typing import Any
 
 from ..model.objectives import Objective
 from ..pipeline.files import append_jsonl, atomic_path, write_jsonl
-from ..pipeline.layout import Layout
+from ..pipeline.layout import RunFiles
 
 log = logging.getLogger("audiotokens")
 
@@ -29,16 +30,16 @@ class TrainingLog:
     that ran after the last checkpoint (and were lost with it) do not appear twice.
     """
 
-    def __init__(self, layout: Layout, objective: Objective, history: list[dict[str, Any]]):
-        self.layout, self.objective = layout, objective
+    def __init__(self, files: RunFiles, objective: Objective, history: list[dict[str, Any]]):
+        self.files, self.objective = files, objective
         self.history = list(history)
-        write_jsonl(layout.metrics, self.history)
-        self.writer = _tensorboard_writer(layout.tensorboard)
+        write_jsonl(files.metrics, self.history)
+        self.writer = _tensorboard_writer(files.tensorboard)
 
     def record(self, row: dict[str, Any]) -> None:
         row = finite_or_none(row)
         self.history.append(row)
-        append_jsonl(self.layout.metrics, row)
+        append_jsonl(self.files.metrics, row)
         if self.writer is not None:
             for side in ("train", "validation"):
                 for name, value in row[side].items():
@@ -46,12 +47,12 @@ class TrainingLog:
                         self.writer.add_scalar(f"{name}/{side}", value, row["epoch"])
             self.writer.add_scalar("lr", row["lr"], row["epoch"])
             self.writer.flush()
-        draw_curves(self.history, self.objective, self.layout.curves)
+        draw_curves(self.history, self.objective, self.files.curves)
 
     @staticmethod
-    def append_result(layout: Layout, row: dict[str, Any]) -> None:
+    def append_result(files: RunFiles, row: dict[str, Any]) -> None:
         """A line that is not an epoch (e.g. the test split's figures), after the epochs it summarises."""
-        append_jsonl(layout.metrics, finite_or_none(row))
+        append_jsonl(files.metrics, finite_or_none(row))
 
     def close(self) -> None:
         if self.writer is not None:

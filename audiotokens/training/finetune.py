@@ -3,7 +3,8 @@
 train.init names output/pretrain (or any bundle folder): its embedder and encoder weights replace the
 fresh ones (pooling and head stay freshly initialised). It is refused in one line when it was made from
 other frames (frame spec digest) or, for a tokens model, with another vocabulary (digest), or when its
-network does not fit model.* (sizes, parts). Position embeddings of another length keep the rows both have.
+network does not fit model.* (its model spec's encoder, sizes and heads; the weights' shapes). Position
+embeddings of another length keep the rows both have.
 
 A speech-model encoder (model.encoder = "ssl") first gets the weights of its local folder (recorded in the
 model spec: path and digest), then train.init's when that is set too.
@@ -28,8 +29,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import UserError
-from ..model.bundle import METADATA, WEIGHTS
-from ..model.parts import PRETRAINED_PARTS
+from ..model.bundle import METADATA, SPEC, WEIGHTS
+from ..model.parts import PRETRAINED_PARTS, ModelSpec
 from ..pipeline.files import read_json
 from ..pipeline.stores import spec_digest
 
@@ -37,6 +38,9 @@ log = logging.getLogger("audiotokens")
 
 FEATURE_ENCODER = "feature_encoder"
 NOTHING = "none"
+# what shapes the embedder and encoder beyond their weights' shapes (num_heads splits the same Q/K/V matrices)
+NETWORK_KEYS = ("input", "encoder", "hidden_size")
+MODEL_KEYS = ("num_layers", "num_heads", "intermediate_size")  # encoder_params that are model.* settings
 
 
 def read_pretrained(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -63,6 +67,24 @@ def check_compatible(meta: dict[str, Any], path: Path, *, frame_spec: dict[str, 
     if vocabulary_digest is not None and meta.get("vocabulary_digest") != vocabulary_digest:
         raise UserError(f"'train.init' ({path}) was pre-trained with another vocabulary (digest "
                         f"{meta.get('vocabulary_digest')} vs {vocabulary_digest}); pre-train again after cluster")
+
+
+def check_same_network(theirs: dict[str, Any], mine: ModelSpec, path: Path) -> None:
+    """Refuse a pre-training whose model spec describes another embedder or encoder than model.* does, even
+    where every weight has the model's shape."""
+    if not isinstance(theirs, dict):
+        raise UserError(f"'train.init' ({path}): {SPEC} is not a model spec; re-run `audiotokens pretrain`")
+    differences = [(f"model.{key}", theirs.get(key), getattr(mine, key)) for key in NETWORK_KEYS
+                   if theirs.get(key) != getattr(mine, key)]
+    params = [{k: v for k, v in (spec.get("encoder_params") or {}).items() if k != "pretrained"}
+              for spec in (theirs, mine.to_json())]
+    differences += [(f"model.{key}" if key in MODEL_KEYS else f"the encoder's {key}", params[0].get(key),
+                     params[1].get(key)) for key in sorted(set(params[0]) | set(params[1]))
+                    if params[0].get(key) != params[1].get(key)]
+    if differences:
+        listed = "; ".join(f"{name} {old!r} there, {new!r} here" for name, old, new in differences[:3])
+        raise UserError(f"'train.init' ({path}) has another network than model.* describes ({listed}); use "
+                        "the model.* settings of the pre-training")
 
 
 def load_pretrained(model: nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
@@ -152,6 +174,8 @@ class FineTuning:
         path = Path(self.init)
         weights, meta = read_pretrained(path)
         check_compatible(meta, path, frame_spec=frame_spec, vocabulary_digest=vocabulary_digest)
+        spec = read_json(path / SPEC, "a pre-training or bundle folder has one")
+        check_same_network(spec, model.spec, path)
         load_pretrained(model, weights, path)
         log.info("embedder and encoder start from %s (%s)", path, meta.get("objective", "a trained bundle"))
 

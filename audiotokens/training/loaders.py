@@ -13,6 +13,7 @@ arithmetic.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import resource
@@ -70,6 +71,12 @@ class LengthPlan:
         if not self.crop_frames:
             return data_frames
         return min(data_frames, max(self.crop_frames, self.eval_window))
+
+    def within(self, model_frames: int) -> LengthPlan:
+        """Evaluation windows no longer than the model holds, as the bundle cuts them (model/bundle.py)."""
+        if self.eval_window <= model_frames:
+            return self
+        return dataclasses.replace(self, eval_window=model_frames)
 
     def training_lengths(self, lengths: np.ndarray) -> np.ndarray:
         return np.minimum(lengths, self.crop_frames) if self.crop_frames else np.asarray(lengths)
@@ -172,14 +179,16 @@ def evaluation_loader(dataset: ClipDataset, plan: LengthPlan, *, seed: int, num_
 
 
 def evaluate_split(trainer: Trainer, loader: DataLoader) -> PassResult:
-    """One eval pass; a clip read as windows gets the mean of its windows' scores (and of their losses)."""
+    """One eval pass; a clip read as windows gets the mean of its windows' scores and of their losses, and
+    the pass's loss is the mean over clips."""
     result = trainer.evaluate(loader)
     counts = getattr(loader, "window_counts", None)
     if counts is None or (counts == 1).all():
         return result
     # the pass returns pieces sorted by clip index (stable), so each clip's windows are consecutive
-    return PassResult(result.loss, result.targets[first_windows(counts)], mean_over_windows(result.scores, counts),
-                      len(counts), result.seconds)
+    clip_losses = mean_over_windows(result.clip_losses[:, None], counts)[:, 0]
+    return PassResult(float(clip_losses.mean()), result.targets[first_windows(counts)],
+                      mean_over_windows(result.scores, counts), len(counts), result.seconds, clip_losses)
 
 
 # ---------------------------------------------------------------- steps and epochs

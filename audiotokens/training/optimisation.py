@@ -86,13 +86,15 @@ class WarmupLinearSchedule:
 
 @dataclass
 class PassResult:
-    """One pass over a split: mean loss and the scores of every clip, in index order."""
+    """One pass over a split: mean loss and the scores of every clip, in index order (an evaluation pass:
+    each clip's or window's own loss too)."""
 
     loss: float
     targets: np.ndarray
     scores: np.ndarray
     samples: int
     seconds: float
+    clip_losses: np.ndarray | None = None
 
 
 class Optimisation:
@@ -111,6 +113,7 @@ class Optimisation:
         self.scheduler = LambdaLR(self.optimizer, self.schedule)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.step = 0
+        self.first_nonfinite_step: torch.Tensor | None = None  # on the device: the host never waits per step
 
     @property
     def precision(self) -> str:
@@ -136,6 +139,23 @@ class Optimisation:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
 
+    def watch_loss(self, loss: torch.Tensor) -> None:
+        """Remember the first optimizer step (1-based) whose loss was NaN or infinite, without a host sync."""
+        if self.first_nonfinite_step is None:
+            self.first_nonfinite_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+        first = self.first_nonfinite_step
+        bad = ~torch.isfinite(loss.detach()) & (first < 0)
+        self.first_nonfinite_step = torch.where(bad, self.step + 1, first)
+
+    def nonfinite(self) -> tuple[str, int] | None:
+        """("loss", step) when a watched loss was not finite, ("weights", step) when a weight is NaN or
+        infinite now (the step the weights last changed); None while training is numerically sound."""
+        if self.first_nonfinite_step is not None and (step := int(self.first_nonfinite_step.item())) >= 0:
+            return "loss", step
+        if not torch.stack([torch.isfinite(p).all() for p in self.parameters]).all():
+            return "weights", self.step
+        return None
+
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "step": self.step}
@@ -157,6 +177,29 @@ class Optimisation:
                             f"more epochs would not change the weights; {restart} to start over")
         self.schedule.extend(self.step, total_steps)
         return True
+
+
+def divergence_hint(*, learning_rate: float, learning_rate_key: str, weight_decay: float,
+                    grad_clip: float | None, precision: str) -> str:
+    """The setting most likely to blame for a run whose numbers became NaN or infinite (grad_clip None: the
+    run has no train.grad_clip to suggest)."""
+    lr, decay = learning_rate, weight_decay
+    if not math.isfinite(lr) or lr >= 1:  # an Adam step moves each weight by about lr
+        return f"{learning_rate_key} ({lr:g}) is far too high; lower it (e.g. 1e-4)"
+    if not math.isfinite(decay) or lr * decay >= 1:  # AdamW scales the weights by 1 - lr·decay each step
+        return (f"train.weight_decay ({decay:g}) times {learning_rate_key} ({lr:g}) must stay well below 1; "
+                "lower train.weight_decay")
+    if precision == "fp16":
+        return f"fp16 autocast overflowed, likely; set train.amp=false or lower {learning_rate_key}"
+    clip = " or set train.grad_clip (e.g. 1.0)" if grad_clip == 0 else ""
+    return f"{learning_rate_key} ({lr:g}) is likely too high; lower it{clip}"
+
+
+def divergence_error(found: tuple[str, int], *, epoch: int, hint: str, kept: Path) -> UserError:
+    """One line for a run stopped on NaN or infinite numbers: where, the likely setting, what was kept."""
+    what, step = found
+    return UserError(f"training diverged in epoch {epoch}, step {step}: the {what} became NaN or infinite; "
+                     f"{hint}; {kept} was left as it was")
 
 
 class Trainer(Optimisation):
@@ -213,6 +256,7 @@ class Trainer(Optimisation):
             steps = position - group_start + 1 == group_size
             with self.parallel.accumulating(syncing=steps):
                 loss, logits, targets = self.forward(batch)
+                self.watch_loss(loss)
                 self.scaler.scale(self.weighted(loss, batch["indices"]) / group_size).backward()
             if steps:
                 self.optimizer_step()
@@ -234,7 +278,8 @@ class Trainer(Optimisation):
         started = time.perf_counter()
         for batch in batches:
             loss, logits, targets = self.forward(batch)
-            collector.add(loss, logits, targets, batch["indices"])
+            clip_losses = self.objective.clip_losses(logits, targets)
+            collector.add(loss, logits, targets, batch["indices"], clip_losses)
         return collector.result(started)
 
 
@@ -259,15 +304,20 @@ class ScoreCollector:
         self.samples = 0
         self.batches = 0
 
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor):
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor,
+            clip_losses: torch.Tensor | None = None):
+        """One batch; `clip_losses` (each row's loss) are kept when given, for every batch of the pass."""
         if self.ranks.active:
             real = indices >= 0
             logits, targets, indices = logits[real.to(logits.device)], targets[real.to(targets.device)], indices[real]
+            if clip_losses is not None:
+                clip_losses = clip_losses[real.to(clip_losses.device)]
         self.loss_sum += loss.to(self.loss_sum.dtype) * len(indices)
         self.samples += len(indices)
         batch = torch.full((len(indices),), self.batches, dtype=torch.long)
         self.batches += 1
-        self.pending.append((self.objective.scores(logits), targets, indices, batch))
+        rows = (self.objective.scores(logits), targets, indices, batch)
+        self.pending.append(rows if clip_losses is None else (*rows, clip_losses.to(self.loss_sum.dtype)))
         if len(self.pending) >= FLUSH_EVERY:
             self.flush()
 
@@ -287,7 +337,8 @@ class ScoreCollector:
             parts = distributed.gather((loss_sum, samples, rows), self.ranks)
             loss_sum, samples = sum(p[0] for p in parts), sum(p[1] for p in parts)
             rows = [np.concatenate(column) for column in zip(*(p[2] for p in parts if p[2]))]
-        scores, targets, indices, batches = rows
+        scores, targets, indices, batches, *clip_losses = rows
         order = np.lexsort((batches, indices))  # by clip, then by pass order (a clip's windows)
         seconds = time.perf_counter() - started
-        return PassResult(loss_sum / max(samples, 1), targets[order], scores[order], samples, seconds)
+        return PassResult(loss_sum / max(samples, 1), targets[order], scores[order], samples, seconds,
+                          clip_losses[0][order] if clip_losses else None)

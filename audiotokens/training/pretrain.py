@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ from ..model.batching import longest_first
 from ..model.bundle import METADATA, SPEC, WEIGHTS
 from ..model.inputs import pack_frames, pack_sequences
 from ..model.parts import (
+    ENCODERS,
     MASK,
     PRETRAINED_PARTS,
     TOKEN_OFFSET,
@@ -62,7 +64,7 @@ from .augment import content_positions, mask_time_spans
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .datasets import CopyChoice, EpochShuffleSampler
 from .loaders import check_model_size, set_loader_epoch
-from .optimisation import Optimisation, pick_device
+from .optimisation import Optimisation, divergence_error, divergence_hint, pick_device
 from .train import SplitStore, check_token_ids, model_length, model_spec, read_vocabulary
 
 log = logging.getLogger("audiotokens")
@@ -116,6 +118,15 @@ def mlm_corrupt(ids: torch.Tensor, attention_mask: torch.Tensor, *, codebook_siz
 # ---------------------------------------------------------------- the model
 
 
+def check_pretrainable(encoder: str) -> None:
+    """Masked prediction needs one encoder output per input position: refused first, before the model spec's
+    checks of a classifier (which would ask for another model.input) name a reason that does not apply."""
+    kind = ENCODERS.get(encoder)  # an unknown name: the model spec's check names the valid ones
+    if kind is not None and (kind.reads_raw_frames or not kind.has_cls):
+        raise UserError(f"pre-training needs an encoder with one output per position (bert or conformer), "
+                        f"got model.encoder={encoder}")
+
+
 class MaskedPredictor(nn.Module):
     """An AudioClassifier's embedder and encoder, with one linear head per codebook over every position.
 
@@ -124,9 +135,7 @@ class MaskedPredictor(nn.Module):
 
     def __init__(self, *, backbone: AudioClassifier, codebook_sizes: list[int]):
         super().__init__()
-        if backbone.encoder.reads_raw_frames or not backbone.encoder.has_cls:
-            raise UserError(f"pre-training needs an encoder with one output per position (bert or conformer), "
-                            f"got model.encoder={backbone.spec.encoder}")
+        check_pretrainable(backbone.spec.encoder)
         self.backbone = backbone
         size = backbone.encoder.output_size
         self.heads = nn.ModuleList(nn.Linear(size, n) for n in codebook_sizes)
@@ -253,6 +262,7 @@ class Pretrainer:
         started = time.perf_counter()
 
         settings = self.settings
+        check_pretrainable(self.config.model.encoder)
         vocab = read_vocabulary(self.layout)
         fit_loader, held_loader, max_frames, counts = self._loaders(vocab)
         frames = settings.objective == "masked_frames"
@@ -339,12 +349,15 @@ class Pretrainer:
             generator = torch.Generator().manual_seed(settings.seed * 1000 + epoch + 1)
             tic = time.perf_counter()
             fit = self._pass(model, fit_loader, vocab, generator, steps)
+            self._stop_if_diverged(steps, epoch, steps.nonfinite())
             row = {"epoch": epoch + 1, "lr": steps.scheduler.get_last_lr()[0], "train": fit,
                    "epoch_time_s": round(time.perf_counter() - tic, 3)}
             if held_loader is not None:
                 with torch.no_grad():  # the same masks every epoch, so the figures compare
                     row["heldout"] = self._pass(model, held_loader, vocab, torch.Generator().manual_seed(settings.seed),
                                                 steps, training=False)
+                if not math.isfinite(row["heldout"]["loss"]):
+                    self._stop_if_diverged(steps, epoch, ("held-out loss", steps.step))
             history.append(row)
             self._checkpoint(model, steps, history)
             held = row.get("heldout", {})
@@ -362,11 +375,22 @@ class Pretrainer:
                 logits = model(masked.inputs.to(steps.device), mask, masked.where.to(steps.device))
             loss, right, n = masked_loss([part.float() for part in logits], masked.labels.to(steps.device))
             if training:
+                steps.watch_loss(loss)
                 steps.scaler.scale(loss).backward()
                 steps.optimizer_step()
             loss_sum, batches, correct, count = loss_sum + float(loss.detach()), batches + 1, correct + right, count + n
         return {"loss": loss_sum / max(batches, 1), "masked_accuracy": correct / count if count else None,
                 "masked_positions": count}
+
+    def _stop_if_diverged(self, steps: Optimisation, epoch: int, found: tuple[str, int] | None) -> None:
+        """NaN or infinite numbers end the pre-training before the epoch's checkpoint: output/pretrain
+        stays as it was."""
+        if found is not None:
+            hint = divergence_hint(learning_rate=self.settings.learning_rate,
+                                   learning_rate_key="pretrain.learning_rate",
+                                   weight_decay=self.config.train.weight_decay, grad_clip=None,
+                                   precision=steps.precision)
+            raise divergence_error(found, epoch=epoch + 1, hint=hint, kept=self.out_dir)
 
     # ------------------------------------------------------------ checkpoints
 

@@ -2,13 +2,14 @@
 
 Reads each split's view of tokenized/tokens.npy and output/vocabulary/ (model.input = "tokens"), or of
 processed/frames/frames.npy (model.input = "frames", or "waveform": rows of samples that a pretrained speech
-model, model.encoder = "ssl", is fine-tuned on); writes output/checkpoints/{last,best}.pt
-every epoch, output/metrics.jsonl, output/curves.png and, from the best checkpoint, the portable bundle
-output/model/. The best epoch is chosen on validation; when a test split exists, the best checkpoint is
-scored on it once at the end, and those figures are reported as test. Under split.strategy = "kfold" (or
-"column" with a column of folds) the validation split is the held-out fold, whose figures are the fold's
-result: it chooses nothing, the kept epoch is the last (train.epochs, no early stop), so the figures
-reported on it are not selected on it.
+model, model.encoder = "ssl", is fine-tuned on); writes checkpoints/{last,best}.pt every epoch,
+metrics.jsonl, curves.png and, from the best checkpoint, the portable bundle output/model/. The run's files
+stay in output/train.partial/ until its bundle is written, then replace output/'s (run_files.py). The best
+epoch is chosen on validation; when a test split exists, the best checkpoint is scored on it once at the
+end, and those figures are reported as test. Under split.strategy = "kfold" (or "column" with a column of
+folds) the validation split is the held-out fold, whose figures are the fold's result: it chooses nothing,
+the kept epoch is the last (train.epochs, no early stop), so the figures reported on it are not selected on
+it.
 
 Train-side metrics come from the epoch's own forward passes (dropout on, weights moving during the
 epoch); they cost nothing extra and are the usual way to watch over-fitting, but are not a clean
@@ -38,6 +39,7 @@ from ..model.metrics import count_left_out
 from ..model.modelcard import write_model_card
 from ..model.objectives import Objective, objective_for
 from ..model.parts import (
+    ENCODERS,
     EXTRA_POSITIONS,
     HEADS,
     SPEECH_ENCODER,
@@ -63,7 +65,7 @@ from .checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from .contrastive import ContrastiveTrainer, head_for, trainer_type
+from .contrastive import ContrastiveTrainer, check_positive_pairs, head_for, trainer_type
 from .datasets import DATASETS, EpochShuffleSampler, make_loader
 from .epoch_log import NoTrainingLog, TrainingLog, epoch_line, finite_or_none, format_figure
 from .finetune import FineTuning
@@ -79,13 +81,15 @@ from .loaders import (
     set_loader_epoch,
     training_loader,
 )
-from .optimisation import PassResult, Trainer, pick_device
+from .optimisation import PassResult, Trainer, divergence_error, divergence_hint, pick_device
+from .run_files import adopt, publish, resumable_runs, start_afresh
 
 log = logging.getLogger("audiotokens")
 
 FIT_SPLITS = ("train", "validation")  # training and model selection; any other split is only reported
 TEST_SPLIT = "test"
 FRAME_INPUTS = ("frames", WAVEFORM)  # inputs read from the frame store (the rest from the token store)
+LENGTH_KEYS = (("model", "max_length"), ("train", "crop_frames"), ("train", "eval_window"))  # what a clip is cut to
 
 
 # ---------------------------------------------------------------- inputs (tokens, frames, vocabulary)
@@ -246,10 +250,14 @@ def model_length(splits: dict[str, SplitStore], max_length: int) -> int:
     return max(longest, 1)
 
 
-def report_truncation(splits: dict[str, SplitStore], max_frames: int) -> dict[str, int]:
-    """Count and loudly log what max_frames cuts; nothing is truncated silently."""
+def report_truncation(splits: dict[str, SplitStore], max_frames: int,
+                      windowed: bool = False) -> dict[str, int]:
+    """Count and loudly log what max_frames cuts; nothing is truncated silently. Scored in windows
+    (`windowed`), validation and test clips are read whole: only training clips are cut."""
     counts = {"truncated_clips": 0, "truncated_frames": 0}
     for split in splits.values():
+        if windowed and split.name != "train":
+            continue
         excess = split.index.lengths - max_frames
         clips, frames = int((excess > 0).sum()), int(excess[excess > 0].sum())
         if clips:
@@ -279,6 +287,12 @@ def make_split_loader(split: SplitStore, input_kind: str, objective: Objective, 
     return make_loader(dataset, batch_size, sampler, num_workers, pin_memory, seed)
 
 
+def scored_frames(split: SplitStore, scoring: LengthPlan, max_frames: int) -> int:
+    """Frames of each clip a validation or test pass reads: whole clips when it scores windows (as the bundle
+    does, whatever model.max_length), else the first max_frames."""
+    return max(int(split.index.lengths.max(initial=1)), 1) if scoring.eval_window else max_frames
+
+
 def length_metadata(settings) -> dict[str, int]:
     """What the bundle needs to score clips the way validation did: budget and windows."""
     plan = LengthPlan.from_settings(settings)
@@ -306,7 +320,30 @@ def model_spec(config: Config, classes: list[str], max_frames: int, splits: dict
         pooling=settings.pooling, head=head_for(config.train.objective, settings.head), margin=settings.margin,
         scale=settings.scale, max_positions=max_frames + EXTRA_POSITIONS)
     check_spec(spec)
+    check_lengths_reach(config, spec)
     return spec
+
+
+def check_lengths_reach(config: Config, spec: ModelSpec) -> None:
+    """Cuts, crops and windows hold at least the frames the encoder needs to tell clips apart (a CNN's time
+    axis halves in every block)."""
+    fewest = ENCODERS[spec.encoder].min_frames(spec)
+    for section, key in LENGTH_KEYS:
+        value = getattr(getattr(config, section), key)
+        if 0 < value < fewest:
+            raise UserError(f"'{section}.{key}' ({value}) is shorter than the {fewest} frames model.encoder="
+                            f"{spec.encoder} reads with model.num_layers={config.model.num_layers}; use at "
+                            f"least {fewest}")
+
+
+def report_short_clips(splits: dict[str, SplitStore], spec: ModelSpec) -> None:
+    """Clips shorter than the encoder reads are padded with zero frames (CnnEncoder): said once, counted."""
+    fewest = ENCODERS[spec.encoder].min_frames(spec)
+    short = {name: int((split.index.lengths < fewest).sum()) for name, split in splits.items()}
+    if any(short.values()):
+        counts = ", ".join(f"{count} of {len(splits[name].index)} {name}" for name, count in short.items() if count)
+        log.warning("%s clips are shorter than the %d frames model.encoder=%s reads; they are padded with zero "
+                    "frames to %d", counts, fewest, spec.encoder, fewest)
 
 
 def speech_model_spec(config: Config, classes: list[str], max_frames: int, train: SplitStore) -> ModelSpec:
@@ -333,7 +370,7 @@ def speech_model_spec(config: Config, classes: list[str], max_frames: int, train
 def check_rows_cover_a_frame(config: Config, receptive_field: int, stride: int) -> None:
     """Crops, windows and cuts of waveform rows must hold at least the samples of one output frame."""
     fewest = -(-receptive_field // stride)
-    for section, key in (("model", "max_length"), ("train", "crop_frames"), ("train", "eval_window")):
+    for section, key in LENGTH_KEYS:
         value = getattr(getattr(config, section), key)
         if 0 < value < fewest:
             raise UserError(f"'{section}.{key}' ({value} rows of {stride} samples) is shorter than the speech model's "
@@ -390,6 +427,7 @@ class ModelBuilder:
         self.epoch_callback = epoch_callback
         self.score_test = score_test
         self.layout = Layout(config.workdir)
+        self.files = self.layout.staged_run_files  # this run's log, curves and checkpoints, until its bundle
         self.ranks = distributed.launched()  # one process, or this one of torchrun's
 
     @staticmethod
@@ -406,6 +444,8 @@ class ModelBuilder:
     def _run(self) -> dict[str, Any]:
         started = time.perf_counter()
         run = self._prepare()
+        if not self.resume and self.ranks.writer:
+            start_afresh(self.files)
         progress = self._restore(run) if self.resume else Progress()
         epochs_at_start = progress.epoch
         samples, seconds = self._fit(run, progress)
@@ -413,6 +453,7 @@ class ModelBuilder:
         test = self._score_test(run, progress)
         if self.ranks.writer:
             self._write_bundle(run)
+            publish(self.files, self.layout.run_files)
         primary = run.objective.primary_metric
         return {
             "epochs_run": progress.epoch - epochs_at_start,
@@ -434,22 +475,27 @@ class ModelBuilder:
         """Check the inputs, then build the model, the loaders and the trainer (seeded)."""
         settings, network = self.settings, self.network
         check_parts(network)
-        if self.resume and not self._checkpoint_paths()[0].is_file():
-            raise UserError(f"no checkpoint at {self._checkpoint_paths()[0]}; train without --resume to start")
+        if self.resume and not resumable_runs(self.layout):
+            raise UserError(f"no checkpoint at {self.files.last_checkpoint} or "
+                            f"{self.layout.last_checkpoint}; train without --resume to start")
         splits, vocab = read_splits(self.layout, network.input)
         for split in splits.values():
             if split.name != "train":
                 check_splits_agree(splits["train"], split)
         train = splits["train"]
         objective, classes = objective_for(train.index.task), train.index.classes
+        if settings.objective == "contrastive":
+            check_positive_pairs(settings.batch_size, train.index.labels)
         if HEADS[head_for(settings.objective, network.head)].single_label_only and objective.uses_threshold:
             raise UserError(f"model.head={network.head} needs single-label data but the task is "
                             f"{objective.task}; use model.head=linear")
         max_frames = model_length(splits, network.max_length)
-        truncation = report_truncation(splits, max_frames)
-        tables = decode_tables(network.input, network.token_embedding, vocab)
         plan = LengthPlan.from_settings(settings)
+        truncation = report_truncation(splits, max_frames, windowed=bool(plan.eval_window))
+        tables = decode_tables(network.input, network.token_embedding, vocab)
         spec = model_spec(self.config, classes, plan.model_frames(max_frames), splits, vocab, tables)
+        scoring = plan.within(spec.max_frames)  # validation and test windows: the bundle's
+        report_short_clips(splits, spec)
 
         check_model_size(spec=spec, tables=tables, device=pick_device(settings.device), network=network)
         seed_everything(settings.seed)
@@ -458,9 +504,14 @@ class ModelBuilder:
         self.fine_tuning.initialise(model, frame_spec=vocab.frame_spec if vocab else read_frame_spec(self.layout),
                                     vocabulary_digest=vocab.digest if vocab else None)
         device = self._join(pick_device(settings.device))
+        pin = device.type == "cuda"
         loaders = {name: make_split_loader(split, network.input, objective, max_frames, settings.batch_size,
-                                           settings.seed if name == "train" else None, settings.num_workers,
-                                           device.type == "cuda", settings.seed, plan, self.ranks)
+                                           settings.seed, settings.num_workers, pin, settings.seed, plan,
+                                           self.ranks)
+                   if name == "train" else
+                   make_split_loader(split, network.input, objective,
+                                     scored_frames(split, scoring, max_frames), settings.batch_size, None,
+                                     settings.num_workers, pin, settings.seed, scoring, self.ranks)
                    for name, split in splits.items() if self.score_test or name != TEST_SPLIT}
         steps_per_epoch = math.ceil(len(loaders["train"]) / settings.grad_accum)
         trainer = trainer_type(settings.objective)(
@@ -492,7 +543,7 @@ class ModelBuilder:
     def _fit(self, run: TrainingRun, progress: Progress) -> tuple[int, float]:
         """Epochs until done, early-stopped or interrupted; returns (training samples, training seconds)."""
         epochs, objective = self.settings.epochs, run.objective
-        training_log = (TrainingLog(self.layout, objective, progress.history) if self.ranks.writer
+        training_log = (TrainingLog(self.files, objective, progress.history) if self.ranks.writer
                         else NoTrainingLog())
         samples, seconds = 0, 0.0
         train_loader = run.loaders["train"]
@@ -506,7 +557,9 @@ class ModelBuilder:
                                desc=f"epoch {progress.epoch + 1}", leave=False,
                                disable=None if self.ranks.writer else True)
                 fit = run.trainer.train_epoch(batches, len(train_loader))
+                self._stop_if_diverged(run.trainer, progress)
                 checked = evaluate_split(run.trainer, run.loaders["validation"])
+                self._stop_if_diverged(run.trainer, progress, checked)
                 samples, seconds = samples + fit.samples, seconds + fit.seconds
                 row = self._epoch_row(progress, run.trainer, objective, fit, checked,
                                       run.splits["validation"].left_out)
@@ -522,6 +575,21 @@ class ModelBuilder:
         return samples, seconds
 
     # ------------------------------------------------------------ epochs
+
+    def _stop_if_diverged(self, trainer: Trainer, progress: Progress,
+                          checked: PassResult | None = None) -> None:
+        """A NaN or infinite loss, weight or validation score ends the run in one line, before anything of
+        the epoch is written: the bundle and the checkpoints stay those of the last sound run."""
+        found = trainer.nonfinite()
+        if found is None and checked is not None and not np.isfinite(checked.scores).all():
+            found = ("validation scores", trainer.step)
+        if found is not None:
+            settings = self.settings
+            hint = divergence_hint(learning_rate=settings.learning_rate,
+                                   learning_rate_key="train.learning_rate",
+                                   weight_decay=settings.weight_decay, grad_clip=settings.grad_clip,
+                                   precision=trainer.precision)
+            raise divergence_error(found, epoch=progress.epoch + 1, hint=hint, kept=self.layout.model_dir)
 
     def _epoch_row(self, progress: Progress, trainer: Trainer, objective: Objective, fit: PassResult,
                    checked: PassResult, left_out: LeftOut) -> dict[str, Any]:
@@ -574,15 +642,25 @@ class ModelBuilder:
             save_checkpoint(last, state)
 
     def _checkpoint_paths(self) -> tuple[Path, Path]:
-        return self.layout.last_checkpoint, self.layout.best_checkpoint
+        return self.files.last_checkpoint, self.files.best_checkpoint
+
+    def _resumable_state(self, identity: dict[str, Any]) -> tuple[dict[str, Any], Path]:
+        """The checkpoint --resume continues: of the run under way, else of the finished run (then copied
+        aside), the first one written with this run's settings."""
+        refusals = []
+        for files in resumable_runs(self.layout):
+            state = load_checkpoint(files.last_checkpoint)
+            differences = _differences(state.get("identity", {}), identity)
+            if not differences:
+                if files != self.files and self.ranks.writer:
+                    adopt(files, self.files)
+                return state, files.last_checkpoint
+            changes = "; ".join(differences)
+            refusals.append(f"{files.last_checkpoint} was written by a different run ({changes})")
+        raise UserError(f"{refusals[0]}; train without --resume to start over")
 
     def _restore(self, run: TrainingRun) -> Progress:
-        last, _ = self._checkpoint_paths()
-        state = load_checkpoint(last)
-        differences = _differences(state.get("identity", {}), run.identity)
-        if differences:
-            raise UserError(f"{last} was written by a different run ({'; '.join(differences)}); "
-                            "train without --resume to start over")
+        state, last = self._resumable_state(run.identity)
         trainer = run.trainer
         trainer.model.load_state_dict(state["model"])
         trainer.load_state_dict(state["trainer"])
@@ -643,8 +721,8 @@ class ModelBuilder:
                                   **split_figures(run.objective, result, self.settings.threshold, left_out)})
         headline = {f"test_{name}": metrics.get(name) for name in ("loss", *run.objective.headline)}
         if self.ranks.writer:
-            TrainingLog.append_result(self.layout, {"split": TEST_SPLIT, "epoch": progress.best_epoch,
-                                                    TEST_SPLIT: {**metrics, **(left_out.counts() if left_out else {})}})
+            TrainingLog.append_result(self.files, {"split": TEST_SPLIT, "epoch": progress.best_epoch,
+                                                   TEST_SPLIT: {**metrics, **(left_out.counts() if left_out else {})}})
             figures = "  ".join(f"{name[5:]} {format_figure(value)}" for name, value in headline.items())
             lost = f" + {len(left_out.clips)} left out, counted as errors" if left_out.clips else ""
             kept = "last epoch %d" if run.splits["validation"].held_out_fold else "best epoch %d by validation"
@@ -660,7 +738,8 @@ class ModelBuilder:
                     threshold=self.settings.threshold, max_frames=run.model.spec.max_frames, vocabulary=vocab,
                     spectrogram=vocab.frame_spec if vocab else read_frame_spec(self.layout),
                     versions=package_versions(), extra=length_metadata(self.settings))
-        write_model_card(self.layout.model_dir, self.layout, stage_params(self.config, "train"))
+        write_model_card(self.layout.model_dir, self.layout, stage_params(self.config, "train"),
+                         training_log=self.files.metrics)
         log.info("model bundle (best epoch) written to %s", self.layout.model_dir)
 
     def _log_setup(self, model: AudioClassifier, trainer: Trainer, splits: dict[str, SplitStore],

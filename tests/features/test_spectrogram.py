@@ -30,6 +30,7 @@ from audiotokens.features.spectrogram import (
     FFT_BLOCK,
     MelPower,
     SpectrogramProcessor,
+    clip_frames,
     compute_frames,
     params_from_dict,
     params_to_dict,
@@ -195,6 +196,37 @@ def test_compute_frames_matches_librosa_for_parameter_variants(tmp_path, overrid
     assert got.dtype == np.float32 and got.shape == want.shape
     scale = max(1.0, float(np.abs(want).max()))  # unnormalised power / dB values: compare relative to their range
     assert np.abs(got - want).max() <= TOLERANCE * scale
+
+
+@pytest.mark.parametrize("n_fft, hop", [(999, 250), (257, 128), (1000, 250), (256, 128)])
+@pytest.mark.parametrize("extra", [-1, 0, 1])
+def test_frame_count_and_every_frame_match_librosa_for_odd_and_even_n_fft(tmp_path, n_fft, hop, extra):
+    """An odd n_fft has one frame fewer than 1 + length // hop when the hop divides the length; every frame
+    is computed, whole or streamed in decoder blocks (no row left uninitialised)."""
+    sr = 8000
+    params = SpectrogramConfig(sample_rate=sr, n_fft=n_fft, hop_length=hop, n_mels=32)
+    rng = np.random.default_rng(n_fft + extra)
+    length = 40 * hop + extra  # more than one FFT block of frames only for the short hops
+    y = (0.3 * rng.standard_normal(length)).astype(np.float32)
+    spec = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=n_fft, hop_length=hop, n_mels=32)
+    want = librosa.power_to_db(spec, ref=1.0, amin=1e-10, top_db=params.top_db)
+    want = ((want - want.min()) / (want.max() - want.min())).T
+    whole = compute_frames(y, params)
+    assert whole.shape == want.shape and np.abs(whole - want).max() <= TOLERANCE
+    path = tmp_path / "noise.wav"
+    sf.write(path, y, sr, subtype="FLOAT")
+    streamed = clip_frames(str(path), params, block_frames=777)
+    assert np.array_equal(streamed, whole)
+
+
+def test_frame_count_is_right_across_fft_blocks():
+    params = SpectrogramConfig(sample_rate=8000, n_fft=257, hop_length=128, n_mels=32)
+    y = np.random.default_rng(1).standard_normal(FFT_BLOCK * 2 * 128).astype(np.float32)  # 2 blocks, exactly
+    power = MelPower(length=len(y), params=params)
+    power.add(y, last=True)
+    want = librosa.feature.melspectrogram(y=y, sr=8000, n_fft=257, hop_length=128, n_mels=32).T
+    assert power.frames.shape == want.shape == (2 * FFT_BLOCK, 32)
+    assert np.allclose(power.frames, want, rtol=1e-4, atol=1e-6)
 
 
 def test_quiet_bins_beside_a_loud_tone_match_librosa_closely():

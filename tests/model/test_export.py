@@ -83,6 +83,26 @@ def test_onnx_scores_equal_the_bundle_scores(tmp_path, encoder, input_kind, pool
         assert load_vocabulary(vocabulary_dir).digest == bundle.vocabulary.digest
 
 
+def test_a_cnn_graph_pads_short_clips_as_the_bundle_does(tmp_path):
+    """A CNN of 3 blocks reads at least 8 frames: the graph's padding to that follows each input's length."""
+    spec = ModelSpec(classes=["a", "b", "c"], input="frames", input_dim=FRAME_DIM, encoder="cnn",
+                     encoder_params={"num_layers": 3}, hidden_size=16, dropout=0.0, pooling="mean", max_positions=64)
+    torch.manual_seed(0)
+    model = AudioClassifier(spec=spec).eval()
+    with torch.no_grad():  # weights far from their initial scale, so the scores spread over [0, 1]
+        for parameter in model.parameters():
+            parameter.mul_(2.5)
+    save_bundle(model, tmp_path / "model", classes=spec.classes, task="singlelabel",
+                threshold=0.5, max_frames=62, vocabulary=None, spectrogram=frame_spec(FRAME_DIM), versions={})
+    out = export_onnx(tmp_path / "model", tmp_path / "model.onnx")
+    bundle = load_bundle(tmp_path / "model")
+    rng = np.random.default_rng(0)
+    for lengths in ([1], [2, 5], [3, 40], [60]):
+        clips = [rng.random((n, FRAME_DIM)).astype(np.float32) for n in lengths]
+        expected = bundle.scores(clips)
+        np.testing.assert_allclose(onnx_scores(out, bundle, clips), expected, atol=PARITY, rtol=0)
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     return trained_project(tmp_path_factory, "multilabel")

@@ -97,6 +97,53 @@ def test_padding_and_junk_in_padding_never_change_the_output(encoder, pooling):
     torch.testing.assert_close(with_junk, alone, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("blocks, short_length", [(2, 3), (4, 15), (4, 1)])
+def test_a_cnn_tells_clips_shorter_than_its_pooling_apart(blocks, short_length):
+    """Blocks halve time: a clip under 2 ** blocks frames used to pool to nothing (one constant output for
+    every such clip, or an avg_pool2d error alone). It reads as if followed by zero frames: its output
+    depends on it, and is the same alone as beside a long clip."""
+    torch.manual_seed(0)
+    spec = tiny_spec("cnn", "mean", encoder_params={"num_layers": blocks})
+    model = AudioClassifier(spec=spec).eval()
+    rng = np.random.default_rng(1)
+    tone = np.zeros((short_length, spec.input_dim), np.float32)
+    tone[:, 2] = 1.0
+    noise = rng.random((short_length, spec.input_dim)).astype(np.float32)
+    long = clip(spec, 40, rng)
+    with torch.no_grad():  # the pooled embeddings: the head's initial weights make every logit tiny
+        alone = [model.embed(*pack(spec, [c])) for c in (tone, noise)]
+        beside = [model.embed(*pack(spec, [c, long]))[:1] for c in (tone, noise)]
+    assert (alone[0] - alone[1]).abs().max() > 1e-2 * alone[0].abs().max() > 0
+    for one, batched in zip(alone, beside):
+        torch.testing.assert_close(batched, one, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("override", ["model.max_length=1", "train.crop_frames=3", "train.eval_window=2"])
+def test_cuts_shorter_than_the_cnn_reads_are_one_line_errors(tmp_path, override):
+    make_frames_workdir(tmp_path, n_train=8, n_validation=4)
+    config = load_config(overrides=[*TINY, "model.input=frames", "model.encoder=cnn", "model.pooling=mean",
+                                    "model.num_layers=2", "train.epochs=1", override], workdir=tmp_path)
+    with pytest.raises(UserError, match=rf"'{override.split('=')[0]}' \(\d+\) is shorter than the 4 frames"
+                                        r".*use at least 4") as error:
+        ModelBuilder(config).run()
+    assert "\n" not in str(error.value)
+
+
+def test_the_bundle_says_when_it_pads_short_clips_for_a_cnn(tmp_path, caplog):
+    spec = tiny_spec("cnn", "mean", encoder_params={"num_layers": 3})
+    torch.manual_seed(0)
+    save_bundle(AudioClassifier(spec=spec), tmp_path / "model", classes=spec.classes, task="singlelabel",
+                threshold=0.5, max_frames=spec.max_frames, vocabulary=None, spectrogram=frame_spec(FRAME_DIM),
+                versions={})
+    bundle = load_bundle(tmp_path / "model")
+    rng = np.random.default_rng(0)
+    with caplog.at_level("WARNING", logger="audiotokens"):
+        scores = bundle.scores([clip(spec, 2, rng), clip(spec, 5, rng), clip(spec, 30, rng)])
+    assert np.isfinite(scores).all() and not np.array_equal(scores[0], scores[1])  # was one constant
+    assert [r.getMessage() for r in caplog.records if "padded" in r.getMessage()] == [
+        "2 of 3 clips are shorter than the 8 frames model.encoder=cnn reads; they are padded with zero frames to 8"]
+
+
 def test_am_softmax_logits_are_scaled_cosines_with_the_margin_on_the_target_in_training():
     spec = tiny_spec(pooling="mean", head="am_softmax", margin=0.2, scale=10.0, classes=["a", "b"])
     head = AudioClassifier(spec=spec).head

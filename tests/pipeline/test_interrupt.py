@@ -211,10 +211,10 @@ def test_tokenize_killed(reference, tmp_path, point):
 
 
 TRAIN_POINTS = {
-    "after epoch 1": {"condition": exists("output/checkpoints/last.pt"), "epoch": 1.0},
+    "after epoch 1": {"condition": exists("output/train.partial/checkpoints/last.pt"), "epoch": 1.0},
     "writing the epoch 2 checkpoint": {
-        "condition": lambda work: (work / "output/checkpoints/last.pt").exists()
-        and any((work / "output/checkpoints").glob(".last.pt.*.tmp")), "replace": 0.4},
+        "condition": lambda work: (work / "output/train.partial/checkpoints/last.pt").exists()
+        and any((work / "output/train.partial/checkpoints").glob(".last.pt.*.tmp")), "replace": 0.4},
     "writing the bundle": {"condition": exists("output/.model.*.tmp/model.safetensors"), "replace": 0.5},
 }
 

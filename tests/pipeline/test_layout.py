@@ -21,6 +21,8 @@ def test_workdir_paths_are_the_documented_ones():
         (layout.pretrain_checkpoint, "output/checkpoints/pretrain.pt"),
         (layout.metrics, "output/metrics.jsonl"),
         (layout.curves, "output/curves.png"),
+        (layout.staged_run_files.last_checkpoint, "output/train.partial/checkpoints/last.pt"),
+        (layout.staged_run_files.metrics, "output/train.partial/metrics.jsonl"),
         (layout.eval_dir("validation"), "output/eval/validation"),
         (layout.robustness_dir("test"), "output/eval/test/robustness"),
         (layout.html_report, "output/report.html"),

@@ -6,6 +6,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -122,6 +123,32 @@ def test_a_damaged_bundle_is_stale_and_refused_in_one_line(project, tmp_path):
     result = CliRunner().invoke(main, ["predict", "--workdir", str(own / "work"), str(own / "audio" / "clip00.wav")])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "the bundle's files do not match its manifest: model.safetensors changed" in result.stderr
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*"))
+            if path.is_file()}
+
+
+def test_a_diverging_train_stops_in_one_line_and_keeps_the_bundle(project, tmp_path):
+    own = copy_project(project, tmp_path / "project")
+    layout = Layout(own / "work")
+    bundle = files_of(layout.model_dir)
+    run_files = {path: path.read_bytes() for path in (layout.metrics, layout.curves, layout.last_checkpoint,
+                                                      layout.best_checkpoint)}
+    # AdamW multiplies the weights by 1 - lr·weight_decay: they overflow within the first epoch
+    result = CliRunner().invoke(main, ["train", "--config", str(own / "run.toml"), "--workdir",
+                                       str(own / "work"), "--set", "train.weight_decay=1e30"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    error = result.stderr.strip().splitlines()[-1]
+    assert re.match(r"error: training diverged in epoch 1, step \d+: the (loss|weights|validation scores) "
+                    r"became NaN or infinite; train\.weight_decay \(1e\+30\) times train\.learning_rate",
+                    error), error
+    assert files_of(layout.model_dir) == bundle
+    assert {path: path.read_bytes() for path in run_files} == run_files  # the good run's log and checkpoints
+    config = load_config(own / "run.toml", ["train.weight_decay=1e30"], own / "work")
+    state = stage_states(layout, config)["train"]
+    assert state.state == "failed" and "diverged in epoch 1" in state.line()
 
 
 def test_changed_or_deleted_audio_makes_the_split_stale_and_the_frames_recomputed(tmp_path):

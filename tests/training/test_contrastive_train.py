@@ -4,14 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from stores import assert_resume_matches_straight, make_frames_workdir
+from stores import assert_resume_matches_straight, make_frames_workdir, write_frames, write_plan
 
 from audiotokens.pipeline.layout import Layout
 from audiotokens.pipeline.stores import open_split
 from audiotokens.model.bundle import load_bundle
 from audiotokens.config import load_config
 from audiotokens.model.contrastive import nearest_class_mean, supervised_contrastive_loss
-from audiotokens.training.contrastive import chance_level
+from audiotokens.training.contrastive import ContrastiveTrainer, chance_level
 from audiotokens.errors import UserError
 from audiotokens.model.inputs import pack_frames
 from audiotokens.training.train import ModelBuilder
@@ -86,8 +86,36 @@ def test_chance_level_is_the_loss_of_embeddings_that_are_all_alike():
 @pytest.mark.parametrize(("learning_rate", "warned"), [("1e-9", True), ("2e-3", False)])
 def test_a_contrastive_run_that_does_not_learn_is_warned_about(tmp_path, caplog, learning_rate, warned):
     make_frames_workdir(tmp_path, n_validation=8)
-    config = load_config(overrides=[*SMALL, "train.objective=contrastive", "train.epochs=4",
+    # cls pooling: the untrained [CLS] embeddings are alike, so a run that does not learn stays at chance
+    config = load_config(overrides=[*SMALL, "train.objective=contrastive", "train.epochs=4", "model.pooling=cls",
                                     f"train.learning_rate={learning_rate}"], workdir=tmp_path)
     with caplog.at_level("WARNING", logger="audiotokens"):
         ModelBuilder(config).run()
     assert ("is still at its chance level" in caplog.text) == warned
+
+
+def test_batches_that_cannot_hold_a_pair_of_a_class_are_refused(tmp_path):
+    make_frames_workdir(tmp_path, n_train=12, n_validation=6, lengths=(20, 24))
+    contrastive = [*SMALL, "train.objective=contrastive", "train.epochs=1"]
+    with pytest.raises(UserError, match=r"train.batch_size=1 makes batches of one clip, which hold none"):
+        ModelBuilder(load_config(overrides=[*contrastive, "train.batch_size=1"], workdir=tmp_path)).run()
+    # a budget of 30 positions holds one clip of 22-26 positions: every loss would be exactly 0
+    with pytest.raises(UserError, match="no batch of the epoch held two clips of a class, so every loss"):
+        ModelBuilder(load_config(overrides=[*contrastive, "train.batch_frames=30"], workdir=tmp_path)).run()
+
+    one_each = tmp_path / "one_each"
+    ids = {"train": ["a", "b", "c"], "validation": ["d", "e"]}
+    write_plan(one_each, ids, {"a": [0], "b": [1], "c": [2], "d": [0], "e": [1]}, ["x", "y", "z"])
+    write_frames(one_each, [(i, np.ones((8, 4), dtype=np.float32)) for i in "abcde"])
+    with pytest.raises(UserError, match="no class has two training clips; add clips or use train.objective"):
+        ModelBuilder(load_config(overrides=contrastive, workdir=one_each)).run()
+
+
+def test_many_batches_without_a_pair_are_said_once(caplog):
+    trainer = object.__new__(ContrastiveTrainer)
+    with caplog.at_level("WARNING", logger="audiotokens"):
+        trainer.check_pairs(1, 20)  # a last batch of one clip: not worth a word
+        trainer.check_pairs(3, 10)
+        trainer.check_pairs(4, 10)
+    assert caplog.text.count("batches of an epoch held no two clips of a class") == 1
+    assert "3 of 10 batches" in caplog.text

@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from stores import assert_resume_matches_straight, make_workdir
 
 from audiotokens.pipeline.layout import Layout
@@ -19,6 +20,8 @@ from audiotokens.model.objectives import objective_for
 from audiotokens.model.parts import ModelSpec
 from audiotokens.training.train import ModelBuilder, make_split_loader, read_split_tokens, read_vocabulary
 from audiotokens.training.optimisation import Trainer
+from audiotokens.model.inputs import pack_sequences
+from audiotokens.model.windows import eval_windows
 from audiotokens.training.loaders import LengthPlan, encoder_shape, evaluate_split
 
 SMALL = ["model.num_layers=1", "model.hidden_size=32", "model.num_heads=2", "model.intermediate_size=64",
@@ -201,6 +204,56 @@ def test_validation_by_windows_scores_like_the_bundle(cropped):
     clips = [np.array(tokens[o:o + n]) for o, n in zip(split.index.offsets, split.index.lengths)]
     assert result.scores.shape == (len(clips), 4)
     np.testing.assert_allclose(result.scores, bundle.scores(clips), rtol=1e-5, atol=1e-6)
+
+
+def test_the_windowed_validation_loss_is_a_mean_over_clips(cropped):
+    """Each clip's loss is the mean of its windows' losses; a long clip (many windows) counts once."""
+    layout = Layout(cropped)
+    bundle = load_bundle(layout.model_dir)
+    split = read_split_tokens(layout, "validation", read_vocabulary(layout))
+    plan = LengthPlan(batch_size=4, crop_frames=CROP, eval_window=CROP, eval_hop=CROP // 2)
+    loader = make_split_loader(split, "tokens", objective_for("multilabel"), max_frames=10**6, batch_size=4,
+                               shuffle_seed=None, num_workers=0, pin_memory=False, plan=plan)
+    trainer = Trainer(model=bundle.model, objective=objective_for("multilabel"), device=torch.device("cpu"),
+                      learning_rate=0.0, weight_decay=0.0, warmup_ratio=0.0, total_steps=1, amp=False)
+    result = evaluate_split(trainer, loader)
+    tokens = np.load(layout.tokens, mmap_mode="r")
+    targets = torch.from_numpy(split.index.label_matrix()).float()
+    expected = []
+    with torch.no_grad():
+        for row, (offset, length) in enumerate(zip(split.index.offsets, split.index.lengths)):
+            clip = np.array(tokens[offset:offset + length])
+            windows = [clip[start:stop] for start, stop in eval_windows(int(length), CROP, CROP // 2)]
+            logits = bundle.model(*pack_sequences(windows))
+            window_losses = F.binary_cross_entropy_with_logits(logits, targets[row].expand_as(logits),
+                                                               reduction="none").mean(dim=1)
+            expected.append(float(window_losses.mean()))
+    assert len(set(loader.window_counts.tolist())) > 1  # clips with different numbers of windows
+    assert result.loss == pytest.approx(np.mean(expected), rel=1e-5)
+    np.testing.assert_allclose(result.clip_losses, expected, rtol=1e-5)
+
+
+def test_with_max_length_validation_windows_cover_whole_clips_as_the_bundle_does(tmp_path):
+    layout = make_workdir(tmp_path, n_train=16, n_validation=8, lengths=(30, 60))
+    config = load_config(overrides=[*SMALL, "model.max_length=20", f"train.crop_frames={CROP}",
+                                    "train.epochs=1"], workdir=tmp_path)
+    counts = ModelBuilder(config).run()
+    train = read_split_tokens(layout, "train", read_vocabulary(layout))
+    assert counts["truncated_clips"] == len(train.index)  # training reads the first 20 frames; scoring all
+    bundle = load_bundle(layout.model_dir)
+    run = ModelBuilder(config)._prepare()
+    run.model.load_state_dict(bundle.model.state_dict())
+    loader = run.loaders["validation"]
+    split = run.splits["validation"]
+    ends = {}
+    for batch in loader.batch_sampler:
+        for i, _, stop in batch:
+            ends[i] = max(ends.get(i, 0), stop)
+    assert ends == {i: int(n) for i, n in enumerate(split.index.lengths)}
+    tokens = np.load(layout.tokens, mmap_mode="r")
+    clips = [np.array(tokens[o:o + n]) for o, n in zip(split.index.offsets, split.index.lengths)]
+    np.testing.assert_allclose(evaluate_split(run.trainer, loader).scores, bundle.scores(clips), rtol=1e-5,
+                               atol=1e-6)
 
 
 def test_the_model_holds_what_training_feeds():

@@ -206,6 +206,40 @@ def test_masked_frames_predicts_token_ids_from_frames(tmp_path):
     assert set(input_names("pretrain", config)) == {"split", "tokenize", "spectrogram"}
 
 
+def test_a_diverging_pretraining_stops_in_one_line_and_writes_nothing(tmp_path):
+    make_workdir(tmp_path, n_train=16, n_validation=4)
+    # AdamW scales the weights by 1 - lr·weight_decay: after the warm-up step they are ~1e25 and the scores
+    # overflow
+    config = load_config(overrides=[*SMALL, "pretrain.epochs=2", "train.weight_decay=1e30"], workdir=tmp_path)
+    with pytest.raises(UserError, match=r"training diverged in epoch 2, step 2: the held-out loss became NaN "
+                                        r"or infinite; train.weight_decay \(1e\+30\) times "
+                                        r"pretrain.learning_rate"):
+        Pretrainer(config).run()
+    assert not (tmp_path / "output" / "pretrain").exists()
+
+
+@pytest.mark.parametrize("encoder", ["cnn", "ssl"])
+def test_an_encoder_without_one_output_per_position_is_named_as_the_reason(tmp_path, encoder):
+    make_workdir(tmp_path, n_train=8, n_validation=4)
+    config = load_config(overrides=[*SMALL, f"model.encoder={encoder}"], workdir=tmp_path)
+    with pytest.raises(UserError, match=f"^pre-training needs an encoder with one output per position "
+                                        f"\\(bert or conformer\\), got model.encoder={encoder}$"):
+        Pretrainer(config).run()
+
+
+def test_init_from_a_pretraining_with_other_heads_is_refused_in_one_line(tmp_path):
+    """Q/K/V matrices have the same shapes whatever model.num_heads: the model specs are compared."""
+    make_workdir(tmp_path, n_train=16, n_validation=4)
+    Pretrainer(load_config(overrides=[*SMALL, "pretrain.epochs=1"], workdir=tmp_path)).run()
+    out = tmp_path / "output" / "pretrain"
+    config = load_config(overrides=[*SMALL, "model.num_heads=4", "train.epochs=1", f"train.init={out}"],
+                         workdir=tmp_path)
+    with pytest.raises(UserError, match=r"^'train.init' \(.*pretrain\) has another network than model.\* "
+                                        r"describes \(model.num_heads 2 there, 4 here\); use the model.\* "
+                                        r"settings"):
+        ModelBuilder(config).run()
+
+
 def test_unlabelled_audio_joins_the_catalogue_in_no_split(tmp_path):
     import soundfile as sf
 

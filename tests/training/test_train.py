@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from stores import N_CLUSTERS, make_workdir, write_tokens
+from stores import N_CLUSTERS, interrupt_in_second_epoch, make_workdir, write_tokens
 
 from audiotokens.pipeline.layout import Layout
 from audiotokens.pipeline.stores import open_split
@@ -226,6 +226,39 @@ def test_resume_after_epoch_one_matches_an_uninterrupted_run(tmp_path, monkeypat
         for row, s in zip(resumed["history"], straight["history"])]
     lines = Layout(tmp_path / "resumed").metrics.read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+def run_files_of(layout: Layout) -> dict[str, bytes]:
+    """The bytes of the finished run's files: bundle, log, curves, checkpoints."""
+    paths = [layout.metrics, layout.curves, *layout.checkpoints.glob("*.pt"), *layout.model_dir.rglob("*")]
+    return {str(path): path.read_bytes() for path in paths if path.is_file()}
+
+
+def test_a_failed_run_leaves_the_finished_runs_files_and_resumes_aside(tmp_path, monkeypatch):
+    layout = make_workdir(tmp_path, n_train=32, n_validation=8)
+    ModelBuilder(load_config(overrides=[*SMALL, "train.epochs=2"], workdir=tmp_path)).run()
+    finished = run_files_of(layout)
+    assert len(finished) > 6 and layout.best_checkpoint.is_file()
+
+    other = load_config(overrides=[*SMALL, "train.epochs=3", "train.learning_rate=1e-3"], workdir=tmp_path)
+    interrupt_in_second_epoch(ModelBuilder(other).run, monkeypatch, Trainer)
+    assert run_files_of(layout) == finished
+    staged = layout.staged_run_files
+    assert load_checkpoint(staged.last_checkpoint)["epoch"] == 1
+    assert [json.loads(line)["epoch"] for line in staged.metrics.read_text().splitlines()] == [1]
+
+    with pytest.raises(UserError, match="train.partial/checkpoints/last.pt was written by a different run"):
+        ModelBuilder(load_config(overrides=[*SMALL, "train.epochs=4", "train.learning_rate=1e-4"],
+                                 workdir=tmp_path), resume=True).run()
+    counts = ModelBuilder(other, resume=True).run()
+    assert counts["epochs_run"] == 2 and not staged.folder.exists()
+    assert load_checkpoint(layout.last_checkpoint)["epoch"] == 3
+    rows = [json.loads(line) for line in layout.metrics.read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
+    best = max(rows, key=lambda row: (row["validation"]["mAP"], -row["epoch"]))
+    assert load_checkpoint(layout.best_checkpoint)["epoch"] == best["epoch"]
+    model_card = (layout.model_dir / "README.md").read_text()
+    assert f"best epoch {counts['best_epoch']}" in model_card
 
 
 def test_resume_refuses_a_different_run(tmp_path):
