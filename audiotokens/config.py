@@ -60,7 +60,8 @@ PRETRAIN, SPLIT, SPECTROGRAM = "pretrain", "split", "spectrogram"
 
 @dataclass
 class DataConfig:
-    source: str = setting("manifest", check=("manifest", "folder", "audioset", "hf_parquet"))
+    source: str = setting("manifest", check=("manifest", "folder", "audioset", "hf_parquet", "hf_dataset",
+                                              "lhotse", "kaldi"))
     manifest: str = setting("", role=FILE)  # CSV with columns path,label[,group]; labels split by label_delimiter
     folder: str = ""  # folder-per-class tree: <folder>/<class>/<audio files>
     label_delimiter: str = ";"
@@ -71,6 +72,20 @@ class DataConfig:
     ontology: str = setting("", role=FILE)  # AudioSet ontology.json (names when class_labels is absent)
     parquet: str = ""  # glob of Hugging Face AudioSet parquet shards
     eval_parquet: str = ""  # glob of parquet shards for the official side
+    hf_dataset: str = ""  # Hugging Face datasets: a save_to_disk folder or an audiofolder tree
+    hf_audio_column: str = "audio"  # hf_dataset: an Audio feature or a column of file paths
+    hf_label_column: str = "label"  # hf_dataset: ClassLabel (its names), strings, or lists of either
+    hf_group_column: str = ""  # hf_dataset: the groups of the split stage (e.g. a speaker id); "" = none
+    hf_split: str = "train"  # hf_dataset: the split whose rows are the clips
+    hf_eval_split: str = ""  # hf_dataset: the split that is the official side (e.g. "validation")
+    hf_test_split: str = ""  # hf_dataset: the split that is the test split (e.g. "test")
+    lhotse_recordings: str = setting("", role=FILE)  # lhotse RecordingSet manifest (jsonl or jsonl.gz)
+    lhotse_supervisions: str = setting("", role=FILE)  # lhotse SupervisionSet: one clip per segment
+    lhotse_cuts: str = setting("", role=FILE)  # lhotse CutSet, instead of recordings + supervisions
+    lhotse_label: str = "speaker"  # lhotse: a supervision field (speaker, language, gender, text) or custom key
+    lhotse_group: str = "recording_id"  # lhotse: the field or custom key that groups clips; "" = none
+    kaldi_dir: str = ""  # Kaldi/ESPnet data directory: wav.scp, optional segments, the label file
+    kaldi_labels: str = "utt2label"  # kaldi: the label file in kaldi_dir (utt2spk, utt2lang, any utt2<name>)
     keep_unused_classes: bool = False  # keep classes without a training clip as model outputs
 
 

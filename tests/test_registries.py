@@ -80,6 +80,9 @@ def test_each_sources_eval_side_is_a_data_key(source):
             f"data.source={source.name} reads its validation side from data.{source.eval_key}, which [data] "
             "does not have")
         assert source.eval_hint, f"data.source={source.name} says nothing about what data.{source.eval_key} names"
+    if source.test_key:
+        assert hasattr(config.DataConfig(), source.test_key), (
+            f"data.source={source.name} reads its test split from data.{source.test_key}, which [data] does not have")
 
 
 # ---------------------------------------------------------------- stages

@@ -1,7 +1,12 @@
-"""Decode one clip to float32 samples: files on disk or rows of Hugging Face parquet shards.
+"""Decode one clip to float32 samples: files on disk, segments of them, rows of parquet or Arrow tables.
 
-A location is a file path or "<parquet path>::<row>" (column `audio`, a struct {bytes, path}, decoded in
-memory). Every problem with one clip raises AudioError, whose `kind` names the problem for skip reports.
+A location (`parse_location`) is one of
+  "<path>"                          a whole file
+  "<path>::<start>,<duration>"      a segment of a file, in seconds (lhotse supervisions, Kaldi segments):
+                                    decoding seeks to it, so a minute of an hour-long file costs a minute
+  "<table path>::<row>"             a row of a parquet shard or Hugging Face Arrow file: its column `audio`
+  "<table path>::<column>::<row>"   (or <column>) holds {bytes, path} or bytes, decoded in memory.
+Every problem with one clip raises AudioError, whose `kind` names the problem for skip reports.
 Decoding, mixing and resampling follow librosa.load (soundfile float32, channel mean, soxr 'soxr_hq',
 length fixed to ceil(n * ratio)) so frames match librosa's to float32 rounding.
 `AudioStream` decodes block by block, so a long recording never has to fit in memory at once; a file
@@ -15,6 +20,7 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import closing
+from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
@@ -35,6 +41,11 @@ BLOCK_FRAMES = 2**20  # samples per channel decoded at a time: 22 s at 48 kHz, 8
 # samples), so MP3 blocks are whole multiples of 1152.
 MP3_BLOCK_MULTIPLE = 1152
 _DECODER_ERRORS = (sf.LibsndfileError, RuntimeError, ValueError, TypeError, EOFError)
+# A segment may end this far past the end of its file (timing rounded by whoever wrote the metadata) and
+# is cut at the end; Kaldi's extract-segments allows the same 0.5 s. Beyond it the metadata does not
+# describe this file, and the clip is skipped.
+SEGMENT_OVERSHOOT = 0.5
+ARROW_SUFFIX = ".arrow"  # Hugging Face `save_to_disk` tables (Arrow IPC); other tables are parquet
 # Below this a declared rate is a damaged header or not sound: 1 Hz would be upsampled 22,050-fold into
 # minutes of a few interpolated values. The lowest real rates (old telephony, 2-8 kHz) stay above it.
 MIN_SAMPLE_RATE = 1000
@@ -49,12 +60,49 @@ class AudioError(Exception):
         self.detail = detail
 
 
-def parse_location(location: str) -> tuple[str, int | None]:
-    """Split "<parquet>::<row>" into (path, row); a plain path gives (path, None)."""
-    path, sep, row = str(location).rpartition(PARQUET_ROW_SEPARATOR)
-    if sep and row.isdigit():
-        return path, int(row)
-    return str(location), None
+@dataclass(frozen=True)
+class Location:
+    """Where one clip's audio is (module docstring): a file, a segment of one, or a row of a table."""
+
+    path: str
+    row: int | None = None  # a row of the table at `path`
+    column: str = "audio"  # the table's audio column
+    start: float = 0.0  # a segment's start and duration, in seconds
+    duration: float | None = None  # None: the whole file
+
+    def __str__(self) -> str:
+        if self.row is not None:
+            column = "" if self.column == "audio" else f"{self.column}{PARQUET_ROW_SEPARATOR}"
+            return f"{self.path}{PARQUET_ROW_SEPARATOR}{column}{self.row}"
+        if self.duration is not None:
+            return f"{self.path}{PARQUET_ROW_SEPARATOR}{float(self.start)!r},{float(self.duration)!r}"
+        return self.path
+
+
+_SECONDS = r"\d+(?:\.\d+)?(?:e-?\d+)?"  # a non-negative float as repr() writes it
+_SEGMENT = re.compile(rf"^({_SECONDS}),({_SECONDS})$")
+
+
+def parse_location(location: str) -> Location:
+    """The parts of a location string; anything that is not a row or a segment is a plain path."""
+    head, sep, tail = str(location).rpartition(PARQUET_ROW_SEPARATOR)
+    if sep and tail.isdigit():
+        table, sep, column = head.rpartition(PARQUET_ROW_SEPARATOR)
+        return Location(table, int(tail), column) if sep and column else Location(head, int(tail))
+    segment = _SEGMENT.match(tail) if sep else None
+    if segment:
+        return Location(head, start=float(segment[1]), duration=float(segment[2]))
+    return Location(str(location))
+
+
+def segment_location(path: str, start: float, duration: float) -> str:
+    """The location of `duration` seconds of the file at `path` from `start` seconds on."""
+    return str(Location(path, start=start, duration=duration))
+
+
+def table_location(path: str, row: int, column: str = "audio") -> str:
+    """The location of row `row` of a parquet or Arrow table whose audio is in `column`."""
+    return str(Location(path, row, column))
 
 
 def load_audio(location: str, max_duration: float = 0.0) -> tuple[np.ndarray, int]:
@@ -74,26 +122,29 @@ class AudioStream:
     """
 
     def __init__(self, location: str, max_duration: float = 0.0):
-        path, row = parse_location(location)
-        self._handle = io.BytesIO(_parquet_audio_bytes(path, row)) if row is not None else _open_file(path)
+        where = parse_location(location)
+        in_table = where.row is not None
+        self._handle = (io.BytesIO(_table_audio_bytes(where.path, where.column, where.row)) if in_table
+                        else _open_file(where.path))
         try:
             ogg = _ogg_pages(self._handle)
             # libsndfile reads a path itself, ~6 % faster than through Python's file object
-            self._file = _open_decoder(self._handle if row is not None else path)
+            self._file = _open_decoder(self._handle if in_table else where.path)
         except BaseException:
             self._handle.close()
             raise
         self.rate: int = self._file.samplerate
         self.channels: int = self._file.channels
         self.declared: int = self._file.frames
-        self.frames = min(self.declared, int(max_duration * self.rate)) if max_duration > 0 else self.declared
         self.read = 0  # samples per channel decoded so far
         try:
             check_sample_rate(self.rate)
             self._check_complete(ogg)
+            available = self.declared if where.duration is None else self._seek_segment(where)
         except BaseException:
             self.close()
             raise
+        self.frames = min(available, int(max_duration * self.rate)) if max_duration > 0 else available
 
     def close(self) -> None:
         self._file.close()
@@ -121,6 +172,27 @@ class AudioStream:
         if self.read < self.frames:
             raise AudioError("truncated", f"the audio ends after {self.read} of the {self.declared} samples the "
                              "file declares")
+
+    def _seek_segment(self, where: Location) -> int:
+        """Position the decoder at the segment's first sample; the segment's length in samples."""
+        first, count = round(where.start * self.rate), round(where.duration * self.rate)
+        seconds = self.declared / self.rate
+        if first >= self.declared:
+            raise AudioError("segment outside the file", f"it starts at {where.start:g} s, the file holds "
+                             f"{seconds:.3f} s")
+        past_end = first + count - self.declared
+        if past_end > SEGMENT_OVERSHOOT * self.rate:
+            raise AudioError("segment outside the file", f"it ends {past_end / self.rate:.3f} s after the end of "
+                             f"the file ({seconds:.3f} s)")
+        try:
+            if self._file.seekable():
+                self._file.seek(first)
+            else:  # decode and drop what comes before the segment
+                for _ in self._file.blocks(blocksize=BLOCK_FRAMES, frames=first, dtype="float32"):
+                    pass
+        except _DECODER_ERRORS as exc:
+            raise AudioError("truncated", f"seeking to sample {first} failed ({_decoder_message(exc)})") from None
+        return min(count, self.declared - first)
 
     def _check_complete(self, ogg: OggLength | None) -> None:
         """Evidence in the container that data is missing, before anything is decoded."""
@@ -233,26 +305,71 @@ def _check_wav_complete(log: str) -> None:
             raise AudioError("truncated", f"header declares {declared} data bytes, file holds {present}")
 
 
-# ---------------------------------------------------------------- parquet rows
+# ---------------------------------------------------------------- table rows
 
-# The last row group read in this process: clips in file order read each row group once.
+# The last row group (parquet) or table (Arrow) read in this process: clips in file order read each once.
 _parquet_cache: dict[str, object] = {}
 
 
-def _parquet_audio_bytes(path: str, row: int) -> bytes:
-    encoded, first_row = _parquet_row_group(path, row)
+def _table_audio_bytes(path: str, column: str, row: int) -> bytes:
+    rows = _arrow_table if path.endswith(ARROW_SUFFIX) else _parquet_row_group
+    encoded, first_row = rows(path, column, row)
     data = encoded[row - first_row].as_py()
     if not data:
         raise AudioError("no audio", f"row {row} of {path} has no audio bytes")
     return data
 
 
-def _parquet_row_group(path: str, row: int):
-    """The encoded audio (`audio.bytes`) of the row group holding `row`, and that group's first row."""
-    cached = _parquet_cache
-    if cached.get("path") == path and cached["first"] <= row < cached["stop"]:
-        return cached["column"], cached["first"]
+def _bytes_of(column, name: str, path: str):
+    """The encoded audio of a table's audio column: the `bytes` field of a struct {bytes, path}, or itself."""
     import pyarrow as pa
+
+    if pa.types.is_struct(column.type):
+        field = column.type.get_field_index("bytes")
+        if field < 0:
+            raise AudioError("no audio", f"the '{name}' column of {path} has no 'bytes' field")
+        return column.flatten()[field]  # flatten keeps a null struct null
+    if not (pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)):
+        raise AudioError("no audio", f"the '{name}' column of {path} holds {column.type}, not audio bytes")
+    return column
+
+
+def _arrow_table(path: str, column: str, row: int):
+    """The encoded audio of a whole Arrow file (memory-mapped, so only the rows read are touched), and 0."""
+    cached = _parquet_cache
+    if cached.get("path") == path and cached.get("name") == column:
+        encoded = cached["column"]
+    else:
+        import pyarrow as pa
+
+        try:
+            with pa.memory_map(path) as source:
+                try:
+                    table = pa.ipc.open_stream(source).read_all()  # what `save_to_disk` writes
+                except pa.ArrowInvalid:
+                    table = pa.ipc.open_file(source).read_all()
+        except FileNotFoundError:
+            raise AudioError("missing", path) from None
+        except PermissionError:
+            raise AudioError("unreadable", "permission denied") from None
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ... for damaged files
+            raise AudioError("undecodable", f"Arrow file {path}: {str(exc).splitlines()[0]}") from None
+        if column not in table.column_names:
+            raise AudioError("no audio", f"Arrow file {path} has no '{column}' column")
+        encoded = _bytes_of(table.column(column), column, path)
+        _parquet_cache.clear()
+        _parquet_cache.update(path=path, name=column, column=encoded)
+    if row >= len(encoded):
+        raise AudioError("missing", f"row {row} is past the end of {path} ({len(encoded)} rows)")
+    return encoded, 0
+
+
+def _parquet_row_group(path: str, column: str, row: int):
+    """The encoded audio (`<column>.bytes`) of the row group holding `row`, and that group's first row."""
+    cached = _parquet_cache
+    if (cached.get("path") == path and cached.get("name") == column and "first" in cached
+            and cached["first"] <= row < cached["stop"]):
+        return cached["column"], cached["first"]
     import pyarrow.parquet as pq
 
     try:
@@ -263,23 +380,19 @@ def _parquet_row_group(path: str, row: int):
         raise AudioError("unreadable", "permission denied") from None
     except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ... for damaged files
         raise AudioError("undecodable", f"parquet file {path}: {str(exc).splitlines()[0]}") from None
-    if "audio" not in parquet.schema_arrow.names:
-        raise AudioError("no audio", f"parquet file {path} has no 'audio' column")
+    if column not in parquet.schema_arrow.names:
+        raise AudioError("no audio", f"parquet file {path} has no '{column}' column")
     first = 0
     for group in range(parquet.metadata.num_row_groups):
         stop = first + parquet.metadata.row_group(group).num_rows
         if row < stop:
             try:
-                column = parquet.read_row_group(group, columns=["audio"]).column("audio").combine_chunks()
+                read = parquet.read_row_group(group, columns=[column]).column(column).combine_chunks()
             except Exception as exc:  # noqa: BLE001 - any pyarrow failure means this row is unreadable
                 raise AudioError("undecodable", f"parquet file {path}: {str(exc).splitlines()[0]}") from None
-            if pa.types.is_struct(column.type):
-                field = column.type.get_field_index("bytes")
-                if field < 0:
-                    raise AudioError("no audio", f"the 'audio' column of {path} has no 'bytes' field")
-                column = column.flatten()[field]  # flatten keeps a null struct null
+            encoded = _bytes_of(read, column, path)
             _parquet_cache.clear()
-            _parquet_cache.update(path=path, first=first, stop=stop, column=column)
-            return column, first
+            _parquet_cache.update(path=path, name=column, first=first, stop=stop, column=encoded)
+            return encoded, first
         first = stop
     raise AudioError("missing", f"row {row} is past the end of {path} ({first} rows)")

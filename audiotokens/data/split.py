@@ -1,21 +1,22 @@
 """`audiotokens split`: assign the clips of a source to train, validation and test.
 
 Strategies (split.strategy) choose the validation side:
-  auto        prefix for AudioSet sources (YouTube ids), else group when the clips have groups, else
+  auto        prefix for AudioSet sources (YouTube ids), official for a Hugging Face dataset whose
+              validation split is named (data.hf_eval_split), else group when the clips have groups, else
               stratified
   prefix      validation = clips whose id's FIRST character is in split.validation_prefixes (case as written)
   random      validation_ratio of the clips, drawn with split.seed
   group       whole groups on one side (clips without a group are their own group), ratio approximately met
   stratified  iterative multi-label stratification (Sechidis et al. 2011); every class with >= 2 clips
               lands on both sides
-  official    the side given by data.eval_segments / data.eval_parquet, or the ids in split.validation_list;
-              split.official_side says whether it is the validation or the test split
+  official    the side given by data.eval_segments / eval_parquet / hf_eval_split, or the ids in
+              split.validation_list; split.official_side says whether it is the validation or the test split
   kfold       split.folds folds (group-aware, stratified where labels allow); fold split.fold is validation
   column      a manifest column (split.column) names each clip's side, or its predefined fold: fold
               split.fold is validation, split.test_fold (if set) test (column_split.py)
-The test split is split.test_list, or the official side when split.official_side = "test", or else
-split.test_ratio of the clips drawn before validation (whole groups when the clips have groups, else
-stratified, or random with the random strategy); 0 means no test split.
+The test split is the source's own (data.hf_test_split), or split.test_list, or the official side when
+split.official_side = "test", or else split.test_ratio of the clips drawn before validation (whole groups
+when the clips have groups, else stratified, or random with the random strategy); 0 means no test split.
 
 Classes without a training clip are dropped from the model's class list (listed in the report) unless
 data.keep_unused_classes; a single-label clip of a dropped class leaves its split, a multi-label positive
@@ -72,8 +73,8 @@ class DatasetSplitter:
                      "left out of this split", source.eval_key)
         _check_classes(dataset)
         sides, notes = assign(dataset, self.config, strategy)
-        splits = {name: [clip for clip, side in zip(dataset.clips + (dataset.eval_clips or []), sides)
-                         if side == number] for number, name in enumerate(SPLITS)}
+        splits = {name: [clip for clip, side in zip(dataset.all_clips(), sides) if side == number]
+                  for number, name in enumerate(SPLITS)}
         kept, dropped = model_classes(dataset, splits["train"], data.keep_unused_classes)
         left_out = left_out_of_splits(dataset, splits, dropped)
         splits = _leave_out_unpredictable(dataset, splits, kept, notes)
@@ -205,7 +206,10 @@ def assign(dataset: Dataset, config: Config, strategy: str) -> tuple[np.ndarray,
         official = _official(dataset, split.validation_list)
         sides[official] = TEST if official_test else VALIDATION
         pool = np.flatnonzero(sides == TRAIN)
-    if split.test_list:
+    if dataset.test_clips:
+        _check_own_test(config, official_test)
+        sides[len(sides) - len(dataset.test_clips):] = TEST
+    elif split.test_list:
         usable = [i for i in range(len(sides)) if sides[i] >= 0]
         sides[listed_positions(dataset, usable, split.test_list, "split.test_list")] = TEST
     elif not official_test and split.test_ratio > 0:
@@ -238,6 +242,16 @@ def assign(dataset: Dataset, config: Config, strategy: str) -> tuple[np.ndarray,
         raise UserError(f"unknown split.strategy '{strategy}'")
     _check_not_empty(sides, dataset, config, strategy)
     return sides, notes
+
+
+def _check_own_test(config: Config, official_test: bool) -> None:
+    """A source's own test split is the test split: nothing else may claim that role."""
+    key = f"data.{sources.source_of(config.data).test_key}"
+    if config.split.test_list:
+        raise UserError(f"{key} names the test split; leave split.test_list empty (or {key})")
+    if official_test:
+        raise UserError(f"{key} names the test split; split.official_side = \"test\" would make the official "
+                        "side a second one: set split.official_side = \"validation\"")
 
 
 def carve(dataset: Dataset, pool: np.ndarray, ratio: float, seed: int, method: str,

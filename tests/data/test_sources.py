@@ -376,6 +376,9 @@ def test_folder_per_class(tmp_path):
     ({"source": "audioset"}, "data.segments is empty"),
     ({"source": "audioset", "segments": "/nonexistent.csv"}, "data.segments /nonexistent.csv not found"),
     ({"source": "hf_parquet"}, "data.parquet is empty"),
+    ({"source": "hf_dataset"}, "data.hf_dataset is empty"),
+    ({"source": "lhotse"}, "data.lhotse_recordings is empty"),
+    ({"source": "kaldi"}, "data.kaldi_dir is empty"),
 ])
 def test_unset_source_keys_are_named(settings, fragment):
     with pytest.raises(UserError, match=fragment):
@@ -383,11 +386,16 @@ def test_unset_source_keys_are_named(settings, fragment):
 
 
 @pytest.mark.parametrize("settings, with_eval, fragment", [
-    ({"source": "kaldi"}, False, "^'data.source' must be one of manifest, folder, audioset, hf_parquet, got 'kaldi'$"),
+    ({"source": "nemo"}, False, ("^'data.source' must be one of manifest, folder, audioset, hf_parquet, hf_dataset, "
+                                 "lhotse, kaldi, got 'nemo'$")),
     ({"source": "manifest", "manifest": "m.csv"}, True, "^data.source=manifest has no eval side of its own"),
     ({"source": "folder", "folder": "f"}, True, "^data.source=folder has no eval side of its own"),
     ({"source": "audioset", "segments": "s.csv"}, True, "^data.eval_segments is empty; set it to the eval segments"),
     ({"source": "hf_parquet", "parquet": "*.parquet"}, True, "^data.eval_parquet is empty; set it to a glob"),
+    ({"source": "hf_dataset", "hf_dataset": "d"}, True, ("^data.hf_eval_split is empty; set it to the name of the "
+                                                         "dataset's validation split")),
+    ({"source": "lhotse"}, True, "^data.source=lhotse has no eval side of its own"),
+    ({"source": "kaldi"}, True, "^data.source=kaldi has no eval side of its own"),
 ])
 def test_the_source_is_looked_up_and_only_its_own_eval_side_is_loaded(settings, with_eval, fragment):
     with pytest.raises(UserError, match=fragment) as caught:

@@ -2,9 +2,10 @@
 
 `load(config.data)` looks `data.source` up in SOURCES, one registered class per format (source.py says
 what a source provides): manifest | folder (manifest.py), audioset (audioset.py), hf_parquet
-(hf_parquet.py). With `with_eval=True` a source with a validation side of its own (AudioSet's
-data.eval_segments or data.eval_parquet) also loads it into `Dataset.eval_clips`, with the same class
-list and audio lookup.
+(hf_parquet.py), hf_dataset (hf_dataset.py), lhotse (lhotse_manifests.py), kaldi (kaldi_dir.py). With
+`with_eval=True` a source with a validation side of its own (AudioSet's data.eval_segments or
+data.eval_parquet, a Hugging Face dataset's data.hf_eval_split) also loads it into `Dataset.eval_clips`,
+with the same class list and audio lookup.
 """
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from ...config import DataConfig
 from ...errors import UserError
 from .audio_files import AUDIO_EXTENSIONS, is_audio_file
 from .audioset import AudioSetSource
+from .hf_dataset import HfDatasetSource
 from .hf_parquet import HfParquetSource, parquet_location, split_location
+from .kaldi_dir import KaldiSource
+from .lhotse_manifests import LhotseSource
 from .manifest import FolderSource, ManifestRow, ManifestSource, load_folder, load_manifest, read_manifest
 from .records import MULTILABEL, SINGLELABEL, Clip, Dataset, Missing, detect_task
 from .source import Source
@@ -25,7 +29,8 @@ __all__ = [
 
 # data.source -> its source; config's check on data.source lists the same names
 SOURCES: dict[str, type[Source]] = {
-    source.name: source for source in (ManifestSource, FolderSource, AudioSetSource, HfParquetSource)}
+    source.name: source for source in (ManifestSource, FolderSource, AudioSetSource, HfParquetSource, HfDatasetSource,
+                                       LhotseSource, KaldiSource)}
 
 
 def source_of(data: DataConfig) -> Source:

@@ -13,8 +13,9 @@ SINGLELABEL = "singlelabel"
 class Clip:
     """One labelled clip.
 
-    `audio` is an absolute file path, or "<absolute parquet path>::<row number>" for a clip stored in a
-    parquet shard. `labels` are class ids (positions in the catalog's class list).
+    `audio` is a location (data/audio.py): an absolute file path, a segment of one
+    ("<path>::<start>,<duration>"), or a row of a parquet shard or Arrow file ("<path>::[<column>::]<row>").
+    `labels` are class ids (positions in the catalog's class list).
     """
 
     id: str
@@ -44,6 +45,7 @@ class Dataset:
 
     `eval_clips` is the validation side given by the metadata itself (AudioSet eval_segments or
     eval parquet shards); it shares the class list with `clips`. None when not requested.
+    `test_clips` is a test split the metadata itself gives (a Hugging Face dataset's test split).
     """
 
     source: str
@@ -53,9 +55,11 @@ class Dataset:
     class_ids: list[str] | None = None
     missing: list[Missing] = field(default_factory=list)
     eval_clips: list[Clip] | None = None
+    test_clips: list[Clip] | None = None
 
     def all_clips(self) -> list[Clip]:
-        return self.clips + (self.eval_clips or [])
+        """Training-side clips, then the validation side's, then the test split's."""
+        return self.clips + (self.eval_clips or []) + (self.test_clips or [])
 
 
 def detect_task(label_lists: Iterable[list[int]]) -> str:

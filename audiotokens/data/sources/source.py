@@ -2,8 +2,9 @@
 
 A source is bound to the [data] section and turns the keys it reads into one catalog of labelled clips
 (`Dataset`). It also says what the split stage needs to know about it: the [data] key that names its own
-validation side, if it has one (`eval_key`), the split strategy that suits it when split.strategy is
-auto, and whether its clip ids start with the class name (then a split by id prefix would split by class).
+validation side, if it has one (`eval_key`), the one that names its own test split (`test_key`), the split
+strategy that suits it when split.strategy is auto, and whether its clip ids start with the class name
+(then a split by id prefix would split by class).
 A new source is one subclass, beside the code that reads its format, plus one entry in SOURCES.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Source(ABC):
     name: ClassVar[str]  # the data.source value, also the catalog's `source`
     eval_key: ClassVar[str] = ""  # [data] key naming the source's own validation side; "" = it has none
     eval_hint: ClassVar[str] = ""  # what eval_key names, for the message when it is empty
+    test_key: ClassVar[str] = ""  # [data] key naming the source's own test split; "" = it has none
     auto_strategy: ClassVar[str] = ""  # split.strategy=auto; "": by groups when clips have them, else stratified
     ids_lead_with_class: ClassVar[bool] = False  # clip ids start with the class name
 
