@@ -18,7 +18,10 @@ Layout under a workdir:
   output/model/                     portable bundle (save_pretrained + audiotokens.json + vocabulary + README.md)
   output/pretrain/                  pre-trained embedder and encoder, with its metrics.jsonl and curves.png
   output/checkpoints/{last,best}.pt training state for --resume (pretrain.pt: pre-training's)
-  output/metrics.jsonl, output/curves.png, output/tensorboard/ (when tensorboard is installed)
+  output/metrics.jsonl, output/curves.png
+  output/tensorboard/<stage>-<time>/ TensorBoard event files of each train or pretrain run (train.tracking)
+  output/mlflow/                    the local MLflow store (mlflow.db, artifacts/) when train.tracking names
+                                    mlflow and MLFLOW_TRACKING_URI is unset
   output/eval/<name>/               evaluation reports (EVAL_* below)
   output/eval/<split>/robustness/<model | baseline_<name>>/   robustness reports (ROBUSTNESS_* below)
   output/baselines/<model>/<split>/ the MFCC baselines' reports (and <model>/fit.json, <model>/model.joblib)
@@ -238,6 +241,23 @@ class Layout:
     @property
     def tensorboard(self) -> Path:
         return self.output / "tensorboard"
+
+    def tensorboard_run(self, run_name: str) -> Path:
+        """One run's event files (run_name: `<stage>-<time>`), so TensorBoard shows each run as its own."""
+        return self.tensorboard / run_name
+
+    @property
+    def mlflow(self) -> Path:
+        return self.output / "mlflow"
+
+    @property
+    def mlflow_store(self) -> Path:
+        """The SQLite database of the local MLflow store (MLflow's file store is deprecated)."""
+        return self.mlflow / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.mlflow / "artifacts"
 
     @property
     def pretrain_dir(self) -> Path:
