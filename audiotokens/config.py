@@ -37,6 +37,15 @@ from .errors import UserError
 
 RUNTIME, STORAGE, FILE, RESUMABLE = "runtime", "storage", "file", "resumable"
 
+TRACKERS = ("tensorboard", "mlflow")  # train.tracking's names (training/tracking.py)
+
+
+def tracker_names(value: str) -> list[str]:
+    """The trackers a train.tracking value names: comma-separated, or none."""
+    names = [name.strip() for name in value.split(",")]
+    return [] if names == ["none"] else names
+
+
 # check name -> (predicate, wording for the error message)
 RANGES = {
     "positive": (lambda v: v > 0, "positive"),
@@ -46,6 +55,8 @@ RANGES = {
     "at_least_2": (lambda v: v >= 2, ">= 2"),
     # numpy's legacy seeding and scikit-learn take [0, 2**32); faiss's k-means seed is a C int
     "seed": (lambda v: 0 <= v < 2**31, "in [0, 2**31 - 1]"),
+    "trackers": (lambda v: (names := tracker_names(v)) == list(dict.fromkeys(names)) and set(names) <= set(TRACKERS),
+                 "tensorboard, mlflow, both comma-separated, or none"),
 }
 
 
@@ -254,6 +265,9 @@ class TrainConfig:
     seed: int = setting(0, check="seed")
     device: str = setting("auto", role=RUNTIME, check=("auto", "cuda", "mps", "cpu"))
     num_workers: int = setting(2, role=RUNTIME, check="non_negative")
+    # run tracking of train and pretrain beside metrics.jsonl: tensorboard (output/tensorboard/; skipped with a
+    # note when not installed), mlflow (MLFLOW_TRACKING_URI, else the local store output/mlflow/), both, or none
+    tracking: str = setting("tensorboard", role=RUNTIME, check="trackers")
     objective: str = setting("classify", check=("classify", "contrastive"))  # contrastive: training/contrastive.py
     init: str = ""  # start embedder and encoder from a pre-training (output/pretrain) or a bundle folder
     # "": the encoder's default (ssl: feature_encoder, else none) | none | feature_encoder (ssl) |

@@ -18,9 +18,12 @@ Layout under a workdir:
   output/model/                     portable bundle (weights, JSON files, vocabulary, manifest.json, README.md)
   output/pretrain/                  pre-trained embedder and encoder, with its metrics.jsonl and curves.png
   output/checkpoints/{last,best}.pt training state for --resume (pretrain.pt: pre-training's)
-  output/metrics.jsonl, output/curves.png, output/tensorboard/ (when tensorboard is installed)
-  output/train.partial/             a train run under way: its metrics.jsonl, curves.png, tensorboard/ and
-                                    checkpoints/, swapped in for the files above with its bundle (RunFiles)
+  output/metrics.jsonl, output/curves.png
+  output/train.partial/             a train run under way: its metrics.jsonl, curves.png and checkpoints/,
+                                    swapped in for the files above with its bundle (RunFiles)
+  output/tensorboard/<stage>-<time>/ TensorBoard event files of each train or pretrain run (train.tracking)
+  output/mlflow/                    the local MLflow store (mlflow.db, artifacts/) when train.tracking names
+                                    mlflow and MLFLOW_TRACKING_URI is unset
   output/eval/<name>/               evaluation reports (EVAL_* below)
   output/eval/<split>/robustness/<model | baseline_<name>>/   robustness reports (ROBUSTNESS_* below)
   output/baselines/<model>/<split>/ the MFCC baselines' reports (and <model>/fit.json, <model>/model.joblib)
@@ -139,8 +142,9 @@ RECORDS = {
 
 @dataclass(frozen=True)
 class RunFiles:
-    """A train run's log, curves, TensorBoard events and checkpoints, under one folder: output/ for the run
-    whose bundle is output/model/, output/train.partial/ for a run under way (training/run_files.py)."""
+    """A train run's log, curves and checkpoints, under one folder: output/ for the run whose bundle is
+    output/model/, output/train.partial/ for a run under way (training/run_files.py). TensorBoard and MLflow
+    keep every run apart already (a folder or record per run), so they are written in place."""
 
     folder: Path
 
@@ -151,10 +155,6 @@ class RunFiles:
     @property
     def curves(self) -> Path:
         return self.folder / CURVES
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.folder / "tensorboard"
 
     @property
     def checkpoints(self) -> Path:
@@ -288,7 +288,24 @@ class Layout:
 
     @property
     def tensorboard(self) -> Path:
-        return self.run_files.tensorboard
+        return self.output / "tensorboard"
+
+    def tensorboard_run(self, run_name: str) -> Path:
+        """One run's event files (run_name: `<stage>-<time>`), so TensorBoard shows each run as its own."""
+        return self.tensorboard / run_name
+
+    @property
+    def mlflow(self) -> Path:
+        return self.output / "mlflow"
+
+    @property
+    def mlflow_store(self) -> Path:
+        """The SQLite database of the local MLflow store (MLflow's file store is deprecated)."""
+        return self.mlflow / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.mlflow / "artifacts"
 
     @property
     def pretrain_dir(self) -> Path:

@@ -1,5 +1,5 @@
-"""Per-epoch training records: metrics.jsonl, TensorBoard (when installed) and curves.png of a run's files
-(layout.RunFiles: output/train.partial/ while the run is under way)."""
+"""Per-epoch training records: metrics.jsonl and curves.png of a run's files (layout.RunFiles:
+output/train.partial/ while the run is under way), and, through tracking.py, TensorBoard and MLflow."""
 from __future__ import annotations
 
 import logging
@@ -27,26 +27,21 @@ class TrainingLog:
     """One JSON line per epoch with train and validation side by side; the file always matches the history.
 
     A fresh run starts an empty file; a resumed run rewrites it from the checkpoint's history, so epochs
-    that ran after the last checkpoint (and were lost with it) do not appear twice.
+    that ran after the last checkpoint (and were lost with it) do not appear twice. Each epoch also goes to
+    the run's tracking (TensorBoard, MLflow: tracking.py), which replays the history itself.
     """
 
-    def __init__(self, files: RunFiles, objective: Objective, history: list[dict[str, Any]]):
-        self.files, self.objective = files, objective
+    def __init__(self, files: RunFiles, objective: Objective, history: list[dict[str, Any]], tracking=None):
+        self.files, self.objective, self.tracking = files, objective, tracking
         self.history = list(history)
         write_jsonl(files.metrics, self.history)
-        self.writer = _tensorboard_writer(files.tensorboard)
 
     def record(self, row: dict[str, Any]) -> None:
         row = finite_or_none(row)
         self.history.append(row)
         append_jsonl(self.files.metrics, row)
-        if self.writer is not None:
-            for side in ("train", "validation"):
-                for name, value in row[side].items():
-                    if value is not None:
-                        self.writer.add_scalar(f"{name}/{side}", value, row["epoch"])
-            self.writer.add_scalar("lr", row["lr"], row["epoch"])
-            self.writer.flush()
+        if self.tracking is not None:
+            self.tracking.epoch(row)
         draw_curves(self.history, self.objective, self.files.curves)
 
     @staticmethod
@@ -54,28 +49,12 @@ class TrainingLog:
         """A line that is not an epoch (e.g. the test split's figures), after the epochs it summarises."""
         append_jsonl(files.metrics, finite_or_none(row))
 
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
 
 class NoTrainingLog:
     """What a torchrun process other than rank 0 keeps instead of a TrainingLog: nothing."""
 
     def record(self, row: dict[str, Any]) -> None:
         pass
-
-    def close(self) -> None:
-        pass
-
-
-def _tensorboard_writer(path: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        log.debug("tensorboard is not installed; metrics go to metrics.jsonl and curves.png only")
-        return None
-    return SummaryWriter(str(path))
 
 
 def epoch_line(row: dict[str, Any], epochs: int, objective: Objective) -> str:

@@ -63,8 +63,9 @@ from ..pipeline.stores import ClipIndex, SplitPlan, copy_offsets, open_store, re
 from .augment import content_positions, mask_time_spans
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .datasets import CopyChoice, EpochShuffleSampler
-from .loaders import check_model_size, set_loader_epoch
+from .loaders import check_model_size, record_peak_memory, reset_peak_memory, set_loader_epoch
 from .optimisation import Optimisation, divergence_error, divergence_hint, pick_device
+from .tracking import TokenUsage, Tracking
 from .train import SplitStore, check_token_ids, model_length, model_spec, read_vocabulary
 
 log = logging.getLogger("audiotokens")
@@ -276,12 +277,17 @@ class Pretrainer:
         torch.manual_seed(settings.seed)
         backbone = AudioClassifier(spec=spec, decode_tables=[torch.from_numpy(t) for t in tables])
         model = MaskedPredictor(backbone=backbone, codebook_sizes=list(vocab.codebook_sizes))
-        history = self._fit(model, fit_loader, held_loader, vocab)
-        self._write(model, vocab, history)
-        last = history[-1].get("heldout", {}) if history else {}  # pretrain.heldout = 0: none
-        return {**counts, "epochs": len(history), "max_frames": max_frames,
-                "heldout_loss": last.get("loss"), "heldout_masked_accuracy": last.get("masked_accuracy"),
-                "wall_time_s": round(time.perf_counter() - started, 3)}
+        with Tracking.open(self.config.train.tracking, self.layout, "pretrain") as tracking:
+            history = self._fit(model, fit_loader, held_loader, vocab, tracking)
+            self._write(model, vocab, history)
+            last = history[-1].get("heldout", {}) if history else {}  # pretrain.heldout = 0: none
+            result = {**counts, "epochs": len(history), "max_frames": max_frames,
+                      "heldout_loss": last.get("loss"), "heldout_masked_accuracy": last.get("masked_accuracy"),
+                      "wall_time_s": round(time.perf_counter() - started, 3)}
+            tracking.finish(figures={name: result[name] for name in ("heldout_loss", "heldout_masked_accuracy")},
+                            best_epoch=len(history), class_ap=None, summary=result,
+                            artifacts=[(self.out_dir, "pretrain")])
+        return result
 
     def _columns(self, vocab, frames: bool) -> int:
         return int(np.load(self.layout.frames, mmap_mode="r").shape[1]) if frames else len(vocab.codebook_sizes)
@@ -335,7 +341,7 @@ class Pretrainer:
                             f"'{self.config.cluster.quantizer}' makes tokens of several frames; use mlm")
 
     def _fit(self, model: MaskedPredictor, fit_loader: DataLoader, held_loader: DataLoader | None,
-             vocab) -> list[dict[str, Any]]:
+             vocab, tracking: Tracking) -> list[dict[str, Any]]:
         settings = self.settings
         device = pick_device(self.config.train.device)
         model.to(device)
@@ -344,6 +350,9 @@ class Pretrainer:
                              weight_decay=self.config.train.weight_decay, warmup_ratio=self.config.train.warmup_ratio,
                              total_steps=total_steps)
         history = self._restore(model, steps, total_steps) if self.resume else []
+        tracking.start(stage_params(self.config, "pretrain"), history,
+                       TokenUsage.read(self.layout) if tracking.active else None)
+        reset_peak_memory(device)
         for epoch in range(len(history), settings.epochs):
             set_loader_epoch(fit_loader, epoch)
             generator = torch.Generator().manual_seed(settings.seed * 1000 + epoch + 1)
@@ -358,7 +367,9 @@ class Pretrainer:
                                                 steps, training=False)
                 if not math.isfinite(row["heldout"]["loss"]):
                     self._stop_if_diverged(steps, epoch, ("held-out loss", steps.step))
+            record_peak_memory(row, device)
             history.append(row)
+            tracking.epoch(row)
             self._checkpoint(model, steps, history)
             held = row.get("heldout", {})
             log.info("pretrain epoch %d/%d: loss %.4f | held-out %s, masked accuracy %s", epoch + 1, settings.epochs,

@@ -1,7 +1,7 @@
-"""Where a train run keeps its log, curves, TensorBoard events and checkpoints (layout.RunFiles).
+"""Where a train run keeps its log, curves and checkpoints (layout.RunFiles).
 
 A run writes them aside, in output/train.partial/, and they replace output/'s (metrics.jsonl, curves.png,
-tensorboard/, checkpoints/{last,best}.pt) only once its bundle has replaced output/model/: a run that fails
+checkpoints/{last,best}.pt) only once its bundle has replaced output/model/: a run that fails
 or is interrupted leaves the files of the run whose bundle is output/model/ as they were. `--resume`
 continues the run under way (a failed or interrupted one) when its settings match, else the finished run (to
 train it for more epochs, or to write its bundle again), whose files are first copied aside.
@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 
-from ..pipeline.files import replace_dir
 from ..pipeline.layout import Layout, RunFiles
 from .checkpoint import copy_checkpoint
 
@@ -37,8 +36,6 @@ def adopt(finished: RunFiles, staged: RunFiles) -> None:
             copy_checkpoint(source, target)
     if finished.curves.is_file():
         shutil.copy2(finished.curves, staged.curves)
-    if finished.tensorboard.is_dir():
-        shutil.copytree(finished.tensorboard, staged.tensorboard)
 
 
 def publish(staged: RunFiles, final: RunFiles) -> None:
@@ -47,8 +44,6 @@ def publish(staged: RunFiles, final: RunFiles) -> None:
     for source, target in ((staged.metrics, final.metrics), (staged.curves, final.curves)):
         if source.is_file():
             os.replace(source, target)
-    if staged.tensorboard.is_dir():
-        replace_dir(staged.tensorboard, final.tensorboard)
     if staged.best_checkpoint.is_file():
         copy_checkpoint(staged.best_checkpoint, final.best_checkpoint)
     if staged.last_checkpoint.is_file():

@@ -83,6 +83,7 @@ from .loaders import (
 )
 from .optimisation import PassResult, Trainer, divergence_error, divergence_hint, pick_device
 from .run_files import adopt, publish, resumable_runs, start_afresh
+from .tracking import TokenUsage, Tracking, class_average_precision
 
 log = logging.getLogger("audiotokens")
 
@@ -390,6 +391,7 @@ class Progress:
     best_epoch: int = 0
     stale_epochs: int = 0
     finished: bool = False
+    best_class_ap: dict[str, float] | None = None  # validation AP per class at the best epoch, when tracked
 
 
 @dataclass
@@ -447,8 +449,29 @@ class ModelBuilder:
         if not self.resume and self.ranks.writer:
             start_afresh(self.files)
         progress = self._restore(run) if self.resume else Progress()
+        with self._tracking(progress) as tracking:
+            result, test = self._train(run, progress, tracking, started)
+            primary = run.objective.primary_metric
+            tracking.finish(figures={f"validation_{primary}": progress.best_score, **test},
+                            best_epoch=progress.best_epoch, class_ap=progress.best_class_ap, summary=result,
+                            artifacts=[(self.layout.model_dir, "model"), (self.layout.metrics, "report"),
+                                       (self.layout.curves, "report")])
+        return result
+
+    def _tracking(self, progress: Progress) -> Tracking:
+        """The run's TensorBoard and MLflow records (train.tracking), kept by the process that writes files."""
+        if not self.ranks.writer:
+            return Tracking([])
+        tracking = Tracking.open(self.settings.tracking, self.layout, "train")
+        tokens = TokenUsage.read(self.layout) if self.network.input == "tokens" and tracking.active else None
+        tracking.start(stage_params(self.config, "train"), progress.history, tokens)
+        return tracking
+
+    def _train(self, run: TrainingRun, progress: Progress, tracking: Tracking,
+               started: float) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Epochs, the test split, the bundle: (the stage's counts, the test figures)."""
         epochs_at_start = progress.epoch
-        samples, seconds = self._fit(run, progress)
+        samples, seconds = self._fit(run, progress, tracking)
         self._load_best(run.model)
         test = self._score_test(run, progress)
         if self.ranks.writer:
@@ -469,7 +492,7 @@ class ModelBuilder:
             "precision": run.trainer.precision,
             "samples_per_s": round(samples / seconds, 2) if seconds else None,
             "processes": self.ranks.world,
-        }
+        }, test
 
     def _prepare(self) -> TrainingRun:
         """Check the inputs, then build the model, the loaders and the trainer (seeded)."""
@@ -540,38 +563,37 @@ class ModelBuilder:
                             "the whole batch); run it without torchrun")
         return distributed.join(device, self.ranks)
 
-    def _fit(self, run: TrainingRun, progress: Progress) -> tuple[int, float]:
+    def _fit(self, run: TrainingRun, progress: Progress, tracking: Tracking) -> tuple[int, float]:
         """Epochs until done, early-stopped or interrupted; returns (training samples, training seconds)."""
         epochs, objective = self.settings.epochs, run.objective
-        training_log = (TrainingLog(self.files, objective, progress.history) if self.ranks.writer
+        training_log = (TrainingLog(self.files, objective, progress.history, tracking) if self.ranks.writer
                         else NoTrainingLog())
         samples, seconds = 0, 0.0
         train_loader = run.loaders["train"]
         augmenter = BatchAugmenter.from_settings(self.settings, self.network.input, objective)
         log.info("per epoch, each figure as train | validation (train figures from the epoch's forward passes)")
-        try:
-            while not progress.finished and progress.epoch < epochs:
-                set_loader_epoch(train_loader, progress.epoch)
-                self.fine_tuning.epoch_starts(progress.epoch)
-                batches = tqdm(augmenter.epoch(train_loader, progress.epoch), total=len(train_loader),
-                               desc=f"epoch {progress.epoch + 1}", leave=False,
-                               disable=None if self.ranks.writer else True)
-                fit = run.trainer.train_epoch(batches, len(train_loader))
-                self._stop_if_diverged(run.trainer, progress)
-                checked = evaluate_split(run.trainer, run.loaders["validation"])
-                self._stop_if_diverged(run.trainer, progress, checked)
-                samples, seconds = samples + fit.samples, seconds + fit.seconds
-                row = self._epoch_row(progress, run.trainer, objective, fit, checked,
-                                      run.splits["validation"].left_out)
-                record_peak_memory(row, run.trainer.device)
-                self._advance(progress, row, objective, chooses=not run.splits["validation"].held_out_fold)
-                self._checkpoint(run.model, run.trainer, progress, run.identity, improved=row["best"])
-                training_log.record(row)
-                log.info(epoch_line(row, epochs, objective))
-                if self.epoch_callback is not None:
-                    self.epoch_callback(progress.epoch, row["validation"].get(objective.primary_metric))
-        finally:
-            training_log.close()
+        while not progress.finished and progress.epoch < epochs:
+            set_loader_epoch(train_loader, progress.epoch)
+            self.fine_tuning.epoch_starts(progress.epoch)
+            batches = tqdm(augmenter.epoch(train_loader, progress.epoch), total=len(train_loader),
+                           desc=f"epoch {progress.epoch + 1}", leave=False,
+                           disable=None if self.ranks.writer else True)
+            fit = run.trainer.train_epoch(batches, len(train_loader))
+            self._stop_if_diverged(run.trainer, progress)
+            checked = evaluate_split(run.trainer, run.loaders["validation"])
+            self._stop_if_diverged(run.trainer, progress, checked)
+            samples, seconds = samples + fit.samples, seconds + fit.seconds
+            row = self._epoch_row(progress, run.trainer, objective, fit, checked,
+                                  run.splits["validation"].left_out)
+            record_peak_memory(row, run.trainer.device)
+            self._advance(progress, row, objective, chooses=not run.splits["validation"].held_out_fold)
+            if row["best"] and tracking.active:  # kept in the checkpoint, so a resumed run still has it
+                progress.best_class_ap = class_average_precision(checked.targets, checked.scores, run.classes)
+            self._checkpoint(run.model, run.trainer, progress, run.identity, improved=row["best"])
+            training_log.record(row)
+            log.info(epoch_line(row, epochs, objective))
+            if self.epoch_callback is not None:
+                self.epoch_callback(progress.epoch, row["validation"].get(objective.primary_metric))
         return samples, seconds
 
     # ------------------------------------------------------------ epochs
@@ -665,7 +687,7 @@ class ModelBuilder:
         trainer.model.load_state_dict(state["model"])
         trainer.load_state_dict(state["trainer"])
         set_rng_state(self._own_rng_state(state, last))
-        progress = Progress(**{k: state[k] for k in Progress.__dataclass_fields__})
+        progress = Progress(**{k: state[k] for k in Progress.__dataclass_fields__ if k in state})
         self._reconsider_early_stop(progress)
         if progress.finished or progress.epoch >= self.settings.epochs:
             log.info("resume: training had already finished after epoch %d; rewriting the bundle", progress.epoch)

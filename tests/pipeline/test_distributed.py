@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -110,8 +111,12 @@ def epochs(project: Path) -> list[dict]:
 
 
 def files(project: Path) -> list[str]:
+    """The workdir's files; TensorBoard's by their place only (their names hold the time, host and pid), so
+    that a second process writing event files shows as one more."""
     work = project / "work"
-    return sorted(str(p.relative_to(work)) for p in work.rglob("*") if p.is_file() and p.name != ".audiotokens.lock")
+    names = (str(p.relative_to(work)) for p in work.rglob("*") if p.is_file() and p.name != ".audiotokens.lock")
+    return sorted(re.sub(r"^output/tensorboard/train-[^/]+/events\.out\.tfevents\..*$", "output/tensorboard/RUN/EVENTS",
+                         name) for name in names)
 
 
 def weights(project: Path) -> dict[str, np.ndarray]:
