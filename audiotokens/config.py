@@ -140,7 +140,7 @@ class SpectrogramConfig:
     ceiling_db: float = 40.0  # fixed: dB mapped to 1 (a full-scale sine peaks near 30); higher ones clipped
     dtype: str = setting("float32", role=STORAGE, check=("float32", "float16"))
     max_duration: float = setting(0.0, check="non_negative")  # seconds kept per clip; 0 = whole clip
-    workers: int = setting(0, role=RUNTIME, check="non_negative")  # 0 = number of cores
+    workers: int = setting(0, role=RUNTIME, check="non_negative")  # 0 = one per usable CPU
     # ssl: hidden states of a local speech model; waveform: its input (rows of samples at its rate and
     # stride), for fine-tuning it end to end (model.input = waveform, model.encoder = ssl)
     features: str = setting("mel", check=("mel", "ssl", "waveform"))
@@ -268,6 +268,9 @@ class TrainConfig:
     # run tracking of train and pretrain beside metrics.jsonl: tensorboard (output/tensorboard/; skipped with a
     # note when not installed), mlflow (MLFLOW_TRACKING_URI, else the local store output/mlflow/), both, or none
     tracking: str = setting("tensorboard", role=RUNTIME, check="trackers")
+    # intra-op threads; 0 = the usable cores (affinity, cgroup quota) less what other processes keep busy, or
+    # torch's own setting where OMP_NUM_THREADS is set (torchrun: 1 per process)
+    threads: int = setting(0, role=RUNTIME, check="non_negative")
     objective: str = setting("classify", check=("classify", "contrastive"))  # contrastive: training/contrastive.py
     init: str = ""  # start embedder and encoder from a pre-training (output/pretrain) or a bundle folder
     # "": the encoder's default (ssl: feature_encoder, else none) | none | feature_encoder (ssl) |
@@ -296,7 +299,7 @@ class BaselineConfig:
     models: str = "svm,logreg"  # comma-separated: svm, logreg; or all
     n_mfcc: int = setting(0, check="non_negative")  # 0 = min(40, spectrogram.n_mels)
     seed: int = setting(0, check="seed")
-    workers: int = setting(0, role=RUNTIME, check="non_negative")  # 0 = number of cores
+    workers: int = setting(0, role=RUNTIME, check="non_negative")  # 0 = one per usable CPU
 
 
 @dataclass

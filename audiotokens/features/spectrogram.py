@@ -38,7 +38,6 @@ import logging
 import math
 import multiprocessing
 import multiprocessing.pool
-import os
 import shutil
 import signal
 import warnings
@@ -65,6 +64,7 @@ from ..config import Config, SpectrogramConfig, check_spectrogram, current_value
 from ..data.audio import BLOCK_FRAMES, RESAMPLE_QUALITY, AudioError, AudioStream, load_mono, to_mono
 from ..data.corrupt import RandomCorruption
 from ..errors import UserError
+from ..pipeline.cpus import usable_cpus
 from ..pipeline.files import atomic_path, create_npy, read_json_or_none, save_npy, write_json
 from ..pipeline.layout import PART_ARRAY, PART_KEY, PART_META, SHARDS_DIR, Layout
 from ..pipeline.shards import (
@@ -501,7 +501,7 @@ def _init_worker() -> None:
 
 @contextmanager
 def clip_map(work: Callable[[Any], Any], n_tasks: int, workers: int = 0) -> Iterator[Callable[[Iterable], Iterator]]:
-    """An ordered map of work over tasks: a process pool (workers = 0: one per core), in-process for one.
+    """An ordered map of work over tasks: a process pool (workers = 0: one per usable CPU), in-process for one.
 
     The stage's pool; scripts/bench/spectrogram.py runs its decode-only bound through it too.
     """
@@ -865,10 +865,7 @@ class SpectrogramProcessor:
 
 
 def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+    return usable_cpus()  # affinity and cgroup quota, not the host's core count
 
 
 def _describe(reasons: Counter) -> str:

@@ -8,9 +8,12 @@ the host every `FLUSH_EVERY` batches, so the host does not wait for the GPU afte
 """
 from __future__ import annotations
 
+import logging
 import math
+import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +25,10 @@ from torch.optim.lr_scheduler import LambdaLR
 from ..errors import UserError
 from ..model.objectives import Objective
 from ..pipeline import distributed
+from ..pipeline.cpus import training_threads
 from ..pipeline.distributed import ONE_PROCESS, DataParallelModel, Ranks
+
+log = logging.getLogger("audiotokens")
 
 FLUSH_EVERY = 64
 
@@ -48,6 +54,25 @@ def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
     if not amp or device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+@contextmanager
+def intra_op_threads(requested: int) -> Iterator[None]:
+    """torch's intra-op threads for one training run (pipeline/cpus.py chooses them; train.threads), logged,
+    and put back afterwards."""
+    choice = training_threads(requested)
+    if choice is None:
+        log.info("%d intra-op threads (OMP_NUM_THREADS=%s)", torch.get_num_threads(),
+                 os.environ.get("OMP_NUM_THREADS"))
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(choice.threads)
+    log.info("%d intra-op threads (%s)", choice.threads, choice.reason)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -64,7 +64,7 @@ from .augment import content_positions, mask_time_spans
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .datasets import CopyChoice, EpochShuffleSampler
 from .loaders import check_model_size, record_peak_memory, reset_peak_memory, set_loader_epoch
-from .optimisation import Optimisation, divergence_error, divergence_hint, pick_device
+from .optimisation import Optimisation, divergence_error, divergence_hint, intra_op_threads, pick_device
 from .tracking import TokenUsage, Tracking
 from .train import SplitStore, check_token_ids, model_length, model_spec, read_vocabulary
 
@@ -260,6 +260,10 @@ class Pretrainer:
         return self.layout.pretrain_checkpoint
 
     def run(self) -> dict[str, Any]:
+        with intra_op_threads(self.config.train.threads):
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         started = time.perf_counter()
 
         settings = self.settings

@@ -81,7 +81,7 @@ from .loaders import (
     set_loader_epoch,
     training_loader,
 )
-from .optimisation import PassResult, Trainer, divergence_error, divergence_hint, pick_device
+from .optimisation import PassResult, Trainer, divergence_error, divergence_hint, intra_op_threads, pick_device
 from .run_files import adopt, publish, resumable_runs, start_afresh
 from .tracking import TokenUsage, Tracking, class_average_precision
 
@@ -439,7 +439,8 @@ class ModelBuilder:
 
     def run(self) -> dict[str, Any]:
         try:
-            return self._run()
+            with intra_op_threads(self.settings.threads):
+                return self._run()
         finally:
             distributed.leave(self.ranks)
 
@@ -490,6 +491,7 @@ class ModelBuilder:
             "wall_time_s": round(time.perf_counter() - started, 3),
             "device": str(run.trainer.device),
             "precision": run.trainer.precision,
+            "threads": torch.get_num_threads(),  # intra-op threads of this process (train.threads)
             "samples_per_s": round(samples / seconds, 2) if seconds else None,
             "processes": self.ranks.world,
         }, test
