@@ -259,7 +259,9 @@ class TrainConfig:
     warmup_ratio: float = setting(0.1, check="unit", also_defines=PRETRAIN)
     grad_clip: float = setting(0.0, check="non_negative")  # 0 = off
     grad_accum: int = setting(1, check="positive")
-    amp: bool = True  # bf16 where supported, else fp16 with a grad scaler (CUDA only)
+    # CUDA: bf16 where supported, else fp16 with a grad scaler; CPU: bf16 where the CPU has it (AVX512-BF16,
+    # AMX), else fp32
+    amp: bool = True
     patience: int = setting(0, role=RESUMABLE, check="non_negative")  # early stopping; 0 = off
     threshold: float = setting(0.5, check="unit")
     seed: int = setting(0, check="seed")

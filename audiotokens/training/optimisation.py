@@ -50,10 +50,31 @@ def pick_device(name: str) -> torch.device:
 
 
 def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
-    """bf16 where the GPU supports it (no scaler needed), else fp16; no autocast off CUDA."""
-    if not amp or device.type != "cuda":
+    """CUDA: bf16 where the GPU supports it (no scaler needed), else fp16. CPU: bf16 where the CPU multiplies
+    it natively, else none (bf16 would be emulated there). No autocast elsewhere (MPS)."""
+    if not amp:
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if device.type == "cpu" and cpu_bf16() else None
+
+
+def cpu_bf16() -> str:
+    """The CPU feature that multiplies bf16 natively ("AMX", "AVX512-BF16"), or "" where there is none."""
+    probes = {"AMX": "_is_amx_tile_supported", "AVX512-BF16": "_is_avx512_bf16_supported"}
+    return next((name for name, probe in probes.items() if getattr(torch.cpu, probe, lambda: False)()), "")
+
+
+def describe_precision(device: torch.device, amp: bool, dtype: torch.dtype | None) -> str:
+    """The precision in use and why, for the log (e.g. "bf16 autocast (train.amp; the CPU has AMX)")."""
+    name = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[dtype]
+    if not amp:
+        return f"{name} (train.amp off)"
+    if device.type == "cpu":
+        feature = cpu_bf16()
+        return f"{name} (train.amp; the CPU has {feature})" if feature else \
+            f"{name} (train.amp, but the CPU has no native bf16: neither AVX512-BF16 nor AMX)"
+    return f"{name} (train.amp)" if dtype is not None else f"{name} (train.amp: no autocast on {device.type})"
 
 
 @contextmanager

@@ -20,7 +20,8 @@ clean. output/pretrain/ holds the embedder and encoder weights in a bundle's fil
 model_spec.json, audiotokens.json with the frame spec and the vocabulary digest), metrics.jsonl and
 curves.png; `train.init` starts a classifier from it (finetune.py).
 
-The optimisation is the train stage's (trainer.Optimisation: AdamW, warm-up/decay, autocast on CUDA when train.amp). After every epoch the whole
+The optimisation is the train stage's (trainer.Optimisation: AdamW, warm-up/decay, autocast when train.amp:
+CUDA, or a CPU with native bf16). After every epoch the whole
 state (weights, optimizer, schedule, scaler, random states, history) goes to output/checkpoints/pretrain.pt;
 `audiotokens pretrain --resume` continues from it. Masks and clip order depend only on (seed, epoch), so a
 resumed pre-training ends with the weights an uninterrupted one would have.

@@ -81,7 +81,15 @@ from .loaders import (
     set_loader_epoch,
     training_loader,
 )
-from .optimisation import PassResult, Trainer, divergence_error, divergence_hint, intra_op_threads, pick_device
+from .optimisation import (
+    PassResult,
+    Trainer,
+    describe_precision,
+    divergence_error,
+    divergence_hint,
+    intra_op_threads,
+    pick_device,
+)
 from .run_files import adopt, publish, resumable_runs, start_afresh
 from .tracking import TokenUsage, Tracking, class_average_precision
 
@@ -794,7 +802,8 @@ class ModelBuilder:
                      "%d positions ([CLS] + %d frames + [SEP])", spec.encoder, self.network.num_layers,
                      spec.hidden_size, spec.pooling, spec.head, parameters / 1e6, source, spec.max_positions,
                      spec.max_positions - EXTRA_POSITIONS)  # what the model holds: the crop when cropping
-        log.info("device %s, %s, batch %d x %d accumulation", trainer.device, trainer.precision,
+        log.info("device %s, %s, batch %d x %d accumulation", trainer.device,
+                 describe_precision(trainer.device, self.settings.amp, trainer.amp_dtype),
                  self.settings.batch_size, self.settings.grad_accum)
         absent = len(train.index.classes) - int((validation.index.label_matrix().sum(axis=0) > 0).sum())
         if absent:

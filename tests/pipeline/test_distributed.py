@@ -24,8 +24,9 @@ from audiotokens.training.optimisation import Trainer
 from audiotokens.training.loaders import CroppedBatches
 
 # no dropout: the two runs then differ only by the order in which gradients are summed
+# fp32 (train.amp off): the torchrun processes would otherwise run bf16 on a CPU that has it natively
 DDP_SETTINGS = ("model.dropout=0", "train.batch_size=5", "train.grad_accum=2", "train.crop_frames=20",
-                "train.epochs=2")
+                "train.epochs=2", "train.amp=false")
 
 
 def shares(inner, world: int, epoch: int = 0) -> list[list[list]]:
