@@ -273,6 +273,7 @@ class TrainConfig:
     # intra-op threads; 0 = the usable cores (affinity, cgroup quota) less what other processes keep busy, or
     # torch's own setting where OMP_NUM_THREADS is set (torchrun: 1 per process)
     threads: int = setting(0, role=RUNTIME, check="non_negative")
+    compile: bool = setting(False, role=RUNTIME)  # torch.compile the model (compiles at the first steps)
     objective: str = setting("classify", check=("classify", "contrastive"))  # contrastive: training/contrastive.py
     init: str = ""  # start embedder and encoder from a pre-training (output/pretrain) or a bundle folder
     # "": the encoder's default (ssl: feature_encoder, else none) | none | feature_encoder (ssl) |

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -75,6 +76,30 @@ def describe_precision(device: torch.device, amp: bool, dtype: torch.dtype | Non
         return f"{name} (train.amp; the CPU has {feature})" if feature else \
             f"{name} (train.amp, but the CPU has no native bf16: neither AVX512-BF16 nor AMX)"
     return f"{name} (train.amp)" if dtype is not None else f"{name} (train.amp: no autocast on {device.type})"
+
+
+def compile_model(model: nn.Module, device: torch.device) -> None:
+    """torch.compile the model's forward in place (train.compile): its weights and state_dict keys stay as
+    they are; the first steps of each new input shape pay the compilation. On a CPU the compiled kernels are
+    C++, so a compiler must be there; without one the stage stops here in one line, not at the first step."""
+    if not hasattr(model, "compile"):
+        raise UserError(f"train.compile needs torch >= 2.2 (this is {torch.__version__}); set train.compile=false")
+    if device.type == "cpu" and not cpp_compiler():
+        raise UserError("train.compile on a CPU needs a C++ compiler (g++ or clang++, or the CXX environment "
+                        "variable naming one); install one or set train.compile=false")
+    model.compile()
+
+
+def cpp_compiler() -> str:
+    """The C++ compiler torch.compile would build CPU kernels with, or "" where it finds none."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:  # another torch layout: ask the shell for the usual names
+        return next(filter(None, (shutil.which(name) for name in ("g++", "clang++", "c++"))), "")
+    try:
+        return get_cpp_compiler()
+    except Exception:  # noqa: BLE001 (torch raises its own InvalidCxxCompiler, moved between versions)
+        return ""
 
 
 @contextmanager

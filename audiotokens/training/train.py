@@ -84,6 +84,7 @@ from .loaders import (
 from .optimisation import (
     PassResult,
     Trainer,
+    compile_model,
     describe_precision,
     divergence_error,
     divergence_hint,
@@ -552,6 +553,8 @@ class ModelBuilder:
             weight_decay=settings.weight_decay, warmup_ratio=settings.warmup_ratio,
             total_steps=planned_steps(loaders["train"], settings.epochs, settings.grad_accum),
             grad_clip=settings.grad_clip, grad_accum=settings.grad_accum, amp=settings.amp, ranks=self.ranks)
+        if settings.compile:
+            compile_model(model, device)
         if isinstance(trainer, ContrastiveTrainer):
             trainer.reference = make_split_loader(train, network.input, objective, max_frames, settings.batch_size,
                                                   None, settings.num_workers, device.type == "cuda", settings.seed,

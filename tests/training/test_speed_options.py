@@ -1,5 +1,6 @@
 """What the train stage does for speed on a CPU: intra-op threads (train.threads and the policy of
-pipeline/cpus.py) and bf16 autocast where the CPU multiplies bf16 natively (train.amp)."""
+pipeline/cpus.py), bf16 autocast where the CPU multiplies bf16 natively (train.amp), torch.compile
+(train.compile)."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,7 @@ import torch
 from stores import N_CLUSTERS, make_workdir
 
 from audiotokens.config import load_config
+from audiotokens.errors import UserError
 from audiotokens.model.inputs import pack_frames, pack_sequences
 from audiotokens.model.objectives import objective_for
 from audiotokens.model.parts import AudioClassifier, ModelSpec
@@ -20,7 +22,7 @@ from audiotokens.pipeline import cpus
 from audiotokens.pipeline.layout import Layout
 from audiotokens.training import optimisation
 from audiotokens.training.datasets import ClipDataset
-from audiotokens.training.optimisation import Trainer, autocast_dtype, describe_precision
+from audiotokens.training.optimisation import Trainer, autocast_dtype, compile_model, describe_precision
 from audiotokens.training.train import ModelBuilder, make_split_loader, read_split_tokens, read_vocabulary
 
 SMALL = ["model.num_layers=2", "model.hidden_size=32", "model.num_heads=2", "model.intermediate_size=64",
@@ -179,3 +181,29 @@ def test_bf16_training_validates_like_fp32(tmp_path, monkeypatch):
         assert counts["precision"] == ("bf16" if amp == "true" else "fp32")
         figures[amp] = counts["best_validation_mAP"]
     assert min(figures.values()) > 0.8 and abs(figures["true"] - figures["false"]) <= 0.03, figures
+
+
+# ---------------------------------------------------------------- torch.compile
+
+
+def test_compile_without_a_compiler_is_one_line(monkeypatch):
+    monkeypatch.setattr(optimisation, "cpp_compiler", lambda: "")
+    with pytest.raises(UserError, match="train.compile on a CPU needs a C\\+\\+ compiler"):
+        compile_model(classifier("bert"), CPU)
+
+
+@pytest.mark.slow
+def test_compiled_training_validates_like_eager(tmp_path):
+    if not optimisation.cpp_compiler():
+        pytest.skip("torch.compile on a CPU needs a C++ compiler (g++ or clang++); none found")
+    rows = {}
+    for compiled in ("false", "true"):
+        make_workdir(tmp_path / compiled, n_train=32, n_validation=16, lengths=(12, 13))
+        config = load_config(overrides=[*SMALL, "train.epochs=2", f"train.compile={compiled}"],
+                             workdir=tmp_path / compiled)
+        ModelBuilder(config).run()
+        rows[compiled] = [json.loads(line) for line in Layout(tmp_path / compiled).metrics.read_text().splitlines()]
+    assert len(rows["true"]) == len(rows["false"]) == 2
+    for eager, compiled in zip(rows["false"], rows["true"]):
+        for name in ("loss", "mAP"):
+            assert compiled["validation"][name] == pytest.approx(eager["validation"][name], abs=1e-4), name
