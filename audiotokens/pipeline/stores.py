@@ -117,6 +117,16 @@ def spec_digest(spec: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=_json_default).encode()).hexdigest()[:16]
 
 
+def write_frames_index(layout: Layout, ids: list[str], lengths, spec: dict[str, Any], dtype: str) -> ClipIndex:
+    """The frame spec and the index of the frames store, written after processed/frames/frames.npy: the spec
+    first, the index (which marks the store complete) last. The spectrogram stage's writer."""
+    write_json(layout.frame_spec, spec)
+    index = ClipIndex.from_lengths(ids, lengths, [[] for _ in ids], [], "")
+    index.extra = {"frame_spec_digest": spec_digest(spec), "dtype": dtype}
+    index.save(layout.frames_index)
+    return index
+
+
 def read_frame_spec(layout: Layout) -> dict[str, Any]:
     """The frame spec the spectrogram stage wrote beside the frames."""
     return read_json(layout.frame_spec, "run `audiotokens spectrogram` first")
@@ -209,6 +219,21 @@ class SplitPlan:
     def held_out_fold(self) -> bool:
         """Whether validation is one fold of a k-fold split (split.strategy kfold, or a column of folds)."""
         return self.raw.get("strategy") == "kfold" or "validation_fold" in self.raw
+
+    @classmethod
+    def new(cls, *, source: str, strategy: str, task: str, classes: list[str], clips: list[dict[str, Any]],
+            splits: dict[str, list[str]], **details: Any) -> SplitPlan:
+        """A plan as the split stage makes it: `clips` are catalogue entries (id, audio, labels, group; the
+        split stage adds the audio file's stat), `splits` the ids of each split (empty ones are left out),
+        `details` (dropped classes, class ids, ...) are written as given."""
+        raw = {"source": source, "strategy": strategy, "task": task, "classes": list(classes), **details,
+               "clips": list(clips), "splits": {name: list(ids) for name, ids in splits.items() if ids}}
+        return cls(raw["classes"], task, raw["clips"], raw["splits"], raw)
+
+    def save(self, layout: Layout) -> None:
+        """processed/split.json (the one writer of the file; `load` reads it back)."""
+        write_json(layout.split_json, {**self.raw, "task": self.task, "classes": self.classes, "clips": self.clips,
+                                       "splits": self.splits})
 
     def names(self) -> list[str]:
         """The splits that have clips, in SPLITS order."""

@@ -23,6 +23,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from audiotokens.data.sources.records import SINGLELABEL, Clip
+from audiotokens.pipeline.layout import Layout
+from audiotokens.pipeline.stores import SplitPlan
+
 CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
@@ -58,11 +62,9 @@ def write_recording(path: Path, seconds: int, rate: int, channels: int, fmt: str
 def run_once(audio: Path, max_duration: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        (workdir / "processed").mkdir()
-        clip = {"id": "long", "audio": str(audio), "labels": [0], "group": None}
-        (workdir / "processed/split.json").write_text(json.dumps(
-            {"source": "bench", "strategy": "prefix", "task": "singlelabel", "classes": ["a"],
-             "splits": {"train": [clip]}}))
+        clip = Clip(id="long", audio=str(audio.resolve()), labels=[0])  # one clip: the split stage needs two
+        SplitPlan.new(source="bench", strategy="bench", task=SINGLELABEL, classes=["a"], clips=[clip.to_json()],
+                      splits={"train": [clip.id]}).save(Layout(workdir))
         done = subprocess.run([sys.executable, "-c", CHILD, str(workdir), str(max_duration)],
                               check=False, capture_output=True, text=True)
         if done.returncode != 0:

@@ -13,29 +13,27 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib
-import json
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
-from audiotokens.pipeline.layout import Layout
+from _workdir import split_workdir
+
 from audiotokens.config import load_config
+from audiotokens.pipeline.layout import Layout
 from audiotokens.pipeline.run import execute
 
 SETTINGS = ["spectrogram.dtype=float16"]
 
 
-def write_catalogue(workdir: Path, manifest: Path, n: int) -> None:
-    """split.json of the first n clips (all in train; the stages here do not care about the split)."""
+def manifest_files(manifest: Path, n: int) -> list[Path]:
+    """The first n clips of a CSV whose first column is a path relative to it (after a header row)."""
     with open(manifest, newline="") as handle:
         rows = list(csv.reader(handle))[1:n + 1]
-    clips = [{"id": Path(row[0]).stem, "audio": str((manifest.parent / row[0]).resolve()), "labels": [0],
-              "group": None} for row in rows]
-    layout = Layout(workdir)
-    layout.processed.mkdir(parents=True, exist_ok=True)
-    layout.split_json.write_text(json.dumps({"classes": ["x"], "task": "multilabel", "clips": clips,
-                                             "splits": {"train": [c["id"] for c in clips]}}))
+    if len(rows) < n:
+        raise SystemExit(f"{manifest} lists {len(rows)} clips, {n} requested")
+    return [(manifest.parent / row[0]).resolve() for row in rows]
 
 
 def timed(stage: str, workdir: Path, *overrides: str, **options) -> float:
@@ -52,27 +50,23 @@ def main() -> None:
     parser.add_argument("--shards", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--n-clusters", type=int, default=256)
     args = parser.parse_args()
-    from audiotokens.pipeline.provenance import write_record
 
+    files = manifest_files(args.manifest, args.n)
     root = Path(tempfile.mkdtemp(prefix="bench-shards-"))
     try:
         base = root / "one"
-        write_catalogue(base, args.manifest, args.n)
-        write_record(Layout(base), "split", load_config(None, SETTINGS, base))
-        one = timed("spectrogram", base, "spectrogram.workers=1")
+        split = split_workdir(base, files)
+        one = timed("spectrogram", base, *split, "spectrogram.workers=1")
         frames = Layout(base).frames.stat().st_size
-        timed("cluster", base, f"cluster.n_clusters={args.n_clusters}", "cluster.max_frames=200000")
-        tok = timed("tokenize", base)
+        vocabulary = [f"cluster.n_clusters={args.n_clusters}", "cluster.max_frames=200000"]
+        timed("cluster", base, *split, *vocabulary)
+        tok = timed("tokenize", base, *split, *vocabulary)
         print(f"{args.n} clips, one process: spectrogram {one:.1f} s ({args.n / one:.2f} clips/s), "
               f"tokenize {tok:.2f} s ({args.n / tok:.1f} clips/s, vocabulary {args.n_clusters}); "
               f"frames.npy {frames / args.n:.0f} B/clip, tokens.npy "
               f"{Layout(base).tokens.stat().st_size / args.n:.0f} B/clip")
         pool = root / "pool"
-        write_catalogue(pool, args.manifest, args.n)
-        shutil.copytree(base / "processed", pool / "processed", dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("frames"))
-        shutil.copy(base / "processed" / "split.meta.json", pool / "processed")
-        local = timed("spectrogram", pool, "spectrogram.workers=2")
+        local = timed("spectrogram", pool, *split_workdir(pool, files), "spectrogram.workers=2")
         print(f"local pool of 2 processes: {local:.1f} s ({args.n / local:.2f} clips/s)")
         from dask.distributed import Client
 
@@ -80,13 +74,13 @@ def main() -> None:
 
         for count in args.shards:
             workdir = root / f"dask{count}"
-            shutil.copytree(pool / "processed", workdir / "processed", ignore=shutil.ignore_patterns("frames"))
+            split = split_workdir(workdir, files)
             started = time.perf_counter()
             with local_cluster(2) as cluster, Client(cluster) as client:
                 ready = time.perf_counter() - started
                 client.run(importlib.import_module, "audiotokens.features.spectrogram")  # what a fresh worker pays once
                 imports = time.perf_counter() - started - ready
-                shards = timed("spectrogram", workdir, executor="dask", scheduler=cluster.scheduler_address,
+                shards = timed("spectrogram", workdir, *split, executor="dask", scheduler=cluster.scheduler_address,
                                shards=count)
             wall = time.perf_counter() - started
             same = Layout(workdir).frames.read_bytes() == Layout(base).frames.read_bytes()

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
-import json
 import os
 import pickle
 import resource
@@ -34,13 +33,21 @@ import librosa
 import numpy as np
 import soundfile as sf
 import torch
+from _workdir import clip_id, split_workdir
 from threadpoolctl import threadpool_limits
 
+from audiotokens.config import load_config
+from audiotokens.data.audio import load_audio, load_mono, resample, to_mono
+from audiotokens.features.spectrogram import (
+    MelPower,
+    SpectrogramProcessor,
+    clip_frames,
+    clip_map,
+    compute_frames,
+)
+from audiotokens.pipeline.cpus import usable_cpus
 from audiotokens.pipeline.layout import Layout
 from audiotokens.pipeline.stores import open_store
-from audiotokens.data.audio import load_audio, load_mono, resample, to_mono
-from audiotokens.config import load_config
-from audiotokens.features.spectrogram import MelPower, SpectrogramProcessor, clip_frames, clip_map, compute_frames
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".w64", ".caf"}
 
@@ -74,13 +81,9 @@ def seed_loop(files: list[Path], out: Path) -> list[dict]:
     return results
 
 
-def stage_run(files: list[Path], workdir: Path, workers: int) -> None:
-    clips = [{"id": f"c{i:06d}", "audio": str(path), "labels": [0], "group": None} for i, path in enumerate(files)]
-    split = Layout(workdir).split_json
-    split.parent.mkdir(parents=True, exist_ok=True)
-    split.write_text(json.dumps({"source": "bench", "strategy": "bench", "task": "singlelabel", "classes": ["x"],
-                                 "splits": {"train": clips}}))
-    config = load_config(None, [f"spectrogram.workers={workers}"], workdir)
+def stage_run(settings: list[str], workdir: Path, workers: int) -> None:
+    """The spectrogram stage on a workdir the split stage prepared (split_workdir)."""
+    config = load_config(None, [*settings, f"spectrogram.workers={workers}"], workdir)
     SpectrogramProcessor(config).run()
 
 
@@ -158,7 +161,7 @@ def main() -> None:
     parser.add_argument("audio", type=Path, help="folder of audio files or CSV manifest")
     parser.add_argument("n", type=int, help="number of clips")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=0, help="stage workers (0 = number of cores)")
+    parser.add_argument("--workers", type=int, default=0, help="stage workers (0 = one per usable CPU, as the stage)")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--seed-blas-threads", type=int, default=0,
                         help="limit numpy's BLAS threads in the seed loop (0 = library default, as the seed ran; "
@@ -178,7 +181,7 @@ def main() -> None:
         profile(files[:min(len(files), 40)])
 
     runs = {"bound": lambda tmp, rep: bound_run(files, args.workers),
-            "stage": lambda tmp, rep: stage_run(files, tmp / f"stage{rep}", args.workers)}
+            "stage": lambda tmp, rep: stage_run(settings, tmp / f"stage{rep}", args.workers)}
     seed_results: list[dict] = []
     if not args.skip_seed:
         def seed(tmp: Path, rep: int) -> None:
@@ -189,6 +192,8 @@ def main() -> None:
     cpu: dict[str, list[float]] = {name: [] for name in runs}
     with tempfile.TemporaryDirectory(prefix="bench-spectrogram-") as tmp:
         tmp = Path(tmp)
+        for rep in range(args.repeats):  # untimed: a fresh workdir per repetition, split by the split stage
+            settings = split_workdir(tmp / f"stage{rep}", files)
         for rep in range(args.repeats):
             for name, run in runs.items():
                 start, used = time.perf_counter(), cpu_seconds()
@@ -198,12 +203,13 @@ def main() -> None:
             print(f"  repetition {rep + 1}: " + ", ".join(f"{name} {wall[name][-1]:.2f} s" for name in runs) +
                   f"; stage / bound: clips/s {wall['bound'][-1] / wall['stage'][-1]:.1%}, "
                   f"CPU {cpu['bound'][-1] / cpu['stage'][-1]:.1%}; load {os.getloadavg()[0]:.1f}", flush=True)
-        workdir = tmp / f"stage{args.repeats - 1}"
-        frames, index = open_store(Layout(workdir).frames("train"), Layout(workdir).frames_index("train"))
+        frames, index = open_store(*Layout(tmp / f"stage{args.repeats - 1}").store("frames"))
         assert len(index) == len(files), "the stage skipped clips; see its report.json"
         if not args.skip_seed:
-            worst = max(float(np.abs(frames[off:off + n] - item["spectrogram"].T).max())
-                        for item, off, n in zip(seed_results, index.offsets, index.lengths))
+            row = index.row_of()
+            worst = max(float(np.abs(frames[index.offsets[i]:index.offsets[i] + index.lengths[i]]
+                                      - item["spectrogram"].T).max())
+                        for item in seed_results for i in [row[clip_id(Path(item["filename"]))]])
     _print_table(args, len(files), wall, cpu)
     if not args.skip_seed:
         print(f"largest |stage - seed|: {worst:.3g}")
@@ -211,7 +217,7 @@ def main() -> None:
 
 def _print_table(args, n_clips: int, wall: dict[str, list[float]], cpu: dict[str, list[float]]) -> None:
     """clips/s and CPU ms per clip (all processes: does not depend on what else runs) of each side."""
-    workers = args.workers or os.cpu_count()
+    workers = args.workers or usable_cpus()  # what the stage and the bound's pool start with 0
     blas = f", BLAS threads {args.seed_blas_threads}" if args.seed_blas_threads else ""
     labels = {"bound": f"bound: decode + mono + resample ({workers} workers)",
               "stage": f"spectrogram stage ({workers} workers)",

@@ -87,11 +87,12 @@ def write_store(workdir: Path, splits: dict[str, tuple], dim: int) -> None:
     split and spectrogram stages write them; `splits` maps a split to (blocks, n_frames)."""
     import dataclasses
 
-    from audiotokens.pipeline.stores import ClipIndex, spec_digest
-    from audiotokens.pipeline.layout import Layout
-    from audiotokens.pipeline.files import atomic_path, create_npy, write_json
     from audiotokens.config import SpectrogramConfig
+    from audiotokens.data.sources.records import SINGLELABEL, Clip
     from audiotokens.features.spectrogram import params_to_dict
+    from audiotokens.pipeline.files import atomic_path, create_npy
+    from audiotokens.pipeline.layout import Layout
+    from audiotokens.pipeline.stores import SplitPlan, write_frames_index
 
     layout = Layout(workdir)
     total = sum(n_frames for _, n_frames in splits.values())
@@ -110,21 +111,21 @@ def write_store(workdir: Path, splits: dict[str, tuple], dim: int) -> None:
             ids += members[split]
         out.flush()
         del out
-    spec = params_to_dict(dataclasses.replace(SpectrogramConfig(), n_mels=dim))
-    index = ClipIndex.from_lengths(ids, lengths, [[] for _ in ids], [], "")
-    index.extra = {"frame_spec_digest": spec_digest(spec), "dtype": "float32"}
-    index.save(layout.frames_index)
-    write_json(layout.frame_spec, spec)
-    clips = [{"id": clip_id, "audio": "", "labels": [i % 10], "group": None} for i, clip_id in enumerate(ids)]
-    write_json(layout.split_json, {"source": "bench", "strategy": "bench", "task": "singlelabel",
-                                   "classes": [f"class{c}" for c in range(10)], "clips": clips, "splits": members})
+    write_frames_index(layout, ids, lengths, params_to_dict(dataclasses.replace(SpectrogramConfig(), n_mels=dim)),
+                       "float32")
+    clips = [Clip(id=clip_id, audio="", labels=[i % 10]).to_json() for i, clip_id in enumerate(ids)]
+    SplitPlan.new(source="bench", strategy="bench", task=SINGLELABEL, classes=[f"class{c}" for c in range(10)],
+                  clips=clips, splits=members).save(layout)
 
 
 def find_source(path: Path) -> tuple[Path, Path]:
     """frames.npy and index.json of a source: a workdir, its processed/ or processed/frames/, or the file."""
-    for frames in (path, path / "frames.npy", path / "frames" / "frames.npy", path / "processed" / "frames" / "frames.npy"):
-        if frames.is_file() and frames.suffix == ".npy":
-            return frames, frames.with_name("index.json")
+    from audiotokens.pipeline.layout import Layout
+
+    for workdir in (path, *path.parents[:3]):
+        layout = Layout(workdir)
+        if path in (workdir, layout.processed, layout.frames_dir, layout.frames) and layout.frames.is_file():
+            return layout.store("frames")
     raise SystemExit(f"{path}: no frames store found (give a workdir, processed/ or frames.npy)")
 
 
@@ -160,18 +161,21 @@ def split_matrix(workdir: Path, split: str) -> np.ndarray:
 def stage_config(workdir: Path, k: int, niter: int, seed: int):
     from audiotokens.config import load_config
 
-    overrides = [f"cluster.n_clusters={k}", f"cluster.niter={niter}", f"cluster.seed={seed}"]
+    # one k-means over whole frames: the search raw faiss is compared with
+    overrides = ["cluster.quantizer=frame", f"cluster.n_clusters={k}", f"cluster.niter={niter}",
+                 f"cluster.seed={seed}"]
     return load_config(None, overrides, workdir)
 
 
 def phase_ours_cluster(workdir: Path, k: int, niter: int, seed: int) -> dict:
+    from audiotokens.pipeline.layout import Layout
     from audiotokens.tokens.cluster import ClusterCreator
 
     config = stage_config(workdir, k, niter, seed)
     started = time.perf_counter()
     counts = ClusterCreator(config).run()
     seconds = time.perf_counter() - started
-    book = json.loads((workdir / "output" / "vocabulary" / "report.json").read_text())["codebooks"][0]
+    book = json.loads(Layout(workdir).cluster_report.read_text())["codebooks"][0]
     return {"seconds": seconds, "frames": counts["frames_used"], "iterations": book["iterations_run"],
             "objective": book["objective"][-1]}
 
@@ -201,9 +205,10 @@ def phase_ours_tokenize(workdir: Path, k: int, niter: int, seed: int) -> dict:
 def phase_raw_tokenize(workdir: Path, k: int, niter: int, seed: int) -> dict:
     import faiss
 
+    from audiotokens.pipeline.layout import Layout
     from audiotokens.tokens.vocabulary import load_vocabulary
 
-    centroids = np.ascontiguousarray(load_vocabulary(workdir / "output" / "vocabulary").quantizer.codebooks[0])
+    centroids = np.ascontiguousarray(load_vocabulary(Layout(workdir).vocabulary).quantizer.codebooks[0])
     matrices = [split_matrix(workdir, split) for split in ("train", "validation")]
     started = time.perf_counter()
     index = faiss.IndexFlatL2(centroids.shape[1])
