@@ -22,7 +22,8 @@ Item = str | Path | tuple[Waveform, int]
 
 
 class Model:
-    """A loaded bundle: `classes`, `predict` (chosen classes per item) and `scores` (every class)."""
+    """A loaded bundle: `classes`, `predict` (chosen classes per item), `scores` (every class) and `timeline`
+    (when each class occurs in a long recording)."""
 
     def __init__(self, *, bundle):
         from .model.audio_tokenizer import AudioTokenizer  # on use: start-up time
@@ -78,6 +79,26 @@ class Model:
             raise UserError(f"threshold must be between 0 and 1, got {threshold}")
         return [{row["class"]: row["score"] for row in chosen_classes(scores, self.classes, top_k, threshold)}
                 for scores in self.scores(items, batch_size)]
+
+    def timeline(self, path: str | Path, window: float | None = None, hop: float | None = None,
+                 threshold: float | None = None, out: str | Path | None = None):
+        """When each class occurs in a recording of any length, as `audiotokens predict --timeline`.
+
+        Windows of `window` seconds every `hop` (default: the model's evaluation window and hop), decoded
+        block by block. Returns a Timeline: `events` (class, start, end, peak_score), `starts`, `ends` and
+        `scores` (windows, classes) of every window; with `out`, the CLI's files are written in that folder.
+        """
+        from .data.audio import AudioError  # on use: start-up time
+        from .evaluation.timeline import make_timeline, window_plan
+
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise UserError(f"threshold must be between 0 and 1, got {threshold}")
+        plan = window_plan(self.bundle, self.tokenizer, window, hop)
+        try:
+            return make_timeline(str(path), self.bundle, self.tokenizer, plan, threshold,
+                                 Path(out) if out is not None else None, keep_scores=True)
+        except AudioError as exc:
+            raise UserError(f"cannot score {path}: {exc}") from None
 
     def decisions(self, scores: np.ndarray, threshold: float | None = None) -> np.ndarray:
         """(items, classes) booleans: the model's own decisions (its threshold, or arg-max for single-label)."""

@@ -195,8 +195,21 @@ def evaluate(config, split_name, manifest, class_name, model_dir, strict, corrup
 @click.option("--top-k", default=5, show_default=True)
 @click.option("--threshold", default=None, type=float, help="Report every class scoring at least this.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table")
-def predict(config, paths, model_dir, top_k, threshold, fmt):
-    """Class scores for audio files, directories or list files."""
+@click.option("--timeline", is_flag=True,
+              help="Score windows along each recording (any length): per-window scores, events and a PNG.")
+@click.option("--window", type=float, default=None, help="--timeline: window in seconds (default: the model's).")
+@click.option("--hop", type=float, default=None,
+              help="--timeline: seconds between windows (default: the model's).")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="--timeline: folder for its files (default: the current folder).")
+def predict(config, paths, model_dir, top_k, threshold, fmt, timeline, window, hop, out_dir):
+    """Class scores for audio files, directories or list files; with --timeline, when each class occurs."""
+    if timeline:
+        from .evaluation.timeline import timeline_cli  # on use: start-up time
+
+        sys.exit(timeline_cli(paths, model_dir, config.workdir, threshold, fmt, window, hop, out_dir))
+    if window is not None or hop is not None or out_dir is not None:
+        raise UserError("--window, --hop and --out go with --timeline")
     from .evaluation.predict import predict_cli  # on use: start-up time
 
     sys.exit(predict_cli(paths, model_dir, config.workdir, top_k, threshold, fmt))

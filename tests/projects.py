@@ -55,10 +55,27 @@ def write_tone(path: Path, labels: list[str], variant: int, seconds: float = 0.5
     sf.write(path, x.astype(np.float32), SAMPLE_RATE)
 
 
-def build_project(root: Path, task: str, clips: int = 24) -> Path:
+def write_recording(path: Path, seconds: float, bursts: list[tuple[str, float, float]], background: str = "low",
+                    rate: int = SAMPLE_RATE, block_seconds: int = 60) -> None:
+    """A long tone recording written block by block: `background` playing except during each
+    (class, start, end) burst, where that class's tone plays instead."""
+    rng = np.random.default_rng(0)
+    with sf.SoundFile(path, "w", samplerate=rate, channels=1, subtype="PCM_16") as out:
+        for first in range(0, round(seconds * rate), block_seconds * rate):
+            t = np.arange(first, min(round(seconds * rate), first + block_seconds * rate)) / rate
+            playing = np.full(len(t), background, dtype=object)
+            for name, start, end in bursts:
+                playing[(t >= start) & (t < end)] = name
+            x = sum(np.where(playing == name, 0.4 * np.sin(2 * np.pi * freq * t), 0.0)
+                    for name, freq in TONES.items())
+            out.write((x + 0.01 * rng.standard_normal(len(t))).astype(np.float32))
+
+
+def build_project(root: Path, task: str, clips: int = 24, settings: tuple[str, ...] = ()) -> Path:
     """Every real stage, split to evaluate, on a tiny tone corpus; returns the project folder.
 
-    The folder holds audio/, manifest.csv, run.toml and the workdir work/.
+    The folder holds audio/, manifest.csv, run.toml and the workdir work/. `settings`
+    (SECTION.KEY=VALUE overrides) apply to every stage, e.g. more epochs for a model that must be right.
     """
     rows = ["path,label"]
     for i in range(clips):
@@ -67,7 +84,7 @@ def build_project(root: Path, task: str, clips: int = 24) -> Path:
         rows.append(f"audio/clip{i:02d}.wav,{';'.join(labels)}")
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
     (root / "run.toml").write_text(f'[data]\nmanifest = "{root / "manifest.csv"}"\n' + RUN_SETTINGS)
-    config = project_config(root)
+    config = project_config(root, *settings)
     for stage in ("split", "spectrogram", "cluster", "tokenize", "train", "evaluate"):
         execute(stage, config)
     return root

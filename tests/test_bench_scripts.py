@@ -127,3 +127,9 @@ def test_onnx_frames_bench(tmp_path):
 
 def test_tracking_bench(tmp_path):
     bench("tracking.py", tmp_path / "work", "--pairs", "1", "--epochs", "2", "--clips", "16", cwd=tmp_path)
+
+
+def test_timeline_bench(tmp_path):
+    out = bench("timeline.py", "--minutes", "0.2", "--rate", "16000", "--layers", "1", "--hidden", "32",
+                "--classes", "3", "--clusters", "8", cwd=tmp_path)
+    assert out.strip()

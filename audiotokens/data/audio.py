@@ -194,6 +194,27 @@ class AudioStream:
             raise AudioError("truncated", f"seeking to sample {first} failed ({_decoder_message(exc)})") from None
         return min(count, self.declared - first)
 
+    def length_at(self, rate: int) -> int:
+        """Samples `frames` become at `rate`: librosa.resample's length, ceil(n * ratio)."""
+        return self.frames if rate == self.rate else math.ceil(self.frames * float(rate) / self.rate)
+
+    def mono_blocks(self, rate: int, block_frames: int = BLOCK_FRAMES) -> Iterator[np.ndarray]:
+        """float32 (n,) blocks mixed down and resampled to `rate` as they are decoded.
+
+        soxr's stream gives its one-shot output, so the blocks joined equal `resample` of the whole clip,
+        but for its length fix (ceil(n * ratio), `length_at`): the caller pads or cuts the end.
+        """
+        resampler = None
+        for block in self.blocks(block_frames):
+            mono, last = to_mono(block), self.read == self.frames
+            if self.rate != rate and last and resampler is None:  # the whole clip in one block
+                mono = soxr.resample(mono, self.rate, rate, quality=RESAMPLE_QUALITY)
+            elif self.rate != rate:
+                resampler = resampler or soxr.ResampleStream(self.rate, rate, 1, dtype="float32",
+                                                             quality=RESAMPLE_QUALITY)
+                mono = resampler.resample_chunk(mono, last=last)
+            yield mono
+
     def _check_complete(self, ogg: OggLength | None) -> None:
         """Evidence in the container that data is missing, before anything is decoded."""
         if self._file.format in ("WAV", "WAVEX", "RF64", "W64"):

@@ -35,7 +35,6 @@ import hashlib
 import itertools
 import json
 import logging
-import math
 import multiprocessing
 import multiprocessing.pool
 import shutil
@@ -56,12 +55,11 @@ except ImportError:  # Windows: pipes keep their default size
 import librosa
 import numpy as np
 import scipy.signal
-import soxr
 import torch
 from tqdm import tqdm
 
 from ..config import Config, SpectrogramConfig, check_spectrogram, current_value, frame_keys
-from ..data.audio import BLOCK_FRAMES, RESAMPLE_QUALITY, AudioError, AudioStream, load_mono, to_mono
+from ..data.audio import BLOCK_FRAMES, AudioError, AudioStream, load_mono
 from ..data.corrupt import RandomCorruption
 from ..errors import UserError
 from ..pipeline.cpus import usable_cpus
@@ -340,18 +338,10 @@ def clip_frames(location: str, params: SpectrogramConfig, block_frames: int = BL
 def _streamed_mel_power(stream: AudioStream, params: SpectrogramConfig, block_frames: int) -> np.ndarray:
     rate = params.sample_rate
     # librosa.resample's length, ceil(n * ratio); a short stream is padded with zeros, a long one cut
-    length = stream.frames if stream.rate == rate else math.ceil(stream.frames * float(rate) / stream.rate)
+    length = stream.length_at(rate)
     mel = MelPower(length=length, params=params, magnitude=mel_magnitude(params))
-    resampler = None
-    for block in stream.blocks(block_frames):
-        mono, last = to_mono(block), stream.read == stream.frames
-        if stream.rate != rate and last and resampler is None:  # the whole clip in one block
-            mono = soxr.resample(mono, stream.rate, rate, quality=RESAMPLE_QUALITY)
-        elif stream.rate != rate:
-            resampler = resampler or soxr.ResampleStream(stream.rate, rate, 1, dtype="float32",
-                                                         quality=RESAMPLE_QUALITY)
-            mono = resampler.resample_chunk(mono, last=last)
-        mel.add(mono, last=last)
+    for mono in stream.mono_blocks(rate, block_frames):
+        mel.add(mono, last=stream.read == stream.frames)
     if length < params.n_fft:  # after decoding: a damaged file is reported as such, not as short
         raise AudioError("too short", f"{length} samples at {rate} Hz < n_fft {params.n_fft}")
     return mel.frames

@@ -2,23 +2,31 @@
 
 A model trained on crops scores a longer clip as the mean of its windows' scores. Validation during
 training (training/loaders.py) and inference (model/bundle.py) both cut clips with `clip_windows` and
-average with `mean_over_windows`, so a clip gets the same score in both.
+average with `mean_over_windows`, so a clip gets the same score in both. A timeline of a long recording
+(evaluation/timeline.py) steps through it with the same windows, in samples.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 
 def eval_windows(length: int, window: int, hop: int) -> list[tuple[int, int]]:
     """(start, stop) windows every `hop` frames, the last one aligned to the clip's end; one if it fits."""
+    return list(window_spans(length, window, hop))
+
+
+def window_spans(length: int, window: int, hop: int) -> Iterator[tuple[int, int]]:
+    """`eval_windows` one at a time, in any unit (a timeline's are samples): none is held for a long file."""
     if length <= window:
-        return [(0, length)]
-    windows = [(start, start + window) for start in range(0, length - window + 1, hop)]
-    if windows[-1][1] < length:
-        windows.append((length - window, length))
-    return windows
+        yield 0, length
+        return
+    start = 0
+    for start in range(0, length - window + 1, hop):
+        yield start, start + window
+    if start + window < length:
+        yield length - window, length
 
 
 def clip_windows(lengths: Sequence[int] | np.ndarray, window: int,

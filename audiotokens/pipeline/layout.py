@@ -114,6 +114,13 @@ ONNX_VOCABULARY = "{stem}.vocabulary"
 # `audiotokens predict --picture` (in the current folder unless --out says otherwise)
 TOKEN_PICTURE = "{stem}.tokens.png"
 
+# `audiotokens predict --timeline` (in the current folder unless --out says otherwise): the scores of every
+# window, the events (CSV and JSON) and the picture of one recording
+TIMELINE_SCORES = "{stem}.timeline.csv"
+TIMELINE_EVENTS = "{stem}.events.csv"
+TIMELINE_EVENTS_JSON = "{stem}.events.json"
+TIMELINE_PICTURE = "{stem}.timeline.png"
+
 # a local Hugging Face speech model folder (spectrogram.ssl_model)
 HF_CONFIG = "config.json"
 HF_PREPROCESSOR = "preprocessor_config.json"
