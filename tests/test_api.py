@@ -155,9 +155,15 @@ def test_decode_of_tokens_is_the_nearest_centroid(project):
     tokenizer = audiotokens.AudioTokenizer.from_workdir(project / "work")
     waveform, rate = sf.read(project / "audio/clip03.wav", dtype="float32")
     frames = tokenizer.frames(waveform, rate).astype(np.float32)
-    centroids = tokenizer.quantizer.codebooks[0]
-    nearest = ((frames[:, None, :] - centroids[None]) ** 2).sum(axis=-1).argmin(axis=1)  # brute force
-    np.testing.assert_allclose(tokenizer.decode(tokenizer.tokens(waveform, rate)), centroids[nearest], atol=0)
+    decoded, start = [], 0
+    for centroids in tokenizer.quantizer.codebooks:  # one per band (one for the frame tokenizer), in order
+        band = frames[:, start:start + centroids.shape[1]]
+        nearest = ((band[:, None, :] - centroids[None]) ** 2).sum(axis=-1).argmin(axis=1)  # brute force
+        decoded.append(centroids[nearest])
+        start += centroids.shape[1]
+    assert start == frames.shape[1]
+    np.testing.assert_allclose(tokenizer.decode(tokenizer.tokens(waveform, rate)), np.concatenate(decoded, axis=1),
+                               atol=0)
 
 
 def test_decode_of_a_residual_and_a_stacked_tokenizer(tmp_path):
@@ -213,7 +219,8 @@ def test_run_reruns_the_named_stages_with_provenance(project, tmp_path):
     ran = audiotokens.run(root / "run.toml", stages=["cluster"], workdir=root / "work",
                           overrides=["cluster.n_clusters=6"])
     assert ran == ["cluster"]
-    assert audiotokens.AudioTokenizer.from_workdir(root / "work").codebook_sizes == [6]
+    tokenizer = audiotokens.AudioTokenizer.from_workdir(root / "work")
+    assert tokenizer.codebook_sizes == [6] * len(tokenizer.quantizer.codebooks)
     states = stage_states(Layout(root / "work"), project_config(root, "cluster.n_clusters=6"))
     assert states["cluster"].state == "fresh" and states["tokenize"].state == "stale"
 

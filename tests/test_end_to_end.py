@@ -96,7 +96,7 @@ def test_chain_status_predict_and_rerun_of_changed_stages(project):
     assert "stages to run: cluster, tokenize, train, evaluate" in ran
     assert (frames.stat().st_mtime_ns, frames.stat().st_ino) == before
     vocabulary = json.loads((work / "output/vocabulary/vocabulary.json").read_text())
-    assert vocabulary["quantizer"]["codebook_sizes"] == [12]
+    assert set(vocabulary["quantizer"]["codebook_sizes"]) == {12}
 
     # frames are stored once per clip: a new split re-runs everything after spectrogram, never spectrogram
     status = cli("status", *common, "--set", "cluster.n_clusters=12", "--set", "split.seed=3", cwd=project).stdout

@@ -70,9 +70,9 @@ MODEL = ["train", "evaluate"]
     ("tokenize.batch_frames=5", []),  # runtime keys: nothing goes stale
     ("spectrogram.workers=3", []),
     ("cluster.gpu=true", []),
-    ("train.learning_rate=0.001", MODEL),
-    ("model.num_layers=2", MODEL),  # the network: its own section, read by the train stage
-    ("model.pooling=mean", MODEL),
+    ("train.learning_rate=0.002", MODEL),
+    ("model.num_layers=3", MODEL),  # the network: its own section, read by the train stage
+    ("model.pooling=cls", MODEL),
     ("evaluate.threshold=0.3", ["evaluate"]),
 ])
 def test_one_parameter_makes_its_stage_and_what_reads_it_stale(tmp_path, ran, override, expected_stale):
@@ -98,7 +98,7 @@ def test_status_says_the_frames_are_fresh_when_only_the_split_changes(tmp_path, 
 def test_n_clusters_reason_names_old_and_new(tmp_path, ran):
     pipeline.run(config(tmp_path))
     reported = stage_states(Layout(tmp_path), config(tmp_path, "cluster.n_clusters=100"))
-    assert "cluster.n_clusters 50 → 100" in reported["cluster"].line()
+    assert f"cluster.n_clusters {Config().cluster.n_clusters} → 100" in reported["cluster"].line()
     assert "cluster is stale" in reported["tokenize"].line()
 
 
@@ -154,16 +154,16 @@ def test_pretrain_runs_only_when_train_init_names_it_and_sees_only_the_model_key
     init = f"train.init={tmp_path / 'output' / 'pretrain'}"
     assert "pretrain" not in pipeline.run(config(tmp_path))
     assert pipeline.run(config(tmp_path, init)) == ["pretrain", "train", "evaluate"]
-    assert pipeline.run(config(tmp_path, init, "train.learning_rate=0.001")) == MODEL
-    assert pipeline.run(config(tmp_path, init, "train.learning_rate=0.001", "model.hidden_size=96",
+    assert pipeline.run(config(tmp_path, init, "train.learning_rate=0.002")) == MODEL
+    assert pipeline.run(config(tmp_path, init, "train.learning_rate=0.002", "model.hidden_size=96",
                                "model.num_heads=12")) == ["pretrain", *MODEL]
-    assert pipeline.run(config(tmp_path, init, "train.learning_rate=0.001", "model.hidden_size=96",
+    assert pipeline.run(config(tmp_path, init, "train.learning_rate=0.002", "model.hidden_size=96",
                                "model.num_heads=12", "pretrain.span=5")) == ["pretrain", *MODEL]
     # the classifier's own parts leave the pre-training fresh; the encoder's depth does not
-    changed = [init, "train.learning_rate=0.001", "model.hidden_size=96", "model.num_heads=12", "pretrain.span=5"]
-    assert pipeline.run(config(tmp_path, *changed, "model.pooling=mean", "model.head=am_softmax")) == MODEL
-    assert pipeline.run(config(tmp_path, *changed, "model.pooling=mean", "model.head=am_softmax",
-                               "model.num_layers=2")) == ["pretrain", *MODEL]
+    changed = [init, "train.learning_rate=0.002", "model.hidden_size=96", "model.num_heads=12", "pretrain.span=5"]
+    assert pipeline.run(config(tmp_path, *changed, "model.pooling=cls", "model.head=am_softmax")) == MODEL
+    assert pipeline.run(config(tmp_path, *changed, "model.pooling=cls", "model.head=am_softmax",
+                               "model.num_layers=3")) == ["pretrain", *MODEL]
 
 
 def test_the_keys_a_stage_reads_from_other_sections_are_declared_on_the_settings():
@@ -213,7 +213,7 @@ def test_a_late_stage_setting_is_refused_before_the_first_stage_runs(tmp_path, r
 @pytest.mark.parametrize("overrides, message", [
     (["baseline.models=svm,xgb"], "'baseline.models' names unknown model 'xgb'"),
     (["model.input=tokens", "model.encoder=cnn"], "model.input"),
-    (["model.input=frames", "model.encoder=cnn"], "model.encoder=cnn has no [CLS] position"),
+    (["model.input=frames", "model.encoder=cnn", "model.pooling=cls"], "model.encoder=cnn has no [CLS] position"),
     (["model.pooling=max"], "'model.pooling' must be one of"),
     (["cluster.quantizer=stacked", "cluster.stack=4", "cluster.stack_stride=5"], "cluster.stack_stride = 5"),
 ])

@@ -43,7 +43,7 @@ def corpus(tmp_path):
 
 
 def config_for(workdir, *overrides):
-    return load_config(None, ["cluster.n_clusters=4", *overrides], workdir)
+    return load_config(None, ["cluster.quantizer=frame", "cluster.n_clusters=4", *overrides], workdir)  # one k-means
 
 
 def report_of(workdir) -> dict:
@@ -196,7 +196,7 @@ def test_fewer_frames_than_clusters_is_a_user_error(tmp_path):
     rng = np.random.default_rng(3)
     write_store(tmp_path, {"train": (rng.random((30, DIM), dtype=np.float32), [10, 20])})
     with pytest.raises(UserError, match="n_clusters = 50 needs at least 50 training vectors, but only 30"):
-        ClusterCreator(load_config(None, [], tmp_path)).run()
+        ClusterCreator(load_config(None, ["cluster.quantizer=frame", "cluster.n_clusters=50"], tmp_path)).run()
     assert not Layout(tmp_path).vocabulary.exists()
 
 

@@ -131,7 +131,8 @@ def test_spherical_encode_is_nearest_unit_entry_per_codebook(kind):
 @pytest.mark.parametrize("spherical", [False, True])
 def test_frame_reproduces_the_cluster_stage_centroids_and_tokens(tmp_path, spherical):
     frames = frames_like(seed=3)
-    config = load_config(None, [f"cluster.n_clusters={K}", f"cluster.niter={NITER}", "cluster.seed=5",
+    config = load_config(None, ["cluster.quantizer=frame", f"cluster.n_clusters={K}", f"cluster.niter={NITER}",
+                                "cluster.seed=5",
                                 f"cluster.spherical={str(spherical).lower()}"], tmp_path)
     # the stage fits on the train split's frames of the store (all of them: well within the memory budget)
     write_store(tmp_path, {"train": (frames, [500] * 4), "validation": (frames_like(seed=4, n=100), [100])})

@@ -145,7 +145,7 @@ def test_spherical_flag_comes_from_the_vocabulary(tmp_path):
     stores = {split: ((rng.random((1500, 6)) * rng.uniform(0.1, 10, (1500, 1))).astype(np.float32), [500, 1000])
               for split in ("train", "validation")}
     write_store(tmp_path, stores)
-    ClusterCreator(config_for(tmp_path, "cluster.n_clusters=8", "cluster.spherical=true")).run()
+    ClusterCreator(config_for(tmp_path, "cluster.quantizer=frame", "cluster.n_clusters=8", "cluster.spherical=true")).run()
     # the config now says otherwise: the vocabulary, not the config, decides how tokens are searched
     SpecTokenizer(config_for(tmp_path, "cluster.spherical=false")).run()
     vocabulary = load_vocabulary(Layout(tmp_path).vocabulary)
