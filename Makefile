@@ -41,4 +41,4 @@ demo: venv
 	PATH=$(abspath $(BIN)):$$PATH bash scripts/demo.sh $(DEMO_DIR) $(DEMO_WORKDIR)
 
 clean-demo:
-	rm -rf $(DEMO_WORKDIR)
+	rm -rf $(DEMO_WORKDIR) $(DEMO_WORKDIR)-frames $(DEMO_WORKDIR)-cnn

@@ -38,8 +38,8 @@ def _slowed(function, seconds: float):
 
 
 def _install_delays(delays: dict[str, float]) -> None:
-    from audiotokens.tokens import kmeans, quantizer_kinds
     from audiotokens.features import spectrogram
+    from audiotokens.tokens import kmeans, quantizer_kinds
     from audiotokens.training import optimisation as trainer
 
     if "parts" in delays:

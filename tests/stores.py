@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from audiotokens.pipeline.stores import ClipIndex, open_split, spec_digest
-from audiotokens.pipeline.layout import Layout
-from audiotokens.pipeline.files import save_npy, write_json
 from audiotokens.config import SpectrogramConfig
-from audiotokens.tokens.quantizers import Quantizer
 from audiotokens.features.spectrogram import params_to_dict
+from audiotokens.pipeline.files import save_npy, write_json
+from audiotokens.pipeline.layout import Layout
+from audiotokens.pipeline.stores import ClipIndex, open_split, spec_digest
+from audiotokens.tokens.quantizers import Quantizer
 from audiotokens.tokens.vocabulary import save_vocabulary
 
 
@@ -158,8 +158,8 @@ def assert_resume_matches_straight(straight, interrupted, monkeypatch, trainer=N
     import torch
 
     from audiotokens.training.checkpoint import load_checkpoint
-    from audiotokens.training.train import ModelBuilder
     from audiotokens.training.optimisation import Trainer
+    from audiotokens.training.train import ModelBuilder
 
     ModelBuilder(straight).run()
     interrupt_in_second_epoch(ModelBuilder(interrupted).run, monkeypatch, trainer or Trainer)

@@ -19,13 +19,13 @@ from projects import SAMPLE_RATE, TONES, copy_project, project_config, trained_p
 from stores import FRAME_DIM, frame_spec
 
 import audiotokens
-from audiotokens.pipeline.layout import Layout
-from audiotokens.pipeline.stores import open_store
-from audiotokens.model.bundle import save_bundle
 from audiotokens.cli import main
-from audiotokens.model.parts import AudioClassifier, ModelSpec
 from audiotokens.evaluation.predict import predict_cli
+from audiotokens.model.bundle import save_bundle
+from audiotokens.model.parts import AudioClassifier, ModelSpec
+from audiotokens.pipeline.layout import Layout
 from audiotokens.pipeline.provenance import stage_states
+from audiotokens.pipeline.stores import open_store
 from audiotokens.tokens.quantizers import Quantizer
 from audiotokens.tokens.vocabulary import Vocabulary
 

@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 from projects import copy_project, trained_project
 
-from audiotokens.pipeline.layout import Layout
 from audiotokens.cli import main
 from audiotokens.config import SPLIT_STRATEGIES
+from audiotokens.pipeline.layout import Layout
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,16 @@ try:
 except ModuleNotFoundError:
     import tomli as tomllib
 
-from audiotokens.config import FILE, RUNTIME, STORAGE, Config, frame_keys, keys_with_role, load_config, valid_keys
+from audiotokens.config import (
+    FILE,
+    RUNTIME,
+    STORAGE,
+    Config,
+    frame_keys,
+    keys_with_role,
+    load_config,
+    valid_keys,
+)
 from audiotokens.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]

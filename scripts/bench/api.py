@@ -23,14 +23,14 @@ import torch
 from click.testing import CliRunner
 
 import audiotokens
-from audiotokens.model.bundle import load_bundle, save_bundle
 from audiotokens.cli import main
 from audiotokens.config import SpectrogramConfig
+from audiotokens.features.spectrogram import params_to_dict
+from audiotokens.model.bundle import load_bundle, save_bundle
 from audiotokens.model.export import export_onnx
+from audiotokens.model.inputs import pack_sequences
 from audiotokens.model.parts import AudioClassifier, ModelSpec
 from audiotokens.tokens.quantizers import Quantizer
-from audiotokens.features.spectrogram import params_to_dict
-from audiotokens.model.inputs import pack_sequences
 from audiotokens.tokens.vocabulary import load_vocabulary, save_vocabulary
 
 RATE = 16000

@@ -28,8 +28,8 @@ def one_run(workdir: str, overrides: list[str]) -> None:
     """Child process: train once, print the figures as JSON."""
     import torch
 
-    from audiotokens.pipeline.layout import Layout
     from audiotokens.config import load_config
+    from audiotokens.pipeline.layout import Layout
     from audiotokens.training.train import ModelBuilder
 
     torch.set_num_threads(1)

@@ -20,12 +20,12 @@ from badaudio import HOUR_RATE, HOUR_SECONDS, RATE, build_corpus, deny_reading, 
 from click.testing import CliRunner
 from projects import trained_project
 
-from audiotokens.pipeline.layout import Layout
-from audiotokens.pipeline.stores import open_split
-from audiotokens.data.audio import AudioError, load_audio, load_mono
 from audiotokens.cli import main
 from audiotokens.config import SpectrogramConfig, load_config
+from audiotokens.data.audio import AudioError, load_audio, load_mono
 from audiotokens.features.spectrogram import SpectrogramProcessor, clip_frames, compute_frames
+from audiotokens.pipeline.layout import Layout
+from audiotokens.pipeline.stores import open_split
 
 MAX_DURATION = 5.0  # crops the 1-hour file; every other clip is shorter
 CLASSES = ["a", "b", "c"]

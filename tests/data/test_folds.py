@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from audiotokens.errors import UserError
 from audiotokens.data.folds import fold_split, kfold_sides
+from audiotokens.errors import UserError
 
 
 def _random_dataset(seed: int, n_groups: int = 24, n_classes: int = 6):

@@ -12,11 +12,11 @@ import pytest
 import soundfile as sf
 from audioset_metadata import AUDIOSET
 
-from audiotokens.data import sources
 from audiotokens.config import DataConfig
-from audiotokens.errors import UserError
+from audiotokens.data import sources
 from audiotokens.data.sources.audio_index import ytids_of_stem
 from audiotokens.data.sources.audioset import read_segments
+from audiotokens.errors import UserError
 
 BALANCED = AUDIOSET / "balanced_train_segments.csv"
 EVAL = AUDIOSET / "eval_segments.csv"

@@ -13,12 +13,12 @@ from audioset_metadata import AUDIOSET
 from click.testing import CliRunner
 from stores import write_frames
 
-from audiotokens.pipeline.layout import Layout
-from audiotokens.pipeline.stores import SplitPlan, open_split
 from audiotokens.cli import main
 from audiotokens.config import load_config
-from audiotokens.errors import UserError
 from audiotokens.data.split import DatasetSplitter, group_sides, stratified_sides
+from audiotokens.errors import UserError
+from audiotokens.pipeline.layout import Layout
+from audiotokens.pipeline.stores import SplitPlan, open_split
 
 BALANCED = AUDIOSET / "balanced_train_segments.csv"
 EVAL = AUDIOSET / "eval_segments.csv"
@@ -260,7 +260,7 @@ def test_official_with_a_validation_list(tmp_path):
     manifest = write_manifest(tmp_path / "data", rows)
     listed = [rows[3][0], rows[7][0]]
     (tmp_path / "val.txt").write_text("\n".join(listed) + "\n")
-    _, split, report = run_split(tmp_path / "w", *manifest_settings(
+    _, split, _report = run_split(tmp_path / "w", *manifest_settings(
         manifest, "split.strategy=official", f"split.validation_list={tmp_path / 'val.txt'}", "split.test_ratio=0"))
     assert ids(split, "validation") == listed and len(ids(split, "train")) == 28
     # a segments-style CSV works as a list too

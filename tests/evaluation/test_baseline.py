@@ -15,8 +15,18 @@ from projects import left_out_project
 from sklearn.metrics import accuracy_score, average_precision_score
 from sklearn.preprocessing import StandardScaler
 
-from audiotokens.evaluation.baseline import C_GRID, BaselineRunner, SplitFeatures, clip_features, fit_baseline, mfcc_count, mfcc_features, score_baseline, split_features
 from audiotokens.config import SpectrogramConfig
+from audiotokens.evaluation.baseline import (
+    C_GRID,
+    BaselineRunner,
+    SplitFeatures,
+    clip_features,
+    fit_baseline,
+    mfcc_count,
+    mfcc_features,
+    score_baseline,
+    split_features,
+)
 
 
 def _fixture_signal(rate: int, seconds: float = 1.5, seed: int = 0) -> np.ndarray:

@@ -8,12 +8,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from audiotokens.errors import UserError
+from audiotokens.evaluation.compare import (
+    TRAIN_TIME,
+    compare_workdirs,
+    differing_settings,
+    format_kfold,
+    kfold_summary,
+    write_comparison,
+    write_kfold_summary,
+)
 from audiotokens.evaluation.evaluate import Scored
 from audiotokens.evaluation.robustness import Stability, write_robustness
-from audiotokens.pipeline.layout import Layout
 from audiotokens.pipeline.files import write_json
-from audiotokens.evaluation.compare import TRAIN_TIME, compare_workdirs, differing_settings, format_kfold, kfold_summary, write_comparison, write_kfold_summary
-from audiotokens.errors import UserError
+from audiotokens.pipeline.layout import Layout
 
 BASE_PARAMS = {
     "split": {"data.source": "manifest", "data.manifest": "/data/m.csv", "split.strategy": "group",

@@ -12,14 +12,14 @@ from projects import copy_project, left_out_project, project_config, trained_pro
 from sklearn.metrics import accuracy_score, average_precision_score, f1_score, precision_score, recall_score
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
-from audiotokens.evaluation import reports
-from audiotokens.pipeline.layout import Layout
-from audiotokens.pipeline.stores import open_split
 from audiotokens.cli import main
 from audiotokens.errors import UserError
+from audiotokens.evaluation import reports
 from audiotokens.evaluation.evaluate import Evaluator
 from audiotokens.model.objectives import objective_for
+from audiotokens.pipeline.layout import Layout
 from audiotokens.pipeline.run import execute
+from audiotokens.pipeline.stores import open_split
 
 # ---------------------------------------------------------------- a trained project, built once per session
 

@@ -12,12 +12,12 @@ import pytest
 from click.testing import CliRunner
 from projects import project_config, trained_project, write_tone
 
-from audiotokens.pipeline.layout import Layout
-from audiotokens.pipeline.stores import SplitPlan
 from audiotokens.cli import main
 from audiotokens.errors import UserError
 from audiotokens.evaluation.evaluate import Evaluator
 from audiotokens.evaluation.predict import chosen_classes, expand_paths, load_model, predict_cli, show_cli
+from audiotokens.pipeline.layout import Layout
+from audiotokens.pipeline.stores import SplitPlan
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ import soundfile as sf
 import torch
 from stores import write_plan
 
-from audiotokens.pipeline.layout import Layout
 from audiotokens.config import load_config
 from audiotokens.errors import UserError
 from audiotokens.features.spectrogram import SpectrogramProcessor, params_from_dict
+from audiotokens.pipeline.layout import Layout
 
 RATE = 16000
 STRIDES, KERNELS = (5, 4), (10, 4)

@@ -13,16 +13,16 @@ from click.testing import CliRunner
 from projects import trained_project
 from stores import FRAME_DIM, N_CLUSTERS, frame_spec, make_frames_workdir, make_workdir
 
-from audiotokens.pipeline.layout import Layout
-from audiotokens.pipeline.stores import open_store
-from audiotokens.model.bundle import load_bundle, save_bundle
 from audiotokens.cli import main
 from audiotokens.errors import UserError
 from audiotokens.model.audio_tokenizer import AudioTokenizer
+from audiotokens.model.bundle import load_bundle, save_bundle
 from audiotokens.model.export import export_onnx
 from audiotokens.model.frames_graph import TokensFromFrames, quantizer_graph
-from audiotokens.model.parts import AudioClassifier, ModelSpec
 from audiotokens.model.inputs import PACKERS
+from audiotokens.model.parts import AudioClassifier, ModelSpec
+from audiotokens.pipeline.layout import Layout
+from audiotokens.pipeline.stores import open_store
 from audiotokens.tokens.quantizer_kinds import quantizer_kind
 from audiotokens.tokens.quantizers import fit_quantizer
 from audiotokens.tokens.vocabulary import load_vocabulary, save_vocabulary

@@ -2,7 +2,12 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, average_precision_score, f1_score, hamming_loss
 
-from audiotokens.model.metrics import macro_average_precision, multilabel_metrics, per_class_average_precision, singlelabel_metrics
+from audiotokens.model.metrics import (
+    macro_average_precision,
+    multilabel_metrics,
+    per_class_average_precision,
+    singlelabel_metrics,
+)
 from audiotokens.model.objectives import objective_for
 
 

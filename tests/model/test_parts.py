@@ -17,11 +17,12 @@ from stores import (
     make_workdir,
 )
 
-from audiotokens.pipeline.layout import Layout
-from audiotokens.model.bundle import load_bundle, save_bundle
 from audiotokens.config import load_config
 from audiotokens.errors import UserError
 from audiotokens.evaluation.evaluate import Evaluator
+from audiotokens.model.bundle import load_bundle, save_bundle
+from audiotokens.model.inputs import pack_frames, pack_sequences
+from audiotokens.model.objectives import objective_for
 from audiotokens.model.parts import (
     CLS,
     ENCODERS,
@@ -34,12 +35,11 @@ from audiotokens.model.parts import (
     ModelSpec,
     decode_tables,
 )
-from audiotokens.model.objectives import objective_for
+from audiotokens.pipeline.layout import Layout
 from audiotokens.tokens.quantizers import Quantizer
-from audiotokens.model.inputs import pack_frames, pack_sequences
-from audiotokens.training.train import ModelBuilder
-from audiotokens.training.optimisation import Trainer, WarmupLinearSchedule, accumulation_dtype
 from audiotokens.tokens.vocabulary import Vocabulary, load_vocabulary, save_vocabulary
+from audiotokens.training.optimisation import Trainer, WarmupLinearSchedule, accumulation_dtype
+from audiotokens.training.train import ModelBuilder
 
 TINY = ["model.num_layers=1", "model.hidden_size=16", "model.num_heads=2", "model.intermediate_size=32",
         "train.learning_rate=3e-3", "train.num_workers=0", "train.batch_size=16", "train.device=cpu",

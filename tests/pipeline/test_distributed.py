@@ -13,15 +13,15 @@ from safetensors.numpy import load_file
 from stores import interrupt_in_second_epoch, make_frames_workdir
 from torch.utils.data import BatchSampler
 
-from audiotokens.pipeline.layout import Layout
-from audiotokens.pipeline.stores import open_split
 from audiotokens.cli import main
-from audiotokens.pipeline.distributed import Ranks, RankShare, deal_batches, padding_item, real_clip
 from audiotokens.model.objectives import objective_for
+from audiotokens.pipeline.distributed import Ranks, RankShare, deal_batches, padding_item, real_clip
+from audiotokens.pipeline.layout import Layout
 from audiotokens.pipeline.run import execute
+from audiotokens.pipeline.stores import open_split
 from audiotokens.training.datasets import EpochShuffleSampler, FrameClipDataset
-from audiotokens.training.optimisation import Trainer
 from audiotokens.training.loaders import CroppedBatches
+from audiotokens.training.optimisation import Trainer
 
 # no dropout: the two runs then differ only by the order in which gradients are summed
 # fp32 (train.amp off): the torchrun processes would otherwise run bf16 on a CPU that has it natively

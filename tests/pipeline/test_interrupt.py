@@ -17,8 +17,8 @@ from killing import assert_complete, digests, finish, kill_when, run_cli, start,
 from projects import TONES, write_tone
 from safetensors.numpy import load_file
 
-from audiotokens.pipeline.layout import Layout
 from audiotokens.config import load_config
+from audiotokens.pipeline.layout import Layout
 from audiotokens.pipeline.provenance import stage_states
 
 SETTINGS = """

@@ -4,11 +4,11 @@ import dataclasses
 import pytest
 from click.testing import CliRunner
 
-from audiotokens.pipeline import run as pipeline
-from audiotokens.pipeline.layout import Layout
 from audiotokens.cli import main
 from audiotokens.config import Config, load_config
 from audiotokens.errors import UserError
+from audiotokens.pipeline import run as pipeline
+from audiotokens.pipeline.layout import Layout
 from audiotokens.pipeline.provenance import stage_states
 from audiotokens.pipeline.stages import NAMES, Stage, stage
 

@@ -26,8 +26,8 @@ from click.testing import CliRunner
 from killing import assert_complete, digests, temporaries
 from projects import copy_project, trained_project
 
-from audiotokens.pipeline.layout import Layout
 from audiotokens.cli import main
+from audiotokens.pipeline.layout import Layout
 
 TESTS = Path(__file__).resolve().parents[1]
 

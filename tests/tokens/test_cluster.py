@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from stores import frame_spec, write_store
 
-from audiotokens.pipeline.layout import Layout
-from audiotokens.tokens.cluster import ClusterCreator
 from audiotokens.config import load_config
 from audiotokens.errors import UserError
-from audiotokens.pipeline.run import execute
+from audiotokens.pipeline.layout import Layout
 from audiotokens.pipeline.provenance import write_record
+from audiotokens.pipeline.run import execute
+from audiotokens.tokens.cluster import ClusterCreator
 from audiotokens.tokens.vocabulary import load_vocabulary
 
 DIM = 8

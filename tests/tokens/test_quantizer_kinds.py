@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from stores import write_frames, write_plan
 
-from audiotokens.pipeline.layout import Layout
 from audiotokens.config import load_config
+from audiotokens.pipeline.layout import Layout
 from audiotokens.pipeline.stages import stage
 
 TINY = ["model.num_layers=1", "model.hidden_size=32", "model.num_heads=2", "model.intermediate_size=64",

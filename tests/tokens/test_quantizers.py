@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from stores import write_store
 
-from audiotokens.pipeline.layout import Layout
-from audiotokens.tokens.cluster import ClusterCreator
 from audiotokens.config import load_config
 from audiotokens.errors import UserError
+from audiotokens.pipeline.layout import Layout
+from audiotokens.tokens.cluster import ClusterCreator
+from audiotokens.tokens.kmeans import NearestCentroid
 from audiotokens.tokens.quantizer_kinds import KINDS, quantizer_kind
 from audiotokens.tokens.quantizers import Quantizer, codebook_usage, fit_quantizer, reconstruction_mse
-from audiotokens.tokens.kmeans import NearestCentroid
 from audiotokens.tokens.vocabulary import load_vocabulary
 
 N_MELS = 12

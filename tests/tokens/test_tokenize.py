@@ -6,15 +6,15 @@ import pytest
 from scipy.stats import entropy as scipy_entropy
 from stores import frame_spec, write_frames, write_store, write_vocabulary
 
-from audiotokens.tokens import tokenize as tokenizer_module
-from audiotokens.pipeline.layout import Layout
-from audiotokens.pipeline.stores import open_split, open_store
-from audiotokens.pipeline.files import save_npy
-from audiotokens.tokens.cluster import ClusterCreator
 from audiotokens.config import load_config
 from audiotokens.errors import UserError
-from audiotokens.tokens.tokenize import SpecTokenizer
+from audiotokens.pipeline.files import save_npy
+from audiotokens.pipeline.layout import Layout
+from audiotokens.pipeline.stores import open_split, open_store
+from audiotokens.tokens import tokenize as tokenizer_module
+from audiotokens.tokens.cluster import ClusterCreator
 from audiotokens.tokens.kmeans import assign_tokens, token_statistics
+from audiotokens.tokens.tokenize import SpecTokenizer
 from audiotokens.tokens.vocabulary import load_vocabulary
 
 

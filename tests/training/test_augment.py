@@ -6,10 +6,21 @@ import numpy as np
 import pytest
 import torch
 
-from audiotokens.training.augment import BalancedSampler, apply_frame_mask, apply_token_mask, content_positions, crop_starts, mask_freq_bands, mask_time_spans, mix_masks, mixup, random_crop
-from audiotokens.model.windows import clip_windows, eval_windows, mean_over_windows
-from audiotokens.model.parts import CLS, MASK, PAD, SEP
 from audiotokens.model.inputs import pack_sequences
+from audiotokens.model.parts import CLS, MASK, PAD, SEP
+from audiotokens.model.windows import clip_windows, eval_windows, mean_over_windows
+from audiotokens.training.augment import (
+    BalancedSampler,
+    apply_frame_mask,
+    apply_token_mask,
+    content_positions,
+    crop_starts,
+    mask_freq_bands,
+    mask_time_spans,
+    mix_masks,
+    mixup,
+    random_crop,
+)
 
 
 def seeded(seed: int = 0) -> torch.Generator:

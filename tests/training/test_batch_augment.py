@@ -5,11 +5,11 @@ import pytest
 import torch
 from stores import assert_resume_matches_straight, make_frames_workdir, make_workdir
 
-from audiotokens.training.augment import BatchAugmenter
 from audiotokens.config import load_config
 from audiotokens.errors import UserError
-from audiotokens.model.parts import CLS, MASK, SEP
 from audiotokens.model.inputs import pack_sequences
+from audiotokens.model.parts import CLS, MASK, SEP
+from audiotokens.training.augment import BatchAugmenter
 from audiotokens.training.train import ModelBuilder
 
 SMALL = ["model.num_layers=1", "model.hidden_size=32", "model.num_heads=2", "model.intermediate_size=64",
@@ -66,8 +66,8 @@ def test_resume_with_every_augmentation_matches_an_uninterrupted_run(tmp_path, m
 
 def test_balanced_sampler_draws_rare_classes_as_often_as_common_ones(tmp_path):
     from audiotokens.model.objectives import objective_for
-    from audiotokens.training.train import make_split_loader, read_split_frames
     from audiotokens.training.loaders import LengthPlan
+    from audiotokens.training.train import make_split_loader, read_split_frames
 
     layout = make_frames_workdir(tmp_path, n_train=60, n_validation=8)
     split = read_split_frames(layout, "train")

@@ -5,8 +5,13 @@ import pytest
 from stores import make_workdir
 from torch.utils.data import DataLoader
 
-from audiotokens.model.batching import FrameBudgetSampler, length_ordered_batches, padded_fraction, worst_batch
 from audiotokens.errors import UserError
+from audiotokens.model.batching import (
+    FrameBudgetSampler,
+    length_ordered_batches,
+    padded_fraction,
+    worst_batch,
+)
 from audiotokens.model.objectives import objective_for
 from audiotokens.training.datasets import TokenClipDataset
 from audiotokens.training.train import read_split_tokens, read_vocabulary

@@ -6,14 +6,14 @@ import pytest
 import torch
 from stores import assert_resume_matches_straight, make_frames_workdir, write_frames, write_plan
 
+from audiotokens.config import load_config
+from audiotokens.errors import UserError
+from audiotokens.model.bundle import load_bundle
+from audiotokens.model.contrastive import nearest_class_mean, supervised_contrastive_loss
+from audiotokens.model.inputs import pack_frames
 from audiotokens.pipeline.layout import Layout
 from audiotokens.pipeline.stores import open_split
-from audiotokens.model.bundle import load_bundle
-from audiotokens.config import load_config
-from audiotokens.model.contrastive import nearest_class_mean, supervised_contrastive_loss
 from audiotokens.training.contrastive import ContrastiveTrainer, chance_level
-from audiotokens.errors import UserError
-from audiotokens.model.inputs import pack_frames
 from audiotokens.training.train import ModelBuilder
 
 SMALL = ["model.num_layers=1", "model.hidden_size=32", "model.num_heads=2", "model.intermediate_size=64",

@@ -10,19 +10,19 @@ import torch
 import torch.nn.functional as F
 from stores import assert_resume_matches_straight, make_workdir
 
-from audiotokens.pipeline.layout import Layout
-from audiotokens.model.batching import FrameBudgetSampler
-from audiotokens.model.bundle import load_bundle
-from audiotokens.training.checkpoint import load_checkpoint
 from audiotokens.config import load_config
 from audiotokens.errors import UserError
+from audiotokens.model.batching import FrameBudgetSampler
+from audiotokens.model.bundle import load_bundle
+from audiotokens.model.inputs import pack_sequences
 from audiotokens.model.objectives import objective_for
 from audiotokens.model.parts import ModelSpec
-from audiotokens.training.train import ModelBuilder, make_split_loader, read_split_tokens, read_vocabulary
-from audiotokens.training.optimisation import Trainer
-from audiotokens.model.inputs import pack_sequences
 from audiotokens.model.windows import eval_windows
+from audiotokens.pipeline.layout import Layout
+from audiotokens.training.checkpoint import load_checkpoint
 from audiotokens.training.loaders import LengthPlan, encoder_shape, evaluate_split
+from audiotokens.training.optimisation import Trainer
+from audiotokens.training.train import ModelBuilder, make_split_loader, read_split_tokens, read_vocabulary
 
 SMALL = ["model.num_layers=1", "model.hidden_size=32", "model.num_heads=2", "model.intermediate_size=64",
          "train.learning_rate=2e-3", "train.num_workers=0", "train.batch_size=8", "train.device=cpu"]

@@ -10,15 +10,22 @@ from safetensors.torch import load_file
 from stores import frame_spec as make_frame_spec
 from stores import interrupt_in_second_epoch, make_workdir, write_frames, write_plan, write_tokens
 
-from audiotokens.pipeline.layout import Layout
-from audiotokens.pipeline.stores import SplitPlan
 from audiotokens.config import load_config
 from audiotokens.errors import UserError
-from audiotokens.training.finetune import FineTuning
-from audiotokens.model.parts import CLS, MASK, PAD, SEP, TOKEN_OFFSET, AudioClassifier, ModelSpec
-from audiotokens.training.pretrain import IGNORE, Pretrainer, hold_out, masked_loss, mlm_corrupt, pretraining_ids
-from audiotokens.pipeline.stages import input_names
 from audiotokens.model.inputs import pack_sequences
+from audiotokens.model.parts import CLS, MASK, PAD, SEP, TOKEN_OFFSET, AudioClassifier, ModelSpec
+from audiotokens.pipeline.layout import Layout
+from audiotokens.pipeline.stages import input_names
+from audiotokens.pipeline.stores import SplitPlan
+from audiotokens.training.finetune import FineTuning
+from audiotokens.training.pretrain import (
+    IGNORE,
+    Pretrainer,
+    hold_out,
+    masked_loss,
+    mlm_corrupt,
+    pretraining_ids,
+)
 from audiotokens.training.train import ModelBuilder
 
 SMALL = ["model.num_layers=2", "model.hidden_size=32", "model.num_heads=2", "model.intermediate_size=64",

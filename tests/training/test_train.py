@@ -7,20 +7,20 @@ import pytest
 import torch
 from stores import N_CLUSTERS, interrupt_in_second_epoch, make_workdir, write_tokens
 
-from audiotokens.pipeline.layout import Layout
-from audiotokens.pipeline.stores import open_split
-from audiotokens.model.bundle import load_bundle, save_bundle
-from audiotokens.training.checkpoint import load_checkpoint
 from audiotokens.config import load_config
 from audiotokens.errors import UserError
-from audiotokens.model.metrics import multilabel_metrics
-from audiotokens.model.parts import CLS, PAD, SEP, TOKEN_OFFSET, AudioClassifier, ModelSpec
-from audiotokens.model.objectives import objective_for
-from audiotokens.training.datasets import EpochShuffleSampler
+from audiotokens.model.bundle import load_bundle, save_bundle
 from audiotokens.model.inputs import pack_sequences
-from audiotokens.training.train import ModelBuilder, make_split_loader, read_split_tokens, read_vocabulary
-from audiotokens.training.optimisation import Trainer
+from audiotokens.model.metrics import multilabel_metrics
+from audiotokens.model.objectives import objective_for
+from audiotokens.model.parts import CLS, PAD, SEP, TOKEN_OFFSET, AudioClassifier, ModelSpec
+from audiotokens.pipeline.layout import Layout
+from audiotokens.pipeline.stores import open_split
 from audiotokens.tokens.vocabulary import load_vocabulary
+from audiotokens.training.checkpoint import load_checkpoint
+from audiotokens.training.datasets import EpochShuffleSampler
+from audiotokens.training.optimisation import Trainer
+from audiotokens.training.train import ModelBuilder, make_split_loader, read_split_tokens, read_vocabulary
 
 SMALL = ["model.num_layers=2", "model.hidden_size=64", "model.num_heads=2", "model.intermediate_size=128",
          "train.learning_rate=2e-3", "train.num_workers=0", "train.batch_size=16", "train.device=cpu"]

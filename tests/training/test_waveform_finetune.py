@@ -18,19 +18,19 @@ from projects import torchrun_train
 from safetensors.torch import load_file
 
 import audiotokens
-from audiotokens.pipeline.layout import Layout
-from audiotokens.pipeline.stores import open_split
-from audiotokens.data.audio import load_mono
-from audiotokens.model.bundle import load_bundle
 from audiotokens.cli import main
 from audiotokens.config import load_config
+from audiotokens.data.audio import load_mono
 from audiotokens.errors import UserError
-from audiotokens.training.memory import estimate_peak_bytes
-from audiotokens.model.parts import AudioClassifier, ModelSpec
-from audiotokens.pipeline.run import execute
 from audiotokens.features.spectrogram import SpectrogramProcessor
+from audiotokens.model.bundle import load_bundle
 from audiotokens.model.inputs import pack_frames
+from audiotokens.model.parts import AudioClassifier, ModelSpec
+from audiotokens.pipeline.layout import Layout
+from audiotokens.pipeline.run import execute
+from audiotokens.pipeline.stores import open_split
 from audiotokens.training.loaders import estimate_run_peak
+from audiotokens.training.memory import estimate_peak_bytes
 
 RATE = 16000
 STRIDES, KERNELS = (5, 4, 4), (10, 8, 4)
