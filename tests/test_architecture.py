@@ -99,3 +99,10 @@ def test_the_checks_see_known_imports():
     """Known edges are found, module level and inside functions alike, so the checks above can fail."""
     assert "audiotokens.tokens.kmeans" in graph()["audiotokens.tokens.quantizers"]
     assert any(not module_level for _, _, module_level in imports_of("audiotokens.cli"))
+
+
+def test_test_file_names_are_unique_across_wings():
+    """Test folders have no __init__.py, so pytest imports each file by its basename: two files of one name
+    in two wings stop the whole collection."""
+    names = [path.name for path in Path(__file__).resolve().parent.rglob("test_*.py")]
+    assert sorted({name for name in names if names.count(name) > 1}) == []
