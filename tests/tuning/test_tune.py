@@ -207,7 +207,8 @@ def test_a_pruner_stops_a_trial_after_the_epoch_it_judged(project, tmp_path):
     assert trials[0].user_attrs["epochs"] == 2 and trials[1].user_attrs["epochs"] == 1
     assert list(trials[1].intermediate_values) == [1]
     pruned = Layout(files(workdir).trial_workdir(1))
-    rows = [json.loads(line) for line in pruned.metrics.read_text().splitlines()]
+    # a stopped run writes no bundle, so its log stays aside, in output/train.partial/
+    rows = [json.loads(line) for line in pruned.staged_run_files.metrics.read_text().splitlines()]
     assert [row["epoch"] for row in rows] == [1]  # training stopped after the pruned epoch
     assert "pruned by the tuner after epoch 1" in json.loads(pruned.failure("train").read_text())["error"]
 
