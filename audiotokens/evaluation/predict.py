@@ -118,15 +118,29 @@ def decisions(bundle, scores: np.ndarray, threshold: float | None) -> np.ndarray
     return bundle.objective.decisions(scores[None, :], bundle.threshold if threshold is None else threshold)[0]
 
 
-class Writer:
-    """Prints prediction rows as they come (table, csv) or all at the end (json)."""
+class RowPrinter:
+    """Rows printed as they come (table, csv: a header of COLUMNS first) or as one JSON list at the end."""
+
+    COLUMNS: tuple[str, ...] = ()
 
     def __init__(self, fmt: str, out: TextIO):
         self.fmt, self.out = fmt, out
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[dict[str, Any]] = []  # json: what close() writes
         if fmt == "csv":
             self.csv = csv.writer(out)
-            self.csv.writerow(["path", "rank", "class", "score", "predicted", "error"])
+            self.csv.writerow(self.COLUMNS)
+
+    def close(self) -> None:
+        if self.fmt == "json":
+            json.dump(self.rows, self.out, indent=1)
+            self.out.write("\n")
+        self.out.flush()
+
+
+class Writer(RowPrinter):
+    """Prediction rows of each clip: its top classes, or its error."""
+
+    COLUMNS = ("path", "rank", "class", "score", "predicted", "error")
 
     def write(self, path: str, top: list[dict[str, Any]], error: str) -> None:
         if self.fmt == "json":
@@ -146,12 +160,6 @@ class Writer:
             for item in top:
                 mark = "*" if item.get("predicted") else " "
                 self.out.write(f"  {item['score']:.4f} {mark} {item['class']}\n")
-        self.out.flush()
-
-    def close(self) -> None:
-        if self.fmt == "json":
-            json.dump(self.rows, self.out, indent=1)
-            self.out.write("\n")
         self.out.flush()
 
 

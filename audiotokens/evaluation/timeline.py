@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import itertools
-import json
 import logging
 import math
 import sys
@@ -42,7 +41,7 @@ from ..model.audio_tokenizer import AudioTokenizer, single_threaded
 from ..model.windows import window_spans
 from ..pipeline.files import atomic_path, json_text
 from ..pipeline.layout import TIMELINE_EVENTS, TIMELINE_EVENTS_JSON, TIMELINE_PICTURE, TIMELINE_SCORES
-from .predict import expand_paths, load_model
+from .predict import RowPrinter, expand_paths, load_model
 from .reports import pyplot
 
 log = logging.getLogger("audiotokens")
@@ -437,15 +436,10 @@ def unique_stems(files: Sequence[str]) -> list[str]:
     return stems
 
 
-class EventWriter:
-    """Prints each recording's events as it is done (table, csv) or all at the end (json)."""
+class EventWriter(RowPrinter):
+    """Each recording's events as it is done, or its error."""
 
-    def __init__(self, fmt: str, out: TextIO):
-        self.fmt, self.out = fmt, out
-        self.rows: list[dict[str, Any]] = []
-        if fmt == "csv":
-            self.csv = csv.writer(out)
-            self.csv.writerow(["path", "class", "start", "end", "peak_score", "error"])
+    COLUMNS = ("path", "class", "start", "end", "peak_score", "error")
 
     def write(self, timeline: Timeline) -> None:
         if self.fmt == "json":
@@ -469,10 +463,4 @@ class EventWriter:
             self.csv.writerow([path, "", "", "", "", message])
         else:
             self.out.write(f"{path}\n  ERROR   {message}\n")
-        self.out.flush()
-
-    def close(self) -> None:
-        if self.fmt == "json":
-            json.dump(self.rows, self.out, indent=1)
-            self.out.write("\n")
         self.out.flush()
