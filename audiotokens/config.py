@@ -142,8 +142,9 @@ class SpectrogramConfig:
     max_duration: float = setting(0.0, check="non_negative")  # seconds kept per clip; 0 = whole clip
     workers: int = setting(0, role=RUNTIME, check="non_negative")  # 0 = one per usable CPU
     # ssl: hidden states of a local speech model; waveform: its input (rows of samples at its rate and
-    # stride), for fine-tuning it end to end (model.input = waveform, model.encoder = ssl)
-    features: str = setting("mel", check=("mel", "ssl", "waveform"))
+    # stride), for fine-tuning it end to end (model.input = waveform, model.encoder = ssl); codec: rows of
+    # hop_length samples at sample_rate, one per frame of a neural codec (cluster.quantizer = codec)
+    features: str = setting("mel", check=("mel", "ssl", "waveform", "codec"))
     # ssl, waveform: local Hugging Face directory (wav2vec2 / HuBERT / WavLM); never downloaded. The one
     # place the speech model is named: the frame spec records it (path and digest), and a fine-tuned model
     # starts from the model its waveform rows were cut for, so the two can never disagree
@@ -182,7 +183,7 @@ class AugmentConfig:
     tilt_high: float = setting(2.0, also_defines=SPECTROGRAM)
 
 
-QUANTIZERS = ("frame", "stacked", "subband", "residual", "scalar")
+QUANTIZERS = ("frame", "stacked", "subband", "residual", "scalar", "codec")
 
 
 @dataclass
@@ -199,6 +200,9 @@ class ClusterConfig:
     bands: int = setting(8, check="positive")  # subband: contiguous mel bands, one codebook each
     stages: int = setting(4, check="positive")  # residual: rounds of k-means on the residual
     levels: int = setting(16, check="at_least_2")  # scalar: uniform levels per mel bin
+    # codec: local Hugging Face folder of a neural codec (EnCodec, DAC, Mimi, X-Codec); never downloaded
+    codec_model: str = ""
+    codec_codebooks: int = setting(0, check="non_negative")  # codec: codebooks (ids per frame); 0 = all it has
     fit_on_copies: bool = False  # also fit on the training clips' corrupted copies (augment.copies)
     gpu: bool = setting(False, role=RUNTIME)
 
@@ -542,6 +546,8 @@ def check_ranges(augment: AugmentConfig) -> None:
 
 def check_spectrogram(spec: SpectrogramConfig) -> None:
     """Frame settings that only make sense together (also checked for a bundle's recorded settings)."""
+    if spec.features == "codec":  # rows of samples: no window, no mel bands (a codec frame may exceed n_fft)
+        return
     nyquist = spec.sample_rate / 2
     fmax = spec.fmax or nyquist
     if spec.fmax > nyquist or spec.fmin >= fmax:

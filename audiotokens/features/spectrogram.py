@@ -1,7 +1,8 @@
 """Mel-spectrogram frames of every clip, once per clip: processed/frames/ (frames.npy, index.json, spec.json).
 
 What a frame is made of is the frame kind that spectrogram.features names, looked up in FRAME_KINDS: `mel`
-(MelFrames, here), `ssl` and `waveform` (a speech model's hidden states or its input rows, ssl.py);
+(MelFrames, here), `ssl` and `waveform` (a speech model's hidden states or its input rows, ssl.py), `codec`
+(rows of the samples of one neural-codec frame, codec_rows.py);
 frame_kind.py says what every kind provides.
 
 `compute_frames` is the one definition of a frame (also used by predict): librosa's melspectrogram
@@ -74,6 +75,7 @@ from ..pipeline.shards import (
     stale_shards,
 )
 from ..pipeline.stores import COPY_MARK, ClipIndex, SplitPlan, copy_id, spec_digest
+from .codec_rows import CodecRows
 from .frame_kind import AUGMENT, FrameKind
 from .ssl import SpeechModelFrames, WaveformRows
 
@@ -143,7 +145,8 @@ class MelFrames(FrameKind):
 
 
 # spectrogram.features -> its frame kind; config's check on spectrogram.features lists the same names
-FRAME_KINDS: dict[str, type[FrameKind]] = {kind.name: kind for kind in (MelFrames, SpeechModelFrames, WaveformRows)}
+FRAME_KINDS: dict[str, type[FrameKind]] = {kind.name: kind for kind in (MelFrames, SpeechModelFrames, WaveformRows,
+                                                                         CodecRows)}
 
 
 def frame_kind(params: SpectrogramConfig) -> FrameKind:

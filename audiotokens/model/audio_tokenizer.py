@@ -97,6 +97,8 @@ class AudioTokenizer:
         if width is not None and frame_width(self.params) != width:
             raise UserError(f"the model (or vocabulary) of {source} reads frames of {width} values but its frame "
                             f"spec gives {frame_width(self.params)}; it is inconsistent")
+        if vocabulary is not None:
+            vocabulary.quantizer.check_encoder()  # a codec's folder, refused now rather than file by file
 
     @classmethod
     def of_bundle(cls, bundle) -> AudioTokenizer:

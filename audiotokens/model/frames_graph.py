@@ -17,6 +17,7 @@ uses is GRAPHS, keyed like the quantizer registry.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -101,9 +102,15 @@ class LevelCounts(nn.Module):
         return (x.double()[..., None] > self.midpoints).sum(dim=-1)
 
 
-GRAPHS: dict[str, type[nn.Module]] = {  # quantizer kind -> its encode as torch operations
+def codec_in_python(quantizer: Quantizer) -> nn.Module:
+    """A neural codec's encoder is not put in the graph: it stays in Python, and the graph reads token ids."""
+    raise UserError(f"the codec tokenizer's encoder ({quantizer.codec['model_type']} in {quantizer.codec['model']}) "
+                    "stays in Python: export with --input tokens and make the ids with AudioTokenizer.tokens")
+
+
+GRAPHS: dict[str, Callable[[Quantizer], nn.Module]] = {  # quantizer kind -> its encode as torch operations
     "frame": SlicedNearest, "stacked": SlicedNearest, "subband": SlicedNearest, "residual": ResidualNearest,
-    "scalar": LevelCounts}
+    "scalar": LevelCounts, "codec": codec_in_python}
 
 
 def quantizer_graph(quantizer: Quantizer) -> nn.Module:

@@ -20,6 +20,7 @@ from ..config import ClusterConfig, Config
 from ..errors import UserError
 from ..pipeline.layout import Layout
 from ..pipeline.stores import ClipIndex, SplitPlan, open_split, read_frame_spec, with_copies
+from .codec import CodecRecord, check_frames
 from .kmeans import release_pages
 from .quantizer_kinds import QuantizerKind, kind_from_config
 from .quantizers import fit_quantizer, reconstruction_mse
@@ -113,7 +114,11 @@ class ClusterCreator:
     @staticmethod
     def check_settings(config: Config) -> None:
         """What the config alone says is wrong with the quantizer (pipeline.run checks it before any stage)."""
-        kind_from_config(config.cluster)
+        kind = kind_from_config(config.cluster)
+        if not kind.reads_frames:  # a codec: its folder, and frames that are rows of its frames
+            spectrogram = config.spectrogram
+            check_frames(CodecRecord.from_dict(kind.record()), {"features": spectrogram.features, "sample_rate":
+                         spectrogram.sample_rate, "hop_length": spectrogram.hop_length}, "the [spectrogram] settings")
 
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
@@ -123,6 +128,8 @@ class ClusterCreator:
             raise UserError(f"{self.layout.frames} holds waveform rows (spectrogram.features = waveform) for "
                             "fine-tuning a speech model, not frames to quantise; set spectrogram.features to mel "
                             "or ssl and re-run `audiotokens spectrogram`")
+        if not kind.reads_frames:
+            return self._made_without_frames(kind, spec, started)
         frames, index = self._training_frames()
         if frames.ndim != 2:
             raise UserError(f"{self.layout.frames} must be a (frames, dim) matrix, found shape {frames.shape}; "
@@ -155,6 +162,23 @@ class ClusterCreator:
                 "codebook_sizes": quantizer.codebook_sizes, "bits_per_frame": quantizer.bits_per_frame,
                 "dim": dim, "frames_used": used, "frames_available": available, "dead_codes": dead,
                 "validation_reconstruction_mse": report["validation_reconstruction_mse"]}
+
+    def _made_without_frames(self, kind: QuantizerKind, spec: dict[str, Any], started: float) -> dict[str, Any]:
+        """A codec's vocabulary: its codebooks and record, checked against the frames it will encode."""
+        check_frames(CodecRecord.from_dict(kind.record()), spec, str(self.layout.frames))
+        quantizer, report = fit_quantizer(kind, None, n_clusters=self.cluster.n_clusters, niter=self.cluster.niter,
+                                          seed=self.cluster.seed, spherical=self.cluster.spherical)
+        report["frame_spec"] = spec
+        report["wall_time_s"] = round(time.perf_counter() - started, 3)
+        save_vocabulary(self.layout.vocabulary, quantizer, spec, report)
+        codec = quantizer.codec
+        log.info("codec tokenizer: %s in %s (digest %s), %d codebook(s) of %s codes, %.1f bits per frame, %.0f bits "
+                 "per second; wrote %s", codec["model_type"], codec["model"], codec["digest"], quantizer.n_codebooks,
+                 "/".join(map(str, sorted(set(quantizer.codebook_sizes)))), quantizer.bits_per_frame,
+                 report["bits_per_second"], self.layout.vocabulary)
+        return {"tokenizer": quantizer.kind, "codec": codec["model_type"], "codebooks": quantizer.n_codebooks,
+                "codebook_sizes": quantizer.codebook_sizes, "bits_per_frame": quantizer.bits_per_frame,
+                "bits_per_second": report["bits_per_second"], "dim": quantizer.input_dim}
 
     def _training_frames(self) -> tuple[np.ndarray, ClipIndex]:
         """The training split's frames, with its clips' corrupted copies when cluster.fit_on_copies is set."""

@@ -24,6 +24,10 @@ Kinds, for frames of `n_mels` bins:
 - `residual`: `stages` k-means fitted one after another, each on what the previous stages left
   (x minus the sum of the chosen centroids): `stages` ids per frame, coarse to fine,
   stages * log2(n_clusters) bits per token. A frame decodes to the sum of its stage centroids.
+- `codec` (no k-means): a neural codec's own codes (tokens/codec.py): the local Hugging Face codec
+  `codec_model` encodes each clip's waveform rows (spectrogram.features = codec) into `codec_codebooks`
+  residual codebooks, coarse to fine, one frame per row: codec_codebooks * log2(codebook size) bits per
+  token. Its codebooks are the codec's vectors of each id, summed as `residual` sums its entries.
 - `scalar` (dMel-style, no k-means): every bin quantised on its own to `levels` evenly spaced values
   between the training sample's global minimum and maximum: `n_mels` ids per frame,
   n_mels * log2(levels) bits per token; the near-lossless ceiling. A value within the training range
@@ -46,6 +50,7 @@ import numpy as np
 
 from ..config import ClusterConfig
 from ..errors import UserError
+from .codec import CodecRecord, codebook_tables, codec_record
 from .kmeans import NearestCentroid, train_kmeans
 
 Fits = tuple[list[np.ndarray], list[dict[str, Any]]]  # codebooks and a fit report per codebook
@@ -72,6 +77,7 @@ class QuantizerKind(ABC):
     uses_kmeans: ClassVar[bool] = True  # n_clusters, niter, seed and gpu apply
     one_codebook: ClassVar[bool] = False
     groups_frames: ClassVar[bool] = False  # a token may stand for several frames (Quantizer.stack, stride)
+    reads_frames: ClassVar[bool] = True  # fitted on training frames; False: made without them (a codec)
 
     @classmethod
     def settings(cls) -> tuple[str, ...]:
@@ -98,9 +104,15 @@ class QuantizerKind(ABC):
     def fit(self, sample: np.ndarray, fit: KMeansSettings) -> Fits:
         """The codebooks fitted on training vectors (never modified), with a report per codebook."""
 
+    def record(self) -> dict[str, Any] | None:
+        """What a quantizer that encodes with a model of its own records of it (Quantizer.codec); None here."""
+        return None
+
     @classmethod
     def check_fitted(cls, quantizer: Any) -> None:
         """ValueError when a fitted quantizer (a saved state read back, say) is not one this kind makes."""
+        if quantizer.codec is not None:
+            raise ValueError(f"a {cls.name} quantizer searches its codebooks; it records no codec")
         if cls.one_codebook and quantizer.n_codebooks != 1:
             raise ValueError(f"a {cls.name} quantizer has one codebook, not {quantizer.n_codebooks}")
         if not cls.groups_frames and (quantizer.stack, quantizer.stride) != (1, 1):
@@ -243,7 +255,49 @@ class Scalar(QuantizerKind):
         return NearestLevel(book)
 
 
-KINDS: dict[str, type[QuantizerKind]] = {kind.name: kind for kind in (Frame, Stacked, Subband, Residual, Scalar)}
+@dataclass(frozen=True)
+class Codec(QuantizerKind):
+    """A neural codec's own codes; its codebooks are the codec's vectors of each id (summed, as residual)."""
+
+    name = "codec"
+    combine = "sum"
+    may_be_spherical = False
+    uses_kmeans = False
+    reads_frames = False
+    codec_model: str = ClusterConfig.codec_model
+    codec_codebooks: int = ClusterConfig.codec_codebooks
+
+    def __post_init__(self) -> None:
+        if self.codec_codebooks < 0:
+            raise UserError(f"cluster.codec_codebooks = {self.codec_codebooks} must be 0 (all) or positive")
+
+    def record(self) -> dict[str, Any]:
+        return codec_record(self.codec_model, self.codec_codebooks).as_dict()
+
+    def fit(self, sample: np.ndarray, fit: KMeansSettings) -> Fits:
+        """The codec's codebook vectors; nothing is fitted, the sample is not read."""
+        record = CodecRecord.from_dict(self.record())
+        books = codebook_tables(record)
+        return books, [{"codec": record.model_type, "objective": []} for _ in books]
+
+    @classmethod
+    def check_fitted(cls, quantizer: Any) -> None:
+        if quantizer.codec is None:
+            raise ValueError("a codec quantizer records its codec")
+        if quantizer.n_codebooks != quantizer.codec["codebooks"] or (quantizer.stack, quantizer.stride) != (1, 1):
+            raise ValueError(f"a codec quantizer of {quantizer.codec['codebooks']} codebooks has one frame per token, "
+                             f"not {quantizer.n_codebooks} codebooks, stack {quantizer.stack}")
+
+    @classmethod
+    def searcher(cls, book: np.ndarray, spherical: bool) -> Callable[[np.ndarray], np.ndarray]:
+        return _codec_search
+
+
+def _codec_search(rows: np.ndarray) -> np.ndarray:
+    raise ValueError("a codec quantizer encodes whole clips with its codec (Quantizer.encode_clips), not by search")
+
+
+KINDS: dict[str, type[QuantizerKind]] = {kind.name: kind for kind in (Frame, Stacked, Subband, Residual, Scalar, Codec)}
 
 
 def quantizer_kind(name: str, **settings: Any) -> QuantizerKind:

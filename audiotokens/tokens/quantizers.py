@@ -23,6 +23,7 @@ import faiss
 import numpy as np
 
 from ..errors import UserError
+from .codec import CodecRecord, encode_clips, load_codec
 from .kmeans import iter_batches, token_statistics, use_gpu
 from .quantizer_kinds import KINDS, KMeansSettings, QuantizerKind
 
@@ -43,6 +44,7 @@ class Quantizer:
     spherical: bool = False
     stack: int = 1  # frames per token (stacked only)
     stride: int = 1  # hop between windows in frames (stacked only)
+    codec: dict[str, Any] | None = None  # codec only: its CodecRecord, which encodes whole clips instead of search
     _searchers: list[Any] = field(init=False, repr=False, compare=False)
     _slices: list[slice] = field(init=False, repr=False, compare=False)
 
@@ -97,7 +99,8 @@ class Quantizer:
 
     @property
     def n_mels(self) -> int:
-        return self.input_dim // self.stack
+        """Values per frame read: n_mels * stack = input_dim, or a codec's samples per frame (its hop)."""
+        return self.codec["hop_length"] if self.codec is not None else self.input_dim // self.stack
 
     @property
     def bits_per_token(self) -> float:
@@ -145,12 +148,30 @@ class Quantizer:
                 x[:, part] = _unit_rows(x[:, part])
         return x
 
+    def check_encoder(self) -> None:
+        """A one-line UserError when the model a codec quantizer encodes with is gone or changed; else nothing."""
+        if self.codec is not None:
+            load_codec(CodecRecord.from_dict(self.codec))
+
+    def encode_clips(self, clips: list[np.ndarray]) -> list[np.ndarray]:
+        """Each clip's vectors (`windows` of its frames) -> its ids: `encode` of them all, or a codec's codes of
+        each clip whole (a codec reads a clip's frames together)."""
+        if self.codec is not None:
+            return encode_clips(CodecRecord.from_dict(self.codec), clips)
+        if not clips:
+            return []
+        ids = self.encode(np.concatenate(clips))
+        return np.split(ids, np.cumsum([len(clip) for clip in clips])[:-1])
+
     def encode(self, vectors: np.ndarray) -> np.ndarray:
         """(n, input_dim) -> (n, n_codebooks) int64 ids, each in [0, size_c).
 
         Batch by batch with no state between calls. A row that is not finite gets -1 in every
-        codebook, so a caller can name the bad row (as the tokenize stage does).
+        codebook, so a caller can name the bad row (as the tokenize stage does). A codec quantizer takes
+        one clip's frames (n, n_mels) and encodes them together.
         """
+        if self.codec is not None:
+            return self.encode_clips([vectors])[0]
         x = self._checked(vectors)
         bad = ~np.isfinite(x).all(axis=1)
         x[bad] = 0.0
@@ -203,6 +224,8 @@ class Quantizer:
             "input_dim": self.input_dim,
             "bits_per_token": self.bits_per_token,
         }
+        if self.codec is not None:  # only then, so the digests of the other kinds stay as they were
+            meta["codec"] = dict(self.codec)
         return meta, {_array_name(c): book for c, book in enumerate(self.codebooks)}
 
     @classmethod
@@ -219,7 +242,8 @@ class Quantizer:
         if shapes != [[s, d] for s, d in zip(meta["codebook_sizes"], meta["codebook_dims"])]:
             raise ValueError(f"codebook shapes {shapes} do not match the recorded sizes and dims")
         quantizer = cls(kind=meta["kind"], codebooks=books, combine=meta["combine"],
-                        spherical=bool(meta["spherical"]), stack=int(meta["stack"]), stride=int(meta["stride"]))
+                        spherical=bool(meta["spherical"]), stack=int(meta["stack"]), stride=int(meta["stride"]),
+                        codec=meta.get("codec"))
         if quantizer.input_dim != meta["input_dim"]:
             raise ValueError(f"input dimension {quantizer.input_dim} is not the recorded {meta['input_dim']}")
         return quantizer
@@ -257,15 +281,18 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- fitting
 
 
-def fit_quantizer(kind: QuantizerKind, sample: np.ndarray, *, n_clusters: int, niter: int, seed: int,
+def fit_quantizer(kind: QuantizerKind, sample: np.ndarray | None, *, n_clusters: int, niter: int, seed: int,
                   spherical: bool = False, gpu: bool = False) -> tuple[Quantizer, dict[str, Any]]:
     """Fit a quantizer of `kind` (quantizer_kinds.py, with its own settings) on training vectors; return it and
     a fit report.
 
     `sample` is (n, n_mels) frames, or for a kind that groups frames (`geometry`) already-windowed vectors
     (n, n_mels * stack). The sample itself is never modified. The k-means settings are ignored by a kind
-    that does not use k-means.
+    that does not use k-means; a kind that does not read frames (a codec) takes no sample (None).
     """
+    if not kind.reads_frames:
+        return _made_quantizer(kind, KMeansSettings(n_clusters=n_clusters, niter=niter, seed=seed,
+                                                    spherical=spherical))
     if sample.ndim != 2 or 0 in sample.shape:
         raise ValueError(f"the training sample must be a non-empty (n, dim) matrix, got {sample.shape}")
     if not np.isfinite(sample).all():
@@ -279,6 +306,26 @@ def fit_quantizer(kind: QuantizerKind, sample: np.ndarray, *, n_clusters: int, n
     quantizer = Quantizer(kind=kind.name, codebooks=books, combine=kind.combine, spherical=spherical,
                           stack=stack, stride=stride)
     return quantizer, _fit_report(quantizer, sample, fits, fit.gpu, time.perf_counter() - started)
+
+
+def _made_quantizer(kind: QuantizerKind, fit: KMeansSettings) -> tuple[Quantizer, dict[str, Any]]:
+    """A quantizer whose codebooks come from a model (a codec) rather than from frames, and its report."""
+    kind.check_sample(np.empty((0, 0), dtype=np.float32), fit)  # the settings alone (cluster.spherical)
+    started = time.perf_counter()
+    books, fits = kind.fit(np.empty((0, 0), dtype=np.float32), fit)
+    quantizer = Quantizer(kind=kind.name, codebooks=books, combine=kind.combine, codec=kind.record())
+    return quantizer, {
+        "kind": quantizer.kind, "codec": quantizer.codec, "spherical": False, "stack": 1, "stride": 1,
+        "n_codebooks": quantizer.n_codebooks, "codebook_sizes": quantizer.codebook_sizes,
+        "input_dim": quantizer.input_dim, "bits_per_token": quantizer.bits_per_token,
+        "bits_per_frame": quantizer.bits_per_frame,
+        "bits_per_second": quantizer.bits_per_frame * quantizer.codec["sample_rate"] / quantizer.codec["hop_length"],
+        "vectors_used": 0, "sizes_over": "no training vectors (the codec's own codebooks)",
+        "fit_time_s": round(time.perf_counter() - started, 3),
+        "codebooks": [{"codebook": c, "size": quantizer.codebook_sizes[c], "dim": quantizer.codebook_dims[c], **fit}
+                      for c, fit in enumerate(fits)],
+        "digest": quantizer.digest(),
+    }
 
 
 def _fit_report(quantizer: Quantizer, sample: np.ndarray, fits: list[dict], gpu: bool,

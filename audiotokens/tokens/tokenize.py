@@ -99,8 +99,9 @@ def check_vocabulary_fits(vocab, store: ClipIndex, frames: np.ndarray, frames_pa
     if recorded != vocab.frame_spec_digest:
         raise UserError(f"{vocab.path} was fitted on frames of another frame spec than {frames_path} (the "
                         "spectrogram settings changed since `audiotokens cluster`); re-run `audiotokens cluster`")
-    if frames.ndim != 2 or frames.shape[1] * vocab.quantizer.stack != vocab.quantizer.input_dim:
-        raise UserError(f"{vocab.path} takes vectors of dimension {vocab.quantizer.input_dim} but {frames_path} "
+    if frames.ndim != 2 or frames.shape[1] != vocab.quantizer.n_mels:
+        raise UserError(f"{vocab.path} takes vectors of dimension {vocab.quantizer.n_mels * vocab.quantizer.stack} but "
+                        f"{frames_path} "
                         f"holds frames of shape {frames.shape[1:]}; re-run `audiotokens cluster`")
 
 
@@ -224,11 +225,10 @@ class SpecTokenizer:
                 first = int(store.offsets[batch[0]])
                 last = int(store.offsets[batch[-1]] + store.lengths[batch[-1]])
                 block = np.asarray(frames[first:last], dtype=np.float32)
-                if quantizer.stack > 1:
-                    block = np.concatenate([quantizer.windows(block[store.offsets[c] - first:
-                                                                    store.offsets[c] - first + store.lengths[c]])
-                                            for c in batch])
-                ids = quantizer.encode(block)
+                # clip by clip: a stacked window never spans two clips, a codec reads each clip whole
+                ids = np.concatenate(quantizer.encode_clips([
+                    quantizer.windows(block[store.offsets[c] - first:store.offsets[c] - first + store.lengths[c]])
+                    for c in batch]))
                 if len(ids) and ids.min() < 0:
                     row = int(np.flatnonzero(ids.min(axis=1) < 0)[0])
                     raise UserError(f"{self.layout.frames}: a frame of clip '{store.ids[batch[0]]}' or the clips "
