@@ -581,9 +581,9 @@ def test_a_frame_spec_is_read_by_the_kind_it_names():
     older = {key: value for key, value in values.items() if key != "features"}  # specs before frame kinds
     assert params_from_dict(older) == params_from_dict(values)
     with pytest.raises(UserError, match=r"^frames of kind 'cqt' cannot be computed here \(only 'mel', 'ssl' or "
-                                        r"'waveform'\)$"):
+                                        r"'waveform' or 'codec'\)$"):
         params_from_dict({**values, "features": "cqt"})
-    with pytest.raises(UserError, match="'spectrogram.features' must be one of mel, ssl, waveform, got 'cqt'"):
+    with pytest.raises(UserError, match="'spectrogram.features' must be one of mel, ssl, waveform, codec, got 'cqt'"):
         params_to_dict(dataclasses.replace(SpectrogramConfig(), features="cqt"))
 
 
