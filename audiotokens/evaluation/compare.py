@@ -15,7 +15,12 @@ figures (each objective's headline), named "<source> <metric>", e.g. "eval/valid
 metrics are the means over its folds, with "<metric> std" beside them. "<split> left out" states the
 clips (single-label) or positives (multi-label) of classes without a training clip that a split's
 figures do not cover (split.json; per fold in a k-fold summary). The CSV has one row per run;
-the Markdown one column per run (settings, then metrics, then times), which stays readable.
+the Markdown one column per run (family, settings, then metrics, then times), which stays readable.
+
+Each run's family (run_family) says what its model reads: a mel-frame quantizer's tokens, speech-model units
+(tokens of speech-model frames), codec tokens, the frames themselves (the frames control), a fine-tuned
+speech model, or nothing (a workdir of baselines only: "baseline"). "bits per second" is bits per frame ×
+frames per second (the frame spec's sample_rate / hop_length), so families with other frame rates compare.
 
 Robustness (runs where `evaluate --corrupt` wrote output/eval/<split>/robustness/, the model's and each
 baseline's): one more table, compare_robustness.csv (one row per model, split and condition: the primary
@@ -50,6 +55,7 @@ from ..pipeline.layout import (
     ROBUSTNESS_JSON,
     ROBUSTNESS_MODEL,
     SPLITS,
+    VOCABULARY_METADATA,
     Layout,
 )
 from ..pipeline.provenance import read_record
@@ -74,9 +80,10 @@ class Comparison:
     robustness: list[dict[str, Any]] = field(default_factory=list)  # ROBUSTNESS_COLUMNS rows, where measured
 
     def columns(self) -> list[str]:
-        """CSV columns: run, settings, metrics (each followed by its std where a k-fold run has one), times."""
+        """CSV columns: run, family, settings, metrics (each followed by its std where a k-fold run has one),
+        times."""
         metric_columns = [c for m in self.metrics for c in ((m, f"{m} std") if m in self.with_std else (m,))]
-        return ["run", *self.settings, *metric_columns, TRAIN_TIME, TOTAL_TIME]
+        return ["run", FAMILY, *self.settings, *metric_columns, TRAIN_TIME, TOTAL_TIME]
 
 
 # ---------------------------------------------------------------- reading one workdir
@@ -98,6 +105,55 @@ def run_settings(workdir: Path) -> dict[str, Any]:
 
 
 TOKEN_FIGURES = ("bits_per_frame", "validation_reconstruction_mse")
+BITS_PER_SECOND = "bits per second"
+FAMILY = "family"
+MEL_QUANTIZER, SPEECH_UNITS, CODEC = "mel-frame quantizer", "speech-model units", "codec"
+FRAMES_CONTROL, FINE_TUNED, BASELINE = "frames control", "fine-tuned speech model", "baseline"
+CODEC_QUANTIZERS = ("codec",)  # quantizer kinds whose codes come from a neural codec, not k-means
+
+
+def token_family(features: str | None, quantizer: str | None, model_input: str | None,
+                 baselines: bool) -> str | None:
+    """The family of what a run's model reads, from its frame kind (the frame spec's "features"), the
+    quantizer kind its vocabulary records and model.input; a run without a model (no model.input) is the
+    baselines' row where it has baseline reports."""
+    if model_input is None:
+        return BASELINE if baselines else None
+    if model_input == "frames":
+        return FRAMES_CONTROL
+    if model_input == "waveform":
+        return FINE_TUNED
+    if quantizer in CODEC_QUANTIZERS:
+        return CODEC
+    return SPEECH_UNITS if features == "ssl" else MEL_QUANTIZER
+
+
+def run_family(workdir: Path, settings: dict[str, Any]) -> str | None:
+    """token_family of a workdir: its frame spec and vocabulary, else its recorded settings (a k-fold run)."""
+    layout = Layout(workdir)
+    spec = _readable_json(layout.frame_spec)
+    quantizer = _readable_json(layout.vocabulary / VOCABULARY_METADATA).get("quantizer", {}).get("kind")
+    trained = any(key.split(".")[0] in ("model", "train") for key in settings)
+    return token_family(spec.get("features", settings.get("spectrogram.features")),
+                        quantizer or settings.get("cluster.quantizer"),
+                        settings.get("model.input", "tokens") if trained else None, bool(layout.baseline_reports()))
+
+
+def bits_per_second(bits_per_frame: Any, spec: dict[str, Any]) -> float | None:
+    """Bits per frame × frames per second (the frame spec's sample_rate / hop_length); None without either."""
+    rate, hop = spec.get("sample_rate"), spec.get("hop_length")
+    if not all(isinstance(x, (int, float)) and x > 0 for x in (bits_per_frame, rate, hop)):
+        return None
+    return float(bits_per_frame) * rate / hop
+
+
+def _readable_json(path: Path) -> dict[str, Any]:
+    """The JSON object in `path`; {} when it is absent or unreadable (compare reads what a run left)."""
+    try:
+        found = read_json(path) if path.is_file() else {}
+    except UserError:
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def run_metrics(workdir: Path) -> dict[str, float | int | None]:
@@ -115,6 +171,8 @@ def run_metrics(workdir: Path) -> dict[str, float | int | None]:
     for key in TOKEN_FIGURES:  # what the tokens keep: bits per frame and reconstruction error
         if tokens.get(key) is not None:
             found[key.replace("_", " ")] = tokens[key]
+        if key == "bits_per_frame" and (rate := bits_per_second(tokens.get(key), _readable_json(layout.frame_spec))):
+            found[BITS_PER_SECOND] = rate
     gone = _splits_gone(layout)
     for folder in layout.eval_reports():
         if folder.name not in gone:
@@ -205,7 +263,8 @@ def compare_workdirs(workdirs: list[Path]) -> Comparison:
                                      if Layout(w).html_report.is_file()})
     comparison.robustness = robustness_rows(labels, workdirs)
     for label, workdir in zip(labels, workdirs):
-        row: dict[str, Any] = {"run": label, **{key: settings[label].get(key) for key in differing},
+        row: dict[str, Any] = {"run": label, FAMILY: run_family(workdir, settings[label]),
+                               **{key: settings[label].get(key) for key in differing},
                                **metrics[label], **kfold_left_out[label], **run_times(workdir)}
         for name, summary in kfolds[label].items():
             row[name], row[f"{name} std"] = summary["mean"], summary["std"]
@@ -308,7 +367,7 @@ def comparison_markdown(comparison: Comparison) -> str:
     """One column per run; rows: the differing settings, the metrics (k-fold: mean ± std), the times."""
     same = "" if comparison.settings else " (every recorded setting is the same in all runs)"
     lines = []
-    for name in [*comparison.settings, *comparison.metrics, TRAIN_TIME, TOTAL_TIME]:
+    for name in [FAMILY, *comparison.settings, *comparison.metrics, TRAIN_TIME, TOTAL_TIME]:
         line: dict[str, Any] = {"": name}
         for run, row in zip(comparison.runs, comparison.rows):
             line[run] = _mean_std(row.get(name), row.get(f"{name} std"))

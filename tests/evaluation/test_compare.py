@@ -15,6 +15,7 @@ from audiotokens.evaluation.compare import (
     differing_settings,
     format_kfold,
     kfold_summary,
+    token_family,
     write_comparison,
     write_kfold_summary,
 )
@@ -218,3 +219,68 @@ def test_a_run_without_robustness_tables_writes_no_robustness_files(tmp_path):
     paths = write_comparison(compare_workdirs([_fake_run(tmp_path / "a")]), tmp_path / "out")
     assert not {"robustness_csv", "robustness_markdown", "snr_plot"} & set(paths)
     assert not (tmp_path / "out" / "compare_robustness.md").exists()
+
+
+@pytest.mark.parametrize("features, quantizer, model_input, baselines, family", [
+    ("mel", "frame", "tokens", False, "mel-frame quantizer"),
+    ("mel", "residual", "tokens", True, "mel-frame quantizer"),
+    ("ssl", "frame", "tokens", False, "speech-model units"),
+    ("waveform", "codec", "tokens", False, "codec"),  # the quantizer decides: codec frames are waveform rows
+    ("mel", None, "frames", False, "frames control"),
+    ("ssl", None, "frames", False, "frames control"),
+    ("waveform", None, "waveform", False, "fine-tuned speech model"),
+    ("mel", None, None, True, "baseline"),  # no model, baseline reports: a sweep's base
+    ("mel", None, None, False, None),
+])
+def test_the_family_of_each_kind_of_run(features, quantizer, model_input, baselines, family):
+    assert token_family(features, quantizer, model_input, baselines) == family
+
+
+def _token_run(workdir: Path, spec: dict, bits: float | None, changes: dict | None = None,
+               vocabulary: dict | None = None) -> Path:
+    """A fake run whose frame spec, cluster record (bits per frame) and vocabulary meta are as given."""
+    _fake_run(workdir, changes)
+    layout = Layout(workdir)
+    write_json(layout.frame_spec, spec)
+    record = json.loads(layout.record("cluster").read_text())
+    record["counts"] = {"bits_per_frame": bits} if bits is not None else {}
+    write_json(layout.record("cluster"), record)
+    if vocabulary is not None:
+        write_json(layout.vocabulary / "vocabulary.json", vocabulary)
+    return workdir
+
+
+def test_compare_shows_each_runs_family_and_bits_per_second(tmp_path):
+    mel = {"features": "mel", "sample_rate": 22050, "hop_length": 512}
+    ssl = {"features": "ssl", "sample_rate": 16000, "hop_length": 320}
+    mel_run = _token_run(tmp_path / "frame", mel, 6.0, {"model.input": "tokens"},
+                         {"quantizer": {"kind": "frame"}})
+    units = _token_run(tmp_path / "units", ssl, 9.0, {"spectrogram.features": "ssl", "model.input": "tokens"},
+                       {"quantizer": {"kind": "frame"}})
+    codec = _token_run(tmp_path / "codec", {"features": "waveform", "sample_rate": 24000, "hop_length": 320}, 20.0,
+                       {"model.input": "tokens"}, {"quantizer": {"kind": "codec"}})
+    control = _token_run(tmp_path / "frames", mel, None, {"model.input": "frames"})
+    base = tmp_path / "base"
+    for stage in ("split", "spectrogram"):
+        write_json(Layout(base).record(stage), {"stage": stage, "params": BASE_PARAMS[stage], "wall_time_s": 1.0})
+    write_json(Layout(base).frame_spec, mel)
+    write_json(Layout(base).output / "baselines/svm/validation/metrics.json",
+               {"task": "multilabel", "mAP": 0.8, "micro_f1": 0.6, "macro_f1": 0.5})
+
+    comparison = compare_workdirs([base, mel_run, units, codec, control])
+    rows = {row["run"]: row for row in comparison.rows}
+    assert {run: row["family"] for run, row in rows.items()} == {
+        "base": "baseline", "frame": "mel-frame quantizer", "units": "speech-model units", "codec": "codec",
+        "frames": "frames control"}
+    assert rows["frame"]["bits per second"] == pytest.approx(6.0 * 22050 / 512)
+    assert rows["units"]["bits per second"] == pytest.approx(9.0 * 50)  # 50 frames a second
+    assert rows["codec"]["bits per second"] == pytest.approx(20.0 * 75)
+    assert rows["frames"].get("bits per second") is None and rows["base"].get("bits per second") is None
+
+    paths = write_comparison(comparison, tmp_path / "out")
+    with open(paths["csv"]) as handle:
+        table = list(csv.DictReader(handle))
+    assert list(table[0])[:2] == ["run", "family"] and table[2]["family"] == "speech-model units"
+    assert float(table[2]["bits per second"]) == pytest.approx(450.0)
+    markdown = paths["markdown"].read_text()
+    assert "| family | baseline | mel-frame quantizer | speech-model units | codec | frames control |" in markdown
