@@ -4,13 +4,18 @@
 #   scripts/sweep_tokenizers.sh CONFIG SWEEP_DIR [SPEC ...]
 #
 # A SPEC is NAME or NAME:key=value,key=value. NAME is a tokenizer kind (frame, stacked, subband,
-# residual, scalar) or `frames`, the control that feeds the stored frames to the same model (no
-# tokens). A key without a section is a [cluster] key (n_clusters, bands, stages, levels, stack, ...);
-# a dotted key is taken as is (e.g. model.token_embedding=decoded). With TOKEN_EMBEDDINGS set (e.g.
-# "learned decoded"), every tokenizer spec runs once per embedding. Each spec gets SWEEP_DIR/<spec>/,
-# whose processed/ links to SWEEP_DIR/base/processed (nothing recomputed). The MFCC baselines run once,
-# in base. Then `audiotokens compare` writes SWEEP_DIR/compare/: compare.md/.csv (tokenizer settings,
-# bits per frame, validation reconstruction MSE, validation and test metrics, train time),
+# residual, scalar, or any other cluster.quantizer), `frames`, the control that feeds the stored frames to
+# the same model (no tokens), or `units`, discrete speech-model units: k-means (frame) over hidden state
+# ssl_layer of the local speech model ssl_model (spectrogram.features = ssl; SSL_MODEL gives the folder to
+# units specs that name none), e.g. `units:ssl_layer=3 units:ssl_layer=6` sweeps the layer. A key without a
+# section is a [cluster] key (n_clusters, bands, stages, levels, stack, ...; ssl_model and ssl_layer are
+# [spectrogram] keys); a dotted key is taken as is (e.g. model.token_embedding=decoded). With
+# TOKEN_EMBEDDINGS set (e.g. "learned decoded"), every tokenizer spec runs once per embedding. Each spec gets
+# SWEEP_DIR/<spec>/, whose processed/ links to SWEEP_DIR/base/processed (nothing recomputed) — unless the
+# spec sets a spectrogram key (units do): such a spec makes its own frames in its processed/, over base's
+# split (the same clips on every side). The MFCC baselines run once, in base. Then `audiotokens compare`
+# writes SWEEP_DIR/compare/: compare.md/.csv (each run's family, tokenizer settings, bits per frame and per
+# second, validation reconstruction MSE, validation and test metrics, train time),
 # compare.png and compare_bits.png (metric against bits per frame).
 # Robustness mode: with CORRUPT set to corruption specs (e.g. "noise:snr=20 noise:snr=10 noise:snr=5"), every
 # run and the baselines are also scored on ROBUSTNESS_SPLIT (default test) clean and under each corruption
@@ -50,15 +55,46 @@ robust "$base"
 settings_of() {  # SPEC -> --set options
   local name=${1%%:*} rest="" key
   [[ $1 == *:* ]] && rest=${1#*:}
-  if [ "$name" = frames ]; then
-    echo "--set model.input=frames"
-  else
-    echo "--set cluster.quantizer=$name"
-  fi
+  case $name in
+    frames) echo "--set model.input=frames" ;;
+    units)
+      echo "--set spectrogram.features=ssl"
+      echo "--set cluster.quantizer=frame"
+      [[ ,$rest, == *,ssl_model=* || -z ${SSL_MODEL:-} ]] || echo "--set spectrogram.ssl_model=$SSL_MODEL" ;;
+    *) echo "--set cluster.quantizer=$name" ;;
+  esac
   IFS=, read -r -a pairs <<< "$rest"
   for key in "${pairs[@]}"; do
     [ -n "$key" ] || continue
-    [[ ${key%%=*} == *.* ]] && echo "--set $key" || echo "--set cluster.$key"
+    if [[ ${key%%=*} == *.* ]]; then
+      echo "--set $key"
+    elif [ "$name" = units ] && [[ ${key%%=*} == ssl_* ]]; then
+      echo "--set spectrogram.$key"
+    else
+      echo "--set cluster.$key"
+    fi
+  done
+}
+
+run_name() {  # SPEC [EMBEDDING] -> the run's folder name (a path value stands as its last part)
+  local name=${1%%:*} rest="" pair parts=()
+  [[ $1 == *:* ]] && rest=${1#*:}
+  IFS=, read -r -a pairs <<< "$rest"
+  for pair in "${pairs[@]}"; do
+    [[ $pair == */* ]] && pair="${pair%%=*}=$(basename "${pair#*=}")"
+    parts+=("$pair")
+  done
+  [ -z "${2:-}" ] || parts+=("token_embedding=$2")
+  (IFS=_; echo "$name${parts[*]:+_${parts[*]}}") | sed 's/train\.//g; s/model\.//g'
+}
+
+own_frames() {  # WORKDIR: a processed/ of its own that holds base's split (the same clips on every side)
+  local processed="$1/processed" name
+  [ ! -L "$processed" ] || rm "$processed"  # linked to base by an earlier sweep with other settings
+  mkdir -p "$processed"
+  for name in split.json split_report.json split.meta.json; do
+    [ -e "$base/processed/$name" ] || continue
+    ln -f "$base/processed/$name" "$processed/$name" 2>/dev/null || cp -p "$base/processed/$name" "$processed/$name"
   done
 }
 
@@ -68,18 +104,27 @@ for spec in "${specs[@]}"; do
   if [ "${spec%%:*}" != frames ] && [ ${#embeddings[@]} -gt 0 ]; then
     variants=("${embeddings[@]}")
   fi
+  read -r -a options <<< "$(settings_of "$spec" | tr '\n' ' ')"
+  frames_home=$base  # whose processed/ the spec's runs read: base's, or the first variant's own frames
+  [[ " ${options[*]} " != *" spectrogram."* ]] || frames_home=""
   for embedding in "${variants[@]}"; do
-    name=$(echo "$spec${embedding:+_token_embedding=$embedding}" | sed 's/:/_/; s/,/_/g; s/train\.//g; s/model\.//g')
+    name=$(run_name "$spec" "$embedding")
     dir="$sweep/$name"
     mkdir -p "$dir"
-    [ -e "$dir/processed" ] || ln -s "$(cd "$base" && pwd)/processed" "$dir/processed"
-    read -r -a options <<< "$(settings_of "$spec" | tr '\n' ' ')"
-    [ -z "$embedding" ] || options+=(--set "model.token_embedding=$embedding")
-    echo "== $name: ${options[*]}"
     from=cluster
     [ "${spec%%:*}" != frames ] || from=train  # the frames control needs no vocabulary
-    audiotokens run --config "$config" --workdir "$dir" --from "$from" --to evaluate "${options[@]}" "${extra[@]}"
-    robust "$dir" "${options[@]}"
+    if [ -z "$frames_home" ]; then
+      own_frames "$dir"
+      frames_home=$dir
+      from=spectrogram
+    elif [ ! -e "$dir/processed" ]; then
+      ln -s "$(cd "$frames_home" && pwd)/processed" "$dir/processed"
+    fi
+    run_options=("${options[@]}")
+    [ -z "$embedding" ] || run_options+=(--set "model.token_embedding=$embedding")
+    echo "== $name: ${run_options[*]}"
+    audiotokens run --config "$config" --workdir "$dir" --from "$from" --to evaluate "${run_options[@]}" "${extra[@]}"
+    robust "$dir" "${run_options[@]}"
     runs+=("$dir")
   done
 done

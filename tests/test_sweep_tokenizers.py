@@ -1,0 +1,148 @@
+"""scripts/sweep_tokenizers.sh: which runs share base's frames and which make their own (speech-model units and
+any spec that sets a spectrogram key), over base's split; and, end to end with a tiny random wav2vec2, the
+units row of the family table. The random model proves the plumbing, not what real speech-model units keep."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP = ROOT / "scripts" / "sweep_tokenizers.sh"
+
+
+def sweep(tmp_path: Path, stub: str, *specs: str, **env: str) -> subprocess.CompletedProcess:
+    """The sweep over `specs` with `stub` as the `audiotokens` command; asserts it exited cleanly."""
+    command = tmp_path / "bin" / "audiotokens"
+    command.parent.mkdir(exist_ok=True)
+    command.write_text(stub)
+    command.chmod(0o755)
+    environment = {**os.environ, "PATH": f"{command.parent}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT),
+                   "OMP_NUM_THREADS": "1", **env}
+    done = subprocess.run(["bash", str(SWEEP), str(tmp_path / "config.toml"), str(tmp_path / "sweep"), *specs],
+                          env=environment, cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+LOGGING_STUB = """#!/usr/bin/env bash
+# logs every call; base's first `run --to spectrogram` leaves a split, as the split stage would
+echo "$*" >> "$LOG"
+if [[ " $* " == *" --to spectrogram "* ]] && [ ! -e "${LOG%/*}/sweep/base/processed/split.json" ]; then
+  args="$*"; dir=${args##*--workdir }; dir=${dir%% *}
+  mkdir -p "$dir/processed"
+  echo '{"splits": {"train": ["a"]}}' > "$dir/processed/split.json"
+  echo '{}' > "$dir/processed/split_report.json"
+  echo '{"stage": "split"}' > "$dir/processed/split.meta.json"
+fi
+"""
+
+
+def test_specs_that_set_spectrogram_keys_make_their_own_frames_over_bases_split(tmp_path):
+    log = tmp_path / "calls.txt"
+    sweep(tmp_path, LOGGING_STUB, "frame:n_clusters=4", "units:ssl_layer=3,n_clusters=4",
+          "units:ssl_model=/models/hubert-base/,ssl_layer=6", "codec:codec_model=/m/encodec,spectrogram.features=waveform",
+          LOG=str(log), SSL_MODEL="/models/wav2vec2", TOKEN_EMBEDDINGS="learned decoded")
+    calls = log.read_text().splitlines()
+    runs = {line.split("--workdir ")[1].split()[0].rsplit("/", 1)[1]: line for line in calls
+            if line.startswith("run") and "--from" in line and "baseline" not in line}
+    units = "units_ssl_layer=3_n_clusters=4_token_embedding=learned"
+    hubert = "units_ssl_model=hubert-base_ssl_layer=6_token_embedding=learned"  # a path by its last part
+    codec = "codec_codec_model=encodec_spectrogram.features=waveform_token_embedding=learned"
+    assert set(runs) == {f"{name}_token_embedding={embedding}" for embedding in ("learned", "decoded")
+                         for name in ("frame_n_clusters=4", units.rsplit("_token", 1)[0],
+                                      hubert.rsplit("_token", 1)[0], codec.rsplit("_token", 1)[0])}
+    assert "--from cluster" in runs["frame_n_clusters=4_token_embedding=learned"]
+    for setting in ("spectrogram.features=ssl", "cluster.quantizer=frame", "spectrogram.ssl_model=/models/wav2vec2",
+                    "spectrogram.ssl_layer=3", "cluster.n_clusters=4"):
+        assert f"--set {setting}" in runs[units]
+    assert "--from spectrogram" in runs[units] and "--from cluster" in runs[units.replace("learned", "decoded")]
+    assert "--set spectrogram.ssl_model=/models/hubert-base/" in runs[hubert] and "wav2vec2" not in runs[hubert]
+    assert "--set cluster.quantizer=codec" in runs[codec] and "--set cluster.codec_model=/m/encodec" in runs[codec]
+    assert "--from spectrogram" in runs[codec]
+
+    sweep_dir = tmp_path / "sweep"
+    base = sweep_dir / "base" / "processed"
+    assert (sweep_dir / "frame_n_clusters=4_token_embedding=learned" / "processed").resolve() == base.resolve()
+    for name in (units, hubert, codec):
+        own = sweep_dir / name / "processed"
+        assert not own.is_symlink() and own.is_dir()
+        for file in ("split.json", "split_report.json", "split.meta.json"):  # base's split, the same clips
+            assert (own / file).read_bytes() == (base / file).read_bytes()
+        # the other embedding reads the frames the first one made
+        assert (sweep_dir / name.replace("learned", "decoded") / "processed").resolve() == own.resolve()
+    assert calls[-1].startswith("compare") and calls[-1].count(str(sweep_dir)) == 1 + 8 + 1  # base, runs, --out
+
+    # the sweep again over the same folder, base split anew meanwhile (a stage replaces its files whole)
+    (base / "split.json").unlink()
+    (base / "split.json").write_text('{"splits": {"train": ["b"]}}')
+    sweep(tmp_path, LOGGING_STUB, "units:ssl_layer=3,n_clusters=4", LOG=str(log), SSL_MODEL="/models/wav2vec2",
+          TOKEN_EMBEDDINGS="learned")
+    assert json.loads((sweep_dir / units / "processed" / "split.json").read_text()) == {"splits": {"train": ["b"]}}
+
+
+@pytest.mark.slow
+def test_a_units_spec_is_a_row_of_the_family_table(tmp_path):
+    """Real stages (about a minute on two shared cores): the units run computes hidden state 1 of a tiny random
+    wav2vec2 over base's split, and compare names its family and bits per second."""
+    import torch
+    from projects import write_tone
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+    torch.manual_seed(0)
+    Wav2Vec2Model(Wav2Vec2Config(
+        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, conv_dim=(8, 8),
+        conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2,
+    )).save_pretrained(tmp_path / "wav2vec2")
+    rows = ["path,label"]
+    for i in range(12):
+        label = ("low", "mid", "high")[i % 3]
+        write_tone(tmp_path / "audio" / f"clip{i:02d}.wav", [label], i)
+        rows.append(f"audio/clip{i:02d}.wav,{label}")
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "config.toml").write_text(f"""[data]
+manifest = "{tmp_path / 'manifest.csv'}"
+[split]
+strategy = "stratified"
+validation_ratio = 0.25
+[spectrogram]
+workers = 1
+[cluster]
+niter = 2
+[model]
+num_layers = 1
+hidden_size = 16
+num_heads = 2
+intermediate_size = 32
+[train]
+epochs = 1
+batch_size = 8
+device = "cpu"
+num_workers = 0
+[baseline]
+models = "logreg"
+workers = 1
+""")
+    stub = f"#!{sys.executable}\nfrom audiotokens.cli import main\nmain()\n"
+    sweep(tmp_path, stub, "frame:n_clusters=4", "units:ssl_layer=1,n_clusters=4", SSL_MODEL=str(tmp_path / "wav2vec2"))
+
+    sweep_dir = tmp_path / "sweep"
+    units = sweep_dir / "units_ssl_layer=1_n_clusters=4" / "processed"
+    spec = json.loads((units / "frames" / "spec.json").read_text())
+    assert spec["features"] == "ssl" and spec["ssl_layer"] == 1 and spec["sample_rate"] == 16000
+    base_split = json.loads((sweep_dir / "base" / "processed" / "split.json").read_text())["splits"]
+    assert json.loads((units / "split.json").read_text())["splits"] == base_split
+    assert json.loads((sweep_dir / "base" / "processed" / "frames" / "spec.json").read_text())["features"] == "mel"
+    with open(sweep_dir / "compare" / "compare.csv") as handle:
+        table = {row["run"]: row for row in csv.DictReader(handle)}
+    assert {run: row["family"] for run, row in table.items()} == {
+        "base": "baseline", "frame_n_clusters=4": "mel-frame quantizer",
+        "units_ssl_layer=1_n_clusters=4": "speech-model units"}
+    assert float(table["units_ssl_layer=1_n_clusters=4"]["bits per second"]) == pytest.approx(2 * 16000 / 20)
+    assert float(table["frame_n_clusters=4"]["bits per second"]) == pytest.approx(2 * 22050 / 512)
+    assert table["base"]["logreg/validation accuracy"] and table["units_ssl_layer=1_n_clusters=4"][
+        "eval/validation accuracy"]
