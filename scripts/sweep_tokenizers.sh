@@ -113,16 +113,17 @@ for spec in "${specs[@]}"; do
     mkdir -p "$dir"
     from=cluster
     [ "${spec%%:*}" != frames ] || from=train  # the frames control needs no vocabulary
-    if [ -z "$frames_home" ]; then
-      own_frames "$dir"
-      frames_home=$dir
-      from=spectrogram
-    elif [ ! -e "$dir/processed" ]; then
-      ln -s "$(cd "$frames_home" && pwd)/processed" "$dir/processed"
-    fi
     run_options=("${options[@]}")
     [ -z "$embedding" ] || run_options+=(--set "model.token_embedding=$embedding")
     echo "== $name: ${run_options[*]}"
+    if [ -z "$frames_home" ]; then
+      own_frames "$dir"
+      frames_home=$dir
+      audiotokens run --config "$config" --workdir "$dir" --from spectrogram --to spectrogram "${run_options[@]}" \
+        "${extra[@]}"
+    elif [ ! -e "$dir/processed" ]; then
+      ln -s "$(cd "$frames_home" && pwd)/processed" "$dir/processed"
+    fi
     audiotokens run --config "$config" --workdir "$dir" --from "$from" --to evaluate "${run_options[@]}" "${extra[@]}"
     robust "$dir" "${run_options[@]}"
     runs+=("$dir")

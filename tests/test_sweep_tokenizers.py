@@ -47,36 +47,42 @@ def test_specs_that_set_spectrogram_keys_make_their_own_frames_over_bases_split(
     log = tmp_path / "calls.txt"
     sweep(tmp_path, LOGGING_STUB, "frame:n_clusters=4", "units:ssl_layer=3,n_clusters=4",
           "units:ssl_model=/models/hubert-base/,ssl_layer=6", "codec:codec_model=/m/encodec,spectrogram.features=waveform",
+          "frames:spectrogram.ssl_layer=2",
           LOG=str(log), SSL_MODEL="/models/wav2vec2", TOKEN_EMBEDDINGS="learned decoded")
     calls = log.read_text().splitlines()
     runs = {line.split("--workdir ")[1].split()[0].rsplit("/", 1)[1]: line for line in calls
-            if line.startswith("run") and "--from" in line and "baseline" not in line}
+            if line.startswith("run") and "--to evaluate" in line}
+    frames_made = [line.split("--workdir ")[1].split()[0].rsplit("/", 1)[1] for line in calls
+                   if "--from spectrogram --to spectrogram" in line]
     units = "units_ssl_layer=3_n_clusters=4_token_embedding=learned"
     hubert = "units_ssl_model=hubert-base_ssl_layer=6_token_embedding=learned"  # a path by its last part
     codec = "codec_codec_model=encodec_spectrogram.features=waveform_token_embedding=learned"
     assert set(runs) == {f"{name}_token_embedding={embedding}" for embedding in ("learned", "decoded")
                          for name in ("frame_n_clusters=4", units.rsplit("_token", 1)[0],
-                                      hubert.rsplit("_token", 1)[0], codec.rsplit("_token", 1)[0])}
+                                      hubert.rsplit("_token", 1)[0], codec.rsplit("_token", 1)[0])} | {
+        "frames_spectrogram.ssl_layer=2"}  # the frames control runs once, whatever the embeddings
     assert "--from cluster" in runs["frame_n_clusters=4_token_embedding=learned"]
     for setting in ("spectrogram.features=ssl", "cluster.quantizer=frame", "spectrogram.ssl_model=/models/wav2vec2",
                     "spectrogram.ssl_layer=3", "cluster.n_clusters=4"):
         assert f"--set {setting}" in runs[units]
-    assert "--from spectrogram" in runs[units] and "--from cluster" in runs[units.replace("learned", "decoded")]
+    assert frames_made == [units, hubert, codec, "frames_spectrogram.ssl_layer=2"]  # once per spec
+    assert "--from cluster" in runs[units] and "--from cluster" in runs[units.replace("learned", "decoded")]
+    assert "--from train" in runs["frames_spectrogram.ssl_layer=2"]  # the frames control needs no vocabulary
     assert "--set spectrogram.ssl_model=/models/hubert-base/" in runs[hubert] and "wav2vec2" not in runs[hubert]
     assert "--set cluster.quantizer=codec" in runs[codec] and "--set cluster.codec_model=/m/encodec" in runs[codec]
-    assert "--from spectrogram" in runs[codec]
+    assert "--set spectrogram.ssl_layer=2" in runs["frames_spectrogram.ssl_layer=2"]
 
     sweep_dir = tmp_path / "sweep"
     base = sweep_dir / "base" / "processed"
     assert (sweep_dir / "frame_n_clusters=4_token_embedding=learned" / "processed").resolve() == base.resolve()
-    for name in (units, hubert, codec):
+    for name in (units, hubert, codec, "frames_spectrogram.ssl_layer=2"):
         own = sweep_dir / name / "processed"
         assert not own.is_symlink() and own.is_dir()
         for file in ("split.json", "split_report.json", "split.meta.json"):  # base's split, the same clips
             assert (own / file).read_bytes() == (base / file).read_bytes()
-        # the other embedding reads the frames the first one made
-        assert (sweep_dir / name.replace("learned", "decoded") / "processed").resolve() == own.resolve()
-    assert calls[-1].startswith("compare") and calls[-1].count(str(sweep_dir)) == 1 + 8 + 1  # base, runs, --out
+        if "learned" in name:  # the other embedding reads the frames the first one made
+            assert (sweep_dir / name.replace("learned", "decoded") / "processed").resolve() == own.resolve()
+    assert calls[-1].startswith("compare") and calls[-1].count(str(sweep_dir)) == 1 + 9 + 1  # base, runs, --out
 
     # the sweep again over the same folder, base split anew meanwhile (a stage replaces its files whole)
     (base / "split.json").unlink()
@@ -128,7 +134,9 @@ models = "logreg"
 workers = 1
 """)
     stub = f"#!{sys.executable}\nfrom audiotokens.cli import main\nmain()\n"
-    sweep(tmp_path, stub, "frame:n_clusters=4", "units:ssl_layer=1,n_clusters=4", SSL_MODEL=str(tmp_path / "wav2vec2"))
+    sweep(tmp_path, stub, "frame:n_clusters=4", "units:ssl_layer=1,n_clusters=4",
+          "frames:spectrogram.features=ssl,spectrogram.ssl_layer=1,model.pooling=mean",
+          SSL_MODEL=str(tmp_path / "wav2vec2"), AUDIOTOKENS_ARGS=f"--set spectrogram.ssl_model={tmp_path / 'wav2vec2'}")
 
     sweep_dir = tmp_path / "sweep"
     units = sweep_dir / "units_ssl_layer=1_n_clusters=4" / "processed"
@@ -141,7 +149,9 @@ workers = 1
         table = {row["run"]: row for row in csv.DictReader(handle)}
     assert {run: row["family"] for run, row in table.items()} == {
         "base": "baseline", "frame_n_clusters=4": "mel-frame quantizer",
-        "units_ssl_layer=1_n_clusters=4": "speech-model units"}
+        "units_ssl_layer=1_n_clusters=4": "speech-model units",
+        "frames_spectrogram.features=ssl_spectrogram.ssl_layer=1_pooling=mean": "frames control"}
+    assert not table["frames_spectrogram.features=ssl_spectrogram.ssl_layer=1_pooling=mean"]["bits per second"]
     assert float(table["units_ssl_layer=1_n_clusters=4"]["bits per second"]) == pytest.approx(2 * 16000 / 20)
     assert float(table["frame_n_clusters=4"]["bits per second"]) == pytest.approx(2 * 22050 / 512)
     assert table["base"]["logreg/validation accuracy"] and table["units_ssl_layer=1_n_clusters=4"][
