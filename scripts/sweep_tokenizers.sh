@@ -94,7 +94,8 @@ own_frames() {  # WORKDIR: a processed/ of its own that holds base's split (the 
   mkdir -p "$processed"
   for name in split.json split_report.json split.meta.json; do
     [ -e "$base/processed/$name" ] || continue
-    ln -f "$base/processed/$name" "$processed/$name" 2>/dev/null || cp -p "$base/processed/$name" "$processed/$name"
+    ln -f "$base/processed/$name" "$processed/$name" 2>/dev/null ||
+      cp -p "$base/processed/$name" "$processed/$name"
   done
 }
 

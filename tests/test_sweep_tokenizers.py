@@ -46,7 +46,8 @@ fi
 def test_specs_that_set_spectrogram_keys_make_their_own_frames_over_bases_split(tmp_path):
     log = tmp_path / "calls.txt"
     sweep(tmp_path, LOGGING_STUB, "frame:n_clusters=4", "units:ssl_layer=3,n_clusters=4",
-          "units:ssl_model=/models/hubert-base/,ssl_layer=6", "codec:codec_model=/m/encodec,spectrogram.features=waveform",
+          "units:ssl_model=/models/hubert-base/,ssl_layer=6",
+          "codec:codec_model=/m/encodec,spectrogram.features=waveform",
           "frames:spectrogram.ssl_layer=2",
           LOG=str(log), SSL_MODEL="/models/wav2vec2", TOKEN_EMBEDDINGS="learned decoded")
     calls = log.read_text().splitlines()
@@ -136,7 +137,8 @@ workers = 1
     stub = f"#!{sys.executable}\nfrom audiotokens.cli import main\nmain()\n"
     sweep(tmp_path, stub, "frame:n_clusters=4", "units:ssl_layer=1,n_clusters=4",
           "frames:spectrogram.features=ssl,spectrogram.ssl_layer=1,model.pooling=mean",
-          SSL_MODEL=str(tmp_path / "wav2vec2"), AUDIOTOKENS_ARGS=f"--set spectrogram.ssl_model={tmp_path / 'wav2vec2'}")
+          SSL_MODEL=str(tmp_path / "wav2vec2"),
+          AUDIOTOKENS_ARGS=f"--set spectrogram.ssl_model={tmp_path / 'wav2vec2'}")  # for the frames control too
 
     sweep_dir = tmp_path / "sweep"
     units = sweep_dir / "units_ssl_layer=1_n_clusters=4" / "processed"

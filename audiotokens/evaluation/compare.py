@@ -136,7 +136,8 @@ def run_family(workdir: Path, settings: dict[str, Any]) -> str | None:
     trained = any(key.split(".")[0] in ("model", "train") for key in settings)
     return token_family(spec.get("features", settings.get("spectrogram.features")),
                         quantizer or settings.get("cluster.quantizer"),
-                        settings.get("model.input", "tokens") if trained else None, bool(layout.baseline_reports()))
+                        settings.get("model.input", "tokens") if trained else None,
+                        bool(layout.baseline_reports()))
 
 
 def bits_per_second(bits_per_frame: Any, spec: dict[str, Any]) -> float | None:
@@ -171,8 +172,8 @@ def run_metrics(workdir: Path) -> dict[str, float | int | None]:
     for key in TOKEN_FIGURES:  # what the tokens keep: bits per frame and reconstruction error
         if tokens.get(key) is not None:
             found[key.replace("_", " ")] = tokens[key]
-        if key == "bits_per_frame" and (rate := bits_per_second(tokens.get(key), _readable_json(layout.frame_spec))):
-            found[BITS_PER_SECOND] = rate
+    if (rate := bits_per_second(tokens.get("bits_per_frame"), _readable_json(layout.frame_spec))) is not None:
+        found[BITS_PER_SECOND] = rate  # what a second of audio costs, whatever the family's frame rate
     gone = _splits_gone(layout)
     for folder in layout.eval_reports():
         if folder.name not in gone:
