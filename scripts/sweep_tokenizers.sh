@@ -7,7 +7,9 @@
 # residual, scalar, or any other cluster.quantizer), `frames`, the control that feeds the stored frames to
 # the same model (no tokens), or `units`, discrete speech-model units: k-means (frame) over hidden state
 # ssl_layer of the local speech model ssl_model (spectrogram.features = ssl; SSL_MODEL gives the folder to
-# units specs that name none), e.g. `units:ssl_layer=3 units:ssl_layer=6` sweeps the layer. A key without a
+# units specs that name none), e.g. `units:ssl_layer=3 units:ssl_layer=6` sweeps the layer; or `codec`,
+# a neural codec's own codes (codec:codec_model=FOLDER[,codec_codebooks=N]; its frames are rows of samples
+# at the codec's rate and hop, read from the folder). A key without a
 # section is a [cluster] key (n_clusters, bands, stages, levels, stack, ...; ssl_model and ssl_layer are
 # [spectrogram] keys); a dotted key is taken as is (e.g. model.token_embedding=decoded). With
 # TOKEN_EMBEDDINGS set (e.g. "learned decoded"), every tokenizer spec runs once per embedding. Each spec gets
@@ -37,6 +39,8 @@ default_specs=(
 specs=("$@")
 [ ${#specs[@]} -gt 0 ] || specs=("${default_specs[@]}")
 embeddings=(${TOKEN_EMBEDDINGS:-})
+python=${PYTHON:-$(sed -n '1s/^#!//p' "$(command -v audiotokens)" 2>/dev/null || true)}
+python=${python:-python3}  # the interpreter that imports audiotokens (codec specs read their folder with it)
 extra=(${AUDIOTOKENS_ARGS:-})
 corrupt=()
 for spec in ${CORRUPT:-}; do corrupt+=(--corrupt "$spec"); done
@@ -52,6 +56,21 @@ audiotokens run --config "$config" --workdir "$base" --to spectrogram "${extra[@
 audiotokens run --config "$config" --workdir "$base" --from baseline --to baseline "${extra[@]}"
 robust "$base"
 
+codec_frames() {  # KEY=VALUE,... -> the --set options of the codec_model folder's sample rate and hop
+  local model="" pair
+  IFS=, read -r -a pairs <<< "$1"
+  for pair in "${pairs[@]}"; do [ "${pair%%=*}" != codec_model ] || model=${pair#*=}; done
+  "$python" -c 'import sys
+from audiotokens.errors import UserError
+from audiotokens.tokens.codec import codec_record
+try:
+    record = codec_record(sys.argv[1], 0)
+except UserError as error:
+    sys.exit(f"codec spec: {error}")
+print(f"--set spectrogram.sample_rate={record.sample_rate}")
+print(f"--set spectrogram.hop_length={record.hop_length}")' "$model"
+}
+
 settings_of() {  # SPEC -> --set options
   local name=${1%%:*} rest="" key
   [[ $1 == *:* ]] && rest=${1#*:}
@@ -61,6 +80,10 @@ settings_of() {  # SPEC -> --set options
       echo "--set spectrogram.features=ssl"
       echo "--set cluster.quantizer=frame"
       [[ ,$rest, == *,ssl_model=* || -z ${SSL_MODEL:-} ]] || echo "--set spectrogram.ssl_model=$SSL_MODEL" ;;
+    codec)  # the codec's own rate and hop (its frames are rows of its input samples)
+      echo "--set cluster.quantizer=codec"
+      echo "--set spectrogram.features=codec"
+      codec_frames "$rest" || exit 1 ;;
     *) echo "--set cluster.quantizer=$name" ;;
   esac
   IFS=, read -r -a pairs <<< "$rest"
@@ -105,7 +128,8 @@ for spec in "${specs[@]}"; do
   if [ "${spec%%:*}" != frames ] && [ ${#embeddings[@]} -gt 0 ]; then
     variants=("${embeddings[@]}")
   fi
-  read -r -a options <<< "$(settings_of "$spec" | tr '\n' ' ')"
+  settings=$(settings_of "$spec")
+  read -r -a options <<< "$(echo "$settings" | tr '\n' ' ')"
   frames_home=$base  # whose processed/ the spec's runs read: base's, or the first variant's own frames
   [[ " ${options[*]} " != *" spectrogram."* ]] || frames_home=""
   for embedding in "${variants[@]}"; do

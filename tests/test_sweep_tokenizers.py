@@ -11,6 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_codecs import save_tiny_codec
+
+from audiotokens.tokens.codec import codec_record
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ROOT / "scripts" / "sweep_tokenizers.sh"
@@ -45,11 +48,12 @@ fi
 
 def test_specs_that_set_spectrogram_keys_make_their_own_frames_over_bases_split(tmp_path):
     log = tmp_path / "calls.txt"
+    codec_folder = tmp_path / "models" / "dac"
+    save_tiny_codec("dac", codec_folder)
     sweep(tmp_path, LOGGING_STUB, "frame:n_clusters=4", "units:ssl_layer=3,n_clusters=4",
-          "units:ssl_model=/models/hubert-base/,ssl_layer=6",
-          "codec:codec_model=/m/encodec,spectrogram.features=waveform",
+          "units:ssl_model=/models/hubert-base/,ssl_layer=6", f"codec:codec_model={codec_folder}",
           "frames:spectrogram.ssl_layer=2",
-          LOG=str(log), SSL_MODEL="/models/wav2vec2", TOKEN_EMBEDDINGS="learned decoded")
+          LOG=str(log), SSL_MODEL="/models/wav2vec2", TOKEN_EMBEDDINGS="learned decoded", PYTHON=sys.executable)
     calls = log.read_text().splitlines()
     runs = {line.split("--workdir ")[1].split()[0].rsplit("/", 1)[1]: line for line in calls
             if line.startswith("run") and "--to evaluate" in line}
@@ -57,7 +61,7 @@ def test_specs_that_set_spectrogram_keys_make_their_own_frames_over_bases_split(
                    if "--from spectrogram --to spectrogram" in line]
     units = "units_ssl_layer=3_n_clusters=4_token_embedding=learned"
     hubert = "units_ssl_model=hubert-base_ssl_layer=6_token_embedding=learned"  # a path by its last part
-    codec = "codec_codec_model=encodec_spectrogram.features=waveform_token_embedding=learned"
+    codec = "codec_codec_model=dac_token_embedding=learned"
     assert set(runs) == {f"{name}_token_embedding={embedding}" for embedding in ("learned", "decoded")
                          for name in ("frame_n_clusters=4", units.rsplit("_token", 1)[0],
                                       hubert.rsplit("_token", 1)[0], codec.rsplit("_token", 1)[0])} | {
@@ -70,7 +74,10 @@ def test_specs_that_set_spectrogram_keys_make_their_own_frames_over_bases_split(
     assert "--from cluster" in runs[units] and "--from cluster" in runs[units.replace("learned", "decoded")]
     assert "--from train" in runs["frames_spectrogram.ssl_layer=2"]  # the frames control needs no vocabulary
     assert "--set spectrogram.ssl_model=/models/hubert-base/" in runs[hubert] and "wav2vec2" not in runs[hubert]
-    assert "--set cluster.quantizer=codec" in runs[codec] and "--set cluster.codec_model=/m/encodec" in runs[codec]
+    record = codec_record(str(codec_folder), 0)  # a codec spec reads the codec's own rate and hop
+    for setting in ("cluster.quantizer=codec", f"cluster.codec_model={codec_folder}", "spectrogram.features=codec",
+                    f"spectrogram.sample_rate={record.sample_rate}", f"spectrogram.hop_length={record.hop_length}"):
+        assert f"--set {setting}" in runs[codec]
     assert "--set spectrogram.ssl_layer=2" in runs["frames_spectrogram.ssl_layer=2"]
 
     sweep_dir = tmp_path / "sweep"
