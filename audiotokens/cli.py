@@ -244,11 +244,11 @@ def status(config):
 
 def _shard_lines(config) -> None:
     """Shards of a sharded stage computed and not yet assembled (the store is unchanged until then)."""
-    from .pipeline.shards import pending_line  # on use: start-up time
-
     layout = Layout(config.workdir)
     for name, folder in (("spectrogram", layout.frames_dir), ("tokenize", layout.tokenized)):
         if (folder / SHARDS_DIR).is_dir():
+            from .pipeline.shards import pending_line  # only when shards are on disk: it imports torch
+
             try:
                 pending = BY_NAME[name].runner_class()(config).pending_shards()
             except UserError:  # inputs gone or damaged: the stage's own line already says so

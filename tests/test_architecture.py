@@ -3,7 +3,12 @@ in the doors (cli, api, the package's __init__), where they keep start-up fast."
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "audiotokens"
 # lowest first: a module may import from its own wing and the wings before it, never from a later one
@@ -99,6 +104,24 @@ def test_the_checks_see_known_imports():
     """Known edges are found, module level and inside functions alike, so the checks above can fail."""
     assert "audiotokens.tokens.kmeans" in graph()["audiotokens.tokens.quantizers"]
     assert any(not module_level for _, _, module_level in imports_of("audiotokens.cli"))
+
+
+# libraries that take from a tenth of a second to seconds to import: the doors load them when a command needs them
+HEAVY = ("torch", "faiss", "librosa", "matplotlib", "scipy", "sklearn", "soundfile", "numba", "pandas")
+
+
+@pytest.mark.parametrize("command", [None, ["--help"], ["status", "--workdir", "{workdir}"]])
+def test_the_doors_start_without_heavy_libraries(tmp_path, command):
+    """Importing the CLI, its help and `status` of a workdir load none of HEAVY (start-up under 0.3 s)."""
+    run = "" if command is None else (
+        "from audiotokens.cli import main\n"
+        f"try:\n    main({json.dumps(command).replace('{workdir}', str(tmp_path))}, prog_name='audiotokens')\n"
+        "except SystemExit as exc:\n    assert not exc.code, exc.code\n")
+    script = f"import sys, json\nimport audiotokens.cli\n{run}print(json.dumps(sorted(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                            cwd=PACKAGE.parent)
+    loaded = set(json.loads(result.stdout.strip().splitlines()[-1]))
+    assert sorted(name for name in HEAVY if name in loaded) == []
 
 
 def test_test_file_names_are_unique_across_wings():
