@@ -44,6 +44,7 @@ from ..pipeline.layout import (
 )
 from ..pipeline.provenance import read_record
 from ..pipeline.stages import NAMES
+from ..tokens.histograms import token_histograms
 from .compare import compare_workdirs, run_settings
 from .robustness import CLEAN
 
@@ -119,8 +120,7 @@ def tokens_section(layout: Layout) -> str | None:
             rows.append([split, c, values.get("clips"), book.get("frames"), book.get("vocab_size"),
                          book.get("entropy_bits"), book.get("perplexity"), book.get("unused_tokens"),
                          book.get("top10_share")])
-    pictures = "".join(image(layout.token_histogram(split), f"token histogram {split}")
-                       for split in stats["splits"] if layout.token_histogram(split).is_file())
+    pictures = "".join(image(path, f"token histogram {split}") for split, path in token_histograms(layout).items())
     return table(["split", "codebook", "clips", "tokens", "vocabulary", "entropy (bits)", "perplexity", "unused",
                   "top-10 share"], rows) + pictures
 

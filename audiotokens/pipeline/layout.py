@@ -13,7 +13,7 @@ Layout under a workdir:
   output/vocabulary/                the fitted tokenizer (vocabulary.json + codebooks.npz + report.json)
   tokenized/tokens.npy              token ids of every clip, (total_tokens, codebooks), int16 while k < 32768
   tokenized/index.json              per clip: id, offset, length; vocabulary and frame spec digests
-  tokenized/stats.json, tokenized/histogram_<split>.png
+  tokenized/stats.json, tokenized/histogram_<split>.png (drawn when first shown: report, MLflow)
   tokenized/shards/N-K/             until assembled: tokens.npy + shard.json of shard K of N
   output/model/                     portable bundle (weights, JSON files, vocabulary, manifest.json, README.md)
   output/pretrain/                  pre-trained embedder and encoder, with its metrics.jsonl and curves.png

@@ -5,18 +5,16 @@ rows; ids go straight into a memory-mapped tokenized/tokens.npy of shape (tokens
 directory that replaces tokenized/ only once complete. With one token per frame the token index has the
 frames index's offsets; a stacked tokenizer gives one token per window, so its clips are shorter. The
 index records the digests of the vocabulary and frame spec the tokens were made with. Token usage is
-reported per split view (tokenized/stats.json, one histogram per split and codebook 0). Corrupted copies of
-training clips (augment.copies) are entries of the frame store like any clip, so they get their tokens here
-with the same vocabulary, whatever the quantizer; the statistics count clean clips only.
+reported per split view (tokenized/stats.json; its histograms are drawn when first shown, histograms.py).
+Corrupted copies of training clips (augment.copies) are entries of the frame store like any clip, so they get
+their tokens here with the same vocabulary, whatever the quantizer; the statistics count clean clips only.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
-import importlib
 import json
 import logging
-import math
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -49,44 +47,12 @@ from ..pipeline.shards import (
     stale_shards,
 )
 from ..pipeline.stores import ClipIndex, SplitPlan, open_store, split_view
+from .histograms import remove_histograms
 from .kmeans import DEFAULT_BATCH, iter_batches, release_pages, token_statistics
 from .vocabulary import load_vocabulary
 
 log = logging.getLogger("audiotokens")
 STAGE = "tokenize"  # the stage table's name of this stage (shard locks, messages)
-
-
-def _load_matplotlib() -> None:
-    """Import the plotting modules ahead of the first plot (the import alone takes about a second)."""
-    for module in ("matplotlib.figure", "matplotlib.backends.backend_agg"):
-        importlib.import_module(module)
-
-
-def plot_histogram(stats: dict[str, Any], title: str, path: Path) -> None:
-    """Frames per token id, and the share of frames covered by the r most used tokens."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    counts = np.asarray(stats["counts"])
-    total = max(int(counts.sum()), 1)
-    # fixed margins and linear axes: tight_layout and log ticks cost seconds per figure
-    figure = Figure(figsize=(10, 4), dpi=100)
-    FigureCanvasAgg(figure)
-    figure.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.9, wspace=0.25)
-    left, right = figure.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
-    # one filled step outline, at most 1000 steps (ids summed per bin): fast for any vocabulary size
-    width = max(1, math.ceil(len(counts) / 1000))
-    binned = np.add.reduceat(counts, np.arange(0, len(counts), width))
-    edges = np.arange(len(binned) + 1) * width - 0.5
-    left.fill_between(edges, np.append(binned, binned[-1:]), step="post", color="tab:blue", linewidth=0)
-    left.set(xlabel="token id" if width == 1 else f"token id (bins of {width})", ylabel="frames", title=title,
-             xlim=(-0.5, len(counts) - 0.5), ylim=(0, None))
-    covered = np.concatenate([[0.0], np.cumsum(np.sort(counts)[::-1]) / total])
-    right.plot(np.arange(len(covered)), covered, color="tab:orange")
-    right.set(xlabel="most used tokens", ylabel="share of frames", ylim=(0, 1.01), xlim=(0, len(counts)),
-              title=f"perplexity {stats['perplexity']:.1f} of {len(counts)}, unused {stats['unused_tokens']}")
-    right.grid(alpha=0.3)
-    figure.savefig(path)
 
 
 def token_dtype(k: int) -> np.dtype:
@@ -190,10 +156,8 @@ class SpecTokenizer:
             tokens_index.save(tmp / self.layout.tokens_index.name)
             stats = self._statistics(tmp, tokens_index, quantizer.codebook_sizes)
             write_json(tmp / self.layout.token_stats.name, stats)
-            for name in stats["splits"]:
-                plot_histogram(stats["splits"][name]["codebooks"][0], f"{name}: codebook 0 usage",
-                               tmp / self.layout.token_histogram(name).name)
             usual_permissions(tmp)
+            remove_histograms(self.layout)  # they show the statistics being replaced; drawn again when shown
             # the index last: until it is replaced, readers see the old store whole (row counts are checked)
             for item in sorted(tmp.iterdir(), key=lambda item: item.name == self.layout.tokens_index.name):
                 os.replace(item, self.layout.tokenized / item.name)
@@ -304,15 +268,27 @@ class SpecTokenizer:
         stats: dict[str, Any] = {"codebook_sizes": sizes, "splits": {}}
         for name in plan.names():
             view = split_view(index, plan, name)
-            counts = [np.zeros(size, dtype=np.int64) for size in sizes]
-            for offset, length in zip(view.offsets, view.lengths):
-                rows = np.asarray(tokens[offset:offset + length], dtype=np.int64)
-                for c, size in enumerate(sizes):
-                    counts[c] += np.bincount(rows[:, c], minlength=size)
-            codebooks = [token_statistics(count) for count in counts]
+            codebooks = [token_statistics(count) for count in token_counts(tokens, index, view, sizes)]
             stats["splits"][name] = {"clips": len(view), "tokens": view.total_frames, "codebooks": codebooks}
             first = codebooks[0]
             log.info("%s: %d clips, %d tokens, codebook 0: entropy %.2f bits, perplexity %.1f of %d, %d unused",
                      name, len(view), view.total_frames, first["entropy_bits"], first["perplexity"], sizes[0],
                      first["unused_tokens"])
         return stats
+
+
+def token_counts(tokens: np.ndarray, index: ClipIndex, view: ClipIndex, sizes: list[int]) -> list[np.ndarray]:
+    """Frames of each token id of each codebook over the clips of `view` (rows of the store `index`
+    describes), in batches of store rows: one bincount per batch, not one per clip."""
+    member = np.zeros(len(index), dtype=bool)
+    member[[index.row_of()[clip_id] for clip_id in view.ids]] = True
+    counts = [np.zeros(size, dtype=np.int64) for size in sizes]
+    for start, block in iter_batches(tokens, DEFAULT_BATCH):
+        # the clips whose rows the block holds (the store's clips are contiguous, in order)
+        first = int(np.searchsorted(index.offsets, start, side="right")) - 1
+        stop = int(np.searchsorted(index.offsets, start + len(block), side="left"))
+        skip = start - int(index.offsets[first])
+        rows = np.repeat(member[first:stop], index.lengths[first:stop])[skip:skip + len(block)]
+        for c, size in enumerate(sizes):
+            counts[c] += np.bincount(np.asarray(block[rows, c], dtype=np.int64), minlength=size)
+    return counts

@@ -40,6 +40,7 @@ from ..config import tracker_names
 from ..errors import UserError
 from ..model.metrics import per_class_average_precision
 from ..pipeline.layout import Layout
+from ..tokens.histograms import token_histograms
 from .epoch_log import finite_or_none
 
 log = logging.getLogger("audiotokens")
@@ -85,7 +86,12 @@ class TokenUsage:
     """Counts of each token id per split and codebook (tokenized/stats.json) and the files that show them."""
 
     counts: dict[str, list[np.ndarray]] = field(default_factory=dict)
-    files: list[Path] = field(default_factory=list)
+    layout: Layout | None = None
+
+    @property
+    def files(self) -> list[Path]:
+        """tokenized/stats.json and its histograms, drawn now where missing (only MLflow logs files)."""
+        return [self.layout.token_stats, *token_histograms(self.layout).values()] if self.layout else []
 
     @classmethod
     def read(cls, layout: Layout) -> TokenUsage | None:
@@ -101,8 +107,7 @@ class TokenUsage:
             log.warning("%s cannot be read (%s); no token histograms are tracked; re-run `audiotokens tokenize` "
                         "to rewrite it", layout.token_stats, _first_line(exc))
             return None
-        plots = [layout.token_histogram(split) for split in counts]
-        return cls(counts, [layout.token_stats, *(path for path in plots if path.is_file())])
+        return cls(counts, layout=layout)
 
 
 def hparam_values(params: dict[str, Any]) -> dict[str, bool | int | float | str]:

@@ -169,6 +169,7 @@ def test_report_holds_every_section_self_contained(full_run):
     stats = json.loads((full_run / "tokenized/stats.json").read_text())
     perplexity = stats["splits"]["train"]["codebooks"][0]["perplexity"]
     assert f"{perplexity:.4g}" in page.section_cells["tokens"]
+    assert (full_run / "tokenized/histogram_train.png").is_file()  # drawn by the report, not by tokenize
     with open(full_run / "output/eval/validation/robustness/model/robustness.csv", newline="") as handle:
         conditions = [row["condition"] for row in csv.DictReader(handle)]
     assert len(conditions) == 2 and set(conditions) <= set(page.section_cells["robustness"])

@@ -10,9 +10,10 @@ from audiotokens.config import load_config
 from audiotokens.errors import UserError
 from audiotokens.pipeline.files import save_npy
 from audiotokens.pipeline.layout import Layout
-from audiotokens.pipeline.stores import open_split, open_store
+from audiotokens.pipeline.stores import ClipIndex, open_split, open_store
 from audiotokens.tokens import tokenize as tokenizer_module
 from audiotokens.tokens.cluster import ClusterCreator
+from audiotokens.tokens.histograms import token_histograms
 from audiotokens.tokens.kmeans import assign_tokens, token_statistics
 from audiotokens.tokens.tokenize import SpecTokenizer
 from audiotokens.tokens.vocabulary import load_vocabulary
@@ -258,7 +259,41 @@ def test_statistics_and_histogram(clip_corpus):
         assert stats["top10_share"] == pytest.approx(np.sort(counts)[-10:].sum() / len(frames))
         assert stats["unused_ids"] == [t for t in range(len(centroids)) if t not in set(owners)]
         assert stats["unused_tokens"] == len(stats["unused_ids"]) > 0
+    assert token_histograms(Layout(workdir)) == {split: Layout(workdir).token_histogram(split) for split in corpus}
+    for split in corpus:
         assert Layout(workdir).token_histogram(split).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_histograms_are_drawn_when_shown_and_removed_with_the_statistics_they_show(clip_corpus, monkeypatch):
+    """The stage draws no histogram (matplotlib would cost it a second); one drawn later is removed when the
+    stage replaces the statistics, so a histogram on disk always shows the current ones."""
+    workdir, centroids, corpus = clip_corpus
+    layout = Layout(workdir)
+    SpecTokenizer(config_for(workdir)).run()
+    assert list(layout.tokenized.glob("*.png")) == []
+    drawn = token_histograms(layout)
+    assert sorted(drawn) == sorted(corpus) and all(path.is_file() for path in drawn.values())
+    write_vocabulary(workdir, centroids[::-1].copy())
+    SpecTokenizer(config_for(workdir)).run()
+    assert list(layout.tokenized.glob("*.png")) == []
+    layout.token_stats.write_text("{\"splits\": {\"train\": {}}}")  # damaged: nothing drawn, no traceback
+    assert token_histograms(layout) == {}
+
+
+@pytest.mark.parametrize("batch", [1, 7, 1000])
+def test_token_counts_of_a_view_equal_counting_clip_by_clip(monkeypatch, batch):
+    """The statistics count a split's clips in batches of store rows that cut clips anywhere."""
+    rng = np.random.default_rng(batch)
+    lengths = rng.integers(0, 9, 60)
+    index = ClipIndex.from_lengths([f"c{i}" for i in range(60)], lengths, [[] for _ in lengths], [], "")
+    tokens = rng.integers(0, 5, (index.total_frames, 2)).astype(np.int16)
+    chosen = [i for i in range(60) if rng.random() < 0.5]
+    view = ClipIndex.from_lengths([f"c{i}" for i in chosen], lengths[chosen], [[] for _ in chosen], [], "")
+    monkeypatch.setattr(tokenizer_module, "DEFAULT_BATCH", batch)
+    counts = tokenizer_module.token_counts(tokens, index, view, [5, 5])
+    rows = np.concatenate([tokens[index.offsets[i]:index.offsets[i] + lengths[i]] for i in chosen])
+    for c in range(2):
+        assert counts[c].tolist() == np.bincount(rows[:, c], minlength=5).tolist()
 
 
 def test_statistics_of_an_empty_split_are_finite():
@@ -271,22 +306,20 @@ def test_an_interrupted_run_leaves_the_previous_tokens(clip_corpus, monkeypatch)
     workdir, centroids, _ = clip_corpus
     layout = Layout(workdir)
     SpecTokenizer(config_for(workdir)).run()
+    token_histograms(layout)
     names = sorted(p.name for p in layout.tokenized.iterdir())
     before = {name: (layout.tokenized / name).read_bytes() for name in names}
     write_vocabulary(workdir, centroids[::-1].copy())  # new vocabulary: every id changes
-    original = tokenizer_module.plot_histogram
 
-    def fail_on_validation(stats, title, path):
-        if title.startswith("validation"):
-            raise KeyboardInterrupt
-        original(stats, title, path)
+    def interrupt(layout):  # the new store is complete in its staging folder, nothing swapped in yet
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(tokenizer_module, "plot_histogram", fail_on_validation)
+    monkeypatch.setattr(tokenizer_module, "remove_histograms", interrupt)
     with pytest.raises(KeyboardInterrupt):
         SpecTokenizer(config_for(workdir)).run()
     assert {name: (layout.tokenized / name).read_bytes() for name in names} == before  # every file untouched
     assert sorted(p.name for p in layout.tokenized.iterdir()) == names  # and nothing left beside them
     assert {"tokens.npy", "index.json", "stats.json", "histogram_train.png"} <= set(names)
-    monkeypatch.setattr(tokenizer_module, "plot_histogram", original)
+    monkeypatch.undo()
     SpecTokenizer(config_for(workdir)).run()
     assert layout.tokens.read_bytes() != before["tokens.npy"]

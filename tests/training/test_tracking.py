@@ -22,6 +22,7 @@ from audiotokens.model.bundle import load_bundle
 from audiotokens.pipeline.layout import Layout
 from audiotokens.pipeline.provenance import stage_params
 from audiotokens.pipeline.stores import open_split
+from audiotokens.tokens.kmeans import token_statistics
 from audiotokens.training.optimisation import Trainer
 from audiotokens.training.pretrain import Pretrainer
 from audiotokens.training.tracking import TensorBoardTracker, TokenUsage, Tracking
@@ -172,6 +173,9 @@ def test_mlflow_local_store_holds_params_metrics_and_artifacts(tmp_path):
     from mlflow.tracking import MlflowClient
 
     layout = make_workdir(tmp_path / "work", n_train=48, n_validation=24)
+    # token statistics as the tokenize stage writes them (make_workdir's store has none)
+    layout.token_stats.write_text(json.dumps({"codebook_sizes": [5], "splits": {
+        "train": {"clips": 1, "tokens": 10, "codebooks": [token_statistics(np.arange(5))]}}}))
     config = load_config(overrides=[*SMALL, "train.epochs=2", "train.tracking=mlflow"], workdir=tmp_path / "work")
     counts = ModelBuilder(config).run()
     assert not layout.tensorboard.exists()
@@ -195,6 +199,8 @@ def test_mlflow_local_store_holds_params_metrics_and_artifacts(tmp_path):
     assert (artifacts / "report" / "curves.png").read_bytes() == layout.curves.read_bytes()
     summary = json.loads((artifacts / "report" / "summary.json").read_text())
     assert summary["best_epoch"] == counts["best_epoch"] and summary["epochs_run"] == 2
+    # the token histograms, drawn from tokenized/stats.json when the run logs them
+    assert {"stats.json", "histogram_train.png"} <= {path.name for path in (artifacts / "tokens").iterdir()}
 
 
 def test_pretrain_tracks_to_tensorboard_and_the_mlflow_store_the_environment_names(tmp_path, monkeypatch):
