@@ -21,7 +21,9 @@ The stage works through the clip catalogue of processed/split.json, whatever the
 (shards.py: processed/frames/shards/N-K/, N = 1 unless asked) and within a shard in parts of consecutive
 clips; a finished part is kept on disk, so an interrupted run resumes after the last finished part.
 Parts carry a key of the frame parameters and the clip list and are discarded when either changes.
-The store is assembled from every shard's parts in catalogue order, so it is the same whatever N.
+The store is assembled from every shard's parts in catalogue order, so it is the same whatever N. Each
+frame is written once: appended to its shard's frames.partial as its clip arrives, which becomes the store
+(the first shard's file, the others' rows appended to it) under its .npy header (PartStore).
 Splits are views over the one store (artifacts.open_split), so a new split never recomputes frames.
 
 With augment.copies = K > 0 each training clip also gets K corrupted copies (data/corrupt.py's
@@ -33,11 +35,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import itertools
 import json
 import logging
 import multiprocessing
 import multiprocessing.pool
+import os
 import shutil
 import signal
 import warnings
@@ -64,8 +68,15 @@ from ..data.audio import BLOCK_FRAMES, AudioError, AudioStream, load_mono
 from ..data.corrupt import RandomCorruption
 from ..errors import UserError
 from ..pipeline.cpus import usable_cpus
-from ..pipeline.files import atomic_path, create_npy, read_json_or_none, save_npy, write_json
-from ..pipeline.layout import PART_ARRAY, PART_KEY, PART_META, SHARDS_DIR, Layout
+from ..pipeline.files import (
+    read_json_or_none,
+    remove_stale_temps,
+    save_npy,
+    temp_prefix,
+    write_error,
+    write_json,
+)
+from ..pipeline.layout import PART_FRAMES, PART_KEY, PART_META, SHARDS_DIR, Layout
 from ..pipeline.shards import (
     Execution,
     Shard,
@@ -91,7 +102,9 @@ MEL_GROUPS = 4  # products the mel filterbank is cut into (see _mel_groups): few
 # its input is the mel magnitude of samples scaled from [-1, 1] to 32-bit integers (PCEN_INPUT_SCALE)
 PCEN = {"gain": 0.98, "bias": 2.0, "power": 0.5, "time_constant": 0.4, "eps": 1e-6}
 PCEN_INPUT_SCALE = 2.0 ** 31
-PART_FORMAT = 5  # bump when the part files' layout or the frame computation changes, so old parts are discarded
+NPY_HEADER_BYTES = 128  # room for the .npy header of any 2-D store (numpy pads headers to a multiple of 64)
+COPY_BYTES = 2**24  # a shard's frames are appended to the store in reads of this size
+PART_FORMAT = 6  # bump when the part files' layout or the frame computation changes, so old parts are discarded
 
 
 # ---------------------------------------------------------------- parameters
@@ -542,17 +555,23 @@ class _Pool(multiprocessing.pool.Pool):
 
 
 class PartStore:
-    """Finished parts of one shard of the catalogue: part-NNNNN.npy (frames of its kept clips, each followed
-    by its corrupted copies) + part-NNNNN.json.
+    """Finished parts of one shard of the catalogue: frames.partial (the frames of every finished part's
+    kept clips, each followed by its corrupted copies, in catalogue order) + part-NNNNN.json per part.
 
     Parts cover consecutive clips from the shard's first one (`first`) and are written in order, so the
-    finished ones always form a prefix of the shard: a re-run continues after the last one.
+    finished ones always form a prefix of the shard: a re-run continues after the last one. A clip's frames
+    are appended to frames.partial as they arrive; a part is finished once they are on disk (one fsync per
+    part) and its json is written. Rows after the last finished part (a killed run's) are cut off by `open`.
+    frames.partial has room for a .npy header from the start, written when the store is assembled: the store
+    is then this very file (the first shard's), so a frame is written once.
     """
 
-    def __init__(self, folder: Path, key: str, first: int = 0):
+    def __init__(self, folder: Path, key: str, first: int = 0, width: int = 0, dtype: str = "float32"):
         self.folder = folder
         self.key = key
         self.first = first  # catalogue position of the shard's first clip
+        self.row_bytes = width * np.dtype(dtype).itemsize
+        self._frames = None  # frames.partial, open for appending between open() and close()
 
     def matches_key(self) -> bool:
         """Whether the folder holds parts written under this key (without touching it)."""
@@ -564,8 +583,9 @@ class PartStore:
         stored = read_json_or_none(self.folder / PART_KEY)
         return bool(stored) and stored.get("key") != self.key
 
-    def open(self) -> None:
-        """Keep parts written under the same key; discard everything else."""
+    def open(self) -> list[dict[str, Any]]:
+        """Keep parts written under the same key, discard everything else; frames.partial is opened for appending
+        after the finished parts. Returns their metadata (as `finished`)."""
         key_file = self.folder / PART_KEY
         if self.folder.is_dir() and not self.matches_key():
             log.info("discarding %s: frame parameters or the split changed since it was written", self.folder)
@@ -575,42 +595,75 @@ class PartStore:
             stale.unlink(missing_ok=True)
         if not key_file.is_file():
             write_json(key_file, {"key": self.key})
+        finished = self.finished()
+        self.close()
+        try:
+            # open until close(): clips are appended one call at a time
+            self._frames = open(self.frames_path, "r+b" if self.frames_path.is_file() else "w+b")  # noqa: SIM115
+            self._frames.truncate(NPY_HEADER_BYTES + self.rows(finished) * self.row_bytes)
+            self._frames.seek(0, os.SEEK_END)
+        except OSError as exc:
+            self.close()
+            raise write_error(self.frames_path, exc) from None
+        return finished
+
+    def close(self) -> None:
+        if self._frames is not None:
+            self._frames.close()
+            self._frames = None
 
     def done_until(self, metas: list[dict[str, Any]]) -> int:
         """The catalogue position after the last finished clip of the shard."""
         return metas[-1]["stop"] if metas else self.first
 
-    def array_path(self, number: int) -> Path:
-        return self.folder / PART_ARRAY.format(number=number)
+    @property
+    def frames_path(self) -> Path:
+        return self.folder / PART_FRAMES
 
     def meta_path(self, number: int) -> Path:
         return self.folder / PART_META.format(number=number)
 
+    @staticmethod
+    def rows(metas: list[dict[str, Any]]) -> int:
+        """Rows of frames.partial that these parts hold."""
+        return sum(n * (1 + c) for meta in metas for n, c in zip(meta["lengths"], part_copies(meta)))
+
     def finished(self) -> list[dict[str, Any]]:
-        """Metadata of the finished parts, in order: each starts where the previous one stopped."""
+        """Metadata of the finished parts, in order: each starts where the previous one stopped, and
+        frames.partial holds the rows of all of them."""
+        try:
+            size = self.frames_path.stat().st_size
+        except OSError:
+            return []
         metas: list[dict[str, Any]] = []
         while True:
             number = len(metas)
             meta = read_json_or_none(self.meta_path(number))
-            start = self.done_until(metas)
-            if not meta or meta.get("start") != start or not self._rows_match(number, meta):
+            if not meta or meta.get("start") != self.done_until(metas) \
+                    or NPY_HEADER_BYTES + self.rows([*metas, meta]) * self.row_bytes > size:
                 return metas
             metas.append(meta)
 
-    def _rows_match(self, number: int, meta: dict[str, Any]) -> bool:
+    def append(self, result: ClipResult) -> None:
+        """A clip's frames and its copies' after the rows written so far (nothing for a skipped clip)."""
+        if result.frames is None:
+            return
         try:
-            rows = np.load(self.array_path(number), mmap_mode="r").shape[0]
-        except (ValueError, OSError):
-            return False
-        return rows == sum(n * (1 + c) for n, c in zip(meta["lengths"], part_copies(meta)))
+            for frames in (result.frames, *result.copies):
+                _check_finite(frames, self.frames_path)
+                self._frames.write(memoryview(np.ascontiguousarray(frames)).cast("B"))
+        except OSError as exc:
+            raise write_error(self.frames_path, exc) from None
 
     def write(self, number: int, results: list[ClipResult], n_mels: int, dtype: str) -> None:
-        """Frames first, then the json that marks the part finished (each replaced atomically)."""
+        """Finish part `number` of these (appended) results: their frames onto the disk, then the json that
+        marks the part finished."""
+        try:
+            self._frames.flush()
+            os.fsync(self._frames.fileno())
+        except OSError as exc:
+            raise write_error(self.frames_path, exc) from None
         kept = [r for r in results if r.frames is not None]
-        rows = [frames for r in kept for frames in (r.frames, *r.copies)]
-        frames = np.concatenate(rows) if rows else np.zeros((0, n_mels), dtype=dtype)
-        _check_finite(frames, self.array_path(number))
-        save_npy(self.array_path(number), frames)
         write_json(self.meta_path(number), {
             "start": results[0].position, "stop": results[-1].position + 1,
             "positions": [r.position for r in kept],
@@ -715,7 +768,7 @@ class SpectrogramProcessor:
 
     def _shard_store(self, clips: list[dict], key: str, shard: Shard) -> PartStore:
         folder = self.layout.frames_dir / SHARDS_DIR / shard.name
-        return PartStore(folder, key, shard.clip_range(len(clips)).start)
+        return PartStore(folder, key, shard.clip_range(len(clips)).start, frame_width(self.params), self.params.dtype)
 
     def _is_current(self, clips: list[dict], key: str, shard: Shard) -> bool:
         return self._shard_store(clips, key, shard).matches_key()
@@ -741,8 +794,14 @@ class SpectrogramProcessor:
         return {"clips": total, "shards": len(shards)}
 
     def _run_shard(self, clips: list[dict], store: PartStore, shard: Shard, mapper) -> None:
-        store.open()
-        finished = store.finished()
+        finished = store.open()
+        try:
+            self._compute_parts(clips, store, shard, finished, mapper)
+        finally:
+            store.close()
+
+    def _compute_parts(self, clips: list[dict], store: PartStore, shard: Shard, finished: list[dict],
+                       mapper) -> None:
         span = shard.clip_range(len(clips))
         start = store.done_until(finished)
         if start > span.start:
@@ -756,6 +815,7 @@ class SpectrogramProcessor:
                 # imap keeps order; a mismatch would store frames under the wrong clip, so stop instead.
                 if result.position != expected or result.clip_id != str(clips[expected]["id"]):
                     raise RuntimeError(f"clip order broken at {expected}")
+                store.append(result)
                 batch.append(result)
                 batch_frames += 0 if result.frames is None else result.frames.shape[0]
                 bar.update(1)
@@ -772,8 +832,8 @@ class SpectrogramProcessor:
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def _assemble(self, clips: list[dict], stores: list[PartStore]) -> dict[str, int]:
-        parts = [(store.array_path(number), meta) for store in stores for number, meta in enumerate(store.finished())]
-        metas = [meta for _, meta in parts]
+        shards = [(store, store.finished()) for store in stores]
+        metas = [meta for _, finished in shards for meta in finished]
         if (metas[-1]["stop"] if metas else 0) != len(clips) or any(
                 a["stop"] != b["start"] for a, b in itertools.pairwise(metas)):
             raise RuntimeError(f"parts do not cover the {len(clips)} clips")
@@ -788,7 +848,7 @@ class SpectrogramProcessor:
             entry_lengths += [length] * (1 + count)
         total = int(sum(entry_lengths))
         spec = self.frame_spec()
-        self._write_frames([path for path, _ in parts], total)
+        self._write_frames(shards, total)
         write_json(self.layout.frame_spec, spec)  # after the frames it describes, before the index
         index = ClipIndex.from_lengths(ids, entry_lengths, [[] for _ in ids], [], "")
         index.extra = {"frame_spec_digest": spec_digest(spec), "dtype": self.params.dtype}
@@ -809,25 +869,33 @@ class SpectrogramProcessor:
         counts = {"clips": len(positions), "frames": total, "skipped": len(skipped)}
         return {**counts, "copies": report["copies"]} if self.augment is not None else counts
 
-    def _write_frames(self, part_paths: list[Path], total: int) -> None:
+    def _write_frames(self, shards: list[tuple[PartStore, list[dict]]], total: int) -> None:
+        """processed/frames/frames.npy: the first shard's frames.partial with the other shards' rows appended and
+        its .npy header written, put in place under the store's name (the shard keeps it too until the stage
+        has finished, so a run killed meanwhile assembles again instead of computing again)."""
         path = self.layout.frames
         for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed assembly
             stale.unlink(missing_ok=True)
+        width, dtype = frame_width(self.params), self.params.dtype
         if total == 0:
-            save_npy(path, np.zeros((0, frame_width(self.params)), dtype=self.params.dtype))
+            save_npy(path, np.zeros((0, width), dtype=dtype))
             return
-        with atomic_path(path) as tmp:
-            out = create_npy(tmp, (total, frame_width(self.params)), self.params.dtype)
-            row = 0
-            for part in part_paths:
-                frames = np.load(part, mmap_mode="r")
-                _check_finite(frames, path)
-                out[row:row + frames.shape[0]] = frames
-                row += frames.shape[0]
-            if row != total:
-                raise RuntimeError(f"{path}: parts hold {row} frames, their index {total}")
-            out.flush()
-            del out
+        (first, first_parts), *others = shards
+        try:
+            with open(first.frames_path, "r+b" if first.frames_path.is_file() else "w+b") as out:
+                out.truncate(NPY_HEADER_BYTES + first.rows(first_parts) * first.row_bytes)
+                out.seek(0, os.SEEK_END)
+                for store, parts in others:
+                    _copy_rows(store.frames_path, out, store.rows(parts) * store.row_bytes)
+                if out.tell() != NPY_HEADER_BYTES + total * first.row_bytes:
+                    raise RuntimeError(f"{path}: shards hold {out.tell()} bytes, their index {total} frames")
+                out.seek(0)
+                out.write(npy_header(total, width, dtype))
+                out.flush()
+                os.fsync(out.fileno())
+            _link_into_place(first.frames_path, path)
+        except OSError as exc:
+            raise write_error(path, exc) from None
 
     def _log_summary(self, listed: int, kept: int, frames: int, reasons: Counter,
                      report: dict[str, Any]) -> None:
@@ -855,6 +923,45 @@ class SpectrogramProcessor:
             work = functools.partial(process_clip, self.params, augment=self.augment)
         with clip_map(work, n_tasks, workers) as mapper:
             yield mapper
+
+
+def npy_header(rows: int, width: int, dtype: str) -> bytes:
+    """The .npy header of a (rows, width) C-ordered array, NPY_HEADER_BYTES long."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                  "fortran_order": False, "shape": (rows, width)})
+    if len(buffer.getvalue()) != NPY_HEADER_BYTES:
+        raise RuntimeError(f"a .npy header of shape ({rows}, {width}) takes {len(buffer.getvalue())} bytes")
+    return buffer.getvalue()
+
+
+def _copy_rows(source: Path, out, size: int) -> None:
+    """The first `size` bytes of frames after the header room of a shard's frames.partial, onto `out`."""
+    with open(source, "rb") as handle:
+        handle.seek(NPY_HEADER_BYTES)
+        while size > 0:
+            chunk = handle.read(min(size, COPY_BYTES))
+            if not chunk:
+                raise RuntimeError(f"{source} holds fewer frames than its parts list")
+            out.write(chunk)
+            size -= len(chunk)
+
+
+def _link_into_place(source: Path, path: Path) -> None:
+    """`source` under the name `path`, which is replaced atomically: a hard link where the filesystem has
+    them (no byte is copied), else a copy."""
+    remove_stale_temps(path)
+    tmp = path.with_name(f"{temp_prefix(path)}{os.urandom(4).hex()}.tmp")
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+    try:
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _cpu_count() -> int:

@@ -102,7 +102,7 @@ KFOLD_SUMMARY = "kfold_summary.json"
 SHARDS_DIR = "shards"
 SHARD_META = "shard.json"  # tokenize: written last in a shard's folder, so the shard is finished
 PART_KEY = "key.json"  # spectrogram: the key the shard's parts were written under
-PART_ARRAY = "part-{number:05d}.npy"  # spectrogram: frames of one part's kept clips
+PART_FRAMES = "frames.partial"  # spectrogram: the frames of a shard's parts, in order; the store's once assembled
 PART_META = "part-{number:05d}.json"
 
 # `audiotokens export` (beside the bundle folder unless --out says otherwise); beside <name>.onnx go

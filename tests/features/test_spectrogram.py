@@ -23,11 +23,13 @@ from spectrogram_workdirs import (
 )
 
 import audiotokens.data.audio as audio_module
+import audiotokens.features.spectrogram as spectrogram_module
 from audiotokens.config import SpectrogramConfig, load_config
 from audiotokens.data.audio import AudioError, load_audio, load_mono
 from audiotokens.errors import UserError
 from audiotokens.features.spectrogram import (
     FFT_BLOCK,
+    NPY_HEADER_BYTES,
     MelPower,
     SpectrogramProcessor,
     clip_frames,
@@ -621,6 +623,45 @@ def test_resume_after_interruption_gives_identical_artifacts(tmp_path, monkeypat
     layout_a, layout_b = Layout(tmp_path), Layout(reference)
     for name in ("frames", "frames_index", "frame_spec", "frames_report"):
         assert getattr(layout_a, name).read_bytes() == getattr(layout_b, name).read_bytes(), name
+
+
+def test_a_failure_between_parts_keeps_the_frames_written_once_and_the_rerun_equals_librosa(tmp_path, monkeypatch,
+                                                                                        resume_corpus):
+    """Frames go to the shard's frames.npy as clips arrive; a run that fails after clips of an unfinished part
+    were written there resumes after the last finished part, cutting off those rows, and its store is the
+    uninterrupted run's, byte for byte, and librosa's frames."""
+    clips, reference = resume_corpus
+    write_split(tmp_path, {"train": clips[3:], "validation": clips[:3]})
+    appended = []
+    original = spectrogram_module.PartStore.append
+
+    def append_then_fail(self, result):
+        original(self, result)
+        appended.append(result.position)
+        if len(appended) == 8:  # parts of 3 clips: 2 finished, 2 clips of the third on disk
+            self._frames.flush()
+            raise Interrupt
+
+    monkeypatch.setattr(spectrogram_module.PartStore, "append", append_then_fail)
+    with pytest.raises(Interrupt):
+        run_stage(tmp_path, "spectrogram.workers=2", part_clips=3)
+    monkeypatch.undo()
+    shard = Layout(tmp_path).frames_dir / "shards" / "1-0"
+    assert sorted(p.name for p in shard.glob("part-*.json")) == ["part-00000.json", "part-00001.json"]
+    index_rows = sum(len(frames_of(*stored(reference), c["id"])) for c in clips[:6] if c["id"] != "bad")
+    assert (shard / "frames.partial").stat().st_size > NPY_HEADER_BYTES + index_rows * 64 * 4  # rows of no part
+
+    processed = count_processed(monkeypatch)
+    run_stage(tmp_path, "spectrogram.workers=1", part_clips=3)
+    assert sorted(processed) == list(range(6, len(clips)))
+    for name in ("frames", "frames_index", "frame_spec", "frames_report"):
+        assert getattr(Layout(tmp_path), name).read_bytes() == getattr(Layout(reference), name).read_bytes(), name
+    array, index = stored(tmp_path)
+    for c in clips:
+        if c["id"] != "bad":
+            assert np.abs(frames_of(array, index, c["id"]) - oracle(c["audio"], SpectrogramConfig())).max() \
+                <= TOLERANCE
+    assert not shard.parent.exists()
 
 
 @pytest.mark.parametrize("change", ["parameters", "catalogue"])

@@ -117,8 +117,8 @@ def exists(pattern: str):
 
 SPECTROGRAM_POINTS = {
     "between parts": {"condition": exists("processed/frames/shards/1-0/part-00002.json"), "parts": 3, "clip": 0.03},
-    "a part complete, not yet renamed": {"condition": exists("processed/frames/shards/1-0/.part-00001.npy.*.tmp"),
-                                             "parts": 3, "replace": 0.5},
+    "a part's frames on disk, its record not yet renamed": {
+        "condition": exists("processed/frames/shards/1-0/.part-00001.json.*.tmp"), "parts": 3, "replace": 0.5},
     "assembling frames.npy": {"condition": exists("processed/frames/.frames.npy.*.tmp"), "parts": 3, "replace": 0.5},
     "most of the catalogue done": {"condition": exists("processed/frames/shards/1-0/part-00005.json"),
                                    "parts": 2, "clip": 0.05},
@@ -135,7 +135,7 @@ def check_spectrogram(root: Path, reference: Path) -> None:
 
 @pytest.mark.parametrize("point", [
     "between parts",
-    pytest.param("a part complete, not yet renamed", marks=pytest.mark.slow),
+    pytest.param("a part's frames on disk, its record not yet renamed", marks=pytest.mark.slow),
     "assembling frames.npy",
     pytest.param("most of the catalogue done", marks=pytest.mark.slow),
 ])

@@ -54,7 +54,7 @@ def test_names_inside_folders_are_the_documented_ones():
         ["metrics.json", "per_class.csv", "sweep.csv", "scores.npy", "clips.json"]
     assert names.EVAL_CLASS_SWEEP.format(name="Dog") == "sweep_Dog.csv"
     assert names.ROBUSTNESS_BASELINE.format(name="svm") == "baseline_svm"
-    assert names.PART_ARRAY.format(number=7) == "part-00007.npy" and names.PART_META.format(number=7) == "part-00007.json"
+    assert names.PART_FRAMES == "frames.partial" and names.PART_META.format(number=7) == "part-00007.json"
     assert names.ONNX_METADATA.format(name="model.onnx") == "model.onnx.json"
     assert names.ONNX_VOCABULARY.format(stem="model") == "model.vocabulary"
     assert names.TOKEN_PICTURE.format(stem="dog") == "dog.tokens.png"
