@@ -50,6 +50,9 @@ def test_spectrogram_bench(audio, tmp_path):
     assert "stage / bound (clips/s)" in out and "stage / seed" in out
     worst = float(out.split("largest |stage - seed|:")[1].split()[0])
     assert worst < 1e-4  # the stage's frames are the seed's, clip by clip
+    out = bench("spectrogram.py", audio, 2, "--repeats", "1", "--workers", "1", "--flac48", "--skip-seed",
+                cwd=tmp_path)
+    assert "48000 Hz, 1 ch, FLAC PCM_24" in out and "stage / bound (clips/s)" in out
 
 
 def test_shards_bench(audio, tmp_path):

@@ -1,10 +1,13 @@
 """Time the spectrogram stage against its decoding bound and the seed's loop on the same clips, in one run.
 
     python scripts/bench/spectrogram.py AUDIO N [--repeats 3] [--workers 0] [--profile] [--seed-blas-threads 1]
-                                        [--skip-seed]
+                                        [--skip-seed] [--flac48]
 
 AUDIO is a folder (searched recursively for audio files, sorted) or a CSV manifest whose first column is
-a path relative to the manifest. The first N files are used.
+a path relative to the manifest. The first N files are used; with --flac48 they are first converted (untimed)
+to 48 kHz 24-bit FLAC, every second one stereo (a second channel 0.8x the first, 7 samples later), the
+format the stage's target is stated for:
+    python scripts/bench/spectrogram.py /work/data/bench600/audio 160 --flac48 --workers 2 --repeats 5 --skip-seed
 
 Seed: one process, per file librosa.load(sr=22050) + melspectrogram + power_to_db + min-max scaling,
 results pickled as a list of {filename, spectrogram}. Stage: SpectrogramProcessor on a split.json
@@ -64,6 +67,18 @@ def audio_files(source: Path, count: int) -> list[Path]:
     if len(files) < count:
         sys.exit(f"{source} has {len(files)} audio files, {count} requested")
     return files[:count]
+
+
+def as_flac48(files: list[Path], folder: Path) -> list[Path]:
+    """The files as 48 kHz 24-bit FLAC in `folder`, every second one stereo."""
+    folder.mkdir(parents=True, exist_ok=True)
+    converted = []
+    for i, path in enumerate(files):
+        mono = load_mono(str(path), 48000)
+        samples = np.stack([mono, 0.8 * np.roll(mono, 7)], axis=1) if i % 2 else mono
+        converted.append(folder / f"clip{i:05d}.flac")
+        sf.write(converted[-1], samples, 48000, subtype="PCM_24")
+    return converted
 
 
 def seed_one(path: Path) -> np.ndarray:
@@ -167,10 +182,19 @@ def main() -> None:
                         help="limit numpy's BLAS threads in the seed loop (0 = library default, as the seed ran; "
                              "1 is faster for it on a busy machine)")
     parser.add_argument("--skip-seed", action="store_true", help="time only the bound and the stage")
+    parser.add_argument("--flac48", action="store_true",
+                        help="convert the clips to 48 kHz 24-bit FLAC, every second one stereo, first")
     args = parser.parse_args()
 
     torch.set_num_threads(1)  # the benchmark's own process never needs torch threads (workers set theirs)
     files = audio_files(args.audio, args.n)
+    with tempfile.TemporaryDirectory(prefix="bench-flac48-") as converted:
+        if args.flac48:
+            files = as_flac48(files, Path(converted))
+        run_benchmark(args, files)
+
+
+def run_benchmark(args: argparse.Namespace, files: list[Path]) -> None:
     info = sf.info(str(files[0]))
     seconds = sum(sf.info(str(p)).duration for p in files)
     print(f"{len(files)} clips, {seconds:.0f} s of audio (first: {info.samplerate} Hz, {info.channels} ch, "
