@@ -281,7 +281,8 @@ def token_counts(tokens: np.ndarray, index: ClipIndex, view: ClipIndex, sizes: l
     """Frames of each token id of each codebook over the clips of `view` (rows of the store `index`
     describes), in batches of store rows: one bincount per batch, not one per clip."""
     member = np.zeros(len(index), dtype=bool)
-    member[[index.row_of()[clip_id] for clip_id in view.ids]] = True
+    row = index.row_of()
+    member[[row[clip_id] for clip_id in view.ids]] = True
     counts = [np.zeros(size, dtype=np.int64) for size in sizes]
     for start, block in iter_batches(tokens, DEFAULT_BATCH):
         # the clips whose rows the block holds (the store's clips are contiguous, in order)
