@@ -109,12 +109,15 @@ class SpecTokenizer:
         vocab = load_vocabulary(self.layout.vocabulary)
         frames, store = open_store(self.layout.frames, self.layout.frames_index)
         check_vocabulary_fits(vocab, store, frames, self.layout.frames)
+        fill = functools.partial(self._tokenize_clips, frames, store, vocab.quantizer, range(len(store)))
+        unsharded = self.shard is None and not self.shard_count and self.execution == Execution()
+        if unsharded and not self.shards_root.is_dir():  # the common case, without hashing the frames for a key
+            return self._write_store(vocab, store, fill)
         key = self._shards_key(vocab)
         if self.shard is not None:
             return self._compute_shard(frames, store, vocab.quantizer, key, self.shard)
         count = choose_count(self.shards_root, self.shard_count, lambda s: self._finished(store, key, s))
         if not count and self.execution == Execution():  # nothing sharded asked for: straight into the store
-            fill = functools.partial(self._tokenize_clips, frames, store, vocab.quantizer, range(len(store)))
             return self._write_store(vocab, store, fill)
 
         def compute(todo: list[Shard]) -> None:
