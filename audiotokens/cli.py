@@ -333,7 +333,9 @@ def report_command(config, out_path, compare):
               help="Name of the study; its files go in <workdir>/tune/<study>/.")
 @click.option("--timeout", default=None, type=float, metavar="SECONDS",
               help="Start no trial after this many seconds.")
-def tune_command(config, space_path, trials, storage, study_name, timeout):
+@click.option("--prune-after", "prune_after", default=None, type=int, metavar="EPOCHS",
+              help="First epoch at which a trial may be pruned (default: a quarter of train.epochs, at least 2).")
+def tune_command(config, space_path, trials, storage, study_name, timeout, prune_after):
     """Search the settings of --space with Optuna; each trial a workdir under <workdir>/tune/, picked on
     validation (test is scored once, for the best trial); writes tune/best.toml, the trials table and plots."""
     from .tuning import require_optuna  # on use: start-up time
@@ -341,7 +343,7 @@ def tune_command(config, space_path, trials, storage, study_name, timeout):
     require_optuna()
     from .tuning.tune import tune
 
-    tune(config, space_path, trials, storage, study_name, timeout)
+    tune(config, space_path, trials, storage, study_name, timeout, prune_after=prune_after)
 
 
 @main.command("config")

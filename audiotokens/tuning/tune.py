@@ -69,24 +69,36 @@ BEFORE_TRAIN = NAMES[:NAMES.index("train")]  # the stages a trial may take over 
 HEARTBEAT_S, GRACE_S = 60, 300  # a trial whose process died is marked failed once its heartbeat is this old
 
 
-def default_pruner() -> optuna.pruners.BasePruner:
+def default_prune_after(epochs: int) -> int:
+    """The first epoch the default pruner may judge: a quarter of the training, at least the second epoch.
+    Early figures are noisy, and some tasks sit at chance level for several epochs before they learn
+    (language identification on the speech sets: 4 to 18), so the first epochs say little of the last."""
+    return max(2, epochs // 4)
+
+
+def default_pruner(prune_after: int) -> optuna.pruners.BasePruner:
     """Stop a trial whose validation figure after an epoch is below the median of earlier trials' at that
-    epoch, once five trials have finished, and never after its first epoch alone (the first is noisy)."""
-    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
+    epoch, once five trials have finished, from epoch `prune_after` on."""
+    if prune_after < 1:
+        raise UserError(f"--prune-after must be at least 1 (an epoch), got {prune_after}")
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=prune_after)
 
 
 def tune(config: Config, space_path: str | Path, trials: int, storage: str | None = None,
          study_name: str = DEFAULT_STUDY, timeout: float | None = None,
          pruner: optuna.pruners.BasePruner | None = None,
-         sampler: optuna.samplers.BaseSampler | None = None) -> dict[str, Any]:
+         sampler: optuna.samplers.BaseSampler | None = None, prune_after: int | None = None) -> dict[str, Any]:
     """Run (or go on with) a study until it has `trials` finished trials or `timeout` seconds pass; returns
-    what summary.json holds."""
+    what summary.json holds. Without a `pruner`, the default one judges from epoch `prune_after` on
+    (default_prune_after of train.epochs when None)."""
     if trials < 1:
         raise UserError(f"--trials must be at least 1, got {trials}")
     if not STUDY_NAME.fullmatch(study_name):
         raise UserError(f"--study '{study_name}' names the study's folder tune/<study>/: use letters, digits, "
                         "'_', '-' and '.' (not first), at most 100")
     space = load_space(space_path, config)
+    if pruner is None:
+        pruner = default_pruner(default_prune_after(config.train.epochs) if prune_after is None else prune_after)
     return Tuner(config, space, storage, study_name, pruner, sampler).run(trials, timeout)
 
 
@@ -97,7 +109,7 @@ class Tuner:
         self.layout = Layout(config.workdir)
         self.files = self.layout.study(study_name)
         self.storage_url = storage or f"sqlite:///{self.layout.tune_database.resolve()}"
-        self.pruner = pruner or default_pruner()
+        self.pruner = pruner or default_pruner(default_prune_after(config.train.epochs))
         self.sampler = sampler
 
     def run(self, trials: int, timeout: float | None) -> dict[str, Any]:

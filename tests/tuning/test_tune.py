@@ -28,7 +28,7 @@ from audiotokens.pipeline.run import run
 from audiotokens.pipeline.stores import SplitPlan
 from audiotokens.training import datasets
 from audiotokens.tuning import tune as tuning
-from audiotokens.tuning.tune import tune
+from audiotokens.tuning.tune import default_prune_after, default_pruner, tune
 
 SPACE = """[space]
 "cluster.n_clusters" = [4, 8]
@@ -358,3 +358,21 @@ def test_an_unusable_storage_url_is_one_line(project, tmp_path):
     lines = result.output.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1, result.output
     assert lines[0].startswith("error: cannot open the study 'default' in nosuchdb://user:***@host/db")
+
+
+def test_the_default_pruner_judges_no_trial_before_a_quarter_of_the_epochs():
+    assert [default_prune_after(epochs) for epochs in (1, 6, 8, 20, 40)] == [2, 2, 2, 5, 10]
+    study = optuna.create_study(direction="maximize", pruner=default_pruner(default_prune_after(20)))
+    for _ in range(5):  # five finished trials at 0.9 from the first epoch on
+        good = study.ask()
+        for epoch in range(1, 21):
+            good.report(0.9, epoch)
+        study.tell(good, 0.9)
+    late = study.ask()  # a trial at chance level for its first epochs
+    judged = []
+    for epoch in range(1, 7):
+        late.report(0.1, epoch)
+        judged.append(late.should_prune())
+    assert judged == [False, False, False, False, True, True]  # epoch 5 is the first one judged
+    with pytest.raises(UserError, match="--prune-after must be at least 1"):
+        default_pruner(0)
