@@ -28,6 +28,7 @@ from audiotokens.pipeline.run import run
 from audiotokens.pipeline.stores import SplitPlan
 from audiotokens.training import datasets
 from audiotokens.tuning import tune as tuning
+from audiotokens.tuning.space import load_space
 from audiotokens.tuning.tune import default_prune_after, default_pruner, tune
 
 SPACE = """[space]
@@ -376,3 +377,9 @@ def test_the_default_pruner_judges_no_trial_before_a_quarter_of_the_epochs():
     assert judged == [False, False, False, False, True, True]  # epoch 5 is the first one judged
     with pytest.raises(UserError, match="--prune-after must be at least 1"):
         default_pruner(0)
+
+
+def test_the_shipped_search_space_is_valid_against_the_defaults():
+    space = load_space(Path(__file__).resolve().parents[2] / "configs" / "space.toml", load_config(None))
+    assert space.keys == ["cluster.n_clusters", "cluster.bands", "model.num_layers", "model.hidden_size",
+                          "model.pooling", "model.dropout", "train.learning_rate"]
