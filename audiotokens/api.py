@@ -141,6 +141,10 @@ def run(config_or_path: str | Path | None = None, stages: Sequence[str] | tuple[
     if isinstance(overrides, str):
         overrides = [overrides]
     config = load_config(str(config_or_path) if config_or_path is not None else None, list(overrides), workdir)
+    if config.cluster.quantizer == "codec":  # the codec's own frames, from its folder
+        from .tokens.codec import with_codec_frames
+
+        config = with_codec_frames(config)
     if stages is None:
         return run_range(config, force=force, strict=strict)
     wanted = [stages] if isinstance(stages, str) else list(stages)

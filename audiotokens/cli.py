@@ -51,6 +51,10 @@ def common_options(stage: str | None = None):
                      if name.startswith("flag__") and value is not None]
             kwargs = {k: v for k, v in kwargs.items() if not k.startswith("flag__")}
             config = load_config(config_path, [*overrides, *flags], workdir)
+            if config.cluster.quantizer == "codec":  # the codec's own frames, from its folder
+                from .tokens.codec import with_codec_frames  # on use: start-up time
+
+                config = with_codec_frames(config)
             return func(config, **kwargs)
 
         return wrapper

@@ -23,19 +23,23 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from ..config import Config
 from ..errors import UserError
 from ..features.ssl import device_name, model_digest
 from ..pipeline.layout import HF_CONFIG
+
+log = logging.getLogger("audiotokens")
 
 BATCH_SAMPLES = 2**21  # samples per forward pass (clips of one length together): about 90 s at 24 kHz
 
@@ -249,6 +253,23 @@ def _config(path: Path):
     config = AutoConfig.from_pretrained(str(path), local_files_only=True)
     CODECS[model_type].check(config, path)
     return config
+
+
+def with_codec_frames(config: Config) -> Config:
+    """The configuration with the codec's own frames when cluster.quantizer = codec leaves
+    spectrogram.features at mel: rows of samples at the codec's rate and hop, read from its folder (a codec
+    reads no other frames). Explicit spectrogram.features = codec settings are kept (the cluster stage
+    refuses them in one line when they are not the codec's)."""
+    if config.cluster.quantizer != "codec" or config.spectrogram.features != "mel":
+        return config
+    path = codec_folder(config.cluster.codec_model)
+    hf_config = _config(path)
+    family = CODECS[hf_config.model_type]
+    rate, hop = family.sample_rate(hf_config), family.hop_length(hf_config)
+    log.info("spectrogram: the %s's own frames, rows of %d samples at %d Hz (spectrogram.features = codec)",
+             family.label, hop, rate)
+    spectrogram = replace(config.spectrogram, features="codec", sample_rate=rate, hop_length=hop)
+    return replace(config, spectrogram=spectrogram)
 
 
 def codec_record(model: str, codebooks: int) -> CodecRecord:

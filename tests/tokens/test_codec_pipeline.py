@@ -20,7 +20,7 @@ from audiotokens.errors import UserError
 from audiotokens.model.bundle import load_bundle
 from audiotokens.model.frames_graph import quantizer_graph
 from audiotokens.pipeline.layout import Layout
-from audiotokens.pipeline.stores import ClipIndex
+from audiotokens.pipeline.stores import ClipIndex, read_frame_spec
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +114,21 @@ def test_a_changed_codec_folder_is_refused_by_the_bundle_in_one_line(project, tm
         assert len(out.output.strip().splitlines()) == 1 and "Traceback" not in out.output
     finally:
         save_tiny_codec("dac", root / "codec")  # the original back, for the other tests of the module
+
+
+@pytest.mark.parametrize("door", ["cli", "api"])
+def test_a_codec_left_with_mel_frames_gets_its_own_rate_and_hop(project, tmp_path, door):
+    root, _ = project
+    config = (root / "run.toml").read_text()
+    config = config.replace('features = "codec"\nsample_rate = 8000\nhop_length = 32\n', "")
+    assert "hop_length" not in config  # the [spectrogram] settings are the defaults: mel, 22.05 kHz, hop 512
+    (tmp_path / "run.toml").write_text(config)
+    workdir = tmp_path / "work"
+    if door == "cli":
+        result = CliRunner().invoke(main, ["run", "--config", str(tmp_path / "run.toml"), "--workdir", str(workdir),
+                                           "--to", "spectrogram"])
+        assert result.exit_code == 0, result.output
+    else:
+        audiotokens.api.run(tmp_path / "run.toml", stages=("split", "spectrogram"), workdir=workdir)
+    spec = read_frame_spec(Layout(workdir))
+    assert (spec["features"], spec["sample_rate"], spec["hop_length"]) == ("codec", 8000, 32)  # the tiny DAC's
