@@ -4,6 +4,9 @@ vectors, the vocabulary round-trips, and a missing, foreign or changed folder is
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +22,8 @@ from audiotokens.tokens.codec import CodecRecord, codec_record, encode_clips
 from audiotokens.tokens.quantizer_kinds import quantizer_kind
 from audiotokens.tokens.quantizers import Quantizer, fit_quantizer
 from audiotokens.tokens.vocabulary import load_vocabulary, save_vocabulary
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module", params=CODECS)
@@ -154,3 +159,13 @@ def test_the_cluster_stage_names_the_frame_settings_a_codec_needs(tmp_path):
     ClusterCreator.check_settings(load_config(overrides=[
         "cluster.quantizer=codec", f"cluster.codec_model={tmp_path / 'model'}", "spectrogram.features=codec",
         "spectrogram.sample_rate=8000", "spectrogram.hop_length=32"], workdir=tmp_path))
+
+
+def test_the_standin_models_have_the_real_models_rates(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "standin_models.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for name, rate in (("dac16", 16000), ("encodec24", 24000)):
+        record = codec_record(str(tmp_path / name), 8)
+        assert (record.sample_rate, record.hop_length, record.codebooks) == (rate, 320, 8)
+    assert json.loads((tmp_path / "wav2vec2" / "config.json").read_text())["model_type"] == "wav2vec2"
