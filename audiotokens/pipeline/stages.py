@@ -68,8 +68,11 @@ def _spectrogram_inputs(config: Config) -> tuple[Input, ...]:
 
 
 def _quantises(config: Config) -> bool:
-    """Whether `run` fits and applies a vocabulary: not over waveform rows (a speech model reads those)."""
-    return config.spectrogram.features != "waveform"
+    """Whether `run` fits and applies a vocabulary: when the model reads tokens or pre-trains on them, never
+    over waveform rows (a speech model reads those). A frames model needs none."""
+    if config.spectrogram.features == "waveform":
+        return False
+    return config.model.input == "tokens" or bool(_pretrain_input(config))
 
 
 def _pretrain_inputs(config: Config) -> tuple[Input, ...]:

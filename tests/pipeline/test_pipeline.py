@@ -166,6 +166,14 @@ def test_pretrain_runs_only_when_train_init_names_it_and_sees_only_the_model_key
                                "model.num_layers=3")) == ["pretrain", *MODEL]
 
 
+def test_a_frames_model_fits_no_vocabulary_unless_it_pre_trains_on_tokens(tmp_path, ran):
+    frames = "model.input=frames"
+    assert pipeline.run(config(tmp_path, frames)) == [s for s in STAGES if s not in ("cluster", "tokenize")]
+    assert "cluster" not in ran and "tokenize" not in ran
+    init = f"train.init={tmp_path / 'output' / 'pretrain'}"  # pre-training predicts token ids: it needs them
+    assert pipeline.run(config(tmp_path, frames, init))[:3] == ["cluster", "tokenize", "pretrain"]
+
+
 def test_the_keys_a_stage_reads_from_other_sections_are_declared_on_the_settings():
     assert stage("split").keys == ("pretrain.manifest", "pretrain.folder")
     assert set(stage("pretrain").keys) == {
