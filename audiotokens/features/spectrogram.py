@@ -598,8 +598,10 @@ class PartStore:
         finished = self.finished()
         self.close()
         try:
-            # open until close(): clips are appended one call at a time
-            self._frames = open(self.frames_path, "r+b" if self.frames_path.is_file() else "w+b")  # noqa: SIM115
+            # open until close(): clips are appended one call at a time, unbuffered, so a full disk is
+            # refused at the clip's own write (named) and never at a later flush or close
+            self._frames = open(self.frames_path, "r+b" if self.frames_path.is_file() else "w+b",  # noqa: SIM115
+                                buffering=0)
             self._frames.truncate(NPY_HEADER_BYTES + self.rows(finished) * self.row_bytes)
             self._frames.seek(0, os.SEEK_END)
         except OSError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -85,18 +86,41 @@ def _execute(stage: str, config: Config, strict: bool, **options: Any) -> dict[s
     return counts
 
 
+class StageLogHandler(logging.FileHandler):
+    """A stage's log file that keeps the first write failure (a full disk) to report it in one line at the
+    end, where logging would print a traceback for every line it could not write."""
+
+    failure: OSError | None = None
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError):
+            super().handleError(record)
+        elif self.failure is None:
+            self.failure = error
+
+
 @contextlib.contextmanager
 def stage_log(path: Path) -> Iterator[None]:
     """Also write the stage's log lines to `path` (line-buffered, so a killed run leaves its last line)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    handler = StageLogHandler(path, mode="w", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     log.addHandler(handler)
     try:
         yield
-    finally:
+    except BaseException:
         log.removeHandler(handler)
-        handler.close()
+        with contextlib.suppress(OSError):  # the stage's own error is the one to report
+            handler.close()
+        raise
+    log.removeHandler(handler)
+    try:
+        handler.close()  # flushes the last lines: a full disk shows here
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    if handler.failure is not None:
+        raise write_error(path, handler.failure)
 
 
 def plan(config: Config, start: str | None = None, stop: str | None = None, force: bool = False,
