@@ -51,12 +51,14 @@ class CodecFamily(ABC):
     label: ClassVar[str]
 
     @staticmethod
-    @abstractmethod
-    def sample_rate(config) -> int: ...
+    def sample_rate(config) -> int:
+        """Samples per second it reads (transformers' usual config key; X-Codec names it otherwise)."""
+        return int(config.sampling_rate)
 
     @staticmethod
-    @abstractmethod
-    def hop_length(config) -> int: ...
+    def hop_length(config) -> int:
+        """Samples per codec frame (Mimi names it otherwise)."""
+        return int(config.hop_length)
 
     @abstractmethod
     def codebook_counts(self, config) -> dict[int, float | None]:
@@ -78,25 +80,20 @@ class CodecFamily(ABC):
         """The codec's own quantised latent of (batch, codebooks, frames) ids: (batch, dim, frames)."""
 
 
-def _counts_by_bandwidth(bandwidths, per_codebook_kbps: float) -> dict[int, float]:
-    """The codebooks each target bandwidth gives (floor(bandwidth / kbps per codebook), at least 1)."""
-    return {max(1, math.floor(bandwidth / per_codebook_kbps + 1e-9)): bandwidth for bandwidth in bandwidths}
+def _counts_by_bandwidth(config) -> dict[int, float]:
+    """The codebooks each of an EnCodec's or X-Codec's target bandwidths gives: floor(bandwidth / kbps per
+    codebook), at least 1, a codebook carrying log2(size) bits per frame."""
+    per_codebook_kbps = math.log2(config.codebook_size) * config.frame_rate / 1000
+    return {max(1, math.floor(bandwidth / per_codebook_kbps + 1e-9)): bandwidth
+            for bandwidth in config.target_bandwidths}
 
 
 class Encodec(CodecFamily):
     model_type = "encodec"
     label = "EnCodec"
 
-    @staticmethod
-    def sample_rate(config) -> int:
-        return int(config.sampling_rate)
-
-    @staticmethod
-    def hop_length(config) -> int:
-        return int(config.hop_length)
-
     def codebook_counts(self, config) -> dict[int, float | None]:
-        return _counts_by_bandwidth(config.target_bandwidths, math.log2(config.codebook_size) * config.frame_rate / 1000)
+        return _counts_by_bandwidth(config)
 
     def check(self, config, folder: Path) -> None:
         if config.chunk_length_s is not None:
@@ -118,14 +115,6 @@ class Dac(CodecFamily):
     model_type = "dac"
     label = "DAC"
 
-    @staticmethod
-    def sample_rate(config) -> int:
-        return int(config.sampling_rate)
-
-    @staticmethod
-    def hop_length(config) -> int:
-        return int(config.hop_length)
-
     def codebook_counts(self, config) -> dict[int, float | None]:
         return {n: None for n in range(1, config.n_codebooks + 1)}
 
@@ -143,10 +132,6 @@ class Dac(CodecFamily):
 class Mimi(CodecFamily):
     model_type = "mimi"
     label = "Mimi"
-
-    @staticmethod
-    def sample_rate(config) -> int:
-        return int(config.sampling_rate)
 
     @staticmethod
     def hop_length(config) -> int:
@@ -182,12 +167,8 @@ class Xcodec(CodecFamily):
     def sample_rate(config) -> int:
         return int(config.sample_rate)
 
-    @staticmethod
-    def hop_length(config) -> int:
-        return int(config.hop_length)
-
     def codebook_counts(self, config) -> dict[int, float | None]:
-        return _counts_by_bandwidth(config.target_bandwidths, math.log2(config.codebook_size) * config.frame_rate / 1000)
+        return _counts_by_bandwidth(config)
 
     def encode(self, model, waves, codebooks, bandwidth):
         return model.encode(waves, bandwidth=bandwidth).audio_codes
