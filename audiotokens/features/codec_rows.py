@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from ..config import SpectrogramConfig
-from ..data.audio import AudioError, load_mono
+from ..data.audio import load_mono
 from ..errors import UserError
-from .frame_kind import AUGMENT, FrameKind
+from .frame_kind import AUGMENT, FrameKind, sample_rows
 
 CODEC = "codec"
 SPEC_KEYS = ("sample_rate", "hop_length", "max_duration")
@@ -26,14 +26,8 @@ SPEC_KEYS = ("sample_rate", "hop_length", "max_duration")
 def codec_rows(samples: np.ndarray, params: SpectrogramConfig) -> np.ndarray:
     """(rows, hop_length) float32: mono samples in rows of one codec frame; the rest is dropped."""
     hop = params.hop_length
-    kept = len(samples) // hop * hop
-    if kept == 0:
-        raise AudioError("too short", f"{len(samples)} samples at {params.sample_rate} Hz are less than one codec "
-                         f"frame ({hop} samples)")
-    rows = np.asarray(samples[:kept], dtype=np.float32).reshape(-1, hop)
-    if not np.isfinite(rows).all():
-        raise AudioError("non-finite frames", "the waveform holds NaN or infinite samples")
-    return np.ascontiguousarray(rows)
+    return sample_rows(samples, hop, hop, f"{len(samples)} samples at {params.sample_rate} Hz are less than one "
+                       f"codec frame ({hop} samples)")
 
 
 class CodecRows(FrameKind):

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..config import SpectrogramConfig
+from ..data.audio import AudioError
 
 # a frame spec's record of the [augment] settings its store's corrupted training copies were made with: part of
 # the spec (and its digest), never a setting of the frames themselves
@@ -61,3 +62,15 @@ class FrameKind(ABC):
 
     def prepare(self) -> None:
         """Work done once before clips are computed, so forked workers inherit it rather than each repeat it."""
+
+
+def sample_rows(samples: np.ndarray, hop: int, at_least: int, too_short: str) -> np.ndarray:
+    """(rows, hop) float32: mono samples in rows of `hop`, the samples after the last whole row dropped;
+    an AudioError ("too short", with `too_short` as detail) when fewer than `at_least` samples are kept."""
+    kept = len(samples) // hop * hop
+    if kept == 0 or kept < at_least:
+        raise AudioError("too short", too_short)
+    rows = np.asarray(samples[:kept], dtype=np.float32).reshape(-1, hop)
+    if not np.isfinite(rows).all():
+        raise AudioError("non-finite frames", "the waveform holds NaN or infinite samples")
+    return np.ascontiguousarray(rows)

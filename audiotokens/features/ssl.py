@@ -37,7 +37,7 @@ from ..config import SpectrogramConfig, check_spectrogram
 from ..data.audio import AudioError, load_mono
 from ..errors import UserError
 from ..pipeline.layout import HF_CONFIG, HF_PREPROCESSOR
-from .frame_kind import AUGMENT, FrameKind
+from .frame_kind import AUGMENT, FrameKind, sample_rows
 
 DEFAULT_RATE = 16000  # wav2vec2 / HuBERT / WavLM checkpoints without a preprocessor_config.json
 WAVEFORM = "waveform"
@@ -215,14 +215,9 @@ def waveform_params_from_spec(spec: dict[str, Any]) -> SpectrogramConfig:
 def waveform_rows(samples: np.ndarray, params: SpectrogramConfig) -> np.ndarray:
     """(rows, stride) float32: mono samples at the model's rate in rows of hop_length; the rest is dropped."""
     stride = params.hop_length
-    kept = len(samples) // stride * stride
-    if kept < params.n_fft:
-        raise AudioError("too short", f"{len(samples)} samples at {params.sample_rate} Hz give no frame of the "
-                         f"speech model (its receptive field is {params.n_fft} samples, rows of {stride})")
-    rows = np.asarray(samples[:kept], dtype=np.float32).reshape(-1, stride)
-    if not np.isfinite(rows).all():
-        raise AudioError("non-finite frames", "the waveform holds NaN or infinite samples")
-    return np.ascontiguousarray(rows)
+    return sample_rows(samples, stride, params.n_fft,
+                       f"{len(samples)} samples at {params.sample_rate} Hz give no frame of the speech model (its "
+                       f"receptive field is {params.n_fft} samples, rows of {stride})")
 
 
 def waveform_clip_rows(location: str, params: SpectrogramConfig) -> np.ndarray:
