@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from audiotokens.config import load_config
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "scripts" / "bench"
 RATE = 22050  # the default sample rate: the seed's librosa loop and the stage read the same samples
@@ -80,6 +82,17 @@ def test_train_bench(tmp_path):
     rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["bert"], ["conformer"], ["cnn"])]
     assert {row[0] for row in rows} == {"bert", "conformer", "cnn"}  # every encoder that needs no local model
     assert "data path at batch 4" in out
+
+
+def test_train_bench_recipe_shapes(tmp_path):
+    """--recipe measures the defaults' model: its codebooks, pooling and batch size, read from the configuration."""
+    config = load_config()
+    out = bench("train.py", "--recipe", "--encoders", "bert", "--steps", "1", "--warmup", "1", "--repeats", "1",
+                "--batches", "4", "--positions", "8", "--classes", "3", "--workers", "0", cwd=tmp_path)
+    bands = config.cluster.bands if config.cluster.quantizer == "subband" else 1
+    assert f"codebooks {[config.cluster.n_clusters] * bands}, {config.model.pooling} pooling" in out
+    rows = [line.split() for line in out.splitlines() if line.split()[:2] in (["bert", "seed"], ["bert", "fp32"])]
+    assert rows and all(int(row[4]) == config.train.batch_size for row in rows)
 
 
 @pytest.mark.slow

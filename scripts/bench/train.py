@@ -4,6 +4,7 @@
     python scripts/bench/train.py --compile    # the same with torch.compile rows (a few minutes more)
     python scripts/bench/train.py --tiny       # small models that run on a laptop CPU in a few minutes
     python scripts/bench/train.py --tiny --encoders bert --threads 1,2 --compile   # CPU: threads, bf16, compile
+    python scripts/bench/train.py --recipe --encoders bert,cnn --classes 14 --threads 0,2   # the defaults' shapes
 
 On a fresh GPU machine, from the checkout: `pip install -e . && python scripts/bench/train.py --compile`. The
 script needs only the package's own dependencies (torch, numpy), makes its own data and installs nothing.
@@ -28,6 +29,9 @@ DataLoader (make_split_loader: memmap per worker, padding collate, pinned memory
 same number of identical batches already on the device.
 Figures are medians over --repeats timed runs (each after --warmup steps); the two data paths alternate.
 Targets (CUDA): best AMP >= 7x the seed's samples/s, AMP batch 32 peak <= 8 GiB, data path within 5 %.
+--recipe measures the recommended recipe's shapes instead of the seed's, read from the configuration's defaults
+(configs/default.toml): the token encoder's layers x hidden, the tokenizer's codebooks, the pooling and the batch
+size of every fp32 and seed row; the CNN at the same layers x hidden.
 --positions and --classes shrink the clips for a quick check of the script (tests/test_bench_scripts.py).
 """
 from __future__ import annotations
@@ -46,6 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from audiotokens.config import load_config
 from audiotokens.data.sources.records import MULTILABEL
 from audiotokens.model.inputs import pack_frames, pack_sequences
 from audiotokens.model.objectives import objective_for
@@ -53,6 +58,7 @@ from audiotokens.model.parts import ENCODERS, EXTRA_POSITIONS, SPEECH_ENCODER, A
 from audiotokens.pipeline.cpus import training_threads
 from audiotokens.pipeline.files import save_npy
 from audiotokens.pipeline.stores import ClipIndex
+from audiotokens.tokens.quantizer_kinds import KMeansSettings, kind_from_config
 from audiotokens.training.optimisation import Trainer, compile_model, cpu_bf16, pick_device
 from audiotokens.training.train import SplitStore, make_split_loader
 
@@ -75,6 +81,29 @@ class Sizes:
     device: torch.device
     positions: int = 431  # frames per clip: a 10 s clip at 22050 Hz, hop 512 (433 with [CLS] and [SEP])
     classes: int = 527
+    codebooks: tuple[int, ...] = (CLUSTERS,)  # ids per frame and each one's vocabulary
+    pooling: str = "cls"
+    cnn_shape: dict | None = None  # None: CNN_SHAPES
+    batch: int = 16  # of the seed and fp32 rows
+
+    @property
+    def cnn(self) -> dict:
+        return self.cnn_shape or CNN_SHAPES[self.tiny]
+
+
+def recipe_sizes(device: torch.device, positions: int, classes: int) -> Sizes:
+    """The recommended recipe's shapes, from the configuration's defaults. Its tokenizer is fitted on random
+    frames (one k-means iteration): only the codebooks' count and sizes matter here."""
+    config = load_config()
+    model, cluster = config.model, config.cluster
+    frames = np.random.default_rng(0).random((max(4096, 4 * cluster.n_clusters), config.spectrogram.n_mels),
+                                             dtype=np.float32)
+    books, _ = kind_from_config(cluster).fit(frames, KMeansSettings(cluster.n_clusters, niter=1, seed=0))
+    shape = {"layers": model.num_layers, "hidden": model.hidden_size, "heads": model.num_heads,
+             "intermediate": model.intermediate_size}
+    return Sizes(shape=shape, tiny=False, device=device, positions=positions, classes=classes,
+                 codebooks=tuple(len(book) for book in books), pooling=model.pooling,
+                 cnn_shape={"layers": model.num_layers, "hidden": model.hidden_size}, batch=config.train.batch_size)
 
 
 @dataclass(frozen=True)
@@ -103,7 +132,8 @@ class Row:
 
 def synthetic_clips(sizes: Sizes, n: int, seed: int) -> tuple[list[np.ndarray], list[list[int]]]:
     rng = np.random.default_rng(seed)
-    sequences = [rng.integers(0, CLUSTERS, sizes.positions).astype(np.int16) for _ in range(n)]
+    sequences = [rng.integers(0, min(sizes.codebooks), (sizes.positions, len(sizes.codebooks))).astype(np.int16)
+                 for _ in range(n)]
     labels = [sorted(rng.choice(sizes.classes, size=int(rng.integers(1, 4)), replace=False).tolist())
               for _ in range(n)]
     return sequences, labels
@@ -135,13 +165,13 @@ def device_batches(sizes: Sizes, sequences, labels, batch: int, frames: bool = F
 def model_spec(sizes: Sizes, encoder: str) -> ModelSpec:
     frames = reads_frames(encoder)
     shape = sizes.shape
-    size = CNN_SHAPES[sizes.tiny] if frames else shape
+    size = sizes.cnn if frames else shape
     params = {"num_layers": size["layers"]} if frames else {
         "num_layers": shape["layers"], "num_heads": shape["heads"], "intermediate_size": shape["intermediate"]}
     return ModelSpec(classes=[str(c) for c in range(sizes.classes)], input="frames" if frames else "tokens",
-                     codebook_sizes=[] if frames else [CLUSTERS], input_dim=MELS, encoder=encoder,
+                     codebook_sizes=[] if frames else list(sizes.codebooks), input_dim=MELS, encoder=encoder,
                      encoder_params=params, hidden_size=size["hidden"], dropout=0.1,
-                     pooling="mean" if frames else "cls", max_positions=sizes.positions + EXTRA_POSITIONS)
+                     pooling="mean" if frames else sizes.pooling, max_positions=sizes.positions + EXTRA_POSITIONS)
 
 
 def make_trainer(sizes: Sizes, attention: str, amp: bool, total_steps: int, encoder: str = "bert",
@@ -235,11 +265,11 @@ def data_path(sizes: Sizes, batch, steps, warmup, repeats, workers) -> tuple[flo
     sequences, labels = synthetic_clips(sizes, batch * steps, seed=7)
     with tempfile.TemporaryDirectory() as root:
         path = Path(root) / "tokens.npy"
-        save_npy(path, np.concatenate(sequences)[:, None])
+        save_npy(path, np.concatenate(sequences))
         classes = [str(c) for c in range(sizes.classes)]
         index = ClipIndex.from_lengths([str(i) for i in range(len(sequences))], [sizes.positions] * len(sequences),
                                        labels, classes, "multilabel", "train")
-        split = SplitStore(name="train", path=path, index=index, columns=1)
+        split = SplitStore(name="train", path=path, index=index, columns=len(sizes.codebooks))
         loader = make_split_loader(split, "tokens", objective_for(MULTILABEL), sizes.positions, batch,
                                    shuffle_seed=0, num_workers=workers, pin_memory=sizes.device.type == "cuda")
         on_device = device_batches(sizes, sequences, labels, batch)
@@ -271,21 +301,21 @@ def print_rows(rows: list[Row], cpu: bool) -> None:
               f"{reserved:>17}")
 
 
-def print_cpu_ratios(rows: list[Row]) -> None:
+def print_cpu_ratios(rows: list[Row], base_batch: int) -> None:
     """The CPU comparisons the rows make: AMP (bf16 where the CPU has it) vs fp32, and each thread count vs the
     first, per encoder (ratios of one run's medians)."""
     print("\nratios (same run, same load):")
     for encoder in dict.fromkeys(row.encoder for row in rows):
         mine = {(r.setting.name, r.setting.batch, r.threads): r for r in rows if r.encoder == encoder}
         for count in dict.fromkeys(r.threads for r in mine.values()):
-            fp32 = mine.get(("fp32", 16, count)) or mine.get(("seed", 16, count))
-            amp = mine.get(("amp", 16, count))
+            fp32 = mine.get(("fp32", base_batch, count)) or mine.get(("seed", base_batch, count))
+            amp = mine.get(("amp", base_batch, count))
             if fp32 and amp and amp.precision != fp32.precision:
-                print(f"  {encoder}, {count} threads: {amp.precision} / fp32 at batch 16 = "
+                print(f"  {encoder}, {count} threads: {amp.precision} / fp32 at batch {base_batch} = "
                       f"{amp.samples_per_s / fp32.samples_per_s:.2f}x")
-            compiled = mine.get(("compile", 16, count))
+            compiled = mine.get(("compile", base_batch, count))
             if compiled and amp:
-                print(f"  {encoder}, {count} threads: compiled / eager ({amp.precision}, batch 16) = "
+                print(f"  {encoder}, {count} threads: compiled / eager ({amp.precision}, batch {base_batch}) = "
                       f"{compiled.samples_per_s / amp.samples_per_s:.2f}x; compilation about "
                       f"{compiled.warmup_s - amp.warmup_s:.1f} s")
         counts = sorted(dict.fromkeys(r.threads for r in mine.values()))
@@ -300,6 +330,7 @@ def print_cpu_ratios(rows: list[Row]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="2 layers x 64 hidden, a 2-block CNN (CPU check)")
+    parser.add_argument("--recipe", action="store_true", help="the recommended recipe's shapes (configs/default.toml)")
     parser.add_argument("--encoders", default=",".join(BENCH_ENCODERS), help="encoders to measure, comma-separated")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per run (default 30 CUDA, 3 CPU)")
@@ -325,26 +356,29 @@ def main(argv: list[str] | None = None) -> int:
     threads = [int(t) for t in args.threads.split(",")] if not cuda else [0]
     steps = args.steps or (30 if cuda else 3)
     warmup = args.warmup or (5 if cuda else 1)
-    sizes = Sizes(shape=TINY_SHAPE if args.tiny else SEED_SHAPE, tiny=args.tiny, device=device,
-                  positions=args.positions, classes=args.classes)
+    if args.tiny and args.recipe:
+        parser.error("--tiny and --recipe are two different shapes; pick one")
+    sizes = recipe_sizes(device, args.positions, args.classes) if args.recipe else \
+        Sizes(shape=TINY_SHAPE if args.tiny else SEED_SHAPE, tiny=args.tiny, device=device, positions=args.positions,
+              classes=args.classes)
     what = torch.cuda.get_device_name(device) if cuda else \
         f"CPU ({os.cpu_count()} cores, native bf16: {cpu_bf16() or 'none'}; load {os.getloadavg()[0]:.1f})"
-    print(f"device: {what}; torch {torch.__version__}; shape {sizes.shape}, {sizes.positions + 2} positions, "
-          f"{sizes.classes} labels; {steps} timed steps x {args.repeats} repeats after {warmup} warm-up steps")
+    print(f"device: {what}; torch {torch.__version__}; shape {sizes.shape}, codebooks {list(sizes.codebooks)}, "
+          f"{sizes.pooling} pooling, CNN {sizes.cnn}; {sizes.positions + 2} positions, {sizes.classes} labels; {steps} timed steps x {args.repeats} repeats after {warmup} warm-up steps")
     if not cuda:
         print("NOTE: no CUDA device - CPU figures; the GPU part (peak GPU memory, the 8 GiB check, the targets) "
               "is skipped")
 
     started = time.perf_counter()
-    settings = [Setting("seed", "eager", False, 16, t) for t in threads]
-    settings += [Setting("fp32", "sdpa", False, 16, t) for t in threads]
+    settings = [Setting("seed", "eager", False, sizes.batch, t) for t in threads]
+    settings += [Setting("fp32", "sdpa", False, sizes.batch, t) for t in threads]
     settings += [Setting("amp", "sdpa", True, int(b), t) for b in args.batches.split(",") for t in threads]
     if args.compile:
-        settings += [Setting("compile", "sdpa", True, 16, t, compiled=True) for t in threads]
+        settings += [Setting("compile", "sdpa", True, sizes.batch, t, compiled=True) for t in threads]
     rows = measure(sizes, encoders, settings, steps, warmup, args.repeats)
     print_rows(rows, cpu=not cuda)
     if not cuda:
-        print_cpu_ratios(rows)
+        print_cpu_ratios(rows, sizes.batch)
     if cuda:
         for row in rows:
             if row.setting.name == "amp" and row.setting.batch == 32 and row.peak_allocated_gib is not None:
