@@ -387,6 +387,11 @@ def check_rows_cover_a_frame(config: Config, receptive_field: int, stride: int) 
                             f"receptive field ({receptive_field} samples); use at least {fewest} rows")
 
 
+def still_improving(best_epoch: int, epochs: int) -> bool:
+    """Whether the kept epoch is among the last tenth of the epochs (at least the last one)."""
+    return best_epoch > epochs - max(1, epochs // 10)
+
+
 # ---------------------------------------------------------------- stage
 
 
@@ -482,6 +487,8 @@ class ModelBuilder:
         """Epochs, the test split, the bundle: (the stage's counts, the test figures)."""
         epochs_at_start = progress.epoch
         samples, seconds = self._fit(run, progress, tracking)
+        if self.ranks.writer and not run.splits["validation"].held_out_fold:
+            self._say_if_still_improving(progress, run.objective.primary_metric)
         self._load_best(run.model)
         test = self._score_test(run, progress)
         if self.ranks.writer:
@@ -657,6 +664,15 @@ class ModelBuilder:
             log.info("early stop: validation %s has not improved for %d epochs (best %.4f at epoch %d)",
                      objective.primary_metric, patience, progress.best_score, progress.best_epoch)
             progress.finished = True
+
+    def _say_if_still_improving(self, progress: Progress, metric: str) -> None:
+        """Warn when the run ended on a rising validation figure: its answer is likely not its best."""
+        epochs = self.settings.epochs
+        if progress.finished or progress.epoch < epochs or not still_improving(progress.best_epoch, epochs):
+            return
+        log.warning("validation %s was still improving when training ended (best %.4f at epoch %d of %d): more "
+                    "epochs may score higher; train again with a larger train.epochs (e.g. --set train.epochs=%d) "
+                    "and compare on validation", metric, progress.best_score, progress.best_epoch, epochs, 2 * epochs)
 
     # ------------------------------------------------------------ checkpoints
 

@@ -20,7 +20,13 @@ from audiotokens.tokens.vocabulary import load_vocabulary
 from audiotokens.training.checkpoint import load_checkpoint
 from audiotokens.training.datasets import EpochShuffleSampler
 from audiotokens.training.optimisation import Trainer
-from audiotokens.training.train import ModelBuilder, make_split_loader, read_split_tokens, read_vocabulary
+from audiotokens.training.train import (
+    ModelBuilder,
+    make_split_loader,
+    read_split_tokens,
+    read_vocabulary,
+    still_improving,
+)
 
 SMALL = ["model.num_layers=2", "model.hidden_size=64", "model.num_heads=2", "model.intermediate_size=128",
          "train.learning_rate=2e-3", "train.num_workers=0", "train.batch_size=16", "train.device=cpu"]
@@ -334,6 +340,25 @@ def test_early_stopping_and_resuming_a_finished_run(tmp_path):
     assert again["epochs_run"] == 0 and again["epochs_completed"] == 3
 
 
+@pytest.mark.parametrize(("best_epoch", "epochs", "rising"), [(20, 20, True), (19, 20, True), (18, 20, False),
+                                                            (1, 1, True), (5, 5, True), (4, 5, False)])
+def test_still_improving_is_a_best_epoch_among_the_last_tenth(best_epoch, epochs, rising):
+    assert still_improving(best_epoch, epochs) is rising
+
+
+def test_a_run_that_ends_on_its_best_epoch_says_more_epochs_may_help(tmp_path, caplog):
+    make_workdir(tmp_path, n_train=32, n_validation=8)
+    with caplog.at_level(logging.WARNING, logger="audiotokens"):
+        ModelBuilder(load_config(overrides=[*SMALL, "train.epochs=1"], workdir=tmp_path)).run()
+    assert "was still improving when training ended (best" in caplog.text and "train.epochs=2" in caplog.text
+    caplog.clear()
+    # without learning the best epoch is the first of two: no warning
+    with caplog.at_level(logging.WARNING, logger="audiotokens"):
+        counts = ModelBuilder(load_config(overrides=[*SMALL, "train.epochs=2", "train.learning_rate=0"],
+                                          workdir=tmp_path)).run()
+    assert counts["best_epoch"] == 1 and "still improving" not in caplog.text
+
+
 @pytest.mark.parametrize("held_out", [{"strategy": "kfold"}, {"strategy": "column", "validation_fold": "2"}],
                          ids=["kfold", "column of folds"])
 def test_a_kfold_split_keeps_the_last_epoch_never_one_chosen_on_the_held_out_fold(tmp_path, caplog, held_out):
@@ -352,6 +377,7 @@ def test_a_kfold_split_keeps_the_last_epoch_never_one_chosen_on_the_held_out_fol
     assert [row["best"] for row in rows] == [True] * 5  # each epoch replaces the kept one
     assert "k-fold: validation is the held-out fold, so it chooses nothing" in caplog.text
     assert "train.patience is not used" in caplog.text
+    assert "still improving" not in caplog.text  # the last epoch is kept by rule, not because it scored best
 
 
 @pytest.mark.parametrize("override", ["model.dropout=1.0", "train.warmup_ratio=2", "train.num_workers=-1"])
