@@ -76,19 +76,14 @@ BENCH_ENCODERS = [name for name in ENCODERS if name != SPEECH_ENCODER]
 class Sizes:
     """What every measurement shares: the model shape, the clips and the device."""
 
-    shape: dict
-    tiny: bool
+    shape: dict  # the token encoder's
+    cnn: dict  # the CNN's layers and hidden width
     device: torch.device
     positions: int = 431  # frames per clip: a 10 s clip at 22050 Hz, hop 512 (433 with [CLS] and [SEP])
     classes: int = 527
     codebooks: tuple[int, ...] = (CLUSTERS,)  # ids per frame and each one's vocabulary
     pooling: str = "cls"
-    cnn_shape: dict | None = None  # None: CNN_SHAPES
     batch: int = 16  # of the seed and fp32 rows
-
-    @property
-    def cnn(self) -> dict:
-        return self.cnn_shape or CNN_SHAPES[self.tiny]
 
 
 def recipe_sizes(device: torch.device, positions: int, classes: int) -> Sizes:
@@ -101,9 +96,9 @@ def recipe_sizes(device: torch.device, positions: int, classes: int) -> Sizes:
     books, _ = kind_from_config(cluster).fit(frames, KMeansSettings(cluster.n_clusters, niter=1, seed=0))
     shape = {"layers": model.num_layers, "hidden": model.hidden_size, "heads": model.num_heads,
              "intermediate": model.intermediate_size}
-    return Sizes(shape=shape, tiny=False, device=device, positions=positions, classes=classes,
-                 codebooks=tuple(len(book) for book in books), pooling=model.pooling,
-                 cnn_shape={"layers": model.num_layers, "hidden": model.hidden_size}, batch=config.train.batch_size)
+    return Sizes(shape=shape, cnn={"layers": model.num_layers, "hidden": model.hidden_size}, device=device,
+                 positions=positions, classes=classes, codebooks=tuple(len(book) for book in books),
+                 pooling=model.pooling, batch=config.train.batch_size)
 
 
 @dataclass(frozen=True)
@@ -359,12 +354,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiny and args.recipe:
         parser.error("--tiny and --recipe are two different shapes; pick one")
     sizes = recipe_sizes(device, args.positions, args.classes) if args.recipe else \
-        Sizes(shape=TINY_SHAPE if args.tiny else SEED_SHAPE, tiny=args.tiny, device=device, positions=args.positions,
-              classes=args.classes)
+        Sizes(shape=TINY_SHAPE if args.tiny else SEED_SHAPE, cnn=CNN_SHAPES[args.tiny], device=device,
+              positions=args.positions, classes=args.classes)
     what = torch.cuda.get_device_name(device) if cuda else \
         f"CPU ({os.cpu_count()} cores, native bf16: {cpu_bf16() or 'none'}; load {os.getloadavg()[0]:.1f})"
     print(f"device: {what}; torch {torch.__version__}; shape {sizes.shape}, codebooks {list(sizes.codebooks)}, "
-          f"{sizes.pooling} pooling, CNN {sizes.cnn}; {sizes.positions + 2} positions, {sizes.classes} labels; {steps} timed steps x {args.repeats} repeats after {warmup} warm-up steps")
+          f"{sizes.pooling} pooling, CNN {sizes.cnn}; {sizes.positions + 2} positions, {sizes.classes} labels; "
+          f"{steps} timed steps x {args.repeats} repeats after {warmup} warm-up steps")
     if not cuda:
         print("NOTE: no CUDA device - CPU figures; the GPU part (peak GPU memory, the 8 GiB check, the targets) "
               "is skipped")
