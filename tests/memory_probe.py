@@ -2,7 +2,8 @@
 
 Usage: python tests/memory_probe.py '[{"batch": 8, "positions": 256, ...}, ...]' -> prints a JSON list, per
 spec the measured increase of the peak resident set over the state just before the model is built, and the
-model's parameter count. Each spec runs in its own forked child (a fresh peak: Linux starts a child's
+model's parameter count. A spec with "amp": true runs the step under CPU bf16 autocast, as training does
+where the CPU has bf16. Each spec runs in its own forked child (a fresh peak: Linux starts a child's
 ru_maxrss from its own pages), so the libraries are imported once. A warm-up step on a throw-away model
 first loads every kernel, so library start-up is not counted against the step.
 """
@@ -41,14 +42,20 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
 
 
+def autocast(spec: dict) -> torch.autocast:
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(spec.get("amp")))
+
+
 def measure(spec: dict) -> dict:
     torch.manual_seed(0)
     warm = {**spec, "positions": 8}
-    train_step(bert(warm).train(), torch.nn.Linear(spec["hidden"], spec["classes"]), 2, 8)
+    with autocast(spec):
+        train_step(bert(warm).train(), torch.nn.Linear(spec["hidden"], spec["classes"]), 2, 8)
     before = peak_rss_bytes()
     model = bert(spec).train()
     head = torch.nn.Linear(spec["hidden"], spec["classes"])
-    train_step(model, head, spec["batch"], spec["positions"])
+    with autocast(spec):
+        train_step(model, head, spec["batch"], spec["positions"])
     n_parameters = sum(p.numel() for p in [*model.parameters(), *head.parameters()])
     return {"peak_increase": peak_rss_bytes() - before, "n_parameters": n_parameters}
 

@@ -14,12 +14,17 @@ B clips, L positions, H hidden, I intermediate, A heads, N layers:
                     (per layer, tensors kept for backward: the Q/K/V input, Q, K, V, the context, the FFN
                     input, both LayerNorm inputs (8 of B·L·H), the FFN's pre- and post-GELU (2 of B·L·I),
                     and two dropout masks)
-  attention         quadratic: N · B·A·L²·(2e + m)  (softmax output, dropout output, dropout mask)
+  attention         quadratic: N · B·A·L²·(2s + ms)  (softmax output, dropout output, dropout mask)
                     linear:    N · B·A·L·4         (the log-sum-exp a fused kernel keeps)
-  attention_mask    sdpa: N · B·L²·e (torch turns the boolean padding mask into a bias per call and keeps it
-                    for backward) + B·L² (the boolean mask); eager: B·L²·e once (one additive mask)
-  transient         the largest buffer alive beside all of the above: 2·B·A·L²·e (pre-softmax scores and
+  attention_mask    sdpa: N · B·L²·s (torch turns the boolean padding mask into a bias per call and keeps it
+                    for backward) + B·L² (the boolean mask); eager: B·L²·s once (one additive mask)
+  transient         the largest buffer alive beside all of the above: 2·B·A·L²·s (pre-softmax scores and
                     their gradient, last layer) when attention is quadratic, else 2·B·L·I·e
+
+where s is the element size of the (positions x positions) scores: e on CUDA, but 4 on CPU whatever
+autocast does (the CPU's math attention path computes reduced-precision inputs in fp32, and eager
+attention's softmax keeps fp32 there: a bf16 step with attention dropout peaks as high as an fp32 one),
+and ms the dropout mask's element size beside them (1 on CUDA, s on CPU).
   logits            2 · B·n_classes·4
 
 Attention is quadratic for `eager`, and for `sdpa` on CPU when attention dropout is active (torch's fused
@@ -61,23 +66,25 @@ def estimate_peak_bytes(
         raise ValueError(f"unknown optimizer {optimizer!r}; known: {sorted(OPTIMIZER_STATES)}")
     e, b, n, a = amp_dtype_bytes, batch_clips, positions, heads
     m = 1 if device_type == "cuda" else e
+    s = e if device_type == "cuda" else 4  # the scores' element size (module docstring)
+    ms = 1 if device_type == "cuda" else s
     quadratic = attention_is_quadratic(attention=attention, device_type=device_type,
                                        attention_dropout=attention_dropout)
     per_layer = b * n * (8 * hidden + 2 * intermediate) * e + 2 * b * n * hidden * m
     embeddings = 3 * b * n * hidden * e + b * n * hidden * m + b * n * input_features * 4
     if attention == "sdpa":
-        mask = layers * b * n * n * e + b * n * n
+        mask = layers * b * n * n * s + b * n * n
     else:
-        mask = b * n * n * e
+        mask = b * n * n * s
     terms = {
         "parameters": 4 * n_parameters,
         "amp_weights": 2 * n_parameters if e == 2 else 0,
         "gradients": 4 * trainable_parameters,
         "optimizer_state": 4 * trainable_parameters * OPTIMIZER_STATES[optimizer],
         "activations": layers * per_layer + embeddings,
-        "attention": layers * b * a * n * (n * (2 * e + m) if quadratic else 4),
+        "attention": layers * b * a * n * (n * (2 * s + ms) if quadratic else 4),
         "attention_mask": mask,
-        "transient": 2 * b * a * n * n * e if quadratic else 2 * b * n * intermediate * e,
+        "transient": 2 * b * a * n * n * s if quadratic else 2 * b * n * intermediate * e,
         "logits": 2 * b * n_classes * 4,
     }
     return {**terms, "total": sum(terms.values())}
