@@ -339,7 +339,10 @@ def report_command(config, out_path, compare):
               help="Start no trial after this many seconds.")
 @click.option("--prune-after", "prune_after", default=None, type=int, metavar="EPOCHS",
               help="First epoch at which a trial may be pruned (default: a quarter of train.epochs, at least 2).")
-def tune_command(config, space_path, trials, storage, study_name, timeout, prune_after):
+@click.option("--base-trial/--no-base-trial", "base_trial", default=True, show_default=True,
+              help="A new study's first trial is the base configuration (--config, --set), when the space "
+                   "can draw its values.")
+def tune_command(config, space_path, trials, storage, study_name, timeout, prune_after, base_trial):
     """Search the settings of --space with Optuna; each trial a workdir under <workdir>/tune/, picked on
     validation (test is scored once, for the best trial); writes tune/best.toml, the trials table and plots."""
     from .tuning import require_optuna  # on use: start-up time
@@ -347,7 +350,7 @@ def tune_command(config, space_path, trials, storage, study_name, timeout, prune
     require_optuna()
     from .tuning.tune import tune
 
-    tune(config, space_path, trials, storage, study_name, timeout, prune_after=prune_after)
+    tune(config, space_path, trials, storage, study_name, timeout, prune_after=prune_after, base_trial=base_trial)
 
 
 @main.command("config")

@@ -396,6 +396,15 @@ def answer_section(layout: Layout, compare: Sequence[Path] = ()) -> str | None:
 # ---------------------------------------------------------------- the page
 
 ANSWER = ("answer", "Answer")
+def base_trial_paragraph(base: dict | None, metric: str) -> str:
+    """The study's trial of the base configuration (the search's starting point), when it had one."""
+    if not base:
+        return ""
+    outcome = (f"validation {metric} {base['validation']:.4f}" if base.get("validation") is not None
+               else f"{base['state']} after epoch {base.get('epochs')}")
+    return f"<p>the base configuration (trial {base['trial']}): {html.escape(outcome)}</p>"
+
+
 def tune_section(layout: Layout) -> str | None:
     """`audiotokens tune`'s outcome, per study the workdir holds: the best trial, its validation and test
     figures, Optuna's plots and the table of trials."""
@@ -409,6 +418,7 @@ def tune_section(layout: Layout) -> str | None:
                      f"{sum(summary['trials'].values())}; its configuration: <code>{html.escape(best['config'])}</code></p>")
         parts.append(table(["split", metric], [[split, figures[split].get(metric)] for split in ("validation", "test")
                                                if split in figures]))
+        parts.append(base_trial_paragraph(summary.get("base"), metric))
         parts += [image(path, path.stem) for path in (study.history_plot, study.importance_plot) if path.is_file()]
         parts.append(csv_table(study.trials("csv")) if study.trials("csv").is_file() else "")
     return "".join(parts) or None

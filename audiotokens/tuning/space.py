@@ -44,6 +44,9 @@ class Choice:
     def describe(self) -> str:
         return f"{self.key} in {list(self.values)}"
 
+    def holds(self, value: Any) -> bool:
+        return any(isinstance(value, bool) == isinstance(choice, bool) and value == choice for choice in self.values)
+
 
 @dataclass(frozen=True)
 class Range:
@@ -63,6 +66,15 @@ class Range:
         scale = ", log" if self.log else f", step {self.step}" if self.step else ""
         return f"{self.key} in [{self.low}, {self.high}{scale}]"
 
+    def holds(self, value: Any) -> bool:
+        """Whether the range can draw `value` (within its ends and, with a step, on its grid)."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not self.low <= value <= self.high:
+            return False
+        if self.step is None:
+            return True
+        steps = (value - self.low) / self.step
+        return math.isclose(steps, round(steps), abs_tol=1e-9)
+
 
 @dataclass(frozen=True)
 class SearchSpace:
@@ -76,6 +88,17 @@ class SearchSpace:
     @property
     def keys(self) -> list[str]:
         return [param.key for param in self.params]
+
+    def point_of(self, config: Config) -> tuple[dict[str, Any], list[str]]:
+        """The configuration's own values of the space's keys, and those of them the space cannot draw (each
+        as `key = value`): a configuration is a point of the space when the second list is empty."""
+        values, outside = {}, []
+        for param in self.params:
+            section, _, name = param.key.partition(".")
+            values[param.key] = value = getattr(getattr(config, section), name)
+            if not param.holds(value):
+                outside.append(f"{param.key} = {value!r}")
+        return values, outside
 
     def digest(self) -> str:
         """Identifies the space a study was started with (a resumed study must keep it)."""

@@ -3,7 +3,9 @@
 How a study runs:
   - The base workdir's split and spectrogram are brought up to date once (another tune process preparing
     the same workdir is waited for).
-  - A trial: the sampler draws its values; tune/<study>/trial-N/config.toml is the base configuration with
+  - A new study's first trial is the base configuration itself when its values are a point of the space
+    (unless --no-base-trial), so the search is measured against where it started, in the same table.
+  - A trial: the sampler draws its values (the base trial's are fixed); tune/<study>/trial-N/config.toml is the base configuration with
     them (the file `status --config` in that workdir judges against); every stage before train whose
     output another workdir already holds with the same fingerprint (the base workdir, earlier trials of any
     study: the same frames, or the same tokens when [cluster] and [spectrogram] agree) is taken over as
@@ -66,6 +68,7 @@ log = logging.getLogger("audiotokens")
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # a folder name: tune/<study>/
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 BEFORE_TRAIN = NAMES[:NAMES.index("train")]  # the stages a trial may take over from another workdir
+BASE_ATTR = "base"  # the user attribute marking the trial of the base configuration
 HEARTBEAT_S, GRACE_S = 60, 300  # a trial whose process died is marked failed once its heartbeat is this old
 
 
@@ -87,10 +90,12 @@ def default_pruner(prune_after: int) -> optuna.pruners.BasePruner:
 def tune(config: Config, space_path: str | Path, trials: int, storage: str | None = None,
          study_name: str = DEFAULT_STUDY, timeout: float | None = None,
          pruner: optuna.pruners.BasePruner | None = None,
-         sampler: optuna.samplers.BaseSampler | None = None, prune_after: int | None = None) -> dict[str, Any]:
+         sampler: optuna.samplers.BaseSampler | None = None, prune_after: int | None = None,
+         base_trial: bool = True) -> dict[str, Any]:
     """Run (or go on with) a study until it has `trials` finished trials or `timeout` seconds pass; returns
     what summary.json holds. Without a `pruner`, the default one judges from epoch `prune_after` on
-    (default_prune_after of train.epochs when None)."""
+    (default_prune_after of train.epochs when None). With `base_trial`, a new study's first trial is the
+    base configuration (when the space can draw its values)."""
     if trials < 1:
         raise UserError(f"--trials must be at least 1, got {trials}")
     if not STUDY_NAME.fullmatch(study_name):
@@ -99,13 +104,14 @@ def tune(config: Config, space_path: str | Path, trials: int, storage: str | Non
     space = load_space(space_path, config)
     if pruner is None:
         pruner = default_pruner(default_prune_after(config.train.epochs) if prune_after is None else prune_after)
-    return Tuner(config, space, storage, study_name, pruner, sampler).run(trials, timeout)
+    return Tuner(config, space, storage, study_name, pruner, sampler, base_trial).run(trials, timeout)
 
 
 class Tuner:
     def __init__(self, config: Config, space: SearchSpace, storage: str | None, study_name: str,
-                 pruner: optuna.pruners.BasePruner | None, sampler: optuna.samplers.BaseSampler | None):
-        self.base, self.space, self.study_name = config, space, study_name
+                 pruner: optuna.pruners.BasePruner | None, sampler: optuna.samplers.BaseSampler | None,
+                 base_trial: bool = True):
+        self.base, self.space, self.study_name, self.base_trial = config, space, study_name, base_trial
         self.layout = Layout(config.workdir)
         self.files = self.layout.study(study_name)
         self.storage_url = storage or f"sqlite:///{self.layout.tune_database.resolve()}"
@@ -117,6 +123,7 @@ class Tuner:
         # processes starting together would race to create the database's tables
         with workdir_lock(self.layout.workdir, "tune: opening the study", wait=True):
             study = self.open_study()
+            self.queue_base_trial(study)
         self.prepare_base()
         done = len(study.get_trials(deepcopy=False, states=FINISHED))
         self.goal = trials
@@ -168,6 +175,20 @@ class Tuner:
                                 "one it was started with, or start a new study with --study NAME")
         if "keys" not in study.user_attrs:
             study.set_user_attr("keys", self.space.keys)
+
+    def queue_base_trial(self, study: optuna.Study) -> None:
+        """A new study's first trial (unless base_trial is off): the base configuration's own values, when the
+        space can draw them. Once per study: another process (or machine) opening it later finds trials
+        there, and Optuna skips a second identical queued trial all the same."""
+        if not self.base_trial or study.get_trials(deepcopy=False):
+            return
+        values, outside = self.space.point_of(self.base)
+        if outside:
+            log.info("tune: the base configuration is not a point of the search space (%s): no trial of it "
+                     "is queued; compare the best trial with a run of it", "; ".join(outside))
+            return
+        study.enqueue_trial(values, user_attrs={BASE_ATTR: True}, skip_if_exists=True)
+        log.info("tune: the base configuration is queued as trial 0 (%s)", _values_text(values))
 
     def prepare_base(self) -> None:
         """Split and spectrogram in the base workdir, once for every trial."""
@@ -292,8 +313,11 @@ class Tuner:
                      "epochs": best.user_attrs.get("epochs"), "workdir": best.user_attrs.get("workdir"),
                      "config": str(self.files.best)},
             "evaluation": self.evaluate_best(best, metric),
+            "base": base_outcome(study),
         }
         write_json(self.files.summary, summary)
+        if summary["base"] is not None:
+            print(base_line(summary["base"], best, metric), file=sys.stderr, flush=True)
         return summary
 
     def evaluate_best(self, best: FrozenTrial, metric: str) -> dict[str, Any]:
@@ -444,6 +468,27 @@ def base_digest(config: Config) -> str:
     return hashlib.sha256(json.dumps(table, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def base_outcome(study: optuna.Study) -> dict[str, Any] | None:
+    """The base configuration's trial: number, state, validation figure (None unless complete), epochs."""
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(BASE_ATTR)), None)
+    if trial is None:
+        return None
+    return {"trial": trial.number, "state": trial.state.name.lower(),
+            "validation": trial.value if trial.state == TrialState.COMPLETE else None,
+            "epochs": trial.user_attrs.get("epochs")}
+
+
+def base_line(base: dict[str, Any], best: FrozenTrial, metric: str) -> str:
+    """Where the search ended against where it started, on validation."""
+    head = f"tune: the base configuration (trial {base['trial']})"
+    if base["trial"] == best.number:
+        return f"{head} is the best trial: no trial beat it on validation {metric}"
+    if base["validation"] is None:
+        return f"{head} was {base['state']} after epoch {base['epochs']}; the best trial is {best.number}"
+    return (f"{head}: validation {metric} {base['validation']:.4f}; the best trial {best.number} is "
+            f"{best.value - base['validation']:+.4f} from it")
+
+
 def _values_text(params: dict[str, Any]) -> str:
     return " ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
                     for key, value in params.items())
@@ -457,7 +502,7 @@ def progress_line(study: optuna.Study, trial: FrozenTrial, goal: int) -> str:
     finished = len(study.get_trials(deepcopy=False, states=FINISHED))
     metric = trial.user_attrs.get("metric", "validation")
     epochs = trial.user_attrs.get("epochs")
-    parts = [f"trial {trial.number}"]
+    parts = [f"trial {trial.number}" + (" (the base configuration)" if trial.user_attrs.get(BASE_ATTR) else "")]
     if trial.state == TrialState.COMPLETE:
         best = study.best_trial
         folds = trial.user_attrs.get("folds")
@@ -486,7 +531,9 @@ def trial_rows(study: optuna.Study, keys: list[str]) -> list[dict[str, Any]]:
     kfold = any("folds" in t.user_attrs for t in trials)
     rows = []
     for trial in trials:
-        note = "best" if trial.number == best else trial.user_attrs.get("error", "")
+        notes = ["best" if trial.number == best else trial.user_attrs.get("error", ""),
+                 "base configuration" if trial.user_attrs.get(BASE_ATTR) else ""]
+        note = "; ".join(text for text in notes if text)
         seconds = _seconds(trial)
         folds = {"folds": " ".join(f"{v:.4f}" for v in trial.user_attrs.get("folds", []))} if kfold else {}
         rows.append({"trial": trial.number, "state": trial.state.name.lower(),

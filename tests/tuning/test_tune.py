@@ -128,16 +128,73 @@ def test_trials_run_and_write_the_table_plots_and_best_config(study):
     assert [float(row["validation mAP"]) for row in rows] == pytest.approx([t.value for t in trials])
     assert [int(row["cluster.n_clusters"]) for row in rows] == [t.params["cluster.n_clusters"] for t in trials]
     assert {row["epochs"] for row in rows} == {"2"} and all(float(row["seconds"]) > 0 for row in rows)
-    assert [row["note"] for row in rows].count("best") == 1
+    assert sum("best" in row["note"] for row in rows) == 1
     assert layout.trials("md").read_text().count("\n") == 2 + 3
     for plot in (layout.history_plot, layout.importance_plot):
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     progress = [line for line in stderr.splitlines() if line.startswith("tune: trial ")]
     assert len(progress) == 3 and all("mAP" in line and "cluster.n_clusters=" in line for line in progress)
+    assert progress[0].startswith("tune: trial 0 (the base configuration)")
     best_toml = load_config(layout.best)
     assert best_toml.cluster.n_clusters == best.params["cluster.n_clusters"]
     assert best_toml.train.learning_rate == best.params["train.learning_rate"]
+
+
+def test_the_first_trial_is_the_base_configuration_and_the_search_is_measured_against_it(study, project):
+    workdir, summary, _, stderr = study
+    trials = storage(workdir).get_trials()
+    base = load_config(project / "run.toml")
+    assert trials[0].params == {"cluster.n_clusters": base.cluster.n_clusters,
+                                "train.learning_rate": base.train.learning_rate}
+    assert [bool(t.user_attrs.get("base")) for t in trials] == [True, False, False]
+    assert summary["base"] == {"trial": 0, "state": "complete", "validation": trials[0].value, "epochs": 2}
+    with open(files(workdir).trials("csv"), newline="") as handle:
+        notes = [row["note"] for row in csv.DictReader(handle)]
+    assert "base configuration" in notes[0] and not any("base" in note for note in notes[1:])
+    best = max(trials, key=lambda t: t.value)
+    head = "tune: the base configuration (trial 0)"
+    expected = (f"{head} is the best trial" if best.number == 0
+                else f"{head}: validation mAP {trials[0].value:.4f}; the best trial {best.number} is "
+                     f"{best.value - trials[0].value:+.4f} from it")
+    assert expected in stderr
+
+
+def queued(project: Path, tmp_path: Path, space: str, **options) -> list[optuna.trial.FrozenTrial]:
+    """The trials a new study holds once opened by tune (none run): the base trial, if one was queued."""
+    (tmp_path / "space.toml").write_text(space)
+    config = base_config(project, tmp_path / "work")
+    tuner = tuning.Tuner(config, load_space(tmp_path / "space.toml", config), None, "default", None, None,
+                         **options)
+    study = optuna.create_study(direction="maximize")
+    tuner.queue_base_trial(study)
+    tuner.queue_base_trial(study)  # a second process opening the same new study
+    return study.get_trials()
+
+
+def test_the_base_trial_is_queued_once_with_the_base_values(project, tmp_path):
+    space = '[space]\n"cluster.n_clusters" = {low = 2, high = 10, step = 2}\n"model.pooling" = ["mean", "cls"]\n'
+    trials = queued(project, tmp_path, space)
+    assert len(trials) == 1 and trials[0].state == optuna.trial.TrialState.WAITING
+    base = load_config(project / "run.toml")
+    assert trials[0].system_attrs["fixed_params"] == {"cluster.n_clusters": base.cluster.n_clusters,
+                                                      "model.pooling": base.model.pooling}
+    assert trials[0].user_attrs == {"base": True}
+
+
+@pytest.mark.parametrize("space", [
+    '[space]\n"cluster.n_clusters" = [4, 16]\n',                       # not among the choices
+    '[space]\n"cluster.n_clusters" = {low = 3, high = 9, step = 2}\n',  # within the ends, off the grid
+    '[space]\n"train.learning_rate" = {low = 1e-4, high = 5e-4}\n',     # beyond the high end
+])
+def test_no_base_trial_when_the_space_cannot_draw_the_base_values(project, tmp_path, caplog, space):
+    with caplog.at_level("INFO", logger="audiotokens"):
+        assert queued(project, tmp_path, space) == []
+    assert "the base configuration is not a point of the search space" in caplog.text
+
+
+def test_no_base_trial_when_asked_not_to(project, tmp_path):
+    assert queued(project, tmp_path, SPACE, base_trial=False) == []
 
 
 def test_the_html_report_shows_the_study(study, tmp_path):
@@ -150,6 +207,7 @@ def test_the_html_report_shows_the_study(study, tmp_path):
         assert f"<td>{split}</td><td>{summary['evaluation'][split]['mAP']:.4g}</td>" in section
     assert section.count("<tr>") == 1 + 2 + 1 + 3  # the figures' header and rows, the trials' header and rows
     assert f"best trial {summary['best']['trial']} of 3" in section
+    assert f"the base configuration (trial 0): validation mAP {summary['base']['validation']:.4f}" in section
 
 
 def test_trials_take_over_frames_and_same_vocabulary_tokens(study):
@@ -314,6 +372,7 @@ def test_two_processes_finish_the_requested_trials_between_them(project, tmp_pat
     assert 4 <= len(finished) <= 5 and all(t.state.name == "COMPLETE" for t in finished)
     progress = [out.count("tune: trial ") for _, out in outputs]
     assert sum(progress) == len(finished) and all(progress)  # both processes ran trials
+    assert sum(bool(t.user_attrs.get("base")) for t in trials) == 1
     assert len({t.number for t in trials}) == len(trials)
 
 
@@ -379,7 +438,9 @@ def test_the_default_pruner_judges_no_trial_before_a_quarter_of_the_epochs():
         default_pruner(0)
 
 
-def test_the_shipped_search_space_is_valid_against_the_defaults():
-    space = load_space(Path(__file__).resolve().parents[2] / "configs" / "space.toml", load_config(None))
+def test_the_shipped_search_space_is_valid_against_the_defaults_and_holds_them():
+    defaults = load_config(None)
+    space = load_space(Path(__file__).resolve().parents[2] / "configs" / "space.toml", defaults)
     assert space.keys == ["cluster.n_clusters", "cluster.bands", "model.num_layers", "model.hidden_size",
                           "model.pooling", "model.dropout", "train.learning_rate"]
+    assert space.point_of(defaults)[1] == []  # a study of it starts from the recommended recipe
