@@ -9,7 +9,8 @@ split that processed/split.json no longer has (test, after split.test_ratio = 0)
 The table's setting columns are the parameters whose values are not the same in every run that recorded
 their section: a parameter a run lacks counts as a different value, unless the run has no parameter of
 that section at all (a run that never trained, e.g. the baselines' base of a sweep, leaves the train
-settings out of the comparison instead of making every one of them differ). Metric columns are each metrics file's headline
+settings out of the comparison instead of making every one of them differ). A [cluster] key the run's
+tokenizer kind does not read (cluster.stack of a sub-band run) is not among its settings. Metric columns are each metrics file's headline
 figures (each objective's headline), named "<source> <metric>", e.g. "eval/validation mAP",
 "svm/test accuracy", "train log validation mAP" (the kept epoch). A k-fold directory is one run whose
 metrics are the means over its folds, with "<metric> std" beside them. "<split> left out" states the
@@ -61,9 +62,11 @@ from ..pipeline.layout import (
 from ..pipeline.provenance import read_record
 from ..pipeline.stages import NAMES
 from ..pipeline.stores import SplitPlan
+from ..tokens.quantizer_kinds import KINDS, setting_keys
 from . import reports
 
 TRAIN_TIME = "train time (s)"
+KMEANS_KEYS = ("n_clusters", "niter", "seed", "gpu")  # [cluster] keys that apply only where k-means fits codebooks
 TOTAL_TIME = "total time (s)"
 
 
@@ -100,8 +103,23 @@ def run_settings(workdir: Path) -> dict[str, Any]:
             values[key] = value
     if not settings and (workdir / KFOLD_SUMMARY).is_file():
         return dict(read_json(workdir / KFOLD_SUMMARY).get("settings", {}))
+    unread = unread_cluster_keys(values.get("cluster.quantizer"))
     # two records of one run disagreeing on a key (a stage re-run with other settings): show both
-    return {key: values[key] if len(seen) == 1 else " / ".join(sorted(seen)) for key, seen in settings.items()}
+    return {key: values[key] if len(seen) == 1 else " / ".join(sorted(seen)) for key, seen in settings.items()
+            if key not in unread}
+
+
+def unread_cluster_keys(quantizer: Any) -> set[str]:
+    """[cluster] keys the run's quantizer kind does not read (another kind's, and the k-means settings for a
+    kind made without k-means): the section holds every kind's keys, but a run's value of `cluster.stack`
+    says nothing when it clustered sub-bands, so it must not make two runs look different."""
+    kind = KINDS.get(quantizer) if isinstance(quantizer, str) else None
+    if kind is None:
+        return set()
+    unread = set(setting_keys()) - set(kind.settings())
+    if not kind.uses_kmeans:
+        unread |= set(KMEANS_KEYS)
+    return {f"cluster.{key}" for key in unread}
 
 
 TOKEN_FIGURES = ("bits_per_frame", "validation_reconstruction_mse")

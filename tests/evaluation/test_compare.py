@@ -284,3 +284,22 @@ def test_compare_shows_each_runs_family_and_bits_per_second(tmp_path):
     assert float(table[2]["bits per second"]) == pytest.approx(450.0)
     markdown = paths["markdown"].read_text()
     assert "| family | baseline | mel-frame quantizer | speech-model units | codec | frames control |" in markdown
+
+
+def test_cluster_keys_the_runs_quantizer_does_not_read_do_not_make_runs_differ(tmp_path):
+    every_kind = {"cluster.stack": 4, "cluster.bands": 8, "cluster.levels": 16}
+    frame = _fake_run(tmp_path / "frame", {**every_kind, "cluster.quantizer": "frame"})
+    frame_other = _fake_run(tmp_path / "frame_other",
+                            {**every_kind, "cluster.quantizer": "frame", "cluster.bands": 16, "cluster.stack": 2})
+    assert compare_workdirs([frame, frame_other]).settings == []  # neither reads bands nor stack
+
+    subband = _fake_run(tmp_path / "subband", {**every_kind, "cluster.quantizer": "subband"})
+    scalar = _fake_run(tmp_path / "scalar", {**every_kind, "cluster.quantizer": "scalar", "cluster.n_clusters": 7})
+    comparison = compare_workdirs([frame, subband, scalar])
+    assert set(comparison.settings) == {"cluster.quantizer", "cluster.n_clusters", "cluster.niter", "cluster.bands",
+                                        "cluster.levels"}
+    rows = {row["run"]: row for row in comparison.rows}
+    assert [rows[run]["cluster.bands"] for run in ("frame", "subband", "scalar")] == [None, 8, None]
+    assert [rows[run]["cluster.levels"] for run in ("frame", "subband", "scalar")] == [None, None, 16]
+    # scalar levels are made without k-means: its n_clusters is not a setting of that run
+    assert [rows[run]["cluster.n_clusters"] for run in ("frame", "subband", "scalar")] == [50, 50, None]
