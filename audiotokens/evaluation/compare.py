@@ -359,13 +359,27 @@ def write_comparison(comparison: Comparison, out_dir: str | Path) -> dict[str, P
 BITS = "bits per frame"
 
 
+def bit_axis(comparison: Comparison) -> tuple[str, str]:
+    """The column the bit-budget plot puts on x, and its label: bits per second when every run with tokens
+    has it (families at other frame rates then compare), else bits per frame."""
+    token_rows = [row for row in comparison.rows if _number(row.get(BITS))]
+    if token_rows and all(_number(row.get(BITS_PER_SECOND)) for row in token_rows):
+        return BITS_PER_SECOND, "bits per second of audio (log scale)"
+    return BITS, "bits per frame (log scale)"
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def plot_against_bits(comparison: Comparison, path: str | Path) -> None:
-    """Each token run's primary metrics against its bits per frame: what each bit budget keeps."""
+    """Each token run's primary metrics against its bit budget (bit_axis): what each budget keeps."""
     plt = reports.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    axis, axis_label = bit_axis(comparison)
     for column in primary_columns(comparison):
-        points = [(row[BITS], row[column], row["run"]) for row in comparison.rows
-                  if isinstance(row.get(BITS), (int, float)) and isinstance(row.get(column), (int, float))]
+        points = [(row[axis], row[column], row["run"]) for row in comparison.rows
+                  if _number(row.get(axis)) and _number(row.get(column))]
         if not points:
             continue
         bits, values, _ = zip(*sorted(points))
@@ -373,7 +387,7 @@ def plot_against_bits(comparison: Comparison, path: str | Path) -> None:
         for x, y, name in points:
             ax.annotate(name, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("bits per frame (log scale)")
+    ax.set_xlabel(axis_label)
     ax.set_ylabel("score")
     ax.set_title("metric against the tokens' bit budget", fontsize=10)
     ax.legend(fontsize=7)

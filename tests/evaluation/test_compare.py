@@ -11,6 +11,7 @@ import pytest
 from audiotokens.errors import UserError
 from audiotokens.evaluation.compare import (
     TRAIN_TIME,
+    bit_axis,
     compare_workdirs,
     differing_settings,
     format_kfold,
@@ -284,6 +285,10 @@ def test_compare_shows_each_runs_family_and_bits_per_second(tmp_path):
     assert float(table[2]["bits per second"]) == pytest.approx(450.0)
     markdown = paths["markdown"].read_text()
     assert "| family | baseline | mel-frame quantizer | speech-model units | codec | frames control |" in markdown
+    # the bit-budget plot puts the families on one axis: a second of audio, not a frame of each one's rate
+    assert bit_axis(comparison)[0] == "bits per second" and paths["bits"].read_bytes()[:4] == b"\x89PNG"
+    Layout(units).frame_spec.unlink()  # a run whose frame rate is unknown: all fall back to bits per frame
+    assert bit_axis(compare_workdirs([mel_run, units]))[0] == "bits per frame"
 
 
 def test_cluster_keys_the_runs_quantizer_does_not_read_do_not_make_runs_differ(tmp_path):
