@@ -23,6 +23,8 @@
 # run and the baselines are also scored on ROBUSTNESS_SPLIT (default test) clean and under each corruption
 # (`audiotokens evaluate --corrupt`), and compare adds compare_robustness.md/.csv (model x corruption: the
 # metric, token change and frame change) and compare_snr.png (the metric against SNR per model).
+# A run that fails (a bad key, a tokenizer that cannot fit these frames) is reported and the sweep goes on;
+# the table holds the runs that finished, and the sweep then exits 1 naming the failed ones.
 # Extra `audiotokens` options go in the AUDIOTOKENS_ARGS variable.
 set -euo pipefail
 config=${1:?usage: sweep_tokenizers.sh CONFIG SWEEP_DIR [SPEC ...]}
@@ -123,12 +125,17 @@ own_frames() {  # WORKDIR: a processed/ of its own that holds base's split (the 
 }
 
 runs=("$base")
+failed=()  # runs (or specs) that stopped with an error: reported at the end, the others go on
 for spec in "${specs[@]}"; do
   variants=("")
   if [ "${spec%%:*}" != frames ] && [ ${#embeddings[@]} -gt 0 ]; then
     variants=("${embeddings[@]}")
   fi
-  settings=$(settings_of "$spec")
+  if ! settings=$(settings_of "$spec"); then
+    echo "sweep: spec $spec cannot be run (above); going on with the other specs" >&2
+    failed+=("$spec")
+    continue
+  fi
   read -r -a options <<< "$(echo "$settings" | tr '\n' ' ')"
   frames_home=$base  # whose processed/ the spec's runs read: base's, or the first variant's own frames
   [[ " ${options[*]} " != *" spectrogram."* ]] || frames_home=""
@@ -141,17 +148,33 @@ for spec in "${specs[@]}"; do
     run_options=("${options[@]}")
     [ -z "$embedding" ] || run_options+=(--set "model.token_embedding=$embedding")
     echo "== $name: ${run_options[*]}"
-    if [ -z "$frames_home" ]; then
-      own_frames "$dir"
-      frames_home=$dir
-      audiotokens run --config "$config" --workdir "$dir" --from spectrogram --to spectrogram "${run_options[@]}" \
+    set +e  # one run's error stops that run, not the sweep: its subshell stops at the first failing command
+    (
+      set -e
+      if [ -z "$frames_home" ]; then
+        own_frames "$dir"
+        audiotokens run --config "$config" --workdir "$dir" --from spectrogram --to spectrogram \
+          "${run_options[@]}" "${extra[@]}"
+      elif [ ! -e "$dir/processed" ]; then
+        ln -s "$(cd "$frames_home" && pwd)/processed" "$dir/processed"
+      fi
+      audiotokens run --config "$config" --workdir "$dir" --from "$from" --to evaluate "${run_options[@]}" \
         "${extra[@]}"
-    elif [ ! -e "$dir/processed" ]; then
-      ln -s "$(cd "$frames_home" && pwd)/processed" "$dir/processed"
+      robust "$dir" "${run_options[@]}"
+    )
+    status=$?
+    set -e
+    if [ $status -ne 0 ]; then
+      echo "sweep: $name failed (exit $status; its logs: $dir/logs); going on with the other specs" >&2
+      failed+=("$name")
+      continue
     fi
-    audiotokens run --config "$config" --workdir "$dir" --from "$from" --to evaluate "${run_options[@]}" "${extra[@]}"
-    robust "$dir" "${run_options[@]}"
+    [ -n "$frames_home" ] || frames_home=$dir  # the spec's other variants read the frames this run made
     runs+=("$dir")
   done
 done
 audiotokens compare "${runs[@]}" --out "$sweep/compare"
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "sweep: ${#failed[@]} run(s) failed and are not in $sweep/compare: ${failed[*]}" >&2
+  exit 1
+fi

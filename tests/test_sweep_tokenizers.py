@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ROOT / "scripts" / "sweep_tokenizers.sh"
 
 
-def sweep(tmp_path: Path, stub: str, *specs: str, **env: str) -> subprocess.CompletedProcess:
-    """The sweep over `specs` with `stub` as the `audiotokens` command; asserts it exited cleanly."""
+def sweep(tmp_path: Path, stub: str, *specs: str, exit_code: int = 0, **env: str) -> subprocess.CompletedProcess:
+    """The sweep over `specs` with `stub` as the `audiotokens` command; asserts it exited with `exit_code`."""
     command = tmp_path / "bin" / "audiotokens"
     command.parent.mkdir(exist_ok=True)
     command.write_text(stub)
@@ -29,7 +29,7 @@ def sweep(tmp_path: Path, stub: str, *specs: str, **env: str) -> subprocess.Comp
                    "OMP_NUM_THREADS": "1", **env}
     done = subprocess.run(["bash", str(SWEEP), str(tmp_path / "config.toml"), str(tmp_path / "sweep"), *specs],
                           env=environment, cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.returncode == exit_code, done.stdout[-3000:] + done.stderr[-3000:]
     return done
 
 
@@ -98,6 +98,24 @@ def test_specs_that_set_spectrogram_keys_make_their_own_frames_over_bases_split(
     sweep(tmp_path, LOGGING_STUB, "units:ssl_layer=3,n_clusters=4", LOG=str(log), SSL_MODEL="/models/wav2vec2",
           TOKEN_EMBEDDINGS="learned")
     assert json.loads((sweep_dir / units / "processed" / "split.json").read_text()) == {"splits": {"train": ["b"]}}
+
+
+def test_a_failing_run_is_reported_and_the_sweep_goes_on_with_the_others(tmp_path):
+    log = tmp_path / "calls.txt"
+    failing = LOGGING_STUB + """if [[ " $* " == *"cluster.n_clusters=3 "* ]]; then echo "n_clusters = 3 refused" >&2; exit 2; fi
+"""
+    done = sweep(tmp_path, failing, "frame:n_clusters=3", "subband:bands=2", "frame:n_clusters=5",
+                 "subband:n_clusters=3,bands=4", exit_code=1, LOG=str(log))
+    calls = log.read_text().splitlines()
+    evaluated = [line.split("--workdir ")[1].split()[0].rsplit("/", 1)[1] for line in calls
+                 if line.startswith("run") and "--to evaluate" in line]
+    assert evaluated == ["frame_n_clusters=3", "subband_bands=2", "frame_n_clusters=5", "subband_n_clusters=3_bands=4"]
+    compared = calls[-1].split()
+    assert compared[0] == "compare"
+    assert [Path(arg).name for arg in compared[1:-2]] == ["base", "subband_bands=2", "frame_n_clusters=5"]
+    assert "sweep: frame_n_clusters=3 failed (exit 2" in done.stderr
+    assert "2 run(s) failed and are not in" in done.stderr
+    assert "frame_n_clusters=3 subband_n_clusters=3_bands=4" in done.stderr.splitlines()[-1]
 
 
 @pytest.mark.slow
