@@ -5,8 +5,9 @@ How a study runs:
     the same workdir is waited for).
   - A new study's first trial is the base configuration itself when its values are a point of the space
     (unless --no-base-trial), so the search is measured against where it started, in the same table.
-  - A trial: the sampler draws its values (the base trial's are fixed); tune/<study>/trial-N/config.toml is the base configuration with
-    them (the file `status --config` in that workdir judges against); every stage before train whose
+  - A trial: the sampler draws its values (the base trial's are fixed); tune/<study>/trial-N/config.toml
+    is the base configuration with them (the file `status --config` in that workdir judges against);
+    every stage before train whose
     output another workdir already holds with the same fingerprint (the base workdir, earlier trials of any
     study: the same frames, or the same tokens when [cluster] and [spectrogram] agree) is taken over as
     hard links of its files plus its record, the rest is computed; then train runs with a per-epoch
