@@ -92,17 +92,21 @@ def tune(config: Config, space_path: str | Path, trials: int, storage: str | Non
          study_name: str = DEFAULT_STUDY, timeout: float | None = None,
          pruner: optuna.pruners.BasePruner | None = None,
          sampler: optuna.samplers.BaseSampler | None = None, prune_after: int | None = None,
-         base_trial: bool = True) -> dict[str, Any]:
+         base_trial: bool = True, seed: int | None = None) -> dict[str, Any]:
     """Run (or go on with) a study until it has `trials` finished trials or `timeout` seconds pass; returns
     what summary.json holds. Without a `pruner`, the default one judges from epoch `prune_after` on
     (default_prune_after of train.epochs when None). With `base_trial`, a new study's first trial is the
-    base configuration (when the space can draw its values)."""
+    base configuration (when the space can draw its values). Without a `sampler`, Optuna's default (TPE)
+    draws, seeded with `seed` when given."""
     if trials < 1:
         raise UserError(f"--trials must be at least 1, got {trials}")
     if not STUDY_NAME.fullmatch(study_name):
         raise UserError(f"--study '{study_name}' names the study's folder tune/<study>/: use letters, digits, "
                         "'_', '-' and '.' (not first), at most 100")
     space = load_space(space_path, config)
+    if sampler is None and seed is not None:
+        # one process draws the same trials again; several draw from the shared history, so they differ
+        sampler = optuna.samplers.TPESampler(seed=seed)
     if pruner is None:
         pruner = default_pruner(default_prune_after(config.train.epochs) if prune_after is None else prune_after)
     return Tuner(config, space, storage, study_name, pruner, sampler, base_trial).run(trials, timeout)

@@ -197,6 +197,19 @@ def test_no_base_trial_when_asked_not_to(project, tmp_path):
     assert queued(project, tmp_path, SPACE, base_trial=False) == []
 
 
+def test_a_seeded_study_draws_the_same_trials_again(project, tmp_path):
+    def drawn(name: str, seed: int) -> list[dict]:
+        workdir = tmp_path / name
+        result = CliRunner().invoke(main, ["tune", "--config", str(project / "run.toml"), "--workdir", str(workdir),
+                                           "--space", str(project / "space.toml"), "--trials", "2",
+                                           "--no-base-trial", "--seed", str(seed)])
+        assert result.exit_code == 0, result.output
+        return [trial.params for trial in storage(workdir).get_trials()]
+
+    first = drawn("first", 3)
+    assert drawn("again", 3) == first and drawn("other", 4) != first
+
+
 def test_the_html_report_shows_the_study(study, tmp_path):
     workdir, summary, _, _ = study
     page = write_report(workdir, tmp_path / "report.html").read_text()
