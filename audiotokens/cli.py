@@ -342,10 +342,13 @@ def report_command(config, out_path, compare):
 @click.option("--base-trial/--no-base-trial", "base_trial", default=True, show_default=True,
               help="A new study's first trial is the base configuration (--config, --set), when the space "
                    "can draw its values.")
+@click.option("--pruner", "pruner_name", default="median", show_default=True, metavar="NAME",
+              help="median, percentile:P (stop trials below the P-th percentile of earlier ones) or none.")
 @click.option("--seed", default=None, type=int,
               help="Seed of the sampler: one process with the same seed, space and configuration draws the same "
                    "trials (default: unseeded).")
-def tune_command(config, space_path, trials, storage, study_name, timeout, prune_after, base_trial, seed):
+def tune_command(config, space_path, trials, storage, study_name, timeout, prune_after, pruner_name, base_trial,
+                 seed):
     """Search the settings of --space with Optuna; each trial a workdir under <workdir>/tune/, picked on
     validation (test is scored once, for the best trial); writes tune/best.toml, the trials table and plots."""
     from .tuning import require_optuna  # on use: start-up time
@@ -354,7 +357,7 @@ def tune_command(config, space_path, trials, storage, study_name, timeout, prune
     from .tuning.tune import tune
 
     tune(config, space_path, trials, storage, study_name, timeout, prune_after=prune_after, base_trial=base_trial,
-         seed=seed)
+         seed=seed, pruner_name=pruner_name)
 
 
 @main.command("config")

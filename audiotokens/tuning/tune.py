@@ -83,20 +83,43 @@ def default_prune_after(epochs: int) -> int:
 def default_pruner(prune_after: int) -> optuna.pruners.BasePruner:
     """Stop a trial whose validation figure after an epoch is below the median of earlier trials' at that
     epoch, once five trials have finished, from epoch `prune_after` on."""
+    return named_pruner("median", prune_after)
+
+
+PRUNERS = "median, percentile:P (stop below the P-th percentile, 0 < P < 100) or none"
+
+
+def named_pruner(name: str, prune_after: int) -> optuna.pruners.BasePruner:
+    """The pruner --pruner names (PRUNERS), judging from epoch `prune_after` once five trials have finished.
+    A lower percentile stops only the clearly hopeless: fewer trials saved, fewer slow starters lost."""
     if prune_after < 1:
         raise UserError(f"--prune-after must be at least 1 (an epoch), got {prune_after}")
-    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=prune_after)
+    kind, _, value = name.partition(":")
+    if kind == "none" and not value:
+        return optuna.pruners.NopPruner()
+    if kind == "median" and not value:
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=prune_after)
+    if kind == "percentile":
+        try:
+            percentile = float(value)
+        except ValueError:
+            percentile = math.nan
+        if 0 < percentile < 100:
+            # Optuna's percentile is the share of trials kept: stopping below the P-th is keeping 100 - P
+            return optuna.pruners.PercentilePruner(100 - percentile, n_startup_trials=5,
+                                                   n_warmup_steps=prune_after)
+    raise UserError(f"--pruner {name!r} is not a pruner; give {PRUNERS}")
 
 
 def tune(config: Config, space_path: str | Path, trials: int, storage: str | None = None,
          study_name: str = DEFAULT_STUDY, timeout: float | None = None,
          pruner: optuna.pruners.BasePruner | None = None,
          sampler: optuna.samplers.BaseSampler | None = None, prune_after: int | None = None,
-         base_trial: bool = True, seed: int | None = None) -> dict[str, Any]:
+         base_trial: bool = True, seed: int | None = None, pruner_name: str = "median") -> dict[str, Any]:
     """Run (or go on with) a study until it has `trials` finished trials or `timeout` seconds pass; returns
     what summary.json holds. Without a `pruner`, the default one judges from epoch `prune_after` on
-    (default_prune_after of train.epochs when None). With `base_trial`, a new study's first trial is the
-    base configuration (when the space can draw its values). Without a `sampler`, Optuna's default (TPE)
+    (default_prune_after of train.epochs when None); `pruner_name` picks another (named_pruner). With
+    `base_trial`, a new study's first trial is the base configuration (when the space can draw its values). Without a `sampler`, Optuna's default (TPE)
     draws, seeded with `seed` when given."""
     if trials < 1:
         raise UserError(f"--trials must be at least 1, got {trials}")
@@ -108,7 +131,8 @@ def tune(config: Config, space_path: str | Path, trials: int, storage: str | Non
         # one process draws the same trials again; several draw from the shared history, so they differ
         sampler = optuna.samplers.TPESampler(seed=seed)
     if pruner is None:
-        pruner = default_pruner(default_prune_after(config.train.epochs) if prune_after is None else prune_after)
+        pruner = named_pruner(pruner_name,
+                              default_prune_after(config.train.epochs) if prune_after is None else prune_after)
     return Tuner(config, space, storage, study_name, pruner, sampler, base_trial).run(trials, timeout)
 
 

@@ -451,6 +451,31 @@ def test_the_default_pruner_judges_no_trial_before_a_quarter_of_the_epochs():
         default_pruner(0)
 
 
+def pruned_at(pruner: optuna.pruners.BasePruner, finished: list[float], trial: float) -> bool:
+    """Whether `pruner` stops a trial at `trial` after epoch 10, once trials at `finished` have run 20 epochs."""
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    for value in finished:
+        done = study.ask()
+        for epoch in range(1, 21):
+            done.report(value, epoch)
+        study.tell(done, value)
+    judged = study.ask()
+    for epoch in range(1, 11):
+        judged.report(trial, epoch)
+    return judged.should_prune()
+
+
+def test_pruner_names_choose_how_hard_the_study_prunes():
+    earlier = [0.5, 0.6, 0.7, 0.8, 0.9]
+    median, quarter, none = (tuning.named_pruner(name, 5) for name in ("median", "percentile:25", "none"))
+    assert pruned_at(median, earlier, 0.65) and not pruned_at(median, earlier, 0.75)
+    assert not pruned_at(quarter, earlier, 0.65) and pruned_at(quarter, earlier, 0.55)  # only the clearly hopeless
+    assert not pruned_at(none, earlier, 0.0)
+    for bad in ("mean", "percentile:0", "percentile:100", "percentile:x", "none:1"):
+        with pytest.raises(UserError, match=f"--pruner '{bad}' is not a pruner; give median, percentile:P"):
+            tuning.named_pruner(bad, 5)
+
+
 def test_the_shipped_search_space_is_valid_against_the_defaults_and_holds_them():
     defaults = load_config(None)
     space = load_space(Path(__file__).resolve().parents[2] / "configs" / "space.toml", defaults)
