@@ -183,3 +183,29 @@ workers = 1
     assert float(table["frame_n_clusters=4"]["bits per second"]) == pytest.approx(2 * 22050 / 512)
     assert table["base"]["logreg/validation accuracy"] and table["units_ssl_layer=1_n_clusters=4"][
         "eval/validation accuracy"]
+
+
+VOCAB_STUB = """#!/usr/bin/env bash
+# a size of 3 is refused; any other run leaves the two files the table reads
+args="$*"; dir=${args##*--workdir }; dir=${dir%% *}
+[[ " $* " != *" cluster.n_clusters=3 "* ]] || { echo "n_clusters = 3 refused" >&2; exit 2; }
+[[ " $* " == *" --from cluster "* ]] || exit 0
+k=${args##*cluster.n_clusters=}; k=${k%% *}
+mkdir -p "$dir/output/eval/validation" "$dir/tokenized"
+echo "{\\"mAP\\": 0.$k}" > "$dir/output/eval/validation/metrics.json"
+echo '{"splits": {"validation": {"codebooks": [{"perplexity": 1.5}]}}}' > "$dir/tokenized/stats.json"
+"""
+
+
+def test_the_vocabulary_sweep_reports_a_failing_size_and_goes_on(tmp_path):
+    command = tmp_path / "bin" / "audiotokens"
+    command.parent.mkdir()
+    command.write_text(VOCAB_STUB)
+    command.chmod(0o755)
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "sweep_vocab.sh"), "config.toml", str(tmp_path / "sweep"),
+                           "2", "3", "5"], env={**os.environ, "PATH": f"{command.parent}:{os.environ['PATH']}"},
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 1, done.stdout + done.stderr
+    table = [line.split() for line in done.stdout.splitlines()[-3:]]
+    assert table == [["2", "0.2000", "-", "1.5000"], ["3", "failed"], ["5", "0.5000", "-", "1.5000"]]
+    assert "n_clusters=3 failed" in done.stderr and done.stderr.strip().endswith("1 size(s) failed: 3")
