@@ -44,6 +44,7 @@ import multiprocessing.pool
 import os
 import shutil
 import signal
+import threading
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -526,8 +527,31 @@ def clip_map(work: Callable[[Any], Any], n_tasks: int, workers: int = 0) -> Iter
     # is left alone with a long last chunk
     chunksize = max(1, min(12, n_tasks // (workers * 8)))
     # created before any progress bar: forking after tqdm starts its monitor thread is unsafe
-    with _Pool(workers, initializer=_init_worker, context=context) as pool:
+    pool = _Pool(workers, initializer=_init_worker, context=context)
+    try:
         yield lambda tasks: pool.imap(work, tasks, chunksize=chunksize)
+    finally:
+        _stop_pool(pool)
+
+
+POOL_STOP_S = 30.0  # a clean terminate takes well under a second
+
+
+def _stop_pool(pool: multiprocessing.pool.Pool) -> None:
+    """Terminate the pool; when that has not finished after POOL_STOP_S, kill its workers and go on.
+
+    Pool.terminate joins the thread that feeds tasks to the workers; after an error in the middle of a map
+    that thread was once seen waiting on the task queue's lock for minutes, so the stage's error (or
+    Ctrl-C) never reached the user. The waiting thread is a daemon: it cannot keep the process alive.
+    """
+    stopper = threading.Thread(target=pool.terminate, name="pool-terminate", daemon=True)
+    stopper.start()
+    stopper.join(POOL_STOP_S)
+    if stopper.is_alive():
+        for worker in list(getattr(pool, "_pool", [])):  # the pool's processes (no public handle)
+            with suppress(OSError, ValueError):
+                worker.kill()
+        log.warning("the spectrogram worker pool did not stop within %.0f s; its workers were killed", POOL_STOP_S)
 
 
 class _Pool(multiprocessing.pool.Pool):

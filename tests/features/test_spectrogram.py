@@ -705,3 +705,51 @@ def test_parts_are_kept_when_only_the_assignment_to_splits_changes(tmp_path, mon
     assert sorted(processed) == list(range(6, len(clips)))
     assert Layout(tmp_path).frames.read_bytes() == Layout(reference).frames.read_bytes()
     assert stored(tmp_path, "validation")[1].ids == [c["id"] for c in clips[:5]]
+
+
+def test_a_pool_that_does_not_stop_is_killed_and_the_error_still_reaches_the_caller(monkeypatch, caplog):
+    """Pool.terminate once waited minutes on its task thread after an error mid-map: the stage must give up
+    on it, kill the workers and raise the error, not hang."""
+    import signal
+    import threading
+    import time
+
+    class Boom(Exception):
+        pass
+
+    pools, release = [], threading.Event()
+
+    def hanging_terminate(pool):
+        pools.append(pool)
+        release.wait()
+
+    monkeypatch.setattr(spectrogram_module, "POOL_STOP_S", 0.5)
+    monkeypatch.setattr(spectrogram_module._Pool, "terminate", hanging_terminate)
+    started = time.monotonic()
+    try:
+        with pytest.raises(Boom), spectrogram_module.clip_map(abs, 16, workers=2) as mapped:
+            assert list(mapped(range(-4, 0))) == [4, 3, 2, 1]
+            raise Boom
+        assert time.monotonic() - started < 10
+        workers = list(pools[0]._pool)
+        for worker in workers:
+            worker.join(5)
+        assert workers and all(worker.exitcode == -signal.SIGKILL for worker in workers)
+        assert "did not stop within 0 s; its workers were killed" in caplog.text
+    finally:
+        release.set()
+        retire(pools[0])
+
+
+def retire(pool) -> None:
+    """Stop a pool whose workers were killed without Pool.terminate, which would now wait forever for the task
+    queue's read lock a killed worker held: no new workers, no finalizer at exit, every process gone."""
+    import multiprocessing.pool
+
+    pool._terminate.cancel()
+    pool._state = pool._worker_handler._state = multiprocessing.pool.TERMINATE
+    pool._change_notifier.put(None)
+    pool._worker_handler.join(5)
+    for worker in pool._pool:
+        worker.kill()
+        worker.join(5)
