@@ -7,12 +7,11 @@ How a study runs:
     (unless --no-base-trial), so the search is measured against where it started, in the same table.
   - A trial: the sampler draws its values (the base trial's are fixed); tune/<study>/trial-N/config.toml
     is the base configuration with them (the file `status --config` in that workdir judges against);
-    every stage before train whose
-    output another workdir already holds with the same fingerprint (the base workdir, earlier trials of any
-    study: the same frames, or the same tokens when [cluster] and [spectrogram] agree) is taken over as
-    hard links of its files plus its record, the rest is computed; then train runs with a per-epoch
-    callback that reports the validation figure to the pruner, which may stop it (a pruned trial), and
-    with the test split unread.
+    every stage before train whose output another workdir already holds with the same fingerprint (the
+    base workdir, earlier trials of any study: the same frames, or the same tokens when [cluster] and
+    [spectrogram] agree) is taken over as hard links of its files plus its record, the rest is computed;
+    then train runs with a per-epoch callback that reports the validation figure to the pruner, which may
+    stop it (a pruned trial), and with the test split unread.
   - The objective is the figure the train stage selects its best epoch on (mAP for multi-label, accuracy
     for single-label), at the best epoch, maximised. With split.strategy = "kfold" a trial trains every
     fold (trial-N/fold-K, split.fold = K) and the objective is the mean over the folds; the pruner's
