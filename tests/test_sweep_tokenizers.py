@@ -19,13 +19,19 @@ ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ROOT / "scripts" / "sweep_tokenizers.sh"
 
 
-def sweep(tmp_path: Path, stub: str, *specs: str, exit_code: int = 0, **env: str) -> subprocess.CompletedProcess:
-    """The sweep over `specs` with `stub` as the `audiotokens` command; asserts it exited with `exit_code`."""
+def stub_command(tmp_path: Path, stub: str) -> Path:
+    """`stub` as the `audiotokens` command in tmp_path/bin; returns that folder, to go first on PATH."""
     command = tmp_path / "bin" / "audiotokens"
     command.parent.mkdir(exist_ok=True)
     command.write_text(stub)
     command.chmod(0o755)
-    environment = {**os.environ, "PATH": f"{command.parent}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT),
+    return command.parent
+
+
+def sweep(tmp_path: Path, stub: str, *specs: str, exit_code: int = 0, **env: str) -> subprocess.CompletedProcess:
+    """The sweep over `specs` with `stub` as the `audiotokens` command; asserts it exited with `exit_code`."""
+    folder = stub_command(tmp_path, stub)
+    environment = {**os.environ, "PATH": f"{folder}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT),
                    "OMP_NUM_THREADS": "1", **env}
     done = subprocess.run(["bash", str(SWEEP), str(tmp_path / "config.toml"), str(tmp_path / "sweep"), *specs],
                           env=environment, cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False)
@@ -198,12 +204,9 @@ echo '{"splits": {"validation": {"codebooks": [{"perplexity": 1.5}]}}}' > "$dir/
 
 
 def test_the_vocabulary_sweep_reports_a_failing_size_and_goes_on(tmp_path):
-    command = tmp_path / "bin" / "audiotokens"
-    command.parent.mkdir()
-    command.write_text(VOCAB_STUB)
-    command.chmod(0o755)
+    folder = stub_command(tmp_path, VOCAB_STUB)
     done = subprocess.run(["bash", str(ROOT / "scripts" / "sweep_vocab.sh"), "config.toml", str(tmp_path / "sweep"),
-                           "2", "3", "5"], env={**os.environ, "PATH": f"{command.parent}:{os.environ['PATH']}"},
+                           "2", "3", "5"], env={**os.environ, "PATH": f"{folder}:{os.environ['PATH']}"},
                           cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 1, done.stdout + done.stderr
     table = [line.split() for line in done.stdout.splitlines()[-3:]]

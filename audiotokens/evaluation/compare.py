@@ -347,7 +347,7 @@ def write_comparison(comparison: Comparison, out_dir: str | Path) -> dict[str, P
         tmp.write_text(comparison_markdown(comparison))
     with atomic_path(paths["plot"]) as tmp:
         plot_comparison(comparison, tmp)
-    if any(isinstance(row.get(BITS), (int, float)) for row in comparison.rows):
+    if any(_number(row.get(BITS)) for row in comparison.rows):
         paths["bits"] = out_dir / COMPARE_BITS_PLOT
         with atomic_path(paths["bits"]) as tmp:
             plot_against_bits(comparison, tmp)

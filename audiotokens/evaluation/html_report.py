@@ -396,6 +396,8 @@ def answer_section(layout: Layout, compare: Sequence[Path] = ()) -> str | None:
 # ---------------------------------------------------------------- the page
 
 ANSWER = ("answer", "Answer")
+
+
 def base_trial_paragraph(base: dict | None, metric: str) -> str:
     """The study's trial of the base configuration (the search's starting point), when it had one."""
     if not base:

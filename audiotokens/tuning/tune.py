@@ -118,8 +118,8 @@ def tune(config: Config, space_path: str | Path, trials: int, storage: str | Non
     """Run (or go on with) a study until it has `trials` finished trials or `timeout` seconds pass; returns
     what summary.json holds. Without a `pruner`, the default one judges from epoch `prune_after` on
     (default_prune_after of train.epochs when None); `pruner_name` picks another (named_pruner). With
-    `base_trial`, a new study's first trial is the base configuration (when the space can draw its values). Without a `sampler`, Optuna's default (TPE)
-    draws, seeded with `seed` when given."""
+    `base_trial`, a new study's first trial is the base configuration (when the space can draw its values).
+    Without a `sampler`, Optuna's default (TPE) draws, seeded with `seed` when given."""
     if trials < 1:
         raise UserError(f"--trials must be at least 1, got {trials}")
     if not STUDY_NAME.fullmatch(study_name):

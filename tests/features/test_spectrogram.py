@@ -3,6 +3,10 @@ import dataclasses
 import functools
 import io
 import json
+import multiprocessing.pool
+import signal
+import threading
+import time
 from pathlib import Path
 
 import librosa
@@ -710,17 +714,14 @@ def test_parts_are_kept_when_only_the_assignment_to_splits_changes(tmp_path, mon
 def test_a_pool_that_does_not_stop_is_killed_and_the_error_still_reaches_the_caller(monkeypatch, caplog):
     """Pool.terminate once waited minutes on its task thread after an error mid-map: the stage must give up
     on it, kill the workers and raise the error, not hang."""
-    import signal
-    import threading
-    import time
-
     class Boom(Exception):
         pass
 
-    pools, release = [], threading.Event()
+    pools, workers, release = [], [], threading.Event()
 
     def hanging_terminate(pool):
         pools.append(pool)
+        workers.extend(pool._pool)  # those to be killed (the fake leaves the pool running: it replaces them)
         release.wait()
 
     monkeypatch.setattr(spectrogram_module, "POOL_STOP_S", 0.5)
@@ -731,9 +732,9 @@ def test_a_pool_that_does_not_stop_is_killed_and_the_error_still_reaches_the_cal
             assert list(mapped(range(-4, 0))) == [4, 3, 2, 1]
             raise Boom
         assert time.monotonic() - started < 10
-        workers = list(pools[0]._pool)
-        for worker in workers:
-            worker.join(5)
+        deadline = time.monotonic() + 5  # the pool's own thread may reap a worker before this one can
+        while any(worker.exitcode is None for worker in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert workers and all(worker.exitcode == -signal.SIGKILL for worker in workers)
         assert "did not stop within 0 s; its workers were killed" in caplog.text
     finally:
@@ -744,8 +745,6 @@ def test_a_pool_that_does_not_stop_is_killed_and_the_error_still_reaches_the_cal
 def retire(pool) -> None:
     """Stop a pool whose workers were killed without Pool.terminate, which would now wait forever for the task
     queue's read lock a killed worker held: no new workers, no finalizer at exit, every process gone."""
-    import multiprocessing.pool
-
     pool._terminate.cancel()
     pool._state = pool._worker_handler._state = multiprocessing.pool.TERMINATE
     pool._change_notifier.put(None)
