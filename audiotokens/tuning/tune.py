@@ -526,6 +526,21 @@ def _seconds(trial: FrozenTrial) -> float | None:
     return trial.duration.total_seconds() if trial.duration is not None else None
 
 
+def pruned_text(trial: FrozenTrial) -> str:
+    """Where a pruned trial stood when it was stopped, from the figures it reported: a pruned trial has no
+    value of its own, and without these a reader cannot tell a hopeless trial from a slow starter."""
+    epochs = trial.user_attrs.get("epochs")
+    reported = trial.intermediate_values
+    if not reported:
+        return f"pruned after epoch {epochs}"
+    last = max(reported)
+    best = max(reported, key=lambda step: (reported[step], -step))
+    text = f"pruned after epoch {last} (validation {reported[last]:.4f} there"
+    if best != last:
+        text += f"; its best {reported[best]:.4f} at epoch {best}"
+    return text + ")"
+
+
 def progress_line(study: optuna.Study, trial: FrozenTrial, goal: int) -> str:
     finished = len(study.get_trials(deepcopy=False, states=FINISHED))
     metric = trial.user_attrs.get("metric", "validation")
@@ -537,7 +552,7 @@ def progress_line(study: optuna.Study, trial: FrozenTrial, goal: int) -> str:
         mean = f" (mean of {len(folds)} folds)" if folds else ""
         parts.append(f"{metric} {trial.value:.4f}{mean} (best {best.value:.4f}, trial {best.number})")
     elif trial.state == TrialState.PRUNED:
-        parts.append(f"pruned after epoch {epochs}")
+        parts.append(pruned_text(trial))
     else:
         parts.append(f"failed: {trial.user_attrs.get('error', 'see its logs/')}")
     if epochs is not None and trial.state == TrialState.COMPLETE:
@@ -560,6 +575,7 @@ def trial_rows(study: optuna.Study, keys: list[str]) -> list[dict[str, Any]]:
     rows = []
     for trial in trials:
         notes = ["best" if trial.number == best else trial.user_attrs.get("error", ""),
+                 pruned_text(trial) if trial.state == TrialState.PRUNED else "",
                  "base configuration" if trial.user_attrs.get(BASE_ATTR) else ""]
         note = "; ".join(text for text in notes if text)
         seconds = _seconds(trial)

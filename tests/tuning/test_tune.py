@@ -283,6 +283,18 @@ def test_a_pruner_stops_a_trial_after_the_epoch_it_judged(project, tmp_path):
     rows = [json.loads(line) for line in pruned.staged_run_files.metrics.read_text().splitlines()]
     assert [row["epoch"] for row in rows] == [1]  # training stopped after the pruned epoch
     assert "pruned by the tuner after epoch 1" in json.loads(pruned.failure("train").read_text())["error"]
+    stood = trials[1].intermediate_values[1]
+    rows = list(csv.DictReader(files(workdir).trials("csv").open()))
+    assert rows[1]["state"] == "pruned" and float(rows[1]["validation mAP"]) == stood  # Optuna keeps the last figure
+    assert rows[1]["note"] == f"pruned after epoch 1 (validation {stood:.4f} there)"
+
+
+def test_a_pruned_trial_says_where_it_stood_and_its_best_epoch():
+    trial = optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED,
+                                      intermediate_values={1: 0.40, 2: 0.71, 3: 0.71, 4: 0.65})
+    assert tuning.pruned_text(trial) == "pruned after epoch 4 (validation 0.6500 there; its best 0.7100 at epoch 2)"
+    rising = optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, intermediate_values={1: 0.3, 2: 0.5})
+    assert tuning.pruned_text(rising) == "pruned after epoch 2 (validation 0.5000 there)"
 
 
 def test_an_interrupted_study_resumes_without_repeating_finished_trials(project, tmp_path, monkeypatch):
