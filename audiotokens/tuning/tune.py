@@ -527,8 +527,8 @@ def _seconds(trial: FrozenTrial) -> float | None:
 
 
 def pruned_text(trial: FrozenTrial) -> str:
-    """Where a pruned trial stood when it was stopped, from the figures it reported: a pruned trial has no
-    value of its own, and without these a reader cannot tell a hopeless trial from a slow starter."""
+    """Where a pruned trial stood when it was stopped, from the figures it reported: its value is only the
+    figure at the stopping epoch, which alone does not tell a hopeless trial from a slow starter."""
     epochs = trial.user_attrs.get("epochs")
     reported = trial.intermediate_values
     if not reported:
