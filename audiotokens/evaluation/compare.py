@@ -11,8 +11,8 @@ their section: a parameter a run lacks counts as a different value, unless the r
 that section at all (a run that never trained, e.g. the baselines' base of a sweep, leaves the train
 settings out of the comparison instead of making every one of them differ). A [cluster] key the run's
 tokenizer kind does not read (cluster.stack of a sub-band run) is not among its settings. Metric columns
-are each metrics file's headline figures (each objective's headline), named "<source> <metric>", e.g. "eval/validation mAP",
-"svm/test accuracy", "train log validation mAP" (the kept epoch). A k-fold directory is one run whose
+are each metrics file's headline figures (each objective's headline), named "<source> <metric>", e.g.
+"eval/validation mAP", "svm/test accuracy", "train log validation mAP" (the kept epoch). A k-fold directory is one run whose
 metrics are the means over its folds, with "<metric> std" beside them. "<split> left out" states the
 clips (single-label) or positives (multi-label) of classes without a training clip that a split's
 figures do not cover (split.json; per fold in a k-fold summary). The CSV has one row per run;

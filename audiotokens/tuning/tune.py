@@ -529,10 +529,9 @@ def _seconds(trial: FrozenTrial) -> float | None:
 def pruned_text(trial: FrozenTrial) -> str:
     """Where a pruned trial stood when it was stopped, from the figures it reported: its value is only the
     figure at the stopping epoch, which alone does not tell a hopeless trial from a slow starter."""
-    epochs = trial.user_attrs.get("epochs")
     reported = trial.intermediate_values
     if not reported:
-        return f"pruned after epoch {epochs}"
+        return f"pruned after epoch {trial.user_attrs.get('epochs')}"
     last = max(reported)
     best = max(reported, key=lambda step: (reported[step], -step))
     text = f"pruned after epoch {last} (validation {reported[last]:.4f} there"

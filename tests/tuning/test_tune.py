@@ -284,9 +284,9 @@ def test_a_pruner_stops_a_trial_after_the_epoch_it_judged(project, tmp_path):
     assert [row["epoch"] for row in rows] == [1]  # training stopped after the pruned epoch
     assert "pruned by the tuner after epoch 1" in json.loads(pruned.failure("train").read_text())["error"]
     stood = trials[1].intermediate_values[1]
-    rows = list(csv.DictReader(files(workdir).trials("csv").read_text().splitlines()))
-    assert rows[1]["state"] == "pruned" and float(rows[1]["validation mAP"]) == stood  # Optuna keeps the last figure
-    assert rows[1]["note"] == f"pruned after epoch 1 (validation {stood:.4f} there)"
+    table = list(csv.DictReader(files(workdir).trials("csv").read_text().splitlines()))
+    assert table[1]["state"] == "pruned" and float(table[1]["validation mAP"]) == stood  # Optuna keeps the last figure
+    assert table[1]["note"] == f"pruned after epoch 1 (validation {stood:.4f} there)"
 
 
 def test_a_pruned_trial_says_where_it_stood_and_its_best_epoch():
